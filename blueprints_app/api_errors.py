@@ -1,0 +1,98 @@
+"""One error shape for the API: {"detail", "code", "errors": [{"path", "code", "message"}]}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from blueprints_app import codes
+
+
+class ApiError(exceptions.APIException):
+    """A refusal with a stable code and optional field errors (and extra payload, e.g. a diff)."""
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        code: str,
+        status_code: int = status.HTTP_400_BAD_REQUEST,
+        errors: list[dict[str, str]] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail=detail, code=code)
+        self.status_code = status_code
+        self.error_code = code
+        self.errors = errors or []
+        self.extra = extra or {}
+
+
+_DRF_CODES = {
+    exceptions.NotAuthenticated: codes.NOT_AUTHENTICATED,
+    exceptions.AuthenticationFailed: codes.NOT_AUTHENTICATED,
+    exceptions.PermissionDenied: codes.PERMISSION_DENIED,
+    exceptions.NotFound: codes.NOT_FOUND,
+    exceptions.ParseError: codes.PARSE_ERROR,
+}
+
+
+def _flatten(detail: Any, prefix: str = "") -> list[dict[str, str]]:
+    """DRF's nested serializer errors as a flat list of {path, code, message}."""
+    out: list[dict[str, str]] = []
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            if key == "non_field_errors":
+                key_path = prefix
+            elif isinstance(key, int) or str(key).isdigit():
+                key_path = f"{prefix}[{key}]"
+            else:
+                key_path = f"{prefix}.{key}" if prefix else str(key)
+            out.extend(_flatten(value, key_path))
+    elif isinstance(detail, list):
+        if all(isinstance(d, exceptions.ErrorDetail | str) for d in detail):
+            for d in detail:
+                out.append(
+                    {
+                        "path": prefix,
+                        "code": getattr(d, "code", None) or codes.INVALID_VALUE,
+                        "message": str(d),
+                    }
+                )
+        else:
+            for i, d in enumerate(detail):
+                out.extend(_flatten(d, f"{prefix}[{i}]"))
+    else:
+        out.append(
+            {
+                "path": prefix,
+                "code": getattr(detail, "code", None) or codes.INVALID_VALUE,
+                "message": str(detail),
+            }
+        )
+    return out
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, ApiError):
+        body = {"detail": str(exc.detail), "code": exc.error_code, "errors": exc.errors}
+        body.update(exc.extra)
+        return Response(body, status=exc.status_code)
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        response.data = {
+            "detail": "The request is not valid.",
+            "code": codes.VALIDATION_FAILED,
+            "errors": _flatten(exc.detail),
+        }
+        return response
+    code = next((c for t, c in _DRF_CODES.items() if isinstance(exc, t)), None)
+    detail = exc.detail if isinstance(exc, exceptions.APIException) else str(exc)
+    if code is None:
+        code = getattr(detail, "code", None) or "error"
+    response.data = {"detail": str(detail), "code": code, "errors": []}
+    return response

@@ -1,0 +1,56 @@
+"""Stable error and warning codes. Tests and clients assert on these, never on prose."""
+
+from __future__ import annotations
+
+# Shape of a stage or plan document.
+REQUIRED = "required"
+INVALID_TYPE = "invalid_type"
+INVALID_VALUE = "invalid_value"
+UNKNOWN_FIELD = "unknown_field"
+
+# The contract's four stage rules.
+UNKNOWN_KIND = "unknown_kind"
+UNKNOWN_PARTITIONER = "unknown_partitioner"
+UNKNOWN_EXECUTOR = "unknown_executor"
+PARTITIONER_NOT_ALLOWED = "partitioner_not_allowed"
+EXECUTOR_NOT_ALLOWED = "executor_not_allowed"
+INVALID_PARAMS = "invalid_params"
+
+# Safety policy.
+NON_IDEMPOTENT_FORBIDDEN = "non_idempotent_forbidden"
+NON_IDEMPOTENT_UNDECLARED = "non_idempotent_undeclared"
+FORCE_MERGE_REQUIRED = "force_merge_required"
+
+# Plan structure.
+DUPLICATE_STAGE_ID = "duplicate_stage_id"
+UNKNOWN_DEPENDENCY = "unknown_dependency"
+DEPENDENCY_CYCLE = "dependency_cycle"
+TOO_MANY_STAGES = "too_many_stages"
+EMPTY_PLAN = "empty_plan"
+
+# Evolution.
+KIND_DEPRECATED = "kind_deprecated"  # a warning
+COMPONENT_DEPRECATED = "component_deprecated"  # a warning
+KIND_SUNSET = "kind_sunset"
+
+# Registry entries (admin and API writes).
+INVALID_SCHEMA = "invalid_schema"
+UNKNOWN_REPLACEMENT = "unknown_replacement"
+
+# Engine and API.
+DRY_RUN_REQUIRED = "dry_run_required"
+DRY_RUN_NOT_APPROVED = "dry_run_not_approved"
+STALE_PLAN = "stale_plan"
+SELF_APPROVAL_FORBIDDEN = "self_approval_forbidden"
+ALREADY_DECIDED = "already_decided"
+INVALID_STATE = "invalid_state"
+TOO_MANY_PARTITIONS = "too_many_partitions"
+PARTITIONING_FAILED = "partitioning_failed"
+INVALID_INPUTS = "invalid_inputs"
+INVALID_OUTPUT = "invalid_output"
+PERMISSION_DENIED = "permission_denied"
+NOT_AUTHENTICATED = "not_authenticated"
+NOT_FOUND = "not_found"
+PARSE_ERROR = "parse_error"
+BODY_TOO_LARGE = "body_too_large"
+VALIDATION_FAILED = "validation_failed"

@@ -1,0 +1,175 @@
+"""The code registry: partitioners and executors by their contract name.
+
+A class registers itself with `@register_partitioner` or `@register_executor`; model choices,
+admin checks, API listings and the validator all read these two mappings, so adding a component
+is one decorated class (the contract's "Adding New Job Kinds").
+
+Implementations live in `runs_app.kinds` (one module per family of job kinds) and in plugins;
+they are imported when the apps are ready (`BlueprintsConfig.ready`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+if TYPE_CHECKING:
+    from blueprints_app.models import JobKind
+
+
+class ComponentError(Exception):
+    """A partitioner or executor refused its work; `code` is a stable error code."""
+
+    def __init__(self, message: str, *, code: str = "component_error", path: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.path = path
+
+
+@dataclasses.dataclass
+class PartitionSpec:
+    """One partition as a partitioner resolves it.
+
+    `inputs` must validate against the kind's input schema. `fingerprints` name the content the
+    partition reads (path → sha256, table → checksum...): they go into the CAS id and the run
+    digest, so a changed file makes an approved dry-run stale. `after` lists indexes of
+    partitions of the same stage that must succeed first (by_dag_depth).
+    """
+
+    inputs: dict[str, Any]
+    fingerprints: dict[str, str] = dataclasses.field(default_factory=dict)
+    after: list[int] = dataclasses.field(default_factory=list)
+    weight: int = 0  # bytes or rows, for the review page's sizes
+
+
+@dataclasses.dataclass
+class PartitionContext:
+    """What a partitioner sees: the stage as written in the plan and its kind."""
+
+    stage: dict[str, Any]
+    kind: JobKind
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.stage.get("params") or {}
+
+
+@dataclasses.dataclass
+class StageManifest:
+    """A partitioner's result: the partitions and stage-level data pinned for execution."""
+
+    partitions: list[PartitionSpec]
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class ExecutionContext:
+    """What an executor sees for one partition.
+
+    `heartbeat()` extends the lease and raises `LeaseLost` when another worker took the
+    partition over; long executors call it between units of work.
+    """
+
+    run_id: int
+    partition_id: int
+    stage: dict[str, Any]
+    kind: JobKind
+    inputs: dict[str, Any]
+    fingerprints: dict[str, str]
+    manifest: dict[str, Any]
+    plan_digest: str
+    dry_run: bool
+    attempt: int
+    fence: int
+    heartbeat: Callable[[], None] = lambda: None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.stage.get("params") or {}
+
+
+class LeaseLost(Exception):
+    """Raised by heartbeat(): this worker no longer holds the partition; stop, write nothing."""
+
+
+class Partitioner:
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    params_schema: ClassVar[dict[str, Any]] = {"type": "object"}
+    deprecated: ClassVar[bool] = False
+
+    @classmethod
+    def get_params_schema(cls) -> dict[str, Any]:
+        """The params schema; override when it depends on settings (workspace names...)."""
+        return cls.params_schema
+
+    def partition(self, ctx: PartitionContext) -> StageManifest:
+        raise ComponentError(
+            f"partitioner {self.name!r} is registered but has no implementation",
+            code="not_implemented",
+        )
+
+
+class Executor:
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    idempotent: ClassVar[bool] = True
+    supports_dry_run: ClassVar[bool] = True
+    deprecated: ClassVar[bool] = False
+
+    def execute(self, ctx: ExecutionContext) -> dict[str, Any]:
+        """Do the work (ctx.dry_run False) or report what it would do (True) with no effect."""
+        raise ComponentError(
+            f"executor {self.name!r} is registered but has no implementation",
+            code="not_implemented",
+        )
+
+    def cleanup_stale(self) -> int:
+        """Remove temporary files left by dead attempts; returns how many were removed."""
+        return 0
+
+
+PARTITIONERS: dict[str, type[Partitioner]] = {}
+EXECUTORS: dict[str, type[Executor]] = {}
+
+P = TypeVar("P", bound=type[Partitioner])
+E = TypeVar("E", bound=type[Executor])
+
+
+def register_partitioner(cls: P) -> P:
+    PARTITIONERS[cls.name] = cls
+    return cls
+
+
+def register_executor(cls: E) -> E:
+    EXECUTORS[cls.name] = cls
+    return cls
+
+
+def get_partitioner(name: str) -> Partitioner:
+    return PARTITIONERS[name]()
+
+
+def get_executor(name: str) -> Executor:
+    return EXECUTORS[name]()
+
+
+def partitioner_choices() -> list[tuple[str, str]]:
+    return [(name, name) for name in sorted(PARTITIONERS)]
+
+
+def executor_choices() -> list[tuple[str, str]]:
+    return [(name, name) for name in sorted(EXECUTORS)]
+
+
+def autodiscover() -> None:
+    """Import the built-in components and the plugins named in settings.HXO_PLUGINS."""
+    import importlib
+
+    from django.conf import settings
+
+    importlib.import_module("runs_app.kinds")
+    for module in getattr(settings, "HXO_PLUGINS", []):
+        importlib.import_module(module)

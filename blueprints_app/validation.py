@@ -1,0 +1,450 @@
+"""The one validator of the blueprint contract.
+
+Used by the admin (job kinds), the API (stages, plans, job kinds), the plan editor's forms and
+live validation. It never writes. Every finding is an `Issue(path, code, message)`; errors make
+a document invalid, warnings (deprecations) don't.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jsonschema
+from django.conf import settings
+from django.utils import timezone
+
+from blueprints_app import codes
+from blueprints_app.capabilities import has_capability
+from blueprints_app.models import JobKind
+from blueprints_app.registry import EXECUTORS, PARTITIONERS
+
+STAGE_FIELDS = {
+    "id",
+    "kind",
+    "partitioner",
+    "executor",
+    "params",
+    "depends_on",
+    "slo_ms",
+    "non_idempotent",
+    "max_failed_partitions",
+}
+PLAN_FIELDS = {"name", "description", "stages"}
+STAGE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+MAX_NAME_LENGTH = 200
+
+
+@dataclasses.dataclass(frozen=True)
+class Issue:
+    path: str
+    code: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"path": self.path, "code": self.code, "message": self.message}
+
+
+@dataclasses.dataclass
+class ValidationResult:
+    errors: list[Issue] = dataclasses.field(default_factory=list)
+    warnings: list[Issue] = dataclasses.field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+    def error(self, path: str, code: str, message: str) -> None:
+        self.errors.append(Issue(path, code, message))
+
+    def warn(self, path: str, code: str, message: str) -> None:
+        self.warnings.append(Issue(path, code, message))
+
+    def extend(self, other: ValidationResult) -> None:
+        self.errors.extend(other.errors)
+        self.warnings.extend(other.warnings)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "valid": self.valid,
+            "errors": [i.as_dict() for i in self.errors],
+            "warnings": [i.as_dict() for i in self.warnings],
+        }
+
+    def errors_at(self, path: str) -> list[Issue]:
+        return [i for i in self.errors if i.path == path or i.path.startswith(path + ".")]
+
+
+def _json_path(prefix: str, parts: Iterable[Any]) -> str:
+    path = prefix
+    for part in parts:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(schema_json: str) -> jsonschema.protocols.Validator:
+    schema = json.loads(schema_json)
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def schema_validator(schema: Mapping[str, Any]) -> jsonschema.protocols.Validator:
+    """A compiled validator, cached by the schema's canonical text (live validation is hot)."""
+    return _compiled(json.dumps(schema, sort_keys=True, separators=(",", ":")))
+
+
+def schema_errors(schema: Mapping[str, Any], instance: Any, prefix: str) -> list[Issue]:
+    """Instance errors against a JSON Schema, as issues with field paths under `prefix`."""
+    found = []
+    for err in sorted(schema_validator(schema).iter_errors(instance), key=lambda e: list(e.path)):
+        path = _json_path(prefix, err.absolute_path)
+        if err.validator == "required":
+            missing = err.message.split("'")[1] if "'" in err.message else ""
+            if missing:
+                path = _json_path(prefix, [*err.absolute_path, missing])
+        found.append(Issue(path, "", err.message))
+    return found
+
+
+def check_schema(schema: Any) -> str | None:
+    """None when `schema` is a usable JSON Schema object, else why not."""
+    if not isinstance(schema, dict):
+        return "a JSON Schema must be an object"
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    try:
+        cls.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        return f"not a valid JSON Schema: {exc.message}"
+    return None
+
+
+def load_kinds() -> dict[str, JobKind]:
+    return JobKind.objects.in_bulk(field_name="kind")
+
+
+def _deprecation(result: ValidationResult, path: str, kind: JobKind) -> None:
+    if not kind.deprecated and kind.sunset_at is None:
+        return
+    replacement = f"; use {kind.replaced_by}" if kind.replaced_by else ""
+    if kind.sunset_at is not None and kind.sunset_at <= timezone.now():
+        result.error(
+            path,
+            codes.KIND_SUNSET,
+            f"job kind {kind.kind!r} was sunset on {kind.sunset_at:%Y-%m-%d}{replacement}",
+        )
+    elif kind.deprecated:
+        when = f" and will be sunset on {kind.sunset_at:%Y-%m-%d}" if kind.sunset_at else ""
+        result.warn(
+            path, codes.KIND_DEPRECATED, f"job kind {kind.kind!r} is deprecated{when}{replacement}"
+        )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_stage(
+    stage: Any,
+    *,
+    user: Any = None,
+    kinds: Mapping[str, JobKind] | None = None,
+    path: str = "stage",
+) -> ValidationResult:
+    """The contract's four stage rules, the params schema and the safety rules for one stage.
+
+    `user` is whoever would submit: when given, a non-idempotent stage without their
+    `hxo:force-merge` is an error. `kinds` lets a plan load the registry once.
+    """
+    result = ValidationResult()
+    if not isinstance(stage, dict):
+        result.error(path, codes.INVALID_TYPE, "a stage must be a JSON object")
+        return result
+    if kinds is None:
+        kinds = load_kinds()
+
+    for field in sorted(set(stage) - STAGE_FIELDS):
+        result.error(f"{path}.{field}", codes.UNKNOWN_FIELD, f"unknown stage field {field!r}")
+
+    stage_id = stage.get("id")
+    if stage_id is None:
+        result.error(f"{path}.id", codes.REQUIRED, "a stage needs an id")
+    elif not isinstance(stage_id, str) or not STAGE_ID_RE.match(stage_id):
+        result.error(
+            f"{path}.id",
+            codes.INVALID_VALUE,
+            "a stage id is 1-100 letters, digits, '_', '.' or '-', starting with a letter or digit",
+        )
+
+    for field in ("kind", "partitioner", "executor"):
+        value = stage.get(field)
+        if value is None:
+            result.error(f"{path}.{field}", codes.REQUIRED, f"a stage needs a {field}")
+        elif not isinstance(value, str):
+            result.error(f"{path}.{field}", codes.INVALID_TYPE, f"{field} must be a string")
+
+    kind_name, partitioner, executor = (stage.get(f) for f in ("kind", "partitioner", "executor"))
+    kind = kinds.get(kind_name) if isinstance(kind_name, str) else None
+
+    # Rule 1: the job kind exists.
+    if isinstance(kind_name, str) and kind is None:
+        result.error(
+            f"{path}.kind", codes.UNKNOWN_KIND, f"{kind_name!r} is not a registered job kind"
+        )
+    if kind is not None:
+        _deprecation(result, f"{path}.kind", kind)
+
+    # Rule 2: the partitioner is registered and allowed for the kind.
+    if isinstance(partitioner, str):
+        if partitioner not in PARTITIONERS:
+            result.error(
+                f"{path}.partitioner",
+                codes.UNKNOWN_PARTITIONER,
+                f"{partitioner!r} is not a registered partitioner",
+            )
+        elif kind is not None and partitioner not in kind.partitioners:
+            result.error(
+                f"{path}.partitioner",
+                codes.PARTITIONER_NOT_ALLOWED,
+                f"partitioner {partitioner!r} is not allowed for {kind.kind}; "
+                f"allowed: {', '.join(kind.partitioners)}",
+            )
+        elif PARTITIONERS[partitioner].deprecated:
+            result.warn(
+                f"{path}.partitioner",
+                codes.COMPONENT_DEPRECATED,
+                f"partitioner {partitioner!r} is deprecated",
+            )
+
+    # Rule 3: the executor is registered and allowed for the kind.
+    if isinstance(executor, str):
+        if executor not in EXECUTORS:
+            result.error(
+                f"{path}.executor",
+                codes.UNKNOWN_EXECUTOR,
+                f"{executor!r} is not a registered executor",
+            )
+        elif kind is not None and executor not in kind.executors:
+            result.error(
+                f"{path}.executor",
+                codes.EXECUTOR_NOT_ALLOWED,
+                f"executor {executor!r} is not allowed for {kind.kind}; "
+                f"allowed: {', '.join(kind.executors)}",
+            )
+        elif EXECUTORS[executor].deprecated:
+            result.warn(
+                f"{path}.executor",
+                codes.COMPONENT_DEPRECATED,
+                f"executor {executor!r} is deprecated",
+            )
+
+    # Params against the partitioner's declared schema.
+    params = stage.get("params", {})
+    if not isinstance(params, dict):
+        result.error(f"{path}.params", codes.INVALID_TYPE, "params must be a JSON object")
+    elif isinstance(partitioner, str) and partitioner in PARTITIONERS:
+        schema = PARTITIONERS[partitioner].get_params_schema()
+        for issue in schema_errors(schema, params, f"{path}.params"):
+            result.error(issue.path, codes.INVALID_PARAMS, issue.message)
+
+    # Rule 4: the safety policy.
+    non_idempotent = stage.get("non_idempotent", False)
+    if not isinstance(non_idempotent, bool):
+        result.error(
+            f"{path}.non_idempotent", codes.INVALID_TYPE, "non_idempotent is true or false"
+        )
+        non_idempotent = False
+    if non_idempotent and kind is not None and not kind.allow_non_idempotent:
+        result.error(
+            f"{path}.non_idempotent",
+            codes.NON_IDEMPOTENT_FORBIDDEN,
+            f"{kind.kind} does not allow non-idempotent stages",
+        )
+    elif non_idempotent and user is not None and not has_capability(user, "force-merge"):
+        result.error(
+            f"{path}.non_idempotent",
+            codes.FORCE_MERGE_REQUIRED,
+            "a non-idempotent stage needs the hxo:force-merge capability",
+        )
+    if (
+        isinstance(executor, str)
+        and executor in EXECUTORS
+        and not EXECUTORS[executor].idempotent
+        and not non_idempotent
+    ):
+        result.error(
+            f"{path}.non_idempotent",
+            codes.NON_IDEMPOTENT_UNDECLARED,
+            f"executor {executor!r} is not idempotent: the stage must set non_idempotent: true",
+        )
+
+    for field, minimum in (("slo_ms", 1), ("max_failed_partitions", 0)):
+        if field in stage and stage[field] is not None:
+            value = stage[field]
+            if not _is_int(value):
+                result.error(f"{path}.{field}", codes.INVALID_TYPE, f"{field} must be an integer")
+            elif value < minimum:
+                result.error(
+                    f"{path}.{field}", codes.INVALID_VALUE, f"{field} must be >= {minimum}"
+                )
+
+    depends_on = stage.get("depends_on", [])
+    if not isinstance(depends_on, list) or not all(isinstance(d, str) for d in depends_on):
+        result.error(
+            f"{path}.depends_on", codes.INVALID_TYPE, "depends_on must be a list of stage ids"
+        )
+    return result
+
+
+def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """A dependency cycle as a list of stage ids, or None (iterative DFS, no recursion limit)."""
+    white, grey, black = 0, 1, 2
+    color = dict.fromkeys(graph, white)
+    for start in graph:
+        if color[start] != white:
+            continue
+        stack: list[tuple[str, Iterable[str]]] = [(start, iter(graph[start]))]
+        trail = [start]
+        color[start] = grey
+        while stack:
+            node, children = stack[-1]
+            advanced = False
+            for child in children:
+                if child not in color:
+                    continue
+                if color[child] == grey:
+                    return [*trail[trail.index(child) :], child]
+                if color[child] == white:
+                    color[child] = grey
+                    stack.append((child, iter(graph[child])))
+                    trail.append(child)
+                    advanced = True
+                    break
+            if not advanced:
+                color[node] = black
+                stack.pop()
+                trail.pop()
+    return None
+
+
+def validate_plan(plan: Any, *, user: Any = None) -> ValidationResult:
+    """A whole plan document `{"name", "description"?, "stages": [...]}`."""
+    result = ValidationResult()
+    if not isinstance(plan, dict):
+        result.error("plan", codes.INVALID_TYPE, "a plan must be a JSON object")
+        return result
+    for field in sorted(set(plan) - PLAN_FIELDS):
+        result.error(field, codes.UNKNOWN_FIELD, f"unknown plan field {field!r}")
+
+    name = plan.get("name")
+    if name is None:
+        result.error("name", codes.REQUIRED, "a plan needs a name")
+    elif not isinstance(name, str) or not name.strip():
+        result.error("name", codes.INVALID_VALUE, "the name must be a non-empty string")
+    elif len(name) > MAX_NAME_LENGTH or "\x00" in name:
+        result.error(
+            "name", codes.INVALID_VALUE, f"the name must be at most {MAX_NAME_LENGTH} characters"
+        )
+    description = plan.get("description", "")
+    if not isinstance(description, str) or "\x00" in description:
+        result.error("description", codes.INVALID_TYPE, "the description must be a string")
+
+    stages = plan.get("stages")
+    if stages is None:
+        result.error("stages", codes.REQUIRED, "a plan needs a list of stages")
+        return result
+    if not isinstance(stages, list):
+        result.error("stages", codes.INVALID_TYPE, "stages must be a list")
+        return result
+    if not stages:
+        result.error("stages", codes.EMPTY_PLAN, "a plan needs at least one stage")
+        return result
+    limit = settings.HXO_MAX_STAGES
+    if len(stages) > limit:
+        result.error(
+            "stages", codes.TOO_MANY_STAGES, f"{len(stages)} stages; at most {limit} are allowed"
+        )
+        return result
+
+    kinds = load_kinds()
+    seen: dict[str, int] = {}
+    graph: dict[str, list[str]] = {}
+    for i, stage in enumerate(stages):
+        path = f"stages[{i}]"
+        result.extend(validate_stage(stage, user=user, kinds=kinds, path=path))
+        if not isinstance(stage, dict) or not isinstance(stage.get("id"), str):
+            continue
+        sid = stage["id"]
+        if sid in seen:
+            result.error(
+                f"{path}.id",
+                codes.DUPLICATE_STAGE_ID,
+                f"stage id {sid!r} is already used by stages[{seen[sid]}]",
+            )
+            continue
+        seen[sid] = i
+        deps = stage.get("depends_on", [])
+        graph[sid] = [d for d in deps if isinstance(d, str)] if isinstance(deps, list) else []
+
+    for sid, deps in graph.items():
+        i = seen[sid]
+        for j, dep in enumerate(deps):
+            if dep not in seen:
+                result.error(
+                    f"stages[{i}].depends_on[{j}]",
+                    codes.UNKNOWN_DEPENDENCY,
+                    f"{dep!r} is not a stage of this plan",
+                )
+            elif dep == sid:
+                result.error(
+                    f"stages[{i}].depends_on[{j}]",
+                    codes.DEPENDENCY_CYCLE,
+                    f"stage {sid!r} depends on itself",
+                )
+    graph = {sid: [d for d in deps if d in seen and d != sid] for sid, deps in graph.items()}
+    cycle = _find_cycle(graph)
+    if cycle:
+        result.error(
+            f"stages[{seen[cycle[0]]}].depends_on",
+            codes.DEPENDENCY_CYCLE,
+            "dependency cycle: " + " → ".join(cycle),
+        )
+    return result
+
+
+def validate_job_kind(data: Mapping[str, Any]) -> ValidationResult:
+    """A registry entry as the admin or the API would save it."""
+    result = ValidationResult()
+    for field, registry, code in (
+        ("partitioners", PARTITIONERS, codes.UNKNOWN_PARTITIONER),
+        ("executors", EXECUTORS, codes.UNKNOWN_EXECUTOR),
+    ):
+        names = data.get(field)
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            result.error(field, codes.INVALID_TYPE, f"{field} must be a non-empty list of names")
+            continue
+        for i, name in enumerate(names):
+            if name not in registry:
+                known = ", ".join(sorted(registry))
+                result.error(
+                    f"{field}[{i}]", code, f"{name!r} is not registered (registered: {known})"
+                )
+        if len(set(names)) != len(names):
+            result.error(field, codes.INVALID_VALUE, f"{field} lists a name twice")
+    for field in ("input_schema", "output_schema"):
+        problem = check_schema(data.get(field))
+        if problem:
+            result.error(field, codes.INVALID_SCHEMA, problem)
+    replaced_by = data.get("replaced_by") or ""
+    if replaced_by:
+        if replaced_by == data.get("kind"):
+            result.error("replaced_by", codes.INVALID_VALUE, "a kind cannot replace itself")
+        elif not JobKind.objects.filter(kind=replaced_by).exists():
+            result.error(
+                "replaced_by", codes.UNKNOWN_REPLACEMENT, f"{replaced_by!r} is not a job kind"
+            )
+    return result

@@ -1,0 +1,330 @@
+"""HXO settings: one module, driven by environment variables with safe defaults.
+
+Every variable is listed in the README. A bad value raises ImproperlyConfigured naming the
+variable, so a misconfigured host fails at start-up rather than at the first job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_str(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name, default).strip().lower()
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def env_mapping(name: str, default: dict[str, str]) -> dict[str, str]:
+    """A name → value mapping, as JSON (`{"demo": "/srv/demo"}`) or `name=value,name=value`."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return dict(default)
+    raw = raw.strip()
+    if raw.startswith("{"):
+        try:
+            parsed = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ImproperlyConfigured(f"{name} is not valid JSON: {exc}") from None
+        if not isinstance(parsed, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()
+        ):
+            raise ImproperlyConfigured(f"{name} must map names to strings")
+        return parsed
+    result: dict[str, str] = {}
+    for item in raw.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ImproperlyConfigured(f"{name} must be name=value pairs separated by commas")
+        result[key.strip()] = value.strip()
+    return result
+
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = env_str("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
+    # A development-only key: every process of one checkout shares it, which django-q2 needs
+    # (payloads signed with another key are dropped).
+    SECRET_KEY = "hxo-development-only-key-not-for-production"
+
+ALLOWED_HOSTS = [
+    h.strip() for h in env_str("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",")
+]
+if DEBUG:
+    ALLOWED_HOSTS.append("testserver")
+CSRF_TRUSTED_ORIGINS = [o for o in env_str("CSRF_TRUSTED_ORIGINS").split(",") if o]
+
+VAR_DIR = Path(env_str("HXO_VAR_DIR", str(BASE_DIR / "var"))).resolve()
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_q",
+    "django_htmx",
+    "template_partials",
+    "blueprints_app",
+    "runs_app",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "hxo_site.urls"
+WSGI_APPLICATION = "hxo_site.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    }
+]
+
+# --- Databases ---------------------------------------------------------------------------
+DATABASE_URL = env_str("DATABASE_URL")
+if DATABASE_URL:
+    import dj_database_url
+
+    try:
+        _db = dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
+    except Exception as exc:  # dj_database_url raises several types for bad URLs
+        raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+    if _db["ENGINE"] == "django.db.backends.sqlite3":
+        _db.setdefault("OPTIONS", {})
+else:
+    _db = {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": VAR_DIR / "hxo.sqlite3",
+        # The test database is a file, not :memory:, so that worker processes started by
+        # the tests see the same data (django-q2 notes, "Testing").
+        "TEST": {"NAME": str(VAR_DIR / "test_hxo.sqlite3")},
+    }
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    # IMMEDIATE transactions take the write lock up front, so a read-then-write never fails
+    # the lock upgrade ("database is locked", django-q2 #144); WAL lets readers go on.
+    _db.setdefault("OPTIONS", {}).update(
+        {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
+DATABASES: dict[str, Any] = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Caches ------------------------------------------------------------------------------
+REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+HXO_BROKER = env_choice("HXO_BROKER", "orm", ("orm", "redis"))
+CACHES: dict[str, Any] = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    # django-q2 keeps cluster stats here; it must be shared between processes and must not
+    # be the database cache on SQLite (heartbeat writes every 0.5 s, django-q2 #321).
+    "hxo-q": {
+        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+        "LOCATION": str(VAR_DIR / "cache" / "q"),
+    },
+    # The module registry written by warm_registry (deploy.prime).
+    "hxo-registry": {
+        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+        "LOCATION": str(VAR_DIR / "cache" / "registry"),
+        "TIMEOUT": None,
+    },
+}
+if HXO_BROKER == "redis":
+    for _alias in ("hxo-q", "hxo-registry"):
+        CACHES[_alias] = {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": _alias,
+            "TIMEOUT": None if _alias == "hxo-registry" else 300,
+        }
+
+# --- django-q2 (see notes/django-q2.md: the queue only wakes, our tables are the truth) ---
+HXO_WORKERS = env_int("HXO_WORKERS", 2, minimum=1)
+HXO_Q_TIMEOUT_S = env_int("HXO_Q_TIMEOUT_S", 300, minimum=10)
+Q_CLUSTER: dict[str, Any] = {
+    "name": env_str("HXO_CLUSTER_NAME", "hxo"),
+    "workers": HXO_WORKERS,
+    "queue_limit": HXO_WORKERS,
+    "bulk": 1,
+    # A drainer stops well before timeout (HXO_DRAIN_BUDGET_S); retry > timeout + 3 s + the
+    # internal queue's wait, so django-q2 never runs a drainer twice concurrently by itself.
+    "timeout": HXO_Q_TIMEOUT_S,
+    "retry": HXO_Q_TIMEOUT_S * 2 + 30,
+    "max_attempts": 2,
+    "ack_failures": True,
+    "catch_up": False,
+    "recycle": 200,
+    "save_limit": 250,
+    "poll": 0.2,
+    "cache": "hxo-q",
+    "label": "Task queue",
+}
+if HXO_BROKER == "redis":
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+
+# --- HXO ---------------------------------------------------------------------------------
+HXO_MAX_STAGES = env_int("HXO_MAX_STAGES", 50, minimum=1)
+HXO_MAX_PARTITIONS = env_int("HXO_MAX_PARTITIONS", 100_000, minimum=1)
+HXO_MAX_CONCURRENCY = env_int("HXO_MAX_CONCURRENCY", 4, minimum=1)
+HXO_SHARD_TIMEOUT_MS = env_int("HXO_SHARD_TIMEOUT_MS", 300_000, minimum=100)
+HXO_MAX_ATTEMPTS = env_int("HXO_MAX_ATTEMPTS", 3, minimum=1)
+HXO_RETRY_BACKOFF_MS = env_int("HXO_RETRY_BACKOFF_MS", 1_000, minimum=0)
+HXO_LEASE_MS = env_int("HXO_LEASE_MS", 30_000, minimum=500)
+HXO_DRAIN_BUDGET_S = env_int("HXO_DRAIN_BUDGET_S", 60, minimum=1)
+HXO_RECONCILE_EVERY_S = env_int("HXO_RECONCILE_EVERY_S", 60, minimum=1)
+HXO_ALLOW_SELF_APPROVAL = env_bool("HXO_ALLOW_SELF_APPROVAL", False)
+HXO_MAX_BODY_BYTES = env_int("HXO_MAX_BODY_BYTES", 1_048_576, minimum=1024)
+HXO_WORKSPACES = {
+    name: str(Path(path).resolve())
+    for name, path in env_mapping(
+        "HXO_WORKSPACES", {"demo": str(BASE_DIR / "examples" / "workspace")}
+    ).items()
+}
+HXO_DATABASE_TARGETS = env_mapping(
+    "HXO_DATABASE_TARGETS", {"demo": f"sqlite:///{VAR_DIR / 'demo_target.sqlite3'}"}
+)
+HXO_ARTIFACTS_DIR = Path(env_str("HXO_ARTIFACTS_DIR", str(VAR_DIR / "artifacts"))).resolve()
+HXO_STAGING_DIR = Path(env_str("HXO_STAGING_DIR", str(VAR_DIR / "staging"))).resolve()
+
+STORAGES: dict[str, Any] = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    # Archives written by deploy.pack, content-addressed.
+    "artifacts": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(HXO_ARTIFACTS_DIR)},
+    },
+    # Copies written by assets.stage, content-addressed.
+    "staging": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(HXO_STAGING_DIR)},
+    },
+}
+
+# --- REST API ----------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "blueprints_app.api_errors.exception_handler",
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "HXO API",
+    "DESCRIPTION": "Plan, review, approve and apply partitioned operational jobs.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Served from the sidecar package: no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# --- Auth, static, i18n --------------------------------------------------------------------
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "login"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "staticroot"
+DATA_UPLOAD_MAX_MEMORY_SIZE = HXO_MAX_BODY_BYTES
+
+SESSION_COOKIE_SECURE = env_bool("HXO_SECURE_COOKIES", not DEBUG)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_HSTS_SECONDS = env_int("HXO_HSTS_SECONDS", 0, minimum=0)
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env_str("HXO_LOG_LEVEL", "INFO").upper()},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+# Extra modules that register partitioners and executors (custom job kinds).
+HXO_PLUGINS = [m.strip() for m in env_str("HXO_PLUGINS").split(",") if m.strip()]
