@@ -34,14 +34,16 @@ class PartitionSpec:
 
     `inputs` must validate against the kind's input schema. `fingerprints` name the content the
     partition reads (path → sha256, table → checksum...): they go into the CAS id and the run
-    digest, so a changed file makes an approved dry-run stale. `after` lists indexes of
-    partitions of the same stage that must succeed first (by_dag_depth).
+    digest, so a changed file makes an approved dry-run stale. `wave` orders partitions within
+    a stage: wave N starts when every partition of the waves before it succeeded (by_dag_depth
+    uses the depth in the import graph, leaves first).
     """
 
     inputs: dict[str, Any]
     fingerprints: dict[str, str] = dataclasses.field(default_factory=dict)
-    after: list[int] = dataclasses.field(default_factory=list)
+    wave: int = 0
     weight: int = 0  # bytes or rows, for the review page's sizes
+    label: str = ""  # a short human description ("backend/api: 12 files")
 
 
 @dataclasses.dataclass
