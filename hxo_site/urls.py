@@ -10,6 +10,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("blueprints_app.api_urls")),
     path("api/v1/", include("runs_app.api_urls")),
+    path("api/v1/search/", include("runs_app.search_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("", include("runs_app.urls")),

@@ -1,0 +1,35 @@
+"""Plans, runs and partitions (engine.py) and the search indexes executors write (indexes.py)."""
+
+from __future__ import annotations
+
+from runs_app.models.engine import (
+    Approval,
+    AuditEvent,
+    ClaimLog,
+    Lease,
+    Partition,
+    PartitionState,
+    Plan,
+    PlanRevision,
+    Run,
+    RunMode,
+    RunStage,
+    RunState,
+    StageState,
+)
+
+__all__ = [
+    "Approval",
+    "AuditEvent",
+    "ClaimLog",
+    "Lease",
+    "Partition",
+    "PartitionState",
+    "Plan",
+    "PlanRevision",
+    "Run",
+    "RunMode",
+    "RunStage",
+    "RunState",
+    "StageState",
+]

@@ -1,0 +1,339 @@
+"""The engine's tables: they are the truth; the queue only wakes workers (notes/django-q2.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+
+
+class RunMode(models.TextChoices):
+    DRY_RUN = "dry_run", "Dry-run"
+    APPLY = "apply", "Apply"
+
+
+class RunState(models.TextChoices):
+    PENDING = "pending"
+    PARTITIONING = "partitioning"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ABORTED = "aborted"
+    AWAITING_APPROVAL = "awaiting_approval"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+RUN_TERMINAL = {
+    RunState.SUCCEEDED,
+    RunState.FAILED,
+    RunState.ABORTED,
+    RunState.APPROVED,
+    RunState.REJECTED,
+}
+# A run in one of these states has finished executing (awaiting_approval included).
+RUN_FINISHED = RUN_TERMINAL | {RunState.AWAITING_APPROVAL}
+
+
+class StageState(models.TextChoices):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+STAGE_TERMINAL = {StageState.SUCCEEDED, StageState.FAILED, StageState.CANCELLED}
+
+
+class PartitionState(models.TextChoices):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REUSED = "reused"
+    CANCELLED = "cancelled"
+
+
+PARTITION_DONE = {PartitionState.SUCCEEDED, PartitionState.REUSED}
+PARTITION_TERMINAL = PARTITION_DONE | {PartitionState.FAILED, PartitionState.CANCELLED}
+
+
+class Plan(models.Model):
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True, default="")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    # The number of the newest revision; bumped under a row lock so that concurrent edits
+    # become ordered revisions.
+    latest_number = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-updated_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def latest_revision(self) -> PlanRevision:
+        return self.revisions.get(number=self.latest_number)
+
+
+class PlanRevision(models.Model):
+    """An immutable saved version of a plan document."""
+
+    plan = models.ForeignKey(Plan, on_delete=models.CASCADE, related_name="revisions")
+    number = models.PositiveIntegerField()
+    document = models.JSONField()
+    digest = models.CharField(max_length=64)
+    # kind → version the document was validated against.
+    kind_versions = models.JSONField(default=dict)
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    comment = models.CharField(max_length=500, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["plan", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["plan", "number"], name="revision_unique_number")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.plan_id}#{self.number}"
+
+    @property
+    def stages(self) -> list[dict[str, Any]]:
+        return list(self.document.get("stages", []))
+
+
+class Run(models.Model):
+    plan = models.ForeignKey(Plan, on_delete=models.CASCADE, related_name="runs")
+    revision = models.ForeignKey(PlanRevision, on_delete=models.PROTECT, related_name="runs")
+    mode = models.CharField(max_length=10, choices=RunMode.choices)
+    state = models.CharField(max_length=20, choices=RunState.choices, default=RunState.PENDING)
+    digest = models.CharField(max_length=64, blank=True, default="")
+    # kind → JobKind.snapshot() at run start: what the run was validated and executed under.
+    kind_snapshots = models.JSONField(default=dict)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replays"
+    )
+    # For an apply: the approved dry-run it executes.
+    dry_run = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="applies"
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    force_rerun = models.BooleanField(default=False)
+    required_approvals = models.PositiveSmallIntegerField(default=1)
+    merkle_root = models.CharField(max_length=64, blank=True, default="")
+    slo_breached = models.BooleanField(default=False)
+    error = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["requested_by", "idempotency_key"],
+                condition=models.Q(idempotency_key__isnull=False),
+                name="run_unique_idempotency_key",
+            )
+        ]
+        indexes = [models.Index(fields=["plan", "mode", "state"])]
+
+    def __str__(self) -> str:
+        return f"run {self.pk} ({self.mode}, {self.state})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state in RUN_FINISHED
+
+
+class RunStage(models.Model):
+    """A stage of a run, with counters kept in the same transactions as partition moves so
+    that progress costs one indexed read whatever the number of partitions."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="run_stages")
+    stage_id = models.CharField(max_length=100)
+    position = models.PositiveIntegerField()
+    kind = models.CharField(max_length=100)
+    kind_version = models.PositiveIntegerField(default=1)
+    partitioner = models.CharField(max_length=100)
+    executor = models.CharField(max_length=100)
+    depends_on = models.JSONField(default=list)
+    params = models.JSONField(default=dict)
+    non_idempotent = models.BooleanField(default=False)
+    max_failed_partitions = models.PositiveIntegerField(default=0)
+    slo_ms = models.PositiveIntegerField()
+    state = models.CharField(max_length=20, choices=StageState.choices, default=StageState.PENDING)
+    # Stage-level data the partitioner pinned (file lists, statements...).
+    manifest = models.JSONField(default=dict)
+    cas_root = models.CharField(max_length=64, blank=True, default="")
+    current_wave = models.IntegerField(default=-1)
+    max_wave = models.IntegerField(default=0)
+    total = models.PositiveIntegerField(default=0)
+    pending = models.IntegerField(default=0)
+    running = models.IntegerField(default=0)
+    succeeded = models.IntegerField(default=0)
+    failed = models.IntegerField(default=0)
+    reused = models.IntegerField(default=0)
+    cancelled = models.IntegerField(default=0)
+    weight = models.BigIntegerField(default=0)
+    merkle_root = models.CharField(max_length=64, blank=True, default="")
+    slo_breached = models.BooleanField(default=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "stage_id"], name="runstage_unique_id"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}/{self.stage_id}"
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {
+            "total": self.total,
+            "pending": self.pending,
+            "running": self.running,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "reused": self.reused,
+            "cancelled": self.cancelled,
+        }
+
+
+class Partition(models.Model):
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="partitions")
+    stage = models.ForeignKey(RunStage, on_delete=models.CASCADE, related_name="partitions")
+    index = models.PositiveIntegerField()
+    wave = models.IntegerField(default=0)
+    # Claimable only when its stage runs and its wave has been reached.
+    ready = models.BooleanField(default=False)
+    inputs = models.JSONField()
+    fingerprints = models.JSONField(default=dict)
+    label = models.CharField(max_length=300, blank=True, default="")
+    weight = models.BigIntegerField(default=0)
+    cas_id = models.CharField(max_length=64, db_index=True)
+    non_idempotent = models.BooleanField(default=False)
+    state = models.CharField(
+        max_length=20, choices=PartitionState.choices, default=PartitionState.PENDING
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    fence = models.PositiveBigIntegerField(default=0)
+    lease_owner = models.CharField(max_length=200, blank=True, default="")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    due_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    output = models.JSONField(null=True, blank=True)
+    preview = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    reused_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["stage_id", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["stage", "index"], name="partition_unique_index"),
+        ]
+        indexes = [
+            # The claim query: claimable partitions of one run.
+            models.Index(fields=["run", "ready", "state", "due_at"], name="partition_claim"),
+            # Lease expiry scans by the reconciler.
+            models.Index(fields=["state", "lease_expires_at"], name="partition_lease"),
+            # Partition table filters.
+            models.Index(fields=["run", "stage", "state", "index"], name="partition_filter"),
+            models.Index(fields=["stage", "wave", "state"], name="partition_wave"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.stage_id}[{self.index}]"
+
+
+class ClaimLog(models.Model):
+    """Every claim with its fence: the history that shows no partition was claimed twice."""
+
+    partition = models.ForeignKey(Partition, on_delete=models.CASCADE, related_name="claims")
+    fence = models.PositiveBigIntegerField()
+    owner = models.CharField(max_length=200)
+    claimed_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["partition", "fence"], name="claim_unique_fence")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.partition_id}@{self.fence}"
+
+
+class Approval(models.Model):
+    class Decision(models.TextChoices):
+        APPROVE = "approve"
+        REJECT = "reject"
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="approvals")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    decision = models.CharField(max_length=10, choices=Decision.choices)
+    comment = models.TextField(blank=True, default="")
+    # The dry-run digest the decision was made on; an approval never covers another digest.
+    digest = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "user"], name="approval_one_per_user")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.decision} of run {self.run_id}"
+
+
+class AuditEvent(models.Model):
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_name = models.CharField(max_length=150, blank=True, default="")
+    action = models.CharField(max_length=100, db_index=True)
+    object_type = models.CharField(max_length=50)
+    object_id = models.CharField(max_length=64)
+    client_ip = models.GenericIPAddressField(null=True, blank=True)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    detail = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [models.Index(fields=["object_type", "object_id"])]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.object_type}:{self.object_id}"
+
+
+class Lease(models.Model):
+    """A named lease (the reconciler's), taken with compare-and-swap so two never overlap."""
+
+    name = models.CharField(max_length=100, primary_key=True)
+    owner = models.CharField(max_length=200, blank=True, default="")
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.name
