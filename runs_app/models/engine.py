@@ -6,6 +6,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class RunMode(models.TextChoices):
@@ -143,11 +144,14 @@ class Run(models.Model):
     class Meta:
         ordering = ["-id"]
         constraints = [
+            models.CheckConstraint(
+                condition=models.Q(state__in=RunState.values), name="run_state_valid"
+            ),
             models.UniqueConstraint(
                 fields=["requested_by", "idempotency_key"],
                 condition=models.Q(idempotency_key__isnull=False),
                 name="run_unique_idempotency_key",
-            )
+            ),
         ]
         indexes = [models.Index(fields=["plan", "mode", "state"])]
 
@@ -198,6 +202,20 @@ class RunStage(models.Model):
         ordering = ["run", "position"]
         constraints = [
             models.UniqueConstraint(fields=["run", "stage_id"], name="runstage_unique_id"),
+            models.CheckConstraint(
+                condition=models.Q(state__in=StageState.values), name="runstage_state_valid"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(
+                    pending__gte=0,
+                    running__gte=0,
+                    succeeded__gte=0,
+                    failed__gte=0,
+                    reused__gte=0,
+                    cancelled__gte=0,
+                ),
+                name="runstage_counts_not_negative",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -236,7 +254,8 @@ class Partition(models.Model):
     fence = models.PositiveBigIntegerField(default=0)
     lease_owner = models.CharField(max_length=200, blank=True, default="")
     lease_expires_at = models.DateTimeField(null=True, blank=True)
-    due_at = models.DateTimeField(null=True, blank=True)
+    # Not before this time (retry backoff); never null so the claim index orders by it.
+    due_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
@@ -251,6 +270,9 @@ class Partition(models.Model):
         ordering = ["stage_id", "index"]
         constraints = [
             models.UniqueConstraint(fields=["stage", "index"], name="partition_unique_index"),
+            models.CheckConstraint(
+                condition=models.Q(state__in=PartitionState.values), name="partition_state_valid"
+            ),
         ]
         indexes = [
             # The claim query: claimable partitions of one run.

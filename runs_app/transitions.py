@@ -1,0 +1,88 @@
+"""The state machines of runs and stages: one function each moves a row and refuses illegal
+moves. Partition moves are compare-and-swap updates in `runs_app.execution`, checked against
+PARTITION_MOVES there."""
+
+from __future__ import annotations
+
+from django.utils import timezone
+
+from runs_app.models import PartitionState, Run, RunStage, RunState, StageState
+
+R = RunState
+RUN_MOVES: dict[str, set[str]] = {
+    R.PENDING: {R.PARTITIONING, R.ABORTED, R.FAILED},
+    R.PARTITIONING: {R.RUNNING, R.FAILED, R.ABORTED},
+    R.RUNNING: {R.SUCCEEDED, R.FAILED, R.ABORTED, R.AWAITING_APPROVAL},
+    R.AWAITING_APPROVAL: {R.APPROVED, R.REJECTED},
+    R.SUCCEEDED: set(),
+    R.FAILED: set(),
+    R.ABORTED: set(),
+    R.APPROVED: set(),
+    R.REJECTED: set(),
+}
+
+S = StageState
+STAGE_MOVES: dict[str, set[str]] = {
+    S.PENDING: {S.RUNNING, S.CANCELLED},
+    S.RUNNING: {S.SUCCEEDED, S.FAILED, S.CANCELLED},
+    S.SUCCEEDED: set(),
+    S.FAILED: set(),
+    S.CANCELLED: set(),
+}
+
+P = PartitionState
+PARTITION_MOVES: dict[str, set[str]] = {
+    P.PENDING: {P.RUNNING, P.CANCELLED, P.REUSED},
+    # running → pending is a retry (attempts left) or a lease taken over.
+    P.RUNNING: {P.SUCCEEDED, P.FAILED, P.PENDING, P.CANCELLED, P.RUNNING},
+    P.SUCCEEDED: set(),
+    P.FAILED: set(),
+    P.REUSED: set(),
+    P.CANCELLED: set(),
+}
+
+
+class IllegalTransition(Exception):
+    def __init__(self, what: str, current: str, target: str) -> None:
+        super().__init__(f"{what} cannot move from {current} to {target}")
+        self.current = current
+        self.target = target
+
+
+def move_run(run: Run, target: str) -> bool:
+    """Move `run` to `target` with a compare-and-swap on its state.
+
+    Returns False when another process moved it first (the caller re-reads); raises
+    IllegalTransition when the move is not in the state machine.
+    """
+    current = run.state
+    if target not in RUN_MOVES[current]:
+        raise IllegalTransition(f"run {run.pk}", current, target)
+    now = timezone.now()
+    fields: dict[str, object] = {"state": target}
+    if target == R.RUNNING:
+        fields["started_at"] = now
+    if target in {R.SUCCEEDED, R.FAILED, R.ABORTED, R.AWAITING_APPROVAL}:
+        fields["finished_at"] = now
+    changed = Run.objects.filter(pk=run.pk, state=current).update(**fields)
+    if changed:
+        for name, value in fields.items():
+            setattr(run, name, value)
+    return bool(changed)
+
+
+def move_stage(stage: RunStage, target: str) -> bool:
+    current = stage.state
+    if target not in STAGE_MOVES[current]:
+        raise IllegalTransition(f"stage {stage.stage_id}", current, target)
+    now = timezone.now()
+    fields: dict[str, object] = {"state": target}
+    if target == S.RUNNING:
+        fields["started_at"] = now
+    else:
+        fields["finished_at"] = now
+    changed = RunStage.objects.filter(pk=stage.pk, state=current).update(**fields)
+    if changed:
+        for name, value in fields.items():
+            setattr(stage, name, value)
+    return bool(changed)
