@@ -1,8 +1,19 @@
-"""Test-process environment, set before Django reads its settings."""
+"""Test-process environment, set before Django reads its settings.
+
+DJANGO_SETTINGS_MODULE is set here rather than in pyproject.toml: pytest-django loads the
+settings named in the ini file before any conftest runs, which would fail on the missing
+SECRET_KEY (DEBUG is off in tests). Django is set up here so that the tests' conftests can
+import models; pytest-django's own `pytest_configure` then only blocks stray database access.
+"""
 
 from __future__ import annotations
 
 import os
 
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hxo_site.settings")
 os.environ.setdefault("SECRET_KEY", "hxo-tests-only-secret-key")
 os.environ.setdefault("HXO_SECURE_COOKIES", "0")
+
+import django
+
+django.setup()

@@ -36,6 +36,7 @@ STAGE_FIELDS = {
 }
 PLAN_FIELDS = {"name", "description", "stages"}
 STAGE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+KIND_RE = STAGE_ID_RE
 MAX_NAME_LENGTH = 200
 
 
@@ -173,7 +174,7 @@ def validate_stage(
     stage_id = stage.get("id")
     if stage_id is None:
         result.error(f"{path}.id", codes.REQUIRED, "a stage needs an id")
-    elif not isinstance(stage_id, str) or not STAGE_ID_RE.match(stage_id):
+    elif not isinstance(stage_id, str) or not STAGE_ID_RE.fullmatch(stage_id):
         result.error(
             f"{path}.id",
             codes.INVALID_VALUE,
@@ -419,6 +420,14 @@ def validate_plan(plan: Any, *, user: Any = None) -> ValidationResult:
 def validate_job_kind(data: Mapping[str, Any]) -> ValidationResult:
     """A registry entry as the admin or the API would save it."""
     result = ValidationResult()
+    kind = data.get("kind")
+    if not isinstance(kind, str) or not KIND_RE.fullmatch(kind):
+        # The name is a URL segment (/api/v1/job-kinds/deploy.pack/): no slashes or spaces.
+        result.error(
+            "kind",
+            codes.INVALID_VALUE,
+            "a job kind is 1-100 letters, digits, '_', '.' or '-', starting with a letter or digit",
+        )
     for field, registry, code in (
         ("partitioners", PARTITIONERS, codes.UNKNOWN_PARTITIONER),
         ("executors", EXECUTORS, codes.UNKNOWN_EXECUTOR),

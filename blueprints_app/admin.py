@@ -1,0 +1,176 @@
+"""The registry in the Django admin: registry admins edit job kinds here.
+
+The form offers the registered partitioners and executors as checkboxes and shows schemas as
+indented JSON, but the judge of what may be saved is the one validator
+(`validation.validate_job_kind`), whose messages land on the field they are about.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.forms.fields import InvalidJSONInput
+from django.http import HttpRequest
+
+from blueprints_app import registry
+from blueprints_app.models import JobKind
+from blueprints_app.services import (
+    JOB_KIND_CHECKED_FIELDS,
+    job_kind_data,
+    job_kind_delete,
+    job_kind_save,
+)
+from blueprints_app.validation import validate_job_kind
+
+
+class PrettyJSONField(forms.JSONField):
+    """JSON shown indented by two spaces, in a textarea tall enough to read a schema."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault(
+            "widget", forms.Textarea(attrs={"rows": 16, "cols": 80, "class": "vLargeTextField"})
+        )
+        super().__init__(**kwargs)
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, InvalidJSONInput):
+            return value
+        return json.dumps(value, ensure_ascii=False, indent=2, cls=self.encoder)
+
+
+class RegistryNamesField(forms.MultipleChoiceField):
+    """Checkboxes over registered names; any value is passed on for the validator to judge."""
+
+    widget = forms.CheckboxSelectMultiple
+
+    def valid_value(self, value: str) -> bool:
+        return True
+
+
+def _choices(registered: list[tuple[str, str]], stored: list[Any]) -> list[tuple[str, str]]:
+    """Registered names, plus stored names that are no longer registered (flagged)."""
+    known = {name for name, _ in registered}
+    missing = [
+        (n, f"{n} (not registered)") for n in stored if isinstance(n, str) and n not in known
+    ]
+    return [*registered, *missing]
+
+
+class JobKindForm(forms.ModelForm):
+    partitioners = RegistryNamesField(help_text="Allowed partitioners (from the code registry)")
+    executors = RegistryNamesField(help_text="Allowed executors (from the code registry)")
+    input_schema = PrettyJSONField(help_text="JSON Schema of a partition's inputs")
+    output_schema = PrettyJSONField(help_text="JSON Schema of a partition's result")
+
+    class Meta:
+        model = JobKind
+        fields = [
+            "kind",
+            "description",
+            "partitioners",
+            "executors",
+            "allow_non_idempotent",
+            "require_dry_run",
+            "required_approvals",
+            "default_slo_ms",
+            "result_status",
+            "input_schema",
+            "output_schema",
+            "deprecated",
+            "sunset_at",
+            "replaced_by",
+        ]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Choices are read per form, so components registered by plugins show up.
+        self.fields["partitioners"].choices = _choices(
+            registry.partitioner_choices(), list(self.instance.partitioners or [])
+        )
+        self.fields["executors"].choices = _choices(
+            registry.executor_choices(), list(self.instance.executors or [])
+        )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        data = job_kind_data(self.instance)
+        data.update({f: cleaned[f] for f in JOB_KIND_CHECKED_FIELDS if f in cleaned})
+        for issue in validate_job_kind(data).errors:
+            field = issue.path.split("[", 1)[0].split(".", 1)[0]
+            if field in self.errors:
+                continue  # the field's own error already says what is wrong
+            if field in self.fields and field in cleaned:
+                self.add_error(field, issue.message)
+            elif field not in self.fields:
+                self.add_error(None, f"{issue.path}: {issue.message}")
+        return cleaned
+
+
+@admin.register(JobKind)
+class JobKindAdmin(admin.ModelAdmin):
+    form = JobKindForm
+    # The columns of the contract's Appendix table, then SLO, version and deprecation.
+    list_display = [
+        "kind",
+        "partitioner_names",
+        "executor_names",
+        "non_idempotent",
+        "dry_run",
+        "default_slo_ms",
+        "version",
+        "deprecated",
+    ]
+    list_filter = ["deprecated", "allow_non_idempotent", "require_dry_run"]
+    search_fields = ["kind", "description"]
+    ordering = ["kind"]
+    fieldsets = [
+        (None, {"fields": ["kind", "description"]}),
+        ("Components", {"fields": ["partitioners", "executors"]}),
+        (
+            "Safety policy",
+            {"fields": ["allow_non_idempotent", "require_dry_run", "required_approvals"]},
+        ),
+        ("Results", {"fields": ["default_slo_ms", "result_status"]}),
+        ("Schemas", {"fields": ["input_schema", "output_schema"]}),
+        (
+            "Evolution",
+            {"fields": ["version", "deprecated", "sunset_at", "replaced_by"]},
+        ),
+        ("History", {"fields": ["created_at", "updated_at"], "classes": ["collapse"]}),
+    ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: JobKind | None = None) -> list[str]:
+        readonly = ["version", "created_at", "updated_at"]
+        if obj is not None:
+            readonly.append("kind")  # plans refer to kinds by name
+        return readonly
+
+    @admin.display(description="Partitioners")
+    def partitioner_names(self, obj: JobKind) -> str:
+        return ", ".join(obj.partitioners)
+
+    @admin.display(description="Executors")
+    def executor_names(self, obj: JobKind) -> str:
+        return ", ".join(obj.executors)
+
+    @admin.display(description="Non-Idempotent", ordering="allow_non_idempotent")
+    def non_idempotent(self, obj: JobKind) -> str:
+        return "Yes" if obj.allow_non_idempotent else "No"
+
+    @admin.display(description="Dry-Run", ordering="require_dry_run")
+    def dry_run(self, obj: JobKind) -> str:
+        return "Yes" if obj.require_dry_run else "No"
+
+    def save_model(self, request: HttpRequest, obj: JobKind, form: Any, change: bool) -> None:
+        job_kind_save(job_kind=obj, user=request.user, changed_fields=form.changed_data)
+
+    def delete_model(self, request: HttpRequest, obj: JobKind) -> None:
+        job_kind_delete(job_kind=obj, user=request.user)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[JobKind]) -> None:
+        for obj in queryset:
+            job_kind_delete(job_kind=obj, user=request.user)

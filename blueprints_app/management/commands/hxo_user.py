@@ -1,0 +1,52 @@
+"""`manage.py hxo_user NAME --role ROLE [--password P] [--token] [--staff]`.
+
+Creates or updates a user holding exactly one role group. With `--token`, stdout carries only
+the user's API token (created once, then reused), for scripts: `TOKEN=$(manage.py hxo_user
+ci --role operator --token)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from rest_framework.authtoken.models import Token
+
+from blueprints_app.capabilities import ROLES
+from blueprints_app.services import user_set_role
+
+
+class Command(BaseCommand):
+    help = "Create or update a user with one role; --token prints only its API token."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("name", help="username")
+        parser.add_argument("--role", required=True, help=f"one of: {', '.join(ROLES)}")
+        parser.add_argument("--password", help="set this password (default: keep; new: none)")
+        parser.add_argument(
+            "--token", action="store_true", help="print only the API token on stdout"
+        )
+        parser.add_argument(
+            "--staff", action="store_true", help="may log in to the admin (admirals always may)"
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        role = options["role"]
+        if role not in ROLES:
+            raise CommandError(f"unknown role {role!r}; choose one of: {', '.join(ROLES)}")
+        try:
+            user, created = user_set_role(
+                username=options["name"],
+                role=role,
+                password=options["password"],
+                staff=options["staff"],
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        summary = f"{'Created' if created else 'Updated'} user {user.username!r} with role {role}"
+        if options["token"]:
+            token, _ = Token.objects.get_or_create(user=user)
+            self.stderr.write(summary)
+            self.stdout.write(token.key)
+        else:
+            self.stdout.write(summary)

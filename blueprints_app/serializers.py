@@ -1,0 +1,147 @@
+"""Shapes of the registry API: job kinds, code components, validation requests and results.
+
+Serializers check shape only; the rules are the validator's (`blueprints_app.validation`),
+whose findings are returned as `{path, code, message}` exactly as it reports them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+from rest_framework.exceptions import ErrorDetail
+
+from blueprints_app import codes
+from blueprints_app.models import JobKind
+from blueprints_app.services import (
+    JOB_KIND_CHECKED_FIELDS,
+    JobKindInvalid,
+    job_kind_data,
+    job_kind_save,
+)
+from blueprints_app.validation import ValidationResult, validate_job_kind
+
+
+def validation_error(result: ValidationResult) -> serializers.ValidationError:
+    """The validator's errors as a DRF ValidationError keyed by path, codes preserved."""
+    detail: dict[str, list[ErrorDetail]] = {}
+    for issue in result.errors:
+        detail.setdefault(issue.path, []).append(ErrorDetail(issue.message, code=issue.code))
+    return serializers.ValidationError(detail)
+
+
+class SafetyPolicySerializer(serializers.Serializer):
+    allow_non_idempotent = serializers.BooleanField(default=False)
+    require_dry_run = serializers.BooleanField(default=False)
+
+
+class JobKindSerializer(serializers.ModelSerializer):
+    partitioners = serializers.ListField(
+        child=serializers.CharField(max_length=100), allow_empty=False
+    )
+    executors = serializers.ListField(
+        child=serializers.CharField(max_length=100), allow_empty=False
+    )
+    safety_policy = SafetyPolicySerializer(source="*", required=False)
+    input_schema = serializers.JSONField(required=False)
+    output_schema = serializers.JSONField(required=False)
+
+    class Meta:
+        model = JobKind
+        fields = [
+            "kind",
+            "description",
+            "partitioners",
+            "executors",
+            "safety_policy",
+            "default_slo_ms",
+            "input_schema",
+            "output_schema",
+            "result_status",
+            "version",
+            "deprecated",
+            "sunset_at",
+            "replaced_by",
+            "required_approvals",
+        ]
+        # Versions are the registry's to bump (blueprints_app.services.job_kind_save).
+        read_only_fields = ["version"]
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if (
+            self.instance is not None
+            and attrs.get("kind", self.instance.kind) != self.instance.kind
+        ):
+            raise serializers.ValidationError(
+                {"kind": [ErrorDetail("a job kind cannot be renamed", code=codes.INVALID_VALUE)]}
+            )
+        data = job_kind_data(self.instance) if self.instance is not None else {}
+        data.setdefault("input_schema", {})
+        data.setdefault("output_schema", {})
+        data.update({k: v for k, v in attrs.items() if k in JOB_KIND_CHECKED_FIELDS})
+        result = validate_job_kind(data)
+        if not result.valid:
+            raise validation_error(result)
+        return attrs
+
+    def create(self, validated_data: dict[str, Any]) -> JobKind:
+        return self._save(JobKind(), validated_data)
+
+    def update(self, instance: JobKind, validated_data: dict[str, Any]) -> JobKind:
+        return self._save(instance, validated_data)
+
+    def _save(self, job_kind: JobKind, validated_data: dict[str, Any]) -> JobKind:
+        changed = [f for f, v in validated_data.items() if getattr(job_kind, f, None) != v]
+        for field, value in validated_data.items():
+            setattr(job_kind, field, value)
+        request = self.context.get("request")
+        try:
+            return job_kind_save(
+                job_kind=job_kind,
+                user=getattr(request, "user", None),
+                changed_fields=changed,
+            )
+        except JobKindInvalid as exc:
+            raise validation_error(exc.result) from None
+
+
+class PartitionerSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    description = serializers.CharField()
+    params_schema = serializers.JSONField()
+    deprecated = serializers.BooleanField()
+
+
+class ExecutorSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    description = serializers.CharField()
+    idempotent = serializers.BooleanField()
+    supports_dry_run = serializers.BooleanField()
+    deprecated = serializers.BooleanField()
+
+
+class ValidateRequestSerializer(serializers.Serializer):
+    """Documentation of the body of POST /api/v1/validate/: exactly one of the two."""
+
+    stage = serializers.JSONField(required=False, help_text="One stage document")
+    plan = serializers.JSONField(required=False, help_text="A plan {name, description, stages}")
+
+
+class IssueSerializer(serializers.Serializer):
+    path = serializers.CharField()
+    code = serializers.CharField()
+    message = serializers.CharField()
+
+
+class ValidationResultSerializer(serializers.Serializer):
+    valid = serializers.BooleanField()
+    errors = IssueSerializer(many=True)
+    warnings = IssueSerializer(many=True)
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The API's one error shape (blueprints_app.api_errors)."""
+
+    detail = serializers.CharField()
+    code = serializers.CharField()
+    errors = IssueSerializer(many=True)
