@@ -13,6 +13,8 @@ import os
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hxo_site.settings")
 os.environ.setdefault("SECRET_KEY", "hxo-tests-only-secret-key")
 os.environ.setdefault("HXO_SECURE_COOKIES", "0")
+# One test database per test session, so parallel sessions never share one.
+os.environ.setdefault("HXO_TEST_DB_SUFFIX", str(os.getpid()))
 
 import django
 

@@ -164,6 +164,14 @@ else:
         # the tests see the same data (django-q2 notes, "Testing").
         "TEST": {"NAME": str(VAR_DIR / "test_hxo.sqlite3")},
     }
+# Lets concurrent test sessions (several checkouts, parallel CI jobs) use separate test
+# databases; worker processes started by a test inherit the variable and find the same one.
+_test_suffix = env_str("HXO_TEST_DB_SUFFIX")
+if _test_suffix:
+    if _db["ENGINE"] == "django.db.backends.sqlite3":
+        _db["TEST"] = {"NAME": str(VAR_DIR / f"test_hxo_{_test_suffix}.sqlite3")}
+    else:
+        _db["TEST"] = {"NAME": f"test_hxo_{_test_suffix}"}
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     # IMMEDIATE transactions take the write lock up front, so a read-then-write never fails
     # the lock upgrade ("database is locked", django-q2 #144); WAL lets readers go on.
@@ -239,7 +247,7 @@ HXO_MAX_ATTEMPTS = env_int("HXO_MAX_ATTEMPTS", 3, minimum=1)
 HXO_RETRY_BACKOFF_MS = env_int("HXO_RETRY_BACKOFF_MS", 1_000, minimum=0)
 HXO_LEASE_MS = env_int("HXO_LEASE_MS", 30_000, minimum=500)
 HXO_DRAIN_BUDGET_S = env_int("HXO_DRAIN_BUDGET_S", 60, minimum=1)
-HXO_RECONCILE_EVERY_S = env_int("HXO_RECONCILE_EVERY_S", 60, minimum=1)
+HXO_RECONCILE_EVERY_MIN = env_int("HXO_RECONCILE_EVERY_MIN", 1, minimum=1)
 HXO_ALLOW_SELF_APPROVAL = env_bool("HXO_ALLOW_SELF_APPROVAL", False)
 HXO_MAX_BODY_BYTES = env_int("HXO_MAX_BODY_BYTES", 1_048_576, minimum=1024)
 HXO_WORKSPACES = {

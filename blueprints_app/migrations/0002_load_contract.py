@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from django.db import migrations
 
+from blueprints_app.bootstrap import load_contract
 from blueprints_app.contract import contract_kinds
 
 
 def load(apps, schema_editor):
-    JobKind = apps.get_model("blueprints_app", "JobKind")
-    for entry in contract_kinds():
-        JobKind.objects.get_or_create(kind=entry["kind"], defaults=entry)
+    load_contract(apps)
 
 
 def unload(apps, schema_editor):

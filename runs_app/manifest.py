@@ -1,0 +1,258 @@
+"""Resolving a plan revision into its manifest, the run digest, and diffs between manifests.
+
+The manifest is what partitioners make of a revision right now: partitions with inputs and
+content fingerprints. The digest covers the revision, the kinds' versions and the manifest, so
+an approval bound to it stops covering the plan as soon as anything it read has changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any
+
+from django.conf import settings
+
+from blueprints_app import codes
+from blueprints_app.models import JobKind
+from blueprints_app.registry import (
+    ComponentError,
+    PartitionContext,
+    PartitionSpec,
+    get_partitioner,
+)
+from blueprints_app.validation import load_kinds, schema_validator
+from runs_app import hashing
+from runs_app.errors import ServiceError
+from runs_app.models import Partition, PlanRevision, Run, RunStage
+
+MAX_DIFF_ITEMS = 50
+
+
+@dataclasses.dataclass
+class ResolvedStage:
+    position: int
+    stage: dict[str, Any]
+    kind: JobKind
+    specs: list[PartitionSpec]
+    data: dict[str, Any]
+    cas_ids: list[str]
+    cas_root: str
+
+    @property
+    def stage_id(self) -> str:
+        return self.stage["id"]
+
+
+@dataclasses.dataclass
+class ResolvedManifest:
+    revision: PlanRevision
+    stages: list[ResolvedStage]  # in plan order
+    kind_versions: dict[str, int]
+    digest: str
+
+    @property
+    def partition_count(self) -> int:
+        return sum(len(s.specs) for s in self.stages)
+
+
+def topological_order(stages: list[dict[str, Any]]) -> list[int]:
+    """Stage positions so that every stage comes after what it depends on (plan is valid)."""
+    by_id = {s["id"]: i for i, s in enumerate(stages)}
+    done: set[int] = set()
+    order: list[int] = []
+    while len(order) < len(stages):
+        progressed = False
+        for i, s in enumerate(stages):
+            if i in done:
+                continue
+            if all(by_id[d] in done for d in s.get("depends_on", [])):
+                done.add(i)
+                order.append(i)
+                progressed = True
+        if not progressed:
+            raise ServiceError("the plan has a dependency cycle", code=codes.DEPENDENCY_CYCLE)
+    return order
+
+
+def _stage_digest_lines(stage_id: str, data: dict[str, Any], specs: list[PartitionSpec]) -> bytes:
+    h = hashlib.sha256()
+    h.update(hashing.canonical_json([stage_id, data]).encode())
+    for i, spec in enumerate(specs):
+        h.update(hashing.canonical_json([i, spec.wave, spec.inputs, spec.fingerprints]).encode())
+    return h.digest()
+
+
+def resolve_manifest(
+    revision: PlanRevision, kinds: dict[str, JobKind] | None = None
+) -> ResolvedManifest:
+    """Run every stage's partitioner; refuse with a clear code and path on any problem."""
+    kinds = kinds if kinds is not None else load_kinds()
+    stages = revision.stages
+    resolved: dict[int, ResolvedStage] = {}
+    total = 0
+    limit = settings.HXO_MAX_PARTITIONS
+    for position in topological_order(stages):
+        stage = stages[position]
+        path = f"stages[{position}]"
+        kind = kinds.get(stage["kind"])
+        if kind is None:
+            raise ServiceError(
+                f"{stage['kind']!r} is not a registered job kind",
+                code=codes.UNKNOWN_KIND,
+                errors=[{"path": f"{path}.kind", "code": codes.UNKNOWN_KIND, "message": "unknown"}],
+            )
+        try:
+            manifest = get_partitioner(stage["partitioner"]).partition(
+                PartitionContext(stage=stage, kind=kind)
+            )
+        except ComponentError as exc:
+            sub = f"{path}.{exc.path}" if exc.path else path
+            raise ServiceError(
+                f"stage {stage['id']!r} could not be partitioned: {exc.message}",
+                code=codes.PARTITIONING_FAILED,
+                errors=[{"path": sub, "code": exc.code, "message": exc.message}],
+            ) from exc
+        total += len(manifest.partitions)
+        if total > limit:
+            raise ServiceError(
+                f"the plan resolves to more than {limit} partitions (HXO_MAX_PARTITIONS)",
+                code=codes.TOO_MANY_PARTITIONS,
+                errors=[
+                    {
+                        "path": path,
+                        "code": codes.TOO_MANY_PARTITIONS,
+                        "message": f"{len(manifest.partitions)} partitions in this stage",
+                    }
+                ],
+            )
+        validator = schema_validator(kind.input_schema)
+        for i, spec in enumerate(manifest.partitions):
+            err = next(iter(validator.iter_errors(spec.inputs)), None)
+            if err is not None:
+                raise ServiceError(
+                    f"partition {i} of stage {stage['id']!r} has inputs that do not match "
+                    f"the input schema of {kind.kind}: {err.message}",
+                    code=codes.INVALID_INPUTS,
+                    errors=[
+                        {
+                            "path": f"{path}.partitions[{i}].inputs",
+                            "code": codes.INVALID_INPUTS,
+                            "message": err.message,
+                        }
+                    ],
+                )
+        # A partition depends on every partition of the stages it depends on (their CAS roots)
+        # and on the earlier waves of its own stage.
+        dep_roots = [resolved[_position(stages, d)].cas_root for d in stage.get("depends_on", [])]
+        by_wave: dict[int, list[int]] = {}
+        for i, spec in enumerate(manifest.partitions):
+            by_wave.setdefault(spec.wave, []).append(i)
+        cas_ids: list[str] = [""] * len(manifest.partitions)
+        earlier: list[str] = []
+        for wave in sorted(by_wave):
+            wave_deps = [*dep_roots, hashing.cas_root(earlier)] if earlier else dep_roots
+            for i in by_wave[wave]:
+                spec = manifest.partitions[i]
+                cas_ids[i] = hashing.cas_id(
+                    kind=kind.kind,
+                    kind_version=kind.version,
+                    executor=stage["executor"],
+                    inputs=spec.inputs,
+                    fingerprints=spec.fingerprints,
+                    depends_on=wave_deps,
+                )
+            earlier.extend(cas_ids[i] for i in by_wave[wave])
+        resolved[position] = ResolvedStage(
+            position=position,
+            stage=stage,
+            kind=kind,
+            specs=manifest.partitions,
+            data=manifest.data,
+            cas_ids=cas_ids,
+            cas_root=hashing.cas_root(cas_ids),
+        )
+
+    ordered = [resolved[i] for i in range(len(stages))]
+    kind_versions = {rs.kind.kind: rs.kind.version for rs in ordered}
+    h = hashlib.sha256()
+    h.update(hashing.canonical_json([revision.digest, kind_versions]).encode())
+    for rs in ordered:
+        h.update(_stage_digest_lines(rs.stage_id, rs.data, rs.specs))
+    return ResolvedManifest(
+        revision=revision, stages=ordered, kind_versions=kind_versions, digest=h.hexdigest()
+    )
+
+
+def _position(stages: list[dict[str, Any]], stage_id: str) -> int:
+    return next(i for i, s in enumerate(stages) if s["id"] == stage_id)
+
+
+def _fingerprint_diff(old: dict[str, str], new: dict[str, str]) -> dict[str, list[str]]:
+    return {
+        "added": sorted(set(new) - set(old))[:MAX_DIFF_ITEMS],
+        "removed": sorted(set(old) - set(new))[:MAX_DIFF_ITEMS],
+        "changed": sorted(k for k in set(old) & set(new) if old[k] != new[k])[:MAX_DIFF_ITEMS],
+    }
+
+
+def diff_against_run(run: Run, resolved: ResolvedManifest) -> dict[str, Any]:
+    """What differs between a stored run's manifest and a freshly resolved one."""
+    diff: dict[str, Any] = {"stages": []}
+    if run.revision_id != resolved.revision.pk:
+        diff["revision"] = {"from": run.revision.number, "to": resolved.revision.number}
+    old_versions = {k: v["version"] for k, v in run.kind_snapshots.items()}
+    changed_versions = {
+        k: {"from": old_versions.get(k), "to": v}
+        for k, v in resolved.kind_versions.items()
+        if old_versions.get(k) != v
+    }
+    if changed_versions:
+        diff["kind_versions"] = changed_versions
+    old_stages = {s.stage_id: s for s in run.run_stages.all()}
+    new_stages = {rs.stage_id: rs for rs in resolved.stages}
+    for sid in sorted(set(old_stages) - set(new_stages)):
+        diff["stages"].append({"id": sid, "change": "removed"})
+    for sid in sorted(set(new_stages) - set(old_stages)):
+        diff["stages"].append({"id": sid, "change": "added"})
+    for sid in sorted(set(old_stages) & set(new_stages)):
+        old_stage, new = old_stages[sid], new_stages[sid]
+        entry = _stage_diff(old_stage, new)
+        if entry:
+            diff["stages"].append({"id": sid, "change": "changed", **entry})
+    return diff
+
+
+def _stage_diff(old_stage: RunStage, new: ResolvedStage) -> dict[str, Any]:
+    entry: dict[str, Any] = {}
+    for field in ("kind", "partitioner", "executor"):
+        if getattr(old_stage, field) != new.stage[field]:
+            entry[field] = {"from": getattr(old_stage, field), "to": new.stage[field]}
+    if old_stage.params != (new.stage.get("params") or {}):
+        entry["params"] = {"from": old_stage.params, "to": new.stage.get("params") or {}}
+    if old_stage.manifest != new.data:
+        entry["manifest_changed"] = True
+    old_parts = list(
+        Partition.objects.filter(stage=old_stage)
+        .order_by("index")
+        .values_list("index", "inputs", "fingerprints")
+    )
+    if len(old_parts) != len(new.specs):
+        entry["partitions"] = {"from": len(old_parts), "to": len(new.specs)}
+    changed = []
+    for index, inputs, fingerprints in old_parts:
+        if index >= len(new.specs):
+            continue
+        spec = new.specs[index]
+        item: dict[str, Any] = {}
+        if inputs != spec.inputs:
+            item["inputs"] = {"from": inputs, "to": spec.inputs}
+        if fingerprints != spec.fingerprints:
+            item["fingerprints"] = _fingerprint_diff(fingerprints, spec.fingerprints)
+        if item:
+            changed.append({"index": index, **item})
+            if len(changed) >= MAX_DIFF_ITEMS:
+                break
+    if changed:
+        entry["changed_partitions"] = changed
+    return entry

@@ -1,0 +1,671 @@
+"""Every write to plans and runs: `<entity>_<action>(*, ...)`, atomic, audited.
+
+Views, the API and the CLI call these and nothing else to change state. Each checks the
+actor's capabilities itself, so no caller can forget to.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+
+from blueprints_app import codes
+from blueprints_app.capabilities import has_capability
+from blueprints_app.registry import EXECUTORS
+from blueprints_app.validation import ValidationResult, load_kinds, validate_plan
+from runs_app import execution
+from runs_app.audit import audit
+from runs_app.errors import ServiceError
+from runs_app.hashing import document_digest
+from runs_app.manifest import ResolvedManifest, diff_against_run, resolve_manifest
+from runs_app.models import (
+    Approval,
+    Partition,
+    PartitionState,
+    Plan,
+    PlanRevision,
+    Run,
+    RunMode,
+    RunStage,
+    RunState,
+    StageState,
+)
+from runs_app.transitions import move_run, move_stage
+
+BULK = 2000
+
+
+def _require(actor: Any, capability: str) -> None:
+    if not has_capability(actor, capability):
+        raise ServiceError(
+            f"this needs the hxo:{capability} capability",
+            code=codes.PERMISSION_DENIED,
+            status=403,
+        )
+
+
+def _invalid(result: ValidationResult) -> ServiceError:
+    errors = [i.as_dict() for i in result.errors]
+    if any(e["code"] == codes.FORCE_MERGE_REQUIRED for e in errors):
+        return ServiceError(
+            "a non-idempotent stage needs the hxo:force-merge capability",
+            code=codes.FORCE_MERGE_REQUIRED,
+            status=403,
+            errors=errors,
+        )
+    return ServiceError("the plan is not valid", code=codes.VALIDATION_FAILED, errors=errors)
+
+
+# --- Plans ----------------------------------------------------------------------------------
+
+
+def _normalise(document: dict[str, Any]) -> dict[str, Any]:
+    """The stored form of a plan document: the fields the validator knows, defaults filled."""
+    stages = []
+    for stage in document["stages"]:
+        s = {k: stage[k] for k in ("id", "kind", "partitioner", "executor")}
+        s["params"] = stage.get("params") or {}
+        s["depends_on"] = list(stage.get("depends_on") or [])
+        for key in ("slo_ms", "non_idempotent", "max_failed_partitions"):
+            if stage.get(key) is not None:
+                s[key] = stage[key]
+        stages.append(s)
+    return {
+        "name": document["name"].strip(),
+        "description": document.get("description", ""),
+        "stages": stages,
+    }
+
+
+def _new_revision(plan: Plan, document: dict[str, Any], actor: Any, comment: str) -> PlanRevision:
+    kinds = load_kinds()
+    number = plan.latest_number + 1
+    revision = PlanRevision.objects.create(
+        plan=plan,
+        number=number,
+        document=document,
+        digest=document_digest(document),
+        kind_versions={s["kind"]: kinds[s["kind"]].version for s in document["stages"]},
+        author=actor if getattr(actor, "is_authenticated", False) else None,
+        comment=comment[:500],
+    )
+    Plan.objects.filter(pk=plan.pk).update(
+        latest_number=number, name=document["name"], description=document["description"]
+    )
+    plan.latest_number = number
+    plan.name = document["name"]
+    plan.description = document["description"]
+    return revision
+
+
+def plan_create(
+    *, actor: Any, document: Any, client_ip: str | None = None, comment: str = ""
+) -> Plan:
+    _require(actor, "plan")
+    # Authoring a non-idempotent stage is allowed; running it needs hxo:force-merge (submit).
+    result = validate_plan(document)
+    if not result.valid:
+        raise _invalid(result)
+    document = _normalise(document)
+    with transaction.atomic():
+        plan = Plan.objects.create(
+            name=document["name"], description=document["description"], created_by=actor
+        )
+        revision = _new_revision(plan, document, actor, comment)
+        audit(
+            actor=actor,
+            action="plan.create",
+            obj=plan,
+            client_ip=client_ip,
+            after={"revision": revision.number, "digest": revision.digest},
+        )
+    return plan
+
+
+def plan_update(
+    *,
+    plan: Plan,
+    actor: Any,
+    document: Any,
+    client_ip: str | None = None,
+    comment: str = "",
+    partial: bool = False,
+) -> PlanRevision:
+    """A new immutable revision. Concurrent edits are serialised on the plan row, so they
+    become consecutive revisions rather than one lost update."""
+    _require(actor, "plan")
+    if partial and isinstance(document, dict):
+        current = plan.latest_revision.document
+        document = {**current, **document}
+    result = validate_plan(document)
+    if not result.valid:
+        raise _invalid(result)
+    document = _normalise(document)
+    with transaction.atomic():
+        locked = Plan.objects.select_for_update().get(pk=plan.pk)
+        previous = locked.revisions.get(number=locked.latest_number)
+        if previous.digest == document_digest(document):
+            return previous  # nothing changed: no new revision
+        revision = _new_revision(locked, document, actor, comment)
+        audit(
+            actor=actor,
+            action="plan.update",
+            obj=locked,
+            client_ip=client_ip,
+            before={"revision": previous.number, "digest": previous.digest},
+            after={"revision": revision.number, "digest": revision.digest},
+        )
+    plan.refresh_from_db()
+    return revision
+
+
+# --- Runs -----------------------------------------------------------------------------------
+
+
+def _existing_for_key(actor: Any, key: str | None, plan: Plan, mode: str) -> Run | None:
+    if not key:
+        return None
+    run = Run.objects.filter(requested_by=actor, idempotency_key=key).first()
+    if run is not None and (run.plan_id != plan.pk or run.mode != mode):
+        raise ServiceError(
+            "this Idempotency-Key was already used for another request",
+            code="idempotency_key_reused",
+            status=409,
+        )
+    return run
+
+
+def _check_submit(actor: Any, revision: PlanRevision) -> None:
+    _require(actor, "submit")
+    result = validate_plan(revision.document, user=actor)
+    if not result.valid:
+        raise _invalid(result)
+
+
+def _audit_force_merge(actor: Any, run: Run, revision: PlanRevision, client_ip: str | None) -> None:
+    stages = [s["id"] for s in revision.stages if s.get("non_idempotent")]
+    if stages:
+        audit(
+            actor=actor,
+            action="run.force_merge",
+            obj=run,
+            client_ip=client_ip,
+            detail={"stages": stages},
+        )
+
+
+def _create_run(
+    *,
+    plan: Plan,
+    resolved: ResolvedManifest,
+    mode: str,
+    actor: Any,
+    idempotency_key: str | None,
+    dry_run: Run | None = None,
+    force_rerun: bool = False,
+) -> Run:
+    """Persist a run with its stages and partitions and start it. Inside a transaction."""
+    kinds = {rs.kind.kind: rs.kind for rs in resolved.stages}
+    run = Run.objects.create(
+        plan=plan,
+        revision=resolved.revision,
+        mode=mode,
+        state=RunState.PENDING,
+        digest=resolved.digest,
+        kind_snapshots={name: k.snapshot() for name, k in kinds.items()},
+        requested_by=actor,
+        idempotency_key=idempotency_key or None,
+        dry_run=dry_run,
+        force_rerun=force_rerun,
+        required_approvals=max((k.required_approvals for k in kinds.values()), default=1),
+    )
+    move_run(run, RunState.PARTITIONING)
+    for rs in resolved.stages:
+        stage_doc = rs.stage
+        non_idempotent = (
+            bool(stage_doc.get("non_idempotent")) or not EXECUTORS[stage_doc["executor"]].idempotent
+        )
+        stage = RunStage.objects.create(
+            run=run,
+            stage_id=rs.stage_id,
+            position=rs.position,
+            kind=rs.kind.kind,
+            kind_version=rs.kind.version,
+            partitioner=stage_doc["partitioner"],
+            executor=stage_doc["executor"],
+            depends_on=list(stage_doc.get("depends_on", [])),
+            params=stage_doc.get("params") or {},
+            non_idempotent=non_idempotent,
+            max_failed_partitions=stage_doc.get("max_failed_partitions") or 0,
+            slo_ms=stage_doc.get("slo_ms") or rs.kind.default_slo_ms,
+            manifest=rs.data,
+            cas_root=rs.cas_root,
+            total=len(rs.specs),
+            pending=len(rs.specs),
+            max_wave=max((s.wave for s in rs.specs), default=0),
+            weight=sum(s.weight for s in rs.specs),
+        )
+        Partition.objects.bulk_create(
+            (
+                Partition(
+                    run=run,
+                    stage=stage,
+                    index=i,
+                    wave=spec.wave,
+                    inputs=spec.inputs,
+                    fingerprints=spec.fingerprints,
+                    label=spec.label[:300],
+                    weight=spec.weight,
+                    cas_id=rs.cas_ids[i],
+                    non_idempotent=non_idempotent,
+                )
+                for i, spec in enumerate(rs.specs)
+            ),
+            batch_size=BULK,
+        )
+        if mode == RunMode.APPLY and not force_rerun and not non_idempotent:
+            _reuse_earlier_results(stage, rs.cas_ids)
+    move_run(run, RunState.RUNNING)
+    execution.advance_run(run.pk)
+    return run
+
+
+def _reuse_earlier_results(stage: RunStage, cas_ids: list[str]) -> None:
+    """Idempotent partitions whose CAS id already succeeded in an earlier apply are reused."""
+    reused = 0
+    for start in range(0, len(cas_ids), BULK):
+        chunk = cas_ids[start : start + BULK]
+        earlier = dict(
+            Partition.objects.filter(
+                cas_id__in=chunk,
+                state=PartitionState.SUCCEEDED,
+                run__mode=RunMode.APPLY,
+                non_idempotent=False,
+            )
+            .exclude(run_id=stage.run_id)
+            .order_by("cas_id", "-id")
+            .distinct()
+            .values_list("cas_id", "id")
+        )
+        if not earlier:
+            continue
+        outputs = dict(
+            Partition.objects.filter(pk__in=earlier.values()).values_list("id", "output")
+        )
+        mine = Partition.objects.filter(stage=stage, cas_id__in=list(earlier)).only("id", "cas_id")
+        updates = []
+        for p in mine:
+            p.state = PartitionState.REUSED
+            p.reused_from_id = earlier[p.cas_id]
+            p.output = outputs[p.reused_from_id]
+            updates.append(p)
+        Partition.objects.bulk_update(updates, ["state", "reused_from", "output"], batch_size=BULK)
+        reused += len(updates)
+    if reused:
+        RunStage.objects.filter(pk=stage.pk).update(pending=stage.total - reused, reused=reused)
+
+
+def run_start_dry_run(
+    *,
+    plan: Plan,
+    actor: Any,
+    idempotency_key: str | None = None,
+    client_ip: str | None = None,
+) -> Run:
+    existing = _existing_for_key(actor, idempotency_key, plan, RunMode.DRY_RUN)
+    if existing is not None:
+        return existing
+    revision = plan.latest_revision
+    _check_submit(actor, revision)
+    resolved = resolve_manifest(revision)
+    try:
+        with transaction.atomic():
+            run = _create_run(
+                plan=plan,
+                resolved=resolved,
+                mode=RunMode.DRY_RUN,
+                actor=actor,
+                idempotency_key=idempotency_key,
+            )
+            audit(
+                actor=actor,
+                action="run.dry_run",
+                obj=run,
+                client_ip=client_ip,
+                after={"state": run.state, "digest": run.digest, "revision": revision.number},
+            )
+    except IntegrityError:
+        existing = _existing_for_key(actor, idempotency_key, plan, RunMode.DRY_RUN)
+        if existing is None:
+            raise
+        return existing
+    return run
+
+
+def run_apply(
+    *,
+    plan: Plan,
+    actor: Any,
+    dry_run_id: int | None = None,
+    idempotency_key: str | None = None,
+    force_rerun: bool = False,
+    client_ip: str | None = None,
+) -> Run:
+    """Apply the plan's latest revision. Where a kind requires a dry-run, only an approved
+    dry-run of the very same digest lets it through; anything changed since is stale."""
+    existing = _existing_for_key(actor, idempotency_key, plan, RunMode.APPLY)
+    if existing is not None:
+        return existing
+    revision = plan.latest_revision
+    _check_submit(actor, revision)
+    kinds = load_kinds()
+    needs = sorted({s["kind"] for s in revision.stages if kinds[s["kind"]].require_dry_run})
+    dry_run: Run | None = None
+    if dry_run_id is not None:
+        dry_run = Run.objects.filter(pk=dry_run_id, plan=plan, mode=RunMode.DRY_RUN).first()
+        if dry_run is None:
+            raise ServiceError(
+                f"run {dry_run_id} is not a dry-run of this plan",
+                code=codes.INVALID_VALUE,
+                errors=[{"path": "dry_run", "code": codes.INVALID_VALUE, "message": "not found"}],
+            )
+    if needs and dry_run is None:
+        _refuse(actor, plan, client_ip, codes.DRY_RUN_REQUIRED)
+        raise ServiceError(
+            f"{', '.join(needs)} require an approved dry-run: name it in 'dry_run'",
+            code=codes.DRY_RUN_REQUIRED,
+            status=409,
+        )
+    if dry_run is not None:
+        acceptable = {RunState.APPROVED} if needs else {RunState.APPROVED, RunState.SUCCEEDED}
+        if dry_run.state not in acceptable:
+            _refuse(actor, plan, client_ip, codes.DRY_RUN_NOT_APPROVED)
+            raise ServiceError(
+                f"dry-run {dry_run.pk} is {dry_run.state}, not approved",
+                code=codes.DRY_RUN_NOT_APPROVED,
+                status=409,
+            )
+    resolved = resolve_manifest(revision, kinds)
+    if dry_run is not None and resolved.digest != dry_run.digest:
+        diff = diff_against_run(dry_run, resolved)
+        _refuse(actor, plan, client_ip, codes.STALE_PLAN, {"dry_run": dry_run.pk, "diff": diff})
+        raise ServiceError(
+            "the plan, its files or its kinds changed since the dry-run was approved",
+            code=codes.STALE_PLAN,
+            status=409,
+            extra={"diff": diff, "dry_run_digest": dry_run.digest, "digest": resolved.digest},
+        )
+    try:
+        with transaction.atomic():
+            run = _create_run(
+                plan=plan,
+                resolved=resolved,
+                mode=RunMode.APPLY,
+                actor=actor,
+                idempotency_key=idempotency_key,
+                dry_run=dry_run,
+                force_rerun=force_rerun,
+            )
+            audit(
+                actor=actor,
+                action="run.apply",
+                obj=run,
+                client_ip=client_ip,
+                after={"state": run.state, "digest": run.digest, "dry_run": dry_run_id},
+            )
+            _audit_force_merge(actor, run, revision, client_ip)
+    except IntegrityError:
+        existing = _existing_for_key(actor, idempotency_key, plan, RunMode.APPLY)
+        if existing is None:
+            raise
+        return existing
+    return run
+
+
+def _refuse(actor: Any, plan: Plan, client_ip: str | None, code: str, detail: Any = None) -> None:
+    """Refusals of privileged actions are audited too (outside the refused transaction)."""
+    audit(
+        actor=actor,
+        action=f"refused.{code}",
+        obj=plan,
+        client_ip=client_ip,
+        detail=detail,
+    )
+
+
+def run_approve(*, run: Run, actor: Any, comment: str = "", client_ip: str | None = None) -> Run:
+    return _decide(
+        run=run,
+        actor=actor,
+        decision=Approval.Decision.APPROVE,
+        comment=comment,
+        client_ip=client_ip,
+    )
+
+
+def run_reject(*, run: Run, actor: Any, comment: str = "", client_ip: str | None = None) -> Run:
+    return _decide(
+        run=run,
+        actor=actor,
+        decision=Approval.Decision.REJECT,
+        comment=comment,
+        client_ip=client_ip,
+    )
+
+
+def self_approval_reason(run: Run, actor: Any) -> str | None:
+    """Why `actor` may not decide on `run` (four-eyes), or None."""
+    if settings.HXO_ALLOW_SELF_APPROVAL:
+        return None
+    if run.revision.author_id == actor.pk:
+        return "you wrote this revision of the plan"
+    if run.requested_by_id == actor.pk:
+        return "you requested this dry-run"
+    return None
+
+
+def _decide(*, run: Run, actor: Any, decision: str, comment: str, client_ip: str | None) -> Run:
+    _require(actor, "approve")
+    if not isinstance(comment, str) or len(comment) > 5000 or "\x00" in comment:
+        raise ServiceError(
+            "the comment must be text of at most 5000 characters",
+            code=codes.INVALID_VALUE,
+            errors=[{"path": "comment", "code": codes.INVALID_VALUE, "message": "invalid"}],
+        )
+    reason = self_approval_reason(run, actor)
+    if reason:
+        _refuse(actor, run.plan, client_ip, codes.SELF_APPROVAL_FORBIDDEN, {"run": run.pk})
+        raise ServiceError(
+            f"four-eyes rule: {reason}",
+            code=codes.SELF_APPROVAL_FORBIDDEN,
+            status=403,
+        )
+    with transaction.atomic():
+        locked = Run.objects.select_for_update().get(pk=run.pk)
+        if locked.state != RunState.AWAITING_APPROVAL:
+            raise ServiceError(
+                f"run {run.pk} is {locked.state}, not awaiting approval",
+                code=codes.INVALID_STATE,
+                status=409,
+            )
+        mine = Approval.objects.filter(run=locked, user=actor).first()
+        if mine is not None:
+            if mine.decision == decision:
+                return locked  # the same decision twice counts once
+            raise ServiceError(
+                f"you already decided on run {run.pk}: {mine.decision}",
+                code=codes.ALREADY_DECIDED,
+                status=409,
+            )
+        Approval.objects.create(
+            run=locked, user=actor, decision=decision, comment=comment, digest=locked.digest
+        )
+        before = locked.state
+        if decision == Approval.Decision.REJECT:
+            move_run(locked, RunState.REJECTED)
+        else:
+            approvers = (
+                Approval.objects.filter(
+                    run=locked, decision=Approval.Decision.APPROVE, digest=locked.digest
+                )
+                .values("user")
+                .distinct()
+                .count()
+            )
+            if approvers >= locked.required_approvals:
+                move_run(locked, RunState.APPROVED)
+        audit(
+            actor=actor,
+            action=f"run.{decision}",
+            obj=locked,
+            client_ip=client_ip,
+            before={"state": before},
+            after={"state": locked.state},
+            detail={"comment": comment},
+        )
+    return locked
+
+
+def run_abort(*, run: Run, actor: Any, client_ip: str | None = None) -> Run:
+    """Stop new claims and cancel pending partitions; running ones are fenced out and stop at
+    their next heartbeat."""
+    _require(actor, "abort")
+    with transaction.atomic():
+        locked = Run.objects.select_for_update().get(pk=run.pk)
+        if locked.state not in (RunState.PENDING, RunState.PARTITIONING, RunState.RUNNING):
+            raise ServiceError(
+                f"run {run.pk} is {locked.state}: only a running run can be aborted",
+                code=codes.INVALID_STATE,
+                status=409,
+            )
+        before = locked.state
+        move_run(locked, RunState.ABORTED)
+        cancelled = execution.cancel_partitions(Partition.objects.filter(run=locked))
+        for stage in RunStage.objects.filter(run=locked).exclude(
+            state__in=[StageState.SUCCEEDED, StageState.FAILED, StageState.CANCELLED]
+        ):
+            move_stage(stage, StageState.CANCELLED)
+        audit(
+            actor=actor,
+            action="run.abort",
+            obj=locked,
+            client_ip=client_ip,
+            before={"state": before},
+            after={"state": locked.state},
+            detail={"cancelled_partitions": cancelled},
+        )
+    return locked
+
+
+def run_replay(*, run: Run, actor: Any, client_ip: str | None = None) -> Run:
+    """A child run holding only the failed (and the cancelled) partitions; it keeps the
+    approval lineage of its parent and pins the same manifest entries."""
+    _require(actor, "replay")
+    if run.state not in (RunState.FAILED, RunState.ABORTED, RunState.SUCCEEDED):
+        raise ServiceError(
+            f"run {run.pk} is {run.state}: only a finished run can be replayed",
+            code=codes.INVALID_STATE,
+            status=409,
+        )
+    redo_states = [PartitionState.FAILED, PartitionState.CANCELLED]
+    parts = Partition.objects.filter(run=run, state__in=redo_states)
+    if not parts.exists():
+        raise ServiceError(
+            "nothing to replay: no failed or cancelled partitions",
+            code="nothing_to_replay",
+            status=409,
+        )
+    if parts.filter(non_idempotent=True).exists() and not has_capability(actor, "force-merge"):
+        _refuse(actor, run.plan, client_ip, codes.FORCE_MERGE_REQUIRED, {"run": run.pk})
+        raise ServiceError(
+            "the replay holds non-idempotent partitions: it needs hxo:force-merge",
+            code=codes.FORCE_MERGE_REQUIRED,
+            status=403,
+        )
+    with transaction.atomic():
+        child = Run.objects.create(
+            plan=run.plan,
+            revision=run.revision,
+            mode=run.mode,
+            state=RunState.PENDING,
+            digest=run.digest,
+            kind_snapshots=run.kind_snapshots,
+            parent=run,
+            dry_run=run.dry_run,
+            requested_by=actor,
+            required_approvals=run.required_approvals,
+        )
+        move_run(child, RunState.PARTITIONING)
+        stage_pks = set(parts.values_list("stage_id", flat=True))
+        old_stages = list(RunStage.objects.filter(pk__in=stage_pks).order_by("position"))
+        kept = {s.stage_id for s in old_stages}
+        new_stage_by_old: dict[int, RunStage] = {}
+        for old in old_stages:
+            count = parts.filter(stage=old).count()
+            new_stage_by_old[old.pk] = RunStage.objects.create(
+                run=child,
+                stage_id=old.stage_id,
+                position=old.position,
+                kind=old.kind,
+                kind_version=old.kind_version,
+                partitioner=old.partitioner,
+                executor=old.executor,
+                depends_on=[d for d in old.depends_on if d in kept],
+                params=old.params,
+                non_idempotent=old.non_idempotent,
+                max_failed_partitions=old.max_failed_partitions,
+                slo_ms=old.slo_ms,
+                manifest=old.manifest,
+                cas_root=old.cas_root,
+                total=count,
+                pending=count,
+                max_wave=old.max_wave,
+            )
+        Partition.objects.bulk_create(
+            (
+                Partition(
+                    run=child,
+                    stage=new_stage_by_old[p.stage_id],
+                    index=p.index,
+                    wave=p.wave,
+                    inputs=p.inputs,
+                    fingerprints=p.fingerprints,
+                    label=p.label,
+                    weight=p.weight,
+                    cas_id=p.cas_id,
+                    non_idempotent=p.non_idempotent,
+                )
+                for p in parts.iterator(chunk_size=BULK)
+            ),
+            batch_size=BULK,
+        )
+        move_run(child, RunState.RUNNING)
+        execution.advance_run(child.pk)
+        audit(
+            actor=actor,
+            action="run.replay",
+            obj=child,
+            client_ip=client_ip,
+            detail={
+                "parent": run.pk,
+                "partitions": sum(s.total for s in new_stage_by_old.values()),
+            },
+        )
+        if parts.filter(non_idempotent=True).exists():
+            audit(
+                actor=actor,
+                action="run.force_merge",
+                obj=child,
+                client_ip=client_ip,
+                detail={"replay_of": run.pk},
+            )
+    return child
+
+
+def last_applied_run(plan: Plan, *, before: Run | None = None) -> Run | None:
+    qs = Run.objects.filter(plan=plan, mode=RunMode.APPLY, state=RunState.SUCCEEDED)
+    if before is not None:
+        qs = qs.exclude(pk=before.pk)
+    return qs.order_by("-id").first()

@@ -1,0 +1,165 @@
+"""django-q2 tasks. They take ids, call the engine, and never raise: failures are HXO's
+business and are recorded in our tables (ack_failures=True, notes/django-q2.md)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, close_old_connections, transaction
+from django.utils import timezone
+
+from runs_app import execution
+from runs_app.models import Lease, Run, RunState
+
+log = logging.getLogger(__name__)
+
+DRAIN_TASK = "runs_app.tasks.drain"
+RECONCILE_TASK = "runs_app.tasks.reconcile"
+RECONCILER_SCHEDULE = "hxo-reconciler"
+
+
+def enqueue_drainers(run_id: int, count: int = 1) -> None:
+    from django_q.tasks import async_task
+
+    for _ in range(max(count, 1)):
+        async_task(DRAIN_TASK, run_id, group=f"run-{run_id}")
+
+
+def drain(run_id: int, budget_s: float | None = None) -> dict[str, Any]:
+    """Claim and execute partitions of one run until none is claimable or the budget is spent.
+
+    Spreading the queue's per-task cost over many partitions is what makes a partition cheap.
+    Waits briefly for retries that fall due within the budget; re-enqueues itself when work
+    remains at the end of the budget.
+    """
+    budget = settings.HXO_DRAIN_BUDGET_S if budget_s is None else budget_s
+    deadline = time.monotonic() + budget
+    owner = execution.new_owner()
+    done = 0
+    try:
+        execution.expire_leases(run_id=run_id)
+        while time.monotonic() < deadline:
+            state = Run.objects.filter(pk=run_id).values_list("state", flat=True).first()
+            if state != RunState.RUNNING:
+                break
+            claim = execution.claim_next(run_id, owner)
+            if claim is None:
+                due = execution.next_due(run_id)
+                if due is None:
+                    break
+                wait = (due - timezone.now()).total_seconds()
+                if wait > deadline - time.monotonic():
+                    break
+                time.sleep(min(max(wait, 0.05), 1.0))
+                continue
+            execution.execute_claim(claim)
+            done += 1
+        else:
+            if execution.has_claimable(run_id):
+                enqueue_drainers(run_id, 1)
+    except Exception:
+        # Never let the queue retry a drainer: the reconciler re-sends wake-ups.
+        log.exception("drainer for run %s stopped", run_id)
+    finally:
+        close_old_connections()
+    return {"run": run_id, "partitions": done}
+
+
+def _take_lease(name: str, owner: str, seconds: float) -> bool:
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            Lease.objects.get_or_create(name=name)
+    except IntegrityError:
+        pass
+    with transaction.atomic():
+        from django.db.models import Q
+
+        return bool(
+            Lease.objects.filter(name=name)
+            .filter(Q(expires_at__isnull=True) | Q(expires_at__lt=now) | Q(owner=owner))
+            .update(owner=owner, expires_at=now + timedelta(seconds=seconds))
+        )
+
+
+def _release_lease(name: str, owner: str) -> None:
+    Lease.objects.filter(name=name, owner=owner).update(expires_at=None, owner="")
+
+
+def reconcile() -> dict[str, Any]:
+    """Repair what lost or late wake-ups and dead workers leave behind. Two never overlap."""
+    owner = execution.new_owner()
+    if not _take_lease("reconciler", owner, seconds=120):
+        return {"skipped": "another reconciler holds the lease"}
+    report: dict[str, Any] = {}
+    try:
+        report["leases_expired"] = execution.expire_leases()
+        report["runs_advanced"] = _advance_running_runs()
+        woken = execution.requeue_stuck()
+        for run_id in woken:
+            enqueue_drainers(run_id, settings.HXO_MAX_CONCURRENCY)
+        report["runs_woken"] = woken
+        report["temp_files_removed"] = _cleanup_temp_files()
+        report["queue_rows_pruned"] = _prune_queue()
+    finally:
+        _release_lease("reconciler", owner)
+        close_old_connections()
+    return report
+
+
+def _advance_running_runs() -> int:
+    """Finish stages whose counters say they are done (a crash between two transactions)."""
+    from runs_app.models import RunStage, StageState
+
+    count = 0
+    for stage in RunStage.objects.filter(
+        state=StageState.RUNNING, pending=0, running=0, run__state=RunState.RUNNING
+    ):
+        with transaction.atomic():
+            execution.finish_stage(stage)
+            execution.advance_run(stage.run_id)
+        count += 1
+    for run_id in Run.objects.filter(state=RunState.RUNNING).values_list("pk", flat=True):
+        with transaction.atomic():
+            execution.advance_run(run_id)
+    return count
+
+
+def _cleanup_temp_files() -> int:
+    from blueprints_app.registry import EXECUTORS
+
+    removed = 0
+    for cls in EXECUTORS.values():
+        try:
+            removed += cls().cleanup_stale()
+        except Exception:
+            log.exception("cleanup of %s failed", cls.name)
+    return removed
+
+
+def _prune_queue() -> int:
+    """django-q2 keeps failed task rows forever; keep a week of them."""
+    from django_q.models import Task
+
+    cutoff = timezone.now() - timedelta(days=7)
+    deleted, _ = Task.objects.filter(stopped__lt=cutoff).delete()
+    return deleted
+
+
+def ensure_reconciler_schedule() -> None:
+    """Register the reconciler with django-q2's scheduler (idempotent)."""
+    from django_q.models import Schedule
+
+    Schedule.objects.update_or_create(
+        name=RECONCILER_SCHEDULE,
+        defaults={
+            "func": RECONCILE_TASK,
+            "schedule_type": Schedule.MINUTES,
+            "minutes": settings.HXO_RECONCILE_EVERY_MIN,
+            "repeats": -1,
+        },
+    )

@@ -1,0 +1,155 @@
+"""The engine's logic, driven inline: tasks are called directly (no broker)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from blueprints_app import codes
+from runs_app import services, tasks
+from runs_app.errors import ServiceError
+from runs_app.models import AuditEvent, Partition, Run, RunState
+from tests.runs_app.testkinds import TEST_KIND_NOAPPROVAL, effects, stage
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def drain_all(run: Run) -> Run:
+    for _ in range(50):
+        tasks.drain(run.pk, budget_s=30)
+        run.refresh_from_db()
+        if run.is_finished:
+            return run
+    raise AssertionError(f"run {run.pk} did not finish: {run.state}")
+
+
+def plan_of(operator, *stages):
+    return services.plan_create(actor=operator, document={"name": "p", "stages": list(stages)})
+
+
+def test_three_dependent_stages_go_from_dry_run_to_receipt(
+    test_kinds, tmp_path: Path, operator, approver, settings
+) -> None:
+    settings.HXO_RETRY_BACKOFF_MS = 0
+    plan = plan_of(
+        operator,
+        stage("a", tmp_path, items=4),
+        stage("b", tmp_path, items=3, depends_on=["a"]),
+        stage("c", tmp_path, items=2, depends_on=["a", "b"]),
+    )
+    dry = services.run_start_dry_run(plan=plan, actor=operator)
+    dry = drain_all(dry)
+    assert dry.state == RunState.AWAITING_APPROVAL
+    assert effects(tmp_path, "a") == []  # a dry-run has no effect
+    assert Partition.objects.filter(run=dry, preview__isnull=False).count() == 9
+
+    with pytest.raises(ServiceError) as refused:
+        services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk)
+    assert refused.value.code == codes.DRY_RUN_NOT_APPROVED
+
+    services.run_approve(run=dry, actor=approver, comment="looks right")
+    dry.refresh_from_db()
+    assert dry.state == RunState.APPROVED
+
+    run = drain_all(services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk))
+    assert run.state == RunState.SUCCEEDED
+    assert sorted(effects(tmp_path, "a")) == [0, 1, 2, 3]
+    assert sorted(effects(tmp_path, "c")) == [0, 1]
+    assert len(run.merkle_root) == 64
+    assert AuditEvent.objects.filter(action="run.approve", object_id=str(dry.pk)).exists()
+
+
+def test_self_approval_is_refused(test_kinds, tmp_path, admiral) -> None:
+    plan = plan_of(admiral, stage("a", tmp_path, items=1))
+    dry = drain_all(services.run_start_dry_run(plan=plan, actor=admiral))
+    with pytest.raises(ServiceError) as refused:
+        services.run_approve(run=dry, actor=admiral)
+    assert refused.value.code == codes.SELF_APPROVAL_FORBIDDEN
+    assert refused.value.status == 403
+
+
+def test_apply_refuses_stale_plan_with_a_diff(test_kinds, tmp_path, operator, approver) -> None:
+    (tmp_path / "source.txt").write_text("v1")
+    plan = plan_of(operator, stage("a", tmp_path, items=2))
+    dry = drain_all(services.run_start_dry_run(plan=plan, actor=operator))
+    services.run_approve(run=dry, actor=approver)
+    (tmp_path / "source.txt").write_text("v2")
+    before = Run.objects.count()
+    with pytest.raises(ServiceError) as refused:
+        services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk)
+    assert refused.value.code == codes.STALE_PLAN
+    assert refused.value.status == 409
+    changed = refused.value.extra["diff"]["stages"][0]
+    assert changed["id"] == "a"
+    assert changed["changed_partitions"][0]["fingerprints"]["changed"] == ["source.txt"]
+    assert Run.objects.count() == before
+
+
+def test_failed_idempotent_partition_is_retried(test_kinds, tmp_path, operator, settings) -> None:
+    settings.HXO_RETRY_BACKOFF_MS = 0
+    plan = plan_of(
+        operator, stage("a", tmp_path, items=3, kind=TEST_KIND_NOAPPROVAL, fail={"1": 2})
+    )
+    run = drain_all(services.run_apply(plan=plan, actor=operator))
+    assert run.state == RunState.SUCCEEDED
+    assert Partition.objects.get(run=run, index=1).attempts == 3
+    assert sorted(effects(tmp_path, "a")) == [0, 1, 2]
+
+
+def test_non_idempotent_partition_is_never_retried(
+    test_kinds, tmp_path, operator, admiral, settings
+) -> None:
+    settings.HXO_RETRY_BACKOFF_MS = 0
+    doc = stage(
+        "a",
+        tmp_path,
+        items=2,
+        kind=TEST_KIND_NOAPPROVAL,
+        executor="test_append_once",
+        fail={"0": 1},
+    )
+    plan = plan_of(operator, doc)
+    with pytest.raises(ServiceError) as refused:
+        services.run_apply(plan=plan, actor=operator)
+    assert refused.value.code == codes.FORCE_MERGE_REQUIRED
+    assert refused.value.status == 403
+    run = drain_all(services.run_apply(plan=plan, actor=admiral))
+    assert run.state == RunState.FAILED
+    failed = Partition.objects.get(run=run, index=0)
+    assert failed.state == "failed" and failed.attempts == 1
+    assert AuditEvent.objects.filter(action="run.force_merge", object_id=str(run.pk)).exists()
+
+
+def test_replay_reruns_only_the_failed_partitions(test_kinds, tmp_path, operator, settings) -> None:
+    settings.HXO_RETRY_BACKOFF_MS = 0
+    settings.HXO_MAX_ATTEMPTS = 1
+    plan = plan_of(
+        operator, stage("a", tmp_path, items=4, kind=TEST_KIND_NOAPPROVAL, fail={"2": 1})
+    )
+    run = drain_all(services.run_apply(plan=plan, actor=operator))
+    assert run.state == RunState.FAILED
+    # The failure budget is 0: the partition after the failed one was cancelled.
+    assert sorted(effects(tmp_path, "a")) == [0, 1]
+    child = drain_all(services.run_replay(run=run, actor=operator))
+    assert child.parent_id == run.pk
+    assert child.state == RunState.SUCCEEDED
+    assert sorted(Partition.objects.filter(run=child).values_list("index", flat=True)) == [2, 3]
+    # Succeeded partitions were not run again: every item appears exactly once.
+    assert sorted(effects(tmp_path, "a")) == [0, 1, 2, 3]
+
+
+def test_apply_reuses_partitions_that_already_succeeded(test_kinds, tmp_path, operator) -> None:
+    plan = plan_of(operator, stage("a", tmp_path, items=3, kind=TEST_KIND_NOAPPROVAL))
+    first = drain_all(services.run_apply(plan=plan, actor=operator))
+    second = drain_all(services.run_apply(plan=plan, actor=operator))
+    assert second.state == RunState.SUCCEEDED
+    assert Partition.objects.filter(run=second, state="reused").count() == 3
+    assert (
+        effects(tmp_path, "a") == sorted(effects(tmp_path, "a")) or len(effects(tmp_path, "a")) == 3
+    )
+    assert len(effects(tmp_path, "a")) == 3
+    forced = drain_all(services.run_apply(plan=plan, actor=operator, force_rerun=True))
+    assert forced.state == RunState.SUCCEEDED
+    assert len(effects(tmp_path, "a")) == 6
+    assert first.merkle_root

@@ -1,0 +1,159 @@
+"""Test-only job kinds: components whose effects the tests can count.
+
+`test_items` makes N partitions; `test_append` appends one line per partition to a real file
+(its effect), with failure and blocking switches read from the stage params so a test can
+make a partition fail, or hold it while the test kills the worker.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from blueprints_app.models import JobKind
+from blueprints_app.registry import (
+    Executor,
+    PartitionContext,
+    Partitioner,
+    PartitionSpec,
+    StageManifest,
+    register_executor,
+    register_partitioner,
+)
+
+TEST_KIND = "test.echo"
+TEST_KIND_NOAPPROVAL = "test.quick"
+
+
+@register_partitioner
+class ItemsPartitioner(Partitioner):
+    name = "test_items"
+    description = "N partitions over a directory the test owns"
+    params_schema = {
+        "type": "object",
+        "properties": {
+            "items": {"type": "integer", "minimum": 0, "maximum": 200000},
+            "dir": {"type": "string"},
+            "fail": {"type": "object"},
+            "block": {"type": "array", "items": {"type": "integer"}},
+            "salt": {"type": "string"},
+        },
+        "required": ["items", "dir"],
+        "additionalProperties": False,
+    }
+
+    def partition(self, ctx: PartitionContext) -> StageManifest:
+        params = ctx.params
+        src = Path(params["dir"]) / "source.txt"
+        fingerprint = src.read_text() if src.exists() else ""
+        return StageManifest(
+            partitions=[
+                PartitionSpec(
+                    inputs={"item": i, "stage_kind": ctx.kind.kind},
+                    fingerprints={"source.txt": fingerprint},
+                    weight=1,
+                    label=f"item {i}",
+                )
+                for i in range(params["items"])
+            ],
+            data={"salt": params.get("salt", "")},
+        )
+
+
+def _effects(ctx: Any) -> Path:
+    return Path(ctx.params["dir"]) / f"effects-{ctx.stage['id']}.log"
+
+
+@register_executor
+class AppendExecutor(Executor):
+    name = "test_append"
+    description = "appends a line per partition"
+    idempotent = True
+
+    def execute(self, ctx: Any) -> dict[str, Any]:
+        item = ctx.inputs["item"]
+        fails = int((ctx.params.get("fail") or {}).get(str(item), 0))
+        if fails and not ctx.dry_run:
+            # Count executions across runs in a file, so a replay sees the failure healed.
+            counter = Path(ctx.params["dir"]) / f"tries-{ctx.stage['id']}-{item}"
+            tries = int(counter.read_text()) + 1 if counter.exists() else 1
+            counter.write_text(str(tries))
+            if tries <= fails:
+                raise RuntimeError(f"injected failure of item {item}, try {tries}")
+        if item in (ctx.params.get("block") or []) and not ctx.dry_run:
+            # Hold the partition (heartbeating) until the test releases it by a file.
+            release = Path(ctx.params["dir"]) / f"release-{item}"
+            (Path(ctx.params["dir"]) / f"holding-{item}").write_text(str(ctx.attempt))
+            deadline = time.monotonic() + 120
+            while not release.exists() and time.monotonic() < deadline:
+                ctx.heartbeat()
+                time.sleep(0.05)
+        if ctx.dry_run:
+            return {"summary": f"would append item {item}", "item": item}
+        with _effects(ctx).open("a") as fh:
+            fh.write(f"{item}\n")
+        return {"status": "done", "item": item}
+
+
+@register_executor
+class AppendOnceExecutor(AppendExecutor):
+    name = "test_append_once"
+    description = "appends a line per partition; not safe to repeat"
+    idempotent = False
+
+
+def make_test_kinds() -> None:
+    schema_in = {
+        "type": "object",
+        "properties": {"item": {"type": "integer"}, "stage_kind": {"type": "string"}},
+        "required": ["item", "stage_kind"],
+    }
+    schema_out = {
+        "type": "object",
+        "properties": {"status": {"const": "done"}, "item": {"type": "integer"}},
+        "required": ["status", "item"],
+    }
+    for kind, require_dry_run in ((TEST_KIND, True), (TEST_KIND_NOAPPROVAL, False)):
+        JobKind.objects.update_or_create(
+            kind=kind,
+            defaults={
+                "description": "test kind",
+                "partitioners": ["test_items"],
+                "executors": ["test_append", "test_append_once"],
+                "allow_non_idempotent": True,
+                "require_dry_run": require_dry_run,
+                "default_slo_ms": 60000,
+                "input_schema": schema_in,
+                "output_schema": schema_out,
+                "result_status": "done",
+            },
+        )
+
+
+def stage(
+    sid: str,
+    directory: Path,
+    *,
+    items: int = 3,
+    kind: str = TEST_KIND,
+    depends_on: list[str] | None = None,
+    executor: str = "test_append",
+    **params: Any,
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "id": sid,
+        "kind": kind,
+        "partitioner": "test_items",
+        "executor": executor,
+        "params": {"items": items, "dir": str(directory), **params},
+        "depends_on": depends_on or [],
+    }
+    if executor == "test_append_once":
+        doc["non_idempotent"] = True
+    return doc
+
+
+def effects(directory: Path, sid: str) -> list[int]:
+    path = directory / f"effects-{sid}.log"
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
