@@ -120,7 +120,7 @@ class JobKindAdmin(admin.ModelAdmin):
         "executor_names",
         "non_idempotent",
         "dry_run",
-        "default_slo_ms",
+        "slo",
         "version",
         "deprecated",
     ]
@@ -164,6 +164,10 @@ class JobKindAdmin(admin.ModelAdmin):
     @admin.display(description="Dry-Run", ordering="require_dry_run")
     def dry_run(self, obj: JobKind) -> str:
         return "Yes" if obj.require_dry_run else "No"
+
+    @admin.display(description="SLO (ms)", ordering="default_slo_ms")
+    def slo(self, obj: JobKind) -> int:
+        return obj.default_slo_ms
 
     def save_model(self, request: HttpRequest, obj: JobKind, form: Any, change: bool) -> None:
         job_kind_save(job_kind=obj, user=request.user, changed_fields=form.changed_data)

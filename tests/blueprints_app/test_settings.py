@@ -1,0 +1,182 @@
+"""Settings helpers fail loudly, naming the variable; the settings module refuses bad values."""
+
+from __future__ import annotations
+
+import runpy
+
+import pytest
+from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
+
+from hxo_site import settings as hxo_settings
+from hxo_site.settings import env_bool, env_choice, env_int, env_mapping
+
+
+@pytest.mark.parametrize("raw", ["1", "true", "YES", " on "])
+def test_env_bool_reads_true(monkeypatch, raw):
+    monkeypatch.setenv("HXO_FLAG", raw)
+
+    assert env_bool("HXO_FLAG", False) is True
+
+
+@pytest.mark.parametrize("raw", ["0", "false", "No", "off", ""])
+def test_env_bool_reads_false(monkeypatch, raw):
+    monkeypatch.setenv("HXO_FLAG", raw)
+
+    assert env_bool("HXO_FLAG", True) is False
+
+
+def test_env_bool_uses_the_default_when_unset(monkeypatch):
+    monkeypatch.delenv("HXO_FLAG", raising=False)
+
+    assert env_bool("HXO_FLAG", True) is True
+
+
+def test_env_bool_refuses_anything_else_naming_the_variable(monkeypatch):
+    monkeypatch.setenv("HXO_FLAG", "maybe")
+
+    with pytest.raises(ImproperlyConfigured, match=r"HXO_FLAG.*'maybe'"):
+        env_bool("HXO_FLAG", False)
+
+
+def test_env_int_reads_an_integer_and_defaults_when_blank(monkeypatch):
+    monkeypatch.setenv("HXO_N", "42")
+    assert env_int("HXO_N", 1) == 42
+
+    monkeypatch.setenv("HXO_N", " ")
+    assert env_int("HXO_N", 7) == 7
+
+
+def test_env_int_refuses_a_non_integer_naming_the_variable(monkeypatch):
+    monkeypatch.setenv("HXO_WORKERS", "two")
+
+    with pytest.raises(ImproperlyConfigured, match="HXO_WORKERS must be an integer"):
+        env_int("HXO_WORKERS", 2)
+
+
+def test_env_int_refuses_a_value_below_the_minimum_naming_the_variable(monkeypatch):
+    monkeypatch.setenv("HXO_MAX_STAGES", "0")
+
+    with pytest.raises(ImproperlyConfigured, match="HXO_MAX_STAGES must be >= 1"):
+        env_int("HXO_MAX_STAGES", 50, minimum=1)
+
+
+def test_env_choice_refuses_an_unknown_choice_naming_the_variable(monkeypatch):
+    monkeypatch.setenv("HXO_BROKER", "rabbitmq")
+
+    with pytest.raises(ImproperlyConfigured, match="HXO_BROKER must be one of orm, redis"):
+        env_choice("HXO_BROKER", "orm", ("orm", "redis"))
+
+
+def test_env_choice_is_case_insensitive(monkeypatch):
+    monkeypatch.setenv("HXO_BROKER", "Redis")
+
+    assert env_choice("HXO_BROKER", "orm", ("orm", "redis")) == "redis"
+
+
+def test_env_mapping_reads_json_and_pairs(monkeypatch):
+    monkeypatch.setenv("HXO_WORKSPACES", '{"demo": "/srv/demo"}')
+    assert env_mapping("HXO_WORKSPACES", {}) == {"demo": "/srv/demo"}
+
+    monkeypatch.setenv("HXO_WORKSPACES", "a=/srv/a, b=/srv/b")
+    assert env_mapping("HXO_WORKSPACES", {}) == {"a": "/srv/a", "b": "/srv/b"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("{broken", "HXO_WORKSPACES is not valid JSON"),
+        ('{"demo": 1}', "HXO_WORKSPACES must map names to strings"),
+        ("demo", "HXO_WORKSPACES must be name=value pairs"),
+        ("demo=", "HXO_WORKSPACES must be name=value pairs"),
+    ],
+)
+def test_env_mapping_refuses_bad_values_naming_the_variable(monkeypatch, raw, message):
+    monkeypatch.setenv("HXO_WORKSPACES", raw)
+
+    with pytest.raises(ImproperlyConfigured, match=message):
+        env_mapping("HXO_WORKSPACES", {})
+
+
+# --- The settings module as a whole (run afresh, without touching the live settings) -----
+
+
+def load_settings() -> dict:
+    return runpy.run_path(hxo_settings.__file__)
+
+
+def test_secret_key_is_required_when_debug_is_off(monkeypatch):
+    monkeypatch.setenv("DEBUG", "0")
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+
+    with pytest.raises(ImproperlyConfigured, match="SECRET_KEY"):
+        load_settings()
+
+
+def test_debug_runs_without_a_secret_key(monkeypatch):
+    monkeypatch.setenv("DEBUG", "1")
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+
+    assert load_settings()["SECRET_KEY"]
+
+
+def test_a_bad_database_url_names_the_variable(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "nosuchdb://x")
+
+    with pytest.raises(ImproperlyConfigured, match="DATABASE_URL"):
+        load_settings()
+
+
+def test_database_url_switches_to_postgresql(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/hxo")
+
+    db = load_settings()["DATABASES"]["default"]
+
+    assert db["ENGINE"] == "django.db.backends.postgresql"
+    assert db["NAME"] == "hxo"
+
+
+def test_sqlite_by_default_with_wal_immediate_transactions_and_a_busy_timeout(monkeypatch):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+
+    options = load_settings()["DATABASES"]["default"]["OPTIONS"]
+
+    assert options["transaction_mode"] == "IMMEDIATE"
+    assert options["timeout"] > 0
+    assert "journal_mode=WAL" in options["init_command"]
+
+
+def test_the_redis_broker_uses_redis_url(monkeypatch):
+    monkeypatch.setenv("HXO_BROKER", "redis")
+    monkeypatch.setenv("REDIS_URL", "redis://cache.internal:6379/3")
+
+    q_cluster = load_settings()["Q_CLUSTER"]
+
+    assert q_cluster["redis"] == "redis://cache.internal:6379/3"
+    assert "orm" not in q_cluster
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("DEBUG", "perhaps"),
+        ("HXO_BROKER", "kafka"),
+        ("HXO_WORKERS", "many"),
+        ("HXO_MAX_STAGES", "0"),
+        ("HXO_SECURE_COOKIES", "sometimes"),
+    ],
+)
+def test_a_bad_value_stops_the_settings_naming_the_variable(monkeypatch, name, raw):
+    monkeypatch.setenv(name, raw)
+
+    with pytest.raises(ImproperlyConfigured, match=name):
+        load_settings()
+
+
+def test_the_django_q_retry_outlasts_the_timeout():
+    # notes/django-q2.md: retry > timeout + 3 s, or a task is run twice concurrently.
+    q = django_settings.Q_CLUSTER
+
+    assert q["retry"] > q["timeout"] + 3
+    assert q["ack_failures"] is True
+    assert q["catch_up"] is False
