@@ -517,6 +517,7 @@ def advance_run(run_id: int) -> None:
                 cancel_partitions(Partition.objects.filter(stage_id=s.pk))
                 s.refresh_from_db()
                 move_stage(s, StageState.CANCELLED)
+                RunStage.objects.filter(pk=s.pk).update(merkle_root=stage_merkle_root(s))
                 changed = True
             elif all(d.state == StageState.SUCCEEDED for d in deps):
                 start_stage(s)

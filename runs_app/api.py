@@ -1,0 +1,403 @@
+"""REST API v1 for plans, runs, partitions, approvals and the audit log.
+
+Thin views: each checks the capability, calls one service or selector, and shapes the answer.
+Service refusals become the API's one error shape with the service's code and status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import generics, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from blueprints_app import codes
+from blueprints_app.api_errors import ApiError
+from blueprints_app.permissions import capability_required
+from blueprints_app.serializers import ErrorSerializer
+from runs_app import selectors, services
+from runs_app.errors import ServiceError
+from runs_app.models import AuditEvent, PartitionState, Plan, Run
+from runs_app.serializers import (
+    ApplySerializer,
+    AuditEventSerializer,
+    CommentSerializer,
+    PartitionSerializer,
+    PlanSerializer,
+    PlanWriteSerializer,
+    ReceiptSerializer,
+    RevisionSerializer,
+    RunSerializer,
+)
+
+ERRORS = {
+    400: OpenApiResponse(ErrorSerializer, description="Invalid request; see `errors`"),
+    401: OpenApiResponse(ErrorSerializer, description="Not authenticated"),
+    403: OpenApiResponse(ErrorSerializer, description="Missing capability"),
+    404: OpenApiResponse(ErrorSerializer, description="Not found"),
+}
+CONFLICT = {409: OpenApiResponse(ErrorSerializer, description="Refused in this state")}
+IDEMPOTENCY = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    description="The same key returns the same run",
+)
+
+
+def client_ip(request: Request) -> str | None:
+    return request.META.get("REMOTE_ADDR")
+
+
+def api_error(exc: ServiceError) -> ApiError:
+    return ApiError(
+        exc.message, code=exc.code, status_code=exc.status, errors=exc.errors, extra=exc.extra
+    )
+
+
+def _object_body(request: Request) -> dict[str, Any]:
+    if not isinstance(request.data, dict):
+        raise ApiError("the body must be a JSON object", code=codes.INVALID_TYPE)
+    return request.data
+
+
+def _refuse_unknown(body: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ApiError(
+            "the body has unknown fields",
+            code=codes.UNKNOWN_FIELD,
+            errors=[
+                {"path": k, "code": codes.UNKNOWN_FIELD, "message": f"unknown field {k!r}"}
+                for k in unknown
+            ],
+        )
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not key.strip() or len(key) > 200 or any(ord(c) < 32 for c in key):
+        raise ApiError(
+            "Idempotency-Key must be 1-200 printable characters",
+            code=codes.INVALID_VALUE,
+            errors=[{"path": "Idempotency-Key", "code": codes.INVALID_VALUE, "message": "bad"}],
+        )
+    return key
+
+
+def _run_response(run: Run, code: int = status.HTTP_200_OK) -> Response:
+    return Response(RunSerializer(selectors.run_with_stages(run.pk)).data, status=code)
+
+
+# --- Plans ----------------------------------------------------------------------------------
+
+
+class PlanListCreate(generics.ListAPIView):
+    serializer_class = PlanSerializer
+
+    def get_permissions(self) -> list[Any]:
+        cap = "plan" if self.request.method == "POST" else "view"
+        return [capability_required(cap)()]
+
+    def get_queryset(self) -> QuerySet[Plan]:
+        return Plan.objects.select_related("created_by").order_by("-updated_at", "-id")
+
+    @extend_schema(summary="Plans")
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+    @extend_schema(
+        summary="Create a plan (its first revision)",
+        request=PlanWriteSerializer,
+        responses={201: PlanSerializer, **ERRORS},
+    )
+    def post(self, request: Request) -> Response:
+        try:
+            plan = services.plan_create(
+                actor=request.user, document=request.data, client_ip=client_ip(request)
+            )
+        except ServiceError as exc:
+            raise api_error(exc) from exc
+        return Response(PlanSerializer(plan).data, status=status.HTTP_201_CREATED)
+
+
+class PlanDetail(APIView):
+    def get_permissions(self) -> list[Any]:
+        cap = "view" if self.request.method == "GET" else "plan"
+        return [capability_required(cap)()]
+
+    @extend_schema(
+        summary="A plan at its latest revision", responses={200: PlanSerializer, **ERRORS}
+    )
+    def get(self, request: Request, pk: int) -> Response:
+        return Response(PlanSerializer(get_object_or_404(Plan, pk=pk)).data)
+
+    def _write(self, request: Request, pk: int, *, partial: bool) -> Response:
+        plan = get_object_or_404(Plan, pk=pk)
+        try:
+            services.plan_update(
+                plan=plan,
+                actor=request.user,
+                document=request.data,
+                client_ip=client_ip(request),
+                partial=partial,
+            )
+        except ServiceError as exc:
+            raise api_error(exc) from exc
+        return Response(PlanSerializer(plan).data)
+
+    @extend_schema(
+        summary="Replace the plan document (a new revision)",
+        request=PlanWriteSerializer,
+        responses={200: PlanSerializer, **ERRORS},
+    )
+    def put(self, request: Request, pk: int) -> Response:
+        return self._write(request, pk, partial=False)
+
+    @extend_schema(
+        summary="Change some fields of the plan document (a new revision)",
+        request=PlanWriteSerializer,
+        responses={200: PlanSerializer, **ERRORS},
+    )
+    def patch(self, request: Request, pk: int) -> Response:
+        return self._write(request, pk, partial=True)
+
+
+class PlanRevisions(generics.ListAPIView):
+    serializer_class = RevisionSerializer
+    permission_classes = [capability_required("view")]
+
+    def get_queryset(self) -> QuerySet[Any]:
+        plan = get_object_or_404(Plan, pk=self.kwargs["pk"])
+        return plan.revisions.select_related("author").order_by("-number")
+
+    @extend_schema(summary="Revision history with digests")
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+
+class PlanDryRun(APIView):
+    permission_classes = [capability_required("submit")]
+
+    @extend_schema(
+        summary="Start a dry-run of the latest revision",
+        request=None,
+        parameters=[IDEMPOTENCY],
+        responses={202: RunSerializer, **ERRORS, **CONFLICT},
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        plan = get_object_or_404(Plan, pk=pk)
+        try:
+            run = services.run_start_dry_run(
+                plan=plan,
+                actor=request.user,
+                idempotency_key=_idempotency_key(request),
+                client_ip=client_ip(request),
+            )
+        except ServiceError as exc:
+            raise api_error(exc) from exc
+        return _run_response(run, status.HTTP_202_ACCEPTED)
+
+
+class PlanApply(APIView):
+    permission_classes = [capability_required("submit")]
+
+    @extend_schema(
+        summary="Apply the latest revision (naming the approved dry-run where required)",
+        request=ApplySerializer,
+        parameters=[IDEMPOTENCY],
+        responses={202: RunSerializer, **ERRORS, **CONFLICT},
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        plan = get_object_or_404(Plan, pk=pk)
+        body = _object_body(request) if request.data else {}
+        _refuse_unknown(body, {"dry_run", "force_rerun"})
+        data = ApplySerializer(data=body)
+        data.is_valid(raise_exception=True)
+        try:
+            run = services.run_apply(
+                plan=plan,
+                actor=request.user,
+                dry_run_id=data.validated_data.get("dry_run"),
+                force_rerun=data.validated_data["force_rerun"],
+                idempotency_key=_idempotency_key(request),
+                client_ip=client_ip(request),
+            )
+        except ServiceError as exc:
+            raise api_error(exc) from exc
+        return _run_response(run, status.HTTP_202_ACCEPTED)
+
+
+# --- Runs -----------------------------------------------------------------------------------
+
+
+class RunList(generics.ListAPIView):
+    serializer_class = RunSerializer
+    permission_classes = [capability_required("view")]
+
+    def get_queryset(self) -> QuerySet[Run]:
+        qs = Run.objects.select_related("revision", "requested_by").prefetch_related(
+            "run_stages", "approvals__user"
+        )
+        params = self.request.query_params
+        if params.get("plan", "").isdigit():
+            qs = qs.filter(plan_id=int(params["plan"]))
+        for field in ("state", "mode"):
+            if params.get(field):
+                qs = qs.filter(**{field: params[field]})
+        return qs.order_by("-id")
+
+    @extend_schema(
+        summary="Runs",
+        parameters=[
+            OpenApiParameter("plan", int),
+            OpenApiParameter("state", str),
+            OpenApiParameter("mode", str),
+        ],
+    )
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+
+class RunDetail(APIView):
+    permission_classes = [capability_required("view")]
+
+    @extend_schema(
+        summary="A run with per-stage progress", responses={200: RunSerializer, **ERRORS}
+    )
+    def get(self, request: Request, pk: int) -> Response:
+        get_object_or_404(Run, pk=pk)
+        return _run_response(Run(pk=pk))
+
+
+class RunPartitions(generics.ListAPIView):
+    serializer_class = PartitionSerializer
+    permission_classes = [capability_required("view")]
+
+    def get_queryset(self) -> QuerySet[Any]:
+        run = get_object_or_404(Run, pk=self.kwargs["pk"])
+        state = self.request.query_params.get("state") or None
+        if state and state not in PartitionState.values:
+            raise ApiError(
+                f"unknown state {state!r}",
+                code=codes.INVALID_VALUE,
+                errors=[{"path": "state", "code": codes.INVALID_VALUE, "message": "unknown"}],
+            )
+        return selectors.partitions_of(
+            run, stage=self.request.query_params.get("stage") or None, state=state
+        )
+
+    @extend_schema(
+        summary="Partitions of a run",
+        parameters=[OpenApiParameter("stage", str), OpenApiParameter("state", str)],
+    )
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+
+def _action_view(capability: str, action: Any, summary: str, with_comment: bool) -> type[APIView]:
+    class ActionView(APIView):
+        permission_classes = [capability_required(capability)]
+
+        @extend_schema(
+            summary=summary,
+            request=CommentSerializer if with_comment else None,
+            responses={200: RunSerializer, 201: RunSerializer, **ERRORS, **CONFLICT},
+        )
+        def post(self, request: Request, pk: int) -> Response:
+            run = get_object_or_404(Run, pk=pk)
+            kwargs: dict[str, Any] = {}
+            if with_comment:
+                body = _object_body(request) if request.data else {}
+                _refuse_unknown(body, {"comment"})
+                data = CommentSerializer(data=body)
+                data.is_valid(raise_exception=True)
+                kwargs["comment"] = data.validated_data["comment"]
+            try:
+                result = action(run=run, actor=request.user, client_ip=client_ip(request), **kwargs)
+            except ServiceError as exc:
+                raise api_error(exc) from exc
+            code = status.HTTP_201_CREATED if result.pk != run.pk else status.HTTP_200_OK
+            return _run_response(result, code)
+
+    ActionView.__name__ = ActionView.__qualname__ = f"Run{summary.split()[0]}View"
+    return ActionView
+
+
+RunApprove = _action_view("approve", services.run_approve, "Approve a dry-run", True)
+RunReject = _action_view("approve", services.run_reject, "Reject a dry-run", True)
+RunAbort = _action_view("abort", services.run_abort, "Abort a run", False)
+RunReplay = _action_view(
+    "replay", services.run_replay, "Replay failed partitions as a child run", False
+)
+
+
+class RunReceipt(APIView):
+    permission_classes = [capability_required("view")]
+
+    @extend_schema(
+        summary="Merkle receipt, recomputed from stored results",
+        responses={200: ReceiptSerializer, **ERRORS},
+    )
+    def get(self, request: Request, pk: int) -> Response:
+        run = get_object_or_404(Run, pk=pk)
+        return Response(selectors.receipt(run))
+
+
+class RunDiff(APIView):
+    permission_classes = [capability_required("view")]
+
+    @extend_schema(
+        summary="Manifest and result diff of two runs",
+        parameters=[OpenApiParameter("against", int, required=True)],
+        responses={200: OpenApiTypes.OBJECT, **ERRORS},
+    )
+    def get(self, request: Request, pk: int) -> Response:
+        run = get_object_or_404(Run, pk=pk)
+        against = request.query_params.get("against", "")
+        if not against.isdigit():
+            raise ApiError(
+                "name the other run: ?against=<run id>",
+                code=codes.REQUIRED,
+                errors=[{"path": "against", "code": codes.REQUIRED, "message": "a run id"}],
+            )
+        other = get_object_or_404(Run, pk=int(against))
+        return Response(selectors.diff_runs(run, other))
+
+
+class AuditList(generics.ListAPIView):
+    serializer_class = AuditEventSerializer
+    permission_classes = [capability_required("audit")]
+
+    def get_queryset(self) -> QuerySet[AuditEvent]:
+        qs = AuditEvent.objects.all()
+        params = self.request.query_params
+        if params.get("user"):
+            qs = qs.filter(actor_name=params["user"])
+        if params.get("action"):
+            qs = qs.filter(action__startswith=params["action"])
+        if params.get("object_type"):
+            qs = qs.filter(object_type=params["object_type"])
+        if params.get("object_id"):
+            qs = qs.filter(object_id=params["object_id"])
+        return qs.order_by("-at", "-id")
+
+    @extend_schema(
+        summary="Audit events",
+        parameters=[
+            OpenApiParameter("user", str),
+            OpenApiParameter("action", str),
+            OpenApiParameter("object_type", str),
+            OpenApiParameter("object_id", str),
+        ],
+    )
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)

@@ -1,0 +1,223 @@
+"""Output shapes of the plans and runs API (PRODUCT.md, "REST API v1"), and small inputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from runs_app import selectors
+from runs_app.models import Approval, AuditEvent, Partition, Plan, PlanRevision, Run
+
+
+def _username(user: Any) -> str | None:
+    return user.get_username() if user is not None else None
+
+
+class RevisionSerializer(serializers.ModelSerializer):
+    author = serializers.SerializerMethodField()
+
+    class Meta:
+        model = PlanRevision
+        fields = [
+            "number",
+            "digest",
+            "author",
+            "comment",
+            "created_at",
+            "kind_versions",
+            "document",
+        ]
+
+    def get_author(self, obj: PlanRevision) -> str | None:
+        return _username(obj.author)
+
+
+class PlanSerializer(serializers.ModelSerializer):
+    created_by = serializers.SerializerMethodField()
+    revision = serializers.IntegerField(source="latest_number")
+    digest = serializers.SerializerMethodField()
+    stages = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Plan
+        fields = [
+            "id",
+            "name",
+            "description",
+            "revision",
+            "digest",
+            "stages",
+            "created_by",
+            "created_at",
+            "updated_at",
+        ]
+
+    def _latest(self, obj: Plan) -> PlanRevision:
+        cache = self.context.setdefault("_latest", {})
+        if obj.pk not in cache:
+            cache[obj.pk] = obj.latest_revision
+        return cache[obj.pk]
+
+    def get_created_by(self, obj: Plan) -> str | None:
+        return _username(obj.created_by)
+
+    def get_digest(self, obj: Plan) -> str:
+        return self._latest(obj).digest
+
+    def get_stages(self, obj: Plan) -> list[dict[str, Any]]:
+        return self._latest(obj).stages
+
+
+class PlanWriteSerializer(serializers.Serializer):
+    """Only for the OpenAPI document: the body is a plan document, checked by the validator."""
+
+    name = serializers.CharField()
+    description = serializers.CharField(required=False)
+    stages = serializers.ListField(child=serializers.DictField())
+
+
+class ApprovalSerializer(serializers.ModelSerializer):
+    user = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Approval
+        fields = ["user", "decision", "comment", "digest", "created_at"]
+
+    def get_user(self, obj: Approval) -> str:
+        return obj.user.get_username()
+
+
+class CountsSerializer(serializers.Serializer):
+    total = serializers.IntegerField()
+    pending = serializers.IntegerField()
+    running = serializers.IntegerField()
+    succeeded = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    reused = serializers.IntegerField()
+    cancelled = serializers.IntegerField()
+
+
+class RunStageSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    kind = serializers.CharField()
+    kind_version = serializers.IntegerField()
+    partitioner = serializers.CharField()
+    executor = serializers.CharField()
+    depends_on = serializers.ListField(child=serializers.CharField())
+    state = serializers.CharField()
+    counts = CountsSerializer()
+    percent = serializers.IntegerField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    elapsed_ms = serializers.IntegerField(allow_null=True)
+    slo_ms = serializers.IntegerField()
+    slo_breached = serializers.BooleanField()
+    merkle_root = serializers.CharField()
+    non_idempotent = serializers.BooleanField()
+
+
+class RunSerializer(serializers.ModelSerializer):
+    revision = serializers.IntegerField(source="revision.number")
+    stages = serializers.SerializerMethodField()
+    approvals = ApprovalSerializer(many=True, read_only=True)
+    created_by = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Run
+        fields = [
+            "id",
+            "plan",
+            "revision",
+            "mode",
+            "state",
+            "digest",
+            "stages",
+            "approvals",
+            "required_approvals",
+            "merkle_root",
+            "parent",
+            "dry_run",
+            "force_rerun",
+            "slo_breached",
+            "created_by",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+
+    def get_stages(self, obj: Run) -> list[dict[str, Any]]:
+        return RunStageSerializer(
+            [selectors.stage_progress(s) for s in obj.run_stages.all()], many=True
+        ).data
+
+    def get_created_by(self, obj: Run) -> str | None:
+        return _username(obj.requested_by)
+
+
+class PartitionSerializer(serializers.ModelSerializer):
+    stage = serializers.CharField(source="stage.stage_id")
+
+    class Meta:
+        model = Partition
+        fields = [
+            "id",
+            "stage",
+            "index",
+            "wave",
+            "label",
+            "inputs",
+            "fingerprints",
+            "cas_id",
+            "state",
+            "attempts",
+            "started_at",
+            "finished_at",
+            "duration_ms",
+            "output",
+            "preview",
+            "error",
+            "reused_from",
+        ]
+
+
+class CommentSerializer(serializers.Serializer):
+    comment = serializers.CharField(required=False, allow_blank=True, max_length=5000, default="")
+
+
+class ApplySerializer(serializers.Serializer):
+    dry_run = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    force_rerun = serializers.BooleanField(required=False, default=False)
+
+
+class AuditEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AuditEvent
+        fields = [
+            "id",
+            "at",
+            "actor_name",
+            "action",
+            "object_type",
+            "object_id",
+            "client_ip",
+            "before",
+            "after",
+            "detail",
+        ]
+
+
+class ReceiptStageSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    root = serializers.CharField()
+    recorded_root = serializers.CharField()
+    verified = serializers.BooleanField()
+    leaves = serializers.ListField(child=serializers.CharField())
+
+
+class ReceiptSerializer(serializers.Serializer):
+    run = serializers.IntegerField()
+    merkle_root = serializers.CharField()
+    recorded_merkle_root = serializers.CharField()
+    stages = ReceiptStageSerializer(many=True)
+    verified = serializers.BooleanField()
