@@ -1,8 +1,21 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+
+def _schedule_reconciler(sender: Any, **kwargs: Any) -> None:
+    from runs_app.tasks import ensure_reconciler_schedule
+
+    ensure_reconciler_schedule()
 
 
 class RunsConfig(AppConfig):
     name = "runs_app"
     verbose_name = "Plans and runs"
+
+    def ready(self) -> None:
+        # After every migrate the reconciler is registered with django-q2's scheduler.
+        post_migrate.connect(_schedule_reconciler, sender=self, dispatch_uid="hxo-reconciler")

@@ -1,0 +1,188 @@
+"""`manage.py hxo`: submit plans, approve dry-runs, apply, and follow runs from a terminal.
+
+Every subcommand acts as a named user (--user, default $HXO_USER) through the same services
+as the API, so capabilities and refusal codes are the same; a refusal exits non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from runs_app import selectors, services
+from runs_app.errors import ServiceError
+from runs_app.models import Plan, Run
+
+EXIT_REFUSED = 2
+EXIT_RUN_FAILED = 3
+
+
+class Command(BaseCommand):
+    help = "Submit plans, approve dry-runs, apply and follow runs."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--user", default=os.environ.get("HXO_USER"), help="act as this user")
+        sub = parser.add_subparsers(dest="action", required=True)
+        submit = sub.add_parser("submit", help="create or update a plan from a JSON file, run it")
+        submit.add_argument("plan_file")
+        submit.add_argument("--plan", type=int, help="update this plan instead of creating one")
+        submit.add_argument("--dry-run", action="store_true", help="start a dry-run")
+        submit.add_argument("--apply", action="store_true", help="apply (kinds without dry-run)")
+        submit.add_argument("--wait", action="store_true", help="follow the run until it ends")
+        approve = sub.add_parser("approve", help="approve a dry-run")
+        approve.add_argument("run", type=int)
+        approve.add_argument("--comment", default="")
+        reject = sub.add_parser("reject", help="reject a dry-run")
+        reject.add_argument("run", type=int)
+        reject.add_argument("--comment", default="")
+        apply = sub.add_parser("apply", help="apply a plan")
+        apply.add_argument("plan", type=int)
+        apply.add_argument("--dry-run-run", type=int, help="the approved dry-run")
+        apply.add_argument("--force-rerun", action="store_true")
+        apply.add_argument("--wait", action="store_true")
+        status = sub.add_parser("status", help="show a run's progress")
+        status.add_argument("run", type=int)
+        status.add_argument("--wait", action="store_true")
+        status.add_argument("--json", action="store_true", help="print the run as JSON")
+        abort = sub.add_parser("abort", help="abort a run")
+        abort.add_argument("run", type=int)
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        self.actor = self._user(opts["user"])
+        try:
+            getattr(self, f"do_{opts['action']}")(opts)
+        except ServiceError as exc:
+            self.stderr.write(f"refused ({exc.code}): {exc.message}")
+            for err in exc.errors:
+                self.stderr.write(f"  {err.get('path')}: {err.get('code')}: {err.get('message')}")
+            if "diff" in exc.extra:
+                self.stderr.write(json.dumps(exc.extra["diff"], indent=2, default=str))
+            sys.exit(EXIT_REFUSED)
+
+    def _user(self, name: str | None) -> Any:
+        if not name:
+            raise CommandError("name the acting user with --user NAME (or set HXO_USER)")
+        user = get_user_model().objects.filter(username=name, is_active=True).first()
+        if user is None:
+            raise CommandError(f"no active user {name!r}")
+        return user
+
+    def _run(self, run_id: int) -> Run:
+        run = Run.objects.filter(pk=run_id).first()
+        if run is None:
+            raise CommandError(f"no run {run_id}")
+        return run
+
+    def do_submit(self, opts: dict[str, Any]) -> None:
+        path = Path(opts["plan_file"])
+        try:
+            document = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise CommandError(f"{path}: no such file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CommandError(f"{path}: not valid JSON: {exc}") from None
+        if opts["plan"]:
+            plan = Plan.objects.filter(pk=opts["plan"]).first()
+            if plan is None:
+                raise CommandError(f"no plan {opts['plan']}")
+            revision = services.plan_update(plan=plan, actor=self.actor, document=document)
+            self.stdout.write(f"plan {plan.pk} revision {revision.number} {revision.digest}")
+        else:
+            plan = services.plan_create(actor=self.actor, document=document)
+            self.stdout.write(f"plan {plan.pk} revision 1 {plan.latest_revision.digest}")
+        if opts["dry_run"]:
+            run = services.run_start_dry_run(plan=plan, actor=self.actor)
+        elif opts["apply"]:
+            run = services.run_apply(plan=plan, actor=self.actor)
+        else:
+            return
+        self.stdout.write(f"run {run.pk} ({run.mode}) {run.state} digest {run.digest}")
+        if opts["wait"]:
+            self._follow(run)
+
+    def do_approve(self, opts: dict[str, Any]) -> None:
+        run = services.run_approve(
+            run=self._run(opts["run"]), actor=self.actor, comment=opts["comment"]
+        )
+        self.stdout.write(f"run {run.pk} {run.state}")
+
+    def do_reject(self, opts: dict[str, Any]) -> None:
+        run = services.run_reject(
+            run=self._run(opts["run"]), actor=self.actor, comment=opts["comment"]
+        )
+        self.stdout.write(f"run {run.pk} {run.state}")
+
+    def do_apply(self, opts: dict[str, Any]) -> None:
+        plan = Plan.objects.filter(pk=opts["plan"]).first()
+        if plan is None:
+            raise CommandError(f"no plan {opts['plan']}")
+        run = services.run_apply(
+            plan=plan,
+            actor=self.actor,
+            dry_run_id=opts["dry_run_run"],
+            force_rerun=opts["force_rerun"],
+        )
+        self.stdout.write(f"run {run.pk} ({run.mode}) {run.state} digest {run.digest}")
+        if opts["wait"]:
+            self._follow(run)
+
+    def do_abort(self, opts: dict[str, Any]) -> None:
+        run = services.run_abort(run=self._run(opts["run"]), actor=self.actor)
+        self.stdout.write(f"run {run.pk} {run.state}")
+
+    def do_status(self, opts: dict[str, Any]) -> None:
+        run = self._run(opts["run"])
+        if opts["json"]:
+            from runs_app.serializers import RunSerializer
+
+            data = RunSerializer(selectors.run_with_stages(run.pk)).data
+            self.stdout.write(json.dumps(data, indent=2, default=str))
+            return
+        if opts["wait"]:
+            self._follow(run)
+        else:
+            self._print_status(run, tty=False)
+            if run.state == "failed":
+                sys.exit(EXIT_RUN_FAILED)
+
+    def _follow(self, run: Run) -> None:
+        tty = self.stdout.isatty()
+        while True:
+            run = selectors.run_with_stages(run.pk)
+            self._print_status(run, tty=tty)
+            if run.is_finished:
+                break
+            time.sleep(1)  # a terminal's refresh interval, not a test wait
+        if run.state in ("failed", "aborted", "rejected"):
+            sys.exit(EXIT_RUN_FAILED)
+
+    def _print_status(self, run: Run, *, tty: bool) -> None:
+        lines = [f"run {run.pk} ({run.mode}) {run.state}"]
+        for stage in run.run_stages.all():
+            p = selectors.stage_progress(stage)
+            c = p["counts"]
+            done = c["succeeded"] + c["reused"]
+            if tty:
+                width = 30
+                filled = int(width * p["percent"] / 100)
+                bar = "█" * filled + "·" * (width - filled)
+                lines.append(f"  {p['id']:<20} {bar} {p['percent']:3d}% {p['state']}")
+            else:
+                lines.append(
+                    f"  {p['id']} {p['state']} {done}/{c['total']} done, "
+                    f"{c['failed']} failed, {c['running']} running"
+                )
+        if run.merkle_root:
+            lines.append(f"  merkle root {run.merkle_root}")
+        text = "\n".join(lines)
+        if tty:
+            self.stdout.write("\x1b[2J\x1b[H" + text)
+        else:
+            self.stdout.write(text)

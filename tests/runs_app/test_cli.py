@@ -1,0 +1,61 @@
+"""`manage.py hxo`: the same services as the API, non-zero exits with clear messages."""
+
+from __future__ import annotations
+
+import json
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from runs_app import tasks
+from runs_app.models import Plan, Run
+from tests.runs_app.testkinds import stage
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def hxo(*args: str) -> str:
+    out = StringIO()
+    call_command("hxo", *args, stdout=out, stderr=StringIO())
+    return out.getvalue()
+
+
+def test_submit_approve_apply_and_status(test_kinds, tmp_path: Path, operator, approver) -> None:
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps({"name": "cli", "stages": [stage("a", tmp_path, items=2)]}))
+    out = hxo("--user", operator.username, "submit", str(plan_file), "--dry-run")
+    assert "run " in out
+    dry = Run.objects.get()
+    tasks.drain(dry.pk, budget_s=30)
+    assert "approved" in hxo("--user", approver.username, "approve", str(dry.pk))
+    plan = Plan.objects.get()
+    out = hxo("--user", operator.username, "apply", str(plan.pk), "--dry-run-run", str(dry.pk))
+    run = Run.objects.get(mode="apply")
+    tasks.drain(run.pk, budget_s=30)
+    status = hxo("--user", operator.username, "status", str(run.pk))
+    assert "succeeded 2/2 done" in status
+
+
+def test_refusals_exit_non_zero_with_the_code(test_kinds, tmp_path: Path, operator) -> None:
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps({"name": "cli", "stages": [stage("a", tmp_path)]}))
+    hxo("--user", operator.username, "submit", str(plan_file))
+    plan = Plan.objects.get()
+    err = StringIO()
+    with pytest.raises(SystemExit) as exited:
+        call_command("hxo", "--user", operator.username, "apply", str(plan.pk), stderr=err)
+    assert exited.value.code == 2
+    assert "dry_run_required" in err.getvalue()
+
+
+def test_bad_input_is_a_command_error(test_kinds, tmp_path: Path, operator) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(CommandError, match="not valid JSON"):
+        hxo("--user", operator.username, "submit", str(bad))
+    with pytest.raises(CommandError, match="no active user"):
+        hxo("--user", "ghost", "status", "1")
+    with pytest.raises(CommandError, match="no run 999"):
+        hxo("--user", operator.username, "status", "999")
