@@ -111,3 +111,31 @@ def test_a_lost_wake_up_is_repaired_by_the_reconciler(
         wait_for(lambda: finished(run), "the run after the reconciler")
     assert run.state == RunState.SUCCEEDED
     assert sorted(effects(tmp_path, "a")) == [0, 1, 2, 3]
+
+
+def test_abort_cancels_pending_work_and_stops_the_running_partition(
+    test_kinds, tmp_path: Path, operator, settings
+) -> None:
+    settings.HXO_LEASE_MS = 1500
+    plan = services.plan_create(
+        actor=operator,
+        document={
+            "name": "abort",
+            "stages": [stage("a", tmp_path, items=6, kind=TEST_KIND_NOAPPROVAL, block=[0])],
+        },
+    )
+    with running_cluster(WORKERS=1):
+        run = services.run_apply(plan=plan, actor=operator)
+        wait_for((tmp_path / "holding-0").exists, "the partition to be held")
+        services.run_abort(run=run, actor=operator)
+        # The held partition sees the abort at its next heartbeat and writes nothing.
+        wait_for(
+            lambda: not Partition.objects.filter(run=run, state="running").exists(),
+            "the running partition to stop",
+        )
+        run.refresh_from_db()
+    assert run.state == RunState.ABORTED
+    assert effects(tmp_path, "a") == []
+    assert set(Partition.objects.filter(run=run).values_list("state", flat=True)) == {"cancelled"}
+    stage_row = run.run_stages.get()
+    assert stage_row.cancelled == 6 and stage_row.pending == 0 and stage_row.running == 0

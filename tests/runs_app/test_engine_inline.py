@@ -153,3 +153,29 @@ def test_apply_reuses_partitions_that_already_succeeded(test_kinds, tmp_path, op
     assert forced.state == RunState.SUCCEEDED
     assert len(effects(tmp_path, "a")) == 6
     assert first.merkle_root
+
+
+def test_a_stage_past_its_slo_is_recorded_as_breached(test_kinds, tmp_path, operator) -> None:
+    doc = stage("a", tmp_path, items=3, kind=TEST_KIND_NOAPPROVAL)
+    doc["slo_ms"] = 1
+    plan = plan_of(operator, doc)
+    run = services.run_apply(plan=plan, actor=operator)
+    # Make sure the stage's elapsed time exceeds 1 ms before the first partition completes.
+    (tmp_path / "source.txt").write_text("x" * 10)
+    run = drain_all(run)
+    assert run.state == RunState.SUCCEEDED
+    assert run.slo_breached is True
+    stage_row = run.run_stages.get()
+    assert stage_row.slo_breached is True and stage_row.slo_ms == 1
+    assert AuditEvent.objects.filter(action="stage.slo_breached", object_id=str(run.pk)).exists()
+
+
+def test_a_partition_past_the_shard_timeout_fails(test_kinds, tmp_path, operator, settings) -> None:
+    settings.HXO_SHARD_TIMEOUT_MS = 300
+    settings.HXO_MAX_ATTEMPTS = 1
+    plan = plan_of(operator, stage("a", tmp_path, items=1, kind=TEST_KIND_NOAPPROVAL, block=[0]))
+    run = drain_all(services.run_apply(plan=plan, actor=operator))
+    assert run.state == RunState.FAILED
+    part = Partition.objects.get(run=run)
+    assert part.error["code"] == "shard_timeout"
+    assert effects(tmp_path, "a") == []
