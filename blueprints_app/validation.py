@@ -38,6 +38,31 @@ PLAN_FIELDS = {"name", "description", "stages"}
 STAGE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 KIND_RE = STAGE_ID_RE
 MAX_NAME_LENGTH = 200
+MAX_DEPTH = 32
+
+
+def _hostile(value: Any, path: str, depth: int = 0) -> Issue | None:
+    """The first NUL character or over-deep nesting in a document (PostgreSQL cannot store a
+    NUL in text or JSON, and nobody writes plans 32 levels deep)."""
+    if depth > MAX_DEPTH:
+        return Issue(path, codes.INVALID_VALUE, f"nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, str):
+        if "\x00" in value:
+            return Issue(path, codes.INVALID_VALUE, "text must not contain NUL characters")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            sub = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and "\x00" in key:
+                return Issue(path, codes.INVALID_VALUE, "keys must not contain NUL characters")
+            found = _hostile(item, sub, depth + 1)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _hostile(item, f"{path}[{i}]", depth + 1)
+            if found:
+                return found
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +189,10 @@ def validate_stage(
     result = ValidationResult()
     if not isinstance(stage, dict):
         result.error(path, codes.INVALID_TYPE, "a stage must be a JSON object")
+        return result
+    hostile = _hostile(stage, path)
+    if hostile:
+        result.errors.append(hostile)
         return result
     if kinds is None:
         kinds = load_kinds()
@@ -337,6 +366,10 @@ def validate_plan(plan: Any, *, user: Any = None) -> ValidationResult:
     result = ValidationResult()
     if not isinstance(plan, dict):
         result.error("plan", codes.INVALID_TYPE, "a plan must be a JSON object")
+        return result
+    hostile = _hostile(plan, "")
+    if hostile:
+        result.errors.append(hostile)
         return result
     for field in sorted(set(plan) - PLAN_FIELDS):
         result.error(field, codes.UNKNOWN_FIELD, f"unknown plan field {field!r}")
