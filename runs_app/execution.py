@@ -71,6 +71,7 @@ class Claim:
     fence: int
     attempt: int
     owner: str
+    non_idempotent: bool = False
 
 
 def new_owner() -> str:
@@ -91,47 +92,88 @@ def _count_moves(stage_pk: int, moves: dict[str, int]) -> None:
 # --- Claims ---------------------------------------------------------------------------------
 
 
-def _running_in_run(run_id: int) -> int:
-    return sum(RunStage.objects.filter(run_id=run_id).values_list("running", flat=True))
+TABLE = Partition._meta.db_table
+
+
+def _prep_dt(value: Any) -> Any:
+    return Partition._meta.get_field("started_at").get_db_prep_save(value, connection)
+
+
+def _prep_json(field: str, value: Any) -> Any:
+    return Partition._meta.get_field(field).get_db_prep_save(value, connection)
+
+
+def _owners_in_run(run_id: int) -> set[str]:
+    return set(
+        Partition.objects.filter(run_id=run_id, state=P.RUNNING)
+        .values_list("lease_owner", flat=True)
+        .distinct()
+    )
+
+
+def claim_batch(run_id: int, owner: str, limit: int = 1) -> list[Claim]:
+    """Claim up to `limit` claimable partitions of the run in one short transaction.
+
+    HXO_MAX_CONCURRENCY bounds the drainers executing a run at once (each runs its claims one
+    after another). Returns [] when nothing is claimable now or the run is at its limit.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        owners = _owners_in_run(run_id)
+        if owner not in owners and len(owners) >= settings.HXO_MAX_CONCURRENCY:
+            return []
+        qs = Partition.objects.filter(
+            run_id=run_id, ready=True, state=P.PENDING, due_at__lte=now
+        ).order_by("due_at")
+        if connection.vendor == "postgresql":
+            # Lock the rows we pick and skip rows other workers hold: claimers never wait on
+            # each other. SQLite has no row locks: its IMMEDIATE transaction serialises.
+            qs = qs.select_for_update(skip_locked=True, of=("self",))
+        rows = list(qs.values_list("id", "fence", "non_idempotent")[:limit])
+        if not rows:
+            return []
+        # A non-idempotent partition is claimed alone: one that expires unstarted in a batch
+        # would be failed, never retried.
+        rows = rows[:1] if rows[0][2] else [r for r in rows if not r[2]]
+        # Compare-and-swap on the fences we read (raw SQL: the ORM's query building would
+        # cost more than the statement on this hot path). A row another claimer changed
+        # since is left alone; the read-back below keeps only what this owner holds.
+        expires, started = _prep_dt(now + _lease_delta()), _prep_dt(now)
+        with connection.cursor() as cur:
+            cur.executemany(
+                f"UPDATE {TABLE} SET state = %s, fence = fence + 1, attempts = attempts + 1,"
+                " lease_owner = %s, lease_expires_at = %s, started_at = %s, finished_at = NULL"
+                " WHERE id = %s AND fence = %s AND state = %s",
+                [(P.RUNNING, owner, expires, started, pk, f, P.PENDING) for pk, f, _ in rows],
+            )
+        read = {pk: fence + 1 for pk, fence, _ in rows}
+        held = list(
+            Partition.objects.filter(
+                pk__in=list(read), lease_owner=owner, state=P.RUNNING
+            ).values_list("id", "fence", "stage_id", "attempts", "non_idempotent")
+        )
+        claims = [
+            Claim(pk, run_id, stage_pk, fence, attempts, owner, non_idempotent)
+            for pk, fence, stage_pk, attempts, non_idempotent in held
+            if read.get(pk) == fence
+        ]
+        per_stage: dict[int, int] = {}
+        for c in claims:
+            per_stage[c.stage_pk] = per_stage.get(c.stage_pk, 0) + 1
+        for stage_pk, n in per_stage.items():
+            _count_moves(stage_pk, {"pending": -n, "running": n})
+        with connection.cursor() as cur:
+            cur.executemany(
+                f"INSERT INTO {ClaimLog._meta.db_table} (partition_id, fence, owner, claimed_at)"
+                " VALUES (%s, %s, %s, %s)",
+                [(c.partition_id, c.fence, owner, started) for c in claims],
+            )
+    return claims
 
 
 def claim_next(run_id: int, owner: str) -> Claim | None:
-    """Claim one claimable partition of the run, or None when there is none right now."""
-    for _ in range(8):
-        now = timezone.now()
-        with transaction.atomic():
-            if _running_in_run(run_id) >= settings.HXO_MAX_CONCURRENCY:
-                return None
-            qs = Partition.objects.filter(
-                run_id=run_id, ready=True, state=P.PENDING, due_at__lte=now
-            ).order_by("due_at")
-            if connection.vendor == "postgresql":
-                # Lock the row we pick and skip rows other workers hold: no two claimers wait
-                # on each other. SQLite has no row locks: its IMMEDIATE transaction serialises.
-                qs = qs.select_for_update(skip_locked=True, of=("self",))
-            row = qs.values("id", "fence", "stage_id", "attempts").first()
-            if row is None:
-                return None
-            fence = row["fence"] + 1
-            changed = Partition.objects.filter(
-                pk=row["id"], fence=row["fence"], state=P.PENDING
-            ).update(
-                state=P.RUNNING,
-                fence=fence,
-                attempts=F("attempts") + 1,
-                lease_owner=owner,
-                lease_expires_at=now + _lease_delta(),
-                started_at=now,
-                finished_at=None,
-            )
-            if not changed:
-                continue  # somebody else took it between our read and our write
-            _count_moves(row["stage_id"], {"pending": -1, "running": 1})
-            ClaimLog.objects.create(
-                partition_id=row["id"], fence=fence, owner=owner, claimed_at=now
-            )
-            return Claim(row["id"], run_id, row["stage_id"], fence, row["attempts"] + 1, owner)
-    return None
+    claims = claim_batch(run_id, owner, 1)
+    return claims[0] if claims else None
 
 
 def has_claimable(run_id: int, *, due_within_s: float = 0) -> bool:
@@ -154,19 +196,23 @@ def next_due(run_id: int) -> Any:
 
 
 class Heartbeat:
-    """Extends the lease from a background thread while the executor works.
+    """One background thread per drainer extends the leases of every partition it holds.
 
-    The executor's `ctx.heartbeat()` raises LeaseLost, RunAborted or ShardTimeout when the
-    thread saw the fence move, the run end or the time budget run out.
+    An executor's `ctx.heartbeat()` raises LeaseLost, RunAborted or ShardTimeout when the
+    thread saw the partition taken over, the run aborted, or the time budget run out.
     """
 
-    def __init__(self, claim: Claim) -> None:
-        self.claim = claim
-        self.started = time.monotonic()
-        self.timeout_s = settings.HXO_SHARD_TIMEOUT_MS / 1000
+    def __init__(self, owner: str, run_id: int, buffer: OutcomeBuffer | None = None) -> None:
+        self.owner = owner
+        self.run_id = run_id
+        self.buffer = buffer
+        self.done: set[int] = set()  # executed, outcome maybe still buffered: keep its lease
         self.interval_s = max(settings.HXO_LEASE_MS / 3000, 0.2)
-        self.lost = threading.Event()
+        self.timeout_s = settings.HXO_SHARD_TIMEOUT_MS / 1000
+        self.held: dict[int, float] = {}  # partition id → when its execution started
+        self.lost: set[int] = set()
         self.aborted = threading.Event()
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="hxo-heartbeat", daemon=True)
 
@@ -178,38 +224,81 @@ class Heartbeat:
         self._stop.set()
         self._thread.join(timeout=10)
 
+    def hold(self, claims: list[Claim]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for c in claims:
+                self.held[c.partition_id] = now
+
+    def started(self, partition_id: int) -> None:
+        with self._lock:
+            self.held[partition_id] = time.monotonic()
+
+    def finished(self, partition_id: int) -> None:
+        with self._lock:
+            self.done.add(partition_id)
+
+    def release(self, partition_id: int) -> None:
+        with self._lock:
+            self.held.pop(partition_id, None)
+            self.lost.discard(partition_id)
+            self.done.discard(partition_id)
+
     def _loop(self) -> None:
+        last_renew = time.monotonic()
         try:
-            while not self._stop.wait(self.interval_s):
-                if time.monotonic() - self.started > self.timeout_s:
-                    # Stop renewing: a hung executor's lease runs out and the reconciler
-                    # takes the partition back.
-                    return
-                if not self.renew():
-                    return
+            while not self._stop.wait(min(FLUSH_AFTER_S, self.interval_s)):
+                if self.buffer is not None:
+                    self.buffer.flush(older_than=FLUSH_AFTER_S)
+                if time.monotonic() - last_renew >= self.interval_s:
+                    self.renew()
+                    last_renew = time.monotonic()
+        except Exception:
+            log.exception("heartbeat of %s stopped", self.owner)
         finally:
             connection.close()
 
-    def renew(self) -> bool:
+    def renew(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            # A partition past its time budget is not renewed: if its executor hangs without
+            # calling heartbeat(), the lease runs out and the reconciler takes it back.
+            ids = [
+                pk for pk, t in self.held.items() if pk in self.done or now - t <= self.timeout_s
+            ]
+        if not ids:
+            return
         with transaction.atomic():
-            changed = Partition.objects.filter(
-                pk=self.claim.partition_id, fence=self.claim.fence, state=P.RUNNING
-            ).update(lease_expires_at=timezone.now() + _lease_delta())
-        if not changed:
-            state = Run.objects.filter(pk=self.claim.run_id).values_list("state", flat=True).first()
-            (self.aborted if state == RunState.ABORTED else self.lost).set()
-        return bool(changed)
-
-    def check(self) -> None:
-        if self.aborted.is_set():
-            raise RunAborted("the run was aborted")
-        if self.lost.is_set():
-            raise LeaseLost("another worker holds this partition now")
-        if time.monotonic() - self.started > self.timeout_s:
-            raise ShardTimeout(
-                f"the partition ran longer than HXO_SHARD_TIMEOUT_MS "
-                f"({settings.HXO_SHARD_TIMEOUT_MS} ms)"
+            Partition.objects.filter(pk__in=ids, lease_owner=self.owner, state=P.RUNNING).update(
+                lease_expires_at=timezone.now() + _lease_delta()
             )
+            still = set(
+                Partition.objects.filter(
+                    pk__in=ids, lease_owner=self.owner, state=P.RUNNING
+                ).values_list("id", flat=True)
+            )
+        gone = set(ids) - still
+        if gone:
+            state = Run.objects.filter(pk=self.run_id).values_list("state", flat=True).first()
+            if state == RunState.ABORTED:
+                self.aborted.set()
+            with self._lock:
+                self.lost |= gone
+
+    def checker(self, partition_id: int) -> Any:
+        def check() -> None:
+            if self.aborted.is_set():
+                raise RunAborted("the run was aborted")
+            if partition_id in self.lost:
+                raise LeaseLost("another worker holds this partition now")
+            started = self.held.get(partition_id)
+            if started is not None and time.monotonic() - started > self.timeout_s:
+                raise ShardTimeout(
+                    f"the partition ran longer than HXO_SHARD_TIMEOUT_MS "
+                    f"({settings.HXO_SHARD_TIMEOUT_MS} ms)"
+                )
+
+        return check
 
 
 # --- Execution ------------------------------------------------------------------------------
@@ -221,14 +310,99 @@ def kind_from_snapshot(snapshot: dict[str, Any]) -> JobKind:
     return JobKind(**{k: v for k, v in snapshot.items() if k in fields})
 
 
-def execute_claim(claim: Claim) -> str:
-    """Run the executor for a claimed partition and record the outcome. Returns the state."""
-    part = Partition.objects.select_related("stage", "run", "run__revision").get(
-        pk=claim.partition_id
-    )
-    stage, run = part.stage, part.run
-    kind = kind_from_snapshot(run.kind_snapshots[stage.kind])
-    dry_run = run.mode == RunMode.DRY_RUN
+@dataclasses.dataclass
+class Outcome:
+    claim: Claim
+    state: str  # succeeded, failed, lost, aborted
+    output: Any = None
+    preview: Any = None
+    error: dict[str, Any] | None = None
+    duration_ms: int = 0
+
+
+class RunContext:
+    """What a drainer reads once per run instead of once per partition."""
+
+    def __init__(self, run_id: int) -> None:
+        self.run = Run.objects.select_related("revision").get(pk=run_id)
+        self.dry_run = self.run.mode == RunMode.DRY_RUN
+        self.kinds = {k: kind_from_snapshot(v) for k, v in self.run.kind_snapshots.items()}
+        self.stages: dict[int, RunStage] = {}
+        self.executors: dict[str, Any] = {}
+
+    def stage(self, stage_pk: int) -> RunStage:
+        if stage_pk not in self.stages:
+            self.stages[stage_pk] = RunStage.objects.get(pk=stage_pk)
+        return self.stages[stage_pk]
+
+    def executor(self, name: str) -> Any:
+        if name not in self.executors:
+            self.executors[name] = get_executor(name)
+        return self.executors[name]
+
+
+FLUSH_AFTER_S = 0.1
+
+
+class OutcomeBuffer:
+    """Outcomes of idempotent partitions, written in batches: one transaction for many quick
+    partitions. The heartbeat thread flushes what is older than FLUSH_AFTER_S, so progress
+    never lags a long partition. A worker killed before a flush leaves those partitions to
+    run again after their lease, which idempotent executors make harmless (their effects are
+    keyed by partition: content-addressed files, ledger rows, upserts)."""
+
+    def __init__(self) -> None:
+        self._items: list[Outcome] = []
+        self._oldest = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, outcome: Outcome) -> None:
+        with self._lock:
+            if not self._items:
+                self._oldest = time.monotonic()
+            self._items.append(outcome)
+
+    def flush(self, *, older_than: float | None = None) -> None:
+        with self._lock:
+            if not self._items:
+                return
+            if older_than is not None and time.monotonic() - self._oldest < older_than:
+                return
+            items, self._items = self._items, []
+        record_outcomes(items)
+
+
+def execute_claims(
+    rc: RunContext, claims: list[Claim], hb: Heartbeat, buffer: OutcomeBuffer
+) -> None:
+    """Execute claimed partitions one after another. A non-idempotent partition's outcome is
+    written before anything else runs; idempotent ones go through the buffer."""
+    rows = {
+        pk: (inputs, fingerprints)
+        for pk, inputs, fingerprints in Partition.objects.filter(
+            pk__in=[c.partition_id for c in claims]
+        ).values_list("id", "inputs", "fingerprints")
+    }
+    for claim in claims:
+        if hb.aborted.is_set():
+            break
+        inputs, fingerprints = rows[claim.partition_id]
+        hb.started(claim.partition_id)
+        outcome = execute_one(rc, claim, inputs, fingerprints, hb)
+        if outcome.state in (P.SUCCEEDED, P.FAILED):
+            if claim.non_idempotent:
+                buffer.flush()
+                record_outcomes([outcome])
+            else:
+                buffer.add(outcome)
+        hb.finished(claim.partition_id)
+
+
+def execute_one(
+    rc: RunContext, claim: Claim, inputs: Any, fingerprints: Any, hb: Heartbeat
+) -> Outcome:
+    stage = rc.stage(claim.stage_pk)
+    kind = rc.kinds[stage.kind]
     stage_doc = {
         "id": stage.stage_id,
         "kind": stage.kind,
@@ -238,53 +412,54 @@ def execute_claim(claim: Claim) -> str:
         "depends_on": stage.depends_on,
         "non_idempotent": stage.non_idempotent,
     }
+    check = hb.checker(claim.partition_id)
+    ctx = ExecutionContext(
+        run_id=rc.run.pk,
+        partition_id=claim.partition_id,
+        stage=stage_doc,
+        kind=kind,
+        inputs=inputs,
+        fingerprints=fingerprints,
+        manifest=stage.manifest,
+        plan_digest=rc.run.revision.digest,
+        dry_run=rc.dry_run,
+        attempt=claim.attempt,
+        fence=claim.fence,
+        heartbeat=check,
+    )
     started = time.monotonic()
-    with Heartbeat(claim) as hb:
-        ctx = ExecutionContext(
-            run_id=run.pk,
-            partition_id=part.pk,
-            stage=stage_doc,
-            kind=kind,
-            inputs=part.inputs,
-            fingerprints=part.fingerprints,
-            manifest=stage.manifest,
-            plan_digest=run.revision.digest,
-            dry_run=dry_run,
-            attempt=claim.attempt,
-            fence=claim.fence,
-            heartbeat=hb.check,
+    try:
+        result = rc.executor(stage.executor).execute(ctx)
+        check()
+    except LeaseLost:
+        log.info("partition %s: lease lost, result dropped", claim.partition_id)
+        return Outcome(claim, "lost")
+    except RunAborted:
+        return Outcome(claim, "aborted")
+    except ShardTimeout as exc:
+        return Outcome(claim, P.FAILED, error={"code": "shard_timeout", "message": str(exc)})
+    except Exception as exc:
+        log.warning("partition %s failed: %s", claim.partition_id, exc, exc_info=True)
+        return Outcome(
+            claim,
+            P.FAILED,
+            error={
+                "code": getattr(exc, "code", "executor_error"),
+                "type": type(exc).__name__,
+                "message": str(exc)[:2000],
+            },
         )
-        try:
-            result = get_executor(stage.executor).execute(ctx)
-            hb.check()
-        except LeaseLost:
-            log.info("partition %s: lease lost, result dropped", part.pk)
-            return "lost"
-        except RunAborted:
-            return "aborted"
-        except ShardTimeout as exc:
-            return fail_partition(claim, {"code": "shard_timeout", "message": str(exc)})
-        except Exception as exc:
-            log.warning("partition %s failed: %s", part.pk, exc, exc_info=True)
-            return fail_partition(
-                claim,
-                {
-                    "code": getattr(exc, "code", "executor_error"),
-                    "type": type(exc).__name__,
-                    "message": str(exc)[:2000],
-                },
-            )
     duration_ms = int((time.monotonic() - started) * 1000)
     if not isinstance(result, dict):
-        return fail_partition(
-            claim, {"code": codes.INVALID_OUTPUT, "message": "the executor returned no object"}
-        )
-    if dry_run:
-        return complete_partition(claim, preview=result, duration_ms=duration_ms)
+        error = {"code": codes.INVALID_OUTPUT, "message": "the executor returned no object"}
+        return Outcome(claim, P.FAILED, error=error, duration_ms=duration_ms)
+    if rc.dry_run:
+        return Outcome(claim, P.SUCCEEDED, preview=result, duration_ms=duration_ms)
     problem = output_problem(kind, result)
     if problem:
-        return fail_partition(claim, {"code": codes.INVALID_OUTPUT, "message": problem})
-    return complete_partition(claim, output=result, duration_ms=duration_ms)
+        error = {"code": codes.INVALID_OUTPUT, "message": problem}
+        return Outcome(claim, P.FAILED, error=error, duration_ms=duration_ms)
+    return Outcome(claim, P.SUCCEEDED, output=result, duration_ms=duration_ms)
 
 
 def output_problem(kind: JobKind, output: dict[str, Any]) -> str | None:
@@ -297,63 +472,107 @@ def output_problem(kind: JobKind, output: dict[str, Any]) -> str | None:
     return None
 
 
+def record_outcomes(outcomes: list[Outcome]) -> None:
+    """Write outcomes in one transaction; each write is fenced, so a claim this worker lost
+    changes nothing. Failures retry with backoff while attempts are left (idempotent only)."""
+    todo = [o for o in outcomes if o.state in (P.SUCCEEDED, P.FAILED)]
+    if not todo:
+        return
+    now = timezone.now()
+    with transaction.atomic():
+        moves: dict[int, dict[str, int]] = {}
+        finals: set[int] = set()
+
+        def moved(c: Claim, target: str) -> None:
+            stage_moves = moves.setdefault(c.stage_pk, {})
+            stage_moves["running"] = stage_moves.get("running", 0) - 1
+            stage_moves[COUNTER[target]] = stage_moves.get(COUNTER[target], 0) + 1
+            if target != P.PENDING:
+                finals.add(c.stage_pk)
+
+        successes = [o for o in todo if o.state == P.SUCCEEDED]
+        if successes:
+            sql = (
+                f"UPDATE {TABLE} SET state = %s, output = %s, preview = %s, error = NULL,"
+                " finished_at = %s, duration_ms = %s, lease_owner = '', lease_expires_at = NULL"
+                " WHERE id = %s AND fence = %s AND state = %s"
+            )
+            finished = _prep_dt(now)
+            params = [
+                (
+                    P.SUCCEEDED,
+                    _prep_json("output", o.output),
+                    _prep_json("preview", o.preview),
+                    finished,
+                    o.duration_ms,
+                    o.claim.partition_id,
+                    o.claim.fence,
+                    P.RUNNING,
+                )
+                for o in successes
+            ]
+            with connection.cursor() as cur:
+                cur.executemany(sql, params)
+                all_changed = cur.rowcount == len(successes)
+            if all_changed:
+                for o in successes:
+                    moved(o.claim, P.SUCCEEDED)
+            else:
+                # Some claim was lost meanwhile: find which of ours were written.
+                written = set(
+                    Partition.objects.filter(
+                        pk__in=[o.claim.partition_id for o in successes],
+                        state=P.SUCCEEDED,
+                        finished_at=now,
+                    ).values_list("id", "fence")
+                )
+                for o in successes:
+                    if (o.claim.partition_id, o.claim.fence) in written:
+                        moved(o.claim, P.SUCCEEDED)
+        for o in todo:
+            if o.state != P.FAILED:
+                continue
+            c = o.claim
+            mine = Partition.objects.filter(pk=c.partition_id, fence=c.fence, state=P.RUNNING)
+            error = {**(o.error or {}), "attempt": c.attempt}
+            if not c.non_idempotent and c.attempt < settings.HXO_MAX_ATTEMPTS:
+                backoff_ms = settings.HXO_RETRY_BACKOFF_MS * 2 ** (c.attempt - 1)
+                target = P.PENDING
+                changed = mine.update(
+                    state=P.PENDING,
+                    error=error,
+                    due_at=now + timedelta(milliseconds=backoff_ms),
+                    duration_ms=o.duration_ms,
+                    lease_owner="",
+                    lease_expires_at=None,
+                    finished_at=now,
+                )
+            else:
+                target = P.FAILED
+                changed = mine.update(
+                    state=P.FAILED,
+                    error=error,
+                    duration_ms=o.duration_ms,
+                    lease_owner="",
+                    lease_expires_at=None,
+                    finished_at=now,
+                )
+            if changed:
+                moved(c, target)
+        for stage_pk, delta in moves.items():
+            _count_moves(stage_pk, delta)
+        for stage_pk in finals:
+            after_partition_change(stage_pk)
+
+
 def complete_partition(
     claim: Claim, *, output: Any = None, preview: Any = None, duration_ms: int = 0
-) -> str:
-    with transaction.atomic():
-        changed = Partition.objects.filter(
-            pk=claim.partition_id, fence=claim.fence, state=P.RUNNING
-        ).update(
-            state=P.SUCCEEDED,
-            output=output,
-            preview=preview,
-            error=None,
-            finished_at=timezone.now(),
-            duration_ms=duration_ms,
-            lease_owner="",
-            lease_expires_at=None,
-        )
-        if not changed:
-            return "lost"
-        _count_moves(claim.stage_pk, {"running": -1, "succeeded": 1})
-        after_partition_change(claim.stage_pk)
-    return P.SUCCEEDED
+) -> None:
+    record_outcomes([Outcome(claim, P.SUCCEEDED, output, preview, None, duration_ms)])
 
 
-def fail_partition(claim: Claim, error: dict[str, Any]) -> str:
-    """Record a failure: retry with backoff when idempotent and attempts are left."""
-    with transaction.atomic():
-        row = (
-            Partition.objects.filter(pk=claim.partition_id, fence=claim.fence, state=P.RUNNING)
-            .values("attempts", "non_idempotent")
-            .first()
-        )
-        if row is None:
-            return "lost"
-        error = {**error, "attempt": row["attempts"]}
-        now = timezone.now()
-        if not row["non_idempotent"] and row["attempts"] < settings.HXO_MAX_ATTEMPTS:
-            backoff_ms = settings.HXO_RETRY_BACKOFF_MS * 2 ** (row["attempts"] - 1)
-            Partition.objects.filter(pk=claim.partition_id, fence=claim.fence).update(
-                state=P.PENDING,
-                error=error,
-                due_at=now + timedelta(milliseconds=backoff_ms),
-                lease_owner="",
-                lease_expires_at=None,
-                finished_at=now,
-            )
-            _count_moves(claim.stage_pk, {"running": -1, "pending": 1})
-            return P.PENDING
-        Partition.objects.filter(pk=claim.partition_id, fence=claim.fence).update(
-            state=P.FAILED,
-            error=error,
-            lease_owner="",
-            lease_expires_at=None,
-            finished_at=now,
-        )
-        _count_moves(claim.stage_pk, {"running": -1, "failed": 1})
-        after_partition_change(claim.stage_pk)
-    return P.FAILED
+def fail_partition(claim: Claim, error: dict[str, Any]) -> None:
+    record_outcomes([Outcome(claim, P.FAILED, error=error)])
 
 
 def expire_leases(*, run_id: int | None = None, limit: int = 1000) -> int:

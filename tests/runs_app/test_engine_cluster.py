@@ -12,7 +12,7 @@ import pytest
 from runs_app import services, tasks
 from runs_app.models import ClaimLog, Partition, Run, RunState
 from tests.runs_app.cluster import running_cluster, wait_for
-from tests.runs_app.testkinds import TEST_KIND_NOAPPROVAL, effects, stage
+from tests.runs_app.testkinds import TEST_KIND_NOAPPROVAL, effect_files, effects, stage
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cluster]
 
@@ -84,7 +84,10 @@ def test_a_worker_killed_mid_partition_leaves_every_effect_exactly_once(
         )
         wait_for(lambda: finished(run), "the run after the kill")
     assert run.state == RunState.SUCCEEDED
-    assert sorted(effects(tmp_path, "a")) == [0, 1, 2, 3, 4]
+    # Every partition's effect exists exactly once; the killed one ran again on a live worker.
+    assert effect_files(tmp_path, "a") == [0, 1, 2, 3, 4]
+    assert set(effects(tmp_path, "a")) == {0, 1, 2, 3, 4}
+    assert not list(tmp_path.glob("effect-*.tmp-*"))
     victim.refresh_from_db()
     assert victim.attempts == 2
     fences = list(ClaimLog.objects.filter(partition=victim).values_list("fence", flat=True))

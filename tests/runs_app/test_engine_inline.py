@@ -129,12 +129,19 @@ def test_replay_reruns_only_the_failed_partitions(test_kinds, tmp_path, operator
     )
     run = drain_all(services.run_apply(plan=plan, actor=operator))
     assert run.state == RunState.FAILED
-    # The failure budget is 0: the partition after the failed one was cancelled.
-    assert sorted(effects(tmp_path, "a")) == [0, 1]
+    # The failure budget is 0: what was not yet claimed when item 2 failed was cancelled.
+    first = effects(tmp_path, "a")
+    assert 2 not in first and {0, 1} <= set(first)
+    redo = set(
+        Partition.objects.filter(run=run, state__in=["failed", "cancelled"]).values_list(
+            "index", flat=True
+        )
+    )
+    assert 2 in redo and redo == {0, 1, 2, 3} - set(first)
     child = drain_all(services.run_replay(run=run, actor=operator))
     assert child.parent_id == run.pk
     assert child.state == RunState.SUCCEEDED
-    assert sorted(Partition.objects.filter(run=child).values_list("index", flat=True)) == [2, 3]
+    assert set(Partition.objects.filter(run=child).values_list("index", flat=True)) == redo
     # Succeeded partitions were not run again: every item appears exactly once.
     assert sorted(effects(tmp_path, "a")) == [0, 1, 2, 3]
 

@@ -91,8 +91,17 @@ class AppendExecutor(Executor):
                 time.sleep(0.05)
         if ctx.dry_run:
             return {"summary": f"would append item {item}", "item": item}
+        # Every execution is logged (what tests count when nothing crashed)...
         with _effects(ctx).open("a") as fh:
             fh.write(f"{item}\n")
+        if self.idempotent:
+            # ...and the effect proper is keyed by partition, as real executors do: a file per
+            # item written to a temporary name and renamed, so running twice changes nothing.
+            final = Path(ctx.params["dir"]) / f"effect-{ctx.stage['id']}-{item}"
+            if not final.exists():
+                tmp = final.with_name(f"{final.name}.tmp-{ctx.partition_id}-{ctx.fence}")
+                tmp.write_text(str(item))
+                tmp.rename(final)
         return {"status": "done", "item": item}
 
 
@@ -155,5 +164,11 @@ def stage(
 
 
 def effects(directory: Path, sid: str) -> list[int]:
+    """Items in the order they were executed, one line per execution."""
     path = directory / f"effects-{sid}.log"
     return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def effect_files(directory: Path, sid: str) -> list[int]:
+    """Items whose keyed effect exists (each at most once by construction)."""
+    return sorted(int(p.name.rsplit("-", 1)[1]) for p in directory.glob(f"effect-{sid}-*"))
