@@ -97,6 +97,8 @@ if DEBUG:
 CSRF_TRUSTED_ORIGINS = [o for o in env_str("CSRF_TRUSTED_ORIGINS").split(",") if o]
 
 VAR_DIR = Path(env_str("HXO_VAR_DIR", str(BASE_DIR / "var"))).resolve()
+# SQLite cannot create its file in a missing directory; var/ is not in a fresh clone.
+VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -332,7 +334,12 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env_str("HXO_LOG_LEVEL", "INFO").upper()},
+    "root": {
+        "handlers": ["console"],
+        "level": env_choice(
+            "HXO_LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical")
+        ).upper(),
+    },
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
 

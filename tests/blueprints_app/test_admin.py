@@ -93,9 +93,11 @@ def test_the_list_answers_the_safety_columns_as_the_appendix_does(client, name, 
 def test_schemas_are_shown_as_indented_json(client):
     response = client.get(CHANGE_URL.format(pk=pack().pk))
 
+    # Key order is the database's (PostgreSQL's jsonb sorts keys): check the indentation.
     html = response.content.decode()
-    assert "{\n  &quot;$schema&quot;: " in html
-    assert "\n  &quot;required&quot;: [\n    &quot;partition_id&quot;," in html
+    assert "{\n  &quot;" in html
+    assert "\n  &quot;type&quot;: &quot;object&quot;" in html
+    assert "\n  &quot;required&quot;: [\n    &quot;" in html
 
 
 def test_partitioner_choices_come_from_the_registry(client):

@@ -164,6 +164,7 @@ def test_the_redis_broker_uses_redis_url(monkeypatch):
         ("HXO_WORKERS", "many"),
         ("HXO_MAX_STAGES", "0"),
         ("HXO_SECURE_COOKIES", "sometimes"),
+        ("HXO_LOG_LEVEL", "loud"),
     ],
 )
 def test_a_bad_value_stops_the_settings_naming_the_variable(monkeypatch, name, raw):

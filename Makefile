@@ -1,0 +1,62 @@
+# HXO on one machine: `make run` (web server + one django-q2 cluster, SQLite, ORM broker) and
+# `make test`. Both run `make setup` first, which is idempotent and quick the second time.
+# See README.md for the environment variables.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+# pip runs again only when pyproject.toml is newer than this stamp.
+DEPS_STAMP := $(VENV)/.hxo-deps-installed
+HTMX_NPM := node_modules/htmx.org/dist/htmx.min.js
+HTMX := static/vendor/htmx.min.js
+ADDR ?= 127.0.0.1:8000
+PYTEST_ARGS ?=
+# Setup and run are for a development machine: DEBUG on unless the environment says otherwise
+# (with DEBUG off, settings require a SECRET_KEY).
+MANAGE := DEBUG=$${DEBUG:-1} $(PY) manage.py
+
+# Hook for the demo workspace: runs `manage.py hxo_demo` once runs_app has that command
+# (a later issue); until then `make demo` is a no-op.
+DEMO_COMMAND := runs_app/management/commands/hxo_demo.py
+
+.PHONY: setup run test lint demo ci
+
+setup: $(DEPS_STAMP) $(HTMX)
+	@$(MANAGE) migrate --noinput
+	@$(MANAGE) hxo_load_registry
+	@$(MANAGE) hxo_demo_users
+	@$(MAKE) --no-print-directory demo
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(DEPS_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --disable-pip-version-check -e ".[dev]"
+	@touch $@
+
+# Only when missing: npm gives installed files a fixed 1985 mtime, so timestamps can't tell.
+$(HTMX_NPM):
+	@command -v npm >/dev/null || { echo "make setup needs npm (Node.js) for htmx"; exit 1; }
+	npm ci --no-audit --no-fund
+
+$(HTMX): $(HTMX_NPM)
+	@mkdir -p $(@D)
+	cp $< $@
+
+demo: $(DEPS_STAMP)
+	@if [ -f $(DEMO_COMMAND) ]; then $(MANAGE) hxo_demo; else echo "demo: nothing to set up yet"; fi
+
+run: setup
+	@DEBUG=1 $(PY) bin/hxo-run $(ADDR)
+
+test: setup
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(DEPS_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+ci:
+	.ci/run
