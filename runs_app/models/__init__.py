@@ -17,11 +17,14 @@ from runs_app.models.engine import (
     RunState,
     StageState,
 )
+from runs_app.models.indexes import AssetIndexEntry, DocPage
 
 __all__ = [
     "Approval",
+    "AssetIndexEntry",
     "AuditEvent",
     "ClaimLog",
+    "DocPage",
     "Lease",
     "Partition",
     "PartitionState",

@@ -53,11 +53,6 @@ def codes_at(result, path, *, key="errors"):
 # --- The contract's examples -------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the placeholder by_filesize params schema requires `workspace`, which the "
-    "contract's example omits; the real partitioners (issue 4) default it to the demo workspace",
-)
 def test_the_contracts_valid_example_stage_is_valid(validate):
     result = validate({"stage": CONTRACT_VALID_STAGE})
 

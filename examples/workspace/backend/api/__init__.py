@@ -1,0 +1,1 @@
+"""HTTP-shaped handlers: a request dict in, a Response out. No web framework needed."""

@@ -1,0 +1,1 @@
+"""Cross-cutting pieces every other package may use: settings, errors, events, logging."""

@@ -1,0 +1,1 @@
+"""Batch jobs run outside request handling: backfills and nightly reports."""

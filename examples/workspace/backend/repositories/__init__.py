@@ -1,0 +1,1 @@
+"""Persistence behind a small interface; the in-memory store backs tests and demos."""

@@ -1,0 +1,1 @@
+"""Use cases: each service owns one aggregate, validates, persists and publishes events."""

@@ -1,0 +1,1 @@
+"""Small pure helpers with no internal dependencies beyond core.errors."""

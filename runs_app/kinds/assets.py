@@ -1,0 +1,456 @@
+"""assets.index and assets.stage: the `by_asset_bucket` partitioner and the `index_assets` executor.
+
+One executor serves both kinds (the contract says staging "reuses indexing logic"), choosing
+by the stage's kind:
+
+- assets.index records path, size, SHA-256, media type and, for PNG/GIF/JPEG, pixel
+  dimensions read from the file header, in the `AssetIndexEntry` table (upsert by workspace
+  and path); a bucket partition also drops the rows of its bucket whose files are gone;
+- assets.stage copies each asset into the "staging" storage under a content-hashed name
+  (`images/logo.<hash16>.png`) and writes a manifest of what it staged, itself
+  content-addressed (`_manifests/<bucket>.<hash16>.json`). Existing names are never rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mimetypes
+import struct
+from collections.abc import Sequence
+from pathlib import PurePosixPath
+from typing import Any
+
+from django.core.files.storage import Storage, storages
+from django.db import transaction
+from django.utils import timezone
+
+from blueprints_app.registry import (
+    ComponentError,
+    ExecutionContext,
+    Executor,
+    PartitionContext,
+    Partitioner,
+    PartitionSpec,
+    StageManifest,
+    register_executor,
+    register_partitioner,
+)
+from runs_app.kinds.base import (
+    cleanup_tmp_files,
+    human_bytes,
+    plural,
+    publish,
+    require_input,
+    required_unless_default,
+    resolve_params,
+    storage_root,
+)
+from runs_app.kinds.files import (
+    Beat,
+    fingerprints,
+    pin,
+    pinned_range,
+    pinned_workspace,
+    read_verified,
+)
+from runs_app.kinds.pack import _common_workspace_params
+from runs_app.models import AssetIndexEntry
+from runs_app.workspaces import get_workspace
+
+UNSUPPORTED_KIND = "unsupported_kind"
+PREVIEW_ASSETS = 500
+
+BUCKETS: dict[str, tuple[str, ...]] = {
+    "images": (".png", ".jpg", ".jpeg", ".gif", ".webp", ".svg", ".ico", ".avif", ".bmp"),
+    "styles": (".css", ".scss", ".sass", ".less"),
+    "scripts": (".js", ".mjs", ".cjs", ".ts", ".map"),
+    "fonts": (".woff", ".woff2", ".ttf", ".otf", ".eot"),
+    "media": (".mp4", ".webm", ".mp3", ".wav", ".ogg", ".oga", ".m4a", ".mov", ".flac"),
+    "other": (),
+}
+BUCKET_NAMES = list(BUCKETS)
+
+# The platform's mime.types differs between hosts; these keep index rows identical everywhere.
+MEDIA_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".svg": "image/svg+xml",
+    ".ico": "image/vnd.microsoft.icon",
+    ".avif": "image/avif",
+    ".bmp": "image/bmp",
+    ".css": "text/css",
+    ".scss": "text/x-scss",
+    ".sass": "text/x-sass",
+    ".less": "text/x-less",
+    ".js": "text/javascript",
+    ".mjs": "text/javascript",
+    ".cjs": "text/javascript",
+    ".ts": "text/x-typescript",
+    ".map": "application/json",
+    ".woff": "font/woff",
+    ".woff2": "font/woff2",
+    ".ttf": "font/ttf",
+    ".otf": "font/otf",
+    ".eot": "application/vnd.ms-fontobject",
+    ".mp4": "video/mp4",
+    ".webm": "video/webm",
+    ".mov": "video/quicktime",
+    ".mp3": "audio/mpeg",
+    ".wav": "audio/wav",
+    ".ogg": "audio/ogg",
+    ".oga": "audio/ogg",
+    ".m4a": "audio/mp4",
+    ".flac": "audio/flac",
+    ".json": "application/json",
+    ".txt": "text/plain",
+    ".md": "text/markdown",
+    ".html": "text/html",
+    ".xml": "application/xml",
+    ".webmanifest": "application/manifest+json",
+}
+
+
+def bucket_of(rel: str) -> str:
+    suffix = PurePosixPath(rel).suffix.lower()
+    for bucket, suffixes in BUCKETS.items():
+        if suffix in suffixes:
+            return bucket
+    return "other"
+
+
+def media_type(rel: str) -> str:
+    suffix = PurePosixPath(rel).suffix.lower()
+    if suffix in MEDIA_TYPES:
+        return MEDIA_TYPES[suffix]
+    guessed, _encoding = mimetypes.guess_type(rel, strict=True)
+    return guessed or "application/octet-stream"
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG, GIF or JPEG header, or None (not an image we read)."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
+        return struct.unpack(">II", data[16:24])
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        return struct.unpack("<HH", data[6:10])
+    if data[:2] == b"\xff\xd8":
+        return _jpeg_size(data)
+    return None
+
+
+# Start-of-frame markers carry the dimensions; C4 (DHT), C8 (JPG) and CC (DAC) don't.
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if marker in _SOF and i + 9 <= len(data):
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            return width, height
+        if marker == 0xDA:  # start of scan: no frame header before it
+            return None
+        i += 2 + length
+    return None
+
+
+@register_partitioner
+class ByAssetBucket(Partitioner):
+    name = "by_asset_bucket"
+    description = (
+        "One partition per asset bucket (images, styles, scripts, fonts, media, other) of a "
+        "workspace directory, by file extension."
+    )
+
+    @classmethod
+    def get_params_schema(cls) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "additionalProperties": False,
+            "required": required_unless_default("workspace"),
+            "properties": {
+                **_common_workspace_params("assets", "Directory holding the static assets."),
+                "buckets": {
+                    "type": "array",
+                    "items": {"type": "string", "enum": BUCKET_NAMES},
+                    "uniqueItems": True,
+                    "minItems": 1,
+                    "default": BUCKET_NAMES,
+                    "title": "Buckets",
+                    "description": "Which buckets to make partitions for.",
+                },
+            },
+        }
+
+    def partition(self, ctx: PartitionContext) -> StageManifest:
+        params = resolve_params(type(self), ctx.params)
+        ws = get_workspace(params["workspace"])
+        files = ws.list_files(params["root"], include=params["include"], exclude=params["exclude"])
+        root_rel = ws.relative(ws.resolve(params["root"]))
+        wanted = [b for b in BUCKET_NAMES if b in params["buckets"]]
+        by_bucket: dict[str, list] = {b: [] for b in wanted}
+        for f in files:
+            bucket = bucket_of(f.rel)
+            if bucket in by_bucket:
+                by_bucket[bucket].append(f)
+        pinned = pin(f for b in wanted for f in by_bucket[b])
+        specs, start = [], 0
+        for bucket in wanted:
+            count = len(by_bucket[bucket])
+            if not count:
+                continue
+            rows = pinned[start : start + count]
+            size = sum(r[1] for r in rows)
+            specs.append(
+                PartitionSpec(
+                    inputs={
+                        "bucket": bucket,
+                        "stage_kind": ctx.kind.kind,
+                        "partition_id": len(specs),
+                        "file_range_start": start,
+                        "file_range_end": start + count,
+                        # The partition holds every file of its bucket under root: it may
+                        # prune index rows whose files are gone.
+                        "owns_bucket": True,
+                    },
+                    fingerprints=fingerprints(rows),
+                    weight=size,
+                    label=f"{bucket}: {plural(count, 'file')}, {human_bytes(size)}",
+                )
+            )
+            start += count
+        return StageManifest(
+            partitions=specs,
+            data={
+                "partitioner": self.name,
+                "workspace": ws.name,
+                "root": root_rel,
+                "files": pinned,
+            },
+        )
+
+
+def staged_name(root_rel: str, rel: str, sha: str) -> str:
+    """`<path under root>/<stem>.<first 16 hex of sha256><suffix>`: cache-busting names."""
+    path = PurePosixPath(rel)
+    if root_rel != ".":
+        path = path.relative_to(root_rel)
+    return str(path.with_name(f"{path.stem}.{sha[:16]}{path.suffix}"))
+
+
+def _staging() -> Storage:
+    return storages["staging"]
+
+
+@register_executor
+class IndexAssets(Executor):
+    name = "index_assets"
+    description = (
+        "assets.index: records path, size, SHA-256, media type and image dimensions in the "
+        "asset index. assets.stage: copies assets into staging storage under content-hashed "
+        "names and writes a manifest."
+    )
+    idempotent = True
+    supports_dry_run = True
+
+    def execute(self, ctx: ExecutionContext) -> dict[str, Any]:
+        kind = ctx.kind.kind
+        if kind == "assets.index":
+            return self._index(ctx)
+        if kind == "assets.stage":
+            return self._stage(ctx)
+        raise ComponentError(
+            f"index_assets serves assets.index and assets.stage, not {kind}",
+            code=UNSUPPORTED_KIND,
+            path="stage.kind",
+        )
+
+    # --- assets.index --------------------------------------------------------------------
+
+    def _index(self, ctx: ExecutionContext) -> dict[str, Any]:
+        ws = pinned_workspace(ctx)
+        rows = pinned_range(ctx)
+        bucket = require_input(ctx, "bucket", str)
+        owns = ctx.inputs.get("owns_bucket") is True
+        root_rel = str(ctx.manifest.get("root", "."))
+        existing = dict(
+            AssetIndexEntry.objects.filter(
+                workspace=ws.name, path__in=[r[0] for r in rows]
+            ).values_list("path", "sha256")
+        )
+        if ctx.dry_run:
+            actions = [
+                {
+                    "path": r[0],
+                    "bytes": r[1],
+                    "media_type": media_type(r[0]),
+                    "action": "unchanged"
+                    if existing.get(r[0]) == r[2]
+                    else ("update" if r[0] in existing else "add"),
+                }
+                for r in rows
+            ]
+            stale = self._stale(ws.name, bucket, root_rel, rows) if owns else []
+            changes = sum(a["action"] != "unchanged" for a in actions)
+            return {
+                "summary": f"{bucket}: would index {plural(len(rows), 'asset')} "
+                f"({human_bytes(sum(r[1] for r in rows))}; {changes} new or changed"
+                + (f", {len(stale)} to remove" if stale else "")
+                + ")",
+                "assets": actions[:PREVIEW_ASSETS],
+                "assets_truncated": len(actions) > PREVIEW_ASSETS,
+                "assets_count": len(rows),
+                "bytes": sum(r[1] for r in rows),
+                "to_remove": stale[:PREVIEW_ASSETS],
+            }
+        beat = Beat(ctx)
+        now = timezone.now()
+        entries = []
+        for rel, size, sha, _mode in rows:
+            beat()
+            data = read_verified(ws, (rel, size, sha, _mode))
+            dims = image_size(data)
+            entries.append(
+                AssetIndexEntry(
+                    workspace=ws.name,
+                    path=rel,
+                    name=PurePosixPath(rel).name,
+                    bucket=bucket_of(rel),
+                    size=size,
+                    sha256=sha,
+                    media_type=media_type(rel),
+                    width=dims[0] if dims else None,
+                    height=dims[1] if dims else None,
+                    indexed_at=now,
+                    run_id=ctx.run_id,
+                    partition_id=ctx.partition_id,
+                )
+            )
+        with transaction.atomic():
+            removed = 0
+            if owns:
+                stale = self._stale(ws.name, bucket, root_rel, rows)
+                removed, _ = AssetIndexEntry.objects.filter(
+                    workspace=ws.name, path__in=stale
+                ).delete()
+            # Upsert by the stable id (workspace, path): a second delivery rewrites the rows
+            # with the same values instead of adding any.
+            AssetIndexEntry.objects.bulk_create(
+                entries,
+                update_conflicts=True,
+                unique_fields=["workspace", "path"],
+                update_fields=[
+                    "name",
+                    "bucket",
+                    "size",
+                    "sha256",
+                    "media_type",
+                    "width",
+                    "height",
+                    "indexed_at",
+                    "run_id",
+                    "partition_id",
+                ],
+                batch_size=500,
+            )
+            beat(force=True)  # LeaseLost here rolls the upsert back
+        return {
+            "status": "indexed",
+            "bucket": bucket,
+            "assets_indexed": len(entries),
+            "bytes": sum(e.size for e in entries),
+            "images_measured": sum(e.width is not None for e in entries),
+            "removed": removed,
+        }
+
+    @staticmethod
+    def _stale(workspace: str, bucket: str, root_rel: str, rows: Sequence[Sequence]) -> list:
+        qs = AssetIndexEntry.objects.filter(workspace=workspace, bucket=bucket)
+        if root_rel != ".":
+            qs = qs.filter(path__startswith=f"{root_rel}/")
+        present = {r[0] for r in rows}
+        return sorted(p for p in qs.values_list("path", flat=True) if p not in present)
+
+    # --- assets.stage --------------------------------------------------------------------
+
+    def _stage(self, ctx: ExecutionContext) -> dict[str, Any]:
+        ws = pinned_workspace(ctx)
+        rows = pinned_range(ctx)
+        bucket = require_input(ctx, "bucket", str)
+        root_rel = str(ctx.manifest.get("root", "."))
+        storage = _staging()
+        plan = [(r, staged_name(root_rel, r[0], r[2])) for r in rows]
+        if ctx.dry_run:
+            actions = [
+                {
+                    "path": r[0],
+                    "staged_as": name,
+                    "bytes": r[1],
+                    "action": "already_staged" if storage.exists(name) else "copy",
+                }
+                for r, name in plan
+            ]
+            to_copy = [a for a in actions if a["action"] == "copy"]
+            return {
+                "summary": f"{bucket}: would copy {plural(len(to_copy), 'asset')} "
+                f"({human_bytes(sum(a['bytes'] for a in to_copy))}); "
+                f"{len(actions) - len(to_copy)} already staged",
+                "assets": actions[:PREVIEW_ASSETS],
+                "assets_truncated": len(actions) > PREVIEW_ASSETS,
+                "assets_count": len(actions),
+                "bytes_to_copy": sum(a["bytes"] for a in to_copy),
+            }
+        beat = Beat(ctx)
+        copied = copied_bytes = 0
+        entries = []
+        for (rel, size, sha, mode), name in plan:
+            beat()
+            if not storage.exists(name):
+                data = read_verified(ws, (rel, size, sha, mode))
+                beat(force=True)
+                if publish(storage, name, ctx, lambda f, data=data: f.write(data)):
+                    copied += 1
+                    copied_bytes += size
+            entries.append(
+                {
+                    "source": rel,
+                    "staged": name,
+                    "sha256": sha,
+                    "size": size,
+                    "media_type": media_type(rel),
+                }
+            )
+        manifest = json.dumps(
+            {"workspace": ws.name, "root": root_rel, "bucket": bucket, "assets": entries},
+            sort_keys=True,
+            indent=1,
+        ).encode()
+        digest = hashlib.sha256(manifest).hexdigest()
+        manifest_name = f"_manifests/{bucket}.{digest[:16]}.json"
+        beat(force=True)
+        publish(storage, manifest_name, ctx, lambda f: f.write(manifest))
+        return {
+            "status": "staged",
+            "bucket": bucket,
+            "assets_staged": len(entries),
+            "manifest": manifest_name,
+            "copied": copied,
+            "bytes_copied": copied_bytes,
+            "already_staged": len(entries) - copied,
+        }
+
+    def cleanup_stale(self) -> int:
+        return cleanup_tmp_files(storage_root(_staging()))

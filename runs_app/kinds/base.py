@@ -1,0 +1,243 @@
+"""What every built-in partitioner and executor shares: params, error codes, atomic publishing.
+
+Publishing is how executors stay exactly-once when a partition is delivered twice: a result is
+written under a temporary name owned by one attempt (`<final>.tmp-<partition>-<fence>`) and then
+renamed onto a content-addressed final name. A second delivery either finds the final name
+already there (and writes nothing) or produces byte-identical content; a dead attempt leaves
+only a `*.tmp-*` file that `cleanup_stale` removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from django.conf import settings
+from django.core.files import File
+from django.core.files.storage import Storage
+
+from blueprints_app.registry import ComponentError, ExecutionContext, Partitioner
+from blueprints_app.validation import schema_errors
+from runs_app.targets import target_names
+from runs_app.workspaces import workspace_names
+
+INVALID_PARAMS = "invalid_params"
+INVALID_INPUTS = "invalid_inputs"
+INVALID_MANIFEST = "invalid_manifest"
+
+# A temporary file untouched for this long belongs to a dead attempt: live writers append to
+# theirs continuously, and leases are far shorter (HXO_LEASE_MS, 30 s by default).
+STALE_AFTER_S = 15 * 60
+TMP_MARKER = ".tmp-"
+
+
+# --- params ------------------------------------------------------------------------------
+
+
+def workspace_param(description: str = "A workspace registered in HXO_WORKSPACES") -> dict:
+    names = workspace_names()
+    schema: dict[str, Any] = {
+        "type": "string",
+        "enum": names,
+        "title": "Workspace",
+        "description": description,
+        "x-hxo-widget": "workspace",
+    }
+    if "demo" in names:
+        schema["default"] = "demo"
+    return schema
+
+
+def target_param(description: str = "A database registered in HXO_DATABASE_TARGETS") -> dict:
+    names = target_names()
+    schema: dict[str, Any] = {
+        "type": "string",
+        "enum": names,
+        "title": "Database target",
+        "description": description,
+        "x-hxo-widget": "target",
+    }
+    if "demo" in names:
+        schema["default"] = "demo"
+    return schema
+
+
+def required_unless_default(name: str) -> list[str]:
+    """`workspace`/`target` may be left out when a "demo" one is registered to default to
+    (the contract's own example stage names none); otherwise a plan must name one."""
+    names = workspace_names() if name == "workspace" else target_names()
+    return [] if "demo" in names else [name]
+
+
+def subdir_param(default: str, description: str) -> dict:
+    return {
+        "type": "string",
+        "default": default,
+        "minLength": 1,
+        "maxLength": 500,
+        "title": "Directory",
+        "description": description,
+        "x-hxo-widget": "workspace-path",
+    }
+
+
+GLOBS_PARAM = {
+    "type": "array",
+    "items": {"type": "string", "minLength": 1, "maxLength": 200},
+    "maxItems": 50,
+    "default": [],
+}
+
+
+def resolve_params(partitioner: type[Partitioner], params: Any) -> dict[str, Any]:
+    """Params validated against the partitioner's schema, with top-level defaults filled in.
+
+    The validator already checked them when the plan was saved; checking again here keeps a
+    partitioner safe when called directly, or after settings changed (a workspace removed).
+    """
+    if not isinstance(params, dict):
+        raise ComponentError("params must be a JSON object", code=INVALID_PARAMS, path="params")
+    schema = partitioner.get_params_schema()
+    errors = schema_errors(schema, params, "params")
+    if errors:
+        first = errors[0]
+        raise ComponentError(first.message, code=INVALID_PARAMS, path=first.path)
+    resolved = copy.deepcopy(params)
+    for name, prop in schema.get("properties", {}).items():
+        if name not in resolved and "default" in prop:
+            resolved[name] = copy.deepcopy(prop["default"])
+    return resolved
+
+
+def require_input(ctx: ExecutionContext, name: str, typ: type) -> Any:
+    value = ctx.inputs.get(name)
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise ComponentError(
+            f"partition input {name!r} must be {typ.__name__}",
+            code=INVALID_INPUTS,
+            path=f"inputs.{name}",
+        )
+    return value
+
+
+def require_manifest(ctx: ExecutionContext, name: str) -> Any:
+    if name not in ctx.manifest:
+        raise ComponentError(
+            f"the stage manifest has no {name!r}: was it made by another partitioner?",
+            code=INVALID_MANIFEST,
+            path=f"manifest.{name}",
+        )
+    return ctx.manifest[name]
+
+
+# --- presentation -------------------------------------------------------------------------
+
+
+def human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+# --- publishing ---------------------------------------------------------------------------
+
+
+def storage_root(storage: Storage) -> Path | None:
+    """The local directory behind a storage, when it has one (FileSystemStorage)."""
+    try:
+        return Path(storage.path(""))
+    except NotImplementedError:
+        return None
+
+
+def tmp_suffix(ctx: ExecutionContext) -> str:
+    return f"{TMP_MARKER}{ctx.partition_id}-{ctx.fence}"
+
+
+@contextlib.contextmanager
+def atomic_local_file(final: Path, ctx: ExecutionContext) -> Iterator[tuple[Path, IO[bytes]]]:
+    """A temporary file beside `final` for this attempt; removed unless the caller renamed it.
+
+    The caller writes, then `os.replace`s it (or leaves it to be deleted when the content
+    turned out to exist already). Any exception, LeaseLost included, removes it.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(final.name + tmp_suffix(ctx))
+    f = open(tmp, "wb")  # noqa: SIM115 (closed below, before any rename)
+    try:
+        yield tmp, f
+    finally:
+        f.close()
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def publish(
+    storage: Storage,
+    name: str,
+    ctx: ExecutionContext,
+    write: Callable[[IO[bytes]], object],
+) -> bool:
+    """Store the content `write` produces under `name` unless `name` exists; True if written.
+
+    `name` must be content-addressed: an existing object of that name holds the same bytes,
+    so it is never rewritten.
+    """
+    if storage.exists(name):
+        return False
+    root = storage_root(storage)
+    if root is not None:
+        final = Path(storage.path(name))
+        with atomic_local_file(final, ctx) as (tmp, f):
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            if final.exists():  # another delivery won the race with the same bytes
+                return False
+            os.replace(tmp, final)
+        return True
+    # A remote storage (S3...): stage locally, then upload once; the name is the content.
+    local_tmp = Path(settings.VAR_DIR) / "tmp" / (name.replace("/", "_"))
+    with atomic_local_file(local_tmp, ctx) as (tmp, f):
+        write(f)
+        f.close()
+        with open(tmp, "rb") as src:
+            storage.save(name, File(src))
+    return True
+
+
+def cleanup_tmp_files(root: Path | None, *, older_than_s: float = STALE_AFTER_S) -> int:
+    """Remove `*.tmp-*` files under `root` untouched for `older_than_s`; returns the count."""
+    if root is None or not root.is_dir():
+        return 0
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            if TMP_MARKER not in name:
+                continue
+            path = Path(dirpath) / name
+            try:
+                if path.lstat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+    return removed
+
+
+def stage_kind(ctx: Any) -> str:
+    return ctx.kind.kind

@@ -1,0 +1,330 @@
+"""docs.index: the `by_route_map` partitioner and the `docs_index` executor.
+
+The route map turns a Markdown tree into routes: `docs/guides/deploy.md` → `/docs/guides/deploy/`,
+`docs/guides/index.md` (or README.md) → `/docs/guides/`. Partitions are the top-level route
+prefixes (`/docs/guides/`; pages directly in the root share `/docs/`). The executor extracts
+title, headings and plain text from each page and upserts `DocPage` rows by (workspace, route);
+the full-text index follows the table (FTS5 triggers on SQLite, a GIN expression index on
+PostgreSQL; see migration 0002 and `runs_app.search`). A partition owns its prefix, so pages
+removed from the tree are removed from the index.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from pathlib import PurePosixPath
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from blueprints_app.registry import (
+    ComponentError,
+    ExecutionContext,
+    Executor,
+    PartitionContext,
+    Partitioner,
+    PartitionSpec,
+    StageManifest,
+    register_executor,
+    register_partitioner,
+)
+from runs_app.kinds.base import (
+    INVALID_INPUTS,
+    human_bytes,
+    plural,
+    require_input,
+    require_manifest,
+    required_unless_default,
+    resolve_params,
+    subdir_param,
+    workspace_param,
+)
+from runs_app.kinds.files import Beat, fingerprints, pin, pinned_workspace, read_verified
+from runs_app.models import DocPage
+from runs_app.workspaces import get_workspace
+
+PAGE_SUFFIXES = (".md", ".markdown")
+INDEX_STEMS = ("index", "readme")
+PREVIEW_PAGES = 500
+
+
+def route_of(rel_to_root: str, base_route: str) -> str:
+    path = PurePosixPath(rel_to_root)
+    parts = list(path.with_suffix("").parts)
+    if parts and parts[-1].lower() in INDEX_STEMS:
+        parts.pop()
+    return base_route + "".join(f"{p}/" for p in parts)
+
+
+def prefix_of(rel_to_root: str, base_route: str) -> str:
+    parts = PurePosixPath(rel_to_root).parts
+    return f"{base_route}{parts[0]}/" if len(parts) > 1 else base_route
+
+
+# --- Markdown to text ---------------------------------------------------------------------
+
+_ATX = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)[ \t]*#*[ \t]*$")
+_SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
+_LINK = re.compile(r"\[([^\]]+)\](?:\([^)]*\)|\[[^\]]*\])")
+_AUTOLINK = re.compile(r"<((?:https?|mailto):[^>\s]+)>")
+_TAG = re.compile(r"</?[A-Za-z][^>]*>")
+_CODE = re.compile(r"`+([^`]*)`+")
+_EMPHASIS = re.compile(r"(\*{1,3}|_{1,3}|~~)(?=\S)(.+?)(?<=\S)\1")
+_LIST = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
+_QUOTE = re.compile(r"^\s*>+\s?")
+_TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
+_REF_DEF = re.compile(r"^ {0,3}\[[^\]]+\]:\s+\S+")
+_THEMATIC = re.compile(r"^ {0,3}([-*_])([ \t]*\1){2,}[ \t]*$")
+
+
+def inline_text(text: str) -> str:
+    text = _IMAGE.sub(r"\1", text)
+    text = _LINK.sub(r"\1", text)
+    text = _AUTOLINK.sub(r"\1", text)
+    text = _TAG.sub("", text)
+    text = _CODE.sub(r"\1", text)
+    for _ in range(2):  # nested emphasis (***bold italic***)
+        text = _EMPHASIS.sub(r"\2", text)
+    return html.unescape(text).strip()
+
+
+def extract(source: str, fallback_title: str) -> dict[str, Any]:
+    """Title, headings and plain text of a Markdown page (CommonMark's common subset)."""
+    lines = source.replace("\r\n", "\n").split("\n")
+    title = ""
+    if lines and lines[0].strip() == "---":  # YAML front matter: take the title, drop the rest
+        for j in range(1, len(lines)):
+            if lines[j].strip() in ("---", "..."):
+                for meta in lines[1:j]:
+                    key, _, value = meta.partition(":")
+                    if key.strip().lower() == "title" and value.strip():
+                        title = value.strip().strip("\"'")
+                lines = lines[j + 1 :]
+                break
+    headings: list[tuple[int, str]] = []
+    body: list[str] = []
+    fence = ""
+    skip = False
+    for i, line in enumerate(lines):
+        if skip:  # the underline of a setext heading
+            skip = False
+            continue
+        match = _FENCE.match(line)
+        if fence:
+            if match and match.group(1)[0] == fence[0] and len(match.group(1)) >= len(fence):
+                fence = ""
+            else:
+                body.append(line.strip())  # code is searchable text too
+            continue
+        if match:
+            fence = match.group(1)
+            continue
+        atx = _ATX.match(line)
+        if atx:
+            headings.append((len(atx.group(1)), inline_text(atx.group(2))))
+            continue
+        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+        if (
+            line.strip()
+            and _SETEXT.match(nxt)
+            and not _LIST.match(line)
+            and not _THEMATIC.match(line)
+        ):
+            headings.append((1 if nxt.strip()[0] == "=" else 2, inline_text(line)))
+            skip = True
+            continue
+        if _TABLE_RULE.match(line) or _REF_DEF.match(line) or _THEMATIC.match(line):
+            continue
+        text = _QUOTE.sub("", line)
+        text = _LIST.sub("", text)
+        body.append(inline_text(text.replace("|", " ")))
+    if not title:
+        h1 = [text for level, text in headings if level == 1]
+        title = h1[0] if h1 else (headings[0][1] if headings else fallback_title)
+    paragraphs = re.sub(r"\n{3,}", "\n\n", "\n".join(body)).strip()
+    return {
+        "title": title[:300],
+        "headings": [text for _level, text in headings if text],
+        "body": paragraphs,
+        "words": len(re.findall(r"\w+", paragraphs)),
+    }
+
+
+@register_partitioner
+class ByRouteMap(Partitioner):
+    name = "by_route_map"
+    description = (
+        "Maps a Markdown documentation tree to routes and makes one partition per top-level "
+        "route prefix."
+    )
+
+    @classmethod
+    def get_params_schema(cls) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "additionalProperties": False,
+            "required": required_unless_default("workspace"),
+            "properties": {
+                "workspace": workspace_param(),
+                "root": subdir_param("docs", "Directory of the Markdown documentation tree."),
+                "base_route": {
+                    "type": "string",
+                    "pattern": "^/([A-Za-z0-9._~-]+/)*$",
+                    "default": "/docs/",
+                    "maxLength": 200,
+                    "title": "Base route",
+                    "description": "Route of the root page; every route starts with it.",
+                },
+            },
+        }
+
+    def partition(self, ctx: PartitionContext) -> StageManifest:
+        params = resolve_params(type(self), ctx.params)
+        ws = get_workspace(params["workspace"])
+        root_rel = ws.relative(ws.resolve(params["root"]))
+        base = params["base_route"]
+        files = [
+            f
+            for f in ws.list_files(params["root"])
+            if PurePosixPath(f.rel).suffix.lower() in PAGE_SUFFIXES
+        ]
+        pages = []
+        for row in pin(files):
+            inner = row[0] if root_rel == "." else str(PurePosixPath(row[0]).relative_to(root_rel))
+            pages.append(
+                {
+                    "path": row[0],
+                    "route": route_of(inner, base),
+                    "prefix": prefix_of(inner, base),
+                    "size": row[1],
+                    "sha256": row[2],
+                    "row": row,
+                }
+            )
+        # Two files mapping to one route (guide.md and guide/index.md): the first path wins,
+        # deterministically, and the other is reported in the manifest.
+        seen: dict[str, dict] = {}
+        shadowed = []
+        for page in sorted(pages, key=lambda p: p["path"]):
+            if page["route"] in seen:
+                shadowed.append(page["path"])
+            else:
+                seen[page["route"]] = page
+        pages = sorted(seen.values(), key=lambda p: p["route"])
+        prefixes: dict[str, list[dict]] = {}
+        for page in pages:
+            prefixes.setdefault(page["prefix"], []).append(page)
+        specs = []
+        for prefix, members in sorted(prefixes.items()):
+            size = sum(p["size"] for p in members)
+            specs.append(
+                PartitionSpec(
+                    inputs={"route": prefix, "stage_kind": ctx.kind.kind},
+                    fingerprints=fingerprints(p["row"] for p in members),
+                    weight=size,
+                    label=f"{prefix}: {plural(len(members), 'page')}, {human_bytes(size)}",
+                )
+            )
+        return StageManifest(
+            partitions=specs,
+            data={
+                "partitioner": self.name,
+                "workspace": ws.name,
+                "root": root_rel,
+                "base_route": base,
+                "pages": [{k: v for k, v in p.items() if k != "row"} for p in pages],
+                "shadowed": shadowed,
+            },
+        )
+
+
+@register_executor
+class DocsIndex(Executor):
+    name = "docs_index"
+    description = (
+        "Extracts title, headings and text of Markdown pages into the full-text index "
+        "(SQLite FTS5 or PostgreSQL full-text search), upserting by route."
+    )
+    idempotent = True
+    supports_dry_run = True
+
+    def execute(self, ctx: ExecutionContext) -> dict[str, Any]:
+        ws = pinned_workspace(ctx)
+        prefix = require_input(ctx, "route", str)
+        pages = [p for p in require_manifest(ctx, "pages") if p["prefix"] == prefix]
+        if not pages:
+            raise ComponentError(
+                f"no page of the manifest has the route prefix {prefix!r}",
+                code=INVALID_INPUTS,
+                path="inputs.route",
+            )
+        existing = dict(
+            DocPage.objects.filter(workspace=ws.name, prefix=prefix).values_list("route", "sha256")
+        )
+        routes = {p["route"] for p in pages}
+        stale = sorted(r for r in existing if r not in routes)
+        beat = Beat(ctx)
+        extracted = []
+        for page in pages:
+            beat()
+            data = read_verified(ws, (page["path"], page["size"], page["sha256"], 0o644))
+            fallback = PurePosixPath(page["path"]).stem.replace("-", " ").replace("_", " ")
+            extracted.append((page, extract(data.decode("utf-8", "replace"), fallback.title())))
+        if ctx.dry_run:
+            actions = [
+                {
+                    "route": page["route"],
+                    "path": page["path"],
+                    "title": info["title"],
+                    "headings": len(info["headings"]),
+                    "words": info["words"],
+                    "action": "unchanged"
+                    if existing.get(page["route"]) == page["sha256"]
+                    else ("update" if page["route"] in existing else "add"),
+                }
+                for page, info in extracted
+            ]
+            changes = sum(a["action"] != "unchanged" for a in actions)
+            return {
+                "summary": f"{prefix}: would index {plural(len(pages), 'page')} "
+                f"({changes} new or changed" + (f", {len(stale)} to remove" if stale else "") + ")",
+                "pages": actions[:PREVIEW_PAGES],
+                "pages_truncated": len(actions) > PREVIEW_PAGES,
+                "to_remove": stale,
+            }
+        now = timezone.now()
+        with transaction.atomic():
+            removed, _ = DocPage.objects.filter(
+                workspace=ws.name, prefix=prefix, route__in=stale
+            ).delete()
+            for page, info in extracted:
+                # update_or_create, not bulk upsert: the FTS5 triggers must see each change.
+                DocPage.objects.update_or_create(
+                    workspace=ws.name,
+                    route=page["route"],
+                    defaults={
+                        "prefix": prefix,
+                        "path": page["path"],
+                        "title": info["title"],
+                        "headings": "\n".join(info["headings"]),
+                        "body": info["body"],
+                        "words": info["words"],
+                        "size": page["size"],
+                        "sha256": page["sha256"],
+                        "indexed_at": now,
+                        "run_id": ctx.run_id,
+                        "partition_id": ctx.partition_id,
+                    },
+                )
+            beat(force=True)  # LeaseLost here rolls every page of the partition back
+        return {
+            "status": "indexed",
+            "route": prefix,
+            "docs_indexed": len(extracted),
+            "words": sum(info["words"] for _page, info in extracted),
+            "removed": removed,
+        }

@@ -1,0 +1,147 @@
+"""Workspace files as partitioners pin them and executors read them back.
+
+A partitioner pins the file list of a stage into the manifest as `[path, size, sha256, mode]`
+rows (sorted, paths relative to the workspace root); partitions address it by index range
+`[file_range_start, file_range_end)`. The executor re-reads each file through the workspace
+(so a file that became an escaping symlink is refused) and checks its hash while streaming it,
+so what is applied is exactly what the dry-run saw and the approver approved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable, Sequence
+from typing import IO, Any
+
+from blueprints_app.registry import ComponentError, ExecutionContext
+from runs_app.kinds.base import INVALID_INPUTS, require_input, require_manifest
+from runs_app.workspaces import (
+    WORKSPACE_CHANGED,
+    Workspace,
+    WorkspaceFile,
+    get_workspace,
+    sha256_file,
+)
+
+MODE_FILE = 0o644
+MODE_EXEC = 0o755
+
+# One pinned file: [rel, size, sha256, mode].
+Pinned = list[Any]
+
+
+def pin(files: Iterable[WorkspaceFile]) -> list[Pinned]:
+    """Hash every file once, at partition time: the hashes are the content fingerprints."""
+    pinned = []
+    for f in files:
+        mode = MODE_EXEC if f.path.stat().st_mode & 0o111 else MODE_FILE
+        pinned.append([f.rel, f.size, sha256_file(f.path), mode])
+    return pinned
+
+
+def fingerprint(entry: Sequence[Any]) -> str:
+    """A file's fingerprint: its SHA-256, marked when executable (a chmod must show too)."""
+    return entry[2] if entry[3] == MODE_FILE else f"{entry[2]}+x"
+
+
+def fingerprints(entries: Iterable[Sequence[Any]]) -> dict[str, str]:
+    return {e[0]: fingerprint(e) for e in entries}
+
+
+def bins_by_size(
+    entries: Sequence[Sequence[Any]], chunk_bytes: int, max_files: int
+) -> list[tuple[int, int]]:
+    """Consecutive index ranges of about `chunk_bytes` (a larger file gets a range of its own)."""
+    ranges: list[tuple[int, int]] = []
+    start, size = 0, 0
+    for i, entry in enumerate(entries):
+        if i > start and (size + entry[1] > chunk_bytes or i - start >= max_files):
+            ranges.append((start, i))
+            start, size = i, 0
+        size += entry[1]
+    if start < len(entries):
+        ranges.append((start, len(entries)))
+    return ranges
+
+
+def pinned_workspace(ctx: ExecutionContext) -> Workspace:
+    return get_workspace(require_manifest(ctx, "workspace"), path="manifest.workspace")
+
+
+def pinned_range(ctx: ExecutionContext) -> list[Pinned]:
+    """The manifest's file rows this partition owns, after checking the range."""
+    files = require_manifest(ctx, "files")
+    start = require_input(ctx, "file_range_start", int)
+    end = require_input(ctx, "file_range_end", int)
+    if not 0 <= start <= end <= len(files):
+        raise ComponentError(
+            f"file range [{start}, {end}) is outside the pinned list of {len(files)} files",
+            code=INVALID_INPUTS,
+            path="inputs.file_range_end",
+        )
+    return files[start:end]
+
+
+class HashingReader:
+    """A read-only file wrapper that hashes what passes through (one read of each file)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.digest = hashlib.sha256()
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.digest.update(data)
+        self.count += len(data)
+        return data
+
+
+class HashingWriter:
+    """A write-only file wrapper that hashes what passes through (the archive's digest)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.digest = hashlib.sha256()
+        self.count = 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.count += len(data)
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+def changed(rel: str) -> ComponentError:
+    return ComponentError(
+        f"{rel} changed since the manifest was made; re-run the dry-run",
+        code=WORKSPACE_CHANGED,
+        path="manifest.files",
+    )
+
+
+def read_verified(ws: Workspace, entry: Sequence[Any]) -> bytes:
+    """A pinned file's bytes, refused unless they still match the pinned hash."""
+    path = ws.open_pinned(entry[0], path="manifest.files")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != entry[2]:
+        raise changed(entry[0])
+    return data
+
+
+class Beat:
+    """Calls ctx.heartbeat() at most every `every_s` (it may write to the database)."""
+
+    def __init__(self, ctx: ExecutionContext, every_s: float = 1.0) -> None:
+        self.ctx = ctx
+        self.every_s = every_s
+        self.last = time.monotonic()
+
+    def __call__(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last >= self.every_s:
+            self.ctx.heartbeat()
+            self.last = now

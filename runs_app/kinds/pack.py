@@ -1,0 +1,430 @@
+"""deploy.pack: `by_filesize`, `by_module` and the `pack_backend` executor.
+
+`by_filesize` also serves assets.index/assets.stage and `by_module` also serves deploy.prime,
+so their partitions carry the inputs of every kind that may use them (extra inputs are allowed
+by the contract's schemas).
+
+An archive is a reproducible gzip-compressed tar: entries sorted as pinned, mtime 0, owner
+0/0 with empty owner names, modes normalised to 0644/0755, and a gzip header without name or
+time. The same files give byte-identical archives, stored in the "artifacts" storage under
+`pack/<workspace>/<sha256>.tar.gz`. A small pointer `pack/<workspace>/inputs/<input digest>`
+maps what was packed to the archive, so a second apply of the same files compresses nothing.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+import os
+import tarfile
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from django.core.files.storage import Storage, storages
+
+from blueprints_app.registry import (
+    ExecutionContext,
+    Executor,
+    PartitionContext,
+    Partitioner,
+    PartitionSpec,
+    StageManifest,
+    register_executor,
+    register_partitioner,
+)
+from runs_app.kinds import pygraph
+from runs_app.kinds.base import (
+    GLOBS_PARAM,
+    atomic_local_file,
+    cleanup_tmp_files,
+    human_bytes,
+    plural,
+    publish,
+    require_input,
+    required_unless_default,
+    resolve_params,
+    storage_root,
+    subdir_param,
+    workspace_param,
+)
+from runs_app.kinds.files import (
+    Beat,
+    HashingReader,
+    HashingWriter,
+    bins_by_size,
+    changed,
+    fingerprints,
+    pin,
+    pinned_range,
+    pinned_workspace,
+)
+from runs_app.workspaces import Workspace, get_workspace
+
+MIB = 1024 * 1024
+ARCHIVE_FORMAT = 1  # bump when the archive layout changes: old pointers stop matching
+PREVIEW_FILES = 500  # files listed in a dry-run preview; totals always cover all of them
+
+COMPRESS_LEVEL = {
+    "type": "integer",
+    "minimum": 1,
+    "maximum": 9,
+    "default": 6,
+    "title": "gzip level",
+    "description": "Compression level of deploy.pack archives (1 fastest, 9 smallest).",
+}
+
+
+def _common_workspace_params(root_default: str, root_help: str) -> dict[str, Any]:
+    return {
+        "workspace": workspace_param(),
+        "root": subdir_param(root_default, root_help),
+        "include": {
+            **GLOBS_PARAM,
+            "title": "Include",
+            "description": "Only files matching one of these globs (path or name).",
+        },
+        "exclude": {
+            **GLOBS_PARAM,
+            "title": "Exclude",
+            "description": "Skip files matching one of these globs; caches and VCS are skipped.",
+        },
+    }
+
+
+def _files(ws: Workspace, params: dict[str, Any]) -> tuple[str, list]:
+    files = ws.list_files(params["root"], include=params["include"], exclude=params["exclude"])
+    root_rel = ws.relative(ws.resolve(params["root"]))
+    return root_rel, files
+
+
+def _range_inputs(
+    kind: str, index: int, start: int, end: int, chunk_mb: int, bucket: str
+) -> dict[str, Any]:
+    return {
+        "partition_id": index,
+        "file_range_start": start,
+        "file_range_end": end,
+        "chunk_size_mb": chunk_mb,
+        "bucket": bucket,
+        "stage_kind": kind,
+    }
+
+
+@register_partitioner
+class ByFilesize(Partitioner):
+    name = "by_filesize"
+    description = (
+        "Bins of about chunk_size_mb over the sorted file list of a workspace directory "
+        "(deploy.pack, assets.index, assets.stage)."
+    )
+
+    @classmethod
+    def get_params_schema(cls) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "additionalProperties": False,
+            "required": required_unless_default("workspace"),
+            "properties": {
+                **_common_workspace_params(".", "Directory of the workspace to split."),
+                "chunk_size_mb": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": 4096,
+                    "default": 1,
+                    "title": "Chunk size (MiB)",
+                    "description": "Target bytes per partition; a larger file is alone.",
+                },
+                "max_files": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": 100_000,
+                    "default": 1000,
+                    "title": "Files per partition",
+                    "description": "At most this many files per partition.",
+                },
+                "compress_level": COMPRESS_LEVEL,
+            },
+        }
+
+    def partition(self, ctx: PartitionContext) -> StageManifest:
+        params = resolve_params(type(self), ctx.params)
+        ws = get_workspace(params["workspace"])
+        root_rel, files = _files(ws, params)
+        pinned = pin(files)
+        chunk_mb = params["chunk_size_mb"]
+        kind = ctx.kind.kind
+        specs = []
+        for i, (start, end) in enumerate(bins_by_size(pinned, chunk_mb * MIB, params["max_files"])):
+            rows = pinned[start:end]
+            size = sum(r[1] for r in rows)
+            specs.append(
+                PartitionSpec(
+                    inputs=_range_inputs(kind, i, start, end, chunk_mb, f"chunk-{i:04d}"),
+                    fingerprints=fingerprints(rows),
+                    weight=size,
+                    label=f"{rows[0][0]} … {rows[-1][0]}: "
+                    f"{plural(len(rows), 'file')}, {human_bytes(size)}",
+                )
+            )
+        return StageManifest(
+            partitions=specs,
+            data={
+                "partitioner": self.name,
+                "workspace": ws.name,
+                "root": root_rel,
+                "compress_level": params["compress_level"],
+                "files": pinned,
+            },
+        )
+
+
+def module_groups(ws: Workspace, root_rel: str, files: list) -> dict[str, list]:
+    """Top-level packages under `root_rel` → their files; files directly in it form one group."""
+    _base, prefix = pygraph.import_root(ws, root_rel)
+    groups: dict[str, list] = {}
+    for f in files:
+        rel = PurePosixPath(f.rel)
+        inner = rel if root_rel == "." else rel.relative_to(root_rel)
+        if len(inner.parts) > 1:
+            child = inner.parts[0]
+            group = f"{prefix}.{child}" if prefix else child
+        else:
+            group = prefix or "(top-level)"
+        groups.setdefault(group, []).append(f)
+    return dict(sorted(groups.items()))
+
+
+@register_partitioner
+class ByModule(Partitioner):
+    name = "by_module"
+    description = (
+        "One partition per top-level package of a Python source tree (deploy.pack, "
+        "deploy.prime); modules directly in the root form one more."
+    )
+
+    @classmethod
+    def get_params_schema(cls) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "additionalProperties": False,
+            "required": required_unless_default("workspace"),
+            "properties": {
+                **_common_workspace_params(
+                    "backend", "Directory holding the Python packages (a package itself or not)."
+                ),
+                "compress_level": COMPRESS_LEVEL,
+            },
+        }
+
+    def partition(self, ctx: PartitionContext) -> StageManifest:
+        params = resolve_params(type(self), ctx.params)
+        ws = get_workspace(params["workspace"])
+        root_rel, files = _files(ws, params)
+        kind = ctx.kind.kind
+        prime = kind == "deploy.prime"
+        groups = module_groups(ws, root_rel, files)
+        ordered = [f for members in groups.values() for f in members]
+        pinned = pin(ordered)
+        by_rel = {row[0]: row for row in pinned}
+        modules = pygraph.discover(ws, root_rel, ordered)
+        depth = pygraph.depths({m.name: m.internal for m in modules.values()})
+        module_rows = {
+            m.name: {
+                "path": m.rel,
+                "sha256": by_rel[m.rel][2],
+                "is_package": m.is_package,
+                "imports": m.imports,
+                "internal": m.internal,
+                "depth": depth[m.name],
+                "parse_error": m.parse_error,
+            }
+            for m in modules.values()
+        }
+        rel_to_module = {m.rel: m.name for m in modules.values()}
+        specs, group_modules, start = [], {}, 0
+        for name, members in groups.items():
+            end = start + len(members)
+            rows = pinned[start:end]
+            names = [rel_to_module[f.rel] for f in members if f.rel in rel_to_module]
+            group_modules[name] = names
+            if prime and not names:
+                start = end
+                continue  # nothing to prime in a package of templates or data files
+            fp_rows = [r for r in rows if r[0] in rel_to_module] if prime else rows
+            size = sum(r[1] for r in fp_rows)
+            inputs = _range_inputs(kind, len(specs), start, end, math.ceil(size / MIB), name)
+            inputs["module"] = name
+            specs.append(
+                PartitionSpec(
+                    inputs=inputs,
+                    fingerprints=fingerprints(fp_rows),
+                    weight=size,
+                    label=f"{name}: {plural(len(names), 'module')}, "
+                    f"{plural(len(rows), 'file')}, {human_bytes(size)}",
+                )
+            )
+            start = end
+        return StageManifest(
+            partitions=specs,
+            data={
+                "partitioner": self.name,
+                "workspace": ws.name,
+                "root": root_rel,
+                "compress_level": params["compress_level"],
+                "files": pinned,
+                "modules": module_rows,
+                "groups": group_modules,
+            },
+        )
+
+
+# --- the executor -------------------------------------------------------------------------
+
+
+def _artifacts() -> Storage:
+    return storages["artifacts"]
+
+
+def _input_digest(rows: list, level: int) -> str:
+    """What an archive is made of: layout version, level and the pinned rows (path, size,
+    hash, mode). Equal digests mean byte-identical archives."""
+    doc = {"format": ARCHIVE_FORMAT, "level": level, "entries": rows}
+    return hashlib.sha256(json.dumps(doc, separators=(",", ":")).encode()).hexdigest()
+
+
+def _write_archive(ws: Workspace, rows: list, level: int, out: IO[bytes], beat: Beat) -> None:
+    # filename="" and mtime=0 keep the gzip header free of names and times.
+    with (
+        gzip.GzipFile(filename="", mode="wb", fileobj=out, compresslevel=level, mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT, copybufsize=1 << 20) as tar,
+    ):
+        for rel, size, sha, mode in rows:
+            beat()
+            path = ws.open_pinned(rel, path="manifest.files")
+            info = tarfile.TarInfo(rel)
+            info.size = size
+            info.mtime = 0
+            info.mode = mode
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.type = tarfile.REGTYPE
+            with open(path, "rb") as src:
+                reader = HashingReader(src)
+                try:
+                    tar.addfile(info, reader)  # type: ignore[arg-type]
+                except OSError:
+                    raise changed(rel) from None  # shorter than pinned
+                if reader.digest.hexdigest() != sha or src.read(1):
+                    raise changed(rel)
+
+
+@register_executor
+class PackBackend(Executor):
+    name = "pack_backend"
+    description = (
+        "Writes one reproducible tar.gz per partition into artifact storage, named by its "
+        "SHA-256; an identical archive is never rewritten."
+    )
+    idempotent = True
+    supports_dry_run = True
+
+    def execute(self, ctx: ExecutionContext) -> dict[str, Any]:
+        ws = pinned_workspace(ctx)
+        rows = pinned_range(ctx)
+        partition_id = require_input(ctx, "partition_id", int)
+        level = int(ctx.manifest.get("compress_level", 6))
+        source_bytes = sum(r[1] for r in rows)
+        storage = _artifacts()
+        prefix = f"pack/{ws.name}"
+        pointer_name = f"{prefix}/inputs/{_input_digest(rows, level)}.json"
+        existing = _read_pointer(storage, pointer_name)
+        if ctx.dry_run:
+            return {
+                "summary": (
+                    f"would pack {plural(len(rows), 'file')} ({human_bytes(source_bytes)}) "
+                    f"into one archive"
+                    + (" (already packed: nothing to write)" if existing else "")
+                ),
+                "files_count": len(rows),
+                "bytes": source_bytes,
+                "files": [{"path": r[0], "bytes": r[1]} for r in rows[:PREVIEW_FILES]],
+                "files_truncated": len(rows) > PREVIEW_FILES,
+                "compress_level": level,
+                "archive_exists": existing is not None,
+                "archive": existing["archive"] if existing else None,
+            }
+        beat = Beat(ctx)
+        if existing is None:
+            existing = self._pack(ctx, ws, rows, level, storage, prefix, beat)
+            beat(force=True)
+            pointer = json.dumps(existing).encode()
+            publish(storage, pointer_name, ctx, lambda f: f.write(pointer))
+        else:
+            beat(force=True)
+        return {
+            "status": "packed",
+            "partition_id": partition_id,
+            "files_processed": len(rows),
+            "archive": existing["archive"],
+            "digest": existing["sha256"],
+            "bytes": existing["bytes"],
+            "source_bytes": source_bytes,
+        }
+
+    def _pack(
+        self,
+        ctx: ExecutionContext,
+        ws: Workspace,
+        rows: list,
+        level: int,
+        storage: Storage,
+        prefix: str,
+        beat: Beat,
+    ) -> dict[str, Any]:
+        root = storage_root(storage)
+        staging = (root / prefix) if root is not None else _local_tmp_dir() / prefix
+        with atomic_local_file(staging / "archive.tar.gz", ctx) as (tmp, f):
+            writer = HashingWriter(f)
+            _write_archive(ws, rows, level, writer, beat)  # type: ignore[arg-type]
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            sha = writer.digest.hexdigest()
+            name = f"{prefix}/{sha}.tar.gz"
+            beat(force=True)  # a lost lease stops us before anything becomes visible
+            if storage.exists(name):
+                pass  # identical bytes are already there: never rewrite them
+            elif root is not None:
+                os.replace(tmp, Path(storage.path(name)))
+            else:
+                with open(tmp, "rb") as src:
+                    storage.save(name, src)  # type: ignore[arg-type]
+        return {"archive": name, "sha256": sha, "bytes": writer.count}
+
+    def cleanup_stale(self) -> int:
+        root = storage_root(_artifacts())
+        return cleanup_tmp_files(root / "pack" if root else None) + cleanup_tmp_files(
+            _local_tmp_dir()
+        )
+
+
+def _local_tmp_dir() -> Path:
+    from django.conf import settings
+
+    return Path(settings.VAR_DIR) / "tmp"
+
+
+def _read_pointer(storage: Storage, name: str) -> dict[str, Any] | None:
+    """The archive recorded for these inputs, if the pointer and the archive both exist."""
+    if not storage.exists(name):
+        return None
+    try:
+        with storage.open(name, "rb") as f:
+            pointer = json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(pointer, dict) or not storage.exists(pointer.get("archive", "")):
+        return None
+    return pointer

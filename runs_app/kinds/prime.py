@@ -1,0 +1,362 @@
+"""deploy.prime: the `by_dag_depth` partitioner and the `warm_registry` / `prime_caches` executors.
+
+`by_dag_depth` makes one partition per module, in wave = its depth in the workspace's import
+graph (leaves first), so a module is primed after everything it imports. `by_module` (in
+pack.py) also serves this kind, one partition per top-level package.
+
+`warm_registry` writes one registry entry per module (imports, public names, source hash) into
+the "hxo-registry" cache alias; `prime_caches` compiles modules to checked-hash bytecode
+(PEP 552) under `<HXO_BYTECODE_DIR or VAR_DIR/cache/bytecode>/<workspace>/`, never into the
+workspace. Both skip modules whose entry or bytecode already matches the source hash. Neither
+imports nor runs workspace code: `ast.parse` and `compile` only.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import marshal
+import os
+import sys
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import BaseCache, caches
+
+from blueprints_app.registry import (
+    ComponentError,
+    ExecutionContext,
+    Executor,
+    PartitionContext,
+    Partitioner,
+    PartitionSpec,
+    StageManifest,
+    register_executor,
+    register_partitioner,
+)
+from runs_app.kinds import pygraph
+from runs_app.kinds.base import (
+    INVALID_INPUTS,
+    atomic_local_file,
+    cleanup_tmp_files,
+    human_bytes,
+    plural,
+    require_input,
+    require_manifest,
+    required_unless_default,
+    resolve_params,
+)
+from runs_app.kinds.files import Beat, changed, fingerprints, pin, pinned_workspace
+from runs_app.kinds.pack import ByModule, _common_workspace_params
+from runs_app.workspaces import Workspace, get_workspace
+
+SYNTAX_ERROR = "syntax_error"
+REGISTRY_CACHE = "hxo-registry"
+REGISTRY_FORMAT = 1
+# Flags word of a PEP 552 pyc: bit 0 = hash-based, bit 1 = check the source hash on import.
+PYC_CHECKED_HASH = 0b11
+
+
+@register_partitioner
+class ByDagDepth(Partitioner):
+    name = "by_dag_depth"
+    description = (
+        "One partition per Python module, in waves by depth in the import graph (leaves "
+        "first): a module runs after the modules it imports."
+    )
+
+    @classmethod
+    def get_params_schema(cls) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "additionalProperties": False,
+            "required": required_unless_default("workspace"),
+            "properties": _common_workspace_params(
+                "backend", "Directory holding the Python packages (a package itself or not)."
+            ),
+        }
+
+    def partition(self, ctx: PartitionContext) -> StageManifest:
+        params = resolve_params(type(self), ctx.params)
+        ws = get_workspace(params["workspace"])
+        root_rel = ws.relative(ws.resolve(params["root"]))
+        files = ws.list_files(params["root"], include=params["include"], exclude=params["exclude"])
+        py_files = [f for f in files if f.rel.endswith(".py")]
+        modules = pygraph.discover(ws, root_rel, py_files)
+        module_rels = {m.rel for m in modules.values()}
+        pinned = {row[0]: row for row in pin(f for f in py_files if f.rel in module_rels)}
+        depth = pygraph.depths({m.name: m.internal for m in modules.values()})
+        rows: dict[str, Any] = {}
+        specs = []
+        for name in sorted(modules, key=lambda n: (depth[n], n)):
+            info = modules[name]
+            row = pinned[info.rel]
+            rows[name] = {
+                "path": info.rel,
+                "sha256": row[2],
+                "is_package": info.is_package,
+                "imports": info.imports,
+                "internal": info.internal,
+                "depth": depth[name],
+                "parse_error": info.parse_error,
+            }
+            specs.append(
+                PartitionSpec(
+                    inputs={"module": name, "stage_kind": ctx.kind.kind},
+                    fingerprints=fingerprints([row]),
+                    wave=depth[name],
+                    weight=row[1],
+                    label=f"depth {depth[name]}: {name} "
+                    f"({plural(len(info.internal), 'internal import')})",
+                )
+            )
+        return StageManifest(
+            partitions=specs,
+            data={
+                "partitioner": self.name,
+                "workspace": ws.name,
+                "root": root_rel,
+                "modules": rows,
+                "groups": {name: [name] for name in rows},
+                "max_depth": max(depth.values(), default=0),
+            },
+        )
+
+
+# --- shared by both executors -------------------------------------------------------------
+
+
+def _group(ctx: ExecutionContext) -> list[tuple[str, dict[str, Any]]]:
+    module = require_input(ctx, "module", str)
+    groups = require_manifest(ctx, "groups")
+    modules = require_manifest(ctx, "modules")
+    if module not in groups:
+        raise ComponentError(
+            f"{module!r} is not a module group of this stage's manifest",
+            code=INVALID_INPUTS,
+            path="inputs.module",
+        )
+    return [(name, modules[name]) for name in groups[module]]
+
+
+def _source(ws: Workspace, name: str, row: dict[str, Any]) -> bytes:
+    """A pinned module's source, refused if it no longer matches the hash in the manifest."""
+    path = ws.open_pinned(row["path"], path=f"manifest.modules.{name}")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != row["sha256"]:
+        raise changed(row["path"])
+    return data
+
+
+def _parse(source: bytes, name: str, rel: str) -> ast.Module:
+    try:
+        return ast.parse(source, filename=rel)
+    except (SyntaxError, ValueError) as exc:
+        raise ComponentError(
+            f"{name} ({rel}) does not parse: {exc}",
+            code=SYNTAX_ERROR,
+            path=f"manifest.modules.{name}",
+        ) from None
+
+
+# --- warm_registry ------------------------------------------------------------------------
+
+
+def registry_key(workspace: str, module: str) -> str:
+    return f"hxo.registry:{workspace}:{module}"
+
+
+def registry() -> BaseCache:
+    return caches[REGISTRY_CACHE]
+
+
+def registry_entry(ws: str, name: str, row: dict[str, Any], source: bytes) -> dict[str, Any]:
+    tree = _parse(source, name, row["path"])
+    doc = ast.get_docstring(tree) or ""
+    return {
+        "format": REGISTRY_FORMAT,
+        "workspace": ws,
+        "module": name,
+        "path": row["path"],
+        "is_package": row["is_package"],
+        "source_sha256": row["sha256"],
+        "imports": pygraph.parse_imports(source, name, row["is_package"], row["path"]),
+        "internal_imports": list(row["internal"]),
+        "public_names": pygraph.public_names(tree),
+        "classes": sorted(n.name for n in tree.body if isinstance(n, ast.ClassDef)),
+        "functions": sorted(
+            n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+        ),
+        "docstring": doc.strip().splitlines()[0] if doc.strip() else "",
+        "lines": source.count(b"\n") + (0 if source.endswith(b"\n") or not source else 1),
+        "depth": row.get("depth", 0),
+    }
+
+
+def _current(entry: Any, sha: str) -> bool:
+    return (
+        isinstance(entry, dict)
+        and entry.get("format") == REGISTRY_FORMAT
+        and entry.get("source_sha256") == sha
+    )
+
+
+@register_executor
+class WarmRegistry(Executor):
+    name = "warm_registry"
+    description = (
+        "Parses modules (never imports them) and writes one registry entry per module "
+        "(imports, public names, source hash) into the hxo-registry cache; skips current ones."
+    )
+    idempotent = True
+    supports_dry_run = True
+
+    def execute(self, ctx: ExecutionContext) -> dict[str, Any]:
+        ws = pinned_workspace(ctx)
+        module = require_input(ctx, "module", str)
+        group = _group(ctx)
+        cache = registry()
+        beat = Beat(ctx)
+        plan = []
+        for name, row in group:
+            key = registry_key(ws.name, name)
+            plan.append((name, row, key, _current(cache.get(key), row["sha256"])))
+        if ctx.dry_run:
+            to_write = [name for name, _row, _key, current in plan if not current]
+            return {
+                "summary": f"{module}: would write {plural(len(to_write), 'registry entry')}"
+                f" ({len(plan) - len(to_write)} up to date)",
+                "modules": [
+                    {"module": name, "key": key, "action": "up_to_date" if current else "write"}
+                    for name, _row, key, current in plan
+                ],
+                "entries_to_write": len(to_write),
+                "up_to_date": len(plan) - len(to_write),
+            }
+        entries = {}
+        for name, row, key, current in plan:
+            beat()
+            source = _source(ws, name, row)  # verified even when current: the entry must match
+            if not current:
+                entries[key] = registry_entry(ws.name, name, row, source)
+        beat(force=True)
+        # One write at the end: a lost lease leaves no entry of this partition behind.
+        if entries:
+            cache.set_many(entries, timeout=None)
+        return {
+            "status": "warmed",
+            "module": module,
+            "cache_entries": len(plan),
+            "written": len(entries),
+            "up_to_date": len(plan) - len(entries),
+        }
+
+
+# --- prime_caches -------------------------------------------------------------------------
+
+
+def bytecode_root() -> Path:
+    configured = getattr(settings, "HXO_BYTECODE_DIR", None)
+    return Path(configured) if configured else Path(settings.VAR_DIR) / "cache" / "bytecode"
+
+
+def pyc_path(ws: str, rel: str) -> Path:
+    """Where the bytecode of workspace file `rel` goes: the importlib layout, under our root."""
+    tag = sys.implementation.cache_tag
+    if tag is None:  # pragma: no cover (an interpreter without bytecode caching)
+        raise ComponentError("this interpreter writes no bytecode", code="unsupported")
+    source = PurePosixPath(rel)
+    return bytecode_root() / ws / source.parent / "__pycache__" / f"{source.stem}.{tag}.pyc"
+
+
+def pyc_header(source: bytes) -> bytes:
+    return (
+        importlib.util.MAGIC_NUMBER
+        + PYC_CHECKED_HASH.to_bytes(4, "little")
+        + importlib.util.source_hash(source)
+    )
+
+
+def _pyc_current(path: Path, header: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(header)) == header
+    except OSError:
+        return False
+
+
+@register_executor
+class PrimeCaches(Executor):
+    name = "prime_caches"
+    description = (
+        "Compiles modules to checked-hash bytecode (PEP 552) in HXO's cache directory, never "
+        "into the workspace; skips modules whose bytecode matches the source."
+    )
+    idempotent = True
+    supports_dry_run = True
+
+    def execute(self, ctx: ExecutionContext) -> dict[str, Any]:
+        ws = pinned_workspace(ctx)
+        module = require_input(ctx, "module", str)
+        group = _group(ctx)
+        beat = Beat(ctx)
+        plan = []
+        for name, row in group:
+            source = _source(ws, name, row)
+            target = pyc_path(ws.name, row["path"])
+            header = pyc_header(source)
+            plan.append((name, row, source, target, header, _pyc_current(target, header)))
+        root = bytecode_root()
+        if ctx.dry_run:
+            todo = [p for p in plan if not p[5]]
+            return {
+                "summary": f"{module}: would compile {plural(len(todo), 'module')}"
+                f" ({len(plan) - len(todo)} up to date)",
+                "modules": [
+                    {
+                        "module": name,
+                        "pyc": str(target.relative_to(root)),
+                        "action": "up_to_date" if current else "compile",
+                    }
+                    for name, _row, _src, target, _hdr, current in plan
+                ],
+                "to_compile": len(todo),
+                "up_to_date": len(plan) - len(todo),
+            }
+        # Compile everything first: a syntax error fails the partition before any write.
+        compiled = []
+        for name, row, source, target, header, current in plan:
+            beat()
+            if current:
+                continue
+            _parse(source, name, row["path"])
+            code = compile(
+                source, str(ws.root / row["path"]), "exec", dont_inherit=True, optimize=0
+            )
+            compiled.append((target, header + marshal.dumps(code)))
+        beat(force=True)
+        written = 0
+        for target, data in compiled:
+            with atomic_local_file(target, ctx) as (tmp, f):
+                f.write(data)
+                f.close()
+                os.replace(tmp, target)
+            written += len(data)
+        return {
+            "status": "warmed",
+            "module": module,
+            "cache_entries": len(plan),
+            "compiled": len(compiled),
+            "up_to_date": len(plan) - len(compiled),
+            "bytes": written,
+            "summary": f"{module}: compiled {plural(len(compiled), 'module')} "
+            f"({human_bytes(written)})",
+        }
+
+    def cleanup_stale(self) -> int:
+        return cleanup_tmp_files(bytecode_root())
+
+
+__all__ = ["ByDagDepth", "ByModule", "PrimeCaches", "WarmRegistry", "registry_key"]

@@ -1,0 +1,85 @@
+"""REST API v1 search endpoints: GET /api/v1/search/assets/?q= and /api/v1/search/docs/?q=.
+
+Both need `hxo:view`, answer a missing or empty `q` with 400 `query_required`, and return the
+ranked hits of `runs_app.search` in pages (`count`, `next`, `previous`, `results`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from blueprints_app.api_errors import ApiError
+from blueprints_app.permissions import capability_required
+from blueprints_app.serializers import ErrorSerializer
+from runs_app import search
+
+PARAMETERS = [
+    OpenApiParameter(
+        "q", str, description="Words to find; in double quotes, a phrase", required=True
+    ),
+    OpenApiParameter("workspace", str, description="Only hits of this workspace"),
+    OpenApiParameter("page", int, description="Page number"),
+]
+ERRORS = {
+    400: OpenApiResponse(ErrorSerializer, description="`q` missing, empty or too long"),
+    401: OpenApiResponse(ErrorSerializer, description="Not authenticated"),
+    403: OpenApiResponse(ErrorSerializer, description="Missing hxo:view"),
+}
+
+
+class SearchPagination(PageNumberPagination):
+    page_size = 20
+    page_size_query_param = "page_size"
+    max_page_size = 100
+
+
+class _SearchView(APIView):
+    permission_classes = [capability_required("view")]
+    search: ClassVar[Callable[..., list[dict[str, Any]]]]
+
+    def get(self, request: Request) -> Response:
+        try:
+            q = search.clean_query(request.query_params.get("q"))
+        except search.SearchError as exc:
+            raise ApiError(str(exc), code=exc.code) from None
+        workspace = request.query_params.get("workspace") or None
+        hits = type(self).search(q, limit=search.MAX_HITS, workspace=workspace)
+        paginator = SearchPagination()
+        page = paginator.paginate_queryset(hits, request, view=self)  # type: ignore[arg-type]
+        response = paginator.get_paginated_response(page)
+        response.data["query"] = q
+        return response
+
+
+class AssetSearch(_SearchView):
+    search = staticmethod(search.search_assets)
+
+    @extend_schema(
+        operation_id="search_assets",
+        summary="Search the asset index",
+        parameters=PARAMETERS,
+        responses={200: OpenApiTypes.OBJECT, **ERRORS},
+    )
+    def get(self, request: Request) -> Response:
+        return super().get(request)
+
+
+class DocSearch(_SearchView):
+    search = staticmethod(search.search_docs)
+
+    @extend_schema(
+        operation_id="search_docs",
+        summary="Full-text search of the documentation index",
+        parameters=PARAMETERS,
+        responses={200: OpenApiTypes.OBJECT, **ERRORS},
+    )
+    def get(self, request: Request) -> Response:
+        return super().get(request)
