@@ -111,9 +111,10 @@ class Workspace:
     ) -> list[WorkspaceFile]:
         """Regular files under `subdir`, sorted by relative path.
 
-        `include`/`exclude` are globs matched against the path relative to the workspace root
-        and against the file name. Directory symlinks are not followed (os.walk's default);
-        file symlinks are kept only when their target stays inside the workspace.
+        `include`/`exclude` are globs matched against the path relative to `subdir`, the path
+        relative to the workspace root, and the file name. Directory symlinks are not followed
+        (os.walk's default); file symlinks are kept only when their target stays inside the
+        workspace.
         """
         start = self.resolve(subdir, path=path)
         if start.is_file():
@@ -121,12 +122,15 @@ class Workspace:
         else:
             candidates = _walk(start)
         found = []
-        excludes = (*DEFAULT_EXCLUDES, *exclude)
+        start_rel = self.relative(start)
         for file in candidates:
             rel = self.relative(file) if _is_within(file, self.root) else None
-            if rel is None or _excluded(rel, excludes):
+            if rel is None or _excluded(rel, DEFAULT_EXCLUDES):
                 continue
-            if include and not _matches(rel, include):
+            inner = rel if start_rel == "." else rel[len(start_rel) + 1 :]
+            if exclude and _matches(rel, exclude, inner):
+                continue
+            if include and not _matches(rel, include, inner):
                 continue
             if file.is_symlink():
                 target = Path(os.path.realpath(file))
@@ -165,9 +169,12 @@ def _excluded(rel: str, patterns: Iterable[str]) -> bool:
     return False
 
 
-def _matches(rel: str, patterns: Iterable[str]) -> bool:
+def _matches(rel: str, patterns: Iterable[str], inner: str) -> bool:
     name = rel.rsplit("/", 1)[-1]
-    return any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+    return any(
+        fnmatch.fnmatchcase(inner, p) or fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p)
+        for p in patterns
+    )
 
 
 def _is_within(path: Path, root: Path) -> bool:

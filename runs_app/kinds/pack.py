@@ -83,12 +83,14 @@ def _common_workspace_params(root_default: str, root_help: str) -> dict[str, Any
         "include": {
             **GLOBS_PARAM,
             "title": "Include",
-            "description": "Only files matching one of these globs (path or name).",
+            "description": "Only files matching one of these globs (path under the directory, "
+            "path in the workspace, or file name; * matches across /).",
         },
         "exclude": {
             **GLOBS_PARAM,
             "title": "Exclude",
-            "description": "Skip files matching one of these globs; caches and VCS are skipped.",
+            "description": "Skip files matching one of these globs (as include); caches and VCS "
+            "metadata are always skipped.",
         },
     }
 

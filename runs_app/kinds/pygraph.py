@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -52,14 +53,18 @@ def module_name(rel: str, base: str) -> tuple[str, bool]:
     return ".".join(parts), is_package
 
 
-def parse_imports(source: bytes, name: str, is_package: bool, filename: str) -> list[str]:
-    """Absolute names imported by a module; raises SyntaxError when it does not parse."""
+def import_records(
+    source: bytes, name: str, is_package: bool, filename: str
+) -> list[tuple[str, list[str]]]:
+    """(absolute module, names taken from it) per import statement; relative imports are
+    resolved against the module's package. `import a.b` gives ("a.b", []). Raises
+    SyntaxError when the module does not parse."""
     tree = ast.parse(source, filename=filename)
     package = name if is_package else name.rpartition(".")[0]
-    found: list[str] = []
+    records: list[tuple[str, list[str]]] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found.extend(alias.name for alias in node.names)
+            records.extend((alias.name, []) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base_parts = package.split(".") if package else []
@@ -70,12 +75,40 @@ def parse_imports(source: bytes, name: str, is_package: bool, filename: str) -> 
                 target = f"{base}.{node.module}" if node.module and base else node.module or base
             else:
                 target = node.module or ""
-            if not target:
-                continue
-            found.append(target)
-            # `from pkg import mod` imports the submodule pkg.mod when there is one.
-            found.extend(f"{target}.{alias.name}" for alias in node.names if alias.name != "*")
-    return sorted(set(found))
+            if target:
+                records.append((target, [a.name for a in node.names if a.name != "*"]))
+    return records
+
+
+def parse_imports(source: bytes, name: str, is_package: bool, filename: str) -> list[str]:
+    """Every absolute name a module imports, `from m import x` giving both m and m.x (x may
+    be a submodule); raises SyntaxError when the module does not parse."""
+    found: set[str] = set()
+    for target, names in import_records(source, name, is_package, filename):
+        found.add(target)
+        found.update(f"{target}.{n}" for n in names)
+    return sorted(found)
+
+
+def internal_imports(
+    records: list[tuple[str, list[str]]], modules: Mapping[str, object], own: str
+) -> list[str]:
+    """Workspace modules a module depends on.
+
+    `from pkg import mod` depends on pkg.mod when that is a module, and on pkg only for names
+    that are not modules: like `import pkg.mod`, which is recorded as pkg.mod alone, so that
+    a package's __init__ does not become everybody's dependency.
+    """
+    found: set[str] = set()
+    for target, names in records:
+        submodules = [f"{target}.{n}" for n in names if f"{target}.{n}" in modules]
+        found.update(submodules)
+        if not names or len(submodules) < len(names):
+            resolved = _longest_module(target, modules)
+            if resolved:
+                found.add(resolved)
+    found.discard(own)
+    return sorted(found)
 
 
 def public_names(tree: ast.Module) -> list[str]:
@@ -110,6 +143,7 @@ def discover(ws: Workspace, root_rel: str, files: list[WorkspaceFile]) -> dict[s
     """Modules among `files` (already confined and sorted) with their resolved imports."""
     base, _prefix = import_root(ws, root_rel)
     modules: dict[str, ModuleInfo] = {}
+    records: dict[str, list[tuple[str, list[str]]]] = {}
     for f in files:
         if not f.rel.endswith(".py"):
             continue
@@ -118,22 +152,21 @@ def discover(ws: Workspace, root_rel: str, files: list[WorkspaceFile]) -> dict[s
             continue  # not importable (a script like `0001-setup.py`): not a module
         source = f.path.read_bytes()
         try:
-            imports = parse_imports(source, name, is_package, f.rel)
+            found = import_records(source, name, is_package, f.rel)
             error = ""
         except (SyntaxError, ValueError) as exc:
-            imports, error = [], f"{type(exc).__name__}: {exc}"
-        modules[name] = ModuleInfo(name, f.rel, is_package, imports, error)
-    for info in modules.values():
-        internal = set()
-        for target in info.imports:
-            resolved = _longest_module(target, modules)
-            if resolved and resolved != info.name:
-                internal.add(resolved)
-        info.internal = sorted(internal)
+            found, error = [], f"{type(exc).__name__}: {exc}"
+        modules[name] = ModuleInfo(name, f.rel, is_package, [], error)
+        records[name] = found
+    for name, info in modules.items():
+        info.imports = sorted(
+            {t for t, _ in records[name]} | {f"{t}.{n}" for t, ns in records[name] for n in ns}
+        )
+        info.internal = internal_imports(records[name], modules, name)
     return modules
 
 
-def _longest_module(target: str, modules: dict[str, Any]) -> str | None:
+def _longest_module(target: str, modules: Mapping[str, Any]) -> str | None:
     parts = target.split(".")
     while parts:
         candidate = ".".join(parts)

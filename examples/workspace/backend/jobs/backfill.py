@@ -3,7 +3,8 @@
 In the database, HXO's example plan `migrate-backfill-email-domain` runs the same rule in
 batches of customer ids:
 
-    UPDATE customers SET email_domain = lower(substr(email, instr(email, '@') + 1))
+    UPDATE customers
+    SET email_domain = lower(substr(email, length(rtrim(email, replace(email, '@', ''))) + 1))
     WHERE id >= :start AND id < :end AND email_domain IS NULL
 
 `expected_domain` is the reference the SQL must agree with.
