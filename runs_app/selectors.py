@@ -6,14 +6,26 @@ query counts stay flat whatever the number of partitions (counters live on RunSt
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import F, Q, QuerySet
+from django.db.models.fields.json import KT
 from django.utils import timezone
 
 from runs_app import hashing
 from runs_app.execution import stage_leaves
-from runs_app.models import Partition, Run, RunStage
+from runs_app.models import (
+    AuditEvent,
+    Partition,
+    Plan,
+    PlanRevision,
+    Run,
+    RunMode,
+    RunStage,
+    RunState,
+)
 
 
 def run_with_stages(run_id: int) -> Run:
@@ -172,4 +184,253 @@ def diff_runs(run: Run, against: Run) -> dict[str, Any]:
             "changed_partitions": changed,
         }
         out["stages"].append(entry)
+    return out
+
+
+# --- Dashboard reads (the HTML views) -------------------------------------------------------
+# Appended for runs_app.views; every one costs a fixed number of queries whatever the number
+# of partitions, so the run page and its partials stay flat (tests/runs_app/views).
+
+TIMELINE_MAX_BARS = 120  # partitions drawn per stage; bigger stages are sampled evenly
+
+
+@dataclasses.dataclass
+class TimelineBar:
+    index: int
+    label: str
+    state: str
+    attempts: int
+    start_ms: int
+    end_ms: int
+
+
+@dataclasses.dataclass
+class TimelineStage:
+    stage_id: str
+    state: str
+    total: int
+    slo_ms: int
+    start_ms: int | None
+    end_ms: int | None
+    bars: list[TimelineBar]
+    sampled: bool  # True when only every `step`-th partition is drawn
+    step: int
+
+
+@dataclasses.dataclass
+class Timeline:
+    span_ms: int
+    stages: list[TimelineStage]
+
+    @property
+    def empty(self) -> bool:
+        return not any(s.bars or s.start_ms is not None for s in self.stages)
+
+
+def run_timeline(run: Run, *, max_bars: int = TIMELINE_MAX_BARS) -> Timeline:
+    """Partitions per stage on one time axis, for the Gantt chart: two queries at most.
+
+    A stage with more than `max_bars` partitions is sampled (every n-th by index), so the
+    rows read and the SVG drawn are bounded; the stage's own span is always exact.
+    """
+    stages = sorted(run.run_stages.all(), key=lambda s: s.position)
+    now = timezone.now()
+    starts = [s.started_at for s in stages if s.started_at is not None]
+    origin = min(starts) if starts else (run.started_at or run.created_at)
+
+    def ms(value: Any) -> int:
+        return max(0, int(((value or now) - origin).total_seconds() * 1000))
+
+    condition = Q()
+    steps: dict[int, int] = {}
+    for s in stages:
+        if s.started_at is None or not s.total:
+            continue
+        step = max(1, math.ceil(s.total / max_bars))
+        steps[s.pk] = step
+        if step == 1:
+            condition |= Q(stage_id=s.pk)
+        else:
+            condition |= Q(stage_id=s.pk, index__in=list(range(0, s.total, step)))
+    bars: dict[int, list[TimelineBar]] = {pk: [] for pk in steps}
+    if steps:
+        rows = (
+            Partition.objects.filter(run=run, started_at__isnull=False)
+            .filter(condition)
+            .order_by("stage_id", "index")
+            .values_list(
+                "stage_id", "index", "label", "state", "attempts", "started_at", "finished_at"
+            )
+        )
+        for stage_pk, index, label, state, attempts, started, finished in rows:
+            bars[stage_pk].append(
+                TimelineBar(index, label, state, attempts, ms(started), ms(finished))
+            )
+    out = []
+    span = 0
+    for s in stages:
+        start = ms(s.started_at) if s.started_at else None
+        end = ms(s.finished_at) if s.started_at else None
+        drawn = bars.get(s.pk, [])
+        span = max([span, end or 0, *(b.end_ms for b in drawn)])
+        out.append(
+            TimelineStage(
+                stage_id=s.stage_id,
+                state=s.state,
+                total=s.total,
+                slo_ms=s.slo_ms,
+                start_ms=start,
+                end_ms=end,
+                bars=drawn,
+                sampled=steps.get(s.pk, 1) > 1,
+                step=steps.get(s.pk, 1),
+            )
+        )
+    return Timeline(span_ms=max(span, 1), stages=out)
+
+
+def partition_rows(
+    run: Run, *, stage: str | None = None, state: str | None = None
+) -> QuerySet[Partition]:
+    """The partition table: `partitions_of` without the big JSON columns; the preview summary,
+    the output status and the error come out of the JSON in the database."""
+    return (
+        partitions_of(run, stage=stage, state=state)
+        .defer("inputs", "fingerprints", "output", "preview", "error", "stage__manifest")
+        .annotate(
+            preview_summary=KT("preview__summary"),
+            output_status=KT("output__status"),
+            error_code=KT("error__code"),
+            error_message=KT("error__message"),
+        )
+    )
+
+
+def review_totals(run: Run) -> dict[str, Any]:
+    """Totals for the dry-run review: partitions, weight, the SLO budget against the dry-run."""
+    stages = list(run.run_stages.all())
+    elapsed = [stage_elapsed_ms(s) for s in stages]
+    return {
+        "stages": len(stages),
+        "partitions": sum(s.total for s in stages),
+        "weight": sum(s.weight for s in stages),
+        "slo_ms": sum(s.slo_ms for s in stages),
+        "elapsed_ms": sum(e or 0 for e in elapsed),
+        "slo_breached": any(stage_progress(s)["slo_breached"] for s in stages),
+        "counts": run_totals(run),
+    }
+
+
+def runs_awaiting_decision(user: Any) -> list[Run]:
+    """Dry-runs awaiting approval on which `user` has not decided yet, newest first.
+
+    Whether the four-eyes rule lets them decide is `services.self_approval_reason` (it reads
+    only the rows loaded here).
+    """
+    return list(
+        Run.objects.filter(mode=RunMode.DRY_RUN, state=RunState.AWAITING_APPROVAL)
+        .exclude(approvals__user=user)
+        .select_related("plan", "revision", "revision__author", "requested_by")
+        .prefetch_related("approvals")
+        .order_by("-id")
+    )
+
+
+def latest_dry_run(plan: Plan, revision: PlanRevision) -> Run | None:
+    """The newest dry-run of this revision that finished without failing (an apply candidate)."""
+    return (
+        Run.objects.filter(
+            plan=plan,
+            revision=revision,
+            mode=RunMode.DRY_RUN,
+            state__in=[RunState.APPROVED, RunState.SUCCEEDED, RunState.AWAITING_APPROVAL],
+        )
+        .order_by("-id")
+        .first()
+    )
+
+
+def plans_using_kind(kind: str) -> list[Plan]:
+    """Plans whose latest revision has a stage of `kind` (read in Python: JSON containment
+    queries are not portable to SQLite)."""
+    revisions = (
+        PlanRevision.objects.filter(number=F("plan__latest_number"))
+        .select_related("plan")
+        .only("document", "plan__name", "plan__updated_at", "plan__latest_number")
+        .order_by("plan__name", "plan_id")
+    )
+    return [
+        r.plan
+        for r in revisions.iterator(chunk_size=500)
+        if any(isinstance(s, dict) and s.get("kind") == kind for s in r.stages)
+    ]
+
+
+def audit_events(
+    *,
+    actor: str = "",
+    action: str = "",
+    object_type: str = "",
+    object_id: str = "",
+    since: Any = None,
+    until: Any = None,
+) -> QuerySet[AuditEvent]:
+    qs = AuditEvent.objects.all()
+    if actor:
+        qs = qs.filter(actor_name__iexact=actor)
+    if action:
+        qs = (
+            qs.filter(action__startswith=action)
+            if action.endswith(".")
+            else qs.filter(action=action)
+        )
+    if object_type:
+        qs = qs.filter(object_type=object_type)
+    if object_id:
+        qs = qs.filter(object_id=object_id)
+    if since is not None:
+        qs = qs.filter(at__gte=since)
+    if until is not None:
+        qs = qs.filter(at__lte=until)
+    return qs.order_by("-at", "-id")
+
+
+def document_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A readable structural diff of two plan documents: plan fields, then stages by id."""
+    out: dict[str, Any] = {"fields": [], "stages": []}
+    for field in ("name", "description"):
+        if old.get(field, "") != new.get(field, ""):
+            out["fields"].append({"field": field, "from": old.get(field), "to": new.get(field)})
+    old_stages = {s.get("id"): (i, s) for i, s in enumerate(old.get("stages", []))}
+    new_stages = {s.get("id"): (i, s) for i, s in enumerate(new.get("stages", []))}
+    for sid, (i, stage) in new_stages.items():
+        if sid not in old_stages:
+            out["stages"].append({"id": sid, "change": "added", "position": i, "stage": stage})
+            continue
+        j, before = old_stages[sid]
+        changes = []
+        keys = sorted((set(before) | set(stage)) - {"id", "params"})
+        for key in keys:
+            if before.get(key) != stage.get(key):
+                changes.append({"field": key, "from": before.get(key), "to": stage.get(key)})
+        old_params, new_params = before.get("params") or {}, stage.get("params") or {}
+        for key in sorted(set(old_params) | set(new_params)):
+            if old_params.get(key) != new_params.get(key):
+                changes.append(
+                    {
+                        "field": f"params.{key}",
+                        "from": old_params.get(key),
+                        "to": new_params.get(key),
+                    }
+                )
+        entry: dict[str, Any] = {"id": sid, "change": "changed" if changes else "same"}
+        if i != j:
+            entry["moved"] = {"from": j + 1, "to": i + 1}
+            entry["change"] = "changed"
+        entry["changes"] = changes
+        out["stages"].append(entry)
+    for sid, (i, stage) in old_stages.items():
+        if sid not in new_stages:
+            out["stages"].append({"id": sid, "change": "removed", "position": i, "stage": stage})
+    out["changed"] = bool(out["fields"]) or any(s["change"] != "same" for s in out["stages"])
     return out

@@ -1,0 +1,121 @@
+"""What every dashboard view shares: capability checks, htmx-aware rendering, refusals."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Page, Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.utils.cache import patch_vary_headers
+
+from blueprints_app import codes
+from blueprints_app.capabilities import has_capability
+from runs_app.errors import ServiceError
+
+V = TypeVar("V", bound=Callable[..., HttpResponse])
+
+PAGE_SIZE = 50
+
+
+def require(capability: str) -> Callable[[V], V]:
+    """Log in first, then the capability: anonymous users go to the login page, users
+    without the capability get 403."""
+
+    def decorator(view: V) -> V:
+        @functools.wraps(view)
+        def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if not request.user.is_authenticated:
+                return redirect_to_login(request.get_full_path())
+            if not has_capability(request.user, capability):
+                raise PermissionDenied(f"this page needs the hxo:{capability} capability")
+            return view(request, *args, **kwargs)
+
+        return wrapped  # type: ignore[return-value]
+
+    return decorator
+
+
+def is_partial_request(request: HttpRequest) -> bool:
+    """An htmx request for a fragment (a boosted request wants the whole page)."""
+    htmx = getattr(request, "htmx", None)
+    return bool(htmx) and not htmx.boosted and not htmx.history_restore_request
+
+
+def page(
+    request: HttpRequest,
+    template: str,
+    context: dict[str, Any],
+    *,
+    partial: str | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    """Render a page, or only its `partial` when htmx asks for it (STYLE.md, convention 4)."""
+    name = f"{template}#{partial}" if partial and is_partial_request(request) else template
+    response = render(request, name, context, status=status)
+    patch_vary_headers(response, ["HX-Request"])
+    return response
+
+
+def paginate(request: HttpRequest, items: Any, per_page: int = PAGE_SIZE) -> Page:
+    return Paginator(items, per_page).get_page(request.GET.get("page"))
+
+
+def client_ip(request: HttpRequest) -> str | None:
+    return request.META.get("REMOTE_ADDR")
+
+
+def query_without_page(request: HttpRequest) -> str:
+    """The current filters as a query string, for pagination links."""
+    params = request.GET.copy()
+    params.pop("page", None)
+    return params.urlencode()
+
+
+# --- Refusals in plain words -----------------------------------------------------------------
+
+PLAIN: dict[str, str] = {
+    codes.DRY_RUN_REQUIRED: (
+        "This plan has a stage whose job kind must be dry-run first. Start a dry-run, have it "
+        "approved by someone else, then apply that dry-run."
+    ),
+    codes.DRY_RUN_NOT_APPROVED: (
+        "The dry-run has not been approved yet. An approver has to approve it before it can be "
+        "applied."
+    ),
+    codes.STALE_PLAN: (
+        "Something changed since the dry-run was approved: the plan, the files it reads, or a "
+        "job kind's version. What was approved is no longer what would run, so nothing was "
+        "applied. Start a new dry-run and have it approved."
+    ),
+    codes.FORCE_MERGE_REQUIRED: (
+        "This plan has a non-idempotent stage. Running it needs the hxo:force-merge "
+        "capability, which you do not have. Ask someone who holds it, or make the stage "
+        "idempotent."
+    ),
+    codes.SELF_APPROVAL_FORBIDDEN: (
+        "Four-eyes rule: someone other than the author of the revision and the requester of "
+        "the dry-run has to decide."
+    ),
+    codes.PERMISSION_DENIED: "You do not have the capability this needs.",
+    codes.INVALID_STATE: "The run is not in a state that allows this any more.",
+    codes.ALREADY_DECIDED: "You have already decided on this dry-run.",
+    codes.VALIDATION_FAILED: "The plan is not valid: fix the errors shown.",
+    "nothing_to_replay": "There is nothing to replay: no partition failed or was cancelled.",
+}
+
+
+def refusal(exc: ServiceError) -> dict[str, Any]:
+    """A service refusal for a template: plain words, the service's own detail, the diff."""
+    return {
+        "code": exc.code,
+        "plain": PLAIN.get(exc.code, ""),
+        "message": exc.message,
+        "errors": exc.errors,
+        "diff": exc.extra.get("diff"),
+        "status": exc.status,
+    }

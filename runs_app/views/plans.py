@@ -1,0 +1,520 @@
+"""Plans: list, detail, the editor with live validation, JSON import and export, revisions."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import json
+import re
+import uuid
+from typing import Any
+
+from django.contrib import messages
+from django.db.models import OuterRef, Subquery
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect
+
+from blueprints_app.capabilities import has_capability
+from blueprints_app.models import JobKind
+from blueprints_app.validation import Issue, ValidationResult, load_kinds, validate_plan
+from runs_app import forms as f
+from runs_app import selectors, services
+from runs_app.errors import ServiceError
+from runs_app.models import Plan, PlanRevision, Run, RunState
+from runs_app.views.common import client_ip, is_partial_request, page, paginate, refusal, require
+
+EDITOR = "hxo/plans/editor.html"
+
+
+# --- List and detail ---------------------------------------------------------------------------
+
+
+@require("view")
+@require_GET
+def plan_list(request: HttpRequest) -> HttpResponse:
+    last = Run.objects.filter(plan=OuterRef("pk")).order_by("-id")
+    plans = (
+        Plan.objects.select_related("created_by")
+        .annotate(
+            last_run_id=Subquery(last.values("id")[:1]),
+            last_run_state=Subquery(last.values("state")[:1]),
+            last_run_mode=Subquery(last.values("mode")[:1]),
+        )
+        .order_by("-updated_at", "-id")
+    )
+    q = request.GET.get("q", "").strip()[:200]
+    if q:
+        plans = plans.filter(name__icontains=q)
+    context = {
+        "plans": paginate(request, plans),
+        "q": q,
+        "can_plan": has_capability(request.user, "plan"),
+    }
+    return page(request, "hxo/plans/list.html", context, partial="results")
+
+
+@dataclasses.dataclass
+class ApplyOption:
+    """Whether the plan page offers Apply, and if not, why (shown to submitters only)."""
+
+    available: bool
+    dry_run: Run | None = None
+    reason: str = ""
+    needs_dry_run: list[str] = dataclasses.field(default_factory=list)
+
+
+def apply_option(plan: Plan, revision: PlanRevision, kinds: dict[str, JobKind]) -> ApplyOption:
+    needs = sorted(
+        {
+            s["kind"]
+            for s in revision.stages
+            if s["kind"] in kinds and kinds[s["kind"]].require_dry_run
+        }
+    )
+    candidate = selectors.latest_dry_run(plan, revision)
+    if not needs:
+        return ApplyOption(available=True, needs_dry_run=needs)
+    if candidate is None:
+        return ApplyOption(
+            available=False,
+            needs_dry_run=needs,
+            reason=f"{', '.join(needs)} must be dry-run and approved before it is applied: "
+            f"start a dry-run of revision {revision.number}.",
+        )
+    if candidate.state == RunState.AWAITING_APPROVAL:
+        return ApplyOption(
+            available=False,
+            dry_run=candidate,
+            needs_dry_run=needs,
+            reason=f"Dry-run #{candidate.pk} is waiting for approval.",
+        )
+    if candidate.state == RunState.APPROVED:
+        return ApplyOption(available=True, dry_run=candidate, needs_dry_run=needs)
+    return ApplyOption(
+        available=False,
+        needs_dry_run=needs,
+        reason=f"Dry-run #{candidate.pk} is {candidate.state}; it needs an approval.",
+    )
+
+
+def new_key() -> str:
+    """A fresh Idempotency-Key per rendered form: a double submit makes one run."""
+    return uuid.uuid4().hex
+
+
+def _valid_key(raw: str | None) -> str | None:
+    if not raw or len(raw) > 200 or not re.fullmatch(r"[A-Za-z0-9_.:-]+", raw):
+        return None
+    return raw
+
+
+def plan_context(request: HttpRequest, plan: Plan) -> dict[str, Any]:
+    revision = plan.revisions.select_related("author").get(number=plan.latest_number)
+    kinds = load_kinds()
+    can_submit = has_capability(request.user, "submit")
+    runs = list(plan.runs.select_related("requested_by", "revision").order_by("-id")[:20])
+    return {
+        "plan": plan,
+        "revision": revision,
+        "kinds": kinds,
+        "runs": runs,
+        "can_plan": has_capability(request.user, "plan"),
+        "can_submit": can_submit,
+        "apply": apply_option(plan, revision, kinds) if can_submit else None,
+        "key": new_key(),
+        "non_idempotent": [s["id"] for s in revision.stages if s.get("non_idempotent")],
+        "can_force_merge": has_capability(request.user, "force-merge"),
+    }
+
+
+@require("view")
+@require_GET
+def plan_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    plan = get_object_or_404(Plan.objects.select_related("created_by"), pk=pk)
+    return page(request, "hxo/plans/detail.html", plan_context(request, plan))
+
+
+def refused(request: HttpRequest, exc: ServiceError, *, back: str, title: str) -> HttpResponse:
+    """A refusal: the refusal page, or only its panel for htmx (swapped where the form is)."""
+    context = {"refusal": refusal(exc), "back": back, "title": title}
+    return page(request, "hxo/refusal.html", context, partial="refusal", status=exc.status)
+
+
+def done(request: HttpRequest, url: str) -> HttpResponse:
+    if is_partial_request(request):
+        return HttpResponseClientRedirect(url)
+    return redirect(url)
+
+
+@require("submit")
+@require_POST
+def plan_dry_run(request: HttpRequest, pk: int) -> HttpResponse:
+    plan = get_object_or_404(Plan, pk=pk)
+    try:
+        run = services.run_start_dry_run(
+            plan=plan,
+            actor=request.user,
+            idempotency_key=_valid_key(request.POST.get("idempotency_key")),
+            client_ip=client_ip(request),
+        )
+    except ServiceError as exc:
+        return refused(request, exc, back=reverse("plan", args=[plan.pk]), title="Dry-run refused")
+    messages.success(request, f"Dry-run #{run.pk} started.")
+    return done(request, reverse("run", args=[run.pk]))
+
+
+@require("submit")
+@require_POST
+def plan_apply(request: HttpRequest, pk: int) -> HttpResponse:
+    plan = get_object_or_404(Plan, pk=pk)
+    form = f.ApplyForm(request.POST)
+    back = request.POST.get("back", "")
+    if not back.startswith("/") or back.startswith("//"):
+        back = reverse("plan", args=[plan.pk])
+    if not form.is_valid():
+        exc = ServiceError("the apply form is not valid", code="invalid_value", status=400)
+        return refused(request, exc, back=back, title="Apply refused")
+    try:
+        run = services.run_apply(
+            plan=plan,
+            actor=request.user,
+            dry_run_id=form.cleaned_data["dry_run"],
+            force_rerun=form.cleaned_data["force_rerun"],
+            idempotency_key=_valid_key(request.POST.get("idempotency_key")),
+            client_ip=client_ip(request),
+        )
+    except ServiceError as exc:
+        return refused(request, exc, back=back, title="Apply refused")
+    messages.success(request, f"Apply run #{run.pk} started.")
+    return done(request, reverse("run", args=[run.pk]))
+
+
+# --- The editor --------------------------------------------------------------------------------
+
+
+def blank_document() -> dict[str, Any]:
+    document: dict[str, Any] = {"name": "", "description": "", "stages": []}
+    document["stages"].append(f.new_stage(document))
+    return document
+
+
+def _editor_document(revision: PlanRevision) -> dict[str, Any]:
+    document = copy.deepcopy(revision.document)
+    document["stages"] = [f._stage_defaults(s) for s in document.get("stages", [])]
+    return document
+
+
+def editor_context(
+    request: HttpRequest,
+    *,
+    plan: Plan | None,
+    document: dict[str, Any],
+    result: ValidationResult | None = None,
+    problems: list[Issue] | None = None,
+    focus: int | None = None,
+    comment: str = "",
+    kinds: dict[str, JobKind] | None = None,
+) -> dict[str, Any]:
+    kinds = kinds if kinds is not None else load_kinds()
+    form = f.plan_form(
+        document,
+        result or ValidationResult(),
+        kinds=kinds,
+        user=request.user,
+        problems=problems or [],
+        focus=focus,
+    )
+    if plan is None:
+        action_url = reverse("plan-new")
+        json_url = reverse("plan-new-json")
+    else:
+        action_url = reverse("plan-edit", args=[plan.pk])
+        json_url = reverse("plan-json", args=[plan.pk])
+    return {
+        "plan": plan,
+        "form": form,
+        "action_url": action_url,
+        "json_url": json_url,
+        "comment": comment,
+        "validated": result is not None,
+    }
+
+
+def _service_issues(exc: ServiceError) -> ValidationResult:
+    result = ValidationResult()
+    for e in exc.errors:
+        result.error(e.get("path", "plan"), e.get("code", ""), e.get("message", ""))
+    if not exc.errors:
+        result.error("plan", exc.code, exc.message)
+    return result
+
+
+def _editor_post(request: HttpRequest, plan: Plan | None) -> HttpResponse:
+    posted = f.document_from_post(request.POST)
+    kinds = load_kinds()
+    document = posted.document
+    f.apply_structure_changes(document, posted.signatures, kinds)
+    action = request.POST.get("_action", "save")
+    focus = None
+    if action not in ("save", "refresh"):
+        focus = f.apply_action(document, action)
+    result = validate_plan(f.for_validation(document), user=request.user)
+    if action == "save" and not posted.problems:
+        try:
+            if plan is None:
+                plan = services.plan_create(
+                    actor=request.user,
+                    document=f.for_validation(document),
+                    client_ip=client_ip(request),
+                    comment=posted.comment,
+                )
+                messages.success(request, f"Plan “{plan.name}” created (revision 1).")
+            else:
+                before = plan.latest_number
+                revision = services.plan_update(
+                    plan=plan,
+                    actor=request.user,
+                    document=f.for_validation(document),
+                    client_ip=client_ip(request),
+                    comment=posted.comment,
+                )
+                if revision.number == before:
+                    messages.info(request, "Nothing changed: no new revision was made.")
+                else:
+                    messages.success(request, f"Saved revision {revision.number}.")
+            return redirect("plan", pk=plan.pk)
+        except ServiceError as exc:
+            result = _service_issues(exc)
+    context = editor_context(
+        request,
+        plan=plan,
+        document=document,
+        result=result,
+        problems=posted.problems,
+        focus=focus,
+        comment=posted.comment,
+        kinds=kinds,
+    )
+    status = 400 if action == "save" else 200
+    if action != "save" and is_partial_request(request):
+        return render(request, f"{EDITOR}#stages_response", context)
+    return render(request, EDITOR, context, status=status)
+
+
+@require("plan")
+@require_http_methods(["GET", "POST"])
+def plan_new(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        return _editor_post(request, None)
+    return render(request, EDITOR, editor_context(request, plan=None, document=blank_document()))
+
+
+@require("plan")
+@require_http_methods(["GET", "POST"])
+def plan_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    plan = get_object_or_404(Plan, pk=pk)
+    if request.method == "POST":
+        return _editor_post(request, plan)
+    document = _editor_document(plan.latest_revision)
+    return render(request, EDITOR, editor_context(request, plan=plan, document=document))
+
+
+@require("plan")
+@require_POST
+def plan_validate(request: HttpRequest) -> HttpResponse:
+    """Live validation: only error areas come back (out of band), never the inputs, except a
+    stage whose kind, partitioner or executor just changed: its choices and params change."""
+    posted = f.document_from_post(request.POST)
+    kinds = load_kinds()
+    document = posted.document
+    changed = f.apply_structure_changes(document, posted.signatures, kinds)
+    result = validate_plan(f.for_validation(document), user=request.user)
+    context = editor_context(
+        request, plan=None, document=document, result=result, problems=posted.problems, kinds=kinds
+    )
+    context["changed"] = changed
+    context["ids_changed"] = posted.rendered_ids != f.stage_ids(document)
+    return render(request, f"{EDITOR}#validation", context)
+
+
+# --- JSON view: import and export ----------------------------------------------------------
+
+
+def _pretty(document: Any) -> str:
+    return json.dumps(document, indent=2, ensure_ascii=False)
+
+
+@require("view")
+@require_http_methods(["GET", "POST"])
+def plan_json(request: HttpRequest, pk: int | None = None) -> HttpResponse:
+    plan = get_object_or_404(Plan, pk=pk) if pk is not None else None
+    if plan is None and not has_capability(request.user, "plan"):
+        raise Http404
+    if request.method == "GET":
+        document = plan.latest_revision.document if plan else blank_document()
+        if plan is not None and request.GET.get("download"):
+            response = JsonResponse(
+                document, json_dumps_params={"indent": 2, "ensure_ascii": False}
+            )
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "-", plan.name).strip("-") or "plan"
+            response["Content-Disposition"] = (
+                f'attachment; filename="{name}-r{plan.latest_number}.json"'
+            )
+            return response
+        return _json_page(request, plan, _pretty(document))
+    if not has_capability(request.user, "plan"):
+        raise Http404
+    if "_stages" in request.POST:  # "View as JSON" from the editor, unsaved
+        posted = f.document_from_post(request.POST)
+        return _json_page(request, plan, _pretty(f.for_validation(posted.document)))
+    form = f.JsonImportForm(request.POST, request.FILES)
+    if not form.is_valid():
+        return _json_page(request, plan, request.POST.get("document", ""), form=form, status=400)
+    text = form.cleaned_data["document"]
+    document, problem = f.parse_json_document(text)
+    action = request.POST.get("_action", "validate")
+    if problem is None and action == "edit" and isinstance(document, dict):
+        editable = copy.deepcopy(document)
+        stages = editable.get("stages") if isinstance(editable.get("stages"), list) else []
+        editable["stages"] = [f._stage_defaults(s) for s in stages if isinstance(s, dict)]
+        editable.setdefault("name", "")
+        editable.setdefault("description", "")
+        result = validate_plan(f.for_validation(editable), user=request.user)
+        return render(
+            request, EDITOR, editor_context(request, plan=plan, document=editable, result=result)
+        )
+    if problem is None and action == "save":
+        try:
+            if plan is None:
+                plan = services.plan_create(
+                    actor=request.user,
+                    document=document,
+                    client_ip=client_ip(request),
+                    comment=form.cleaned_data["comment"],
+                )
+            else:
+                services.plan_update(
+                    plan=plan,
+                    actor=request.user,
+                    document=document,
+                    client_ip=client_ip(request),
+                    comment=form.cleaned_data["comment"],
+                )
+            messages.success(request, f"Saved revision {plan.latest_number} of “{plan.name}”.")
+            return redirect("plan", pk=plan.pk)
+        except ServiceError as exc:
+            return _json_page(request, plan, text, result=_service_issues(exc), status=400)
+    result = _json_result(document, problem, request)
+    return _json_page(request, plan, text, result=result, status=200 if result.valid else 400)
+
+
+def _json_result(document: Any, problem: Issue | None, request: HttpRequest) -> ValidationResult:
+    if problem is not None:
+        return ValidationResult(errors=[problem])
+    return validate_plan(document, user=request.user)
+
+
+def _json_page(
+    request: HttpRequest,
+    plan: Plan | None,
+    text: str,
+    *,
+    form: f.JsonImportForm | None = None,
+    result: ValidationResult | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    context = {
+        "plan": plan,
+        "text": text,
+        "form": form or f.JsonImportForm(initial={"document": text}),
+        "result": result,
+        "can_plan": has_capability(request.user, "plan"),
+        "post_url": reverse("plan-json", args=[plan.pk]) if plan else reverse("plan-new-json"),
+        "editor_url": reverse("plan-edit", args=[plan.pk]) if plan else reverse("plan-new"),
+    }
+    return render(request, "hxo/plans/json.html", context, status=status)
+
+
+@require("plan")
+@require_POST
+def plan_validate_json(request: HttpRequest) -> HttpResponse:
+    document, problem = f.parse_json_document(request.POST.get("document", ""))
+    result = _json_result(document, problem, request)
+    return render(request, "hxo/plans/json.html#json_errors", {"result": result})
+
+
+# --- Revisions ---------------------------------------------------------------------------------
+
+
+@require("view")
+@require_GET
+def plan_revisions(request: HttpRequest, pk: int) -> HttpResponse:
+    plan = get_object_or_404(Plan, pk=pk)
+    revisions = plan.revisions.select_related("author").order_by("-number")
+    return page(
+        request,
+        "hxo/plans/revisions.html",
+        {"plan": plan, "revisions": paginate(request, revisions)},
+    )
+
+
+@require("view")
+@require_GET
+def plan_revision(request: HttpRequest, pk: int, number: int) -> HttpResponse:
+    plan = get_object_or_404(Plan, pk=pk)
+    revision = get_object_or_404(plan.revisions.select_related("author"), number=number)
+    context = {"plan": plan, "revision": revision, "json": _pretty(revision.document)}
+    return page(request, "hxo/plans/revision.html", context)
+
+
+def unified(old: dict[str, Any], new: dict[str, Any], a: int, b: int) -> list[tuple[str, str]]:
+    lines = difflib.unified_diff(
+        _pretty(old).splitlines(),
+        _pretty(new).splitlines(),
+        fromfile=f"revision {a}",
+        tofile=f"revision {b}",
+        lineterm="",
+        n=3,
+    )
+    out = []
+    for line in lines:
+        if line.startswith(("+++", "---")):
+            css = "meta"
+        elif line.startswith("@@"):
+            css = "hunk"
+        elif line.startswith("+"):
+            css = "add"
+        elif line.startswith("-"):
+            css = "del"
+        else:
+            css = "ctx"
+        out.append((css, line))
+    return out
+
+
+@require("view")
+@require_GET
+def plan_diff(request: HttpRequest, pk: int) -> HttpResponse:
+    plan = get_object_or_404(Plan, pk=pk)
+    try:
+        b = int(request.GET.get("to") or plan.latest_number)
+        a = int(request.GET.get("from") or b - 1)
+    except ValueError:
+        raise Http404 from None
+    found = {r.number: r for r in plan.revisions.select_related("author").filter(number__in=[a, b])}
+    if a not in found or b not in found:
+        raise Http404("no such revision")
+    old, new = found[a], found[b]
+    context = {
+        "plan": plan,
+        "old": old,
+        "new": new,
+        "diff": selectors.document_diff(old.document, new.document),
+        "lines": unified(old.document, new.document, a, b),
+        "numbers": list(range(plan.latest_number, 0, -1)),
+    }
+    return page(request, "hxo/plans/diff.html", context)

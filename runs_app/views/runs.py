@@ -1,0 +1,327 @@
+"""Runs: list, the run page (dry-run review and live monitoring), its partials, and actions.
+
+Query counts of the run page and its partials do not depend on the number of partitions:
+progress comes from the stage counters, the partition table is one page, the timeline is
+sampled (selectors.run_timeline).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from django.contrib import messages
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import HttpResponseStopPolling
+
+from blueprints_app.capabilities import has_capability
+from runs_app import forms as f
+from runs_app import selectors, services
+from runs_app.errors import ServiceError
+from runs_app.models import (
+    Approval,
+    Partition,
+    Run,
+    RunMode,
+    RunState,
+)
+from runs_app.views.common import client_ip, page, paginate, query_without_page, require
+from runs_app.views.plans import done, new_key, refused
+
+DETAIL = "hxo/runs/detail.html"
+PARTITIONS_PER_PAGE = 25
+RUNNING = {RunState.PENDING, RunState.PARTITIONING, RunState.RUNNING}
+
+
+def get_run(pk: int) -> Run:
+    try:
+        return selectors.run_with_stages(pk)
+    except Run.DoesNotExist:
+        raise Http404("no such run") from None
+
+
+@require("view")
+@require_GET
+def run_list(request: HttpRequest) -> HttpResponse:
+    form = f.RunFilterForm(request.GET or None)
+    runs = Run.objects.select_related("plan", "revision", "requested_by").order_by("-id")
+    if form.is_valid():
+        data = form.cleaned_data
+        if data["state"]:
+            runs = runs.filter(state=data["state"])
+        if data["mode"]:
+            runs = runs.filter(mode=data["mode"])
+        if data["plan"]:
+            runs = runs.filter(plan_id=data["plan"])
+    context = {"form": form, "runs": paginate(request, runs), "query": query_without_page(request)}
+    return page(request, "hxo/runs/list.html", context, partial="results")
+
+
+# --- What the current user may do on a run ------------------------------------------------
+
+
+@dataclasses.dataclass
+class RunActions:
+    """Computed in the view, never in a template: a partial shows exactly what its page shows."""
+
+    decide: bool = False  # the approve/reject form is shown
+    decide_blocked: str = ""  # ...disabled, with this reason
+    my_decision: Approval | None = None
+    apply: bool = False
+    apply_blocked: str = ""
+    abort: bool = False
+    replay: bool = False
+    replay_blocked: str = ""
+
+    @property
+    def any(self) -> bool:
+        return (
+            any(
+                (
+                    self.decide,
+                    self.apply,
+                    self.apply_blocked,
+                    self.abort,
+                    self.replay,
+                    self.replay_blocked,
+                )
+            )
+            or self.my_decision is not None
+        )
+
+
+def run_actions(user: Any, run: Run) -> RunActions:
+    actions = RunActions()
+    approvals = list(run.approvals.all())
+    if has_capability(user, "approve") and run.mode == RunMode.DRY_RUN:
+        actions.my_decision = next((a for a in approvals if a.user_id == user.pk), None)
+        if run.state == RunState.AWAITING_APPROVAL and actions.my_decision is None:
+            actions.decide = True
+            reason = services.self_approval_reason(run, user)
+            if reason:
+                actions.decide_blocked = (
+                    f"You cannot decide on this dry-run: {reason} (four-eyes rule)."
+                )
+    if has_capability(user, "submit") and run.mode == RunMode.DRY_RUN:
+        requires = any(s.get("require_dry_run") for s in run.kind_snapshots.values())
+        latest = run.plan.latest_number
+        if run.state == RunState.APPROVED or (run.state == RunState.SUCCEEDED and not requires):
+            if run.revision.number != latest:
+                actions.apply_blocked = (
+                    f"The plan changed since this dry-run (it is at revision {latest}, this "
+                    f"dry-run is of revision {run.revision.number}): start a new dry-run."
+                )
+            else:
+                actions.apply = True
+        elif run.state == RunState.AWAITING_APPROVAL:
+            approved = sum(1 for a in approvals if a.decision == Approval.Decision.APPROVE)
+            actions.apply_blocked = (
+                f"Apply becomes possible once the dry-run is approved "
+                f"({approved} of {run.required_approvals} approvals)."
+            )
+        elif run.state == RunState.REJECTED:
+            actions.apply_blocked = "This dry-run was rejected: change the plan and dry-run again."
+    if has_capability(user, "abort") and run.state in RUNNING:
+        actions.abort = True
+    if has_capability(user, "replay") and run.state in (
+        RunState.FAILED,
+        RunState.ABORTED,
+        RunState.SUCCEEDED,
+    ):
+        stages = list(run.run_stages.all())
+        redo = [s for s in stages if s.failed or s.cancelled]
+        if redo:
+            if any(s.non_idempotent for s in redo) and not has_capability(user, "force-merge"):
+                actions.replay_blocked = (
+                    "The partitions to replay are non-idempotent: a replay needs the "
+                    "hxo:force-merge capability."
+                )
+            else:
+                actions.replay = True
+    return actions
+
+
+# --- The run page and its partials ----------------------------------------------------------
+
+
+def _filters(
+    request: HttpRequest, run: Run
+) -> tuple[f.PartitionFilterForm, str | None, str | None]:
+    stage_ids = [s.stage_id for s in run.run_stages.all()]
+    form = f.PartitionFilterForm(request.GET or None, stage_ids=stage_ids)
+    stage = state = None
+    if form.is_valid():
+        stage = form.cleaned_data["stage"] or None
+        state = form.cleaned_data["state"] or None
+    return form, stage, state
+
+
+def partitions_context(request: HttpRequest, run: Run) -> dict[str, Any]:
+    form, stage, state = _filters(request, run)
+    rows = selectors.partition_rows(run, stage=stage, state=state)
+    return {
+        "filter_form": form,
+        "partitions": paginate(request, rows, PARTITIONS_PER_PAGE),
+        "query": query_without_page(request),
+        "partitions_url": reverse("run", args=[run.pk]),
+    }
+
+
+def progress_context(run: Run) -> dict[str, Any]:
+    stages = sorted(run.run_stages.all(), key=lambda s: s.position)
+    progress = [selectors.stage_progress(s) for s in stages]
+    totals = selectors.run_totals(run)
+    done = totals.get("succeeded", 0) + totals.get("failed", 0) + totals.get("reused", 0)
+    done += totals.get("cancelled", 0)
+    total = totals.get("total", 0)
+    return {
+        "progress": progress,
+        "totals": totals,
+        "percent": int(100 * done / total) if total else (100 if run.is_finished else 0),
+        "timeline": selectors.run_timeline(run),
+        "polling": not run.is_finished,
+    }
+
+
+@require("view")
+@require_GET
+def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    run = get_run(pk)
+    context: dict[str, Any] = {"run": run, **partitions_context(request, run)}
+    if request.htmx and not request.htmx.boosted:
+        return page(request, DETAIL, context, partial="partitions")
+    context.update(progress_context(run))
+    context.update(
+        {
+            "actions": run_actions(request.user, run),
+            "decision_form": f.DecisionForm(),
+            "approvals": list(run.approvals.all()),
+            "applies": list(run.applies.order_by("-id").only("id", "state", "dry_run_id")),
+            "replays": list(run.replays.order_by("-id").only("id", "state", "parent_id")),
+            "key": new_key(),
+            "is_dry_run": run.mode == RunMode.DRY_RUN,
+            "review": selectors.review_totals(run) if run.mode == RunMode.DRY_RUN else None,
+            "last_applied": services.last_applied_run(run.plan, before=run)
+            if run.mode == RunMode.DRY_RUN
+            else None,
+        }
+    )
+    return page(request, DETAIL, context)
+
+
+@require("view")
+@require_GET
+def run_progress(request: HttpRequest, pk: int) -> HttpResponse:
+    """The polled fragment. When the run has ended, polling stops (286) and the page reloads
+    once, so the actions, the receipt and the table show the final state."""
+    run = get_run(pk)
+    context = {"run": run, **progress_context(run)}
+    response = render(request, f"{DETAIL}#progress", context)
+    if run.is_finished and request.htmx:
+        stop = HttpResponseStopPolling(response.content)
+        stop["HX-Refresh"] = "true"
+        return stop
+    return response
+
+
+@require("view")
+@require_GET
+def run_receipt(request: HttpRequest, pk: int) -> HttpResponse:
+    run = get_run(pk)
+    receipt = selectors.receipt(run) if run.merkle_root else None
+    return page(
+        request, "hxo/runs/receipt.html", {"run": run, "receipt": receipt}, partial="receipt"
+    )
+
+
+@require("view")
+@require_GET
+def run_diff(request: HttpRequest, pk: int) -> HttpResponse:
+    """The dry-run against the last applied run of its plan (or `?against=<run>`)."""
+    run = get_run(pk)
+    against_id = request.GET.get("against", "")
+    if against_id.isdigit():
+        against = Run.objects.filter(pk=int(against_id), plan=run.plan).first()
+    else:
+        against = services.last_applied_run(run.plan, before=run)
+    diff = selectors.diff_runs(run, get_run(against.pk)) if against is not None else None
+    context = {"run": run, "against": against, "diff": diff}
+    return page(request, "hxo/runs/diff.html", context, partial="diff")
+
+
+@require("view")
+@require_GET
+def partition_detail(request: HttpRequest, pk: int, partition_pk: int) -> HttpResponse:
+    partition = get_object_or_404(
+        Partition.objects.select_related("stage", "run", "run__plan", "reused_from"),
+        pk=partition_pk,
+        run_id=pk,
+    )
+    context = {"run": partition.run, "p": partition}
+    return page(request, "hxo/runs/partition.html", context, partial="detail")
+
+
+# --- Actions --------------------------------------------------------------------------------
+
+
+def _back(run: Run) -> str:
+    return reverse("run", args=[run.pk])
+
+
+@require("approve")
+@require_POST
+def run_decide(request: HttpRequest, pk: int, decision: str) -> HttpResponse:
+    run = get_object_or_404(Run.objects.select_related("revision", "plan"), pk=pk)
+    form = f.DecisionForm(request.POST)
+    comment = form.cleaned_data["comment"] if form.is_valid() else request.POST.get("comment", "")
+    service = services.run_approve if decision == "approve" else services.run_reject
+    try:
+        run = service(run=run, actor=request.user, comment=comment, client_ip=client_ip(request))
+    except ServiceError as exc:
+        return refused(request, exc, back=_back(run), title="Decision refused")
+    verb = "Approved" if decision == "approve" else "Rejected"
+    messages.success(request, f"{verb} dry-run #{run.pk}.")
+    return done(request, _back(run))
+
+
+@require("abort")
+@require_POST
+def run_abort(request: HttpRequest, pk: int) -> HttpResponse:
+    run = get_object_or_404(Run, pk=pk)
+    try:
+        services.run_abort(run=run, actor=request.user, client_ip=client_ip(request))
+    except ServiceError as exc:
+        return refused(request, exc, back=_back(run), title="Abort refused")
+    messages.success(request, f"Run #{run.pk} aborted.")
+    return done(request, _back(run))
+
+
+@require("replay")
+@require_POST
+def run_replay(request: HttpRequest, pk: int) -> HttpResponse:
+    run = get_object_or_404(Run.objects.select_related("plan"), pk=pk)
+    try:
+        child = services.run_replay(run=run, actor=request.user, client_ip=client_ip(request))
+    except ServiceError as exc:
+        return refused(request, exc, back=_back(run), title="Replay refused")
+    messages.success(
+        request, f"Replay run #{child.pk} started for the failed partitions of #{run.pk}."
+    )
+    return done(request, _back(child))
+
+
+# --- Approvals inbox ------------------------------------------------------------------------
+
+
+@require("approve")
+@require_GET
+def approvals(request: HttpRequest) -> HttpResponse:
+    waiting = selectors.runs_awaiting_decision(request.user)
+    mine, others = [], []
+    for run in waiting:
+        reason = services.self_approval_reason(run, request.user)
+        (others if reason else mine).append((run, reason))
+    return page(request, "hxo/approvals.html", {"mine": mine, "others": others})

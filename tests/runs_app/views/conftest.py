@@ -1,0 +1,94 @@
+"""Fixtures for the dashboard's page tests: a logged-in client per role, and plans and runs
+made through the services (runs executed inline by the drainer)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from runs_app import services, tasks
+from runs_app.models import Plan, Run
+from tests.runs_app.testkinds import TEST_KIND, TEST_KIND_NOAPPROVAL, stage
+
+ROLES = ("admiral", "operator", "approver", "viewer", "nobody")
+
+
+def drain(run: Run) -> Run:
+    """Run the drainer in this thread. Its closing of old connections is switched off, so
+    these tests can stay inside one transaction (fast: no flush between tests)."""
+    with mock.patch.object(tasks, "close_old_connections", lambda: None):
+        for _ in range(50):
+            tasks.drain(run.pk, budget_s=30)
+            run.refresh_from_db()
+            if run.is_finished:
+                return run
+    raise AssertionError(f"run {run.pk} did not finish: {run.state}")
+
+
+@pytest.fixture
+def client_for(db: None) -> Callable[[User], Client]:
+    def make(user: User) -> Client:
+        client = Client()
+        client.force_login(user)
+        return client
+
+    return make
+
+
+@pytest.fixture
+def cast(admiral, operator, approver, viewer, nobody) -> dict[str, User]:
+    return {
+        "admiral": admiral,
+        "operator": operator,
+        "approver": approver,
+        "viewer": viewer,
+        "nobody": nobody,
+    }
+
+
+@pytest.fixture
+def plan(test_kinds, operator, tmp_path: Path) -> Plan:
+    return services.plan_create(
+        actor=operator,
+        document={
+            "name": "nightly",
+            "description": "two stages",
+            "stages": [
+                stage("a", tmp_path, items=4, kind=TEST_KIND),
+                stage("b", tmp_path, items=2, kind=TEST_KIND, depends_on=["a"]),
+            ],
+        },
+    )
+
+
+@pytest.fixture
+def quick_plan(test_kinds, operator, tmp_path: Path) -> Plan:
+    return services.plan_create(
+        actor=operator,
+        document={
+            "name": "quick",
+            "stages": [stage("q", tmp_path, items=3, kind=TEST_KIND_NOAPPROVAL)],
+        },
+    )
+
+
+@pytest.fixture
+def dry_run(plan: Plan, operator) -> Run:
+    """A finished dry-run awaiting approval, requested by the operator (the plan's author)."""
+    return drain(services.run_start_dry_run(plan=plan, actor=operator))
+
+
+@pytest.fixture
+def applied(plan: Plan, dry_run: Run, operator, approver) -> Run:
+    services.run_approve(run=dry_run, actor=approver, comment="ok")
+    return drain(services.run_apply(plan=plan, actor=operator, dry_run_id=dry_run.pk))
+
+
+def html(response: Any) -> str:
+    return response.content.decode()
