@@ -15,6 +15,9 @@ os.environ.setdefault("SECRET_KEY", "hxo-tests-only-secret-key")
 os.environ.setdefault("HXO_SECURE_COOKIES", "0")
 # One test database per test session, so parallel sessions never share one.
 os.environ.setdefault("HXO_TEST_DB_SUFFIX", str(os.getpid()))
+# ...and one django-q2 cluster name, which is the Redis queue's key: sessions never take each
+# other's wake-ups.
+os.environ.setdefault("HXO_CLUSTER_NAME", f"hxo-test-{os.getpid()}")
 
 import django
 
