@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 from django.contrib import messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import OuterRef, Subquery
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -28,6 +29,7 @@ from runs_app.models import Plan, PlanRevision, Run, RunState
 from runs_app.views.common import client_ip, is_partial_request, page, paginate, refusal, require
 
 EDITOR = "hxo/plans/editor.html"
+NEEDS_PLAN = "this page needs the hxo:plan capability"
 
 
 # --- List and detail ---------------------------------------------------------------------------
@@ -353,7 +355,7 @@ def _pretty(document: Any) -> str:
 def plan_json(request: HttpRequest, pk: int | None = None) -> HttpResponse:
     plan = get_object_or_404(Plan, pk=pk) if pk is not None else None
     if plan is None and not has_capability(request.user, "plan"):
-        raise Http404
+        raise PermissionDenied(NEEDS_PLAN)
     if request.method == "GET":
         document = plan.latest_revision.document if plan else blank_document()
         if plan is not None and request.GET.get("download"):
@@ -367,7 +369,7 @@ def plan_json(request: HttpRequest, pk: int | None = None) -> HttpResponse:
             return response
         return _json_page(request, plan, _pretty(document))
     if not has_capability(request.user, "plan"):
-        raise Http404
+        raise PermissionDenied(NEEDS_PLAN)
     if "_stages" in request.POST:  # "View as JSON" from the editor, unsaved
         posted = f.document_from_post(request.POST)
         return _json_page(request, plan, _pretty(f.for_validation(posted.document)))

@@ -244,12 +244,41 @@ def run_diff(request: HttpRequest, pk: int) -> HttpResponse:
     run = get_run(pk)
     against_id = request.GET.get("against", "")
     if against_id.isdigit():
-        against = Run.objects.filter(pk=int(against_id), plan=run.plan).first()
+        against = get_run(int(against_id))
+        if against.plan_id != run.plan_id:
+            raise Http404("not a run of the same plan")
     else:
-        against = services.last_applied_run(run.plan, before=run)
-    diff = selectors.diff_runs(run, get_run(against.pk)) if against is not None else None
+        last = services.last_applied_run(run.plan, before=run)
+        against = get_run(last.pk) if last is not None else None
+    diff = selectors.diff_runs(run, against) if against is not None else None
+    if diff is not None and run.mode != getattr(against, "mode", run.mode):
+        diff = manifest_changes(diff)
     context = {"run": run, "against": against, "diff": diff}
     return page(request, "hxo/runs/diff.html", context, partial="diff")
+
+
+MANIFEST_KEYS = ("cas_id", "inputs", "fingerprints")
+
+
+def manifest_changes(diff: dict[str, Any]) -> dict[str, Any]:
+    """A dry-run against an apply: outputs and states always differ (previews are not
+    results), so only what would run is compared: content ids, inputs and files."""
+    stages = []
+    for entry in diff["stages"]:
+        changed = []
+        for p in entry.get("changed_partitions", []):
+            if p["change"] != "changed":
+                changed.append(p)
+                continue
+            kept = {k: v for k, v in p.items() if k in MANIFEST_KEYS}
+            if kept:
+                changed.append({"index": p["index"], "change": "changed", **kept})
+        if "changed_partitions" in entry:
+            entry = {**entry, "changed_partitions": changed}
+            if entry["change"] == "changed" and not changed:
+                entry["change"] = "same"
+        stages.append(entry)
+    return {**diff, "stages": stages}
 
 
 @require("view")
