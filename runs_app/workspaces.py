@@ -13,7 +13,9 @@ import dataclasses
 import fnmatch
 import hashlib
 import os
-from collections.abc import Iterable, Sequence
+import re
+import stat
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
 from django.conf import settings
@@ -28,8 +30,6 @@ WORKSPACE_CHANGED = "workspace_changed"
 # Never part of what a workspace ships: interpreter caches and VCS metadata.
 DEFAULT_EXCLUDES = ("__pycache__", ".git", ".hg", ".svn", "*.pyc", "*.pyo", ".DS_Store")
 
-_HASH_CHUNK = 1 << 20
-
 
 def workspace_names() -> list[str]:
     return sorted(settings.HXO_WORKSPACES)
@@ -42,6 +42,7 @@ class WorkspaceFile:
     rel: str
     path: Path
     size: int
+    mode: int = 0o100644
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,30 +118,34 @@ class Workspace:
         workspace.
         """
         start = self.resolve(subdir, path=path)
-        if start.is_file():
-            candidates: Iterable[Path] = [start]
-        else:
-            candidates = _walk(start)
-        found = []
+        root = str(self.root)
         start_rel = self.relative(start)
-        for file in candidates:
-            rel = self.relative(file) if _is_within(file, self.root) else None
-            if rel is None or _excluded(rel, DEFAULT_EXCLUDES):
+        excluded = _glob_regex(exclude)
+        included = _glob_regex(include)
+        found = []
+        # Plain strings rather than Path objects: this loop runs once per file of the tree.
+        for full in [str(start)] if start.is_file() else _walk(str(start)):
+            rel = full[len(root) + 1 :].replace(os.sep, "/")
+            name = rel.rsplit("/", 1)[-1]
+            if _DEFAULT_EXCLUDED.match(name):
                 continue
             inner = rel if start_rel == "." else rel[len(start_rel) + 1 :]
-            if exclude and _matches(rel, exclude, inner):
+            if excluded and _any_match(excluded, inner, rel, name):
                 continue
-            if include and not _matches(rel, include, inner):
+            if included and not _any_match(included, inner, rel, name):
                 continue
-            if file.is_symlink():
-                target = Path(os.path.realpath(file))
-                if not _is_within(target, self.root) or not target.is_file():
-                    continue
             try:
-                stat = file.stat()
+                st = os.lstat(full)
+                if stat.S_ISLNK(st.st_mode):
+                    target = os.path.realpath(full)
+                    if not _is_within(Path(target), self.root):
+                        continue  # a link out of the workspace is not part of it
+                    st = os.stat(target)
             except OSError:
-                continue  # vanished or a dangling link: not part of the workspace
-            found.append(WorkspaceFile(rel=rel, path=file, size=stat.st_size))
+                continue  # vanished, or a dangling link
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            found.append(WorkspaceFile(rel=rel, path=Path(full), size=st.st_size, mode=st.st_mode))
         found.sort(key=lambda f: f.rel)
         return found
 
@@ -152,29 +157,28 @@ class Workspace:
         return self.resolve(rel, path=path)
 
 
-def _walk(start: Path) -> Iterable[Path]:
+def _glob_regex(patterns: Sequence[str]) -> re.Pattern[str] | None:
+    """One compiled regex for a list of globs (`*` also matches '/', as in fnmatch)."""
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+
+
+_DEFAULT_EXCLUDED = _glob_regex(DEFAULT_EXCLUDES)
+assert _DEFAULT_EXCLUDED is not None
+
+
+def _any_match(regex: re.Pattern[str], *candidates: str) -> bool:
+    return any(regex.match(c) for c in candidates)
+
+
+def _walk(start: str) -> Iterator[str]:
     for dirpath, dirnames, filenames in os.walk(start):
-        # Prune excluded directories here so we never descend into .git or __pycache__.
-        dirnames[:] = sorted(d for d in dirnames if not _excluded(d, DEFAULT_EXCLUDES))
-        base = Path(dirpath)
+        # Prune excluded directories here so we never descend into .git or __pycache__;
+        # os.walk does not follow directory symlinks, so nothing outside comes in that way.
+        dirnames[:] = [d for d in dirnames if not _DEFAULT_EXCLUDED.match(d)]
         for name in filenames:
-            yield base / name
-
-
-def _excluded(rel: str, patterns: Iterable[str]) -> bool:
-    parts = rel.split("/")
-    for pattern in patterns:
-        if fnmatch.fnmatchcase(rel, pattern) or any(fnmatch.fnmatchcase(p, pattern) for p in parts):
-            return True
-    return False
-
-
-def _matches(rel: str, patterns: Iterable[str], inner: str) -> bool:
-    name = rel.rsplit("/", 1)[-1]
-    return any(
-        fnmatch.fnmatchcase(inner, p) or fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p)
-        for p in patterns
-    )
+            yield os.path.join(dirpath, name)
 
 
 def _is_within(path: Path, root: Path) -> bool:
@@ -202,8 +206,5 @@ def get_workspace(name: object, *, path: str = "params.workspace") -> Workspace:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
