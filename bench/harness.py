@@ -1,0 +1,80 @@
+"""Shared set-up for bench sections: a private var dir and database, Django configured, the
+bench kind registered, one admiral to act as."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def setup_django(var_dir: str | None = None) -> Path:
+    """Configure Django on a fresh var dir (SQLite there unless DATABASE_URL is set)."""
+    var = Path(var_dir or tempfile.mkdtemp(prefix="hxo-bench-"))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hxo_site.settings")
+    os.environ.setdefault("SECRET_KEY", "hxo-bench-only")
+    os.environ["HXO_VAR_DIR"] = str(var)
+    os.environ.setdefault("HXO_LOG_LEVEL", "WARNING")
+    os.environ["HXO_PLUGINS"] = ",".join(
+        p for p in [os.environ.get("HXO_PLUGINS", ""), "bench.kinds"] if p
+    )
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    from bench.kinds import ensure_bench_kind
+
+    ensure_bench_kind()
+    return var
+
+
+def bench_user() -> Any:
+    from django.contrib.auth.models import Group, User
+
+    user, _ = User.objects.get_or_create(username="bench")
+    user.groups.add(Group.objects.get(name="admiral"))
+    return user
+
+
+@contextmanager
+def cluster(workers: int = 2) -> Iterator[None]:
+    from django.db import connections
+    from django_q.brokers import get_broker
+    from django_q.cluster import Cluster
+    from django_q.conf import Conf
+
+    saved = Conf.WORKERS
+    Conf.WORKERS = workers
+    connections.close_all()
+    c = Cluster(get_broker())
+    c.start()
+    try:
+        yield
+    finally:
+        c.stop()
+        Conf.WORKERS = saved
+
+
+def wait(predicate: Callable[[], bool], timeout: float = 600, poll: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("bench workload did not finish in time")
+        time.sleep(poll)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - t, result

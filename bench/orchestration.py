@@ -1,0 +1,220 @@
+"""Orchestration overhead: N no-op partitions through HXO, against N no-op django-q2 tasks on the
+same broker and cluster settings, and against the database's floor (bare claim-and-complete
+transactions, no queue). Also planning: partitioning and persisting 10k and 100k partitions
+against a raw bulk_create of the same rows.
+
+Run as `python bench/orchestration.py N [--planning 10000,100000]`; prints one JSON object.
+The database and broker come from the environment (DATABASE_URL, HXO_BROKER) like the app.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import bench_user, cluster, setup_django, timed, wait
+
+WORKERS = 2
+
+
+def hxo_throughput(n: int) -> dict[str, Any]:
+    from bench.kinds import BENCH_KIND
+    from runs_app import services
+    from runs_app.models import Run
+
+    user = bench_user()
+    plan = services.plan_create(
+        actor=user,
+        document={
+            "name": f"bench {n}",
+            "stages": [
+                {
+                    "id": "noop",
+                    "kind": BENCH_KIND,
+                    "partitioner": "bench_count",
+                    "executor": "bench_noop",
+                    "params": {"items": n},
+                }
+            ],
+        },
+    )
+    with cluster(WORKERS):
+        start = time.perf_counter()
+        run = services.run_apply(plan=plan, actor=user)
+        planned = time.perf_counter()
+        wait(lambda: Run.objects.filter(pk=run.pk, finished_at__isnull=False).exists())
+        end = time.perf_counter()
+    run.refresh_from_db()
+    assert run.state == "succeeded", run.state
+    return {
+        "partitions": n,
+        "planning_s": planned - start,
+        "execution_s": end - planned,
+        "per_second": n / (end - planned),
+    }
+
+
+def raw_q2_throughput(n: int) -> dict[str, Any]:
+    from django_q.conf import Conf
+    from django_q.models import Task
+    from django_q.tasks import async_task
+
+    Task.objects.all().delete()
+    # Keep every result so the bench can count them (the app keeps only the newest 250).
+    Conf.SAVE_LIMIT = 0
+    with cluster(WORKERS):
+        start = time.perf_counter()
+        for i in range(n):
+            async_task("bench.kinds.noop_task", i, group="bench")
+        enqueued = time.perf_counter()
+        wait(lambda: Task.objects.filter(group="bench").count() >= n, poll=0.05)
+        end = time.perf_counter()
+    return {
+        "tasks": n,
+        "enqueue_s": enqueued - start,
+        "total_s": end - start,
+        "per_second": n / (end - start),
+    }
+
+
+def _floor_worker(n_each: int, table: str) -> None:
+    from django.db import connection, transaction
+
+    connection.close()
+    pending = "pending"
+    for _ in range(n_each):
+        with transaction.atomic(), connection.cursor() as cur:
+            cur.execute(f"SELECT id, fence FROM {table} WHERE state = %s LIMIT 1", [pending])
+            row = cur.fetchone()
+            if row is None:
+                return
+            pk, fence = row
+            cur.execute(
+                f"UPDATE {table} SET state = 'running', fence = fence + 1 "
+                "WHERE id = %s AND fence = %s",
+                [pk, fence],
+            )
+            if cur.rowcount == 0:
+                continue
+        with transaction.atomic(), connection.cursor() as cur:
+            cur.execute(
+                f"UPDATE {table} SET state = 'done', output = %s WHERE id = %s AND fence = %s",
+                ['{"status": "done"}', pk, fence + 1],
+            )
+    connection.close()
+
+
+def db_floor(n: int) -> dict[str, Any]:
+    """The same number of claim-and-complete transaction pairs, by WORKERS processes."""
+    from django.db import connection
+
+    table = "hxo_bench_floor"
+    with connection.cursor() as cur:
+        cur.execute(f"DROP TABLE IF EXISTS {table}")
+        cur.execute(
+            f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, state VARCHAR(20), "
+            "fence INTEGER, output TEXT)"
+        )
+        cur.execute(f"CREATE INDEX {table}_state ON {table} (state)")
+        cur.executemany(
+            f"INSERT INTO {table} (id, state, fence) VALUES (%s, 'pending', 0)",
+            [(i,) for i in range(1, n + 1)],
+        )
+    connection.close()
+    ctx = multiprocessing.get_context("fork")
+    procs = [
+        ctx.Process(target=_floor_worker, args=(n // WORKERS + 1, table)) for _ in range(WORKERS)
+    ]
+    start = time.perf_counter()
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    end = time.perf_counter()
+    with connection.cursor() as cur:
+        cur.execute(f"SELECT COUNT(*) FROM {table} WHERE state = 'done'")
+        done = cur.fetchone()[0]
+        cur.execute(f"DROP TABLE {table}")
+    assert done == n, (done, n)
+    return {"transactions": 2 * n, "per_second": n / (end - start)}
+
+
+def planning(n: int) -> dict[str, Any]:
+    """Partition and persist n partitions (no execution) against a raw bulk_create."""
+    from bench.kinds import BENCH_KIND
+    from runs_app import execution, services
+    from runs_app.models import Partition, Run, RunStage
+
+    user = bench_user()
+    execution.wake = lambda *a, **k: None  # planning only: no workers
+    plan = services.plan_create(
+        actor=user,
+        document={
+            "name": f"plan {n}",
+            "stages": [
+                {
+                    "id": "noop",
+                    "kind": BENCH_KIND,
+                    "partitioner": "bench_count",
+                    "executor": "bench_noop",
+                    "params": {"items": n},
+                }
+            ],
+        },
+    )
+    hxo_s, run = timed(lambda: services.run_apply(plan=plan, actor=user, force_rerun=True))
+    stage = RunStage.objects.get(run=run)
+    rows = list(Partition.objects.filter(run=run).values("inputs", "fingerprints", "cas_id"))
+    raw_run = Run.objects.create(
+        plan=plan, revision=run.revision, mode="apply", state="running", digest=run.digest
+    )
+    raw_stage = RunStage.objects.create(
+        run=raw_run,
+        stage_id="noop",
+        position=0,
+        kind=stage.kind,
+        partitioner=stage.partitioner,
+        executor=stage.executor,
+        slo_ms=stage.slo_ms,
+    )
+
+    def raw() -> None:
+        Partition.objects.bulk_create(
+            (Partition(run=raw_run, stage=raw_stage, index=i, **row) for i, row in enumerate(rows)),
+            batch_size=2000,
+        )
+
+    raw_s, _ = timed(raw)
+    return {"partitions": n, "hxo_s": hxo_s, "bulk_create_s": raw_s, "ratio": hxo_s / raw_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("n", type=int)
+    parser.add_argument("--planning", default="", help="comma-separated partition counts")
+    args = parser.parse_args()
+    setup_django()
+    from django.db import connection
+
+    result: dict[str, Any] = {
+        "database": connection.vendor,
+        "broker": os.environ.get("HXO_BROKER", "orm"),
+        "workers": WORKERS,
+    }
+    result["floor"] = db_floor(args.n)
+    result["raw_django_q2"] = raw_q2_throughput(args.n)
+    result["hxo"] = hxo_throughput(args.n)
+    result["planning"] = [planning(int(n)) for n in args.planning.split(",") if n]
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
