@@ -52,7 +52,7 @@ from runs_app.kinds.files import (
     pin,
     pinned_range,
     pinned_workspace,
-    read_verified,
+    stream_verified,
 )
 from runs_app.kinds.pack import _common_workspace_params
 from runs_app.models import AssetIndexEntry
@@ -321,8 +321,8 @@ class IndexAssets(Executor):
         entries = []
         for rel, size, sha, _mode in rows:
             beat()
-            data = read_verified(ws, (rel, size, sha, _mode))
-            dims = image_size(data)
+            # JPEG frame headers may sit after large EXIF blocks: read a generous head.
+            dims = image_size(stream_verified(ws, (rel, size, sha, _mode), head=256 * 1024))
             entries.append(
                 AssetIndexEntry(
                     workspace=ws.name,
@@ -418,12 +418,12 @@ class IndexAssets(Executor):
         entries = []
         for (rel, size, sha, mode), name in plan:
             beat()
-            if not storage.exists(name):
-                data = read_verified(ws, (rel, size, sha, mode))
-                beat(force=True)
-                if publish(storage, name, ctx, lambda f, data=data: f.write(data)):
-                    copied += 1
-                    copied_bytes += size
+            entry = (rel, size, sha, mode)
+            if not storage.exists(name) and publish(
+                storage, name, ctx, lambda f, entry=entry: stream_verified(ws, entry, f)
+            ):
+                copied += 1
+                copied_bytes += size
             entries.append(
                 {
                     "source": rel,

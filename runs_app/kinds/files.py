@@ -150,6 +150,32 @@ def read_verified(ws: Workspace, entry: Sequence[Any]) -> bytes:
     return data
 
 
+def stream_verified(
+    ws: Workspace, entry: Sequence[Any], out: IO[bytes] | None = None, *, head: int = 0
+) -> bytes:
+    """Stream a pinned file (into `out`, when given) in 1 MiB chunks, checking its hash.
+
+    Returns its first `head` bytes (for header parsing) without holding the whole file in
+    memory: media files may be large. Raises `workspace_changed` on any difference; a caller
+    writing to a temporary file lets that exception remove it.
+    """
+    path = ws.open_pinned(entry[0], path="manifest.files")
+    digest = hashlib.sha256()
+    first = b""
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            if len(first) < head:
+                first += chunk[: head - len(first)]
+            digest.update(chunk)
+            size += len(chunk)
+            if out is not None:
+                out.write(chunk)
+    if size != entry[1] or digest.hexdigest() != entry[2]:
+        raise changed(entry[0])
+    return first
+
+
 class Beat:
     """Calls ctx.heartbeat() at most every `every_s` (it may write to the database)."""
 

@@ -180,3 +180,22 @@ def test_search_finds_indexed_assets_by_name_ranked_by_where_words_match(driver,
         "assets/media/order-placed.wav",
     ]
     assert search_assets("nothing-like-this") == []
+
+
+def test_staging_a_file_changed_since_partitioning_fails_and_leaves_no_copy(
+    driver, demo_copy, scratch
+):
+    from blueprints_app.registry import EXECUTORS, ComponentError
+
+    stage = assets_stage("assets.stage", buckets=["media"])
+    kind, manifest, data = driver.partition(stage)
+    with (demo_copy / "assets/media/error.wav").open("ab") as f:
+        f.write(b"\x00\x00")
+    ctx = driver.context(stage, kind, data, 0, manifest.partitions[0], dry_run=False)
+
+    with pytest.raises(ComponentError) as info:
+        EXECUTORS["index_assets"]().execute(ctx)
+
+    assert info.value.code == "workspace_changed"
+    assert not [k for k in tree_snapshot(scratch["staging"]) if "error" in k or ".tmp-" in k]
+    assert not [k for k in tree_snapshot(scratch["staging"]) if k.startswith("_manifests")]
