@@ -553,6 +553,13 @@ def _component_options(
     return options
 
 
+def _kind_help(kind: JobKind | None) -> str:
+    if kind is None:
+        return ""
+    policy = "Needs an approved dry-run before apply." if kind.require_dry_run else ""
+    return " ".join(x for x in (kind.description + ".", policy) if x).replace("..", ".")
+
+
 def stage_form(
     index: int,
     stage: dict[str, Any],
@@ -590,7 +597,7 @@ def stage_form(
             value=_display(stage.get("kind")),
             options=kind_options,
             required=True,
-            help=kind.description if kind else "",
+            help=_kind_help(kind),
         ),
         "partitioner": Field(
             path=f"{path}.partitioner",
@@ -674,7 +681,7 @@ def stage_form(
     known = schema.get("properties") or {}
     children = schema_fields(schema, params, f"{path}.params") if partitioner else []
     extra = {k: v for k, v in params.items() if k not in known}
-    if extra or (partitioner is not None and not known) or partitioner is None:
+    if extra or (partitioner is not None and not known):
         children.append(
             Field(
                 path=f"{path}.params._extra",
@@ -686,9 +693,7 @@ def stage_form(
                     "Params the partitioner's form does not show, as a JSON object."
                     if known
                     else "This partitioner declares no form; give its params as a JSON object."
-                )
-                if partitioner
-                else "Choose a partitioner to get a form for its params.",
+                ),
                 css="mono",
             )
         )
@@ -697,6 +702,7 @@ def stage_form(
         type="object",
         widget="fieldset",
         label=f"Params of {partitioner_name}" if partitioner else "Params",
+        help="" if partitioner else "Choose a partitioner to get a form for its params.",
         children=children,
     )
     return StageForm(

@@ -40,17 +40,29 @@ def hxo_nav(context: template.Context) -> dict[str, Any]:
     name = getattr(request.resolver_match, "url_name", "") or ""
     active = next((v for k, v in SECTIONS.items() if name.startswith(k)), "")
     view = has_capability(user, "view")
+    approve = has_capability(user, "approve")
     items = []
     for key, label, url, allowed in (
         ("plans", "Plans", "plans", view),
         ("runs", "Runs", "runs", view),
-        ("approvals", "Approvals", "approvals", has_capability(user, "approve")),
+        ("approvals", "Approvals", "approvals", approve),
         ("kinds", "Job kinds", "kinds", view),
         ("search", "Search", "search", view),
         ("audit", "Audit", "audit", has_capability(user, "audit")),
     ):
         if allowed:
             items.append({"key": key, "label": label, "url": reverse(url), "active": key == active})
+    if approve:
+        # How many dry-runs wait for this user: the inbox's own count, one query.
+        from runs_app.selectors import runs_awaiting_decision
+        from runs_app.services import self_approval_reason
+
+        waiting = sum(
+            1 for run in runs_awaiting_decision(user) if not self_approval_reason(run, user)
+        )
+        for item in items:
+            if item["key"] == "approvals":
+                item["badge"] = waiting
     if user.is_staff:
         items.append(
             {"key": "admin", "label": "Admin", "url": reverse("admin:index"), "active": False}

@@ -29,6 +29,12 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 RESULTS = Path(__file__).resolve().parents[2] / "test-results"
+# What issue 6 will send: the pages must work under it, so every test browses with it on
+# (a violation is a console error, and the tests fail on console errors).
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 TIMEOUT_MS = 20_000
 
 
@@ -89,11 +95,13 @@ def open_page(
     """`open_page()` → a page in a fresh browser context (its own cookies) on the live server."""
     pages: list[Any] = []
 
-    def make(*, width: int = 1280, height: int = 900) -> Any:
+    def make(*, width: int = 1280, height: int = 900, csp: bool = True) -> Any:
         context = browser.new_context(
             base_url=live_server.url, viewport={"width": width, "height": height}
         )
         context.set_default_timeout(TIMEOUT_MS)
+        if csp:
+            context.route("**/*", _with_csp)
         page = context.new_page()
         page.console_errors = []
         page.on(
@@ -114,6 +122,11 @@ def open_page(
             except Exception as exc:  # a crashed page must not hide the test's own failure
                 print(f"screenshot of page {i} failed: {exc}")
         page.context.close()
+
+
+def _with_csp(route: Any) -> None:
+    response = route.fetch(max_redirects=0)
+    route.fulfill(response=response, headers={**response.headers, "content-security-policy": CSP})
 
 
 def log_in(page: Any, username: str) -> None:

@@ -87,3 +87,24 @@ def test_every_page_renders_without_console_errors(open_page, admiral, operator)
         shoot(page, f"{name}-phone")
         page.set_viewport_size({"width": 1280, "height": 900})
     assert page.console_errors == []
+
+
+def test_the_browser_tests_run_under_a_strict_content_security_policy(open_page, viewer) -> None:
+    from tests.browser.conftest import CSP
+
+    page = open_page()
+    log_in(page, "vera")
+    response = page.goto("/")
+    assert response.headers["content-security-policy"] == CSP
+    # A page with what the policy forbids (an inline style and script): refused and reported.
+    page.route(
+        "**/csp-probe/",
+        lambda route: route.fulfill(
+            body='<p id="x" style="color: red">x</p><script>document.title = "ran"</script>',
+            headers={"content-type": "text/html", "content-security-policy": CSP},
+        ),
+    )
+    page.goto("/csp-probe/")
+    assert page.evaluate("getComputedStyle(document.getElementById('x')).color") != "rgb(255, 0, 0)"
+    assert page.title() != "ran"
+    assert any("Content Security Policy" in e for e in page.console_errors), page.console_errors

@@ -121,3 +121,10 @@ def test_actions_are_refused_without_their_capability_and_change_nothing(
         response = client_for(cast[role]).post(target, {"comment": "x"})
         assert response.status_code == 403, (role, url)
     assert (Run.objects.count(), Approval.objects.count(), AuditEvent.objects.count()) == before
+
+
+def test_the_approvals_link_counts_the_dry_runs_waiting_for_the_user(
+    client_for, approver, operator, dry_run
+) -> None:
+    assert 'data-testid="approvals-waiting">1<' in html(client_for(approver).get("/"))
+    assert "approvals-waiting" not in html(client_for(operator).get("/"))
