@@ -374,9 +374,9 @@ def schema_fields(schema: Mapping[str, Any], values: Mapping[str, Any], prefix: 
         path = f"{prefix}.{name}"
         value = values.get(name)
         default = prop.get("default")
-        help_text = " ".join(
-            x for x in (str(prop.get("description") or ""), _constraints(prop)) if x
-        )
+        description = str(prop.get("description") or "").strip()
+        limits = _constraints(prop)
+        help_text = f"{description} ({limits})" if description and limits else description or limits
         base = {
             "path": path,
             "label": _label(name, prop),
@@ -553,6 +553,18 @@ def _component_options(
     return options
 
 
+def _alternatives(schema: Mapping[str, Any]) -> str:
+    """`oneOf`/`anyOf` of required names, in words ("Give exactly one of: a, b.")."""
+    for key, words in (("oneOf", "exactly one of"), ("anyOf", "at least one of")):
+        options = schema.get(key)
+        if isinstance(options, list) and all(
+            isinstance(o, dict) and set(o) == {"required"} for o in options
+        ):
+            names = [" and ".join(o["required"]) for o in options]
+            return f"Give {words}: {', '.join(names)}."
+    return ""
+
+
 def _kind_help(kind: JobKind | None) -> str:
     if kind is None:
         return ""
@@ -702,7 +714,9 @@ def stage_form(
         type="object",
         widget="fieldset",
         label=f"Params of {partitioner_name}" if partitioner else "Params",
-        help="" if partitioner else "Choose a partitioner to get a form for its params.",
+        help=_alternatives(schema)
+        if partitioner
+        else "Choose a partitioner to get a form for its params.",
         children=children,
     )
     return StageForm(

@@ -221,8 +221,21 @@ def test_the_audit_page_filters_by_user_action_object_and_time(
     assert "plan.create</code>" in html(client.get("/audit/?until=2999-01-01T00:00"))
 
 
-def test_search_pages_show_hits_or_say_nothing_was_found(client_for, viewer) -> None:
-    body = html(client_for(viewer).get("/search/?q=nothing-like-this"))
-    assert "Nothing found" in body
-    body = html(client_for(viewer).get("/search/assets/?q=" + "x" * 201))
-    assert "Nothing found" not in body or "longer" in body
+def test_search_pages_find_what_the_index_runs_wrote(client_for, operator, viewer) -> None:
+    import json
+
+    from django.conf import settings
+
+    examples = settings.BASE_DIR / "examples" / "plans"
+    for name in ("docs-index-by-route", "assets-index-by-bucket"):
+        document = json.loads((examples / f"{name}.json").read_text())
+        plan = services.plan_create(actor=operator, document=document)
+        drain(services.run_apply(plan=plan, actor=operator))
+    client = client_for(viewer)
+    docs = html(client.get("/search/?q=deploy"))
+    assert "<mark>" in docs and "/docs/" in docs
+    partial = html(client.get("/search/?q=deploy", HTTP_HX_REQUEST="true"))
+    assert partial.lstrip().startswith('<div id="results"')
+    assets = html(client.get("/search/assets/?q=png"))
+    assert "image/png" in assets
+    assert "Nothing found" in html(client.get("/search/assets/?q=no-such-asset-anywhere"))
