@@ -458,7 +458,7 @@ def schema_fields(schema: Mapping[str, Any], values: Mapping[str, Any], prefix: 
                     type="blocks" if blocks else "lines",
                     widget="textarea",
                     value=shown,
-                    rows=6 if blocks else 3,
+                    rows=min(max(shown.count("\n") + 2, 6 if blocks else 3), 16),
                     css="mono",
                 )
             )

@@ -335,8 +335,10 @@ def plan_validate(request: HttpRequest) -> HttpResponse:
     document = posted.document
     changed = f.apply_structure_changes(document, posted.signatures, kinds)
     result = validate_plan(f.for_validation(document), user=request.user)
+    plan_id = request.POST.get("_plan", "")
+    plan = Plan.objects.filter(pk=int(plan_id)).first() if plan_id.isdigit() else None
     context = editor_context(
-        request, plan=None, document=document, result=result, problems=posted.problems, kinds=kinds
+        request, plan=plan, document=document, result=result, problems=posted.problems, kinds=kinds
     )
     context["changed"] = changed
     context["ids_changed"] = posted.rendered_ids != f.stage_ids(document)

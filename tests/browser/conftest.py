@@ -95,9 +95,13 @@ def open_page(
     """`open_page()` → a page in a fresh browser context (its own cookies) on the live server."""
     pages: list[Any] = []
 
-    def make(*, width: int = 1280, height: int = 900, csp: bool = True) -> Any:
+    def make(
+        *, width: int = 1280, height: int = 900, csp: bool = True, javascript: bool = True
+    ) -> Any:
         context = browser.new_context(
-            base_url=live_server.url, viewport={"width": width, "height": height}
+            base_url=live_server.url,
+            viewport={"width": width, "height": height},
+            java_script_enabled=javascript,
         )
         context.set_default_timeout(TIMEOUT_MS)
         if csp:

@@ -82,3 +82,34 @@ def test_json_import_is_checked_as_it_is_typed(open_page, operator) -> None:
     expect(page.get_by_test_id("json-errors")).to_contain_text("stages[0].partitioner")
     assert text.evaluate(MARKED)
     assert page.console_errors == []
+
+
+def test_without_javascript_a_plan_is_composed_saved_and_dry_run(
+    open_page, operator, tmp_path
+) -> None:
+    from runs_app import tasks
+    from runs_app.models import Run
+
+    make_test_kinds()
+    page = open_page(javascript=False)
+    log_in(page, "otto")
+    page.goto("/plans/new/")
+    page.get_by_label("Name").fill("no script")
+    page.locator("#f-stages-0-kind").select_option(TEST_KIND)
+    page.get_by_role("button", name="Update choices for the kind and partitioner").click()
+    expect(page.locator("#f-stages-0-partitioner")).to_have_value("test_items")
+    page.locator("#f-stages-0-params-items").fill("2")
+    page.locator("#f-stages-0-params-dir").fill(str(tmp_path))
+    page.get_by_test_id("save-plan").click()
+    expect(page.get_by_text("created (revision 1)")).to_be_visible()
+    page.get_by_test_id("start-dry-run").click()
+    expect(page.locator("h1")).to_contain_text("Dry-run #")
+    run = Run.objects.get()
+    tasks.drain(run.pk, budget_s=30)
+    page.reload()
+    expect(page.locator("h1 .state-awaiting_approval")).to_be_visible()
+    expect(page.get_by_test_id("run-percent")).to_have_text("100%")
+    page.get_by_label("State").select_option("succeeded")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("#partitions")).to_contain_text("would append item 1")
+    assert "state=succeeded" in page.url

@@ -366,3 +366,11 @@ def test_the_history_shows_a_readable_diff_between_revisions(op, plan, tmp_path)
     assert 'class="u-add">+' in body and 'class="u-del">-' in body
     assert "Revision 1 → 2" in body
     assert op.get(f"/plans/{plan.pk}/diff/?from=1&to=9").status_code == 404
+
+
+def test_a_stage_redrawn_by_live_validation_keeps_the_plan_s_edit_url(op, plan, tmp_path) -> None:
+    stage = echo_stage(tmp_path)
+    stage["_sig"] = "||"
+    body = html(op.post("/plans/validate/", form([stage], _plan=str(plan.pk))))
+    assert f'hx-post="/plans/{plan.pk}/edit/"' in body
+    assert 'hx-post="/plans/new/"' not in body
