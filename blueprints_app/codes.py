@@ -31,7 +31,12 @@ EMPTY_PLAN = "empty_plan"
 # Evolution.
 KIND_DEPRECATED = "kind_deprecated"  # a warning
 COMPONENT_DEPRECATED = "component_deprecated"  # a warning
-KIND_SUNSET = "kind_sunset"
+KIND_SUNSET = "kind_sunset"  # the kind, or the version a revision pins, is past its sunset
+COMPONENT_SUNSET = "component_sunset"  # a partitioner or executor past its sunset
+KIND_VERSION_OUTDATED = "kind_version_outdated"  # a warning: pinned to an older version
+INVALID_MIGRATION = "invalid_migration"  # a declared migration step is malformed
+MIGRATION_FAILED = "migration_failed"  # a stored plan cannot be migrated automatically
+UNKNOWN_VERSION = "unknown_version"
 
 # Registry entries (admin and API writes).
 INVALID_SCHEMA = "invalid_schema"
@@ -54,3 +59,11 @@ NOT_FOUND = "not_found"
 PARSE_ERROR = "parse_error"
 BODY_TOO_LARGE = "body_too_large"
 VALIDATION_FAILED = "validation_failed"
+
+# Hostile input and authentication (blueprints_app.parsers, .middleware, .authentication).
+NESTING_TOO_DEEP = "nesting_too_deep"
+INVALID_CHARACTERS = "invalid_characters"
+TOKEN_EXPIRED = "token_expired"
+INVALID_CREDENTIALS = "invalid_credentials"
+THROTTLED = "throttled"
+LOGIN_THROTTLED = "login_throttled"

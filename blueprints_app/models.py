@@ -4,7 +4,32 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.db import models
+
+# The fields of a kind that plans are written against: a change to any of them is a new
+# version of the kind (blueprints_app.services.job_kind_save). Description and deprecation are
+# facts about the kind, not about what a plan may say, so they change without a new version.
+VERSIONED_FIELDS = (
+    "partitioners",
+    "executors",
+    "allow_non_idempotent",
+    "require_dry_run",
+    "required_approvals",
+    "default_slo_ms",
+    "input_schema",
+    "output_schema",
+    "result_status",
+)
+
+
+def contract_snapshot(kind: Any) -> dict[str, Any]:
+    """The contract fields of a job kind row (live or historical model), as plain JSON."""
+    snap: dict[str, Any] = {"kind": kind.kind, "version": kind.version}
+    for field in VERSIONED_FIELDS:
+        value = getattr(kind, field)
+        snap[field] = list(value) if isinstance(value, list | tuple) else value
+    return snap
 
 
 class JobKind(models.Model):
@@ -32,6 +57,11 @@ class JobKind(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    # Not fields: set only on kinds built for a pinned older version
+    # (blueprints_app.versions.pinned_kind), so the validator can say how old the pin is.
+    current_version: int | None = None
+    version_sunset_at: Any = None
+
     class Meta:
         ordering = ["kind"]
         constraints = [
@@ -55,19 +85,49 @@ class JobKind(models.Model):
 
     def snapshot(self) -> dict[str, Any]:
         """The contract fields, as pinned into a run."""
-        return {
-            "kind": self.kind,
-            "version": self.version,
-            "partitioners": list(self.partitioners),
-            "executors": list(self.executors),
-            "allow_non_idempotent": self.allow_non_idempotent,
-            "require_dry_run": self.require_dry_run,
-            "default_slo_ms": self.default_slo_ms,
-            "input_schema": self.input_schema,
-            "output_schema": self.output_schema,
-            "result_status": self.result_status,
-            "required_approvals": self.required_approvals,
-        }
+        return contract_snapshot(self)
+
+
+class JobKindVersion(models.Model):
+    """One version of a job kind's contract, kept so that plans pinned to it keep working.
+
+    Every version has a row, the current one included, written by `job_kind_save` when the
+    version comes into being. Rows are keyed by the kind's name rather than by a foreign key:
+    a kind deleted and added again continues its numbering, so a pinned number never comes to
+    mean another contract.
+    """
+
+    kind = models.CharField(max_length=100)
+    version = models.PositiveIntegerField()
+    contract = models.JSONField(help_text="JobKind.snapshot() of this version")
+    changed_fields = models.JSONField(
+        default=list, blank=True, help_text="Contract fields that differ from the version before"
+    )
+    # Steps that take a stage written for this version to the next one, or to another kind
+    # (blueprints_app.evolution); steps registered in code for the same version run first.
+    migration = models.JSONField(default=list, blank=True)
+    # When plans still pinned to this version stop validating (kind_sunset); None: never.
+    sunset_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["kind", "version"]
+        constraints = [
+            models.UniqueConstraint(fields=["kind", "version"], name="jobkindversion_unique"),
+            models.CheckConstraint(
+                condition=models.Q(version__gte=1), name="jobkindversion_version_gte_1"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} v{self.version}"
 
 
 class Capability(models.Model):

@@ -100,7 +100,12 @@ class Partitioner:
     name: ClassVar[str]
     description: ClassVar[str] = ""
     params_schema: ClassVar[dict[str, Any]] = {"type": "object"}
+    # Lifecycle (blueprints_app.versions.component_lifecycle): deprecated or with a future
+    # sunset, stages using it validate with a warning; from `sunset_at` on (a date, an aware
+    # datetime or an ISO string) they are refused. `replaced_by` names the successor.
     deprecated: ClassVar[bool] = False
+    sunset_at: ClassVar[Any] = None
+    replaced_by: ClassVar[str] = ""
 
     @classmethod
     def get_params_schema(cls) -> dict[str, Any]:
@@ -119,7 +124,10 @@ class Executor:
     description: ClassVar[str] = ""
     idempotent: ClassVar[bool] = True
     supports_dry_run: ClassVar[bool] = True
+    # Lifecycle, as for partitioners.
     deprecated: ClassVar[bool] = False
+    sunset_at: ClassVar[Any] = None
+    replaced_by: ClassVar[str] = ""
 
     def execute(self, ctx: ExecutionContext) -> dict[str, Any]:
         """Do the work (ctx.dry_run False) or report what it would do (True) with no effect."""
@@ -166,12 +174,60 @@ def executor_choices() -> list[tuple[str, str]]:
     return [(name, name) for name in sorted(EXECUTORS)]
 
 
+PLUGIN_GROUP = "hxo.plugins"
+# Plugins loaded so far, by where they came from ("entry point linkcheck", "HXO_PLUGINS").
+PLUGINS: dict[str, str] = {}
+
+
+class PluginError(Exception):
+    """A plugin named by an entry point or HXO_PLUGINS could not be loaded."""
+
+
+def load_plugin(target: str, *, origin: str) -> None:
+    """Import `module` or `module:callable`; a callable is called once with no arguments.
+
+    Importing is what registers: a plugin module decorates its classes with
+    `register_partitioner` / `register_executor` like the built-in ones do.
+    """
+    import importlib
+
+    if target in PLUGINS:
+        return
+    module_name, _, attr = target.partition(":")
+    try:
+        loaded: Any = importlib.import_module(module_name.strip())
+        for part in filter(None, attr.strip().split(".")):
+            loaded = getattr(loaded, part)
+        if attr and callable(loaded):
+            loaded()
+    except Exception as exc:  # a plugin may fail any way; name it so the fix is obvious
+        raise PluginError(f"HXO plugin {target!r} ({origin}) failed to load: {exc}") from exc
+    PLUGINS[target] = origin
+
+
+def plugin_entry_points() -> list[Any]:
+    from importlib.metadata import entry_points
+
+    return sorted(entry_points(group=PLUGIN_GROUP), key=lambda ep: ep.name)
+
+
 def autodiscover() -> None:
-    """Import the built-in components and the plugins named in settings.HXO_PLUGINS."""
+    """Import the built-in components, then the plugins: installed packages declaring an
+    entry point in the `hxo.plugins` group, and the modules named in settings.HXO_PLUGINS.
+
+    A plugin that fails to import stops HXO at start-up with ImproperlyConfigured: running
+    with half a registry would refuse plans with misleading `unknown_partitioner` errors.
+    """
     import importlib
 
     from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
 
     importlib.import_module("runs_app.kinds")
-    for module in getattr(settings, "HXO_PLUGINS", []):
-        importlib.import_module(module)
+    try:
+        for ep in plugin_entry_points():
+            load_plugin(ep.value, origin=f"entry point {ep.name!r}")
+        for module in getattr(settings, "HXO_PLUGINS", []):
+            load_plugin(module, origin="HXO_PLUGINS")
+    except PluginError as exc:
+        raise ImproperlyConfigured(str(exc)) from exc

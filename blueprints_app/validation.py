@@ -22,6 +22,7 @@ from blueprints_app import codes
 from blueprints_app.capabilities import has_capability
 from blueprints_app.models import JobKind
 from blueprints_app.registry import EXECUTORS, PARTITIONERS
+from blueprints_app.versions import component_lifecycle, kinds_at
 
 STAGE_FIELDS = {
     "id",
@@ -154,19 +155,62 @@ def load_kinds() -> dict[str, JobKind]:
 
 
 def _deprecation(result: ValidationResult, path: str, kind: JobKind) -> None:
-    if not kind.deprecated and kind.sunset_at is None:
-        return
+    """The kind's lifecycle, then the pinned version's (when a revision pins an older one)."""
+    now = timezone.now()
     replacement = f"; use {kind.replaced_by}" if kind.replaced_by else ""
-    if kind.sunset_at is not None and kind.sunset_at <= timezone.now():
+    if kind.sunset_at is not None and kind.sunset_at <= now:
         result.error(
             path,
             codes.KIND_SUNSET,
             f"job kind {kind.kind!r} was sunset on {kind.sunset_at:%Y-%m-%d}{replacement}",
         )
-    elif kind.deprecated:
+        return
+    if kind.deprecated or kind.sunset_at is not None:
+        # A sunset date is a deprecation with a deadline, flagged or not.
         when = f" and will be sunset on {kind.sunset_at:%Y-%m-%d}" if kind.sunset_at else ""
         result.warn(
             path, codes.KIND_DEPRECATED, f"job kind {kind.kind!r} is deprecated{when}{replacement}"
+        )
+    current = kind.current_version
+    if current is None or kind.version >= current:
+        return
+    migrate = "migrate the plan (manage.py hxo_migrate_plans, or save it again)"
+    sunset_at = kind.version_sunset_at
+    if sunset_at is not None and sunset_at <= now:
+        result.error(
+            path,
+            codes.KIND_SUNSET,
+            f"version {kind.version} of {kind.kind!r} was sunset on {sunset_at:%Y-%m-%d} "
+            f"(current: {current}); {migrate}",
+        )
+    else:
+        until = f"; it will be sunset on {sunset_at:%Y-%m-%d}" if sunset_at else ""
+        result.warn(
+            path,
+            codes.KIND_VERSION_OUTDATED,
+            f"written against version {kind.version} of {kind.kind!r} (current: {current})"
+            f"{until}; {migrate}",
+        )
+
+
+def _component_lifecycle(result: ValidationResult, path: str, what: str, cls: type) -> None:
+    life = component_lifecycle(cls)
+    if not life.announced:
+        return
+    replacement = f"; use {life.replaced_by}" if life.replaced_by else ""
+    if life.sunset:
+        assert life.sunset_at is not None
+        result.error(
+            path,
+            codes.COMPONENT_SUNSET,
+            f"{what} {cls.name!r} was sunset on {life.sunset_at:%Y-%m-%d}{replacement}",
+        )
+    else:
+        when = f" and will be sunset on {life.sunset_at:%Y-%m-%d}" if life.sunset_at else ""
+        result.warn(
+            path,
+            codes.COMPONENT_DEPRECATED,
+            f"{what} {cls.name!r} is deprecated{when}{replacement}",
         )
 
 
@@ -243,11 +287,9 @@ def validate_stage(
                 f"partitioner {partitioner!r} is not allowed for {kind.kind}; "
                 f"allowed: {', '.join(kind.partitioners)}",
             )
-        elif PARTITIONERS[partitioner].deprecated:
-            result.warn(
-                f"{path}.partitioner",
-                codes.COMPONENT_DEPRECATED,
-                f"partitioner {partitioner!r} is deprecated",
+        else:
+            _component_lifecycle(
+                result, f"{path}.partitioner", "partitioner", PARTITIONERS[partitioner]
             )
 
     # Rule 3: the executor is registered and allowed for the kind.
@@ -265,12 +307,8 @@ def validate_stage(
                 f"executor {executor!r} is not allowed for {kind.kind}; "
                 f"allowed: {', '.join(kind.executors)}",
             )
-        elif EXECUTORS[executor].deprecated:
-            result.warn(
-                f"{path}.executor",
-                codes.COMPONENT_DEPRECATED,
-                f"executor {executor!r} is deprecated",
-            )
+        else:
+            _component_lifecycle(result, f"{path}.executor", "executor", EXECUTORS[executor])
 
     # Params against the partitioner's declared schema.
     params = stage.get("params", {})
@@ -361,8 +399,15 @@ def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
     return None
 
 
-def validate_plan(plan: Any, *, user: Any = None) -> ValidationResult:
-    """A whole plan document `{"name", "description"?, "stages": [...]}`."""
+def validate_plan(
+    plan: Any, *, user: Any = None, pinned_versions: Mapping[str, Any] | None = None
+) -> ValidationResult:
+    """A whole plan document `{"name", "description"?, "stages": [...]}`.
+
+    `pinned_versions` ({kind: version}, a stored revision's `kind_versions`) validates the
+    document against the versions it was written for rather than the current ones, while
+    those are not sunset (blueprints_app.versions). Documents being written have no pins.
+    """
     result = ValidationResult()
     if not isinstance(plan, dict):
         result.error("plan", codes.INVALID_TYPE, "a plan must be a JSON object")
@@ -404,7 +449,7 @@ def validate_plan(plan: Any, *, user: Any = None) -> ValidationResult:
         )
         return result
 
-    kinds = load_kinds()
+    kinds = kinds_at(pinned_versions, load_kinds()) if pinned_versions else load_kinds()
     seen: dict[str, int] = {}
     graph: dict[str, list[str]] = {}
     for i, stage in enumerate(stages):
