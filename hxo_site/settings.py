@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "blueprints_app.middleware.SecurityHeadersMiddleware",
+    # Before anything reads a body: an oversized one is refused unread (413).
+    "blueprints_app.middleware.RequestSizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -127,6 +131,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "blueprints_app.middleware.RefusalAuditMiddleware",
 ]
 
 ROOT_URLCONF = "hxo_site.urls"
@@ -198,6 +203,12 @@ CACHES: dict[str, Any] = {
         "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
         "LOCATION": str(VAR_DIR / "cache" / "q"),
     },
+    # Login and token-endpoint throttles (blueprints_app.throttling): shared by the processes
+    # of a host here, by every host through Redis in scaled mode.
+    "hxo-throttle": {
+        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+        "LOCATION": str(VAR_DIR / "cache" / "throttle"),
+    },
     # The module registry written by warm_registry (deploy.prime).
     "hxo-registry": {
         "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
@@ -206,7 +217,7 @@ CACHES: dict[str, Any] = {
     },
 }
 if HXO_BROKER == "redis":
-    for _alias in ("hxo-q", "hxo-registry"):
+    for _alias in ("hxo-q", "hxo-registry", "hxo-throttle"):
         CACHES[_alias] = {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
@@ -231,7 +242,9 @@ Q_CLUSTER: dict[str, Any] = {
     "catch_up": False,
     "recycle": 200,
     "save_limit": 250,
-    "poll": 0.2,
+    # The ORM broker polls its queue when idle; a short poll keeps wake-up latency low and
+    # costs one indexed read per interval.
+    "poll": 0.05,
     "cache": "hxo-q",
     "label": "Task queue",
 }
@@ -252,6 +265,15 @@ HXO_DRAIN_BUDGET_S = env_int("HXO_DRAIN_BUDGET_S", 60, minimum=1)
 HXO_RECONCILE_EVERY_MIN = env_int("HXO_RECONCILE_EVERY_MIN", 1, minimum=1)
 HXO_ALLOW_SELF_APPROVAL = env_bool("HXO_ALLOW_SELF_APPROVAL", False)
 HXO_MAX_BODY_BYTES = env_int("HXO_MAX_BODY_BYTES", 1_048_576, minimum=1024)
+HXO_TOKEN_TTL_DAYS = env_int("HXO_TOKEN_TTL_DAYS", 90, minimum=1)
+HXO_LOGIN_MAX_FAILURES = env_int("HXO_LOGIN_MAX_FAILURES", 10, minimum=1)
+HXO_LOGIN_WINDOW_S = env_int("HXO_LOGIN_WINDOW_S", 300, minimum=1)
+HXO_TOKEN_RATE = env_str("HXO_TOKEN_RATE", "10/minute").strip()
+if not re.fullmatch(r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)", HXO_TOKEN_RATE):
+    raise ImproperlyConfigured(
+        f"HXO_TOKEN_RATE must be <number>/<second|minute|hour|day>, got {HXO_TOKEN_RATE!r}"
+    )
+HXO_BEHIND_PROXY = env_bool("HXO_BEHIND_PROXY", False)
 HXO_WORKSPACES = {
     name: str(Path(path).resolve())
     for name, path in env_mapping(
@@ -284,7 +306,7 @@ REST_FRAMEWORK = {
     # Token first: DRF takes the 401 challenge (WWW-Authenticate) from the first class, so
     # anonymous API requests get 401 rather than 403. Sessions (browser, CSRF) still work.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "blueprints_app.authentication.ExpiringTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -292,6 +314,11 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "blueprints_app.api_errors.exception_handler",
+    # JSON only: malformed, over-deep and unstorable bodies are 400s with a code, not 500s.
+    "DEFAULT_PARSER_CLASSES": ["blueprints_app.parsers.SafeJSONParser"],
+    # Throttles key on REMOTE_ADDR, or on the address the one trusted proxy saw: never on an
+    # X-Forwarded-For the client wrote itself.
+    "NUM_PROXIES": 1 if HXO_BEHIND_PROXY else 0,
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
@@ -326,9 +353,22 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = HXO_MAX_BODY_BYTES
 
 SESSION_COOKIE_SECURE = env_bool("HXO_SECURE_COOKIES", not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SESSION_COOKIE_HTTPONLY = True
 SECURE_HSTS_SECONDS = env_int("HXO_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("HXO_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("HXO_HSTS_PRELOAD", False)
+# Off by default so that plain-HTTP development and tests work; production turns it on, or
+# lets the TLS-terminating proxy redirect.
+SECURE_SSL_REDIRECT = env_bool("HXO_SSL_REDIRECT", False)
+if HXO_BEHIND_PROXY:
+    # Only behind a proxy that sets this header itself: otherwise a client could claim HTTPS.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+# Audits a signed-in user's state-changing request refused for a missing CSRF token.
+CSRF_FAILURE_VIEW = "blueprints_app.middleware.csrf_failure"
 
 LOGGING = {
     "version": 1,

@@ -49,6 +49,11 @@ class WorkspaceFile:
 class Workspace:
     name: str
     root: Path  # resolved (no symlinks), absolute
+    # Directories already resolved and confined by open_pinned (relative → real path). A
+    # Workspace lives for one partitioning or one execution, so the cache does too.
+    _dirs: dict[str, str] = dataclasses.field(
+        default_factory=dict, compare=False, repr=False, hash=False
+    )
 
     def check_relative(self, rel: str, *, path: str) -> PurePosixPath:
         """`rel` as a normalised relative path, or ComponentError(path_escape)."""
@@ -153,8 +158,26 @@ class Workspace:
         """Re-check a path pinned at partition time before an executor reads it.
 
         The file may have become a symlink (or been replaced) since the manifest was made.
+        Each directory is resolved once per Workspace (realpath costs a stat per component,
+        per file otherwise); the file itself is checked every time, and a file that is a
+        symlink goes through the full resolution.
         """
-        return self.resolve(rel, path=path)
+        pure = self.check_relative(rel, path=path)
+        if not pure.parts:
+            return self.resolve(rel, path=path)
+        parent = "/".join(pure.parts[:-1]) or "."
+        real_parent = self._dirs.get(parent)
+        if real_parent is None:
+            real_parent = str(self.resolve(parent, path=path))
+            self._dirs[parent] = real_parent
+        full = os.path.join(real_parent, pure.name)
+        try:
+            st = os.lstat(full)
+        except OSError:
+            return self.resolve(rel, path=path)  # raises the precise error
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
+            return self.resolve(rel, path=path)
+        return Path(full)
 
 
 def _glob_regex(patterns: Sequence[str]) -> re.Pattern[str] | None:

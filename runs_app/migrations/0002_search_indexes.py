@@ -31,6 +31,9 @@ SQLITE_FORWARD = [
         VALUES (new.id, new.title, new.headings, new.body);
     END""",
     f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES ('rebuild')",
+    # The `rank` column with this persistent setting (title 10, headings 4, body 1) sorts
+    # about twice as fast as calling bm25() in ORDER BY.
+    f"INSERT INTO {FTS_TABLE}({FTS_TABLE}, rank) VALUES ('rank', 'bm25(10.0, 4.0, 1.0)')",
 ]
 SQLITE_REVERSE = [
     "DROP TRIGGER IF EXISTS runs_app_docpage_fts_ai",
