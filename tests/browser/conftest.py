@@ -125,6 +125,8 @@ def open_page(
                 page.screenshot(path=str(RESULTS / f"{name}-{i}.png"), full_page=True)
             except Exception as exc:  # a crashed page must not hide the test's own failure
                 print(f"screenshot of page {i} failed: {exc}")
+        # Requests still in flight through the CSP route must not fail the next test.
+        page.context.unroute_all(behavior="ignoreErrors")
         page.context.close()
 
 
