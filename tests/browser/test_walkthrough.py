@@ -84,6 +84,9 @@ def test_operator_composes_dry_runs_and_applies_after_approval(
         ap.get_by_role("navigation", name="Main").get_by_role("link", name="Approvals").click()
         ap.get_by_role("link", name=f"Review dry-run #{dry.pk}").click()
         expect(ap.locator("#partitions")).to_contain_text("would append item 0")
+        # A partition's full preview opens in its row.
+        ap.locator("#partitions details.p-detail summary").first.click()
+        expect(ap.locator("#partitions .p-detail-body pre").first).to_contain_text('"item": 0')
         ap.get_by_label("Comment on your decision").fill("looks right")
         ap.get_by_test_id("approve").click()
         expect(ap.get_by_text(f"Approved dry-run #{dry.pk}")).to_be_visible()
