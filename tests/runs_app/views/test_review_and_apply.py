@@ -239,3 +239,10 @@ def test_search_pages_find_what_the_index_runs_wrote(client_for, operator, viewe
     assets = html(client.get("/search/assets/?q=png"))
     assert "image/png" in assets
     assert "Nothing found" in html(client.get("/search/assets/?q=no-such-asset-anywhere"))
+
+
+def test_the_refusal_page_links_back_only_within_the_site(client_for, operator, plan) -> None:
+    for back in ("//evil.example/", "/\\evil.example/", "https://evil.example/"):
+        body = html(client_for(operator).post(f"/plans/{plan.pk}/apply/", {"back": back}))
+        assert "evil.example" not in body
+        assert f'href="/plans/{plan.pk}/"' in body
