@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import generics, status, viewsets
+from rest_framework.decorators import action
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -13,19 +15,23 @@ from rest_framework.views import APIView
 
 from blueprints_app import codes
 from blueprints_app.api_errors import ApiError
-from blueprints_app.models import JobKind
+from blueprints_app.models import JobKind, JobKindVersion
 from blueprints_app.permissions import RegistryAdmin, capability_required
 from blueprints_app.registry import EXECUTORS, PARTITIONERS
 from blueprints_app.serializers import (
     ErrorSerializer,
     ExecutorSerializer,
     JobKindSerializer,
+    JobKindVersionSerializer,
+    JobKindVersionUpdateSerializer,
     PartitionerSerializer,
     ValidateRequestSerializer,
     ValidationResultSerializer,
+    validation_error,
 )
-from blueprints_app.services import job_kind_delete
+from blueprints_app.services import JobKindInvalid, job_kind_delete, job_kind_version_update
 from blueprints_app.validation import validate_plan, validate_stage
+from blueprints_app.versions import component_lifecycle
 
 ERRORS = {
     400: OpenApiResponse(ErrorSerializer, description="Invalid request; see `errors`"),
@@ -74,6 +80,62 @@ class JobKindViewSet(viewsets.ModelViewSet):
     def perform_destroy(self, instance: JobKind) -> None:
         job_kind_delete(job_kind=instance, user=self.request.user)
 
+    @extend_schema(
+        summary="Versions of a job kind, oldest first, the current one included",
+        responses={200: JobKindVersionSerializer(many=True), 404: ErrorSerializer, **READ_ERRORS},
+    )
+    @action(detail=True, methods=["get"], url_path="versions", pagination_class=None)
+    def versions(self, request: Request, kind: str) -> Response:
+        job_kind = self.get_object()
+        rows = JobKindVersion.objects.filter(kind=job_kind.kind).select_related("created_by")
+        context = {"current_version": job_kind.version}
+        return Response(JobKindVersionSerializer(rows, many=True, context=context).data)
+
+    @extend_schema(
+        methods=["GET"],
+        summary="One version of a job kind",
+        responses={200: JobKindVersionSerializer, 404: ErrorSerializer, **READ_ERRORS},
+    )
+    @extend_schema(
+        methods=["PATCH"],
+        summary="Sunset an older version, or declare how plans migrate off it (registry admins)",
+        request=JobKindVersionUpdateSerializer,
+        responses={200: JobKindVersionSerializer, 404: ErrorSerializer, **ERRORS},
+    )
+    @action(detail=True, methods=["get", "patch"], url_path=r"versions/(?P<version>[0-9]+)")
+    def version(self, request: Request, kind: str, version: str) -> Response:
+        job_kind = self.get_object()
+        row = get_object_or_404(JobKindVersion, kind=job_kind.kind, version=int(version))
+        if request.method == "PATCH":
+            body = request.data if isinstance(request.data, dict) else None
+            unknown = sorted(set(body or {}) - {"sunset_at", "migration"})
+            if body is None or unknown:
+                raise ApiError(
+                    'The body is {"sunset_at"?, "migration"?}.',
+                    code=codes.UNKNOWN_FIELD if unknown else codes.INVALID_TYPE,
+                    errors=[
+                        {"path": k, "code": codes.UNKNOWN_FIELD, "message": "unknown field"}
+                        for k in unknown
+                    ],
+                )
+            data = JobKindVersionUpdateSerializer(data=body)
+            data.is_valid(raise_exception=True)
+            try:
+                row = job_kind_version_update(row=row, user=request.user, **data.validated_data)
+            except JobKindInvalid as exc:
+                raise validation_error(exc.result) from None
+        context = {"current_version": job_kind.version}
+        return Response(JobKindVersionSerializer(row, context=context).data)
+
+
+def _lifecycle(cls: type) -> dict[str, Any]:
+    life = component_lifecycle(cls)
+    return {
+        "deprecated": life.deprecated,
+        "sunset_at": life.sunset_at,
+        "replaced_by": life.replaced_by,
+    }
+
 
 def _partitioner_rows() -> list[dict[str, Any]]:
     return [
@@ -81,7 +143,7 @@ def _partitioner_rows() -> list[dict[str, Any]]:
             "name": name,
             "description": cls.description,
             "params_schema": cls.get_params_schema(),
-            "deprecated": cls.deprecated,
+            **_lifecycle(cls),
         }
         for name, cls in sorted(PARTITIONERS.items())
     ]
@@ -94,7 +156,7 @@ def _executor_rows() -> list[dict[str, Any]]:
             "description": cls.description,
             "idempotent": cls.idempotent,
             "supports_dry_run": cls.supports_dry_run,
-            "deprecated": cls.deprecated,
+            **_lifecycle(cls),
         }
         for name, cls in sorted(EXECUTORS.items())
     ]

@@ -8,6 +8,7 @@ from typing import Any
 
 from blueprints_app.capabilities import CAPABILITIES, ROLES
 from blueprints_app.contract import contract_kinds
+from blueprints_app.models import VERSIONED_FIELDS, contract_snapshot
 
 CAPABILITY_LABELS = {
     "plan": "author and edit plans",
@@ -30,16 +31,46 @@ def _apps(apps: Any) -> Any:
 
 
 def load_contract(apps: Any = None, *, reset: bool = False) -> list[str]:
-    """Create the contract's kinds that are missing (or overwrite them with `reset`)."""
-    JobKind = _apps(apps).get_model("blueprints_app", "JobKind")
+    """Create the contract's kinds that are missing (or overwrite them with `reset`), each
+    with the history row of its version.
+
+    Like `job_kind_save`, which migrations cannot call: a reset that changes a contract field
+    is a new version, and a kind deleted and loaded again continues its numbering. Migration
+    0002 runs before the history table exists; 0004 fills it in for what 0002 loaded.
+    """
+    registry = _apps(apps)
+    JobKind = registry.get_model("blueprints_app", "JobKind")
+    try:
+        History = registry.get_model("blueprints_app", "JobKindVersion")
+    except LookupError:
+        History = None
     created = []
     for entry in contract_kinds():
-        if reset:
-            _, was_created = JobKind.objects.update_or_create(kind=entry["kind"], defaults=entry)
-        else:
-            _, was_created = JobKind.objects.get_or_create(kind=entry["kind"], defaults=entry)
-        if was_created or reset:
-            created.append(entry["kind"])
+        name = entry["kind"]
+        row = JobKind.objects.filter(kind=name).first()
+        last = History.objects.filter(kind=name).order_by("-version").first() if History else None
+        changed: list[str] = []
+        if row is None:
+            row = JobKind.objects.create(**entry, version=last.version + 1 if last else 1)
+            created.append(name)
+        elif reset:
+            changed = [f for f in VERSIONED_FIELDS if getattr(row, f) != entry[f]]
+            if changed and History is not None:
+                History.objects.get_or_create(
+                    kind=name, version=row.version, defaults={"contract": contract_snapshot(row)}
+                )
+            if changed:
+                row.version = max(row.version, last.version if last else 0) + 1
+            for field, value in entry.items():
+                setattr(row, field, value)
+            row.save()
+            created.append(name)
+        if History is not None:
+            History.objects.get_or_create(
+                kind=name,
+                version=row.version,
+                defaults={"contract": contract_snapshot(row), "changed_fields": changed},
+            )
     return created
 
 

@@ -61,6 +61,7 @@ class JobKind(models.Model):
     # (blueprints_app.versions.pinned_kind), so the validator can say how old the pin is.
     current_version: int | None = None
     version_sunset_at: Any = None
+    safety_tightened: bool = False
 
     class Meta:
         ordering = ["kind"]

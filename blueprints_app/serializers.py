@@ -12,7 +12,7 @@ from rest_framework import serializers
 from rest_framework.exceptions import ErrorDetail
 
 from blueprints_app import codes
-from blueprints_app.models import JobKind
+from blueprints_app.models import JobKind, JobKindVersion
 from blueprints_app.services import (
     JOB_KIND_CHECKED_FIELDS,
     JobKindInvalid,
@@ -105,11 +105,48 @@ class JobKindSerializer(serializers.ModelSerializer):
             raise validation_error(exc.result) from None
 
 
+class JobKindVersionSerializer(serializers.ModelSerializer):
+    """One version of a kind: its contract, what changed from the version before, when plans
+    pinned to it stop running (`sunset_at`) and the steps that migrate them (`migration`)."""
+
+    current = serializers.SerializerMethodField()
+    created_by = serializers.SerializerMethodField()
+
+    class Meta:
+        model = JobKindVersion
+        fields = [
+            "kind",
+            "version",
+            "current",
+            "contract",
+            "changed_fields",
+            "sunset_at",
+            "migration",
+            "created_by",
+            "created_at",
+        ]
+
+    def get_current(self, obj: JobKindVersion) -> bool:
+        return self.context.get("current_version") == obj.version
+
+    def get_created_by(self, obj: JobKindVersion) -> str | None:
+        return obj.created_by.get_username() if obj.created_by else None
+
+
+class JobKindVersionUpdateSerializer(serializers.Serializer):
+    """The writable fields of a version (registry admins); the contract itself is history."""
+
+    sunset_at = serializers.DateTimeField(required=False, allow_null=True)
+    migration = serializers.JSONField(required=False)
+
+
 class PartitionerSerializer(serializers.Serializer):
     name = serializers.CharField()
     description = serializers.CharField()
     params_schema = serializers.JSONField()
     deprecated = serializers.BooleanField()
+    sunset_at = serializers.DateTimeField(allow_null=True)
+    replaced_by = serializers.CharField(allow_blank=True)
 
 
 class ExecutorSerializer(serializers.Serializer):
@@ -118,6 +155,8 @@ class ExecutorSerializer(serializers.Serializer):
     idempotent = serializers.BooleanField()
     supports_dry_run = serializers.BooleanField()
     deprecated = serializers.BooleanField()
+    sunset_at = serializers.DateTimeField(allow_null=True)
+    replaced_by = serializers.CharField(allow_blank=True)
 
 
 class ValidateRequestSerializer(serializers.Serializer):

@@ -1,7 +1,9 @@
 """Writes to the job-kind registry and to users' roles.
 
-Every registry write (admin, API, `hxo_load_registry`) goes through `job_kind_save` and
-`job_kind_delete`, so that versioning and auditing of registry edits have one place to live.
+Every registry write (admin, API, `hxo_load_registry`, `hxo_registry import`) goes through
+`job_kind_save` and `job_kind_delete`, so that versioning of registry edits has one place to
+live: a change to a contract field (`models.VERSIONED_FIELDS`) makes a new version, and every
+version's contract is kept in `JobKindVersion` for the plans pinned to it.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractUser, Group
 from django.db import transaction
+from django.db.models import Max
 
+from blueprints_app import codes
 from blueprints_app.capabilities import ROLES
-from blueprints_app.models import JobKind
+from blueprints_app.models import VERSIONED_FIELDS, JobKind, JobKindVersion, contract_snapshot
 from blueprints_app.validation import ValidationResult, validate_job_kind
 
 # The fields validate_job_kind reads; callers merge their edits over the stored values.
@@ -41,20 +45,124 @@ def job_kind_data(job_kind: JobKind) -> dict[str, Any]:
     return {field: getattr(job_kind, field) for field in JOB_KIND_CHECKED_FIELDS}
 
 
+def _invalid(path: str, code: str, message: str) -> JobKindInvalid:
+    result = ValidationResult()
+    result.error(path, code, message)
+    return JobKindInvalid(result)
+
+
+def _author(user: Any) -> Any:
+    return user if getattr(user, "is_authenticated", False) else None
+
+
+def contract_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The contract fields that differ between two snapshots, in VERSIONED_FIELDS order."""
+    return [f for f in VERSIONED_FIELDS if before.get(f) != after.get(f)]
+
+
+def latest_history_version(kind: str) -> int:
+    return JobKindVersion.objects.filter(kind=kind).aggregate(m=Max("version"))["m"] or 0
+
+
 @transaction.atomic
 def job_kind_save(
-    *, job_kind: JobKind, user: Any = None, changed_fields: Iterable[str] = ()
+    *,
+    job_kind: JobKind,
+    user: Any = None,
+    changed_fields: Iterable[str] = (),
+    version: int | None = None,
 ) -> JobKind:
-    """Validate and store a new or edited job kind.
+    """Validate and store a new or edited job kind, versioning contract changes.
 
-    `changed_fields` names what the edit changed. Nothing is bumped yet: versioning (a later
-    issue) increments `job_kind.version` here when a contract field is among them.
+    What changed is worked out against the stored row, so no caller can forget a field;
+    `changed_fields` (what a form or serializer saw change) is not needed for that. A change to
+    a contract field makes a new version: the version before keeps its history row, and the new
+    one gets its own. A new kind starts at 1, or after the last version of a deleted kind of the
+    same name, so an old pin never means a different contract.
+
+    `version` is for imports: the version number the exported registry had, kept so that
+    revisions pinned elsewhere mean the same here. It may not go backwards.
     """
     result = validate_job_kind(job_kind_data(job_kind))
     if not result.valid:
         raise JobKindInvalid(result)
+    stored = (
+        JobKind.objects.select_for_update().filter(pk=job_kind.pk).first()
+        if job_kind.pk is not None
+        else None
+    )
+    last = latest_history_version(job_kind.kind)
+    previous = contract_snapshot(stored) if stored is not None else None
+    if previous is None:
+        changed = list(VERSIONED_FIELDS)
+        floor = last + 1
+    else:
+        changed = contract_changes(previous, contract_snapshot(job_kind))
+        floor = max(stored.version, last) + 1 if changed else stored.version
+    if version is not None:
+        if version < floor:
+            raise _invalid(
+                "version",
+                codes.INVALID_VALUE,
+                f"version {version} of {job_kind.kind} would go backwards: "
+                f"the registry needs at least {floor}",
+            )
+        floor = version
+    job_kind.version = floor
     job_kind.save()
+    if stored is not None and previous is not None and job_kind.version != stored.version:
+        # The version before may predate history (rows written outside this service).
+        JobKindVersion.objects.get_or_create(
+            kind=stored.kind, version=stored.version, defaults={"contract": previous}
+        )
+    JobKindVersion.objects.get_or_create(
+        kind=job_kind.kind,
+        version=job_kind.version,
+        defaults={
+            "contract": contract_snapshot(job_kind),
+            "changed_fields": [] if stored is None else changed,
+            "created_by": _author(user),
+        },
+    )
     return job_kind
+
+
+@transaction.atomic
+def job_kind_version_update(
+    *,
+    row: JobKindVersion,
+    user: Any = None,
+    sunset_at: Any = ...,
+    migration: Any = ...,
+) -> JobKindVersion:
+    """Set when an older version stops running, or the steps that migrate plans off it.
+
+    Only what is passed changes. The current version cannot be sunset here (sunset the kind,
+    which stops every version): a version's own sunset is the grace period of plans that still
+    pin it after a newer one was published.
+    """
+    from blueprints_app.evolution import check_steps
+
+    current = JobKind.objects.filter(kind=row.kind).values_list("version", flat=True).first()
+    result = ValidationResult()
+    if sunset_at is not ...:
+        if sunset_at is not None and current is not None and row.version >= current:
+            result.error(
+                "sunset_at",
+                codes.INVALID_VALUE,
+                f"version {row.version} is the current version of {row.kind}: set the kind's "
+                "own sunset_at instead",
+            )
+        else:
+            row.sunset_at = sunset_at
+    if migration is not ...:
+        result.errors.extend(check_steps(migration, kind=row.kind, path="migration"))
+        if not result.errors:
+            row.migration = migration
+    if not result.valid:
+        raise JobKindInvalid(result)
+    row.save(update_fields=["sunset_at", "migration"])
+    return row
 
 
 @transaction.atomic

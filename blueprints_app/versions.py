@@ -51,12 +51,19 @@ def pinned_kind(current: JobKind, row: JobKindVersion) -> JobKind:
     )
     for field in VERSIONED_FIELDS:
         setattr(kind, field, contract.get(field, getattr(current, field)))
+    pinned_policy = safety_policy(kind)
     kind.allow_non_idempotent = bool(kind.allow_non_idempotent and current.allow_non_idempotent)
     kind.require_dry_run = bool(kind.require_dry_run or current.require_dry_run)
     kind.required_approvals = max(kind.required_approvals, current.required_approvals)
     kind.current_version = current.version
     kind.version_sunset_at = row.sunset_at
+    kind.safety_tightened = safety_policy(kind) != pinned_policy
     return kind
+
+
+def safety_policy(kind: JobKind) -> list[Any]:
+    """What a pin may never weaken: [allow_non_idempotent, require_dry_run, approvals]."""
+    return [kind.allow_non_idempotent, kind.require_dry_run, kind.required_approvals]
 
 
 def kinds_at(

@@ -28,7 +28,9 @@ from runs_app.serializers import (
     ApplySerializer,
     AuditEventSerializer,
     CommentSerializer,
+    MigrateRequestSerializer,
     PartitionSerializer,
+    PlanMigrationSerializer,
     PlanSerializer,
     PlanWriteSerializer,
     ReceiptSerializer,
@@ -62,6 +64,7 @@ def api_error(exc: ServiceError) -> ApiError:
 
 
 def _object_body(request: Request) -> dict[str, Any]:
+    # No body reads as {} (a dict); `null`, `[]` or a string is a mistake, not "no body".
     if not isinstance(request.data, dict):
         raise ApiError("the body must be a JSON object", code=codes.INVALID_TYPE)
     return request.data
@@ -184,6 +187,36 @@ class PlanRevisions(generics.ListAPIView):
         return super().get(request, *args, **kwargs)
 
 
+class PlanMigrate(APIView):
+    """Bring the latest revision to the current kind versions (a new revision), or report
+    what that would change with `{"dry_run": true}`."""
+
+    permission_classes = [capability_required("plan")]
+
+    @extend_schema(
+        summary="Migrate the plan to the current kind versions",
+        request=MigrateRequestSerializer,
+        responses={200: PlanMigrationSerializer, **ERRORS, **CONFLICT},
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        plan = get_object_or_404(Plan, pk=pk)
+        # An empty body parses to an empty QueryDict (a dict); `[]` or `null` are refused.
+        body = _object_body(request)
+        _refuse_unknown(body, {"dry_run"})
+        data = MigrateRequestSerializer(data=body)
+        data.is_valid(raise_exception=True)
+        try:
+            report = services.plan_migrate(
+                plan=plan,
+                actor=request.user,
+                dry_run=data.validated_data["dry_run"],
+                client_ip=client_ip(request),
+            )
+        except ServiceError as exc:
+            raise api_error(exc) from exc
+        return Response(report.as_dict())
+
+
 class PlanDryRun(APIView):
     permission_classes = [capability_required("submit")]
 
@@ -218,7 +251,7 @@ class PlanApply(APIView):
     )
     def post(self, request: Request, pk: int) -> Response:
         plan = get_object_or_404(Plan, pk=pk)
-        body = _object_body(request) if request.data else {}
+        body = _object_body(request)
         _refuse_unknown(body, {"dry_run", "force_rerun"})
         data = ApplySerializer(data=body)
         data.is_valid(raise_exception=True)
@@ -316,7 +349,7 @@ def _action_view(capability: str, action: Any, summary: str, with_comment: bool)
             run = get_object_or_404(Run, pk=pk)
             kwargs: dict[str, Any] = {}
             if with_comment:
-                body = _object_body(request) if request.data else {}
+                body = _object_body(request)
                 _refuse_unknown(body, {"comment"})
                 data = CommentSerializer(data=body)
                 data.is_valid(raise_exception=True)

@@ -12,6 +12,7 @@ urlpatterns = [
     path("plans/<int:pk>/revisions/", api.PlanRevisions.as_view(), name="plan-revisions"),
     path("plans/<int:pk>/dry-run/", api.PlanDryRun.as_view(), name="plan-dry-run"),
     path("plans/<int:pk>/apply/", api.PlanApply.as_view(), name="plan-apply"),
+    path("plans/<int:pk>/migrate/", api.PlanMigrate.as_view(), name="plan-migrate"),
     path("runs/", api.RunList.as_view(), name="run-list"),
     path("runs/<int:pk>/", api.RunDetail.as_view(), name="run-detail"),
     path("runs/<int:pk>/partitions/", api.RunPartitions.as_view(), name="run-partitions"),

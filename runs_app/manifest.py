@@ -3,6 +3,11 @@
 The manifest is what partitioners make of a revision right now: partitions with inputs and
 content fingerprints. The digest covers the revision, the kinds' versions and the manifest, so
 an approval bound to it stops covering the plan as soon as anything it read has changed.
+
+A revision resolves under the kind versions it pins (`PlanRevision.kind_versions`, see
+blueprints_app.versions): publishing a newer version does not change what an older revision
+means, but a safety policy tightened since is part of the digest, so it does make an approval
+given under the looser policy stale.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from blueprints_app.registry import (
     PartitionSpec,
     get_partitioner,
 )
-from blueprints_app.validation import load_kinds, schema_validator
+from blueprints_app.validation import schema_validator
+from blueprints_app.versions import kinds_at, safety_policy
 from runs_app import hashing
 from runs_app.errors import ServiceError
 from runs_app.models import Partition, PlanRevision, Run, RunStage
@@ -86,8 +92,10 @@ def _stage_digest_lines(stage_id: str, data: dict[str, Any], specs: list[Partiti
 def resolve_manifest(
     revision: PlanRevision, kinds: dict[str, JobKind] | None = None
 ) -> ResolvedManifest:
-    """Run every stage's partitioner; refuse with a clear code and path on any problem."""
-    kinds = kinds if kinds is not None else load_kinds()
+    """Run every stage's partitioner; refuse with a clear code and path on any problem.
+
+    `kinds` defaults to the registry at the versions the revision pins."""
+    kinds = kinds if kinds is not None else kinds_at(revision.kind_versions)
     stages = revision.stages
     resolved: dict[int, ResolvedStage] = {}
     total = 0
@@ -175,8 +183,11 @@ def resolve_manifest(
 
     ordered = [resolved[i] for i in range(len(stages))]
     kind_versions = {rs.kind.kind: rs.kind.version for rs in ordered}
+    # Only when a pin's policy was tightened, so that every other digest stays as it was.
+    tightened = {rs.kind.kind: safety_policy(rs.kind) for rs in ordered if rs.kind.safety_tightened}
     h = hashlib.sha256()
-    h.update(hashing.canonical_json([revision.digest, kind_versions]).encode())
+    head: list[Any] = [revision.digest, kind_versions, *([tightened] if tightened else [])]
+    h.update(hashing.canonical_json(head).encode())
     for rs in ordered:
         h.update(_stage_digest_lines(rs.stage_id, rs.data, rs.specs))
     return ResolvedManifest(

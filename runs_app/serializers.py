@@ -221,3 +221,32 @@ class ReceiptSerializer(serializers.Serializer):
     recorded_merkle_root = serializers.CharField()
     stages = ReceiptStageSerializer(many=True)
     verified = serializers.BooleanField()
+
+
+class MigrateRequestSerializer(serializers.Serializer):
+    dry_run = serializers.BooleanField(
+        default=False, help_text="Report what would change and write nothing"
+    )
+
+
+class MigrationChangeSerializer(serializers.Serializer):
+    stage = serializers.CharField(help_text="Stage id; empty for a change of version pins")
+    op = serializers.CharField()
+    message = serializers.CharField()
+
+
+class PlanMigrationSerializer(serializers.Serializer):
+    """What POST /api/v1/plans/{id}/migrate/ did or would do (PlanMigration.as_dict)."""
+
+    plan = serializers.IntegerField()
+    name = serializers.CharField()
+    status = serializers.ChoiceField(
+        choices=["up_to_date", "would_migrate", "migrated", "needs_attention"]
+    )
+    dry_run = serializers.BooleanField()
+    from_revision = serializers.IntegerField()
+    revision = serializers.IntegerField(allow_null=True, help_text="The new revision, if any")
+    kind_versions = serializers.JSONField(help_text='{"from": {kind: v}, "to": {kind: v}}')
+    changes = MigrationChangeSerializer(many=True)
+    errors = serializers.ListField(child=serializers.DictField())
+    warnings = serializers.ListField(child=serializers.DictField())

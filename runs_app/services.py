@@ -6,6 +6,7 @@ actor's capabilities itself, so no caller can forget to.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from django.conf import settings
@@ -13,8 +14,10 @@ from django.db import IntegrityError, transaction
 
 from blueprints_app import codes
 from blueprints_app.capabilities import has_capability
+from blueprints_app.evolution import DocumentMigration, migrate_document
 from blueprints_app.registry import EXECUTORS
 from blueprints_app.validation import ValidationResult, load_kinds, validate_plan
+from blueprints_app.versions import kinds_at
 from runs_app import execution
 from runs_app.audit import audit
 from runs_app.errors import ServiceError
@@ -161,6 +164,95 @@ def plan_update(
     return revision
 
 
+@dataclasses.dataclass
+class PlanMigration:
+    """What `plan_migrate` did (or, on a dry-run, would do) to one plan."""
+
+    plan: Plan
+    from_revision: PlanRevision
+    migration: DocumentMigration
+    dry_run: bool
+    revision: PlanRevision | None = None  # the new revision, when one was written
+
+    @property
+    def status(self) -> str:
+        if not self.migration.changed:
+            return "up_to_date"
+        if not self.migration.valid:
+            return "needs_attention"
+        return "would_migrate" if self.dry_run else "migrated"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "plan": self.plan.pk,
+            "name": self.plan.name,
+            "status": self.status,
+            "dry_run": self.dry_run,
+            "from_revision": self.from_revision.number,
+            "revision": self.revision.number if self.revision else None,
+            "kind_versions": {"from": self.migration.pinned, "to": self.migration.kind_versions},
+            "changes": [c.as_dict() for c in self.migration.changes],
+            "errors": [i.as_dict() for i in self.migration.result.errors],
+            "warnings": [i.as_dict() for i in self.migration.result.warnings],
+        }
+
+
+def plan_migrate(
+    *, plan: Plan, actor: Any, dry_run: bool = False, client_ip: str | None = None
+) -> PlanMigration:
+    """Bring the plan's latest revision to the current kind versions as a new revision.
+
+    The declared migration steps (blueprints_app.evolution) rewrite the document; the result
+    must validate against the current registry or nothing is written (`migration_failed`,
+    409, with the errors). A plan whose only change is its pins still gets a new revision:
+    pins are what it runs under. The new revision has a new run digest (the versions are part
+    of it), so no approval of an earlier dry-run covers it. `dry_run` reports and writes
+    nothing.
+    """
+    _require(actor, "plan")
+    with transaction.atomic():
+        locked = plan if dry_run else Plan.objects.select_for_update().get(pk=plan.pk)
+        previous = locked.revisions.get(number=locked.latest_number)
+        migration = migrate_document(previous.document, previous.kind_versions)
+        report = PlanMigration(
+            plan=locked, from_revision=previous, migration=migration, dry_run=dry_run
+        )
+        if dry_run or not migration.changed:
+            return report
+        if not migration.valid:
+            raise ServiceError(
+                f"plan {plan.pk} cannot be migrated automatically: the result is not valid",
+                code=codes.MIGRATION_FAILED,
+                status=409,
+                errors=[i.as_dict() for i in migration.result.errors],
+                extra={"changes": [c.as_dict() for c in migration.changes]},
+            )
+        summary = "; ".join(c.message for c in migration.changes)
+        revision = _new_revision(
+            locked, _normalise(migration.document), actor, f"migrated: {summary}"
+        )
+        report.revision = revision
+        audit(
+            actor=actor,
+            action="plan.migrate",
+            obj=locked,
+            client_ip=client_ip,
+            before={
+                "revision": previous.number,
+                "digest": previous.digest,
+                "kind_versions": previous.kind_versions,
+            },
+            after={
+                "revision": revision.number,
+                "digest": revision.digest,
+                "kind_versions": revision.kind_versions,
+            },
+            detail={"changes": [c.as_dict() for c in migration.changes]},
+        )
+    plan.refresh_from_db()
+    return report
+
+
 # --- Runs -----------------------------------------------------------------------------------
 
 
@@ -177,10 +269,24 @@ def _existing_for_key(actor: Any, key: str | None, plan: Plan, mode: str) -> Run
     return run
 
 
+SUNSET_CODES = (codes.KIND_SUNSET, codes.COMPONENT_SUNSET)
+
+
 def _check_submit(actor: Any, revision: PlanRevision) -> None:
+    """The revision validates under the kind versions it pins; a sunset kind, version or
+    component refuses the run with its own code (409): the plan was valid, the registry moved
+    on, and the way out is `plan_migrate` or an edit."""
     _require(actor, "submit")
-    result = validate_plan(revision.document, user=actor)
+    result = validate_plan(revision.document, user=actor, pinned_versions=revision.kind_versions)
     if not result.valid:
+        sunset = [i for i in result.errors if i.code in SUNSET_CODES]
+        if sunset:
+            raise ServiceError(
+                sunset[0].message,
+                code=sunset[0].code,
+                status=409,
+                errors=[i.as_dict() for i in result.errors],
+            )
         raise _invalid(result)
 
 
@@ -360,7 +466,7 @@ def run_apply(
         return existing
     revision = plan.latest_revision
     _check_submit(actor, revision)
-    kinds = load_kinds()
+    kinds = kinds_at(revision.kind_versions)
     needs = sorted({s["kind"] for s in revision.stages if kinds[s["kind"]].require_dry_run})
     dry_run: Run | None = None
     if dry_run_id is not None:

@@ -36,7 +36,14 @@ def test_every_contract_partitioner_is_listed_with_a_valid_params_schema(client)
     rows = {row["name"]: row for row in response.json()["results"]}
     assert set(rows) >= CONTRACT_PARTITIONERS
     for name in CONTRACT_PARTITIONERS:
-        assert set(rows[name]) == {"name", "description", "params_schema", "deprecated"}
+        assert set(rows[name]) == {
+            "name",
+            "description",
+            "params_schema",
+            "deprecated",
+            "sunset_at",
+            "replaced_by",
+        }
         assert check_schema(rows[name]["params_schema"]) is None
 
 
@@ -53,6 +60,8 @@ def test_every_contract_executor_is_listed_with_its_idempotency(client):
             "idempotent",
             "supports_dry_run",
             "deprecated",
+            "sunset_at",
+            "replaced_by",
         }
         assert isinstance(rows[name]["idempotent"], bool)
         assert rows[name]["supports_dry_run"] is True
