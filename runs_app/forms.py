@@ -162,7 +162,7 @@ def document_from_post(data: QueryDict) -> EditorInput:
     document: dict[str, Any] = {
         "name": top.get("name", ""),
         "description": top.get("description", ""),
-        "stages": [_stage_defaults(stages[i]) for i in ordered],
+        "stages": [stage_defaults(stages[i]) for i in ordered],
     }
     # Paths in problems name the posted index; renumber them to the stage's position.
     renumber = {old: new for new, old in enumerate(ordered)}
@@ -184,7 +184,7 @@ def _renumber(issue: Issue, mapping: Mapping[int, int]) -> Issue:
     return Issue(path, issue.code, issue.message)
 
 
-def _stage_defaults(stage: dict[str, Any]) -> dict[str, Any]:
+def stage_defaults(stage: dict[str, Any]) -> dict[str, Any]:
     out = {"id": stage.get("id", ""), "kind": stage.get("kind", "")}
     out["partitioner"] = stage.get("partitioner", "")
     out["executor"] = stage.get("executor", "")

@@ -27,7 +27,15 @@ from runs_app import forms as f
 from runs_app import selectors, services
 from runs_app.errors import ServiceError
 from runs_app.models import Plan, PlanRevision, Run, RunState
-from runs_app.views.common import client_ip, is_partial_request, page, paginate, refusal, require
+from runs_app.views.common import (
+    client_ip,
+    is_partial_request,
+    page,
+    paginate,
+    query_without_page,
+    refusal,
+    require,
+)
 
 EDITOR = "hxo/plans/editor.html"
 NEEDS_PLAN = "this page needs the hxo:plan capability"
@@ -55,6 +63,7 @@ def plan_list(request: HttpRequest) -> HttpResponse:
     context = {
         "plans": paginate(request, plans),
         "q": q,
+        "query": query_without_page(request),
         "can_plan": has_capability(request.user, "plan"),
     }
     return page(request, "hxo/plans/list.html", context, partial="results")
@@ -209,7 +218,7 @@ def blank_document() -> dict[str, Any]:
 
 def _editor_document(revision: PlanRevision) -> dict[str, Any]:
     document = copy.deepcopy(revision.document)
-    document["stages"] = [f._stage_defaults(s) for s in document.get("stages", [])]
+    document["stages"] = [f.stage_defaults(s) for s in document.get("stages", [])]
     return document
 
 
@@ -387,7 +396,7 @@ def plan_json(request: HttpRequest, pk: int | None = None) -> HttpResponse:
     if problem is None and action == "edit" and isinstance(document, dict):
         editable = copy.deepcopy(document)
         stages = editable.get("stages") if isinstance(editable.get("stages"), list) else []
-        editable["stages"] = [f._stage_defaults(s) for s in stages if isinstance(s, dict)]
+        editable["stages"] = [f.stage_defaults(s) for s in stages if isinstance(s, dict)]
         editable.setdefault("name", "")
         editable.setdefault("description", "")
         result = validate_plan(f.for_validation(editable), user=request.user)
