@@ -39,6 +39,7 @@ _DRF_CODES = {
     exceptions.NotFound: codes.NOT_FOUND,
     exceptions.ParseError: codes.PARSE_ERROR,
 }
+_SPECIFIC_CODES = {codes.TOKEN_EXPIRED, codes.LOGIN_THROTTLED}
 
 
 def _flatten(detail: Any, prefix: str = "") -> list[dict[str, str]]:
@@ -77,12 +78,23 @@ def _flatten(detail: Any, prefix: str = "") -> list[dict[str, str]]:
     return out
 
 
+def _audit_refusal(exc: Exception, context: dict[str, Any]) -> None:
+    """Every refusal of a privileged action leaves an audit event (PRODUCT.md: every state
+    change is audited; an attempt refused is as telling as one let through)."""
+    from blueprints_app.middleware import audit_refusal
+
+    request = context.get("request")
+    if request is not None and isinstance(exc, exceptions.PermissionDenied):
+        audit_refusal(request._request, reason=str(exc.detail), surface="api")
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     # Django's own exceptions (get_object_or_404...) as DRF's, so that they get their code.
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
+    _audit_refusal(exc, context)
     if isinstance(exc, ApiError):
         body = {"detail": str(exc.detail), "code": exc.error_code, "errors": exc.errors}
         body.update(exc.extra)
@@ -97,8 +109,13 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             "errors": _flatten(exc.detail),
         }
         return response
-    code = next((c for t, c in _DRF_CODES.items() if isinstance(exc, t)), None)
     detail = exc.detail if isinstance(exc, exceptions.APIException) else str(exc)
+    own_code = getattr(detail, "code", None)
+    # A specific code raised on purpose (token_expired, login_throttled) beats the generic one.
+    if own_code in _SPECIFIC_CODES:
+        code: str | None = own_code
+    else:
+        code = next((c for t, c in _DRF_CODES.items() if isinstance(exc, t)), None)
     if code is None:
         code = getattr(detail, "code", None) or "error"
     response.data = {"detail": str(detail), "code": code, "errors": []}

@@ -62,6 +62,7 @@ VALIDATION_FAILED = "validation_failed"
 
 # Hostile input and authentication (blueprints_app.parsers, .middleware, .authentication).
 NESTING_TOO_DEEP = "nesting_too_deep"
+UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
 INVALID_CHARACTERS = "invalid_characters"
 TOKEN_EXPIRED = "token_expired"
 INVALID_CREDENTIALS = "invalid_credentials"

@@ -124,6 +124,7 @@ MIDDLEWARE = [
     "blueprints_app.middleware.SecurityHeadersMiddleware",
     # Before anything reads a body: an oversized one is refused unread (413).
     "blueprints_app.middleware.RequestSizeLimitMiddleware",
+    "blueprints_app.middleware.ApiJsonBodyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -316,6 +317,8 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "blueprints_app.api_errors.exception_handler",
     # JSON only: malformed, over-deep and unstorable bodies are 400s with a code, not 500s.
     "DEFAULT_PARSER_CLASSES": ["blueprints_app.parsers.SafeJSONParser"],
+    # DRF's test client would post multipart, which the API does not take.
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
     # Throttles key on REMOTE_ADDR, or on the address the one trusted proxy saw: never on an
     # X-Forwarded-For the client wrote itself.
     "NUM_PROXIES": 1 if HXO_BEHIND_PROXY else 0,

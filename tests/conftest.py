@@ -23,6 +23,20 @@ def _fast_password_hashing(settings) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_throttles(settings, request: pytest.FixtureRequest) -> None:
+    # Login and token throttles count per client address, and every test client is
+    # 127.0.0.1: each test gets its own empty counters instead of the shared file or Redis
+    # cache (where one test's failures would lock out the next).
+    settings.CACHES = {
+        **settings.CACHES,
+        "hxo-throttle": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "LOCATION": f"throttle-{request.node.nodeid}",
+        },
+    }
+
+
 # --- The cast ----------------------------------------------------------------------------
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from rest_framework.authtoken.models import Token
 
+from blueprints_app.authentication import token_for
 from blueprints_app.capabilities import ROLES
 from blueprints_app.services import user_set_role
 
@@ -45,7 +45,8 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         summary = f"{'Created' if created else 'Updated'} user {user.username!r} with role {role}"
         if options["token"]:
-            token, _ = Token.objects.get_or_create(user=user)
+            # An expired token is replaced: printing a key the API refuses helps nobody.
+            token = token_for(user)
             self.stderr.write(summary)
             self.stdout.write(token.key)
         else:

@@ -114,13 +114,18 @@ def test_actions_are_refused_without_their_capability_and_change_nothing(
     from runs_app.models import Approval, AuditEvent, Run
 
     target = url.format(plan=plan.pk, dry=dry_run.pk, applied=applied.pk)
-    before = (Run.objects.count(), Approval.objects.count(), AuditEvent.objects.count())
+    # Refusals are audited themselves (refused.*); nothing else may change.
+    changes = AuditEvent.objects.exclude(action__startswith="refused.")
+    before = (Run.objects.count(), Approval.objects.count(), changes.count())
+    refused = 0
     for role, caps in CAPS.items():
         if capability in caps:
             continue
         response = client_for(cast[role]).post(target, {"comment": "x"})
         assert response.status_code == 403, (role, url)
-    assert (Run.objects.count(), Approval.objects.count(), AuditEvent.objects.count()) == before
+        refused += 1
+    assert (Run.objects.count(), Approval.objects.count(), changes.count()) == before
+    assert AuditEvent.objects.filter(action="refused.permission_denied").count() == refused
 
 
 def test_the_approvals_link_counts_the_dry_runs_waiting_for_the_user(

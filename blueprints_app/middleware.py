@@ -1,0 +1,169 @@
+"""Site-wide guards that no view should have to remember.
+
+- `SecurityHeadersMiddleware`: a Content-Security-Policy that allows this site's own scripts,
+  styles and images only (no inline code: the dashboard and the API docs have none), framing
+  by nobody, and a Permissions-Policy switching off device APIs HXO never uses.
+- `RequestSizeLimitMiddleware`: bodies over HXO_MAX_BODY_BYTES get 413 `body_too_large`
+  before anything reads them. DRF reads the request stream itself, past Django's
+  DATA_UPLOAD_MAX_MEMORY_SIZE check, so the declared Content-Length is checked here.
+- `ApiJsonBodyMiddleware`: a state-changing API request's body is JSON or nothing. It is
+  parsed here with the API's own parser, so that a malformed, over-deep or unstorable body is
+  a 400 (and a non-JSON one a 415) on every endpoint, even one that never reads its body.
+- `RefusalAuditMiddleware`: a dashboard view refusing a signed-in user a state-changing
+  request (PermissionDenied on POST...) writes an audit event; the API's exception handler
+  does the same for API views.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from blueprints_app import codes
+
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        # Swagger UI's stylesheet embeds its icons as data: URIs.
+        "img-src 'self' data:",
+        "font-src 'self'",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
+PERMISSIONS_POLICY = "camera=(), microphone=(), geolocation=(), payment=(), usb=()"
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class SecurityHeadersMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        response.headers.setdefault("Permissions-Policy", PERMISSIONS_POLICY)
+        return response
+
+
+def body_too_large(request: HttpRequest) -> HttpResponse:
+    limit = settings.HXO_MAX_BODY_BYTES
+    message = f"The request body is larger than {limit} bytes (HXO_MAX_BODY_BYTES)."
+    if request.path.startswith("/api/"):
+        return JsonResponse(
+            {"detail": message, "code": codes.BODY_TOO_LARGE, "errors": []}, status=413
+        )
+    return HttpResponse(message, status=413, content_type="text/plain; charset=utf-8")
+
+
+class RequestSizeLimitMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        try:
+            declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            declared = 0  # Django reads an unparsable length as an empty body too
+        if declared > settings.HXO_MAX_BODY_BYTES:
+            return body_too_large(request)
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        # Form posts are measured by Django itself when a view reads request.POST.
+        if isinstance(exception, RequestDataTooBig):
+            return body_too_large(request)
+        return None
+
+
+class ApiJsonBodyMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path.startswith("/api/") and request.method in UNSAFE_METHODS:
+            refusal = self._refusal(request)
+            if refusal is not None:
+                return refusal
+        return self.get_response(request)
+
+    @staticmethod
+    def _refusal(request: HttpRequest) -> HttpResponse | None:
+        from blueprints_app.api_errors import ApiError
+        from blueprints_app.parsers import SafeJSONParser
+
+        body = request.body  # bounded: RequestSizeLimitMiddleware ran first
+        if not body:
+            return None
+        if request.content_type != "application/json":
+            return JsonResponse(
+                {
+                    "detail": f"Unsupported media type {request.content_type!r}: send JSON.",
+                    "code": codes.UNSUPPORTED_MEDIA_TYPE,
+                    "errors": [],
+                },
+                status=415,
+            )
+        try:
+            SafeJSONParser().parse(
+                io.BytesIO(body), parser_context={"encoding": request.encoding or "utf-8"}
+            )
+        except ApiError as exc:
+            return JsonResponse(
+                {"detail": str(exc.detail), "code": exc.error_code, "errors": exc.errors},
+                status=exc.status_code,
+            )
+        return None
+
+
+def audit_refusal(request: HttpRequest, *, reason: str, surface: str) -> None:
+    """An audit event for a signed-in user refused a state-changing request."""
+    from runs_app.audit import audit
+
+    user = getattr(request, "user", None)
+    if request.method not in UNSAFE_METHODS or not getattr(user, "is_authenticated", False):
+        return
+    match = getattr(request, "resolver_match", None)
+    audit(
+        actor=user,
+        action=f"refused.{codes.PERMISSION_DENIED}",
+        object_type="endpoint",
+        object_id=match.view_name if match else request.path[:200],
+        client_ip=request.META.get("REMOTE_ADDR"),
+        detail={
+            "method": request.method,
+            "path": request.path[:500],
+            "surface": surface,
+            "reason": reason[:500],
+        },
+    )
+
+
+class RefusalAuditMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> None:
+        if isinstance(exception, PermissionDenied):
+            audit_refusal(request, reason=str(exception), surface="dashboard")
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """CSRF_FAILURE_VIEW: Django's 403 page, and an audit event when a signed-in user's
+    state-changing request lacked a valid token (what a cross-site forgery looks like)."""
+    from django.views.csrf import csrf_failure as django_csrf_failure
+
+    audit_refusal(request, reason=f"CSRF: {reason}", surface="csrf")
+    return django_csrf_failure(request, reason)
