@@ -353,6 +353,8 @@ STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "staticroot"
 DATA_UPLOAD_MAX_MEMORY_SIZE = HXO_MAX_BODY_BYTES
+# The plan editor posts about 20 fields per stage: a plan at the stage limit must fit.
+DATA_UPLOAD_MAX_NUMBER_FIELDS = max(1000, HXO_MAX_STAGES * 100)
 
 SESSION_COOKIE_SECURE = env_bool("HXO_SECURE_COOKIES", not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
