@@ -85,7 +85,14 @@ def _audit_refusal(exc: Exception, context: dict[str, Any]) -> None:
 
     request = context.get("request")
     if request is not None and isinstance(exc, exceptions.PermissionDenied):
-        audit_refusal(request._request, reason=str(exc.detail), surface="api")
+        user = None
+        if str(exc.detail).startswith("CSRF Failed"):
+            # DRF dropped the session user when the CSRF check failed; the session still
+            # names whose browser was used, which is what the audit should say.
+            from django.contrib.auth import get_user
+
+            user = get_user(request._request)
+        audit_refusal(request._request, reason=str(exc.detail), surface="api", user=user)
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:

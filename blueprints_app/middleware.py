@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
@@ -125,11 +126,11 @@ class ApiJsonBodyMiddleware:
         return None
 
 
-def audit_refusal(request: HttpRequest, *, reason: str, surface: str) -> None:
+def audit_refusal(request: HttpRequest, *, reason: str, surface: str, user: Any = None) -> None:
     """An audit event for a signed-in user refused a state-changing request."""
     from runs_app.audit import audit
 
-    user = getattr(request, "user", None)
+    user = user or getattr(request, "user", None)
     if request.method not in UNSAFE_METHODS or not getattr(user, "is_authenticated", False):
         return
     match = getattr(request, "resolver_match", None)

@@ -160,9 +160,7 @@ def test_unknown_fields_are_refused_with_their_names(url_name, fields, ctx, clie
     ],
     ids=repr,
 )
-def test_a_plan_with_mistyped_or_unknown_stage_fields_is_refused(
-    stage_patch, ctx, clients
-) -> None:
+def test_a_plan_with_mistyped_or_unknown_stage_fields_is_refused(stage_patch, ctx, clients) -> None:
     document = ctx["plan_document"]
     stage = {**document["stages"][0], **stage_patch}
     before = snapshot()
