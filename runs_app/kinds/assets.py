@@ -22,7 +22,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from django.core.files.storage import Storage, storages
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from blueprints_app.registry import (
@@ -243,6 +243,30 @@ class ByAssetBucket(Partitioner):
         )
 
 
+_UPSERT_COLUMNS = (
+    "workspace, path, name, bucket, size, sha256, media_type, width, height, indexed_at, "
+    "run_id, partition_id"
+)
+_UPSERT_SQL = (
+    f"INSERT INTO {AssetIndexEntry._meta.db_table} ({_UPSERT_COLUMNS}) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (workspace, path) DO UPDATE SET name = excluded.name, "
+    "bucket = excluded.bucket, size = excluded.size, sha256 = excluded.sha256, "
+    "media_type = excluded.media_type, width = excluded.width, height = excluded.height, "
+    "indexed_at = excluded.indexed_at, run_id = excluded.run_id, "
+    "partition_id = excluded.partition_id"
+)
+
+
+def _upsert(entries: Sequence[tuple[Any, ...]], now: Any, run_id: int, partition_id: int) -> None:
+    """Upsert by the stable id (workspace, path): a second delivery rewrites the rows with the
+    same values instead of adding any. One statement for the whole partition (SQLite and
+    PostgreSQL share the ON CONFLICT syntax); the ORM's bulk upsert cost more than the hashing."""
+    stamp = AssetIndexEntry._meta.get_field("indexed_at").get_db_prep_save(now, connection)
+    with connection.cursor() as cursor:
+        cursor.executemany(_UPSERT_SQL, [(*e, stamp, run_id, partition_id) for e in entries])
+
+
 def staged_name(root_rel: str, rel: str, sha: str) -> str:
     """`<path under root>/<stem>.<first 16 hex of sha256><suffix>`: cache-busting names."""
     path = PurePosixPath(rel)
@@ -324,19 +348,16 @@ class IndexAssets(Executor):
             # JPEG frame headers may sit after large EXIF blocks: read a generous head.
             dims = image_size(stream_verified(ws, (rel, size, sha, _mode), head=256 * 1024))
             entries.append(
-                AssetIndexEntry(
-                    workspace=ws.name,
-                    path=rel,
-                    name=PurePosixPath(rel).name,
-                    bucket=bucket_of(rel),
-                    size=size,
-                    sha256=sha,
-                    media_type=media_type(rel),
-                    width=dims[0] if dims else None,
-                    height=dims[1] if dims else None,
-                    indexed_at=now,
-                    run_id=ctx.run_id,
-                    partition_id=ctx.partition_id,
+                (
+                    ws.name,
+                    rel,
+                    PurePosixPath(rel).name,
+                    bucket_of(rel),
+                    size,
+                    sha,
+                    media_type(rel),
+                    dims[0] if dims else None,
+                    dims[1] if dims else None,
                 )
             )
         with transaction.atomic():
@@ -346,33 +367,14 @@ class IndexAssets(Executor):
                 removed, _ = AssetIndexEntry.objects.filter(
                     workspace=ws.name, path__in=stale
                 ).delete()
-            # Upsert by the stable id (workspace, path): a second delivery rewrites the rows
-            # with the same values instead of adding any.
-            AssetIndexEntry.objects.bulk_create(
-                entries,
-                update_conflicts=True,
-                unique_fields=["workspace", "path"],
-                update_fields=[
-                    "name",
-                    "bucket",
-                    "size",
-                    "sha256",
-                    "media_type",
-                    "width",
-                    "height",
-                    "indexed_at",
-                    "run_id",
-                    "partition_id",
-                ],
-                batch_size=500,
-            )
+            _upsert(entries, now, ctx.run_id, ctx.partition_id)
             beat(force=True)  # LeaseLost here rolls the upsert back
         return {
             "status": "indexed",
             "bucket": bucket,
             "assets_indexed": len(entries),
-            "bytes": sum(e.size for e in entries),
-            "images_measured": sum(e.width is not None for e in entries),
+            "bytes": sum(e[4] for e in entries),
+            "images_measured": sum(e[7] is not None for e in entries),
             "removed": removed,
         }
 
