@@ -21,7 +21,7 @@ MANAGE := DEBUG=$${DEBUG:-1} $(PY) manage.py
 # (a later issue); until then `make demo` is a no-op.
 DEMO_COMMAND := runs_app/management/commands/hxo_demo.py
 
-.PHONY: setup run test lint demo ci
+.PHONY: setup run test lint demo ci registry-docs
 
 setup: $(DEPS_STAMP) $(HTMX)
 	@$(MANAGE) migrate --noinput
@@ -53,6 +53,14 @@ run: setup
 
 test: setup
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# docs/registry.md from a freshly migrated registry (SQLite in a temporary HXO_VAR_DIR), so it
+# documents the registry as shipped rather than this machine's edits; a test fails when it is
+# out of date.
+registry-docs: $(DEPS_STAMP)
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	export DATABASE_URL= HXO_VAR_DIR="$$tmp" && \
+	$(MANAGE) migrate --noinput -v0 && $(MANAGE) hxo_registry docs
 
 lint: $(DEPS_STAMP)
 	$(BIN)/ruff check .

@@ -15,14 +15,19 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.forms.fields import InvalidJSONInput
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 
 from blueprints_app import registry
-from blueprints_app.models import JobKind
+from blueprints_app.capabilities import can_edit_registry
+from blueprints_app.models import JobKind, JobKindVersion
 from blueprints_app.services import (
     JOB_KIND_CHECKED_FIELDS,
+    check_version_update,
     job_kind_data,
     job_kind_delete,
     job_kind_save,
+    job_kind_version_update,
 )
 from blueprints_app.validation import validate_job_kind
 
@@ -138,16 +143,48 @@ class JobKindAdmin(admin.ModelAdmin):
         ("Schemas", {"fields": ["input_schema", "output_schema"]}),
         (
             "Evolution",
-            {"fields": ["version", "deprecated", "sunset_at", "replaced_by"]},
+            {
+                "fields": ["version", "deprecated", "sunset_at", "replaced_by", "versions"],
+                "description": "A change to a component, safety, SLO, schema or result field "
+                "is saved as a new version; plans keep running under the version they pin "
+                "until it is sunset. Deprecation and sunset of the kind apply to every version.",
+            },
         ),
         ("History", {"fields": ["created_at", "updated_at"], "classes": ["collapse"]}),
     ]
 
     def get_readonly_fields(self, request: HttpRequest, obj: JobKind | None = None) -> list[str]:
-        readonly = ["version", "created_at", "updated_at"]
+        readonly = ["version", "versions", "created_at", "updated_at"]
         if obj is not None:
             readonly.append("kind")  # plans refer to kinds by name
         return readonly
+
+    @admin.display(description="Versions")
+    def versions(self, obj: JobKind) -> str:
+        rows = JobKindVersion.objects.filter(kind=obj.kind).order_by("-version")
+        if not obj.pk or not rows:
+            return "none yet"
+        return format_html(
+            "<ul>{}</ul>",
+            format_html_join(
+                "",
+                '<li><a href="{}">v{}</a> {} {}</li>',
+                (
+                    (
+                        reverse("admin:blueprints_app_jobkindversion_change", args=[row.pk]),
+                        row.version,
+                        ("(current) " if row.version == obj.version else "")
+                        + (
+                            f"changed: {', '.join(row.changed_fields)}"
+                            if row.changed_fields
+                            else "first version"
+                        ),
+                        f"· sunset {row.sunset_at:%Y-%m-%d}" if row.sunset_at else "",
+                    )
+                    for row in rows
+                ),
+            ),
+        )
 
     @admin.display(description="Partitioners")
     def partitioner_names(self, obj: JobKind) -> str:
@@ -178,3 +215,91 @@ class JobKindAdmin(admin.ModelAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[JobKind]) -> None:
         for obj in queryset:
             job_kind_delete(job_kind=obj, user=request.user)
+
+
+class JobKindVersionForm(forms.ModelForm):
+    migration = PrettyJSONField(
+        required=False,
+        help_text="Steps that take a stage written for this version to the next one, or to "
+        'another kind, e.g. [{"op": "rename_partitioner", "from": "a", "to": "b"}] '
+        "(see blueprints_app/evolution.py for every op).",
+    )
+
+    class Meta:
+        model = JobKindVersion
+        fields = ["sunset_at", "migration"]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if cleaned.get("migration") is None:
+            cleaned["migration"] = []
+        result = check_version_update(
+            self.instance,
+            sunset_at=cleaned.get("sunset_at"),
+            migration=cleaned["migration"],
+        )
+        for issue in result.errors:
+            field = issue.path.split("[", 1)[0].split(".", 1)[0]
+            if field in self.fields and field not in self.errors:
+                self.add_error(field, f"{issue.path}: {issue.message}")
+        return cleaned
+
+
+@admin.register(JobKindVersion)
+class JobKindVersionAdmin(admin.ModelAdmin):
+    """History of the registry. A version's contract never changes; a registry admin sets when
+    plans pinned to an older version stop running and how they migrate off it."""
+
+    form = JobKindVersionForm
+    list_display = ["kind", "version", "changed", "sunset_at", "steps", "created_by", "created_at"]
+    list_filter = ["kind"]
+    ordering = ["kind", "-version"]
+    readonly_fields = ["kind", "version", "changed", "contract_json", "created_by", "created_at"]
+    fields = [
+        "kind",
+        "version",
+        "changed",
+        "contract_json",
+        "sunset_at",
+        "migration",
+        "created_by",
+        "created_at",
+    ]
+
+    # The registry's own permission governs its history: whoever may edit job kinds.
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return can_edit_registry(request.user)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return can_edit_registry(request.user)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return can_edit_registry(request.user)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # versions come into being by editing the kind
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # plans may pin any of them
+
+    @admin.display(description="Changed")
+    def changed(self, obj: JobKindVersion) -> str:
+        return ", ".join(obj.changed_fields) or "first version"
+
+    @admin.display(description="Steps")
+    def steps(self, obj: JobKindVersion) -> int:
+        return len(obj.migration or [])
+
+    @admin.display(description="Contract")
+    def contract_json(self, obj: JobKindVersion) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(obj.contract, indent=2, ensure_ascii=False))
+
+    def save_model(
+        self, request: HttpRequest, obj: JobKindVersion, form: Any, change: bool
+    ) -> None:
+        job_kind_version_update(
+            row=obj,
+            user=request.user,
+            sunset_at=form.cleaned_data.get("sunset_at"),
+            migration=form.cleaned_data.get("migration") or [],
+        )

@@ -127,6 +127,32 @@ def job_kind_save(
     return job_kind
 
 
+def check_version_update(
+    row: JobKindVersion, *, sunset_at: Any = ..., migration: Any = ...
+) -> ValidationResult:
+    """What is wrong with setting a version's sunset or migration steps (`...`: unchanged).
+
+    The current version cannot be sunset on its own (sunset the kind, which stops every
+    version): a version's sunset is the grace period of plans that still pin it after a newer
+    one was published.
+    """
+    from blueprints_app.evolution import check_steps
+
+    result = ValidationResult()
+    current = JobKind.objects.filter(kind=row.kind).values_list("version", flat=True).first()
+    sunsetting = sunset_at is not ... and sunset_at is not None
+    if sunsetting and current is not None and row.version >= current:
+        result.error(
+            "sunset_at",
+            codes.INVALID_VALUE,
+            f"version {row.version} is the current version of {row.kind}: set the kind's "
+            "own sunset_at instead",
+        )
+    if migration is not ...:
+        result.errors.extend(check_steps(migration, kind=row.kind, path="migration"))
+    return result
+
+
 @transaction.atomic
 def job_kind_version_update(
     *,
@@ -137,30 +163,15 @@ def job_kind_version_update(
 ) -> JobKindVersion:
     """Set when an older version stops running, or the steps that migrate plans off it.
 
-    Only what is passed changes. The current version cannot be sunset here (sunset the kind,
-    which stops every version): a version's own sunset is the grace period of plans that still
-    pin it after a newer one was published.
+    Only what is passed changes; the contract of a version is history and never changes.
     """
-    from blueprints_app.evolution import check_steps
-
-    current = JobKind.objects.filter(kind=row.kind).values_list("version", flat=True).first()
-    result = ValidationResult()
-    if sunset_at is not ...:
-        if sunset_at is not None and current is not None and row.version >= current:
-            result.error(
-                "sunset_at",
-                codes.INVALID_VALUE,
-                f"version {row.version} is the current version of {row.kind}: set the kind's "
-                "own sunset_at instead",
-            )
-        else:
-            row.sunset_at = sunset_at
-    if migration is not ...:
-        result.errors.extend(check_steps(migration, kind=row.kind, path="migration"))
-        if not result.errors:
-            row.migration = migration
+    result = check_version_update(row, sunset_at=sunset_at, migration=migration)
     if not result.valid:
         raise JobKindInvalid(result)
+    if sunset_at is not ...:
+        row.sunset_at = sunset_at
+    if migration is not ...:
+        row.migration = migration
     row.save(update_fields=["sunset_at", "migration"])
     return row
 

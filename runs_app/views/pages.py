@@ -8,8 +8,10 @@ from typing import Any
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET
 
+from blueprints_app import selectors as registry_selectors
 from blueprints_app.capabilities import can_edit_registry, has_capability, user_capabilities
 from blueprints_app.models import JobKind
 from blueprints_app.registry import EXECUTORS, PARTITIONERS
@@ -58,8 +60,10 @@ def home(request: HttpRequest) -> HttpResponse:
 @require("view")
 @require_GET
 def kind_list(request: HttpRequest) -> HttpResponse:
+    kinds = list(JobKind.objects.order_by("kind"))
     context = {
-        "kinds": list(JobKind.objects.order_by("kind")),
+        "kinds": kinds,
+        "timeline": registry_selectors.registry_timeline(kinds),
         "can_edit": can_edit_registry(request.user),
     }
     return page(request, "hxo/kinds/list.html", context)
@@ -84,7 +88,7 @@ def kind_detail(request: HttpRequest, kind: str) -> HttpResponse:
                 "name": name,
                 "registered": component is not None,
                 "description": getattr(component, "description", ""),
-                "deprecated": getattr(component, "deprecated", False),
+                **registry_selectors.component_rows_lifecycle(component),
                 "params": _schema_rows(schema or {}),
                 "schema": _pretty(schema) if schema is not None else "",
             }
@@ -95,7 +99,7 @@ def kind_detail(request: HttpRequest, kind: str) -> HttpResponse:
             "registered": name in EXECUTORS,
             "description": getattr(EXECUTORS.get(name), "description", ""),
             "idempotent": getattr(EXECUTORS.get(name), "idempotent", True),
-            "deprecated": getattr(EXECUTORS.get(name), "deprecated", False),
+            **registry_selectors.component_rows_lifecycle(EXECUTORS.get(name)),
         }
         for name in row.executors
     ]
@@ -113,6 +117,8 @@ def kind_detail(request: HttpRequest, kind: str) -> HttpResponse:
         "output_schema": _pretty(row.output_schema),
         "plans": selectors.plans_using_kind(row.kind),
         "admin_url": admin_url,
+        "versions": registry_selectors.kind_versions(row),
+        "now": timezone.now(),
     }
     return page(request, "hxo/kinds/detail.html", context)
 
