@@ -1,5 +1,6 @@
-# HXO on one machine: `make run` (web server + one django-q2 cluster, SQLite, ORM broker) and
-# `make test`. Both run `make setup` first, which is idempotent and quick the second time.
+# HXO on one machine: `make run` (web server + one django-q2 cluster, SQLite, ORM broker),
+# `make run-scaled` (PostgreSQL + Redis, several clusters) and `make test`. Each runs
+# `make setup` first, which is idempotent and quick the second time.
 # See README.md for the environment variables.
 
 SHELL := /bin/bash
@@ -21,7 +22,7 @@ MANAGE := DEBUG=$${DEBUG:-1} $(PY) manage.py
 # (a later issue); until then `make demo` is a no-op.
 DEMO_COMMAND := runs_app/management/commands/hxo_demo.py
 
-.PHONY: setup run test lint demo ci registry-docs
+.PHONY: setup run run-scaled test lint demo ci registry-docs
 
 setup: $(DEPS_STAMP) $(HTMX)
 	@$(MANAGE) migrate --noinput
@@ -50,6 +51,19 @@ demo: $(DEPS_STAMP)
 
 run: setup
 	@DEBUG=1 $(PY) bin/hxo-run $(ADDR)
+
+# Scaled mode on this machine: PostgreSQL + the Redis broker, HXO_CLUSTERS worker clusters
+# (default 2) standing for worker hosts. DATABASE_URL and REDIS_URL are honoured when set; the
+# database is created when missing. Ctrl-C drains: each cluster finishes what it holds.
+SCALED_DATABASE_URL := $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/hxo)
+SCALED_REDIS_URL := $(or $(REDIS_URL),redis://127.0.0.1:6379/0)
+HXO_CLUSTERS ?= 2
+SCALED_ENV := DATABASE_URL=$(SCALED_DATABASE_URL) HXO_BROKER=redis REDIS_URL=$(SCALED_REDIS_URL)
+
+run-scaled: $(DEPS_STAMP) $(HTMX)
+	@$(SCALED_ENV) $(PY) bin/hxo-services
+	@$(SCALED_ENV) $(MAKE) --no-print-directory setup
+	@$(SCALED_ENV) DEBUG=1 $(PY) bin/hxo-run --clusters $(HXO_CLUSTERS) $(ADDR)
 
 test: setup
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -6,6 +6,8 @@
 - `RequestSizeLimitMiddleware`: bodies over HXO_MAX_BODY_BYTES get 413 `body_too_large`
   before anything reads them. DRF reads the request stream itself, past Django's
   DATA_UPLOAD_MAX_MEMORY_SIZE check, so the declared Content-Length is checked here.
+- `UrlTextMiddleware`: a NUL character in the path or the query string is a 400: PostgreSQL
+  cannot compare text with a NUL in it, so any lookup or filter using it would be a 500.
 - `ApiJsonBodyMiddleware`: a state-changing API request's body is JSON or nothing. It is
   parsed here with the API's own parser, so that a malformed, over-deep or unstorable body is
   a 400 (and a non-JSON one a 415) on every endpoint, even one that never reads its body.
@@ -84,6 +86,24 @@ class RequestSizeLimitMiddleware:
         if isinstance(exception, RequestDataTooBig):
             return body_too_large(request)
         return None
+
+
+class UrlTextMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if "\x00" in request.path or any(
+            "\x00" in key or any("\x00" in v for v in values) for key, values in request.GET.lists()
+        ):
+            message = "NUL characters are not allowed in URLs."
+            if request.path.startswith("/api/"):
+                return JsonResponse(
+                    {"detail": message, "code": codes.INVALID_CHARACTERS, "errors": []},
+                    status=400,
+                )
+            return HttpResponse(message, status=400, content_type="text/plain; charset=utf-8")
+        return self.get_response(request)
 
 
 class ApiJsonBodyMiddleware:

@@ -66,6 +66,8 @@ class JobKindSerializer(serializers.ModelSerializer):
         ]
         # Versions are the registry's to bump (blueprints_app.services.job_kind_save).
         read_only_fields = ["version"]
+        # The model's CheckConstraints, as field errors (400) rather than IntegrityErrors (500).
+        extra_kwargs = {"default_slo_ms": {"min_value": 1}, "required_approvals": {"min_value": 1}}
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if (

@@ -124,6 +124,7 @@ MIDDLEWARE = [
     "blueprints_app.middleware.SecurityHeadersMiddleware",
     # Before anything reads a body: an oversized one is refused unread (413).
     "blueprints_app.middleware.RequestSizeLimitMiddleware",
+    "blueprints_app.middleware.UrlTextMiddleware",
     "blueprints_app.middleware.ApiJsonBodyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -302,6 +303,28 @@ STORAGES: dict[str, Any] = {
     },
 }
 
+# Shared storage for scaled mode without a shared file system: replaces the "artifacts" and
+# "staging" entries above, e.g. with an S3-compatible bucket through django-storages (README,
+# "Scaling out / production"). JSON: {"artifacts": {"BACKEND": "...", "OPTIONS": {...}}}.
+_raw_storages = env_str("HXO_STORAGES").strip()
+if _raw_storages:
+    try:
+        _storages = json.loads(_raw_storages)
+    except json.JSONDecodeError as exc:
+        raise ImproperlyConfigured(f"HXO_STORAGES is not valid JSON: {exc}") from None
+    if not isinstance(_storages, dict) or not all(
+        alias in ("artifacts", "staging")
+        and isinstance(spec, dict)
+        and isinstance(spec.get("BACKEND"), str)
+        and isinstance(spec.get("OPTIONS", {}), dict)
+        for alias, spec in _storages.items()
+    ):
+        raise ImproperlyConfigured(
+            'HXO_STORAGES must map "artifacts" and/or "staging" to {"BACKEND": "...", '
+            '"OPTIONS": {...}}'
+        )
+    STORAGES.update(_storages)
+
 # --- REST API ----------------------------------------------------------------------------
 REST_FRAMEWORK = {
     # Token first: DRF takes the 401 challenge (WWW-Authenticate) from the first class, so
@@ -313,7 +336,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # drf-spectacular's AutoSchema, also documenting the refusals every view can give.
+    "DEFAULT_SCHEMA_CLASS": "blueprints_app.schema.HxoAutoSchema",
     "EXCEPTION_HANDLER": "blueprints_app.api_errors.exception_handler",
     # JSON only: malformed, over-deep and unstorable bodies are 400s with a code, not 500s.
     "DEFAULT_PARSER_CLASSES": ["blueprints_app.parsers.SafeJSONParser"],

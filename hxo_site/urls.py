@@ -23,3 +23,9 @@ urlpatterns = [
     ),
     path("", include("runs_app.urls")),
 ]
+
+# Under /api/ errors keep the API's shape, even for URLs that match no route.
+handler400 = "blueprints_app.error_views.bad_request"
+handler403 = "blueprints_app.error_views.permission_denied"
+handler404 = "blueprints_app.error_views.page_not_found"
+handler500 = "blueprints_app.error_views.server_error"

@@ -282,7 +282,9 @@ class RunList(generics.ListAPIView):
         )
         params = self.request.query_params
         if params.get("plan", "").isdigit():
-            qs = qs.filter(plan_id=int(params["plan"]))
+            # Through the relation: a number past the id column's range then matches nothing
+            # (Django's integer lookups), where plan_id= would overflow the driver (a 500).
+            qs = qs.filter(plan__pk=int(params["plan"]))
         for field in ("state", "mode"):
             if params.get(field):
                 qs = qs.filter(**{field: params[field]})

@@ -288,3 +288,43 @@ def test_an_unregistered_database_target_is_refused(target: str, clients) -> Non
         for e in body["errors"]
     ), body
     assert snapshot() == before
+
+
+# --- Found by schemathesis: kept as plain regressions ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/v1/search/docs/?q=a%00b",
+        "/api/v1/runs/?state=%00",
+        "/api/v1/audit/?user=x%00",
+        "/api/v1/job-kinds/test%00kind/",
+        "/api/v1/plans/?%00=1",
+    ],
+)
+def test_a_nul_in_the_url_is_a_400_not_a_database_error(url: str, clients) -> None:
+    assert_refused(clients["admiral"].get(url), 400, "invalid_characters")
+
+
+def test_a_nul_in_a_dashboard_url_is_a_400(admiral) -> None:
+    client = Client()
+    client.force_login(admiral)
+    assert client.get("/search/?q=a%00b").status_code == 400
+
+
+@pytest.mark.parametrize("field", ["default_slo_ms", "required_approvals"])
+def test_a_job_kind_number_below_its_constraint_is_a_400(field: str, test_kinds, clients):
+    before = snapshot()
+    response = clients["admiral"].patch(f"/api/v1/job-kinds/{TEST_KIND}/", {field: 0})
+    body = assert_refused(response, 400, "validation_failed")
+    assert body["errors"][0]["path"] == field
+    assert snapshot() == before
+
+
+@pytest.mark.parametrize("number", ["413605946501593169920", "9223372036854775808"])
+def test_an_id_past_the_columns_range_finds_nothing(number: str, clients, ctx) -> None:
+    assert clients["viewer"].get("/api/v1/runs/", {"plan": number}).json()["count"] == 0
+    response = clients["viewer"].get(f"/api/v1/runs/{ctx['applied'].pk}/diff/?against={number}")
+    assert_refused(response, 404, "not_found")
+    assert_refused(clients["viewer"].get(f"/api/v1/plans/{number}/"), 404, "not_found")

@@ -91,6 +91,8 @@ def production_env(**extra: str) -> dict[str, str]:
             "HXO_BEHIND_PROXY": "1",
             "HXO_HSTS_SECONDS": "31536000",
             "HXO_HSTS_PRELOAD": "1",
+            "HXO_WORKSPACES": '{"backend": "/srv/hxo/workspaces/backend"}',
+            "HXO_DATABASE_TARGETS": '{"orders": "postgres://migrator@orders-db:5432/orders"}',
             **extra,
         }
     )
@@ -179,4 +181,30 @@ def test_a_bad_token_rate_names_the_variable(monkeypatch, raw: str) -> None:
 
     monkeypatch.setenv("HXO_TOKEN_RATE", raw)
     with pytest.raises(ImproperlyConfigured, match="HXO_TOKEN_RATE"):
+        runpy.run_path(hxo_settings.__file__)
+
+
+def test_shared_storage_can_be_an_s3_compatible_bucket(monkeypatch) -> None:
+    monkeypatch.setenv(
+        "HXO_STORAGES",
+        '{"artifacts": {"BACKEND": "storages.backends.s3.S3Storage",'
+        ' "OPTIONS": {"bucket_name": "hxo-artifacts", "file_overwrite": false}}}',
+    )
+
+    storages = runpy.run_path(hxo_settings.__file__)["STORAGES"]
+
+    assert storages["artifacts"]["BACKEND"] == "storages.backends.s3.S3Storage"
+    assert storages["artifacts"]["OPTIONS"]["bucket_name"] == "hxo-artifacts"
+    assert storages["staging"]["BACKEND"].endswith("FileSystemStorage")  # untouched
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["{broken", '["artifacts"]', '{"default": {"BACKEND": "x"}}', '{"artifacts": {"OPTIONS": {}}}'],
+)
+def test_a_bad_storages_value_names_the_variable(monkeypatch, raw: str) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    monkeypatch.setenv("HXO_STORAGES", raw)
+    with pytest.raises(ImproperlyConfigured, match="HXO_STORAGES"):
         runpy.run_path(hxo_settings.__file__)
