@@ -20,9 +20,11 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
+from blueprints_app import codes
 from blueprints_app.capabilities import has_capability
 from blueprints_app.models import JobKind
 from blueprints_app.validation import Issue, ValidationResult, load_kinds, validate_plan
+from blueprints_app.versions import kinds_at
 from runs_app import forms as f
 from runs_app import selectors, services
 from runs_app.errors import ServiceError
@@ -124,9 +126,22 @@ def _valid_key(raw: str | None) -> str | None:
     return raw
 
 
+# What the registry's evolution says about a stored revision (pinned versions, deprecations).
+LIFECYCLE_CODES = {
+    codes.KIND_SUNSET,
+    codes.COMPONENT_SUNSET,
+    codes.KIND_DEPRECATED,
+    codes.COMPONENT_DEPRECATED,
+    codes.KIND_VERSION_OUTDATED,
+}
+
+
 def plan_context(request: HttpRequest, plan: Plan) -> dict[str, Any]:
     revision = plan.revisions.select_related("author").get(number=plan.latest_number)
-    kinds = load_kinds()
+    # The revision runs under the kind versions it pins: show (and offer Apply by) those.
+    kinds = kinds_at(revision.kind_versions)
+    checked = validate_plan(revision.document, pinned_versions=revision.kind_versions)
+    lifecycle = [i for i in [*checked.errors, *checked.warnings] if i.code in LIFECYCLE_CODES]
     can_submit = has_capability(request.user, "submit")
     runs = list(plan.runs.select_related("requested_by", "revision").order_by("-id")[:20])
     return {
@@ -140,6 +155,8 @@ def plan_context(request: HttpRequest, plan: Plan) -> dict[str, Any]:
         "key": new_key(),
         "non_idempotent": [s["id"] for s in revision.stages if s.get("non_idempotent")],
         "can_force_merge": has_capability(request.user, "force-merge"),
+        "lifecycle": lifecycle,
+        "lifecycle_blocked": any(i.code in services.SUNSET_CODES for i in lifecycle),
     }
 
 

@@ -128,3 +128,38 @@ def test_the_plans_admin_is_read_only_and_refuses_without_the_capabilities(
     listing = client_for(approver).get(PLANS_ADMIN)  # hxo:view, but not hxo:plan
     assert listing.status_code == 200
     assert "migrate_dry_run" not in listing.content.decode()
+
+
+# --- The plan page --------------------------------------------------------------------------
+
+
+def test_the_plan_page_shows_the_pinned_version_and_what_the_registry_changed(
+    client_for, operator, quick_plan
+):
+    kind = quick_plan.latest_revision.stages[0]["kind"]
+    edit(kind, require_dry_run=False, default_slo_ms=5)
+    client = client_for(operator)
+
+    page = client.get(f"/plans/{quick_plan.pk}/").content.decode()
+
+    assert 'data-testid="kind-lifecycle"' in page
+    assert f"written against version 1 of &#x27;{kind}&#x27; (current: 2)" in page
+    assert '<span class="muted small">v1</span>' in page
+    assert "1 min 00 s (default)" in page  # v1's SLO, which is what the revision runs under
+    assert f"hxo_migrate_plans --plan {quick_plan.pk}" in page
+
+
+def test_the_plan_page_says_when_a_revision_can_no_longer_run(client_for, viewer, quick_plan):
+    kind = quick_plan.latest_revision.stages[0]["kind"]
+    edit(kind, deprecated=True, sunset_at=timezone.now() - dt.timedelta(hours=1))
+
+    page = client_for(viewer).get(f"/plans/{quick_plan.pk}/").content.decode()
+
+    assert "This revision can no longer run:" in page and "alert-error" in page
+    assert "hxo_migrate_plans" not in page  # viewers cannot migrate
+
+
+def test_an_up_to_date_plan_page_has_no_lifecycle_notice(client_for, operator, quick_plan):
+    page = client_for(operator).get(f"/plans/{quick_plan.pk}/").content.decode()
+
+    assert 'data-testid="kind-lifecycle"' not in page
