@@ -38,6 +38,9 @@ class PlanSerializer(serializers.ModelSerializer):
     revision = serializers.IntegerField(source="latest_number")
     digest = serializers.SerializerMethodField()
     stages = serializers.SerializerMethodField()
+    kind_versions = serializers.SerializerMethodField(
+        help_text="Job-kind versions the latest revision pins (it runs under them)"
+    )
 
     class Meta:
         model = Plan
@@ -48,6 +51,7 @@ class PlanSerializer(serializers.ModelSerializer):
             "revision",
             "digest",
             "stages",
+            "kind_versions",
             "created_by",
             "created_at",
             "updated_at",
@@ -67,6 +71,9 @@ class PlanSerializer(serializers.ModelSerializer):
 
     def get_stages(self, obj: Plan) -> list[dict[str, Any]]:
         return self._latest(obj).stages
+
+    def get_kind_versions(self, obj: Plan) -> dict[str, int]:
+        return self._latest(obj).kind_versions
 
 
 class PlanWriteSerializer(serializers.Serializer):

@@ -319,6 +319,7 @@ def test_the_api_dry_run_and_migration(test_kinds, tmp_path, operator, api_clien
     assert done.json()["status"] == "migrated" and done.json()["revision"] == 2
     revisions = client.get(f"/api/v1/plans/{plan.pk}/revisions/").json()["results"]
     assert revisions[0]["kind_versions"] == {TEST_KIND: 2}
+    assert client.get(f"/api/v1/plans/{plan.pk}/").json()["kind_versions"] == {TEST_KIND: 2}
 
     again = client.post(url, {}, format="json")
     assert again.json()["status"] == "up_to_date"
