@@ -25,8 +25,16 @@ RECONCILER_SCHEDULE = "hxo-reconciler"
 def enqueue_drainers(run_id: int, count: int = 1) -> None:
     from django_q.tasks import async_task
 
-    for _ in range(max(count, 1)):
-        async_task(DRAIN_TASK, run_id, group=f"run-{run_id}")
+    try:
+        for _ in range(max(count, 1)):
+            async_task(DRAIN_TASK, run_id, group=f"run-{run_id}")
+    except Exception:
+        # The broker is down (Redis restarting...). A wake-up is only a hint: the run is in
+        # our tables and the reconciler re-sends it, so the request or the drainer that asked
+        # must not fail for it (an API client would see a 500 for a run that was created).
+        log.warning(
+            "could not enqueue a drainer for run %s; the reconciler will", run_id, exc_info=True
+        )
 
 
 MAX_BATCH = 256
