@@ -130,12 +130,30 @@ def schema_errors(schema: Mapping[str, Any], instance: Any, prefix: str) -> list
     found = []
     for err in sorted(schema_validator(schema).iter_errors(instance), key=lambda e: list(e.path)):
         path = _json_path(prefix, err.absolute_path)
+        message = err.message
         if err.validator == "required":
             missing = err.message.split("'")[1] if "'" in err.message else ""
             if missing:
                 path = _json_path(prefix, [*err.absolute_path, missing])
-        found.append(Issue(path, "", err.message))
+        elif err.validator in ("oneOf", "anyOf"):
+            message = _alternatives_message(err)
+        found.append(Issue(path, "", message))
     return found
+
+
+def _alternatives_message(err: jsonschema.ValidationError) -> str:
+    """ "give exactly one of: statements, backfill" rather than jsonschema's echo of the
+    whole instance, when the alternatives are just different required fields."""
+    options = err.validator_value if isinstance(err.validator_value, list) else []
+    names = [
+        o["required"][0]
+        for o in options
+        if isinstance(o, dict) and list(o) == ["required"] and len(o["required"]) == 1
+    ]
+    if names and len(names) == len(options):
+        how = "exactly one" if err.validator == "oneOf" else "at least one"
+        return f"give {how} of: {', '.join(names)}"
+    return "does not match any of the allowed forms"
 
 
 def check_schema(schema: Any) -> str | None:
