@@ -480,7 +480,8 @@ def run_apply(
     if needs and dry_run is None:
         _refuse(actor, plan, client_ip, codes.DRY_RUN_REQUIRED)
         raise ServiceError(
-            f"{', '.join(needs)} require an approved dry-run: name it in 'dry_run'",
+            f"{', '.join(needs)} {'requires' if len(needs) == 1 else 'require'} an approved "
+            "dry-run: name it in 'dry_run'",
             code=codes.DRY_RUN_REQUIRED,
             status=409,
         )
