@@ -69,6 +69,21 @@ class JobKindSerializer(serializers.ModelSerializer):
         # The model's CheckConstraints, as field errors (400) rather than IntegrityErrors (500).
         extra_kwargs = {"default_slo_ms": {"min_value": 1}, "required_approvals": {"min_value": 1}}
 
+    def to_internal_value(self, data: Any) -> Any:
+        # A misspelt field ("require_dryrun") would otherwise be ignored without a word and
+        # the kind saved without the safety setting its author meant. Fields the API shows
+        # (read-only ones included) are accepted, so a client may PUT back what it GOT.
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError(
+                    {
+                        key: [ErrorDetail("unknown field", code=codes.UNKNOWN_FIELD)]
+                        for key in unknown
+                    }
+                )
+        return super().to_internal_value(data)
+
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if (
             self.instance is not None

@@ -136,14 +136,21 @@ def test_a_body_of_the_wrong_type_is_a_400_with_a_code(url_name: str, body: byte
         ("validate", {"plan": {"name": "x", "stages": []}, "sneaky": 1}),
         ("plan-apply", {"dry_run": None, "sneaky": 1}),
         ("run-approve", {"comment": "ok", "approver": "someone-else"}),
+        # A misspelt safety setting must not be dropped silently.
+        ("job-kind-detail", {"require_dryrun": False}),
+        ("job-kind-detail", {"safety_policy": {"require_dry_run": True}, "approvals": 3}),
     ],
 )
 def test_unknown_fields_are_refused_with_their_names(url_name, fields, ctx, clients) -> None:
-    endpoint = next(e for e in UNSAFE if e.name == url_name)
+    endpoint = next(e for e in UNSAFE if e.name == url_name and e.method in ("POST", "PATCH"))
     before = snapshot()
-    response = clients["admiral"].post(url_for(endpoint, ctx), fields, format="json")
+    send = getattr(clients["admiral"], endpoint.method.lower())
+    response = send(url_for(endpoint, ctx), fields, format="json")
     body = assert_refused(response, 400)
     assert body["code"] in ("unknown_field", "validation_failed")
+    if url_name != "validate":  # which refuses the body's shape as a whole (`required`)
+        unknown = {e["path"] for e in body["errors"] if e["code"] == "unknown_field"}
+        assert unknown == set(fields) - {"dry_run", "comment", "safety_policy"}
     assert snapshot() == before
 
 
