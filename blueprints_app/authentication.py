@@ -48,6 +48,10 @@ class ExpiringTokenAuthentication(TokenAuthentication):
     """DRF's TokenAuthentication, refusing tokens older than HXO_TOKEN_TTL_DAYS."""
 
     def authenticate_credentials(self, key: str) -> tuple[Any, Token]:
+        # Keys are 40 hex digits. Anything else is refused before the lookup: a NUL in the
+        # header would otherwise reach PostgreSQL, which fails the query (a 500).
+        if len(key) > 64 or not key.isascii() or not key.isalnum():
+            raise exceptions.AuthenticationFailed("Invalid token.")
         user, token = super().authenticate_credentials(key)
         if token_expired(token):
             raise exceptions.AuthenticationFailed(

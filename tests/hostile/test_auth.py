@@ -277,3 +277,10 @@ def test_a_successful_login_still_works_below_the_limit(operator, settings) -> N
     response = client.post("/login/", {"username": "otto", "password": "otto-password"})
     assert response.status_code == 302
     assert client.session["_auth_user_id"] == str(operator.pk)
+
+
+@pytest.mark.parametrize("username", ["ot\x00to", "otto' --", "ö" * 200, ""])
+def test_hostile_usernames_on_the_login_page_are_a_form_error(operator, username: str) -> None:
+    response = Client().post("/login/", {"username": username, "password": "x"})
+    assert response.status_code == 200
+    assert "_auth_user_id" not in Client().session

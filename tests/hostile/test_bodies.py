@@ -47,22 +47,23 @@ def admiral_client(admiral) -> Client:
 
 
 @pytest.mark.parametrize("endpoint", UNSAFE, ids=str)
-@pytest.mark.parametrize("name", list(HOSTILE_BODIES))
 def test_a_hostile_body_is_a_400_with_a_code_and_changes_nothing(
-    endpoint: Endpoint, name: str, ctx, admiral
+    endpoint: Endpoint, ctx, admiral
 ) -> None:
-    body, code = HOSTILE_BODIES[name]
+    # One test per endpoint, every body in turn: the objects it aims at are made once.
     client = admiral_client(admiral)
     url = url_for(endpoint, ctx)
+    send = getattr(client, endpoint.method.lower())
     before = snapshot()
 
-    send = getattr(client, endpoint.method.lower())
-    response = send(url, body, content_type="application/json")
+    for name, (body, code) in HOSTILE_BODIES.items():
+        response = send(url, body, content_type="application/json")
 
-    errors = assert_refused(response, 400, code)
-    assert snapshot() == before
-    if code == "invalid_characters":
-        assert errors["errors"][0]["path"] in {"name", "", "stages[0].params.paths[1]"}
+        assert response.status_code == 400, (name, response.status_code, response.content[:300])
+        errors = assert_refused(response, 400, code)
+        assert snapshot() == before, name
+        if code == "invalid_characters":
+            assert errors["errors"][0]["path"] in {"name", "", "stages[0].params.paths[1]"}
 
 
 @pytest.mark.parametrize("endpoint", UNSAFE, ids=str)
