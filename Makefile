@@ -22,7 +22,7 @@ MANAGE := DEBUG=$${DEBUG:-1} $(PY) manage.py
 # (a later issue); until then `make demo` is a no-op.
 DEMO_COMMAND := runs_app/management/commands/hxo_demo.py
 
-.PHONY: setup run run-scaled test lint demo ci registry-docs
+.PHONY: setup run run-scaled test lint demo ci bench registry-docs
 
 setup: $(DEPS_STAMP) $(HTMX)
 	@$(MANAGE) migrate --noinput
@@ -82,3 +82,8 @@ lint: $(DEPS_STAMP)
 
 ci:
 	.ci/run
+
+# Benchmarks as ratios against baselines measured in the same run (bench/run.py);
+# QUICK=1 shrinks every workload to finish within about two minutes.
+bench: setup
+	$(PY) bench/run.py $(if $(filter 1,$(QUICK)),--quick,)
