@@ -171,11 +171,6 @@ def claim_batch(run_id: int, owner: str, limit: int = 1) -> list[Claim]:
     return claims
 
 
-def claim_next(run_id: int, owner: str) -> Claim | None:
-    claims = claim_batch(run_id, owner, 1)
-    return claims[0] if claims else None
-
-
 def has_claimable(run_id: int, *, due_within_s: float = 0) -> bool:
     horizon = timezone.now() + timedelta(seconds=due_within_s)
     return Partition.objects.filter(
@@ -563,16 +558,6 @@ def record_outcomes(outcomes: list[Outcome]) -> None:
             _count_moves(stage_pk, delta)
         for stage_pk in finals:
             after_partition_change(stage_pk)
-
-
-def complete_partition(
-    claim: Claim, *, output: Any = None, preview: Any = None, duration_ms: int = 0
-) -> None:
-    record_outcomes([Outcome(claim, P.SUCCEEDED, output, preview, None, duration_ms)])
-
-
-def fail_partition(claim: Claim, error: dict[str, Any]) -> None:
-    record_outcomes([Outcome(claim, P.FAILED, error=error)])
 
 
 def expire_leases(*, run_id: int | None = None, limit: int = 1000) -> int:
