@@ -242,17 +242,19 @@ def validate_stage(
     user: Any = None,
     kinds: Mapping[str, JobKind] | None = None,
     path: str = "stage",
+    scanned: bool = False,
 ) -> ValidationResult:
     """The contract's four stage rules, the params schema and the safety rules for one stage.
 
     `user` is whoever would submit: when given, a non-idempotent stage without their
-    `hxo:force-merge` is an error. `kinds` lets a plan load the registry once.
+    `hxo:force-merge` is an error. `kinds` lets a plan load the registry once; `scanned` says
+    the plan around it was already checked for NUL characters and nesting.
     """
     result = ValidationResult()
     if not isinstance(stage, dict):
         result.error(path, codes.INVALID_TYPE, "a stage must be a JSON object")
         return result
-    hostile = _hostile(stage, path)
+    hostile = None if scanned else _hostile(stage, path)
     if hostile:
         result.errors.append(hostile)
         return result
@@ -472,7 +474,7 @@ def validate_plan(
     graph: dict[str, list[str]] = {}
     for i, stage in enumerate(stages):
         path = f"stages[{i}]"
-        result.extend(validate_stage(stage, user=user, kinds=kinds, path=path))
+        result.extend(validate_stage(stage, user=user, kinds=kinds, path=path, scanned=True))
         if not isinstance(stage, dict) or not isinstance(stage.get("id"), str):
             continue
         sid = stage["id"]
