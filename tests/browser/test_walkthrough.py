@@ -36,6 +36,10 @@ def test_operator_composes_dry_runs_and_applies_after_approval(
     expect(op.get_by_test_id("current-role")).to_have_text("operator")
     op.get_by_role("navigation", name="Main").get_by_role("link", name="Plans").click()
     op.get_by_role("link", name="New plan").click()
+    # A click does not wait for the page's scripts: live validation starts when htmx has
+    # processed the page, as it has long before a person starts typing.
+    op.wait_for_url(re.compile(r".*/plans/new/$"))
+    op.wait_for_load_state("load")
 
     op.get_by_label("Name").fill("walk-through")
     s = op.locator("#stage-0")
