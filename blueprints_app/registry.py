@@ -136,6 +136,28 @@ class Executor:
             code="not_implemented",
         )
 
+    def effect_exists(self, ctx: ExecutionContext, output: dict[str, Any]) -> bool:
+        """Whether the effect an earlier apply recorded as `output` still exists, as it says.
+
+        The engine asks this before it reuses an earlier partition with the same CAS id
+        (PRODUCT.md, "Safety rules": reuse only after the executor confirms that the earlier
+        effect still exists). `ctx` is the context the partition would execute with (its
+        stage, inputs, fingerprints and pinned manifest; `dry_run` is False); `output` is the
+        earlier partition's stored output, which carries the effect's identity (where it was
+        written and its digest). Return True only when every part of that effect is present
+        and matches it: an archive with its hash, index rows with their content hashes, a
+        ledger row in the target. Anything missing or different is False, and the partition
+        runs again (idempotent executors make that harmless).
+
+        Read only: never write, never repair. Called by a worker holding the partition's
+        lease (never inside a web request), so it may read files and databases, but it
+        should cost less than executing. An exception counts as False.
+
+        The default is False: an executor that cannot tell is never reused, which is always
+        safe (a plugin only loses the shortcut).
+        """
+        return False
+
     def cleanup_stale(self) -> int:
         """Remove temporary files left by dead attempts; returns how many were removed."""
         return 0
