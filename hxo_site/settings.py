@@ -266,6 +266,8 @@ HXO_LEASE_MS = env_int("HXO_LEASE_MS", 30_000, minimum=500)
 HXO_DRAIN_BUDGET_S = env_int("HXO_DRAIN_BUDGET_S", 60, minimum=1)
 HXO_RECONCILE_EVERY_MIN = env_int("HXO_RECONCILE_EVERY_MIN", 1, minimum=1)
 HXO_ALLOW_SELF_APPROVAL = env_bool("HXO_ALLOW_SELF_APPROVAL", False)
+# An approval covers an apply started within this many hours of it (runs_app.policies).
+HXO_APPROVAL_TTL_HOURS = env_int("HXO_APPROVAL_TTL_HOURS", 72, minimum=1)
 HXO_MAX_BODY_BYTES = env_int("HXO_MAX_BODY_BYTES", 1_048_576, minimum=1024)
 HXO_TOKEN_TTL_DAYS = env_int("HXO_TOKEN_TTL_DAYS", 90, minimum=1)
 HXO_LOGIN_MAX_FAILURES = env_int("HXO_LOGIN_MAX_FAILURES", 10, minimum=1)

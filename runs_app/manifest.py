@@ -220,6 +220,9 @@ def diff_against_run(run: Run, resolved: ResolvedManifest) -> dict[str, Any]:
     }
     if changed_versions:
         diff["kind_versions"] = changed_versions
+    policy = _policy_diff(run.kind_snapshots, resolved)
+    if policy:
+        diff["policy"] = policy
     old_stages = {s.stage_id: s for s in run.run_stages.all()}
     new_stages = {rs.stage_id: rs for rs in resolved.stages}
     for sid in sorted(set(old_stages) - set(new_stages)):
@@ -232,6 +235,29 @@ def diff_against_run(run: Run, resolved: ResolvedManifest) -> dict[str, Any]:
         if entry:
             diff["stages"].append({"id": sid, "change": "changed", **entry})
     return diff
+
+
+# The safety policy of a kind, as the digest covers it (blueprints_app.versions.safety_policy).
+POLICY_FIELDS = ("allow_non_idempotent", "require_dry_run", "required_approvals")
+
+
+def _policy_diff(snapshots: dict[str, Any], resolved: ResolvedManifest) -> dict[str, Any]:
+    """kind → field → {"from", "to"} for every safety policy field that differs between the
+    run's kind snapshots and the kinds the plan resolves under now (a policy tightened since
+    the dry-run changes the digest without changing the kind's version)."""
+    out: dict[str, Any] = {}
+    for rs in resolved.stages:
+        snap = snapshots.get(rs.kind.kind)
+        if snap is None or rs.kind.kind in out:
+            continue
+        fields = {
+            field: {"from": snap.get(field), "to": getattr(rs.kind, field)}
+            for field in POLICY_FIELDS
+            if snap.get(field) != getattr(rs.kind, field)
+        }
+        if fields:
+            out[rs.kind.kind] = fields
+    return out
 
 
 def _stage_diff(old_stage: RunStage, new: ResolvedStage) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from blueprints_app import codes
@@ -18,7 +17,7 @@ from blueprints_app.evolution import DocumentMigration, migrate_document
 from blueprints_app.registry import EXECUTORS
 from blueprints_app.validation import ValidationResult, load_kinds, validate_plan
 from blueprints_app.versions import kinds_at
-from runs_app import execution
+from runs_app import execution, policies
 from runs_app.audit import audit
 from runs_app.errors import ServiceError
 from runs_app.hashing import document_digest
@@ -35,7 +34,10 @@ from runs_app.models import (
     RunState,
     StageState,
 )
+from runs_app.policies import runs_to_decide, self_approval_reason
 from runs_app.transitions import move_run, move_stage
+
+__all__ = ["runs_to_decide", "self_approval_reason"]  # re-exported: the pages ask here
 
 BULK = 2000
 
@@ -311,8 +313,12 @@ def _create_run(
     idempotency_key: str | None,
     dry_run: Run | None = None,
     force_rerun: bool = False,
+    consumed_dry_run: Run | None = None,
 ) -> Run:
-    """Persist a run with its stages and partitions and start it. Inside a transaction."""
+    """Persist a run with its stages and partitions and start it. Inside a transaction.
+
+    `consumed_dry_run` (an apply's approval lineage root) is unique among runs: the insert
+    fails with IntegrityError when another apply already used that approval."""
     kinds = {rs.kind.kind: rs.kind for rs in resolved.stages}
     run = Run.objects.create(
         plan=plan,
@@ -324,6 +330,7 @@ def _create_run(
         requested_by=actor,
         idempotency_key=idempotency_key or None,
         dry_run=dry_run,
+        consumed_dry_run=consumed_dry_run,
         force_rerun=force_rerun,
         required_approvals=max((k.required_approvals for k in kinds.values()), default=1),
     )
@@ -460,7 +467,15 @@ def run_apply(
     client_ip: str | None = None,
 ) -> Run:
     """Apply the plan's latest revision. Where a kind requires a dry-run, only an approved
-    dry-run of the very same digest lets it through; anything changed since is stale."""
+    dry-run of the very same digest lets it through; anything changed since is stale.
+
+    A named dry-run is consumed: its replay lineage's root is stored in
+    `Run.consumed_dry_run`, unique in the database, and the root's row is locked while the
+    apply is stored, so of concurrent applies of one approval exactly one is created.
+    Refusals (409): `dry_run_required`, `dry_run_not_approved`, `approval_used` (extra
+    `run`: the apply that used it), `approval_expired`, `approval_incomplete` (a replayed
+    dry-run whose approvals do not cover every partition), `stale_plan` (extra `diff`).
+    """
     existing = _existing_for_key(actor, idempotency_key, plan, RunMode.APPLY)
     if existing is not None:
         return existing
@@ -494,6 +509,13 @@ def run_apply(
                 code=codes.DRY_RUN_NOT_APPROVED,
                 status=409,
             )
+    consumed: Run | None = None
+    if dry_run is not None:
+        refusal = policies.apply_refusal(dry_run, approval_required=bool(needs))
+        if refusal is not None:
+            _refuse(actor, plan, client_ip, refusal.code, {"dry_run": dry_run.pk, **refusal.extra})
+            raise refusal
+        consumed = policies.lineage_root(dry_run)
     resolved = resolve_manifest(revision, kinds)
     if dry_run is not None and resolved.digest != dry_run.digest:
         diff = diff_against_run(dry_run, resolved)
@@ -504,8 +526,15 @@ def run_apply(
             status=409,
             extra={"diff": diff, "dry_run_digest": dry_run.digest, "digest": resolved.digest},
         )
+    used: Run | None = None
     try:
         with transaction.atomic():
+            if consumed is not None:
+                # Serialise applies of one approval on its dry-run's row, then look again.
+                Run.objects.select_for_update().filter(pk=consumed.pk).first()
+                used = Run.objects.filter(consumed_dry_run=consumed).first()
+                if used is not None:
+                    raise _ApprovalUsed
             run = _create_run(
                 plan=plan,
                 resolved=resolved,
@@ -514,6 +543,7 @@ def run_apply(
                 idempotency_key=idempotency_key,
                 dry_run=dry_run,
                 force_rerun=force_rerun,
+                consumed_dry_run=consumed,
             )
             audit(
                 actor=actor,
@@ -523,12 +553,24 @@ def run_apply(
                 after={"state": run.state, "digest": run.digest, "dry_run": dry_run_id},
             )
             _audit_force_merge(actor, run, revision, client_ip)
+        return run
+    except _ApprovalUsed:
+        pass
     except IntegrityError:
         existing = _existing_for_key(actor, idempotency_key, plan, RunMode.APPLY)
-        if existing is None:
+        if existing is not None:
+            return existing
+        used = Run.objects.filter(consumed_dry_run=consumed).first() if consumed else None
+        if used is None:
             raise
-        return existing
-    return run
+    assert dry_run is not None and used is not None
+    refusal = policies.approval_used(dry_run, used)
+    _refuse(actor, plan, client_ip, refusal.code, {"dry_run": dry_run.pk, "run": used.pk})
+    raise refusal
+
+
+class _ApprovalUsed(Exception):
+    """Leaves the apply's transaction when another apply consumed the approval first."""
 
 
 def _refuse(actor: Any, plan: Plan, client_ip: str | None, code: str, detail: Any = None) -> None:
@@ -560,17 +602,6 @@ def run_reject(*, run: Run, actor: Any, comment: str = "", client_ip: str | None
         comment=comment,
         client_ip=client_ip,
     )
-
-
-def self_approval_reason(run: Run, actor: Any) -> str | None:
-    """Why `actor` may not decide on `run` (four-eyes), or None."""
-    if settings.HXO_ALLOW_SELF_APPROVAL:
-        return None
-    if run.revision.author_id == actor.pk:
-        return "you wrote this revision of the plan"
-    if run.requested_by_id == actor.pk:
-        return "you requested this dry-run"
-    return None
 
 
 def _decide(*, run: Run, actor: Any, decision: str, comment: str, client_ip: str | None) -> Run:
@@ -668,7 +699,16 @@ def run_abort(*, run: Run, actor: Any, client_ip: str | None = None) -> Run:
 
 def run_replay(*, run: Run, actor: Any, client_ip: str | None = None) -> Run:
     """A child run holding only the failed (and the cancelled) partitions; it keeps the
-    approval lineage of its parent and pins the same manifest entries."""
+    approval lineage of its parent (`dry_run`) and pins the same manifest entries. A replay
+    of an apply finishes the approved work: it consumes no approval.
+
+    A replay passes the checks a new run of the revision passes (`_check_submit`: hxo:submit,
+    sunset kinds and components with their own codes, force-merge for declared non-idempotent
+    stages), and non-idempotent partitions need hxo:force-merge. A run has at most one
+    replay (unique `Run.parent`; the parent row is locked while the child is stored):
+    another replay is 409 `replay_in_progress` while that one runs and `already_replayed`
+    (extra `run`: the replay to replay instead) after it finished.
+    """
     _require(actor, "replay")
     if run.state not in (RunState.FAILED, RunState.ABORTED, RunState.SUCCEEDED):
         raise ServiceError(
@@ -676,12 +716,13 @@ def run_replay(*, run: Run, actor: Any, client_ip: str | None = None) -> Run:
             code=codes.INVALID_STATE,
             status=409,
         )
+    _refuse_second_replay(run)
     redo_states = [PartitionState.FAILED, PartitionState.CANCELLED]
     parts = Partition.objects.filter(run=run, state__in=redo_states)
     if not parts.exists():
         raise ServiceError(
             "nothing to replay: no failed or cancelled partitions",
-            code="nothing_to_replay",
+            code=codes.NOTHING_TO_REPLAY,
             status=409,
         )
     if parts.filter(non_idempotent=True).exists() and not has_capability(actor, "force-merge"):
@@ -691,7 +732,41 @@ def run_replay(*, run: Run, actor: Any, client_ip: str | None = None) -> Run:
             code=codes.FORCE_MERGE_REQUIRED,
             status=403,
         )
+    _check_submit(actor, run.revision)
+    try:
+        return _create_replay(run, parts, actor, client_ip)
+    except IntegrityError:
+        _refuse_second_replay(run)  # the unique parent: another replay was stored first
+        raise
+
+
+def _refuse_second_replay(run: Run) -> None:
+    child = Run.objects.filter(parent=run).only("id", "state").first()
+    if child is None:
+        return
+    if not child.is_finished:
+        raise ServiceError(
+            f"run {run.pk} is being replayed by run {child.pk}: wait for it to finish",
+            code=codes.REPLAY_IN_PROGRESS,
+            status=409,
+            errors=[
+                {"path": "run", "code": codes.REPLAY_IN_PROGRESS, "message": f"run {child.pk}"}
+            ],
+            extra={"run": child.pk},
+        )
+    raise ServiceError(
+        f"run {run.pk} was replayed by run {child.pk}: replay run {child.pk} instead",
+        code=codes.ALREADY_REPLAYED,
+        status=409,
+        errors=[{"path": "run", "code": codes.ALREADY_REPLAYED, "message": f"run {child.pk}"}],
+        extra={"run": child.pk},
+    )
+
+
+def _create_replay(run: Run, parts: Any, actor: Any, client_ip: str | None) -> Run:
     with transaction.atomic():
+        Run.objects.select_for_update().filter(pk=run.pk).first()
+        _refuse_second_replay(run)
         child = Run.objects.create(
             plan=run.plan,
             revision=run.revision,

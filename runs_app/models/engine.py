@@ -128,6 +128,11 @@ class Run(models.Model):
     dry_run = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="applies"
     )
+    # For an apply that is not a replay: the dry-run whose approval it consumed, the root of
+    # the named dry-run's replay lineage. Unique: one approval, one apply (runs_app.policies).
+    consumed_dry_run = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="consumed_by"
+    )
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -151,6 +156,18 @@ class Run(models.Model):
                 fields=["requested_by", "idempotency_key"],
                 condition=models.Q(idempotency_key__isnull=False),
                 name="run_unique_idempotency_key",
+            ),
+            # One approval, one apply: concurrent applies of one approved dry-run meet here.
+            models.UniqueConstraint(
+                fields=["consumed_dry_run"],
+                condition=models.Q(consumed_dry_run__isnull=False),
+                name="run_one_apply_per_approval",
+            ),
+            # One replay per run: a replay that failed again is itself replayed.
+            models.UniqueConstraint(
+                fields=["parent"],
+                condition=models.Q(parent__isnull=False),
+                name="run_one_replay_per_run",
             ),
         ]
         indexes = [models.Index(fields=["plan", "mode", "state"])]

@@ -53,13 +53,10 @@ def hxo_nav(context: template.Context) -> dict[str, Any]:
         if allowed:
             items.append({"key": key, "label": label, "url": reverse(url), "active": key == active})
     if approve:
-        # How many dry-runs wait for this user: the inbox's own count, one query.
-        from runs_app.selectors import runs_awaiting_decision
-        from runs_app.services import self_approval_reason
+        # How many dry-runs wait for this user: the inbox's own list.
+        from runs_app.policies import runs_to_decide
 
-        waiting = sum(
-            1 for run in runs_awaiting_decision(user) if not self_approval_reason(run, user)
-        )
+        waiting = len(runs_to_decide(user)[0])
         for item in items:
             if item["key"] == "approvals":
                 item["badge"] = waiting

@@ -98,14 +98,32 @@ PLAIN: dict[str, str] = {
         "idempotent."
     ),
     codes.SELF_APPROVAL_FORBIDDEN: (
-        "Four-eyes rule: someone other than the author of the revision and the requester of "
-        "the dry-run has to decide."
+        "Four-eyes rule: someone who wrote none of the plan's revisions since its last "
+        "successful apply, and who did not request the dry-run, has to decide."
+    ),
+    codes.APPROVAL_USED: (
+        "This approval was already used by an apply. An approval covers one apply; a replay "
+        "of that apply finishes its work. For another apply, start a new dry-run and have it "
+        "approved."
+    ),
+    codes.APPROVAL_EXPIRED: (
+        "The approval is too old to cover an apply (HXO_APPROVAL_TTL_HOURS). Start a new "
+        "dry-run and have it approved."
+    ),
+    codes.APPROVAL_INCOMPLETE: (
+        "The approvals cover only some of the plan's partitions (a replayed dry-run holds only "
+        "the partitions it replayed), and an apply runs all of them. Start a new dry-run of "
+        "the whole plan."
+    ),
+    codes.REPLAY_IN_PROGRESS: "This run is already being replayed: wait for that replay.",
+    codes.ALREADY_REPLAYED: (
+        "This run was already replayed. If that replay failed too, replay the replay."
     ),
     codes.PERMISSION_DENIED: "You do not have the capability this needs.",
     codes.INVALID_STATE: "The run is not in a state that allows this any more.",
     codes.ALREADY_DECIDED: "You have already decided on this dry-run.",
     codes.VALIDATION_FAILED: "The plan is not valid: fix the errors shown.",
-    "nothing_to_replay": "There is nothing to replay: no partition failed or was cancelled.",
+    codes.NOTHING_TO_REPLAY: "There is nothing to replay: no partition failed or was cancelled.",
 }
 
 

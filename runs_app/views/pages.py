@@ -16,8 +16,8 @@ from blueprints_app.capabilities import can_edit_registry, has_capability, user_
 from blueprints_app.models import JobKind
 from blueprints_app.registry import EXECUTORS, PARTITIONERS
 from runs_app import forms as f
+from runs_app import policies, selectors
 from runs_app import search as search_index
-from runs_app import selectors
 from runs_app.models import AuditEvent, Plan, Run, RunState
 from runs_app.views.common import page, paginate, query_without_page, require
 
@@ -34,10 +34,7 @@ def home(request: HttpRequest) -> HttpResponse:
         "can_plan": has_capability(user, "plan"),
     }
     if has_capability(user, "approve"):
-        waiting = selectors.runs_awaiting_decision(user)
-        from runs_app.services import self_approval_reason
-
-        context["to_decide"] = [r for r in waiting if not self_approval_reason(r, user)][:10]
+        context["to_decide"] = [run for run, _ in policies.runs_to_decide(user)[0]][:10]
     if context["can_view"]:
         active = [RunState.PENDING, RunState.PARTITIONING, RunState.RUNNING]
         context["active_runs"] = list(

@@ -26,7 +26,7 @@ from blueprints_app.models import JobKind
 from blueprints_app.validation import Issue, ValidationResult, load_kinds, validate_plan
 from blueprints_app.versions import kinds_at
 from runs_app import forms as f
-from runs_app import selectors, services
+from runs_app import policies, selectors, services
 from runs_app.errors import ServiceError
 from runs_app.models import Plan, PlanRevision, Run, RunState
 from runs_app.views.common import (
@@ -107,6 +107,14 @@ def apply_option(plan: Plan, revision: PlanRevision, kinds: dict[str, JobKind]) 
             reason=f"Dry-run #{candidate.pk} is waiting for approval.",
         )
     if candidate.state == RunState.APPROVED:
+        refusal = policies.apply_refusal(candidate, approval_required=True)
+        if refusal is not None:
+            # What the apply service would refuse: used, expired or partly covered.
+            return ApplyOption(
+                available=False,
+                needs_dry_run=needs,
+                reason=f"Dry-run #{candidate.pk}: {refusal.message}.",
+            )
         return ApplyOption(available=True, dry_run=candidate, needs_dry_run=needs)
     return ApplyOption(
         available=False,

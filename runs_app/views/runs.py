@@ -19,7 +19,7 @@ from django_htmx.http import HttpResponseStopPolling
 
 from blueprints_app.capabilities import has_capability
 from runs_app import forms as f
-from runs_app import selectors, services
+from runs_app import policies, selectors, services
 from runs_app.errors import ServiceError
 from runs_app.models import (
     Approval,
@@ -109,11 +109,15 @@ def run_actions(user: Any, run: Run) -> RunActions:
         requires = any(s.get("require_dry_run") for s in run.kind_snapshots.values())
         latest = run.plan.latest_number
         if run.state == RunState.APPROVED or (run.state == RunState.SUCCEEDED and not requires):
+            refusal = policies.apply_refusal(run, approval_required=requires)
             if run.revision.number != latest:
                 actions.apply_blocked = (
                     f"The plan changed since this dry-run (it is at revision {latest}, this "
                     f"dry-run is of revision {run.revision.number}): start a new dry-run."
                 )
+            elif refusal is not None:
+                # What the apply service would refuse (used, expired, partly covered).
+                actions.apply_blocked = f"{refusal.message[0].upper()}{refusal.message[1:]}."
             else:
                 actions.apply = True
         elif run.state == RunState.AWAITING_APPROVAL:
@@ -133,7 +137,13 @@ def run_actions(user: Any, run: Run) -> RunActions:
     ):
         stages = list(run.run_stages.all())
         redo = [s for s in stages if s.failed or s.cancelled]
-        if redo:
+        replayed_by = run.replays.only("id").first() if redo else None
+        if replayed_by is not None:
+            # One replay per run (services.run_replay): a replay that failed is replayed.
+            actions.replay_blocked = (
+                f"This run was replayed by run #{replayed_by.pk}: replay that run instead."
+            )
+        elif redo:
             if any(s.non_idempotent for s in redo) and not has_capability(user, "force-merge"):
                 actions.replay_blocked = (
                     "The partitions to replay are non-idempotent: a replay needs the "
@@ -348,9 +358,5 @@ def run_replay(request: HttpRequest, pk: int) -> HttpResponse:
 @require("approve")
 @require_GET
 def approvals(request: HttpRequest) -> HttpResponse:
-    waiting = selectors.runs_awaiting_decision(request.user)
-    mine, others = [], []
-    for run in waiting:
-        reason = services.self_approval_reason(run, request.user)
-        (others if reason else mine).append((run, reason))
+    mine, others = policies.runs_to_decide(request.user)
     return page(request, "hxo/approvals.html", {"mine": mine, "others": others})

@@ -36,6 +36,7 @@ class ItemsPartitioner(Partitioner):
             "items": {"type": "integer", "minimum": 0, "maximum": 200000},
             "dir": {"type": "string"},
             "fail": {"type": "object"},
+            "fail_dry_run": {"type": "object"},
             "block": {"type": "array", "items": {"type": "integer"}},
             "salt": {"type": "string"},
         },
@@ -81,6 +82,14 @@ class AppendExecutor(Executor):
             counter.write_text(str(tries))
             if tries <= fails:
                 raise RuntimeError(f"injected failure of item {item}, try {tries}")
+        dry_fails = int((ctx.params.get("fail_dry_run") or {}).get(str(item), 0))
+        if dry_fails and ctx.dry_run:
+            # The same, for dry-runs: a review that failed and is replayed.
+            counter = Path(ctx.params["dir"]) / f"dry-tries-{ctx.stage['id']}-{item}"
+            tries = int(counter.read_text()) + 1 if counter.exists() else 1
+            counter.write_text(str(tries))
+            if tries <= dry_fails:
+                raise RuntimeError(f"injected dry-run failure of item {item}, try {tries}")
         if item in (ctx.params.get("block") or []) and not ctx.dry_run:
             # Hold the partition (heartbeating) until the test releases it by a file.
             release = Path(ctx.params["dir"]) / f"release-{item}"
