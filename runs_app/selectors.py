@@ -355,8 +355,8 @@ def review_totals(run: Run) -> dict[str, Any]:
 def runs_awaiting_decision(user: Any) -> list[Run]:
     """Dry-runs awaiting approval on which `user` has not decided yet, newest first.
 
-    Whether the four-eyes rule lets them decide is `services.self_approval_reason` (it reads
-    only the rows loaded here).
+    Whether the four-eyes rule lets them decide is `policies.runs_to_decide` (two more
+    queries, whatever the number of runs: the plans' revisions and successful applies).
     """
     return list(
         Run.objects.filter(mode=RunMode.DRY_RUN, state=RunState.AWAITING_APPROVAL)

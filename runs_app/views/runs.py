@@ -100,7 +100,7 @@ def run_actions(user: Any, run: Run) -> RunActions:
         actions.my_decision = next((a for a in approvals if a.user_id == user.pk), None)
         if run.state == RunState.AWAITING_APPROVAL and actions.my_decision is None:
             actions.decide = True
-            reason = services.self_approval_reason(run, user)
+            reason = policies.self_approval_reason(run, user)
             if reason:
                 actions.decide_blocked = (
                     f"You cannot decide on this dry-run: {reason} (four-eyes rule)."

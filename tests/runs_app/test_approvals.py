@@ -16,6 +16,7 @@ import pytest
 from django.contrib.auth.models import Group, Permission, User
 
 from blueprints_app import codes
+from blueprints_app.capabilities import has_capability
 from blueprints_app.models import JobKind
 from blueprints_app.services import job_kind_save
 from runs_app import services, tasks
@@ -141,6 +142,33 @@ def test_an_expired_approval_is_refused_with_409(approved, tmp_path, operator, s
     assert applies(plan) == 0 and effects(tmp_path, "a") == []
 
 
+@pytest.mark.parametrize("how", ["used", "expired"])
+def test_the_pages_do_not_offer_an_apply_the_service_refuses(
+    approved, operator, settings, how
+) -> None:
+    from runs_app.views.plans import apply_option
+    from runs_app.views.runs import run_actions
+
+    plan, dry = approved
+    assert run_actions(operator, dry).apply
+    if how == "used":
+        drain_all(services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk))
+        expected = "already used by apply run"
+    else:
+        Approval.objects.filter(run=dry).update(
+            created_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=73)
+        )
+        expected = "expired"
+
+    actions = run_actions(operator, Run.objects.get(pk=dry.pk))
+    option = apply_option(
+        plan, plan.latest_revision, {TEST_KIND: JobKind.objects.get(kind=TEST_KIND)}
+    )
+
+    assert not actions.apply and expected in actions.apply_blocked
+    assert not option.available and expected in option.reason
+
+
 # --- Four-eyes over every author ------------------------------------------------------------
 
 
@@ -215,21 +243,23 @@ def test_four_eyes_role_matrix(
     # What the pages offer agrees with what the service does.
     inbox = client_for_views(user).get("/approvals/").content.decode()
     page = client_for_views(user).get(f"/runs/{dry.pk}/").content.decode()
+    home = client_for_views(user).get("/")
     blocked = [r.pk for r, _ in services.runs_to_decide(user)[1]]
+    offered_home = [r.pk for r in home.context["to_decide"]]
     if refused_because:
         with pytest.raises(ServiceError) as refused:
             services.run_approve(run=dry, actor=user)
         assert refused.value.code == codes.SELF_APPROVAL_FORBIDDEN
         assert refused_because in refused.value.message
         assert Approval.objects.filter(run=dry).count() == 0
-        assert dry.pk in blocked
+        assert dry.pk in blocked and dry.pk not in offered_home
         assert "four-eyes rule" in page and refused_because in inbox
     else:
         services.run_approve(run=dry, actor=user)
         assert Approval.objects.filter(run=dry, user=user).count() == 1
         dry.refresh_from_db()
         assert dry.state == RunState.APPROVED
-        assert dry.pk not in blocked
+        assert dry.pk not in blocked and dry.pk in offered_home
         assert f"Review dry-run #{dry.pk}" in inbox
 
 
@@ -380,11 +410,12 @@ def test_a_replay_needs_the_submit_capability(failed_apply, tmp_path) -> None:
     group = Group.objects.create(name="replayer")
     group.permissions.add(
         *Permission.objects.filter(
-            codename__in=["replay", "view"], content_type__app_label="runs_app"
+            codename__in=["replay", "view"], content_type__app_label="blueprints_app"
         )
     )
     user = User.objects.create_user("rita")
     user.groups.add(group)
+    assert has_capability(user, "replay") and not has_capability(user, "submit")
 
     with pytest.raises(ServiceError) as refused:
         services.run_replay(run=failed_apply, actor=user)
