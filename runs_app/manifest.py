@@ -232,8 +232,13 @@ def diff_against_run(run: Run, resolved: ResolvedManifest) -> dict[str, Any]:
     for sid in sorted(set(old_stages) & set(new_stages)):
         old_stage, new = old_stages[sid], new_stages[sid]
         entry = _stage_diff(old_stage, new)
+        if old_stage.position != new.position:
+            entry["position"] = {"from": old_stage.position, "to": new.position}
         if entry:
             diff["stages"].append({"id": sid, "change": "changed", **entry})
+    if run.digest != resolved.digest and not any(diff.values()):
+        # Never an empty diff for a stale digest: say at least that the manifest differs.
+        diff["digest"] = {"from": run.digest, "to": resolved.digest}
     return diff
 
 
@@ -272,12 +277,12 @@ def _stage_diff(old_stage: RunStage, new: ResolvedStage) -> dict[str, Any]:
     old_parts = list(
         Partition.objects.filter(stage=old_stage)
         .order_by("index")
-        .values_list("index", "inputs", "fingerprints")
+        .values_list("index", "inputs", "fingerprints", "wave")
     )
     if len(old_parts) != len(new.specs):
         entry["partitions"] = {"from": len(old_parts), "to": len(new.specs)}
     changed = []
-    for index, inputs, fingerprints in old_parts:
+    for index, inputs, fingerprints, wave in old_parts:
         if index >= len(new.specs):
             continue
         spec = new.specs[index]
@@ -286,6 +291,8 @@ def _stage_diff(old_stage: RunStage, new: ResolvedStage) -> dict[str, Any]:
             item["inputs"] = {"from": inputs, "to": spec.inputs}
         if fingerprints != spec.fingerprints:
             item["fingerprints"] = _fingerprint_diff(fingerprints, spec.fingerprints)
+        if wave != spec.wave:
+            item["wave"] = {"from": wave, "to": spec.wave}
         if item:
             changed.append({"index": index, **item})
             if len(changed) >= MAX_DIFF_ITEMS:

@@ -143,6 +143,10 @@ def run_actions(user: Any, run: Run) -> RunActions:
             actions.replay_blocked = (
                 f"This run was replayed by run #{replayed_by.pk}: replay that run instead."
             )
+        elif redo and not has_capability(user, "submit"):
+            actions.replay_blocked = (
+                "A replay is checked like a new run: it needs the hxo:submit capability."
+            )
         elif redo:
             if any(s.non_idempotent for s in redo) and not has_capability(user, "force-merge"):
                 actions.replay_blocked = (

@@ -422,6 +422,28 @@ def test_a_replay_needs_the_submit_capability(failed_apply, tmp_path) -> None:
 
     assert refused.value.code == codes.PERMISSION_DENIED and refused.value.status == 403
     assert Run.objects.filter(parent=failed_apply).count() == 0
+    from runs_app.views.runs import run_actions
+
+    actions = run_actions(user, failed_apply)
+    assert not actions.replay and "hxo:submit" in actions.replay_blocked
+
+
+def test_the_database_holds_one_apply_per_approval_and_one_replay_per_run(
+    approved, operator
+) -> None:
+    """Past the services' locks: the unique constraints themselves refuse a second row."""
+    from django.db import IntegrityError, transaction
+
+    plan, dry = approved
+    first = services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk)
+    assert first.consumed_dry_run_id == dry.pk
+    fields = {"plan": plan, "revision": dry.revision, "mode": RunMode.APPLY}
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Run.objects.create(**fields, consumed_dry_run=dry)
+    Run.objects.create(**fields, parent=first)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Run.objects.create(**fields, parent=first)
+    assert applies(plan) == 2
 
 
 # --- Stale approvals name what changed ------------------------------------------------------
