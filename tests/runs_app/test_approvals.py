@@ -349,6 +349,28 @@ def test_a_replay_holding_every_partition_covers_the_manifest(
     assert sorted(effects(tmp_path, "a")) == [0, 1]
 
 
+def test_the_requester_of_a_replayed_dry_run_cannot_approve_its_replay(
+    test_kinds, tmp_path, cast4, settings
+) -> None:
+    settings.HXO_MAX_ATTEMPTS = 1
+    doc = stage("a", tmp_path, items=2, fail_dry_run={"0": 1, "1": 1})
+    doc["max_failed_partitions"] = 1
+    plan = services.plan_create(actor=cast4["first"], document={"name": "p", "stages": [doc]})
+    dry = drain_all(services.run_start_dry_run(plan=plan, actor=cast4["requester"]))
+    child = drain_all(services.run_replay(run=dry, actor=cast4["editor"]))
+    assert child.state == RunState.AWAITING_APPROVAL
+
+    for who, reason in (("requester", f"you requested dry-run #{dry.pk}"), ("editor", "requested")):
+        with pytest.raises(ServiceError) as refused:
+            services.run_approve(run=child, actor=cast4[who])
+        assert refused.value.code == codes.SELF_APPROVAL_FORBIDDEN
+        assert reason in refused.value.message
+    services.run_approve(run=child, actor=cast4["fresh"])
+    assert list(Approval.objects.filter(run=child).values_list("user__username", flat=True)) == [
+        "fresh"
+    ]
+
+
 @pytest.fixture
 def failed_apply(test_kinds, tmp_path, operator, settings) -> Run:
     settings.HXO_MAX_ATTEMPTS = 1
