@@ -177,9 +177,10 @@ def uncovered_partitions(dry_run: Run) -> tuple[list[tuple[str, int]], int]:
     reviewed: ([(stage_id, index)...], manifest size). The manifest is the root's (the first
     dry-run holds every partition; replays hold subsets of it)."""
     root = lineage_root(dry_run)
-    manifest = set(Partition.objects.filter(run=root).values_list("stage__stage_id", "index"))
     if root.pk == dry_run.pk and dry_run.state == RunState.APPROVED:
-        return [], len(manifest)  # a dry-run that is not a replay reviewed all of it
+        # A dry-run that is not a replay reviewed all of it (no need to read the partitions).
+        return [], sum(dry_run.run_stages.values_list("total", flat=True))
+    manifest = set(Partition.objects.filter(run=root).values_list("stage__stage_id", "index"))
     approved = [
         r.pk
         for r in descendants(root)
