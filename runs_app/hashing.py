@@ -23,19 +23,52 @@ def document_digest(document: dict[str, Any]) -> str:
     return sha256_hex(canonical_json(document))
 
 
+CAS_FORMAT = 2  # bump when what a CAS id covers changes: older ids then never match
+
+
 def cas_id(
     *,
     kind: str,
     kind_version: int,
     executor: str,
+    partitioner: str,
+    params: dict[str, Any],
     inputs: dict[str, Any],
     fingerprints: dict[str, str],
     depends_on: Sequence[str],
 ) -> str:
-    """SHA-256 over (kind, kind version, executor, inputs, input fingerprints, CAS ids of the
-    partitions it depends on). `depends_on` holds CAS ids, or the CAS roots of whole stages."""
+    """A partition's content address (PRODUCT.md, "Identifiers"): SHA-256 over the canonical
+    JSON of everything that determines its effect.
+
+    - `kind`, `kind_version`, `executor`: what runs;
+    - `partitioner` and `params`: the stage's params *resolved* by the caller (schema defaults
+      applied, so leaving a default out and writing it give one id; every workspace and
+      database target replaced by its name and identity, see runs_app.manifest), because
+      params such as a compression level, a target or a timeout decide the effect. Params
+      only mean something to the partitioner that reads them, so its name is included;
+    - `inputs` and `fingerprints`: the partition's own work and the content it reads;
+    - `depends_on`: CAS ids, or CAS roots of whole stages, of what must run first.
+
+    Left out on purpose, because they change no effect: the stage id, labels and weights,
+    `slo_ms`, `max_failed_partitions`, `depends_on` stage ids (their CAS roots are in), the
+    plan's name, description and revision number. Two partitions share a CAS id only if
+    running either has the same effect; an equal id is still not enough to reuse (the
+    executor must also confirm the effect exists: Executor.effect_exists).
+    """
     return sha256_hex(
-        canonical_json([kind, kind_version, executor, inputs, fingerprints, sorted(depends_on)])
+        canonical_json(
+            [
+                CAS_FORMAT,
+                kind,
+                kind_version,
+                executor,
+                partitioner,
+                params,
+                inputs,
+                fingerprints,
+                sorted(depends_on),
+            ]
+        )
     )
 
 

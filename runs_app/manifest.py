@@ -12,6 +12,7 @@ given under the looser policy stale.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 from typing import Any
@@ -21,6 +22,7 @@ from django.conf import settings
 from blueprints_app import codes
 from blueprints_app.models import JobKind
 from blueprints_app.registry import (
+    PARTITIONERS,
     ComponentError,
     PartitionContext,
     PartitionSpec,
@@ -31,6 +33,8 @@ from blueprints_app.versions import kinds_at, safety_policy
 from runs_app import hashing
 from runs_app.errors import ServiceError
 from runs_app.models import Partition, PlanRevision, Run, RunStage
+from runs_app.targets import get_target
+from runs_app.workspaces import get_workspace
 
 MAX_DIFF_ITEMS = 50
 
@@ -79,6 +83,48 @@ def topological_order(stages: list[dict[str, Any]]) -> list[int]:
         if not progressed:
             raise ServiceError("the plan has a dependency cycle", code=codes.DEPENDENCY_CYCLE)
     return order
+
+
+# The params widgets that name a registered place (blueprints_app schemas mark them): in a CAS
+# id each becomes {"name", "identity"}, so re-pointing a name in settings changes the id.
+_PLACES = {
+    "workspace": lambda name, path: get_workspace(name, path=path).identity,
+    "target": lambda name, path: get_target(name, path=path).identity,
+}
+
+
+def effect_params(stage: dict[str, Any]) -> dict[str, Any]:
+    """The stage's params as they decide its effect: what a CAS id covers.
+
+    The partitioner's params schema fills in every default (recursively, inside objects and
+    arrays too, so `{"backfill": {...}}` and the same with its default `batch_size` written
+    out are one thing), and every value the schema marks as a workspace or a database target
+    (`"x-hxo-widget": "workspace" | "target"`) becomes `{"name": ..., "identity": ...}`: the
+    real path of the workspace, the target's database (runs_app.targets.Target.identity). The
+    name stays in as well, because effects are keyed on it (index rows and archive folders
+    are per workspace name). Raises ComponentError when a named place is not registered.
+    """
+    partitioner = PARTITIONERS.get(stage.get("partitioner", ""))
+    schema = partitioner.get_params_schema() if partitioner is not None else {}
+    return _resolved(schema, stage.get("params") or {}, "params")
+
+
+def _resolved(schema: Any, value: Any, path: str) -> Any:
+    schema = schema if isinstance(schema, dict) else {}
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        out = {k: _resolved(props.get(k), v, f"{path}.{k}") for k, v in value.items()}
+        for name, prop in props.items():
+            if name not in out and isinstance(prop, dict) and "default" in prop:
+                out[name] = _resolved(prop, copy.deepcopy(prop["default"]), f"{path}.{name}")
+        return out
+    if isinstance(value, list):
+        items = schema.get("items")
+        return [_resolved(items, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    place = _PLACES.get(schema.get("x-hxo-widget", ""))
+    if place is not None and isinstance(value, str):
+        return {"name": value, "identity": place(value, path)}
+    return value
 
 
 def _stage_digest_lines(stage_id: str, data: dict[str, Any], specs: list[PartitionSpec]) -> bytes:
@@ -150,6 +196,14 @@ def resolve_manifest(
                         }
                     ],
                 )
+        try:
+            params = effect_params(stage)
+        except ComponentError as exc:  # a workspace or target unregistered since
+            raise ServiceError(
+                f"stage {stage['id']!r} could not be partitioned: {exc.message}",
+                code=codes.PARTITIONING_FAILED,
+                errors=[{"path": f"{path}.{exc.path}", "code": exc.code, "message": exc.message}],
+            ) from exc
         # A partition depends on every partition of the stages it depends on (their CAS roots)
         # and on the earlier waves of its own stage.
         dep_roots = [resolved[_position(stages, d)].cas_root for d in stage.get("depends_on", [])]
@@ -166,6 +220,8 @@ def resolve_manifest(
                     kind=kind.kind,
                     kind_version=kind.version,
                     executor=stage["executor"],
+                    partitioner=stage["partitioner"],
+                    params=params,
                     inputs=spec.inputs,
                     fingerprints=spec.fingerprints,
                     depends_on=wave_deps,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -40,6 +41,23 @@ class Target:
     # sqlite: the database file; postgresql: psycopg connect() keyword arguments.
     sqlite_path: Path | None = None
     pg_kwargs: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def identity(self) -> str:
+        """Which database this is, whatever the target is called, without credentials.
+
+        SQLite: the real path of the file (symlinks resolved, so two names for one file
+        share it). PostgreSQL: host, port and database name, with libpq's defaults filled in
+        (port 5432, the local socket when no host is given). The role is not part of it: two
+        roles on one database reach the same rows. CAS ids and effects are keyed on this,
+        never on the name a plan uses.
+        """
+        if self.vendor == SQLITE:
+            return f"sqlite:{os.path.realpath(str(self.sqlite_path))}"
+        kw = dict(self.pg_kwargs)
+        host = str(kw.get("host") or "local-socket").lower()
+        port = str(kw.get("port") or 5432)
+        return f"postgresql://{host}:{port}/{kw.get('dbname', '')}"
 
     @property
     def display(self) -> str:

@@ -55,6 +55,14 @@ class Workspace:
         default_factory=dict, compare=False, repr=False, hash=False
     )
 
+    @property
+    def identity(self) -> str:
+        """What the workspace is, whatever it is called: the real path of its root.
+
+        Two names for one directory share it; one name re-pointed at another directory (even a
+        byte-identical copy) does not. CAS ids cover it (runs_app.manifest)."""
+        return f"file:{self.root}"
+
     def check_relative(self, rel: str, *, path: str) -> PurePosixPath:
         """`rel` as a normalised relative path, or ComponentError(path_escape)."""
         if not isinstance(rel, str):
