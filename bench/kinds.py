@@ -47,6 +47,9 @@ class NoopExecutor(Executor):
             return {"summary": "nothing"}
         return {"status": "done", "item": ctx.inputs["item"]}
 
+    def effect_exists(self, ctx: Any, output: dict[str, Any]) -> bool:
+        return True  # it has no effect, so none can be missing
+
 
 def noop_task(i: int) -> int:
     """The raw django-q2 baseline: one task per unit of work."""

@@ -5,6 +5,11 @@ The database is the truth (notes/django-q2.md). A worker claims a partition in o
 transaction that bumps its fence; every later write of that worker (heartbeat, completion,
 failure) is a compare-and-swap on (id, fence, state), so a worker that lost its lease changes
 nothing. Stage counters move in the same transactions as partitions, so progress is one read.
+
+Reuse is decided here, by the worker that claimed the partition, never in the web request that
+submitted the run: an idempotent partition of an apply whose CAS id already succeeded in an
+earlier apply is reused only when its executor confirms the earlier effect still exists
+(`Executor.effect_exists`), which may read files and databases. Otherwise it runs.
 """
 
 from __future__ import annotations
@@ -308,11 +313,12 @@ def kind_from_snapshot(snapshot: dict[str, Any]) -> JobKind:
 @dataclasses.dataclass
 class Outcome:
     claim: Claim
-    state: str  # succeeded, failed, lost, aborted
+    state: str  # succeeded, reused, failed, lost, aborted
     output: Any = None
     preview: Any = None
     error: dict[str, Any] | None = None
     duration_ms: int = 0
+    reused_from: int | None = None  # the earlier partition whose effect this one reuses
 
 
 class RunContext:
@@ -324,6 +330,11 @@ class RunContext:
         self.kinds = {k: kind_from_snapshot(v) for k, v in self.run.kind_snapshots.items()}
         self.stages: dict[int, RunStage] = {}
         self.executors: dict[str, Any] = {}
+        # Only a first apply reuses: a dry-run must look at the target itself, force_rerun
+        # asks for no reuse, and a replay redoes exactly the partitions that failed.
+        self.may_reuse = (
+            self.run.mode == RunMode.APPLY and not self.run.force_rerun and not self.run.parent_id
+        )
 
     def stage(self, stage_pk: int) -> RunStage:
         if stage_pk not in self.stages:
@@ -373,18 +384,23 @@ def execute_claims(
     """Execute claimed partitions one after another. A non-idempotent partition's outcome is
     written before anything else runs; idempotent ones go through the buffer."""
     rows = {
-        pk: (inputs, fingerprints)
-        for pk, inputs, fingerprints in Partition.objects.filter(
+        pk: (inputs, fingerprints, cas)
+        for pk, inputs, fingerprints, cas in Partition.objects.filter(
             pk__in=[c.partition_id for c in claims]
-        ).values_list("id", "inputs", "fingerprints")
+        ).values_list("id", "inputs", "fingerprints", "cas_id")
     }
+    earlier = reuse_candidates(rc, claims, {pk: row[2] for pk, row in rows.items()})
     for claim in claims:
         if hb.aborted.is_set():
             break
-        inputs, fingerprints = rows[claim.partition_id]
+        inputs, fingerprints, _cas = rows[claim.partition_id]
         hb.started(claim.partition_id)
-        outcome = execute_one(rc, claim, inputs, fingerprints, hb)
-        if outcome.state in (P.SUCCEEDED, P.FAILED):
+        outcome = None
+        if claim.partition_id in earlier:
+            outcome = try_reuse(rc, claim, inputs, fingerprints, hb, *earlier[claim.partition_id])
+        if outcome is None:
+            outcome = execute_one(rc, claim, inputs, fingerprints, hb)
+        if outcome.state in (P.SUCCEEDED, P.FAILED, P.REUSED):
             if claim.non_idempotent:
                 buffer.flush()
                 record_outcomes([outcome])
@@ -393,11 +409,80 @@ def execute_claims(
         hb.finished(claim.partition_id)
 
 
-def execute_one(
-    rc: RunContext, claim: Claim, inputs: Any, fingerprints: Any, hb: Heartbeat
-) -> Outcome:
+def reuse_candidates(
+    rc: RunContext, claims: list[Claim], cas_ids: dict[int, str]
+) -> dict[int, tuple[int, dict[str, Any]]]:
+    """Claimed partition id → (earlier partition id, its output) for every claimed idempotent
+    partition whose CAS id succeeded in another apply; the newest such partition. Two queries
+    for the whole batch of claims (the CAS id is indexed)."""
+    if not rc.may_reuse:
+        return {}
+    wanted = {c.partition_id: cas_ids[c.partition_id] for c in claims if not c.non_idempotent}
+    if not wanted:
+        return {}
+    newest: dict[str, int] = {}
+    for cas, pk in (
+        Partition.objects.filter(
+            cas_id__in=set(wanted.values()),
+            state=P.SUCCEEDED,
+            run__mode=RunMode.APPLY,
+            non_idempotent=False,
+            output__isnull=False,
+        )
+        .exclude(run_id=rc.run.pk)
+        .order_by("-id")
+        .values_list("cas_id", "id")
+    ):
+        newest.setdefault(cas, pk)
+    if not newest:
+        return {}
+    outputs = dict(
+        Partition.objects.filter(pk__in=list(newest.values())).values_list("id", "output")
+    )
+    return {
+        pid: (newest[cas], outputs[newest[cas]]) for pid, cas in wanted.items() if cas in newest
+    }
+
+
+def try_reuse(
+    rc: RunContext,
+    claim: Claim,
+    inputs: Any,
+    fingerprints: Any,
+    hb: Heartbeat,
+    earlier_id: int,
+    output: dict[str, Any],
+) -> Outcome | None:
+    """A `reused` outcome when the executor confirms the earlier effect still exists, else None
+    (the caller executes). The check runs under this worker's lease, like an execution."""
     stage = rc.stage(claim.stage_pk)
-    kind = rc.kinds[stage.kind]
+    ctx = _context(rc, claim, inputs, fingerprints, hb)
+    started = time.monotonic()
+    try:
+        present = rc.executor(stage.executor).effect_exists(ctx, output) is True
+        ctx.heartbeat()
+    except LeaseLost:
+        return Outcome(claim, "lost")
+    except RunAborted:
+        return Outcome(claim, "aborted")
+    except Exception as exc:  # a check that cannot tell means: run it
+        log.warning(
+            "partition %s: effect check of %s failed, running it: %s",
+            claim.partition_id,
+            stage.executor,
+            exc,
+        )
+        return None
+    if not present:
+        return None
+    duration_ms = int((time.monotonic() - started) * 1000)
+    return Outcome(claim, P.REUSED, output=output, duration_ms=duration_ms, reused_from=earlier_id)
+
+
+def _context(
+    rc: RunContext, claim: Claim, inputs: Any, fingerprints: Any, hb: Heartbeat
+) -> ExecutionContext:
+    stage = rc.stage(claim.stage_pk)
     stage_doc = {
         "id": stage.stage_id,
         "kind": stage.kind,
@@ -407,12 +492,11 @@ def execute_one(
         "depends_on": stage.depends_on,
         "non_idempotent": stage.non_idempotent,
     }
-    check = hb.checker(claim.partition_id)
-    ctx = ExecutionContext(
+    return ExecutionContext(
         run_id=rc.run.pk,
         partition_id=claim.partition_id,
         stage=stage_doc,
-        kind=kind,
+        kind=rc.kinds[stage.kind],
         inputs=inputs,
         fingerprints=fingerprints,
         manifest=stage.manifest,
@@ -420,8 +504,17 @@ def execute_one(
         dry_run=rc.dry_run,
         attempt=claim.attempt,
         fence=claim.fence,
-        heartbeat=check,
+        heartbeat=hb.checker(claim.partition_id),
     )
+
+
+def execute_one(
+    rc: RunContext, claim: Claim, inputs: Any, fingerprints: Any, hb: Heartbeat
+) -> Outcome:
+    stage = rc.stage(claim.stage_pk)
+    kind = rc.kinds[stage.kind]
+    ctx = _context(rc, claim, inputs, fingerprints, hb)
+    check = ctx.heartbeat
     started = time.monotonic()
     try:
         result = rc.executor(stage.executor).execute(ctx)
@@ -470,7 +563,7 @@ def output_problem(kind: JobKind, output: dict[str, Any]) -> str | None:
 def record_outcomes(outcomes: list[Outcome]) -> None:
     """Write outcomes in one transaction; each write is fenced, so a claim this worker lost
     changes nothing. Failures retry with backoff while attempts are left (idempotent only)."""
-    todo = [o for o in outcomes if o.state in (P.SUCCEEDED, P.FAILED)]
+    todo = [o for o in outcomes if o.state in (P.SUCCEEDED, P.REUSED, P.FAILED)]
     if not todo:
         return
     now = timezone.now()
@@ -485,19 +578,22 @@ def record_outcomes(outcomes: list[Outcome]) -> None:
             if target != P.PENDING:
                 finals.add(c.stage_pk)
 
-        successes = [o for o in todo if o.state == P.SUCCEEDED]
+        # Succeeded and reused both end with an output; a reused one also names the earlier
+        # partition whose effect it stands on.
+        successes = [o for o in todo if o.state in (P.SUCCEEDED, P.REUSED)]
         if successes:
             sql = (
                 f"UPDATE {TABLE} SET state = %s, output = %s, preview = %s, error = NULL,"
-                " finished_at = %s, duration_ms = %s, lease_owner = '', lease_expires_at = NULL"
-                " WHERE id = %s AND fence = %s AND state = %s"
+                " reused_from_id = %s, finished_at = %s, duration_ms = %s, lease_owner = '',"
+                " lease_expires_at = NULL WHERE id = %s AND fence = %s AND state = %s"
             )
             finished = _prep_dt(now)
             params = [
                 (
-                    P.SUCCEEDED,
+                    o.state,
                     _prep_json("output", o.output),
                     _prep_json("preview", o.preview),
+                    o.reused_from,
                     finished,
                     o.duration_ms,
                     o.claim.partition_id,
@@ -511,19 +607,19 @@ def record_outcomes(outcomes: list[Outcome]) -> None:
                 all_changed = cur.rowcount == len(successes)
             if all_changed:
                 for o in successes:
-                    moved(o.claim, P.SUCCEEDED)
+                    moved(o.claim, o.state)
             else:
                 # Some claim was lost meanwhile: find which of ours were written.
                 written = set(
                     Partition.objects.filter(
                         pk__in=[o.claim.partition_id for o in successes],
-                        state=P.SUCCEEDED,
+                        state__in=[P.SUCCEEDED, P.REUSED],
                         finished_at=now,
                     ).values_list("id", "fence")
                 )
                 for o in successes:
                     if (o.claim.partition_id, o.claim.fence) in written:
-                        moved(o.claim, P.SUCCEEDED)
+                        moved(o.claim, o.state)
         for o in todo:
             if o.state != P.FAILED:
                 continue
@@ -666,7 +762,7 @@ def start_stage(stage: RunStage) -> None:
         .first()
     )
     if first is None:
-        # Nothing to run (every partition reused, or none): finish at once.
+        # Nothing to run (a stage of no partitions): finish at once.
         finish_stage(stage)
         return
     RunStage.objects.filter(pk=stage.pk).update(current_wave=first)

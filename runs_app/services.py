@@ -378,46 +378,9 @@ def _create_run(
             ),
             batch_size=BULK,
         )
-        if mode == RunMode.APPLY and not force_rerun and not non_idempotent:
-            _reuse_earlier_results(stage, rs.cas_ids)
     move_run(run, RunState.RUNNING)
     execution.advance_run(run.pk)
     return run
-
-
-def _reuse_earlier_results(stage: RunStage, cas_ids: list[str]) -> None:
-    """Idempotent partitions whose CAS id already succeeded in an earlier apply are reused."""
-    reused = 0
-    for start in range(0, len(cas_ids), BULK):
-        chunk = cas_ids[start : start + BULK]
-        earlier = dict(
-            Partition.objects.filter(
-                cas_id__in=chunk,
-                state=PartitionState.SUCCEEDED,
-                run__mode=RunMode.APPLY,
-                non_idempotent=False,
-            )
-            .exclude(run_id=stage.run_id)
-            .order_by("cas_id", "-id")
-            .distinct()
-            .values_list("cas_id", "id")
-        )
-        if not earlier:
-            continue
-        outputs = dict(
-            Partition.objects.filter(pk__in=earlier.values()).values_list("id", "output")
-        )
-        mine = Partition.objects.filter(stage=stage, cas_id__in=list(earlier)).only("id", "cas_id")
-        updates = []
-        for p in mine:
-            p.state = PartitionState.REUSED
-            p.reused_from_id = earlier[p.cas_id]
-            p.output = outputs[p.reused_from_id]
-            updates.append(p)
-        Partition.objects.bulk_update(updates, ["state", "reused_from", "output"], batch_size=BULK)
-        reused += len(updates)
-    if reused:
-        RunStage.objects.filter(pk=stage.pk).update(pending=stage.total - reused, reused=reused)
 
 
 def run_start_dry_run(

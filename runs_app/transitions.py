@@ -33,8 +33,9 @@ STAGE_MOVES: dict[str, set[str]] = {
 P = PartitionState
 PARTITION_MOVES: dict[str, set[str]] = {
     P.PENDING: {P.RUNNING, P.CANCELLED, P.REUSED},
-    # running → pending is a retry (attempts left) or a lease taken over.
-    P.RUNNING: {P.SUCCEEDED, P.FAILED, P.PENDING, P.CANCELLED, P.RUNNING},
+    # running → pending is a retry (attempts left) or a lease taken over; running → reused is
+    # a worker that found the earlier effect still there (runs_app.execution.try_reuse).
+    P.RUNNING: {P.SUCCEEDED, P.FAILED, P.PENDING, P.CANCELLED, P.RUNNING, P.REUSED},
     P.SUCCEEDED: set(),
     P.FAILED: set(),
     P.REUSED: set(),

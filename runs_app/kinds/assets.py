@@ -38,13 +38,18 @@ from blueprints_app.registry import (
 )
 from runs_app.kinds.base import (
     cleanup_tmp_files,
+    database_identity,
+    digest_of,
     human_bytes,
     plural,
     publish,
     require_input,
     required_unless_default,
     resolve_params,
+    storage_effect,
+    storage_identity,
     storage_root,
+    stored_object_matches,
 )
 from runs_app.kinds.files import (
     Beat,
@@ -275,8 +280,16 @@ def staged_name(root_rel: str, rel: str, sha: str) -> str:
     return str(path.with_name(f"{path.stem}.{sha[:16]}{path.suffix}"))
 
 
+STAGING = "staging"
+
+
 def _staging() -> Storage:
-    return storages["staging"]
+    return storages[STAGING]
+
+
+def _rows_digest(rows: Sequence[Sequence[Any]]) -> str:
+    """Digest of the index rows a partition stands for: (path, size, SHA-256) of its files."""
+    return digest_of(sorted([r[0], r[1], r[2]] for r in rows))
 
 
 @register_executor
@@ -301,6 +314,43 @@ class IndexAssets(Executor):
             code=UNSUPPORTED_KIND,
             path="stage.kind",
         )
+
+    def effect_exists(self, ctx: ExecutionContext, output: dict[str, Any]) -> bool:
+        """assets.index: every pinned file of the partition has its index row in HXO's
+        database (the recorded one), with the pinned size and SHA-256. assets.stage: every
+        staged copy is in staging storage (the recorded location) with its size, and the
+        partition's manifest is there with its SHA-256 (staged copies are checked by size,
+        not hashed again: hashing them costs as much as copying them)."""
+        effect = output.get("effect")
+        if not isinstance(effect, dict):
+            return False
+        rows = pinned_range(ctx)
+        if ctx.kind.kind == "assets.index":
+            if effect.get("database") != database_identity():
+                return False
+            ws = pinned_workspace(ctx)
+            wanted = {(r[0], r[1], r[2]) for r in rows}
+            found = set(
+                AssetIndexEntry.objects.filter(
+                    workspace=ws.name, path__in=[r[0] for r in rows]
+                ).values_list("path", "size", "sha256")
+            )
+            return found == wanted and effect.get("rows_digest") == _rows_digest(rows)
+        if ctx.kind.kind == "assets.stage":
+            if effect.get("location") != storage_identity(STAGING):
+                return False
+            root_rel = str(ctx.manifest.get("root", "."))
+            manifest = effect.get("manifest") or {}
+            return stored_object_matches(
+                STAGING,
+                manifest.get("name"),
+                size=manifest.get("bytes"),
+                sha256=manifest.get("sha256"),
+            ) and all(
+                stored_object_matches(STAGING, staged_name(root_rel, r[0], r[2]), size=r[1])
+                for r in rows
+            )
+        return False
 
     # --- assets.index --------------------------------------------------------------------
 
@@ -376,6 +426,13 @@ class IndexAssets(Executor):
             "bytes": sum(e[4] for e in entries),
             "images_measured": sum(e[7] is not None for e in entries),
             "removed": removed,
+            "effect": {
+                "database": database_identity(),
+                "table": AssetIndexEntry._meta.db_table,
+                "workspace": ws.name,
+                "rows": len(entries),
+                "rows_digest": _rows_digest(rows),
+            },
         }
 
     @staticmethod
@@ -452,6 +509,12 @@ class IndexAssets(Executor):
             "copied": copied,
             "bytes_copied": copied_bytes,
             "already_staged": len(entries) - copied,
+            "effect": {
+                "location": storage_identity(STAGING),
+                "manifest": storage_effect(STAGING, manifest_name, digest, len(manifest)),
+                "assets": len(entries),
+                "assets_digest": digest_of([[e["staged"], e["sha256"]] for e in entries]),
+            },
         }
 
     def cleanup_stale(self) -> int:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +21,8 @@ from typing import IO, Any
 
 from django.conf import settings
 from django.core.files import File
-from django.core.files.storage import Storage
+from django.core.files.storage import Storage, storages
+from django.db import connection
 
 from blueprints_app.registry import ComponentError, ExecutionContext, Partitioner
 from blueprints_app.validation import schema_errors
@@ -241,3 +244,89 @@ def cleanup_tmp_files(root: Path | None, *, older_than_s: float = STALE_AFTER_S)
 
 def stage_kind(ctx: Any) -> str:
     return ctx.kind.kind
+
+
+# --- effects: what an output says it did, and whether that still exists --------------------
+#
+# An apply's output carries `effect`: where the effect lives (a storage, HXO's database, a
+# cache, a target) by identity, never by alias alone, and a digest of what is there. The
+# Merkle leaf covers the output, so a verified receipt vouches for these. `effect_exists`
+# (blueprints_app.registry.Executor) compares them with what is there now before a reuse.
+
+
+def digest_of(value: Any) -> str:
+    """SHA-256 of the canonical JSON of `value` (sorted keys, no whitespace)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def storage_identity(alias: str) -> str:
+    """Where a storage alias keeps its files: `file:<real path>` for a local one, the backend
+    class with its bucket and location otherwise (never credentials)."""
+    storage = storages[alias]
+    root = storage_root(storage)
+    if root is not None:
+        return f"file:{os.path.realpath(root)}"
+    cls = type(storage)
+    bucket = getattr(storage, "bucket_name", "") or ""
+    location = getattr(storage, "location", "") or ""
+    return f"{cls.__module__}.{cls.__qualname__}:{bucket}/{location}"
+
+
+def database_identity() -> str:
+    """HXO's own database (where the asset and docs indexes live), as Target.identity does
+    for targets: the SQLite file's real path, or PostgreSQL host, port and database name."""
+    cfg = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:{os.path.realpath(str(cfg['NAME']))}"
+    host = str(cfg.get("HOST") or "local-socket").lower()
+    return f"{connection.vendor}://{host}:{cfg.get('PORT') or 5432}/{cfg.get('NAME', '')}"
+
+
+def cache_identity(alias: str) -> str:
+    """A cache alias's backend and location (the registry cache's directory or server)."""
+    cfg = settings.CACHES[alias]
+    location = cfg.get("LOCATION", "")
+    if isinstance(location, (list, tuple)):
+        location = ",".join(str(x) for x in location)
+    if "filebased" in cfg.get("BACKEND", "").lower():
+        location = os.path.realpath(str(location))
+    return f"{cfg.get('BACKEND', '')}:{location}"
+
+
+def storage_effect(alias: str, name: str, sha256: str, size: int) -> dict[str, Any]:
+    """The `effect` of one content-addressed object written to a storage."""
+    return {
+        "storage": alias,
+        "location": storage_identity(alias),
+        "name": name,
+        "sha256": sha256,
+        "bytes": size,
+    }
+
+
+def stored_object_matches(
+    alias: str, name: Any, *, size: Any = None, sha256: Any = None, location: Any = None
+) -> bool:
+    """Whether `name` exists in storage `alias` (still at `location`, when given) with `size`
+    bytes and, when `sha256` is given, exactly that content (streamed, 1 MiB at a time).
+    Read only; any error reading counts as not there."""
+    if not isinstance(name, str) or not name:
+        return False
+    if location is not None and location != storage_identity(alias):
+        return False
+    storage = storages[alias]
+    try:
+        if not storage.exists(name):
+            return False
+        if size is not None and storage.size(name) != size:
+            return False
+        if sha256 is None:
+            return True
+        digest = hashlib.sha256()
+        with storage.open(name, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return False
+    return digest.hexdigest() == sha256

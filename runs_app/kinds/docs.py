@@ -32,6 +32,8 @@ from blueprints_app.registry import (
 )
 from runs_app.kinds.base import (
     INVALID_INPUTS,
+    database_identity,
+    digest_of,
     human_bytes,
     plural,
     require_input,
@@ -252,16 +254,28 @@ class DocsIndex(Executor):
     idempotent = True
     supports_dry_run = True
 
+    def effect_exists(self, ctx: ExecutionContext, output: dict[str, Any]) -> bool:
+        """Every page of the partition's route prefix has its row in the docs index of HXO's
+        database (the recorded one) for this workspace, with the pinned SHA-256: the rows the
+        full-text index follows."""
+        effect = output.get("effect")
+        if not isinstance(effect, dict) or effect.get("database") != database_identity():
+            return False
+        ws = pinned_workspace(ctx)
+        pages = _pages(ctx)
+        found = set(
+            DocPage.objects.filter(
+                workspace=ws.name, route__in=[p["route"] for p in pages]
+            ).values_list("route", "sha256")
+        )
+        return found == {(p["route"], p["sha256"]) for p in pages} and effect.get(
+            "pages_digest"
+        ) == _pages_digest(pages)
+
     def execute(self, ctx: ExecutionContext) -> dict[str, Any]:
         ws = pinned_workspace(ctx)
         prefix = require_input(ctx, "route", str)
-        pages = [p for p in require_manifest(ctx, "pages") if p["prefix"] == prefix]
-        if not pages:
-            raise ComponentError(
-                f"no page of the manifest has the route prefix {prefix!r}",
-                code=INVALID_INPUTS,
-                path="inputs.route",
-            )
+        pages = _pages(ctx)
         existing = dict(
             DocPage.objects.filter(workspace=ws.name, prefix=prefix).values_list("route", "sha256")
         )
@@ -327,4 +341,28 @@ class DocsIndex(Executor):
             "docs_indexed": len(extracted),
             "words": sum(info["words"] for _page, info in extracted),
             "removed": removed,
+            "effect": {
+                "database": database_identity(),
+                "table": DocPage._meta.db_table,
+                "workspace": ws.name,
+                "pages": len(pages),
+                "pages_digest": _pages_digest(pages),
+            },
         }
+
+
+def _pages(ctx: ExecutionContext) -> list[dict[str, Any]]:
+    """The manifest's pages under the partition's route prefix (at least one)."""
+    prefix = require_input(ctx, "route", str)
+    pages = [p for p in require_manifest(ctx, "pages") if p["prefix"] == prefix]
+    if not pages:
+        raise ComponentError(
+            f"no page of the manifest has the route prefix {prefix!r}",
+            code=INVALID_INPUTS,
+            path="inputs.route",
+        )
+    return pages
+
+
+def _pages_digest(pages: list[dict[str, Any]]) -> str:
+    return digest_of(sorted([p["route"], p["path"], p["sha256"]] for p in pages))

@@ -45,7 +45,9 @@ from runs_app.kinds.base import (
     require_input,
     required_unless_default,
     resolve_params,
+    storage_effect,
     storage_root,
+    stored_object_matches,
     subdir_param,
     workspace_param,
 )
@@ -287,8 +289,11 @@ class ByModule(Partitioner):
 # --- the executor -------------------------------------------------------------------------
 
 
+ARTIFACTS = "artifacts"
+
+
 def _artifacts() -> Storage:
-    return storages["artifacts"]
+    return storages[ARTIFACTS]
 
 
 def _input_digest(rows: list, level: int) -> str:
@@ -375,7 +380,26 @@ class PackBackend(Executor):
             "digest": existing["sha256"],
             "bytes": existing["bytes"],
             "source_bytes": source_bytes,
+            "effect": storage_effect(
+                ARTIFACTS, existing["archive"], existing["sha256"], existing["bytes"]
+            ),
         }
+
+    def effect_exists(self, ctx: ExecutionContext, output: dict[str, Any]) -> bool:
+        """The archive is in artifact storage, at the recorded location, with the recorded
+        size and SHA-256: the whole archive is hashed again, because reading costs far less
+        than packing (gzip runs at tens of MB/s, SHA-256 at about a GB/s), and a truncated
+        or overwritten archive must not pass."""
+        effect = output.get("effect")
+        if not isinstance(effect, dict):
+            return False
+        return stored_object_matches(
+            ARTIFACTS,
+            effect.get("name"),
+            size=effect.get("bytes"),
+            sha256=effect.get("sha256"),
+            location=effect.get("location"),
+        )
 
     def _pack(
         self,
@@ -398,11 +422,14 @@ class PackBackend(Executor):
             sha = writer.digest.hexdigest()
             name = f"{prefix}/{sha}.tar.gz"
             beat(force=True)  # a lost lease stops us before anything becomes visible
-            if storage.exists(name):
+            if stored_object_matches(ARTIFACTS, name, size=writer.count, sha256=sha):
                 pass  # identical bytes are already there: never rewrite them
             elif root is not None:
+                # Absent, or damaged under its content name: put the right bytes there.
                 os.replace(tmp, Path(storage.path(name)))
             else:
+                if storage.exists(name):
+                    storage.delete(name)  # damaged: a remote save would pick another name
                 with open(tmp, "rb") as src:
                     storage.save(name, src)  # type: ignore[arg-type]
         return {"archive": name, "sha256": sha, "bytes": writer.count}
@@ -429,6 +456,12 @@ def _read_pointer(storage: Storage, name: str) -> dict[str, Any] | None:
             pointer = json.loads(f.read())
     except (OSError, ValueError):
         return None
-    if not isinstance(pointer, dict) or not storage.exists(pointer.get("archive", "")):
+    if not isinstance(pointer, dict):
+        return None
+    # The archive must be there with the recorded bytes: one deleted or damaged since is
+    # packed again (hashing it costs far less than compressing it).
+    if not stored_object_matches(
+        ARTIFACTS, pointer.get("archive"), size=pointer.get("bytes"), sha256=pointer.get("sha256")
+    ):
         return None
     return pointer

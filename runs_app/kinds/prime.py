@@ -40,7 +40,9 @@ from runs_app.kinds import pygraph
 from runs_app.kinds.base import (
     INVALID_INPUTS,
     atomic_local_file,
+    cache_identity,
     cleanup_tmp_files,
+    digest_of,
     human_bytes,
     plural,
     require_input,
@@ -203,6 +205,12 @@ def _current(entry: Any, sha: str) -> bool:
     )
 
 
+def _entries_digest(cache: BaseCache, keys: list[str], found: dict | None = None) -> str:
+    """Digest of the registry entries under `keys` as the cache holds them now."""
+    found = cache.get_many(keys) if found is None else found
+    return digest_of([[key, found.get(key)] for key in keys])
+
+
 @register_executor
 class WarmRegistry(Executor):
     name = "warm_registry"
@@ -245,13 +253,35 @@ class WarmRegistry(Executor):
         # One write at the end: a lost lease leaves no entry of this partition behind.
         if entries:
             cache.set_many(entries, timeout=None)
+        keys = [key for _name, _row, key, _current in plan]
         return {
             "status": "warmed",
             "module": module,
             "cache_entries": len(plan),
             "written": len(entries),
             "up_to_date": len(plan) - len(entries),
+            "effect": {
+                "cache": REGISTRY_CACHE,
+                "location": cache_identity(REGISTRY_CACHE),
+                "keys": len(keys),
+                "entries_digest": _entries_digest(cache, keys),
+            },
         }
+
+    def effect_exists(self, ctx: ExecutionContext, output: dict[str, Any]) -> bool:
+        """Every module of the group has its entry in the registry cache (at the recorded
+        location), current for the pinned source hash, and the entries are exactly the ones
+        recorded (their digest)."""
+        effect = output.get("effect")
+        if not isinstance(effect, dict) or effect.get("location") != cache_identity(REGISTRY_CACHE):
+            return False
+        ws = pinned_workspace(ctx)
+        group = _group(ctx)
+        keys = [registry_key(ws.name, name) for name, _row in group]
+        found = registry().get_many(keys)
+        if not all(_current(found.get(registry_key(ws.name, n)), r["sha256"]) for n, r in group):
+            return False
+        return _entries_digest(registry(), keys, found) == effect.get("entries_digest")
 
 
 # --- prime_caches -------------------------------------------------------------------------
@@ -285,6 +315,19 @@ def _pyc_current(path: Path, header: bytes) -> bool:
             return f.read(len(header)) == header
     except OSError:
         return False
+
+
+def _bytecode_digest(root: Path, targets: list[Path]) -> str | None:
+    """Digest of the bytecode files (relative path, SHA-256 of the bytes); None if one is
+    missing."""
+    rows = []
+    for target in targets:
+        try:
+            data = target.read_bytes()
+        except OSError:
+            return None
+        rows.append([str(target.relative_to(root)), hashlib.sha256(data).hexdigest()])
+    return digest_of(rows)
 
 
 @register_executor
@@ -344,6 +387,7 @@ class PrimeCaches(Executor):
                 f.close()
                 os.replace(tmp, target)
             written += len(data)
+        targets = [target for _n, _r, _s, target, _h, _c in plan]
         return {
             "status": "warmed",
             "module": module,
@@ -353,7 +397,30 @@ class PrimeCaches(Executor):
             "bytes": written,
             "summary": f"{module}: compiled {plural(len(compiled), 'module')} "
             f"({human_bytes(written)})",
+            "effect": {
+                "root": os.path.realpath(root),
+                "files": len(targets),
+                "files_digest": _bytecode_digest(root, targets),
+            },
         }
+
+    def effect_exists(self, ctx: ExecutionContext, output: dict[str, Any]) -> bool:
+        """Every module of the group has its bytecode file under the recorded root, with
+        the header of the pinned source (checked-hash pyc), and the files are byte for byte
+        the ones recorded (a digest over all of them: bytecode is small, reading it is
+        cheap next to compiling)."""
+        effect = output.get("effect")
+        root = bytecode_root()
+        if not isinstance(effect, dict) or effect.get("root") != os.path.realpath(root):
+            return False
+        ws = pinned_workspace(ctx)
+        targets = []
+        for name, row in _group(ctx):
+            target = pyc_path(ws.name, row["path"])
+            if not _pyc_current(target, pyc_header(_source(ws, name, row))):
+                return False
+            targets.append(target)
+        return _bytecode_digest(root, targets) == effect.get("files_digest")
 
     def cleanup_stale(self) -> int:
         return cleanup_tmp_files(bytecode_root())

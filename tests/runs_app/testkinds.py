@@ -113,6 +113,11 @@ class AppendExecutor(Executor):
                 tmp.rename(final)
         return {"status": "done", "item": item}
 
+    def effect_exists(self, ctx: Any, output: dict[str, Any]) -> bool:
+        """The keyed effect file of this stage and item is there."""
+        item = ctx.inputs["item"]
+        return (Path(ctx.params["dir"]) / f"effect-{ctx.stage['id']}-{item}").is_file()
+
 
 @register_executor
 class AppendOnceExecutor(AppendExecutor):

@@ -48,6 +48,8 @@ from runs_app.kinds.base import (
     require_input,
     require_manifest,
     resolve_params,
+    storage_effect,
+    stored_object_matches,
 )
 from runs_app.kinds.docs import INDEX_STEMS, PAGE_SUFFIXES, ByRouteMap
 from runs_app.kinds.files import Beat, pinned_workspace, read_verified
@@ -389,4 +391,19 @@ class DocsLinkcheck(Executor):
                 f"{first['page']}:{first['line']} {first['target']} ({first['reason']})",
                 code=BROKEN_LINKS,
             )
-        return {"status": "checked", "report": name, **result}
+        effect = storage_effect("artifacts", name, hashlib.sha256(body).hexdigest(), len(body))
+        return {"status": "checked", "report": name, **result, "effect": effect}
+
+    def effect_exists(self, ctx: ExecutionContext, output: dict[str, Any]) -> bool:
+        """The partition's report is in artifact storage (the recorded location) with its
+        size and SHA-256 (a report is small: it is hashed again)."""
+        effect = output.get("effect")
+        if not isinstance(effect, dict) or effect.get("name") != output.get("report"):
+            return False
+        return stored_object_matches(
+            "artifacts",
+            effect.get("name"),
+            size=effect.get("bytes"),
+            sha256=effect.get("sha256"),
+            location=effect.get("location"),
+        )
