@@ -1,0 +1,234 @@
+"""`Executor.effect_exists` for every registered executor: True while the effect an apply
+recorded is there, False once it is removed or damaged (issue 11 §2). The engine reuses an
+earlier partition only on True, so a False here is what makes a deleted archive, a cleared
+cache or deleted index rows be written again.
+
+Each case applies a stage with the real executor (the kinds' test driver), then checks every
+partition's recorded output against what is there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sqlite3
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.cache import caches
+
+from blueprints_app.registry import EXECUTORS, load_plugin
+from blueprints_app.registry_io import registry_import
+from runs_app.models import AssetIndexEntry, DocPage
+from tests.runs_app import testkinds
+from tests.runs_app.kinds.conftest import EXAMPLES, Driver
+
+PLUGIN_DIR = EXAMPLES / "plugins" / "hxo_plugin_linkcheck"
+if str(PLUGIN_DIR) not in sys.path:
+    sys.path.insert(0, str(PLUGIN_DIR))
+load_plugin("hxo_plugin_linkcheck.components", origin="tests")
+
+
+@dataclasses.dataclass
+class Env:
+    tmp: Path
+    scratch: dict[str, Path]
+    lite: Path
+
+
+def _files(root: Path, pattern: str = "*") -> list[Path]:
+    return [p for p in root.rglob(pattern) if p.is_file()] if root.exists() else []
+
+
+def _zero_fill(paths: list[Path]) -> None:
+    """Damage files in place, keeping their names and sizes."""
+    assert paths
+    for p in paths:
+        p.write_bytes(b"\0" * p.stat().st_size)
+
+
+def _sql(env: Env, sql: str) -> None:
+    with sqlite3.connect(env.lite) as conn:
+        conn.execute(sql)
+    conn.close()
+
+
+def _stage(kind: str, partitioner: str, executor: str, **params: Any) -> dict[str, Any]:
+    return {
+        "id": "s",
+        "kind": kind,
+        "partitioner": partitioner,
+        "executor": executor,
+        "params": params,
+        "depends_on": [],
+    }
+
+
+@dataclasses.dataclass
+class Case:
+    stage: Callable[[Env], dict[str, Any]]
+    remove: Callable[[Env], object]
+    damage: Callable[[Env], object] | None = None
+    kind: str = ""
+
+
+CASES: dict[str, Case] = {
+    "pack_backend": Case(
+        stage=lambda env: _stage(
+            "deploy.pack", "by_module", "pack_backend", workspace="demo", root="backend"
+        ),
+        # Archives removed, the input pointers left behind: the pointer must not vouch.
+        remove=lambda env: [p.unlink() for p in _files(env.scratch["artifacts"], "*.tar.gz")],
+        damage=lambda env: _zero_fill(_files(env.scratch["artifacts"], "*.tar.gz")),
+    ),
+    "warm_registry": Case(
+        stage=lambda env: _stage(
+            "deploy.prime", "by_dag_depth", "warm_registry", workspace="demo", root="backend"
+        ),
+        remove=lambda env: caches["hxo-registry"].clear(),
+    ),
+    "prime_caches": Case(
+        stage=lambda env: _stage(
+            "deploy.prime", "by_module", "prime_caches", workspace="demo", root="backend"
+        ),
+        remove=lambda env: shutil.rmtree(env.scratch["bytecode"]),
+        damage=lambda env: _zero_fill(_files(env.scratch["bytecode"], "*.pyc")),
+    ),
+    "index_assets": Case(
+        stage=lambda env: _stage(
+            "assets.index", "by_asset_bucket", "index_assets", workspace="demo", root="assets"
+        ),
+        remove=lambda env: AssetIndexEntry.objects.all().delete(),
+        damage=lambda env: AssetIndexEntry.objects.update(sha256="0" * 64),
+    ),
+    "index_assets (assets.stage)": Case(
+        stage=lambda env: _stage(
+            "assets.stage", "by_filesize", "index_assets", workspace="demo", root="assets"
+        ),
+        remove=lambda env: [
+            p.unlink() for p in _files(env.scratch["staging"]) if "_manifests" not in p.parts
+        ],
+        damage=lambda env: _zero_fill(_files(env.scratch["staging"] / "_manifests")),
+    ),
+    "docs_index": Case(
+        stage=lambda env: _stage(
+            "docs.index", "by_route_map", "docs_index", workspace="demo", root="docs"
+        ),
+        remove=lambda env: DocPage.objects.all().delete(),
+        damage=lambda env: DocPage.objects.update(sha256="0" * 64),
+    ),
+    "docs_linkcheck": Case(
+        stage=lambda env: _stage(
+            "docs.linkcheck",
+            "by_doc_pages",
+            "docs_linkcheck",
+            workspace="demo",
+            root="docs",
+            fail_on_broken=False,
+        ),
+        remove=lambda env: shutil.rmtree(env.scratch["artifacts"] / "linkcheck"),
+        damage=lambda env: _zero_fill(_files(env.scratch["artifacts"] / "linkcheck")),
+    ),
+    "sql_migrate": Case(
+        stage=lambda env: _stage(
+            "deploy.migrate",
+            "by_sql_batch",
+            "sql_migrate",
+            target="lite",
+            statements=["UPDATE items SET n = n + 1", "UPDATE items SET n = n * 2"],
+        ),
+        remove=lambda env: _sql(env, "DELETE FROM hxo_ledger"),
+    ),
+    "test_append": Case(
+        stage=lambda env: testkinds.stage("s", env.tmp, items=3, kind=testkinds.TEST_KIND),
+        remove=lambda env: [p.unlink() for p in env.tmp.glob("effect-s-*")],
+    ),
+}
+
+# sql_migrate's check belongs to the migration ledger (its own section of issue 11): until
+# it lands, the executor keeps the safe default (never reused).
+PENDING = {"sql_migrate": "the ledger's effect_exists lands with issue 11 §3"}
+
+
+def _case_params() -> list[Any]:
+    found = []
+    for name in sorted(CASES):
+        marks = [pytest.mark.xfail(reason=PENDING[name], strict=False)] if name in PENDING else []
+        found.append(pytest.param(name, marks=marks, id=name))
+    return found
+
+
+def test_every_registered_idempotent_executor_has_an_effect_case():
+    # Non-idempotent partitions are never reused, whatever effect_exists says.
+    idempotent = {name for name, cls in EXECUTORS.items() if cls.idempotent}
+    assert idempotent - {"bench_noop"} <= {name.split(" ")[0] for name in CASES}
+
+
+@pytest.fixture
+def env(demo_copy, scratch, tmp_path, sqlite_target, test_kinds) -> Env:
+    """The demo workspace, scratch storages, a SQLite target "lite" with a table `items`,
+    and the plugin's kind in the registry."""
+    registry_import(data=json.loads((PLUGIN_DIR / "kind.json").read_text()))
+    lite = sqlite_target("lite")
+    with sqlite3.connect(lite) as conn:
+        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
+        conn.executemany("INSERT INTO items VALUES (?, 1)", [(i,) for i in range(1, 5)])
+    conn.close()
+    work = tmp_path / "items"
+    work.mkdir()
+    return Env(tmp=work, scratch=scratch, lite=lite)
+
+
+def _checks(driver: Driver, stage: dict[str, Any], applied: Any) -> list[bool]:
+    executor = EXECUTORS[stage["executor"]]()
+    kind, manifest, data = driver.partition(stage)
+    return [
+        executor.effect_exists(
+            driver.context(stage, kind, data, i, spec, dry_run=False), applied.results[i]
+        )
+        for i, spec in enumerate(manifest.partitions)
+    ]
+
+
+@pytest.mark.parametrize("name", _case_params())
+def test_effect_exists_while_the_effect_is_there_and_not_once_it_is_gone(
+    name, env: Env, driver: Driver
+):
+    case = CASES[name]
+    stage = case.stage(env)
+    applied = driver.run(stage, dry_run=False)
+    assert applied.results, "the case makes no partition"
+
+    assert _checks(driver, stage, applied) == [True] * len(applied.results)
+    case.remove(env)
+    assert _checks(driver, stage, applied) == [False] * len(applied.results)
+
+
+DAMAGEABLE = sorted(n for n, c in CASES.items() if c.damage is not None)
+
+
+@pytest.mark.parametrize("name", DAMAGEABLE)
+def test_effect_exists_is_false_when_the_effect_is_there_but_not_what_was_recorded(
+    name, env: Env, driver: Driver
+):
+    case = CASES[name]
+    stage = case.stage(env)
+    applied = driver.run(stage, dry_run=False)
+
+    assert case.damage is not None
+    case.damage(env)
+
+    assert not any(_checks(driver, stage, applied))
+
+
+def test_an_executor_that_does_not_say_is_never_reused():
+    from blueprints_app.registry import Executor
+
+    class Quiet(Executor):
+        name = "quiet"
+
+    assert Quiet().effect_exists(None, {"status": "done"}) is False  # type: ignore[arg-type]
