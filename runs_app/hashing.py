@@ -81,6 +81,13 @@ def cas_root(cas_ids: Iterable[str]) -> str:
 
 
 def merkle_leaf(*, executor: str, cas: str, output: Any, attempt: int) -> str:
+    """SHA-256 over (executor, CAS id, SHA-256 of the canonical output, attempt number).
+
+    An apply's output carries its effect's identity (`output["effect"]`: the storage
+    location, database, cache or target it wrote to, and the digest of what it wrote; see
+    runs_app.kinds.base), and the CAS id carries the resolved params with every workspace and
+    target by identity, so a leaf binds what was done, where, and what came of it: a
+    verified receipt means the stored results are still those the run recorded."""
     output_digest = sha256_hex(canonical_json(output))
     return sha256_hex(canonical_json([executor, cas, output_digest, attempt]))
 

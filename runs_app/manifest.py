@@ -37,6 +37,7 @@ from runs_app.targets import get_target
 from runs_app.workspaces import get_workspace
 
 MAX_DIFF_ITEMS = 50
+IDENTITIES = "identities"  # manifest key: each workspace/target param → {name, identity}
 
 
 @dataclasses.dataclass
@@ -93,7 +94,9 @@ _PLACES = {
 }
 
 
-def effect_params(stage: dict[str, Any]) -> dict[str, Any]:
+def effect_params(
+    stage: dict[str, Any], places: dict[str, dict[str, str]] | None = None
+) -> dict[str, Any]:
     """The stage's params as they decide its effect: what a CAS id covers.
 
     The partitioner's params schema fills in every default (recursively, inside objects and
@@ -103,27 +106,31 @@ def effect_params(stage: dict[str, Any]) -> dict[str, Any]:
     real path of the workspace, the target's database (runs_app.targets.Target.identity). The
     name stays in as well, because effects are keyed on it (index rows and archive folders
     are per workspace name). Raises ComponentError when a named place is not registered.
+    `places`, when given, receives each place found by its path (`params.target` → {...}).
     """
     partitioner = PARTITIONERS.get(stage.get("partitioner", ""))
     schema = partitioner.get_params_schema() if partitioner is not None else {}
-    return _resolved(schema, stage.get("params") or {}, "params")
+    found = places if places is not None else {}
+    return _resolved(schema, stage.get("params") or {}, "params", found)
 
 
-def _resolved(schema: Any, value: Any, path: str) -> Any:
+def _resolved(schema: Any, value: Any, path: str, places: dict[str, dict[str, str]]) -> Any:
     schema = schema if isinstance(schema, dict) else {}
     if isinstance(value, dict):
         props = schema.get("properties") or {}
-        out = {k: _resolved(props.get(k), v, f"{path}.{k}") for k, v in value.items()}
+        out = {k: _resolved(props.get(k), v, f"{path}.{k}", places) for k, v in value.items()}
         for name, prop in props.items():
             if name not in out and isinstance(prop, dict) and "default" in prop:
-                out[name] = _resolved(prop, copy.deepcopy(prop["default"]), f"{path}.{name}")
+                default = copy.deepcopy(prop["default"])
+                out[name] = _resolved(prop, default, f"{path}.{name}", places)
         return out
     if isinstance(value, list):
         items = schema.get("items")
-        return [_resolved(items, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_resolved(items, v, f"{path}[{i}]", places) for i, v in enumerate(value)]
     place = _PLACES.get(schema.get("x-hxo-widget", ""))
     if place is not None and isinstance(value, str):
-        return {"name": value, "identity": place(value, path)}
+        places[path] = {"name": value, "identity": place(value, path)}
+        return dict(places[path])
     return value
 
 
@@ -196,8 +203,9 @@ def resolve_manifest(
                         }
                     ],
                 )
+        places: dict[str, dict[str, str]] = {}
         try:
-            params = effect_params(stage)
+            params = effect_params(stage, places)
         except ComponentError as exc:  # a workspace or target unregistered since
             raise ServiceError(
                 f"stage {stage['id']!r} could not be partitioned: {exc.message}",
@@ -227,12 +235,18 @@ def resolve_manifest(
                     depends_on=wave_deps,
                 )
             earlier.extend(cas_ids[i] for i in by_wave[wave])
+        data = manifest.data
+        if places:
+            # Pinned with the manifest, so the run digest covers where the stage acts: an
+            # approval of a dry-run against one database never covers an apply on another
+            # that a target name was re-pointed to (the diff names it: `identities`).
+            data = {**data, IDENTITIES: places}
         resolved[position] = ResolvedStage(
             position=position,
             stage=stage,
             kind=kind,
             specs=manifest.partitions,
-            data=manifest.data,
+            data=data,
             cas_ids=cas_ids,
             cas_root=hashing.cas_root(cas_ids),
         )
@@ -330,6 +344,10 @@ def _stage_diff(old_stage: RunStage, new: ResolvedStage) -> dict[str, Any]:
         entry["params"] = {"from": old_stage.params, "to": new.stage.get("params") or {}}
     if old_stage.manifest != new.data:
         entry["manifest_changed"] = True
+    old_places = (old_stage.manifest or {}).get(IDENTITIES, {})
+    new_places = new.data.get(IDENTITIES, {})
+    if old_places != new_places:
+        entry[IDENTITIES] = {"from": old_places, "to": new_places}
     old_parts = list(
         Partition.objects.filter(stage=old_stage)
         .order_by("index")

@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 from django.core.cache import caches
 
+from blueprints_app import codes
 from runs_app import selectors, services
+from runs_app.errors import ServiceError
 from runs_app.models import AssetIndexEntry, DocPage, Partition, PartitionState, Run, RunState
 from tests.runs_app.kinds.conftest import EXAMPLES
 from tests.runs_app.kinds.test_kinds_engine import approve_if_needed, drain_all, errors_of
@@ -247,3 +249,35 @@ def test_an_apply_after_its_effects_were_removed_runs_again_and_restores_them(
     assert PartitionState.REUSED not in states(third)
     assert effects_present(example, scratch) == present
     assert selectors.receipt(third)["verified"] is True
+
+
+def test_an_approval_against_one_database_does_not_cover_an_apply_on_another(
+    sqlite_target, tmp_path, scratch, settings, operator, approver
+):
+    lite = sqlite_target("lite")
+    seed_sqlite(lite)
+    other = tmp_path / "other.sqlite3"
+    seed_sqlite(other)
+    params, _delta = MIGRATIONS["statements"]
+    stage = {
+        "id": "migrate",
+        "kind": "deploy.migrate",
+        "partitioner": "by_sql_batch",
+        "executor": "sql_migrate",
+        "params": {"target": "lite", **params},
+    }
+    plan = services.plan_create(actor=operator, document={"name": "items", "stages": [stage]})
+    dry = drain_all(services.run_start_dry_run(plan=plan, actor=operator))
+    approve_if_needed(dry, approver)
+    # The same name, another database file with the same rows: not what was reviewed.
+    settings.HXO_DATABASE_TARGETS = {**settings.HXO_DATABASE_TARGETS, "lite": f"sqlite:///{other}"}
+
+    with pytest.raises(ServiceError) as refused:
+        services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk)
+
+    assert refused.value.code == codes.STALE_PLAN
+    [changed] = refused.value.extra["diff"]["stages"]
+    places = changed["identities"]
+    assert places["from"]["params.target"]["identity"] == f"sqlite:{lite.resolve()}"
+    assert places["to"]["params.target"]["identity"] == f"sqlite:{other.resolve()}"
+    assert total_sqlite(lite) == total_sqlite(other) == 0
