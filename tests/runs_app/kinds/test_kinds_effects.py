@@ -238,3 +238,20 @@ def test_an_executor_that_does_not_say_is_never_reused():
         name = "quiet"
 
     assert Quiet().effect_exists(None, {"status": "done"}) is False  # type: ignore[arg-type]
+
+
+# Where each executor's effect lives, as its outputs must name it (by identity, not alias).
+PLACE_KEYS = ("location", "database", "root", "target")
+
+
+@pytest.mark.parametrize("name", [n for n in _case_params() if n.values[0] != "test_append"])
+def test_every_apply_output_names_its_effect_by_identity_and_digest(name, env: Env, driver: Driver):
+    stage = CASES[name].stage(env)
+    applied = driver.run(stage, dry_run=False)
+
+    for out in applied.results:
+        effect = out.get("effect")
+        assert isinstance(effect, dict), out
+        place = next((effect[k] for k in PLACE_KEYS if k in effect), None)
+        assert isinstance(place, str) and (":" in place or place.startswith("/")), effect
+        assert any("digest" in k or k == "sha256" for k in effect), effect
