@@ -186,3 +186,33 @@ def test_a_partition_past_the_shard_timeout_fails(test_kinds, tmp_path, operator
     part = Partition.objects.get(run=run)
     assert part.error["code"] == "shard_timeout"
     assert effects(tmp_path, "a") == []
+
+
+def test_effects_are_checked_by_the_worker_not_by_the_apply_request(
+    test_kinds, tmp_path, operator, monkeypatch
+) -> None:
+    from tests.runs_app.testkinds import AppendExecutor, effect_files
+
+    plan = plan_of(operator, stage("a", tmp_path, items=3, kind=TEST_KIND_NOAPPROVAL))
+    drain_all(services.run_apply(plan=plan, actor=operator))
+    checked: list[int] = []
+    original = AppendExecutor.effect_exists
+
+    def counting(self, ctx, output):
+        checked.append(ctx.inputs["item"])
+        return original(self, ctx, output)
+
+    monkeypatch.setattr(AppendExecutor, "effect_exists", counting)
+    (tmp_path / "effect-a-1").unlink()  # one effect gone since
+
+    second = services.run_apply(plan=plan, actor=operator)
+    assert checked == []  # the request only inserted the run
+    assert set(Partition.objects.filter(run=second).values_list("state", flat=True)) == {"pending"}
+
+    second = drain_all(second)
+    assert sorted(checked) == [0, 1, 2]
+    states = dict(Partition.objects.filter(run=second).values_list("index", "state"))
+    assert states == {0: "reused", 1: "succeeded", 2: "reused"}
+    assert effect_files(tmp_path, "a") == [0, 1, 2]
+    reused = Partition.objects.filter(run=second, state="reused")
+    assert all(p.reused_from_id and p.output == p.reused_from.output for p in reused)
