@@ -456,7 +456,7 @@ def try_reuse(
     """A `reused` outcome when the executor confirms the earlier effect still exists, else None
     (the caller executes). The check runs under this worker's lease, like an execution."""
     stage = rc.stage(claim.stage_pk)
-    ctx = _context(rc, claim, inputs, fingerprints, hb)
+    ctx = build_context(rc, claim, inputs, fingerprints, hb.checker(claim.partition_id))
     started = time.monotonic()
     try:
         present = rc.executor(stage.executor).effect_exists(ctx, output) is True
@@ -479,9 +479,14 @@ def try_reuse(
     return Outcome(claim, P.REUSED, output=output, duration_ms=duration_ms, reused_from=earlier_id)
 
 
-def _context(
-    rc: RunContext, claim: Claim, inputs: Any, fingerprints: Any, hb: Heartbeat
+def build_context(
+    rc: RunContext,
+    claim: Claim,
+    inputs: Any,
+    fingerprints: Any,
+    heartbeat: Any = None,
 ) -> ExecutionContext:
+    """The executor's view of one claimed partition (heartbeat: a no-op unless given)."""
     stage = rc.stage(claim.stage_pk)
     stage_doc = {
         "id": stage.stage_id,
@@ -504,7 +509,7 @@ def _context(
         dry_run=rc.dry_run,
         attempt=claim.attempt,
         fence=claim.fence,
-        heartbeat=hb.checker(claim.partition_id),
+        heartbeat=heartbeat or (lambda: None),
     )
 
 
@@ -513,8 +518,8 @@ def execute_one(
 ) -> Outcome:
     stage = rc.stage(claim.stage_pk)
     kind = rc.kinds[stage.kind]
-    ctx = _context(rc, claim, inputs, fingerprints, hb)
-    check = ctx.heartbeat
+    check = hb.checker(claim.partition_id)
+    ctx = build_context(rc, claim, inputs, fingerprints, check)
     started = time.monotonic()
     try:
         result = rc.executor(stage.executor).execute(ctx)

@@ -14,7 +14,9 @@ file of the workspace, `#anchors` must exist on the page they point to. External
 counted and never fetched: executors do not leave registered workspaces. The apply writes the
 partition's report into artifact storage under a content-addressed name and, with
 `fail_on_broken` (the default), fails the partition when a link is broken, so a release plan
-that puts `docs.linkcheck` before `docs.index` never indexes broken documentation.
+that puts `docs.linkcheck` before `docs.index` never indexes broken documentation. Its output
+names the report by storage location and SHA-256 (`effect`), and `effect_exists` checks the
+report is still there with that hash before HXO reuses a partition in a later apply.
 """
 
 from __future__ import annotations
