@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from django.core.cache import caches
+from django.template.loader import render_to_string
 
 from blueprints_app import codes
 from runs_app import selectors, services
@@ -281,3 +282,5 @@ def test_an_approval_against_one_database_does_not_cover_an_apply_on_another(
     assert places["from"]["params.target"]["identity"] == f"sqlite:{lite.resolve()}"
     assert places["to"]["params.target"]["identity"] == f"sqlite:{other.resolve()}"
     assert total_sqlite(lite) == total_sqlite(other) == 0
+    shown = render_to_string("hxo/runs/_stale_diff.html", {"diff": refused.value.extra["diff"]})
+    assert "where it acts changed" in shown and str(other.resolve()) in shown
