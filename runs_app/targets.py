@@ -43,29 +43,25 @@ class Target:
     pg_kwargs: tuple[tuple[str, Any], ...] = ()
 
     @property
-    def identity(self) -> str:
-        """Which database this is, whatever the target is called, without credentials.
-
-        SQLite: the real path of the file (symlinks resolved, so two names for one file
-        share it). PostgreSQL: host, port and database name, with libpq's defaults filled in
-        (port 5432, the local socket when no host is given). The role is not part of it: two
-        roles on one database reach the same rows. CAS ids and effects are keyed on this,
-        never on the name a plan uses.
-        """
-        if self.vendor == SQLITE:
-            return f"sqlite:{os.path.realpath(str(self.sqlite_path))}"
-        kw = dict(self.pg_kwargs)
-        host = str(kw.get("host") or "local-socket").lower()
-        port = str(kw.get("port") or 5432)
-        return f"postgresql://{host}:{port}/{kw.get('dbname', '')}"
-
-    @property
     def display(self) -> str:
         """Where the target is, without credentials, for previews and errors."""
         if self.vendor == SQLITE:
             return f"sqlite:{self.sqlite_path}"
         kw = dict(self.pg_kwargs)
         return f"postgresql://{kw.get('host', '')}:{kw.get('port', '')}/{kw.get('dbname', '')}"
+
+    @property
+    def identity(self) -> str:
+        """What the target resolves to, never only its name: `sqlite:<real path of the file>`
+        (symlinks resolved) or `postgresql://<host>:<port>/<dbname>` (libpq's defaults,
+        localhost and 5432, filled in). Two names for one database share an identity.
+        """
+        if self.vendor == SQLITE:
+            assert self.sqlite_path is not None
+            return f"sqlite:{os.path.realpath(self.sqlite_path)}"
+        kw = dict(self.pg_kwargs)
+        host = kw.get("host") or "localhost"
+        return f"postgresql://{host}:{kw.get('port') or 5432}/{kw.get('dbname', '')}"
 
 
 def get_target(name: object, *, path: str = "params.target") -> Target:

@@ -279,7 +279,7 @@ def database_identity() -> str:
     cfg = connection.settings_dict
     if connection.vendor == "sqlite":
         return f"sqlite:{os.path.realpath(str(cfg['NAME']))}"
-    host = str(cfg.get("HOST") or "local-socket").lower()
+    host = cfg.get("HOST") or "localhost"
     return f"{connection.vendor}://{host}:{cfg.get('PORT') or 5432}/{cfg.get('NAME', '')}"
 
 
