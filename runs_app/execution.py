@@ -409,76 +409,6 @@ def execute_claims(
         hb.finished(claim.partition_id)
 
 
-def reuse_candidates(
-    rc: RunContext, claims: list[Claim], cas_ids: dict[int, str]
-) -> dict[int, tuple[int, dict[str, Any]]]:
-    """Claimed partition id → (earlier partition id, its output) for every claimed idempotent
-    partition whose CAS id succeeded in another apply; the newest such partition. Two queries
-    for the whole batch of claims (the CAS id is indexed)."""
-    if not rc.may_reuse:
-        return {}
-    wanted = {c.partition_id: cas_ids[c.partition_id] for c in claims if not c.non_idempotent}
-    if not wanted:
-        return {}
-    newest: dict[str, int] = {}
-    for cas, pk in (
-        Partition.objects.filter(
-            cas_id__in=set(wanted.values()),
-            state=P.SUCCEEDED,
-            run__mode=RunMode.APPLY,
-            non_idempotent=False,
-            output__isnull=False,
-        )
-        .exclude(run_id=rc.run.pk)
-        .order_by("-id")
-        .values_list("cas_id", "id")
-    ):
-        newest.setdefault(cas, pk)
-    if not newest:
-        return {}
-    outputs = dict(
-        Partition.objects.filter(pk__in=list(newest.values())).values_list("id", "output")
-    )
-    return {
-        pid: (newest[cas], outputs[newest[cas]]) for pid, cas in wanted.items() if cas in newest
-    }
-
-
-def try_reuse(
-    rc: RunContext,
-    claim: Claim,
-    inputs: Any,
-    fingerprints: Any,
-    hb: Heartbeat,
-    earlier_id: int,
-    output: dict[str, Any],
-) -> Outcome | None:
-    """A `reused` outcome when the executor confirms the earlier effect still exists, else None
-    (the caller executes). The check runs under this worker's lease, like an execution."""
-    stage = rc.stage(claim.stage_pk)
-    ctx = build_context(rc, claim, inputs, fingerprints, hb.checker(claim.partition_id))
-    started = time.monotonic()
-    try:
-        present = rc.executor(stage.executor).effect_exists(ctx, output) is True
-        ctx.heartbeat()
-    except LeaseLost:
-        return Outcome(claim, "lost")
-    except RunAborted:
-        return Outcome(claim, "aborted")
-    except Exception as exc:  # a check that cannot tell means: run it
-        log.warning(
-            "partition %s: effect check of %s failed, running it: %s",
-            claim.partition_id,
-            stage.executor,
-            exc,
-        )
-        return None
-    if not present:
-        return None
-    duration_ms = int((time.monotonic() - started) * 1000)
-    return Outcome(claim, P.REUSED, output=output, duration_ms=duration_ms, reused_from=earlier_id)
-
-
 def build_context(
     rc: RunContext,
     claim: Claim,
@@ -553,6 +483,76 @@ def execute_one(
         error = {"code": codes.INVALID_OUTPUT, "message": problem}
         return Outcome(claim, P.FAILED, error=error, duration_ms=duration_ms)
     return Outcome(claim, P.SUCCEEDED, output=result, duration_ms=duration_ms)
+
+
+def reuse_candidates(
+    rc: RunContext, claims: list[Claim], cas_ids: dict[int, str]
+) -> dict[int, tuple[int, dict[str, Any]]]:
+    """Claimed partition id → (earlier partition id, its output) for every claimed idempotent
+    partition whose CAS id succeeded in another apply; the newest such partition. Two queries
+    for the whole batch of claims (the CAS id is indexed)."""
+    if not rc.may_reuse:
+        return {}
+    wanted = {c.partition_id: cas_ids[c.partition_id] for c in claims if not c.non_idempotent}
+    if not wanted:
+        return {}
+    newest: dict[str, int] = {}
+    for cas, pk in (
+        Partition.objects.filter(
+            cas_id__in=set(wanted.values()),
+            state=P.SUCCEEDED,
+            run__mode=RunMode.APPLY,
+            non_idempotent=False,
+            output__isnull=False,
+        )
+        .exclude(run_id=rc.run.pk)
+        .order_by("-id")
+        .values_list("cas_id", "id")
+    ):
+        newest.setdefault(cas, pk)
+    if not newest:
+        return {}
+    outputs = dict(
+        Partition.objects.filter(pk__in=list(newest.values())).values_list("id", "output")
+    )
+    return {
+        pid: (newest[cas], outputs[newest[cas]]) for pid, cas in wanted.items() if cas in newest
+    }
+
+
+def try_reuse(
+    rc: RunContext,
+    claim: Claim,
+    inputs: Any,
+    fingerprints: Any,
+    hb: Heartbeat,
+    earlier_id: int,
+    output: dict[str, Any],
+) -> Outcome | None:
+    """A `reused` outcome when the executor confirms the earlier effect still exists, else None
+    (the caller executes). The check runs under this worker's lease, like an execution."""
+    stage = rc.stage(claim.stage_pk)
+    ctx = build_context(rc, claim, inputs, fingerprints, hb.checker(claim.partition_id))
+    started = time.monotonic()
+    try:
+        present = rc.executor(stage.executor).effect_exists(ctx, output) is True
+        ctx.heartbeat()
+    except LeaseLost:
+        return Outcome(claim, "lost")
+    except RunAborted:
+        return Outcome(claim, "aborted")
+    except Exception as exc:  # a check that cannot tell means: run it
+        log.warning(
+            "partition %s: effect check of %s failed, running it: %s",
+            claim.partition_id,
+            stage.executor,
+            exc,
+        )
+        return None
+    if not present:
+        return None
+    duration_ms = int((time.monotonic() - started) * 1000)
+    return Outcome(claim, P.REUSED, output=output, duration_ms=duration_ms, reused_from=earlier_id)
 
 
 def output_problem(kind: JobKind, output: dict[str, Any]) -> str | None:
