@@ -478,8 +478,10 @@ class IndexAssets(Executor):
         for (rel, size, sha, mode), name in plan:
             beat()
             entry = (rel, size, sha, mode)
-            if not storage.exists(name) and publish(
-                storage, name, ctx, lambda f, entry=entry: stream_verified(ws, entry, f)
+            # A staged copy of another size is damaged: copied again (same size: kept,
+            # hashing every staged copy on every apply would cost as much as copying it).
+            if publish(
+                storage, name, ctx, lambda f, entry=entry: stream_verified(ws, entry, f), size=size
             ):
                 copied += 1
                 copied_bytes += size
@@ -500,7 +502,14 @@ class IndexAssets(Executor):
         digest = hashlib.sha256(manifest).hexdigest()
         manifest_name = f"_manifests/{bucket}.{digest[:16]}.json"
         beat(force=True)
-        publish(storage, manifest_name, ctx, lambda f: f.write(manifest))
+        publish(
+            storage,
+            manifest_name,
+            ctx,
+            lambda f: f.write(manifest),
+            size=len(manifest),
+            sha256=digest,
+        )
         return {
             "status": "staged",
             "bucket": bucket,

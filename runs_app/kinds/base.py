@@ -192,14 +192,24 @@ def publish(
     name: str,
     ctx: ExecutionContext,
     write: Callable[[IO[bytes]], object],
+    *,
+    size: int | None = None,
+    sha256: str | None = None,
 ) -> bool:
     """Store the content `write` produces under `name` unless `name` exists; True if written.
 
     `name` must be content-addressed: an existing object of that name holds the same bytes,
-    so it is never rewritten.
+    so it is never rewritten. When the caller knows the content's `size` (and `sha256`), an
+    existing object that does not match them is damaged, and is replaced: an apply that runs
+    because the effect check found it damaged then restores it instead of leaving it so.
     """
+    damaged = False
     if storage.exists(name):
-        return False
+        if (size is None and sha256 is None) or object_matches(
+            storage, name, size=size, sha256=sha256
+        ):
+            return False
+        damaged = True
     root = storage_root(storage)
     if root is not None:
         final = Path(storage.path(name))
@@ -208,7 +218,7 @@ def publish(
             f.flush()
             os.fsync(f.fileno())
             f.close()
-            if final.exists():  # another delivery won the race with the same bytes
+            if final.exists() and not damaged:  # another delivery won the race, same bytes
                 return False
             os.replace(tmp, final)
         return True
@@ -217,6 +227,8 @@ def publish(
     with atomic_local_file(local_tmp, ctx) as (tmp, f):
         write(f)
         f.close()
+        if damaged:
+            storage.delete(name)  # a save over an existing name would pick another name
         with open(tmp, "rb") as src:
             storage.save(name, File(src))
     return True
@@ -309,13 +321,18 @@ def stored_object_matches(
     alias: str, name: Any, *, size: Any = None, sha256: Any = None, location: Any = None
 ) -> bool:
     """Whether `name` exists in storage `alias` (still at `location`, when given) with `size`
-    bytes and, when `sha256` is given, exactly that content (streamed, 1 MiB at a time).
-    Read only; any error reading counts as not there."""
-    if not isinstance(name, str) or not name:
-        return False
+    bytes and, when `sha256` is given, exactly that content. Read only; any error reading
+    counts as not there."""
     if location is not None and location != storage_identity(alias):
         return False
-    storage = storages[alias]
+    return object_matches(storages[alias], name, size=size, sha256=sha256)
+
+
+def object_matches(storage: Storage, name: Any, *, size: Any = None, sha256: Any = None) -> bool:
+    """`stored_object_matches` for a storage object: present, `size` bytes when given, and
+    that SHA-256 when given (streamed, 1 MiB at a time)."""
+    if not isinstance(name, str) or not name:
+        return False
     try:
         if not storage.exists(name):
             return False

@@ -369,7 +369,14 @@ class PackBackend(Executor):
             existing = self._pack(ctx, ws, rows, level, storage, prefix, beat)
             beat(force=True)
             pointer = json.dumps(existing).encode()
-            publish(storage, pointer_name, ctx, lambda f: f.write(pointer))
+            publish(
+                storage,
+                pointer_name,
+                ctx,
+                lambda f: f.write(pointer),
+                size=len(pointer),
+                sha256=hashlib.sha256(pointer).hexdigest(),
+            )
         else:
             beat(force=True)
         return {

@@ -284,3 +284,47 @@ def test_an_approval_against_one_database_does_not_cover_an_apply_on_another(
     assert total_sqlite(lite) == total_sqlite(other) == 0
     shown = render_to_string("hxo/runs/_stale_diff.html", {"diff": refused.value.extra["diff"]})
     assert "where it acts changed" in shown and str(other.resolve()) in shown
+
+
+# --- Effects damaged since the earlier apply ------------------------------------------------
+
+
+def _zero_fill(paths: list[Path]) -> None:
+    assert paths
+    for p in paths:
+        p.write_bytes(b"\0" * p.stat().st_size)
+
+
+def _content_named(path: Path) -> bool:
+    """A content-addressed file still holds the bytes its name says (full or 16-hex hash)."""
+    import hashlib
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    stem = path.name.split(".")[-3] if path.name.endswith(".tar.gz") else path.name.split(".")[-2]
+    return digest.startswith(stem)
+
+
+DAMAGES = {
+    # Archives overwritten in place (the input pointers still name them).
+    "pack-backend-by-filesize": lambda s: list((s["artifacts"] / "pack").rglob("*.tar.gz")),
+    # Stage manifests overwritten in place.
+    "assets-stage-by-filesize": lambda s: list((s["staging"] / "_manifests").glob("*.json")),
+}
+
+
+@pytest.mark.parametrize("example", sorted(DAMAGES))
+def test_an_apply_after_its_effects_were_damaged_runs_again_and_repairs_them(
+    example, demo_copy, scratch, operator, approver
+):
+    document = json.loads((EXAMPLES / "plans" / f"{example}.json").read_text())
+    plan = services.plan_create(actor=operator, document=document)
+    apply_through_review(plan, operator, approver)
+    damaged = DAMAGES[example](scratch)
+    _zero_fill(damaged)
+    assert not any(_content_named(p) for p in damaged)
+
+    again = apply_through_review(plan, operator, approver)
+
+    assert PartitionState.REUSED not in states(again)
+    assert all(_content_named(p) for p in damaged)
+    assert selectors.receipt(again)["verified"] is True

@@ -385,7 +385,10 @@ class DocsLinkcheck(Executor):
             sort_keys=True,
         ).encode()
         name = _report_name(ws, body)
-        publish(storages["artifacts"], name, ctx, lambda f: f.write(body))
+        sha = hashlib.sha256(body).hexdigest()
+        publish(
+            storages["artifacts"], name, ctx, lambda f: f.write(body), size=len(body), sha256=sha
+        )
         if fail:
             first = broken[0]
             raise ComponentError(
@@ -393,7 +396,7 @@ class DocsLinkcheck(Executor):
                 f"{first['page']}:{first['line']} {first['target']} ({first['reason']})",
                 code=BROKEN_LINKS,
             )
-        effect = storage_effect("artifacts", name, hashlib.sha256(body).hexdigest(), len(body))
+        effect = storage_effect("artifacts", name, sha, len(body))
         return {"status": "checked", "report": name, **result, "effect": effect}
 
     def effect_exists(self, ctx: ExecutionContext, output: dict[str, Any]) -> bool:
