@@ -4,6 +4,11 @@ The manifest is what partitioners make of a revision right now: partitions with 
 content fingerprints. The digest covers the revision, the kinds' versions and the manifest, so
 an approval bound to it stops covering the plan as soon as anything it read has changed.
 
+Each partition gets its CAS id here (runs_app.hashing.cas_id) from the stage's params as they
+decide the effect (`effect_params`: defaults filled, workspaces and targets by identity), and
+the stage manifest pins those identities (`identities`), so the digest, and with it an
+approval, covers where the stage acts and not only the names it uses.
+
 A revision resolves under the kind versions it pins (`PlanRevision.kind_versions`, see
 blueprints_app.versions): publishing a newer version does not change what an older revision
 means, but a safety policy tightened since is part of the digest, so it does make an approval
