@@ -664,3 +664,24 @@ def test_a_dry_run_on_a_superuser_target_fails_with_the_code(pg_super, settings,
     assert isinstance(run, Run)
     assert {p.error["code"] for p in Partition.objects.filter(run=run)} == {"superuser_target"}
     assert count("pg", "SELECT COUNT(*) FROM orders WHERE id <= 10") == 10
+
+
+def test_the_plan_editor_refuses_to_save_it_and_live_validation_shows_it(demo, operator):
+    import json
+
+    from django.test import Client
+
+    from runs_app.models import Plan
+
+    browser = Client()
+    browser.force_login(operator)
+    document = json.dumps(plan("demo", ["CREATE TABLE ok (id INTEGER)", "COMMIT"]))
+
+    saved = browser.post("/plans/new/json/", {"document": document, "_action": "save"})
+    live = browser.post("/plans/validate-json/", {"document": document})
+
+    assert saved.status_code == 400
+    assert not Plan.objects.exists()
+    for body in (saved.content.decode(), live.content.decode()):
+        assert "stages[0].params.statements[1]" in body
+        assert "transaction control" in body
