@@ -141,6 +141,20 @@ def test_a_dry_run_cannot_attach_hxos_database_and_make_the_operator_an_admiral(
     assert_refused(outcome, "stages[0].params.statements[1]", "ATTACH")
 
 
+def test_a_dry_run_cannot_attach_another_database_file_and_write_into_it(demo, operator, tmp_path):
+    other = tmp_path / "other.sqlite3"
+    statements = [
+        "COMMIT",
+        f"ATTACH DATABASE '{other}' AS h",
+        "CREATE TABLE h.stolen AS SELECT * FROM orders",
+    ]
+
+    outcome = operator_dry_run(plan("demo", statements, batch_size=3), operator)
+
+    assert not other.exists()
+    assert_refused(outcome, "stages[0].params.statements[1]", "ATTACH")
+
+
 def test_a_dry_run_cannot_copy_a_database_to_a_file_with_vacuum_into(demo, operator, tmp_path):
     copy = tmp_path / "copy.sqlite3"
 
@@ -498,6 +512,24 @@ def test_without_the_policy_a_commit_still_cannot_let_the_rest_of_the_batch_run(
     assert count(target, "SELECT COUNT(*) FROM orders WHERE id <= 10") == 10
     with connect(target) as conn:
         assert not conn.table_exists("hxo_ledger") or dry_run is False
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_without_the_policy_attach_and_vacuum_into_write_no_file(
+    driver, demo, no_policy, tmp_path, dry_run
+):
+    for statements in (
+        [f"ATTACH DATABASE '{tmp_path / 'a.sqlite3'}' AS h", "CREATE TABLE h.t AS SELECT 1"],
+        ["COMMIT", f"ATTACH DATABASE '{tmp_path / 'a.sqlite3'}' AS h"],
+        ["COMMIT", f"VACUUM INTO '{tmp_path / 'b.sqlite3'}'"],
+        [f"VACUUM INTO '{tmp_path / 'b.sqlite3'}'"],
+    ):
+        ctx = crafted(driver, "demo", statements, dry_run=dry_run)
+        with pytest.raises(ComponentError) as refused:
+            EXECUTORS["sql_migrate"]().execute(ctx)
+        assert refused.value.code in (FORBIDDEN, "sql_error"), refused.value.message
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.sqlite3"]
 
 
 SQLITE_DENIED = [
