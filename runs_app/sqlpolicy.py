@@ -451,12 +451,14 @@ def _pg_words(source: str, limit: int = 2) -> str:
     scanner, for messages."""
     from pglast import parser
 
-    words = []
+    words: list[str] = []
     for tok in parser.scan(source):
-        if tok.kind == "NO_KEYWORD" or len(words) == limit:
+        if tok.kind == "NO_KEYWORD" or len(words) == limit + 2:
             break
         words.append(source[tok.start : tok.end + 1].upper())
-    return " ".join(words)
+    if words[1:3] == ["OR", "REPLACE"]:  # CREATE OR REPLACE FUNCTION: name it CREATE FUNCTION
+        del words[1:3]
+    return " ".join(words[:limit])
 
 
 def _dedupe(findings: Iterator[Finding]) -> list[Finding]:
@@ -723,21 +725,29 @@ def _plpgsql_findings(node: Any, body: str) -> list[Finding]:
             key == "PLpgSQL_stmt_open" and isinstance(value, dict) and "dynquery" in value
         ):
             found.append(Finding("dynamic_sql", "EXECUTE of a query built at run time"))
-        elif key == "query" and isinstance(value, str):
-            found.extend(_embedded_query(value))
+        elif key == "PLpgSQL_expr" and isinstance(value, dict):
+            found.extend(_embedded_query(str(value.get("query", "")), value.get("parseMode", 0)))
     return found
 
 
-def _embedded_query(query: str) -> list[Finding]:
-    """A query PL/pgSQL runs: parsed when it is a statement, else scanned for calls."""
+# PostgreSQL's RawParseMode for PL/pgSQL expressions: a statement, or an expression.
+RAW_PARSE_DEFAULT = 0
+RAW_PARSE_PLPGSQL_EXPR = 2
+
+
+def _embedded_query(query: str, mode: int) -> list[Finding]:
+    """SQL that PL/pgSQL runs: a statement is checked as an item of its own, an expression
+    as the SELECT list it is; an assignment (`x := f(y)`) is scanned for forbidden calls."""
     import pglast
     from pglast import parser
 
-    try:
-        parsed = pglast.parse_sql(query)
-        return [f for r in parsed for f in _pg_findings(r.stmt, _raw_words(query, r))]
-    except parser.ParseError:
-        pass
+    text = f"SELECT {query}" if mode == RAW_PARSE_PLPGSQL_EXPR else query
+    if mode in (RAW_PARSE_DEFAULT, RAW_PARSE_PLPGSQL_EXPR):
+        try:
+            parsed = pglast.parse_sql(text)
+            return [f for r in parsed for f in _pg_findings(r.stmt, _raw_words(text, r))]
+        except parser.ParseError:
+            pass
     # An expression or an assignment (`x := f(y)`): look for forbidden names being called.
     try:
         tokens = parser.scan(query)

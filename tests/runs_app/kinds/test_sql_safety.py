@@ -335,6 +335,9 @@ PG_CASES = {
     "multiple_statements": ["SELECT E'\\''; DELETE FROM orders; --'", "SELECT 1; SELECT 2"],
     "other_databases": [
         "SELECT dblink_exec('dbname=hxo', 'DELETE FROM x')",
+        "CREATE FUNCTION f() RETURNS bool LANGUAGE plpgsql AS $$ BEGIN "
+        "IF dblink_exec('x', 'y') = 'OK' THEN RETURN true; END IF; RETURN false; END $$",
+        "CREATE VIEW v AS SELECT * FROM dblink('dbname=x', 'SELECT 1') AS t(a int)",
         "CREATE SERVER s FOREIGN DATA WRAPPER postgres_fdw",
         "CREATE USER MAPPING FOR CURRENT_USER SERVER s",
         "CREATE FOREIGN TABLE f (a int) SERVER s",
@@ -350,6 +353,10 @@ PG_CASES = {
         "SELECT * FROM pg_ls_dir('.')",
         "SELECT lo_import('/etc/passwd')",
         "SELECT lo_export(1, '/tmp/x')",
+        "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS "
+        "$$ DECLARE r text; BEGIN r := (SELECT pg_read_file('x')); RETURN 1; END $$",
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC "
+        "SELECT length(pg_read_file('x')); END",
         "CREATE TABLESPACE t LOCATION '/tmp'",
     ],
     "vacuum": ["VACUUM", "VACUUM FULL orders"],
@@ -717,3 +724,36 @@ def test_the_plan_editor_refuses_to_save_it_and_live_validation_shows_it(demo, o
     for body in (saved.content.decode(), live.content.decode()):
         assert "stages[0].params.statements[1]" in body
         assert "transaction control" in body
+
+
+HARMLESS_BODIES = [
+    "CREATE OR REPLACE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+    "DECLARE n int := 0;\nBEGIN\n  NEW.created_at := now()::text;\n"
+    "  IF NEW.total_cents > 1 THEN PERFORM pg_sleep(0); END IF;\n"
+    "  FOR n IN SELECT id FROM orders LIMIT 1 LOOP RAISE NOTICE '%; done', n; END LOOP;\n"
+    "  RETURN NEW;\nEND; $$",
+    "CREATE FUNCTION plus_one(a int) RETURNS int LANGUAGE sql IMMUTABLE RETURN a + 1",
+    "CREATE PROCEDURE mark(a int) LANGUAGE plpgsql AS $$ BEGIN "
+    "UPDATE orders SET status = 'x' WHERE id = a; END $$",
+    "CREATE TRIGGER orders_touch BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION touch()",
+]
+
+
+@pytest.mark.postgres
+def test_harmless_function_bodies_validate_and_apply_on_postgresql(
+    pg_demo, driver, api_client_for, operator
+):
+    document = plan("pg", HARMLESS_BODIES)
+
+    checked = api_client_for(operator).post("/api/v1/validate/", {"plan": document}, format="json")
+    assert checked.json()["errors"] == []
+    driver.run(document["stages"][0], dry_run=False)
+
+    with connect("pg") as conn:  # the trigger runs its body: created_at is stamped
+        conn.begin()
+        conn.run_statement("UPDATE orders SET total_cents = 5, created_at = 'x' WHERE id = 1")
+        conn.run_statement("CALL mark(2)")
+        conn.commit()
+    assert count("pg", "SELECT plus_one(41)") == 42
+    assert count("pg", "SELECT COUNT(*) FROM orders WHERE id = 1 AND created_at = 'x'") == 0
+    assert count("pg", "SELECT COUNT(*) FROM orders WHERE id = 2 AND status = 'x'") == 1
