@@ -277,11 +277,7 @@ class Analysis:
 
 
 class SqlSyntaxError(ValueError):
-    """The target's parser cannot read the text; `position` is a 0-based offset or None."""
-
-    def __init__(self, message: str, position: int | None = None) -> None:
-        super().__init__(message)
-        self.position = position
+    """The target's parser cannot read the text (the message says where)."""
 
 
 def analyse(sql: str, vendor: str) -> Analysis:

@@ -5,6 +5,11 @@ cannot point an executor at an arbitrary server. The database HXO itself runs on
 target unless an operator registers it as one. Connections are plain DB-API (sqlite3,
 psycopg 3) with one placeholder style for callers: named `:param`, converted here, so SQL is
 always executed with bound parameters.
+
+SQL from a plan runs only through `TargetConnection.run_statement`, whose guards (SQLite
+authorizer, PostgreSQL extended query protocol, the batch's transaction checked after every
+statement) hold whatever the SQL policy (`runs_app.sqlpolicy`) let through; a PostgreSQL
+target connecting as a superuser is refused unless HXO_ALLOW_SUPERUSER_TARGETS is set.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 from django.conf import settings
 
 from blueprints_app.registry import ComponentError
+from runs_app.sqlpolicy import FORBIDDEN_STATEMENT, POSTGRESQL, SQLITE, pg_params
 
 UNKNOWN_TARGET = "unknown_target"
 TARGET_UNAVAILABLE = "target_unavailable"
@@ -28,12 +34,8 @@ SUPERUSER_TARGET = "superuser_target"
 # A plan statement ended or left the batch's transaction (it must never: the executor checks
 # after every statement and fails the partition).
 TRANSACTION_ENDED = "transaction_ended"
-# The SQLite authorizer refused an action of a plan statement (transaction control, ATTACH,
-# a PRAGMA that is not read-only, load_extension()...).
-FORBIDDEN_STATEMENT = "forbidden_statement"
-
-SQLITE = "sqlite"
-POSTGRESQL = "postgresql"
+# FORBIDDEN_STATEMENT (sqlpolicy) also when the SQLite authorizer refuses an action of a plan
+# statement (transaction control, ATTACH, a PRAGMA that is not read-only, load_extension()).
 
 
 def target_names() -> list[str]:
@@ -113,8 +115,6 @@ def to_driver_sql(sql: str, vendor: str) -> str:
     """
     if vendor == SQLITE:
         return sql
-    from runs_app.sqlpolicy import pg_params
-
     names, spans, _other = pg_params(sql)
     out: list[str] = []
     last = 0
@@ -203,8 +203,8 @@ class TargetConnection:
 
         Raises ComponentError(TRANSACTION_ENDED) when no transaction is open before it or
         the statement left it, ComponentError(FORBIDDEN_STATEMENT) when the SQLite
-        authorizer refused one of its actions, and the driver's error otherwise (more than
-        one statement included: sqlite3.ProgrammingError, psycopg.errors.SyntaxError).
+        authorizer refused one of its actions or the driver refused a second statement in
+        the text, and the driver's error otherwise.
         """
         self.require_transaction(sql)
         cursor = self.raw.cursor()
@@ -219,16 +219,31 @@ class TargetConnection:
                 # always, and the server then refuses a second statement in the message.
                 query = sql if params is None else to_driver_sql(sql, self.vendor)
                 cursor.execute(query, None if params is None else dict(params), binary=True)
-        except sqlite3.DatabaseError:
-            if self._denied:
-                raise ComponentError(
-                    f"the target refused {self._denied} in a plan statement",
-                    code=FORBIDDEN_STATEMENT,
-                    path="manifest",
-                ) from None
+        except Exception as exc:
+            refused = self._refusal(exc)
+            if refused is not None:
+                raise refused from None
             raise
         self.require_transaction(sql)
         return max(cursor.rowcount or 0, 0)  # DDL reports -1
+
+    def _refusal(self, exc: Exception) -> ComponentError | None:
+        """The engine's own refusal of a plan statement as FORBIDDEN_STATEMENT, or None."""
+        text = str(exc)
+        if isinstance(exc, sqlite3.DatabaseError) and self._denied:
+            what = self._denied
+        elif isinstance(exc, sqlite3.ProgrammingError) and "one statement at a time" in text:
+            what = "more than one statement in one call"  # CPython's sqlite3 module
+        elif type(exc).__name__ == "SyntaxError" and "multiple commands" in text:
+            # PostgreSQL: "cannot insert multiple commands into a prepared statement".
+            what = "more than one statement in one call"
+        else:
+            return None
+        return ComponentError(
+            f"the target refused {what} in a plan statement",
+            code=FORBIDDEN_STATEMENT,
+            path="manifest",
+        )
 
     def in_transaction(self) -> bool:
         if self.vendor == SQLITE:
