@@ -286,6 +286,10 @@ def analyse(sql: str, vendor: str) -> Analysis:
     Raises SqlSyntaxError when the parser cannot read it (PostgreSQL: any syntax error;
     SQLite: an unterminated string, identifier or comment, or more than MAX_SEMICOLONS `;`).
     """
+    try:
+        sql.encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate from JSON's "\ud800"
+        raise SqlSyntaxError(f"not valid text at offset {exc.start}") from None
     if vendor == POSTGRESQL:
         return _analyse_pg(sql)
     if vendor == SQLITE:
@@ -398,7 +402,7 @@ def pg_params(sql: str) -> tuple[list[str], list[tuple[int, int]], list[str]]:
     names: list[str] = []
     spans: list[tuple[int, int]] = []
     other: list[str] = []
-    for tok, nxt in zip(tokens, [*tokens[1:], None], strict=True):
+    for tok, nxt in itertools.zip_longest(tokens, tokens[1:]):
         if tok.name == "PARAM":
             other.append(sql[tok.start : tok.end + 1])
         if tok.name != "ASCII_58" or nxt is None or nxt.start != tok.end + 1:

@@ -757,3 +757,33 @@ def test_harmless_function_bodies_validate_and_apply_on_postgresql(
     assert count("pg", "SELECT plus_one(41)") == 42
     assert count("pg", "SELECT COUNT(*) FROM orders WHERE id = 1 AND created_at = 'x'") == 0
     assert count("pg", "SELECT COUNT(*) FROM orders WHERE id = 2 AND status = 'x'") == 1
+
+
+UNREADABLE = [
+    *((vendor, item) for vendor in ("sqlite", "postgresql") for item in (" ", "-- a", ";", "'")),
+    ("postgresql", "$$"),
+    ("postgresql", "SELEC 1"),
+    ("sqlite", "SELECT [unterminated"),
+]
+
+
+@pytest.mark.parametrize(("vendor", "item"), UNREADABLE)
+def test_sql_the_parser_cannot_read_is_invalid_sql_never_a_500(
+    both_targets, api_client_for, operator, vendor, item
+):
+    checked = api_client_for(operator).post(
+        "/api/v1/validate/", {"plan": plan(vendor, [item])}, format="json"
+    )
+
+    assert checked.status_code == 200
+    errors = {(e["path"], e["code"]) for e in checked.json()["errors"]}
+    assert errors == {("stages[0].params.statements[0]", "invalid_sql")}
+
+
+@pytest.mark.parametrize("vendor", ["sqlite", "postgresql"])
+def test_text_that_is_not_valid_unicode_is_invalid_sql(vendor):
+    from runs_app.sqlpolicy import item_errors
+
+    errors = item_errors("SELECT '\ud800'", vendor, path="p")
+
+    assert [e.code for e in errors] == ["invalid_sql"]
