@@ -49,6 +49,9 @@ POSTGRESQL = "postgresql"
 # work of asking SQLite's tokenizer where statements end (one call per candidate ';').
 MAX_SEMICOLONS = 2_000
 MAX_ERRORS_PER_ITEM = 3
+# What a backfill may be (its leading statement type; WITH ... UPDATE reads as UPDATE on
+# PostgreSQL and as WITH on SQLite).
+BACKFILL_VERBS = {"UPDATE", "DELETE", "INSERT", "WITH"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -375,9 +378,6 @@ def item_errors(
             )
         )
     return errors[:MAX_ERRORS_PER_ITEM]
-
-
-BACKFILL_VERBS = {"UPDATE", "DELETE", "INSERT", "WITH"}
 
 
 def _vendor_name(vendor: str) -> str:

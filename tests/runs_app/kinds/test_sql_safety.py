@@ -274,11 +274,19 @@ def test_a_dry_run_cannot_install_dblink_and_write_into_another_database(
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("dry_run_ms", "stage_ms", "ddl"),
+    [
+        (500, 8000, "CREATE INDEX orders_status ON orders (status)"),
+        # Never longer than the stage's own timeout.
+        (30_000, 300, "ALTER TABLE orders ADD COLUMN orders_status text"),
+    ],
+)
 def test_a_dry_run_of_ddl_gives_up_on_a_held_lock_after_the_short_dry_run_timeout(
-    pg_demo, operator, settings
+    pg_demo, operator, settings, dry_run_ms, stage_ms, ddl
 ):
-    settings.HXO_DRY_RUN_LOCK_TIMEOUT_MS = 500
-    document = plan("pg", ["CREATE INDEX orders_status ON orders (status)"], lock_timeout_ms=8000)
+    settings.HXO_DRY_RUN_LOCK_TIMEOUT_MS = dry_run_ms
+    document = plan("pg", [ddl], lock_timeout_ms=stage_ms)
     saved = services.plan_create(actor=operator, document=document)
     with connect("pg") as holder:
         holder.begin()
@@ -297,6 +305,7 @@ def test_a_dry_run_of_ddl_gives_up_on_a_held_lock_after_the_short_dry_run_timeou
     assert elapsed < 6, elapsed
     with connect("pg") as conn:
         assert conn.scalar("SELECT COUNT(*) FROM pg_indexes WHERE indexname = 'orders_status'") == 0
+        assert "orders_status" not in conn.columns("orders")
 
 
 # --- every forbidden class, on both dialects, at validation --------------------------------
