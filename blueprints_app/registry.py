@@ -112,6 +112,17 @@ class Partitioner:
         """The params schema; override when it depends on settings (workspace names...)."""
         return cls.params_schema
 
+    @classmethod
+    def validate_params(cls, params: dict[str, Any]) -> list[ComponentError]:
+        """Errors in `params` that a JSON Schema cannot express (the SQL a stage would run,
+        read by the target's parser...), as ComponentErrors with paths under `params.`.
+
+        The validator calls it once `params` passed the schema, so every way a plan is
+        checked (API validate, plan save, the editor's live validation) sees them; a
+        partitioner should still refuse the same things when it partitions.
+        """
+        return []
+
     def partition(self, ctx: PartitionContext) -> StageManifest:
         raise ComponentError(
             f"partitioner {self.name!r} is registered but has no implementation",

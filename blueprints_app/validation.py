@@ -336,8 +336,14 @@ def validate_stage(
         result.error(f"{path}.params", codes.INVALID_TYPE, "params must be a JSON object")
     elif isinstance(partitioner, str) and partitioner in PARTITIONERS:
         schema = PARTITIONERS[partitioner].get_params_schema()
-        for issue in schema_errors(schema, params, f"{path}.params"):
+        shape = schema_errors(schema, params, f"{path}.params")
+        for issue in shape:
             result.error(issue.path, codes.INVALID_PARAMS, issue.message)
+        if not shape:
+            # What only the component can judge (e.g. by_sql_batch's SQL policy).
+            for err in PARTITIONERS[partitioner].validate_params(params):
+                where = f"{path}.{err.path}" if err.path else f"{path}.params"
+                result.error(where, err.code, err.message)
 
     # Rule 4: the safety policy.
     non_idempotent = stage.get("non_idempotent", False)

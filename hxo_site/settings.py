@@ -287,6 +287,13 @@ HXO_WORKSPACES = {
 HXO_DATABASE_TARGETS = env_mapping(
     "HXO_DATABASE_TARGETS", {"demo": f"sqlite:///{VAR_DIR / 'demo_target.sqlite3'}"}
 )
+# A target whose role is a PostgreSQL superuser is refused (`superuser_target`): a superuser
+# can read the server's files, run programs and reach every database. Give HXO a role with
+# only the rights its migrations need; this override is for throwaway development servers.
+HXO_ALLOW_SUPERUSER_TARGETS = env_bool("HXO_ALLOW_SUPERUSER_TARGETS", False)
+# A dry-run waits at most this long for a lock on the target (never longer than the stage's
+# own lock_timeout_ms), so reviewing DDL cannot block the target's writers for long.
+HXO_DRY_RUN_LOCK_TIMEOUT_MS = env_int("HXO_DRY_RUN_LOCK_TIMEOUT_MS", 1_000, minimum=10)
 HXO_ARTIFACTS_DIR = Path(env_str("HXO_ARTIFACTS_DIR", str(VAR_DIR / "artifacts"))).resolve()
 HXO_STAGING_DIR = Path(env_str("HXO_STAGING_DIR", str(VAR_DIR / "staging"))).resolve()
 

@@ -5,6 +5,11 @@ cannot point an executor at an arbitrary server. The database HXO itself runs on
 target unless an operator registers it as one. Connections are plain DB-API (sqlite3,
 psycopg 3) with one placeholder style for callers: named `:param`, converted here, so SQL is
 always executed with bound parameters.
+
+SQL from a plan runs only through `TargetConnection.run_statement`, whose guards (SQLite
+authorizer, PostgreSQL extended query protocol, the batch's transaction checked after every
+statement) hold whatever the SQL policy (`runs_app.sqlpolicy`) let through; a PostgreSQL
+target connecting as a superuser is refused unless HXO_ALLOW_SUPERUSER_TARGETS is set.
 """
 
 from __future__ import annotations
@@ -21,13 +26,17 @@ from typing import Any
 from django.conf import settings
 
 from blueprints_app.registry import ComponentError
+from runs_app.sqlpolicy import FORBIDDEN_STATEMENT, POSTGRESQL, SQLITE, pg_params
 
 UNKNOWN_TARGET = "unknown_target"
 TARGET_UNAVAILABLE = "target_unavailable"
 UNSUPPORTED_TARGET = "unsupported_target"
-
-SQLITE = "sqlite"
-POSTGRESQL = "postgresql"
+SUPERUSER_TARGET = "superuser_target"
+# A plan statement ended or left the batch's transaction (it must never: the executor checks
+# after every statement and fails the partition).
+TRANSACTION_ENDED = "transaction_ended"
+# FORBIDDEN_STATEMENT (sqlpolicy) also when the SQLite authorizer refuses an action of a plan
+# statement (transaction control, ATTACH, a PRAGMA that is not read-only, load_extension()).
 
 
 def target_names() -> list[str]:
@@ -108,95 +117,22 @@ def get_target(name: object, *, path: str = "params.target") -> Target:
     )
 
 
-# --- SQL text: named parameters and statement boundaries ----------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class SqlShape:
-    """What a light lexer sees in one SQL text, skipping literals, quoted names and comments."""
-
-    params: tuple[str, ...]  # named parameters in order of appearance (repeats kept)
-    param_spans: tuple[tuple[int, int], ...]
-    statements: int  # statements separated by ';' (a trailing ';' does not count)
-    first_word: str
-
-
-def sql_shape(sql: str) -> SqlShape:
-    params: list[str] = []
-    spans: list[tuple[int, int]] = []
-    statements = 0
-    has_content = False
-    first_word = ""
-    i, n = 0, len(sql)
-    while i < n:
-        c = sql[i]
-        if c in "'\"":
-            end = sql.find(c, i + 1)
-            while end != -1 and end + 1 < n and sql[end + 1] == c:  # doubled quote escapes
-                end = sql.find(c, end + 2)
-            i = n if end == -1 else end + 1
-            has_content = True
-            continue
-        if sql.startswith("--", i):
-            end = sql.find("\n", i)
-            i = n if end == -1 else end + 1
-            continue
-        if sql.startswith("/*", i):
-            end = sql.find("*/", i + 2)
-            i = n if end == -1 else end + 2
-            continue
-        if c == "$":
-            # PostgreSQL dollar quoting: $tag$ ... $tag$
-            j = i + 1
-            while j < n and (sql[j].isalnum() or sql[j] == "_"):
-                j += 1
-            if j < n and sql[j] == "$":
-                tag = sql[i : j + 1]
-                end = sql.find(tag, j + 1)
-                i = n if end == -1 else end + len(tag)
-                has_content = True
-                continue
-        if c == ":":
-            if sql.startswith("::", i):  # a PostgreSQL cast, not a parameter
-                i += 2
-                continue
-            j = i + 1
-            while j < n and (sql[j].isalnum() or sql[j] == "_"):
-                j += 1
-            if j > i + 1 and not sql[i + 1].isdigit():
-                params.append(sql[i + 1 : j])
-                spans.append((i, j))
-                i = j
-                has_content = True
-                continue
-        if c == ";":
-            if has_content:
-                statements += 1
-            has_content = False
-            i += 1
-            continue
-        if not c.isspace():
-            if not has_content and not first_word and (c.isalpha() or c == "("):
-                j = i
-                while j < n and sql[j].isalpha():
-                    j += 1
-                first_word = sql[i:j].upper()
-            has_content = True
-        i += 1
-    if has_content:
-        statements += 1
-    return SqlShape(tuple(params), tuple(spans), statements, first_word)
+# --- SQL text: named parameters -----------------------------------------------------------
 
 
 def to_driver_sql(sql: str, vendor: str) -> str:
-    """`:name` placeholders in the driver's style. sqlite3 takes `:name` as it is."""
+    """`:name` placeholders in the driver's style. sqlite3 takes `:name` as it is.
+
+    For PostgreSQL the placeholders are found by PostgreSQL's own scanner
+    (`sqlpolicy.pg_params`), so a `:name` inside a literal, a comment or a dollar-quoted body
+    is left alone, and every `%` outside them is doubled (psycopg reads `%` as a marker).
+    """
     if vendor == SQLITE:
         return sql
-    shape = sql_shape(sql)
+    names, spans, _other = pg_params(sql)
     out: list[str] = []
     last = 0
-    for (start, end), name in zip(shape.param_spans, shape.params, strict=True):
-        # psycopg reads every '%' as a placeholder marker, literals included.
+    for (start, end), name in zip(spans, names, strict=True):
         out.append(sql[last:start].replace("%", "%%"))
         out.append(f"%({name})s")
         last = end
@@ -207,22 +143,138 @@ def to_driver_sql(sql: str, vendor: str) -> str:
 # --- Connections --------------------------------------------------------------------------
 
 
+# SQLite pragmas that only read, the ones SQLite also offers as table-valued functions
+# (pragma_table_info(...)); any other pragma is denied while a batch runs.
+READ_ONLY_PRAGMAS = frozenset(
+    {
+        "table_info",
+        "table_xinfo",
+        "table_list",
+        "index_info",
+        "index_xinfo",
+        "index_list",
+        "foreign_key_list",
+        "foreign_key_check",
+        "collation_list",
+        "database_list",
+        "function_list",
+        "module_list",
+        "pragma_list",
+        "compile_options",
+        "integrity_check",
+        "quick_check",
+    }
+)
+# SQL functions denied on SQLite targets whatever code calls them.
+DENIED_SQLITE_FUNCTIONS = frozenset(
+    {"load_extension", "fts3_tokenizer", "readfile", "writefile", "edit"}
+)
+# A virtual table that reads and writes raw database pages, when compiled in.
+DENIED_SQLITE_TABLES = frozenset({"sqlite_dbpage"})
+
+
 class TargetConnection:
-    """One DB-API connection in autocommit mode; transactions are explicit (begin/commit)."""
+    """One DB-API connection in autocommit mode; transactions are explicit (begin/commit).
+
+    Plan SQL runs only through `run_statement`, inside a transaction opened by `begin`, with
+    guards that hold even when a statement got past validation (sqlpolicy):
+
+    - SQLite: an authorizer (`sqlite3.Connection.set_authorizer`, SQLite's
+      sqlite3_set_authorizer) is installed for the connection's whole life. It denies
+      transaction control and savepoints except HXO's own begin/commit/rollback, ATTACH and
+      DETACH (VACUUM INTO attaches its output file, so it is denied too), every PRAGMA that
+      is not read-only, load_extension() and the shell's file functions. sqlite3 itself
+      refuses more than one statement per execute ("You can only execute one statement at a
+      time"), and VACUUM cannot run inside a transaction.
+    - PostgreSQL: a statement is sent with the extended query protocol (psycopg does so when
+      results are asked for in binary; see `run_statement`), where the server refuses more
+      than one statement per message.
+    - Both: after every statement the session must still be inside the batch's transaction
+      (`sqlite3.Connection.in_transaction`, psycopg `info.transaction_status`); if it is not,
+      the statement ended it and `TRANSACTION_ENDED` is raised before anything else runs.
+    """
 
     def __init__(self, target: Target, raw: Any) -> None:
         self.target = target
         self.vendor = target.vendor
         self.raw = raw
         self._deadline: float | None = None
+        # True only while HXO's own BEGIN/COMMIT/ROLLBACK run (the authorizer allows them).
+        self._control = False
+        self._denied: str | None = None
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
+        """HXO's own SQL (catalogue, ledger, fixtures): never SQL taken from a plan."""
         cursor = self.raw.cursor()
         if params is None:
             cursor.execute(sql)
         else:
             cursor.execute(to_driver_sql(sql, self.vendor), dict(params))
         return cursor
+
+    def run_statement(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
+        """Run one statement of a plan inside the open transaction; rows it changed (>= 0).
+
+        Raises ComponentError(TRANSACTION_ENDED) when no transaction is open before it or
+        the statement left it, ComponentError(FORBIDDEN_STATEMENT) when the SQLite
+        authorizer refused one of its actions or the driver refused a second statement in
+        the text, and the driver's error otherwise.
+        """
+        self.require_transaction(sql)
+        cursor = self.raw.cursor()
+        self._denied = None
+        try:
+            if self.vendor == SQLITE:
+                cursor.execute(sql, dict(params or {}))
+            else:
+                # psycopg uses the simple query protocol (which runs any number of
+                # statements) when there are no parameters and results are text; asking for
+                # binary results makes it use the extended protocol (PQsendQueryParams)
+                # always, and the server then refuses a second statement in the message.
+                query = sql if params is None else to_driver_sql(sql, self.vendor)
+                cursor.execute(query, None if params is None else dict(params), binary=True)
+        except Exception as exc:
+            refused = self._refusal(exc)
+            if refused is not None:
+                raise refused from None
+            raise
+        self.require_transaction(sql)
+        return max(cursor.rowcount or 0, 0)  # DDL reports -1
+
+    def _refusal(self, exc: Exception) -> ComponentError | None:
+        """The engine's own refusal of a plan statement as FORBIDDEN_STATEMENT, or None."""
+        text = str(exc)
+        if isinstance(exc, sqlite3.DatabaseError) and self._denied:
+            what = self._denied
+        elif isinstance(exc, sqlite3.ProgrammingError) and "one statement at a time" in text:
+            what = "more than one statement in one call"  # CPython's sqlite3 module
+        elif type(exc).__name__ == "SyntaxError" and "multiple commands" in text:
+            # PostgreSQL: "cannot insert multiple commands into a prepared statement".
+            what = "more than one statement in one call"
+        else:
+            return None
+        return ComponentError(
+            f"the target refused {what} in a plan statement",
+            code=FORBIDDEN_STATEMENT,
+            path="manifest",
+        )
+
+    def in_transaction(self) -> bool:
+        if self.vendor == SQLITE:
+            return bool(self.raw.in_transaction)
+        from psycopg.pq import TransactionStatus
+
+        return self.raw.info.transaction_status == TransactionStatus.INTRANS
+
+    def require_transaction(self, sql: str) -> None:
+        if not self.in_transaction():
+            self.rollback()
+            raise ComponentError(
+                "a plan statement ran outside the batch's transaction or ended it "
+                f"({sql[:80]!r}); the batch was stopped and rolled back",
+                code=TRANSACTION_ENDED,
+                path="manifest",
+            )
 
     def executemany(self, sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
         cursor = self.raw.cursor()
@@ -232,11 +284,20 @@ class TargetConnection:
         row = self.execute(sql, params).fetchone()
         return None if row is None else row[0]
 
+    @contextlib.contextmanager
+    def _own_control(self) -> Iterator[None]:
+        self._control = True
+        try:
+            yield
+        finally:
+            self._control = False
+
     def begin(self, *, statement_timeout_ms: int = 0, lock_timeout_ms: int = 0) -> None:
         if self.vendor == SQLITE:
             # IMMEDIATE takes the write lock up front, so the ledger check and the batch are
             # serialised against other writers instead of failing on lock upgrade.
-            self.raw.execute("BEGIN IMMEDIATE")
+            with self._own_control():
+                self.raw.execute("BEGIN IMMEDIATE")
             self._deadline = (
                 time.monotonic() + statement_timeout_ms / 1000 if statement_timeout_ms else None
             )
@@ -255,17 +316,50 @@ class TargetConnection:
                 )
 
     def commit(self) -> None:
-        self.raw.execute("COMMIT")
+        with self._own_control():
+            self.raw.execute("COMMIT")
         self._deadline = None
 
     def rollback(self) -> None:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception), self._own_control():
             self.raw.execute("ROLLBACK")
         self._deadline = None
 
     def _sqlite_progress(self) -> int:
         # A non-zero return interrupts the running statement: SQLite's statement timeout.
         return 1 if self._deadline is not None and time.monotonic() > self._deadline else 0
+
+    def _sqlite_authorize(
+        self, action: int, arg1: str | None, arg2: str | None, _db: str | None, _src: str | None
+    ) -> int:
+        """SQLite's authorizer callback: SQLITE_OK, or SQLITE_DENY with the reason kept."""
+        denied = None
+        if action in (sqlite3.SQLITE_TRANSACTION, sqlite3.SQLITE_SAVEPOINT):
+            if not self._control:
+                denied = f"transaction control ({arg1 or ''} {arg2 or ''})".replace(" )", ")")
+        elif action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+            denied = "ATTACH/DETACH (or VACUUM INTO, which attaches its output file)"
+        elif action == sqlite3.SQLITE_PRAGMA:
+            if (arg1 or "").lower() not in READ_ONLY_PRAGMAS:
+                denied = f"PRAGMA {arg1}"
+        elif action == sqlite3.SQLITE_FUNCTION:
+            if (arg2 or "").lower() in DENIED_SQLITE_FUNCTIONS:
+                denied = f"the function {arg2}()"
+        elif (
+            action
+            in (
+                sqlite3.SQLITE_READ,
+                sqlite3.SQLITE_INSERT,
+                sqlite3.SQLITE_UPDATE,
+                sqlite3.SQLITE_DELETE,
+            )
+            and (arg1 or "").lower() in DENIED_SQLITE_TABLES
+        ):
+            denied = f"the table {arg1}"
+        if denied is None:
+            return sqlite3.SQLITE_OK
+        self._denied = denied
+        return sqlite3.SQLITE_DENY
 
     # --- catalogue: identifiers are checked against these, never trusted from a plan ---
 
@@ -347,6 +441,9 @@ def _open(target: Target, *, lock_timeout_ms: int, create: bool, path: str) -> T
             ) from None
         conn = TargetConnection(target, raw)
         raw.set_progress_handler(conn._sqlite_progress, 10_000)
+        raw.set_authorizer(conn._sqlite_authorize)
+        if hasattr(raw, "enable_load_extension"):  # only in builds that can load extensions
+            raw.enable_load_extension(False)
         return conn
     import psycopg
 
@@ -361,4 +458,17 @@ def _open(target: Target, *, lock_timeout_ms: int, create: bool, path: str) -> T
             code=TARGET_UNAVAILABLE,
             path=path,
         ) from None
+    if raw.info.parameter_status("is_superuser") == "on" and not getattr(
+        settings, "HXO_ALLOW_SUPERUSER_TARGETS", False
+    ):
+        role = raw.info.user
+        raw.close()
+        raise ComponentError(
+            f"target {target.name!r} connects as {role!r}, a PostgreSQL superuser, who can read "
+            "the server's files, run programs and reach every database; give HXO a role with "
+            "only the rights its migrations need (or set HXO_ALLOW_SUPERUSER_TARGETS=1 on a "
+            "throwaway server)",
+            code=SUPERUSER_TARGET,
+            path=path,
+        )
     return TargetConnection(target, raw)

@@ -47,6 +47,7 @@ from runs_app.kinds.base import (
 )
 from runs_app.kinds.base import target_param as _target_param
 from runs_app.kinds.files import Beat
+from runs_app.sqlpolicy import INVALID_SQL, item_errors, statement_error
 from runs_app.targets import (
     POSTGRESQL,
     SQLITE,
@@ -54,10 +55,8 @@ from runs_app.targets import (
     connect,
     get_target,
     quote_identifier,
-    sql_shape,
 )
 
-INVALID_SQL = "invalid_sql"
 UNKNOWN_TABLE = "unknown_table"
 UNKNOWN_COLUMN = "unknown_column"
 UNSUPPORTED_KEY = "unsupported_key"
@@ -66,7 +65,6 @@ STATEMENT_TIMEOUT = "statement_timeout"
 LOCK_TIMEOUT = "lock_timeout"
 
 LEDGER_TABLE = "hxo_ledger"
-BACKFILL_VERBS = {"UPDATE", "DELETE", "INSERT", "WITH"}
 IDENTIFIER = {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,62}$"}
 
 LEDGER_DDL = f"""
@@ -167,6 +165,16 @@ class BySqlBatch(Partitioner):
             },
         }
 
+    @classmethod
+    def validate_params(cls, params: dict[str, Any]) -> list[ComponentError]:
+        """The SQL policy (runs_app.sqlpolicy) for every statement, read by the parser of the
+        target's vendor: forbidden statements, one statement per item, parameters."""
+        try:
+            target = get_target(resolve_params(cls, params)["target"])
+        except ComponentError:
+            return []  # an unknown target is already a schema error (the enum)
+        return _sql_errors(params, target.vendor)
+
     def partition(self, ctx: PartitionContext) -> StageManifest:
         params = resolve_params(type(self), ctx.params)
         target = get_target(params["target"])
@@ -184,21 +192,10 @@ class BySqlBatch(Partitioner):
 
     def _statements(self, params: dict[str, Any], kind: str, data: dict) -> StageManifest:
         statements = params["statements"]
-        for i, sql in enumerate(statements):
-            shape = sql_shape(sql)
-            if shape.statements != 1:
-                raise ComponentError(
-                    f"item {i} holds {shape.statements} statements; give one per item",
-                    code=INVALID_SQL,
-                    path=f"params.statements[{i}]",
-                )
-            if shape.params:
-                raise ComponentError(
-                    f"item {i} uses parameters ({', '.join(shape.params)}); a statement "
-                    "list takes none: use the backfill form",
-                    code=INVALID_SQL,
-                    path=f"params.statements[{i}]",
-                )
+        # The validator refused these already; checked again for a plan saved before the
+        # policy, or partitioned without the validator.
+        for error in _sql_errors(params, data["vendor"])[:1]:
+            raise error
         size = params["batch_size"]
         specs = []
         for batch_id, offset in enumerate(range(0, len(statements), size)):
@@ -225,24 +222,8 @@ class BySqlBatch(Partitioner):
         backfill = params["backfill"]
         sql, table, key = backfill["sql"], backfill["table"], backfill["key_column"]
         size = backfill.get("batch_size", 1000)
-        shape = sql_shape(sql)
-        if shape.statements != 1:
-            raise ComponentError(
-                "a backfill is exactly one statement", code=INVALID_SQL, path="params.backfill.sql"
-            )
-        if shape.first_word not in BACKFILL_VERBS:
-            raise ComponentError(
-                f"a backfill is UPDATE, DELETE or INSERT, not {shape.first_word or 'this'}",
-                code=INVALID_SQL,
-                path="params.backfill.sql",
-            )
-        if set(shape.params) != {"start", "end"}:
-            raise ComponentError(
-                "a backfill uses exactly the parameters :start and :end, found "
-                f"{', '.join(sorted(set(shape.params))) or 'none'}",
-                code=INVALID_SQL,
-                path="params.backfill.sql",
-            )
+        for error in _sql_errors(params, target.vendor)[:1]:
+            raise error
         with connect(target, lock_timeout_ms=params["lock_timeout_ms"]) as conn:
             if not conn.table_exists(table):
                 raise ComponentError(
@@ -321,6 +302,18 @@ class BySqlBatch(Partitioner):
         return StageManifest(partitions=specs, data=data)
 
 
+def _sql_errors(params: dict[str, Any], vendor: str) -> list[ComponentError]:
+    """Every SQL policy error of a stage's params, with paths under `params.`."""
+    if "backfill" in params:
+        sql = params["backfill"]["sql"]
+        return item_errors(sql, vendor, path="params.backfill.sql", backfill=True)
+    return [
+        error
+        for i, sql in enumerate(params.get("statements", []))
+        for error in item_errors(sql, vendor, path=f"params.statements[{i}]")
+    ]
+
+
 def _work(ctx: ExecutionContext) -> tuple[list[tuple[str, dict[str, Any] | None]], dict]:
     """The batch's statements with their bound parameters, from the pinned manifest."""
     offset = require_input(ctx, "offset", int)
@@ -346,11 +339,20 @@ def _batch_digest(work: list[tuple[str, dict[str, Any] | None]]) -> str:
 
 
 def _run(conn: TargetConnection, work: list, beat: Beat) -> int:
+    """Run a batch's statements inside the open transaction; rows changed in total.
+
+    Each statement is checked against the SQL policy once more (the manifest is pinned data:
+    it may predate the policy), then runs through `run_statement`, whose guards (SQLite
+    authorizer, PostgreSQL extended protocol, still-in-transaction check) do not rely on
+    that check.
+    """
     rows = 0
     for sql, bound in work:
         beat()
-        cursor = conn.execute(sql, bound)
-        rows += max(cursor.rowcount or 0, 0)  # DDL reports -1
+        refused = statement_error(sql, conn.vendor, path="manifest")
+        if refused is not None:
+            raise refused
+        rows += conn.run_statement(sql, bound)
     return rows
 
 
@@ -449,6 +451,11 @@ class SqlMigrate(Executor):
             "statement_timeout_ms": int(ctx.manifest.get("statement_timeout_ms", 30_000)),
             "lock_timeout_ms": int(ctx.manifest.get("lock_timeout_ms", 5_000)),
         }
+        if ctx.dry_run:
+            # A review must not hold the target's writers up: a short wait for locks.
+            timeouts["lock_timeout_ms"] = min(
+                timeouts["lock_timeout_ms"], settings.HXO_DRY_RUN_LOCK_TIMEOUT_MS
+            )
         beat = Beat(ctx)
         with connect(target, lock_timeout_ms=timeouts["lock_timeout_ms"]) as conn:
             if ctx.dry_run:
@@ -561,4 +568,4 @@ class SqlMigrate(Executor):
         return out
 
 
-__all__ = ["LEDGER_TABLE", "POSTGRESQL", "SQLITE", "BySqlBatch", "SqlMigrate"]
+__all__ = ["INVALID_SQL", "LEDGER_TABLE", "POSTGRESQL", "SQLITE", "BySqlBatch", "SqlMigrate"]

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -243,10 +244,20 @@ PG_ADMIN_URL = os.environ.get(
 )
 
 
+def pg_role_url(admin_url: str, role: str, dbname: str) -> str:
+    """`admin_url` with another role and database (trust auth in tests: no password)."""
+    parts = urlsplit(admin_url)
+    host = parts.hostname or "127.0.0.1"
+    netloc = f"{role}@{host}:{parts.port}" if parts.port else f"{role}@{host}"
+    return urlunsplit((parts.scheme, netloc, f"/{dbname}", "", ""))
+
+
 @pytest.fixture
 def pg_target(settings: Any) -> Iterator[str]:
     """A scratch PostgreSQL database registered as target "pg"; dropped afterwards.
 
+    It belongs to a role made for it, without superuser or any other server-wide right (HXO
+    refuses superuser targets): the rights a migration role needs, in its own database.
     Skipped when PostgreSQL is unreachable, except under CI=true where that is a failure.
     """
     import psycopg
@@ -258,13 +269,15 @@ def pg_target(settings: Any) -> Iterator[str]:
             pytest.fail(f"PostgreSQL is required under CI=true and unreachable: {exc}")
         pytest.skip(f"PostgreSQL unreachable: {exc}")
     name = f"hxo_kinds_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
-    settings.HXO_DATABASE_TARGETS = {**settings.HXO_DATABASE_TARGETS, "pg": f"{base}/{name}"}
+    admin.execute(f'CREATE ROLE "{name}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE')
+    admin.execute(f'CREATE DATABASE "{name}" OWNER "{name}"')
+    url = pg_role_url(PG_ADMIN_URL, name, name)
+    settings.HXO_DATABASE_TARGETS = {**settings.HXO_DATABASE_TARGETS, "pg": url}
     try:
-        yield f"{base}/{name}"
+        yield url
     finally:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'DROP ROLE IF EXISTS "{name}"')
         admin.close()
 
 

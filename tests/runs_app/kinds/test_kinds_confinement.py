@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from blueprints_app.registry import PARTITIONERS, ComponentError
-from runs_app.targets import connect, get_target, sql_shape, to_driver_sql
+from runs_app.sqlpolicy import analyse
+from runs_app.targets import connect, get_target, to_driver_sql
 from runs_app.workspaces import get_workspace
 
 pytestmark = pytest.mark.django_db
@@ -169,10 +170,11 @@ def test_named_parameters_become_psycopg_placeholders_outside_literals_only():
     assert to_driver_sql(sql, "postgresql") == (
         "UPDATE t SET a = '50%%:x', b = c::text WHERE id >= %(start)s AND id < %(end)s -- :no"
     )
-    assert sql_shape(sql).params == ("start", "end")
-    assert sql_shape("SELECT 1; SELECT 2;").statements == 2
-    assert sql_shape("SELECT ';' ; ").statements == 1
-    assert sql_shape("/* c */ update x set y = 1").first_word == "UPDATE"
+    for vendor in ("postgresql", "sqlite"):
+        assert analyse(sql, vendor).params == ("start", "end")
+        assert len(analyse("SELECT 1; SELECT 2;", vendor).statements) == 2
+        assert len(analyse("SELECT ';' ; ", vendor).statements) == 1
+        assert analyse("/* c */ update x set y = 1", vendor).verb == "UPDATE"
 
 
 def test_a_sqlite_target_is_opened_without_creating_it(settings, tmp_path):

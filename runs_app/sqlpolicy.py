@@ -1,0 +1,894 @@
+"""What SQL a plan may run on a database target: the one list of forbidden statements.
+
+A `deploy.migrate` stage carries SQL written by a plan author. HXO runs every batch in its own
+transaction (rolled back for a dry-run, committed with a ledger row for an apply), so a batch
+must never end that transaction, reach another database or the server's files, change who it
+runs as, or load code into the server. This module splits an item into statements with a real
+parser, classifies each one and names what is forbidden; `docs/sql-policy.md` lists the same
+rules for readers.
+
+Parsers, and why:
+- PostgreSQL: pglast, i.e. libpg_query, PostgreSQL's own parser. Splitting and classification
+  are exactly the server's: `E'\\''`, dollar quoting, nested comments and `U&''` strings are
+  read as the server reads them. Named parameters (`:start`) are found with PostgreSQL's own
+  scanner (`pglast.parser.scan`).
+- SQLite: statements end where SQLite's own tokenizer says they do (`sqlite3.complete_statement`
+  is `sqlite3_complete()`, which also knows that `;` inside a `CREATE TRIGGER ... END` body
+  does not end the statement). Each statement is then read with sqlglot's tokenizer for the
+  SQLite dialect (SQLite's quoting: `''` escapes, no backslash escapes, non-nesting comments,
+  `"x"`, `[x]` and `` `x` `` identifiers) and classified by its leading keyword, which in
+  SQLite's grammar decides the statement type. sqlglot's *parser* is not used for SQLite: it
+  reads `END`, `SAVEPOINT a` and `RELEASE a` as expressions and splits trigger bodies.
+
+The policy is an allow-list of statement types (queries, DML and DDL on schema objects) with a
+named rule for each refused class, plus a list of functions that reach outside the target.
+Validation (`BySqlBatch.validate_params`) and partitioning refuse a finding with
+`forbidden_statement` and the item's path; execution has its own guards that do not depend on
+this module (`runs_app.targets.TargetConnection.run_statement`: SQLite authorizer, PostgreSQL
+extended protocol, a check that the batch's transaction is still open after each statement).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+from blueprints_app.registry import ComponentError
+
+FORBIDDEN_STATEMENT = "forbidden_statement"
+INVALID_SQL = "invalid_sql"
+
+SQLITE = "sqlite"
+POSTGRESQL = "postgresql"
+
+# An item is one statement; this many ';' means something else is going on, and bounds the
+# work of asking SQLite's tokenizer where statements end (one call per candidate ';').
+MAX_SEMICOLONS = 2_000
+MAX_ERRORS_PER_ITEM = 3
+# What a backfill may be (its leading statement type; WITH ... UPDATE reads as UPDATE on
+# PostgreSQL and as WITH on SQLite).
+BACKFILL_VERBS = {"UPDATE", "DELETE", "INSERT", "WITH"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """One class of forbidden SQL: a stable name, a title and why it is refused."""
+
+    name: str
+    title: str
+    why: str
+
+
+_RULES = [
+    Rule(
+        "transaction_control",
+        "Transaction control",
+        "HXO runs every batch in its own transaction (rolled back for a dry-run); BEGIN, "
+        "COMMIT, END, ROLLBACK, SAVEPOINT, RELEASE or PREPARE TRANSACTION would end or split "
+        "it, and whatever follows would run for real. Output of `manage.py sqlmigrate` can be "
+        "used as it is once its BEGIN;/COMMIT; wrapper is removed.",
+    ),
+    Rule(
+        "multiple_statements",
+        "More than one statement in one item",
+        "Each item is exactly one statement, so what is reviewed is what runs; "
+        "give each statement its own item.",
+    ),
+    Rule(
+        "other_databases",
+        "Reaching another database",
+        "ATTACH/DETACH, dblink, foreign data wrappers, foreign servers, user mappings, foreign "
+        "tables and subscriptions open connections or files beyond the registered target.",
+    ),
+    Rule(
+        "server_files",
+        "The server's files and programs",
+        "COPY (to or from a file or a program; STDIN/STDOUT cannot be streamed by a batch "
+        "either), VACUUM INTO, tablespaces and functions that read, list or write the "
+        "server's files (pg_read_file, pg_ls_dir, lo_import, lo_export, ...).",
+    ),
+    Rule(
+        "vacuum",
+        "VACUUM",
+        "VACUUM cannot run inside a transaction and VACUUM INTO writes a copy of the database "
+        "to a file; ANALYZE is allowed.",
+    ),
+    Rule(
+        "pragma",
+        "PRAGMA statements",
+        "PRAGMAs change how SQLite reads and writes the database (writable_schema, "
+        "journal_mode, foreign_keys...); read-only pragma table functions such as "
+        "pragma_table_info() stay available in queries.",
+    ),
+    Rule(
+        "extensions",
+        "Loading code into the server",
+        "load_extension(), LOAD, CREATE/ALTER/DROP EXTENSION and CREATE LANGUAGE load native "
+        "code or change what the server can do.",
+    ),
+    Rule(
+        "session",
+        "Session settings and identity",
+        "SET, RESET, SET ROLE, SET SESSION AUTHORIZATION, set_config() and DISCARD change who "
+        "the batch runs as or the timeouts HXO set for it.",
+    ),
+    Rule(
+        "server_administration",
+        "Server administration",
+        "ALTER SYSTEM, CREATE/ALTER/DROP DATABASE, roles and role membership, REASSIGN/DROP "
+        "OWNED, CHECKPOINT, event triggers, publications and functions that signal or control "
+        "the server (pg_terminate_backend, pg_reload_conf, replication slots...).",
+    ),
+    Rule(
+        "dynamic_sql",
+        "Code HXO cannot inspect",
+        "DO blocks, PREPARE/EXECUTE, dynamic EXECUTE in PL/pgSQL, functions that run a query "
+        "given as text (query_to_xml, ts_stat...) and function bodies in languages other than "
+        "SQL and PL/pgSQL would run statements this policy never saw.",
+    ),
+    Rule(
+        "notifications",
+        "LISTEN and NOTIFY",
+        "LISTEN, UNLISTEN, NOTIFY and pg_notify() talk to other sessions; a migration has no "
+        "use for them.",
+    ),
+    Rule(
+        "not_a_migration_statement",
+        "Other statements",
+        "Anything that is not a query, DML or DDL on schema objects (EXPLAIN, SHOW, cursors, "
+        "...): the allowed set is kept small on purpose.",
+    ),
+]
+RULES: dict[str, Rule] = {r.name: r for r in _RULES}
+
+SQLMIGRATE_HINT = (
+    "HXO wraps every batch in its own transaction (rolled back for a dry-run), so a batch may "
+    "not begin, end or split one; if this came from `manage.py sqlmigrate`, remove its "
+    "BEGIN;/COMMIT; wrapper and keep the statements"
+)
+
+# --- functions that reach outside the target, by name (lower case, last name component) ----
+
+PG_FUNCTIONS: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "pg_read_file",
+            "pg_read_binary_file",
+            "pg_stat_file",
+            "lo_import",
+            "lo_export",
+            "pg_file_write",
+            "pg_file_rename",
+            "pg_file_unlink",
+            "pg_file_sync",
+            "pg_logdir_ls",
+        ),
+        "server_files",
+    ),
+    **dict.fromkeys(
+        (
+            "pg_terminate_backend",
+            "pg_cancel_backend",
+            "pg_reload_conf",
+            "pg_rotate_logfile",
+            "pg_promote",
+            "pg_switch_wal",
+            "pg_create_restore_point",
+            "pg_backup_start",
+            "pg_backup_stop",
+            "pg_start_backup",
+            "pg_stop_backup",
+            "pg_log_backend_memory_contexts",
+            "pg_replication_origin_create",
+            "pg_replication_origin_drop",
+            "pg_logical_emit_message",
+        ),
+        "server_administration",
+    ),
+    **dict.fromkeys(("set_config",), "session"),
+    **dict.fromkeys(("pg_notify",), "notifications"),
+    **dict.fromkeys(
+        (
+            "query_to_xml",
+            "query_to_xmlschema",
+            "query_to_xml_and_xmlschema",
+            "ts_stat",
+        ),
+        "dynamic_sql",
+    ),
+}
+# Whole families by prefix: dblink_*, pg_ls_*dir, pg_*_replication_slot, postgres_fdw_*.
+PG_FUNCTION_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("dblink", "other_databases"),
+    ("postgres_fdw", "other_databases"),
+    ("pg_ls_", "server_files"),
+    ("pg_create_logical_replication_slot", "server_administration"),
+    ("pg_create_physical_replication_slot", "server_administration"),
+    ("pg_drop_replication_slot", "server_administration"),
+    ("pg_copy_", "server_administration"),
+)
+SQLITE_FUNCTIONS: dict[str, str] = {
+    "load_extension": "extensions",
+    # Registers a tokenizer from a raw pointer (memory-unsafe); off unless compiled in.
+    "fts3_tokenizer": "extensions",
+    # The sqlite3 shell's file functions, should an extension ever provide them.
+    "readfile": "server_files",
+    "writefile": "server_files",
+    "edit": "server_files",
+}
+# Languages whose bodies HXO can read; a function in any other language is refused.
+PG_LANGUAGES = {"sql", "plpgsql"}
+
+
+def pg_function_rule(name: str) -> str | None:
+    """The rule a call of PostgreSQL function `name` breaks, or None."""
+    name = name.lower()
+    if name in PG_FUNCTIONS:
+        return PG_FUNCTIONS[name]
+    for prefix, rule in PG_FUNCTION_PREFIXES:
+        if name.startswith(prefix):
+            return rule
+    return None
+
+
+# --- results ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One forbidden thing in one statement: the rule it breaks and what it was."""
+
+    rule: str
+    what: str
+
+    def message(self, statement: int, total: int) -> str:
+        where = f"statement {statement + 1} of {total}: " if total > 1 else ""
+        if self.rule == "transaction_control":
+            return f"{where}{self.what} is transaction control. {SQLMIGRATE_HINT}"
+        return f"{where}{self.what} is refused ({RULES[self.rule].title}): {RULES[self.rule].why}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Statement:
+    """One statement of an item: its leading keyword(s) and what in it is forbidden."""
+
+    verb: str
+    findings: tuple[Finding, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """An item of SQL as the target's own parser reads it.
+
+    `params` are the named `:name` parameters in order of appearance (repeats kept) and
+    `param_spans` their `(start, end)` offsets in the text, end exclusive; `other_params` are
+    parameters in any other style (`?`, `$1`, `@x`), which plans may not use.
+    """
+
+    statements: tuple[Statement, ...]
+    params: tuple[str, ...]
+    param_spans: tuple[tuple[int, int], ...]
+    other_params: tuple[str, ...]
+
+    @property
+    def verb(self) -> str:
+        return self.statements[0].verb if self.statements else ""
+
+
+class SqlSyntaxError(ValueError):
+    """The target's parser cannot read the text (the message says where)."""
+
+
+def analyse(sql: str, vendor: str) -> Analysis:
+    """Split and classify `sql` (one plan item) for `vendor` ("sqlite" or "postgresql").
+
+    Raises SqlSyntaxError when the parser cannot read it (PostgreSQL: any syntax error;
+    SQLite: an unterminated string, identifier or comment, or more than MAX_SEMICOLONS `;`).
+    """
+    try:
+        sql.encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate from JSON's "\ud800"
+        raise SqlSyntaxError(f"not valid text at offset {exc.start}") from None
+    if vendor == POSTGRESQL:
+        return _analyse_pg(sql)
+    if vendor == SQLITE:
+        return _analyse_sqlite(sql)
+    raise ValueError(f"unknown vendor {vendor!r}")
+
+
+def item_errors(
+    sql: str, vendor: str, *, path: str, backfill: bool = False
+) -> list[ComponentError]:
+    """Everything wrong with one plan item, as ComponentErrors at `path` (empty: it may run).
+
+    A statement-list item is one statement without parameters; a backfill is one UPDATE,
+    DELETE or INSERT (optionally behind WITH) using exactly `:start` and `:end`. Forbidden
+    statements come first (transaction control before the rest, since its message says how
+    to fix pasted `sqlmigrate` output), then the statement count, then parameters.
+    """
+    try:
+        found = analyse(sql, vendor)
+    except SqlSyntaxError as exc:
+        return [
+            ComponentError(
+                f"the {_vendor_name(vendor)} parser cannot read this: {exc}",
+                code=INVALID_SQL,
+                path=path,
+            )
+        ]
+    errors: list[ComponentError] = []
+    total = len(found.statements)
+    if total == 0:
+        return [ComponentError("holds no SQL statement", code=INVALID_SQL, path=path)]
+    findings = [(i, f) for i, statement in enumerate(found.statements) for f in statement.findings]
+    findings.sort(key=lambda pair: pair[1].rule != "transaction_control")
+    for i, finding in findings:
+        errors.append(
+            ComponentError(finding.message(i, total), code=FORBIDDEN_STATEMENT, path=path)
+        )
+    if total > 1:
+        verbs = ", ".join(s.verb or "?" for s in found.statements)
+        errors.append(
+            ComponentError(
+                f"holds {total} statements ({verbs}); a backfill is exactly one statement"
+                if backfill
+                else f"holds {total} statements ({verbs}); give exactly one statement per item",
+                code=FORBIDDEN_STATEMENT,
+                path=path,
+            )
+        )
+    if found.other_params:
+        errors.append(
+            ComponentError(
+                f"uses parameters in a style plans do not take ({', '.join(found.other_params)})"
+                "; use :name",
+                code=INVALID_SQL,
+                path=path,
+            )
+        )
+    if backfill:
+        if total == 1 and found.verb not in BACKFILL_VERBS:
+            errors.append(
+                ComponentError(
+                    f"a backfill is UPDATE, DELETE or INSERT, not {found.verb or 'this'}",
+                    code=INVALID_SQL,
+                    path=path,
+                )
+            )
+        if set(found.params) != {"start", "end"}:
+            errors.append(
+                ComponentError(
+                    "a backfill uses exactly the parameters :start and :end, found "
+                    f"{', '.join(sorted(set(found.params))) or 'none'}",
+                    code=INVALID_SQL,
+                    path=path,
+                )
+            )
+    elif found.params:
+        errors.append(
+            ComponentError(
+                f"uses parameters ({', '.join(found.params)}); a statement list takes none: "
+                "use the backfill form",
+                code=INVALID_SQL,
+                path=path,
+            )
+        )
+    return errors[:MAX_ERRORS_PER_ITEM]
+
+
+def _vendor_name(vendor: str) -> str:
+    return "PostgreSQL" if vendor == POSTGRESQL else "SQLite"
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------
+
+
+def pg_params(sql: str) -> tuple[list[str], list[tuple[int, int]], list[str]]:
+    """`:name` parameters of `sql` by PostgreSQL's scanner: names, spans, other styles.
+
+    A parameter is a `:` token immediately followed by an unquoted name (`::` is a cast and
+    a different token). `$1` parameters are reported as another style.
+    """
+    from pglast import parser
+
+    try:
+        tokens = parser.scan(sql)
+    except parser.ParseError as exc:
+        raise SqlSyntaxError(str(exc)) from None
+    names: list[str] = []
+    spans: list[tuple[int, int]] = []
+    other: list[str] = []
+    for tok, nxt in itertools.zip_longest(tokens, tokens[1:]):
+        if tok.name == "PARAM":
+            other.append(sql[tok.start : tok.end + 1])
+        if tok.name != "ASCII_58" or nxt is None or nxt.start != tok.end + 1:
+            continue
+        text = sql[nxt.start : nxt.end + 1]
+        if _NAME.fullmatch(text):
+            names.append(text)
+            spans.append((tok.start, nxt.end + 1))
+    return names, spans, other
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _bind_positions(sql: str, spans: list[tuple[int, int]]) -> str:
+    """`sql` with each `:name` replaced by `$n`, padded to keep offsets where it fits."""
+    out, last = [], 0
+    for n, (start, end) in enumerate(spans, 1):
+        out.append(sql[last:start])
+        out.append(f"${n}".ljust(end - start))
+        last = end
+    out.append(sql[last:])
+    return "".join(out)
+
+
+def _analyse_pg(sql: str) -> Analysis:
+    import pglast
+
+    names, spans, other = pg_params(sql)
+    text = _bind_positions(sql, spans)
+    try:
+        raw = pglast.parse_sql(text)
+    except pglast.parser.ParseError as exc:
+        raise SqlSyntaxError(str(exc)) from None
+    statements = []
+    for r in raw:
+        end = r.stmt_location + r.stmt_len if r.stmt_len else len(text)
+        source = text[r.stmt_location : end]
+        findings = tuple(_dedupe(_pg_findings(r.stmt, _pg_words(source))))
+        statements.append(Statement(verb=_pg_verb(r.stmt, source), findings=findings))
+    return Analysis(tuple(statements), tuple(names), tuple(spans), tuple(other))
+
+
+def _pg_words(source: str, limit: int = 2) -> str:
+    """The statement's leading keywords as written (`CREATE EXTENSION`), by PostgreSQL's
+    scanner, for messages."""
+    from pglast import parser
+
+    words: list[str] = []
+    for tok in parser.scan(source):
+        if tok.kind == "NO_KEYWORD" or len(words) == limit + 2:
+            break
+        words.append(source[tok.start : tok.end + 1].upper())
+    if words[1:3] == ["OR", "REPLACE"]:  # CREATE OR REPLACE FUNCTION: name it CREATE FUNCTION
+        del words[1:3]
+    return " ".join(words[:limit])
+
+
+def _dedupe(findings: Iterator[Finding]) -> list[Finding]:
+    seen: list[Finding] = []
+    for f in findings:
+        if f not in seen:
+            seen.append(f)
+    return seen
+
+
+_PG_VERBS = {
+    "SelectStmt": "SELECT",
+    "InsertStmt": "INSERT",
+    "UpdateStmt": "UPDATE",
+    "DeleteStmt": "DELETE",
+    "MergeStmt": "MERGE",
+}
+
+
+def _pg_verb(stmt: Any, source: str) -> str:
+    name = type(stmt).__name__
+    if name in _PG_VERBS:
+        # WITH ... UPDATE is an UpdateStmt with a WITH clause: a backfill verb either way.
+        return _PG_VERBS[name]
+    return _pg_words(source) or name.removesuffix("Stmt")
+
+
+# Statement node types that may run (each still walked for forbidden functions and bodies).
+PG_ALLOWED = {
+    "SelectStmt",
+    "InsertStmt",
+    "UpdateStmt",
+    "DeleteStmt",
+    "MergeStmt",
+    "TruncateStmt",
+    "LockStmt",
+    "ConstraintsSetStmt",
+    "CallStmt",
+    "CreateStmt",
+    "CreateTableAsStmt",
+    "IndexStmt",
+    "AlterTableStmt",
+    "RenameStmt",
+    "AlterObjectSchemaStmt",
+    "AlterOwnerStmt",
+    "DropStmt",
+    "ViewStmt",
+    "RefreshMatViewStmt",
+    "CreateSeqStmt",
+    "AlterSeqStmt",
+    "CreateEnumStmt",
+    "AlterEnumStmt",
+    "CompositeTypeStmt",
+    "CreateRangeStmt",
+    "CreateDomainStmt",
+    "AlterDomainStmt",
+    "DefineStmt",
+    "AlterTypeStmt",
+    "CreateSchemaStmt",
+    "CreateFunctionStmt",
+    "AlterFunctionStmt",
+    "CreateTrigStmt",
+    "RuleStmt",
+    "CommentStmt",
+    "GrantStmt",
+    "AlterDefaultPrivilegesStmt",
+    "CreatePolicyStmt",
+    "AlterPolicyStmt",
+    "CreateStatsStmt",
+    "AlterStatsStmt",
+    "CreateCastStmt",
+    "CreateOpClassStmt",
+    "CreateOpFamilyStmt",
+    "AlterOpFamilyStmt",
+    "AlterOperatorStmt",
+    "CreateConversionStmt",
+    "AlterCollationStmt",
+    "AlterTSConfigurationStmt",
+    "AlterTSDictionaryStmt",
+    "CreateTransformStmt",
+    "ReindexStmt",
+    "ClusterStmt",
+    "SecLabelStmt",
+}
+PG_REFUSED = {
+    "TransactionStmt": "transaction_control",
+    "CopyStmt": "server_files",
+    "CreateTableSpaceStmt": "server_files",
+    "DropTableSpaceStmt": "server_files",
+    "AlterTableSpaceOptionsStmt": "server_files",
+    "AlterTableMoveAllStmt": "server_files",
+    "VacuumStmt": "vacuum",
+    "CreateExtensionStmt": "extensions",
+    "AlterExtensionStmt": "extensions",
+    "AlterExtensionContentsStmt": "extensions",
+    "LoadStmt": "extensions",
+    "CreatePLangStmt": "extensions",
+    "VariableSetStmt": "session",
+    "DiscardStmt": "session",
+    "AlterSystemStmt": "server_administration",
+    "CreatedbStmt": "server_administration",
+    "DropdbStmt": "server_administration",
+    "AlterDatabaseStmt": "server_administration",
+    "AlterDatabaseSetStmt": "server_administration",
+    "AlterDatabaseRefreshCollStmt": "server_administration",
+    "CreateRoleStmt": "server_administration",
+    "AlterRoleStmt": "server_administration",
+    "AlterRoleSetStmt": "server_administration",
+    "DropRoleStmt": "server_administration",
+    "GrantRoleStmt": "server_administration",
+    "ReassignOwnedStmt": "server_administration",
+    "DropOwnedStmt": "server_administration",
+    "CheckPointStmt": "server_administration",
+    "CreateEventTrigStmt": "server_administration",
+    "AlterEventTrigStmt": "server_administration",
+    "CreatePublicationStmt": "server_administration",
+    "AlterPublicationStmt": "server_administration",
+    "CreateAmStmt": "server_administration",
+    "CreateSubscriptionStmt": "other_databases",
+    "AlterSubscriptionStmt": "other_databases",
+    "DropSubscriptionStmt": "other_databases",
+    "CreateFdwStmt": "other_databases",
+    "AlterFdwStmt": "other_databases",
+    "CreateForeignServerStmt": "other_databases",
+    "AlterForeignServerStmt": "other_databases",
+    "CreateUserMappingStmt": "other_databases",
+    "AlterUserMappingStmt": "other_databases",
+    "DropUserMappingStmt": "other_databases",
+    "CreateForeignTableStmt": "other_databases",
+    "ImportForeignSchemaStmt": "other_databases",
+    "DoStmt": "dynamic_sql",
+    "PrepareStmt": "dynamic_sql",
+    "ExecuteStmt": "dynamic_sql",
+    "DeallocateStmt": "dynamic_sql",
+    "ListenStmt": "notifications",
+    "UnlistenStmt": "notifications",
+    "NotifyStmt": "notifications",
+}
+# DROP of these object types falls under the rule of the statement that creates them.
+PG_DROP_REFUSED = {
+    "OBJECT_EXTENSION": "extensions",
+    "OBJECT_LANGUAGE": "extensions",
+    "OBJECT_FDW": "other_databases",
+    "OBJECT_FOREIGN_SERVER": "other_databases",
+    "OBJECT_FOREIGN_TABLE": "other_databases",
+    "OBJECT_EVENT_TRIGGER": "server_administration",
+    "OBJECT_PUBLICATION": "server_administration",
+    "OBJECT_ACCESS_METHOD": "server_administration",
+}
+# Settings a function's SET clause may not change: who it runs as.
+PG_IDENTITY_SETTINGS = {"role", "session_authorization"}
+
+
+def _pg_what(stmt: Any, text: str) -> str:
+    """How to name a refused statement in a message: `COMMIT`, `COPY ... TO PROGRAM`..."""
+    from pglast import enums
+
+    name = type(stmt).__name__
+    if name == "TransactionStmt":
+        return text  # as written: END, START TRANSACTION, PREPARE TRANSACTION...
+    if name == "CopyStmt":
+        if stmt.is_program:
+            return "COPY ... PROGRAM"
+        if stmt.filename:
+            return "COPY to or from a file"
+        return "COPY"
+    if name == "VariableSetStmt":
+        target = (stmt.name or "").lower()
+        if target == "role":
+            kind = enums.VariableSetKind(stmt.kind).name
+            return "RESET ROLE" if kind.startswith("VAR_RESET") else "SET ROLE"
+        if target == "session_authorization":
+            return "SET SESSION AUTHORIZATION"
+        return f"SET {stmt.name}" if stmt.name else "RESET ALL"
+    return text
+
+
+def _pg_findings(stmt: Any, words: str) -> Iterator[Finding]:
+    from pglast import enums
+
+    name = type(stmt).__name__
+    verb = words or name.removesuffix("Stmt")
+    if name in PG_REFUSED:
+        yield Finding(PG_REFUSED[name], _pg_what(stmt, verb))
+        return
+    if name == "DropStmt" and enums.ObjectType(stmt.removeType).name in PG_DROP_REFUSED:
+        kind = enums.ObjectType(stmt.removeType).name
+        yield Finding(PG_DROP_REFUSED[kind], f"DROP {kind.removeprefix('OBJECT_')}")
+        return
+    if name not in PG_ALLOWED:
+        yield Finding("not_a_migration_statement", verb)
+        return
+    yield from _pg_walk(stmt)
+
+
+def _pg_walk(stmt: Any) -> Iterator[Finding]:
+    """Forbidden function calls, identity settings and function bodies anywhere in `stmt`."""
+    from pglast import ast
+    from pglast.visitors import Visitor
+
+    found: list[Finding] = []
+
+    class Walk(Visitor):
+        def visit_FuncCall(self, ancestors: Any, node: ast.FuncCall) -> None:
+            fname = node.funcname[-1].sval if node.funcname else ""
+            rule = pg_function_rule(fname)
+            if rule:
+                found.append(Finding(rule, f"{fname}()"))
+
+        def visit_VariableSetStmt(self, ancestors: Any, node: ast.VariableSetStmt) -> None:
+            if (node.name or "").lower() in PG_IDENTITY_SETTINGS:
+                found.append(Finding("session", f"SET {node.name}"))
+
+        def visit_CreateFunctionStmt(self, ancestors: Any, node: ast.CreateFunctionStmt) -> None:
+            found.extend(_pg_function_body(node))
+
+    Walk()(stmt)
+    yield from found
+
+
+def _pg_function_body(node: Any) -> list[Finding]:
+    """A CREATE FUNCTION/PROCEDURE body read as SQL or PL/pgSQL; other languages refused."""
+    import pglast
+
+    options = {o.defname: o.arg for o in (node.options or ())}
+    language = options.get("language")
+    lang = (language.sval if language is not None else "sql").lower()
+    if lang not in PG_LANGUAGES:
+        return [Finding("dynamic_sql", f"a function in LANGUAGE {lang}")]
+    body_arg = options.get("as")
+    if body_arg is None:  # a SQL-standard body (BEGIN ATOMIC / RETURN): walked as nodes
+        return []
+    parts = [p.sval for p in body_arg if hasattr(p, "sval")]
+    body = parts[0] if parts else ""
+    if lang == "sql":
+        try:
+            inner = pglast.parse_sql(body)
+        except pglast.parser.ParseError:
+            return [Finding("dynamic_sql", "a SQL function body PostgreSQL cannot parse")]
+        return [f for r in inner for f in _pg_findings(r.stmt, _raw_words(body, r))]
+    return _plpgsql_findings(node, body)
+
+
+def _raw_words(text: str, raw: Any) -> str:
+    end = raw.stmt_location + raw.stmt_len if raw.stmt_len else len(text)
+    return _pg_words(text[raw.stmt_location : end])
+
+
+def _plpgsql_findings(node: Any, body: str) -> list[Finding]:
+    """PL/pgSQL through PostgreSQL's own PL/pgSQL parser: COMMIT/ROLLBACK, dynamic EXECUTE,
+    and every embedded SQL statement checked as if it were an item of its own."""
+    import pglast
+    from pglast.stream import RawStream
+
+    try:
+        tree = pglast.parse_plpgsql(RawStream()(node))
+    except Exception:  # pglast raises several types for bodies it cannot read
+        return [Finding("dynamic_sql", "a PL/pgSQL body PostgreSQL cannot parse")]
+    found: list[Finding] = []
+    for key, value in _json_items(tree):
+        if key in ("PLpgSQL_stmt_commit", "PLpgSQL_stmt_rollback"):
+            found.append(Finding("transaction_control", key.rsplit("_", 1)[-1].upper()))
+        elif key in ("PLpgSQL_stmt_dynexecute", "PLpgSQL_stmt_dynfors") or (
+            key == "PLpgSQL_stmt_open" and isinstance(value, dict) and "dynquery" in value
+        ):
+            found.append(Finding("dynamic_sql", "EXECUTE of a query built at run time"))
+        elif key == "PLpgSQL_expr" and isinstance(value, dict):
+            found.extend(_embedded_query(str(value.get("query", "")), value.get("parseMode", 0)))
+    return found
+
+
+# PostgreSQL's RawParseMode for PL/pgSQL expressions: a statement, or an expression.
+RAW_PARSE_DEFAULT = 0
+RAW_PARSE_PLPGSQL_EXPR = 2
+
+
+def _embedded_query(query: str, mode: int) -> list[Finding]:
+    """SQL that PL/pgSQL runs: a statement is checked as an item of its own, an expression
+    as the SELECT list it is; an assignment (`x := f(y)`) is scanned for forbidden calls."""
+    import pglast
+    from pglast import parser
+
+    text = f"SELECT {query}" if mode == RAW_PARSE_PLPGSQL_EXPR else query
+    if mode in (RAW_PARSE_DEFAULT, RAW_PARSE_PLPGSQL_EXPR):
+        try:
+            parsed = pglast.parse_sql(text)
+            return [f for r in parsed for f in _pg_findings(r.stmt, _raw_words(text, r))]
+        except parser.ParseError:
+            pass
+    # An expression or an assignment (`x := f(y)`): look for forbidden names being called.
+    try:
+        tokens = parser.scan(query)
+    except parser.ParseError:
+        return [Finding("dynamic_sql", "a PL/pgSQL expression PostgreSQL cannot read")]
+    found = []
+    for tok, nxt in itertools.pairwise(tokens):
+        name = query[tok.start : tok.end + 1].strip('"')
+        if nxt.name == "ASCII_40" and (rule := pg_function_rule(name)):
+            found.append(Finding(rule, f"{name}()"))
+    return found
+
+
+def _json_items(value: Any) -> Iterator[tuple[str, Any]]:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, sub in item.items():
+                yield key, sub
+                stack.append(sub)
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+# --- SQLite -------------------------------------------------------------------------------
+
+SQLITE_ALLOWED = {
+    "SELECT",
+    "VALUES",
+    "INSERT",
+    "REPLACE",
+    "UPDATE",
+    "DELETE",
+    "WITH",
+    "CREATE",
+    "ALTER",
+    "DROP",
+    "ANALYZE",
+    "REINDEX",
+}
+SQLITE_REFUSED = {
+    "BEGIN": "transaction_control",
+    "COMMIT": "transaction_control",
+    "END": "transaction_control",
+    "ROLLBACK": "transaction_control",
+    "SAVEPOINT": "transaction_control",
+    "RELEASE": "transaction_control",
+    "ATTACH": "other_databases",
+    "DETACH": "other_databases",
+    "VACUUM": "vacuum",
+    "PRAGMA": "pragma",
+}
+
+
+def sqlite_split(sql: str) -> list[tuple[int, int]]:
+    """`(start, end)` of each statement of `sql`, where SQLite's own tokenizer ends it.
+
+    Every `;` is a candidate; `sqlite3_complete()` says whether the text up to it is a
+    complete statement (not inside a string, comment or trigger body). Pieces holding only
+    whitespace or comments are dropped by the caller.
+    """
+    pieces: list[tuple[int, int]] = []
+    start = 0
+    pos = sql.find(";")
+    seen = 0
+    while pos != -1:
+        seen += 1
+        if seen > MAX_SEMICOLONS:
+            raise SqlSyntaxError(f"more than {MAX_SEMICOLONS} ';' in one item")
+        if sqlite3.complete_statement(sql[start : pos + 1]):
+            pieces.append((start, pos + 1))
+            start = pos + 1
+        pos = sql.find(";", pos + 1)
+    pieces.append((start, len(sql)))
+    return pieces
+
+
+def _sqlite_tokens(sql: str) -> list[Any]:
+    from sqlglot.dialects.sqlite import SQLite
+    from sqlglot.errors import TokenError
+
+    try:
+        return list(SQLite().tokenize(sql))
+    except TokenError as exc:
+        raise SqlSyntaxError(str(exc)) from None
+
+
+def _analyse_sqlite(sql: str) -> Analysis:
+    from sqlglot.tokens import TokenType
+
+    statements: list[Statement] = []
+    names: list[str] = []
+    spans: list[tuple[int, int]] = []
+    other: list[str] = []
+    for start, end in sqlite_split(sql):
+        piece = sql[start:end]
+        tokens = [t for t in _sqlite_tokens(piece) if t.token_type != TokenType.SEMICOLON]
+        if not tokens:
+            continue
+        verb = tokens[0].text.upper()
+        findings: list[Finding] = []
+        if verb in SQLITE_REFUSED:
+            findings.append(Finding(SQLITE_REFUSED[verb], verb))
+        elif verb not in SQLITE_ALLOWED:
+            findings.append(Finding("not_a_migration_statement", verb))
+        for tok, nxt in zip(tokens, [*tokens[1:], None], strict=True):
+            quoted = piece[tok.start : tok.end + 1] != tok.text
+            if nxt is not None and nxt.token_type == TokenType.L_PAREN:
+                rule = SQLITE_FUNCTIONS.get(tok.text.lower())
+                if rule:
+                    findings.append(Finding(rule, f"{tok.text}()"))
+            if tok.token_type == TokenType.COLON and nxt is not None and nxt.start == tok.end + 1:
+                text = piece[nxt.start : nxt.end + 1]
+                if _NAME.fullmatch(text):
+                    names.append(text)
+                    spans.append((start + tok.start, start + nxt.end + 1))
+            elif tok.token_type in (TokenType.PLACEHOLDER, TokenType.PARAMETER) or (
+                not quoted and tok.text.startswith("$")
+            ):
+                other.append(tok.text)
+        statements.append(Statement(verb, tuple(_dedupe(iter(findings)))))
+    return Analysis(tuple(statements), tuple(names), tuple(spans), tuple(other))
+
+
+def statement_error(sql: str, vendor: str, *, path: str) -> ComponentError | None:
+    """The first forbidden finding of `sql`, or None: the executor's re-check before running
+    pinned SQL (a manifest made before the policy, or by other code)."""
+    try:
+        found = analyse(sql, vendor)
+    except SqlSyntaxError:
+        return None  # the target's parser reports it when the statement runs
+    for i, statement in enumerate(found.statements):
+        for finding in statement.findings:
+            return ComponentError(
+                finding.message(i, len(found.statements)), code=FORBIDDEN_STATEMENT, path=path
+            )
+    if len(found.statements) > 1:
+        return ComponentError(
+            f"holds {len(found.statements)} statements; one per item",
+            code=FORBIDDEN_STATEMENT,
+            path=path,
+        )
+    return None
