@@ -71,7 +71,14 @@ class ExecutionContext:
     """What an executor sees for one partition.
 
     `heartbeat()` extends the lease and raises `LeaseLost` when another worker took the
-    partition over; long executors call it between units of work.
+    partition over; long executors call it between units of work. It answers from what the
+    heartbeat thread last saw, so it is cheap and may be up to a lease interval late.
+
+    `check_fence()` asks HXO's database itself (a fresh compare-and-swap on the partition's
+    id, fence, state and owner that also extends the lease) and raises `LeaseLost` unless
+    this worker still holds the partition. An executor with an effect outside HXO's
+    database calls it immediately before it commits that effect: a worker that lost its
+    lease then commits nothing (docs/exactly-once.md).
     """
 
     run_id: int
@@ -86,6 +93,7 @@ class ExecutionContext:
     attempt: int
     fence: int
     heartbeat: Callable[[], None] = lambda: None
+    check_fence: Callable[[], None] = lambda: None
 
     @property
     def params(self) -> dict[str, Any]:
@@ -168,6 +176,16 @@ class Executor:
         safe (a plugin only loses the shortcut).
         """
         return False
+
+    def applied_output(self, ctx: ExecutionContext) -> dict[str, Any] | None:
+        """The output of this partition's effect when its target already records it as
+        applied (a worker that committed and died before its outcome was written), else None.
+
+        The engine asks before it would record the partition as failed (lease expired with
+        no retry left, or a last attempt that raised): a recorded effect makes it succeed
+        instead. Default: None (nothing is known), so the partition fails as before.
+        """
+        return None
 
     def cleanup_stale(self) -> int:
         """Remove temporary files left by dead attempts; returns how many were removed."""

@@ -301,6 +301,37 @@ class Heartbeat:
         return check
 
 
+def check_fence(claim: Claim) -> None:
+    """Raise LeaseLost unless this worker still holds the partition under its fence.
+
+    A fresh compare-and-swap in HXO's database (never the heartbeat's cached answer) that
+    also extends the lease by HXO_LEASE_MS: an executor calls it (as `ctx.check_fence()`)
+    immediately before it commits an effect outside HXO's database, so the commit follows a
+    proof of ownership that stays valid for a whole lease. A fence can only move on by a
+    claim or a lease expiry, and both need the lease to have run out first.
+    """
+    held = Partition.objects.filter(
+        pk=claim.partition_id, fence=claim.fence, state=P.RUNNING, lease_owner=claim.owner
+    ).update(lease_expires_at=timezone.now() + _lease_delta())
+    if held != 1:
+        raise LeaseLost(
+            f"partition {claim.partition_id} is no longer held under fence {claim.fence}"
+        )
+
+
+def recovered_output(executor: Any, ctx: ExecutionContext) -> dict[str, Any] | None:
+    """The executor's `applied_output(ctx)` for an apply, or None (dry-runs have no effect to
+    recover; an executor that cannot tell, or that fails to, recovers nothing)."""
+    if ctx.dry_run:
+        return None
+    try:
+        out = executor.applied_output(ctx)
+    except Exception:
+        log.warning("partition %s: applied_output failed", ctx.partition_id, exc_info=True)
+        return None
+    return out if isinstance(out, dict) else None
+
+
 # --- Execution ------------------------------------------------------------------------------
 
 
@@ -440,6 +471,7 @@ def build_context(
         attempt=claim.attempt,
         fence=claim.fence,
         heartbeat=heartbeat or (lambda: None),
+        check_fence=lambda: check_fence(claim),
     )
 
 
@@ -463,6 +495,12 @@ def execute_one(
         return Outcome(claim, P.FAILED, error={"code": "shard_timeout", "message": str(exc)})
     except Exception as exc:
         log.warning("partition %s failed: %s", claim.partition_id, exc, exc_info=True)
+        last = claim.non_idempotent or claim.attempt >= settings.HXO_MAX_ATTEMPTS
+        recovered = recovered_output(rc.executor(stage.executor), ctx) if last else None
+        if recovered is not None and output_problem(kind, recovered) is None:
+            # The last attempt failed, yet the target records the effect (applied by an
+            # earlier attempt whose outcome was lost): the partition succeeded.
+            return Outcome(claim, P.SUCCEEDED, output=recovered)
         return Outcome(
             claim,
             P.FAILED,
@@ -665,38 +703,80 @@ def expire_leases(*, run_id: int | None = None, limit: int = 1000) -> int:
     """Take back partitions whose holder stopped renewing (killed worker, lost host).
 
     An idempotent one goes back to pending (fence bumped, so the old holder can write nothing);
-    a non-idempotent one fails: it is never retried automatically.
+    a non-idempotent one, or one with no attempt left, fails: it is never retried
+    automatically, unless its executor finds the effect already recorded at its target
+    (`Executor.applied_output`, e.g. the migration ledger's row): then it succeeds with that
+    output, since the holder committed and died before writing its outcome.
     """
     now = timezone.now()
     qs = Partition.objects.filter(state=P.RUNNING, lease_expires_at__lt=now)
     if run_id is not None:
         qs = qs.filter(run_id=run_id)
     moved = 0
-    for row in qs.values("id", "fence", "stage_id", "attempts", "non_idempotent")[:limit]:
+    contexts: dict[int, RunContext] = {}
+    fields = ("id", "run_id", "fence", "stage_id", "attempts", "non_idempotent")
+    for row in qs.values(*fields)[:limit]:
+        retry = not row["non_idempotent"] and row["attempts"] < settings.HXO_MAX_ATTEMPTS
+        # Asked outside the transaction (it may reach a target database); the fenced update
+        # below makes it count only if the row has not moved on meanwhile.
+        recovered = None if retry else _recover_expired(row, contexts)
         with transaction.atomic():
-            error = {
-                "code": "lease_expired",
-                "message": "the worker holding this partition stopped renewing its lease",
-                "attempt": row["attempts"],
-            }
-            retry = not row["non_idempotent"] and row["attempts"] < settings.HXO_MAX_ATTEMPTS
-            target = P.PENDING if retry else P.FAILED
-            changed = Partition.objects.filter(
-                pk=row["id"], fence=row["fence"], state=P.RUNNING
-            ).update(
-                state=target,
-                fence=F("fence") + 1,
-                error=error,
-                due_at=now,
-                lease_owner="",
-                lease_expires_at=None,
-            )
+            mine = Partition.objects.filter(pk=row["id"], fence=row["fence"], state=P.RUNNING)
+            if recovered is not None:
+                target = P.SUCCEEDED
+                changed = mine.update(
+                    state=P.SUCCEEDED,
+                    fence=F("fence") + 1,
+                    output=recovered,
+                    error=None,
+                    finished_at=now,
+                    lease_owner="",
+                    lease_expires_at=None,
+                )
+            else:
+                error = {
+                    "code": "lease_expired",
+                    "message": "the worker holding this partition stopped renewing its lease",
+                    "attempt": row["attempts"],
+                }
+                target = P.PENDING if retry else P.FAILED
+                changed = mine.update(
+                    state=target,
+                    fence=F("fence") + 1,
+                    error=error,
+                    due_at=now,
+                    lease_owner="",
+                    lease_expires_at=None,
+                )
             if changed:
                 moved += 1
                 _count_moves(row["stage_id"], {"running": -1, COUNTER[target]: 1})
-                if target == P.FAILED:
+                if target != P.PENDING:
                     after_partition_change(row["stage_id"])
     return moved
+
+
+def _recover_expired(row: dict[str, Any], contexts: dict[int, RunContext]) -> Any:
+    """The recorded effect's output of an expired partition that would fail, or None."""
+    try:
+        if row["run_id"] not in contexts:
+            contexts[row["run_id"]] = RunContext(row["run_id"])
+        rc = contexts[row["run_id"]]
+        if rc.dry_run:
+            return None
+        inputs, fingerprints, attempts = Partition.objects.values_list(
+            "inputs", "fingerprints", "attempts"
+        ).get(pk=row["id"])
+        claim = Claim(row["id"], row["run_id"], row["stage_id"], row["fence"], attempts, "")
+        stage = rc.stage(row["stage_id"])
+        ctx = build_context(rc, claim, inputs, fingerprints)
+        output = recovered_output(rc.executor(stage.executor), ctx)
+        if output is None or output_problem(rc.kinds[stage.kind], output) is not None:
+            return None
+        return output
+    except Exception:
+        log.warning("partition %s: could not ask for its effect", row["id"], exc_info=True)
+        return None
 
 
 # --- Stage and run progression -------------------------------------------------------------

@@ -306,7 +306,8 @@ def item_errors(
     """Everything wrong with one plan item, as ComponentErrors at `path` (empty: it may run).
 
     A statement-list item is one statement without parameters; a backfill is one UPDATE,
-    DELETE or INSERT (optionally behind WITH) using exactly `:start` and `:end`. Forbidden
+    DELETE or INSERT (optionally behind WITH) using exactly `:start` and `:end`, or `:start`
+    and `:last` (inclusive end; runs_app.kinds.migrate). Forbidden
     statements come first (transaction control before the rest, since its message says how
     to fix pasted `sqlmigrate` output), then the statement count, then parameters.
     """
@@ -359,10 +360,11 @@ def item_errors(
                     path=path,
                 )
             )
-        if set(found.params) != {"start", "end"}:
+        if set(found.params) not in ({"start", "end"}, {"start", "last"}):
             errors.append(
                 ComponentError(
-                    "a backfill uses exactly the parameters :start and :end, found "
+                    "a backfill uses exactly the parameters :start and :end (exclusive) or "
+                    ":start and :last (inclusive: reaches the largest 64-bit key), found "
                     f"{', '.join(sorted(set(found.params))) or 'none'}",
                     code=INVALID_SQL,
                     path=path,

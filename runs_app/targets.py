@@ -292,7 +292,13 @@ class TargetConnection:
         finally:
             self._control = False
 
-    def begin(self, *, statement_timeout_ms: int = 0, lock_timeout_ms: int = 0) -> None:
+    def begin(
+        self, *, statement_timeout_ms: int = 0, lock_timeout_ms: int = 0, idle_timeout_ms: int = 0
+    ) -> None:
+        """Start a transaction. On PostgreSQL the timeouts are SET LOCAL for it;
+        `idle_timeout_ms` is `idle_in_transaction_session_timeout`: a client that stops
+        talking inside the transaction (a paused worker) has its session ended by the server,
+        so its open transaction can never commit later. SQLite has no server to do that."""
         if self.vendor == SQLITE:
             # IMMEDIATE takes the write lock up front, so the ledger check and the batch are
             # serialised against other writers instead of failing on lock upgrade.
@@ -313,6 +319,11 @@ class TargetConnection:
                 self.execute(
                     "SELECT set_config('lock_timeout', :v, true)",
                     {"v": f"{int(lock_timeout_ms)}ms"},
+                )
+            if idle_timeout_ms:
+                self.execute(
+                    "SELECT set_config('idle_in_transaction_session_timeout', :v, true)",
+                    {"v": f"{int(idle_timeout_ms)}ms"},
                 )
 
     def commit(self) -> None:

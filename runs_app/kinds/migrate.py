@@ -4,22 +4,47 @@ Two forms of stage params:
 
 - `statements`: a list of SQL statements split into batches of `batch_size`, applied in order
   (one wave per batch, since a later statement may need an earlier one's table);
-- `backfill`: one parametrised DML statement using `:start` and `:end`, run over the key range
-  of `table.key_column` split into `offset/limit` batches (`:start = key_min + offset`,
-  `:end = :start + limit`, end exclusive). The key range is read from the target when the
-  stage is partitioned and pinned in the manifest; values are always bound, never formatted
-  into SQL, and the table and key column must exist in the target's catalogue.
+- `backfill`: one parametrised DML statement using `:start` and `:end` (end exclusive:
+  `key >= :start AND key < :end`) or `:start` and `:last` (end inclusive: `key <= :last`, the
+  form that reaches a 64-bit key's largest value), run over the key range of
+  `table.key_column` split into `offset/limit` batches (`:start = key_min + offset`). The key
+  range is read from the target when the stage is partitioned and pinned in the manifest;
+  values are always bound, never formatted into SQL, the table and key column must exist in
+  the target's catalogue, and the key column must be a 64-bit-or-smaller integer type.
 
-Each batch runs in one transaction on the target together with a row in the target's
-`hxo_ledger` table keyed by (plan digest, stage id, batch id): a re-delivered batch finds its
-ledger row and is skipped, reporting the rows it changed the first time. A dry-run runs the
-batch in a transaction that is rolled back, and creates nothing (not even the ledger table).
+The ledger lives in the target, next to the effects it records, and is written in the same
+transaction as the batch (docs/exactly-once.md):
+
+- `hxo_ledger_batches`: one row per statement batch applied, keyed by (target identity,
+  SHA-256 of the batch's exact SQL text and bound parameters). Plan name, description,
+  revision, digest and batch number never enter the key, so an edited description or a
+  re-planned stage does not apply a batch again, and the same batch on another target does.
+- `hxo_ledger_intervals`: per (target identity, SHA-256 of the backfill's SQL template), the
+  key intervals `[key_first, key_last]` (inclusive, disjoint) already applied. A backfill
+  batch applies only the parts of its range not yet covered, so a new `batch_size` or a key
+  range that moved never applies a key twice nor skips one. `hxo_ledger_backfills` holds one
+  row per template: batches of one template lock it (`SELECT ... FOR UPDATE` on PostgreSQL;
+  SQLite's single writer does the same), so the read of the intervals and the batch are one
+  critical section.
+
+Every ledger row carries the run, partition and fence that wrote it. Before COMMIT the
+executor re-checks its fence against HXO's database (`ctx.check_fence()`, a fresh query), and
+on PostgreSQL the transaction runs with `idle_in_transaction_session_timeout` below the lease,
+so a paused worker's transaction is ended by the server before another worker can take the
+partition over. The version-1 table `hxo_ledger` (keyed by plan digest and batch number) is no
+longer written; its rows are still honoured when one records exactly the batch at hand (same
+SQL text and bound values).
+
+A dry-run reads the same ledger with the same keys, runs only what the apply would run in a
+transaction that is rolled back, and creates nothing (not even the ledger tables).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
+import json
 import math
 import sqlite3
 from typing import Any
@@ -47,7 +72,7 @@ from runs_app.kinds.base import (
 )
 from runs_app.kinds.base import target_param as _target_param
 from runs_app.kinds.files import Beat
-from runs_app.sqlpolicy import INVALID_SQL, item_errors, statement_error
+from runs_app.sqlpolicy import INVALID_SQL, analyse, item_errors, statement_error
 from runs_app.targets import (
     POSTGRESQL,
     SQLITE,
@@ -60,27 +85,56 @@ from runs_app.targets import (
 UNKNOWN_TABLE = "unknown_table"
 UNKNOWN_COLUMN = "unknown_column"
 UNSUPPORTED_KEY = "unsupported_key"
+KEY_OUT_OF_RANGE = "key_out_of_range"
+DUPLICATE_BATCH = "duplicate_batch"
 SQL_ERROR = "sql_error"
 STATEMENT_TIMEOUT = "statement_timeout"
 LOCK_TIMEOUT = "lock_timeout"
 
+# Version 1 (plan digest, stage, batch number): read for rows it recorded, never written.
 LEDGER_TABLE = "hxo_ledger"
+BATCHES_TABLE = "hxo_ledger_batches"
+BACKFILLS_TABLE = "hxo_ledger_backfills"
+INTERVALS_TABLE = "hxo_ledger_intervals"
+LEDGER_TABLES = (BATCHES_TABLE, BACKFILLS_TABLE, INTERVALS_TABLE)
 IDENTIFIER = {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,62}$"}
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# PostgreSQL's integer types (pg_type.typname of the column's type, or a domain's base type).
+PG_INTEGER_TYPES = {"int2", "int4", "int8"}
 
-LEDGER_DDL = f"""
-CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (
-    plan_digest VARCHAR(64) NOT NULL,
-    stage_id VARCHAR(100) NOT NULL,
-    batch_id INTEGER NOT NULL,
-    batch_digest VARCHAR(64) NOT NULL,
+LEDGER_DDL = (
+    f"""CREATE TABLE IF NOT EXISTS {BATCHES_TABLE} (
+    target VARCHAR(1000) NOT NULL,
+    batch_sha256 VARCHAR(64) NOT NULL,
+    statements INTEGER NOT NULL,
     rows_affected BIGINT NOT NULL,
-    run_id BIGINT,
-    partition_id BIGINT,
-    fence BIGINT,
+    run_id BIGINT NOT NULL,
+    partition_id BIGINT NOT NULL,
+    fence BIGINT NOT NULL,
     applied_at VARCHAR(40) NOT NULL,
-    PRIMARY KEY (plan_digest, stage_id, batch_id)
+    PRIMARY KEY (target, batch_sha256)
+)""",
+    f"""CREATE TABLE IF NOT EXISTS {BACKFILLS_TABLE} (
+    target VARCHAR(1000) NOT NULL,
+    template_sha256 VARCHAR(64) NOT NULL,
+    template TEXT NOT NULL,
+    created_at VARCHAR(40) NOT NULL,
+    PRIMARY KEY (target, template_sha256)
+)""",
+    f"""CREATE TABLE IF NOT EXISTS {INTERVALS_TABLE} (
+    target VARCHAR(1000) NOT NULL,
+    template_sha256 VARCHAR(64) NOT NULL,
+    key_first BIGINT NOT NULL,
+    key_last BIGINT NOT NULL,
+    rows_affected BIGINT NOT NULL,
+    run_id BIGINT NOT NULL,
+    partition_id BIGINT NOT NULL,
+    fence BIGINT NOT NULL,
+    applied_at VARCHAR(40) NOT NULL,
+    PRIMARY KEY (target, template_sha256, key_first),
+    CHECK (key_first <= key_last)
+)""",
 )
-"""
 
 
 def _sha(text: str) -> str:
@@ -134,7 +188,8 @@ class BySqlBatch(Partitioner):
                             "maxLength": 100_000,
                             "title": "Statement",
                             "description": "UPDATE/DELETE/INSERT using :start and :end "
-                            "(key_column >= :start AND key_column < :end).",
+                            "(key_column >= :start AND key_column < :end), or :start and "
+                            ":last (key_column <= :last, inclusive).",
                             "x-hxo-widget": "sql",
                         },
                         "table": {**IDENTIFIER, "title": "Table"},
@@ -198,8 +253,21 @@ class BySqlBatch(Partitioner):
             raise error
         size = params["batch_size"]
         specs = []
+        seen: dict[str, int] = {}
         for batch_id, offset in enumerate(range(0, len(statements), size)):
             chunk = statements[offset : offset + size]
+            # The ledger keys a batch by its content: a second identical batch would be
+            # "already applied" by the first. Refuse it rather than apply it once silently.
+            content = batch_sha256([(sql, None) for sql in chunk])
+            if content in seen:
+                raise ComponentError(
+                    f"batch {batch_id} repeats batch {seen[content]} exactly; a batch is "
+                    "applied once per target, so the repeat would be skipped: make it differ "
+                    "(a comment will do) or remove it",
+                    code=DUPLICATE_BATCH,
+                    path=f"params.statements[{offset}]",
+                )
+            seen[content] = batch_id
             specs.append(
                 PartitionSpec(
                     inputs={
@@ -224,6 +292,8 @@ class BySqlBatch(Partitioner):
         size = backfill.get("batch_size", 1000)
         for error in _sql_errors(params, target.vendor)[:1]:
             raise error
+        # The policy allows :start with :end (exclusive) or :last (inclusive).
+        end_param = "end" if "end" in analyse(sql, target.vendor).params else "last"
         with connect(target, lock_timeout_ms=params["lock_timeout_ms"]) as conn:
             if not conn.table_exists(table):
                 raise ComponentError(
@@ -238,10 +308,11 @@ class BySqlBatch(Partitioner):
                     code=UNKNOWN_COLUMN,
                     path="params.backfill.key_column",
                 )
-            if "INT" not in columns[key]:
+            problem = _key_type_problem(conn, table, key)
+            if problem:
                 raise ComponentError(
-                    f"{table}.{key} is {columns[key] or 'untyped'}; a backfill key must be an "
-                    "integer column",
+                    f"{table}.{key} {problem}; a backfill key must be an integer column "
+                    "(at most 64 bits)",
                     code=UNSUPPORTED_KEY,
                     path="params.backfill.key_column",
                 )
@@ -253,7 +324,16 @@ class BySqlBatch(Partitioner):
         key_min, key_max, count = row
         specs = []
         if key_min is not None:
-            span = int(key_max) - int(key_min) + 1
+            key_min, key_max = int(key_min), int(key_max)
+            if end_param == "end" and key_max == INT64_MAX:
+                raise ComponentError(
+                    f"{table}.{key} reaches {INT64_MAX}, the largest 64-bit integer: the "
+                    "exclusive bound :end after it cannot be represented; write the backfill "
+                    f"with :last (inclusive: {key} <= :last) instead of :end",
+                    code=KEY_OUT_OF_RANGE,
+                    path="params.backfill.sql",
+                )
+            span = key_max - key_min + 1
             batches = math.ceil(span / size)
             if batches > settings.HXO_MAX_PARTITIONS:
                 raise ComponentError(
@@ -269,7 +349,7 @@ class BySqlBatch(Partitioner):
             for batch_id in range(batches):
                 offset = batch_id * size
                 limit = min(size, span - offset)
-                start = int(key_min) + offset
+                start = key_min + offset
                 specs.append(
                     PartitionSpec(
                         inputs={
@@ -278,11 +358,12 @@ class BySqlBatch(Partitioner):
                             "limit": limit,
                             "stage_kind": kind,
                             "key_start": start,
-                            "key_end": start + limit,
+                            "key_end": start + limit,  # exclusive, as :end
+                            "key_last": start + limit - 1,  # inclusive, as :last
                         },
                         fingerprints=fp,
                         weight=limit,
-                        label=f"batch {batch_id}: {key} in [{start}, {start + limit})",
+                        label=f"batch {batch_id}: {key} in [{start}, {start + limit - 1}]",
                     )
                 )
         data.update(
@@ -292,6 +373,7 @@ class BySqlBatch(Partitioner):
                     "sql": sql,
                     "table": table,
                     "key_column": key,
+                    "end_param": end_param,
                     "batch_size": size,
                     "key_min": key_min,
                     "key_max": key_max,
@@ -314,8 +396,96 @@ def _sql_errors(params: dict[str, Any], vendor: str) -> list[ComponentError]:
     ]
 
 
-def _work(ctx: ExecutionContext) -> tuple[list[tuple[str, dict[str, Any] | None]], dict]:
-    """The batch's statements with their bound parameters, from the pinned manifest."""
+def _key_type_problem(conn: TargetConnection, table: str, key: str) -> str | None:
+    """Why `table.key` can't be a backfill key, or None when it is an integer column.
+
+    PostgreSQL: the catalogue's type of the column (`pg_attribute.atttypid`, a domain's base
+    type) must be int2, int4 or int8; matching the type's name would take `interval` or
+    `point` for integers. SQLite: the declared type must give INTEGER affinity (rule 1 of
+    https://sqlite.org/datatype3.html#determination_of_column_affinity: it contains "INT"),
+    and, since affinity does not stop a text value from being stored, every value must be an
+    integer or NULL (`typeof()`, checked over the table).
+    """
+    if conn.vendor == POSTGRESQL:
+        row = conn.execute(
+            "SELECT CASE WHEN t.typtype = 'd' THEN b.typname ELSE t.typname END, "
+            "format_type(a.atttypid, a.atttypmod) "
+            "FROM pg_catalog.pg_attribute a "
+            "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
+            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_catalog.pg_type t ON t.oid = a.atttypid "
+            "LEFT JOIN pg_catalog.pg_type b ON b.oid = t.typbasetype "
+            "WHERE n.nspname = current_schema() AND c.relname = :t AND a.attname = :c "
+            "AND a.attnum > 0 AND NOT a.attisdropped",
+            {"t": table, "c": key},
+        ).fetchone()
+        if row is not None and row[0] in PG_INTEGER_TYPES:
+            return None
+        return f"is of type {row[1] if row else 'unknown'}"
+    declared = conn.columns(table).get(key, "")
+    if "INT" not in declared.upper():
+        return f"is declared {declared or 'without a type'} (no INTEGER affinity)"
+    other = conn.scalar(
+        f"SELECT typeof({quote_identifier(key)}) FROM {quote_identifier(table)} "
+        f"WHERE typeof({quote_identifier(key)}) NOT IN ('integer', 'null') LIMIT 1"
+    )
+    if other is not None:
+        return f"holds {other} values"
+    return None
+
+
+def batch_sha256(work: list[tuple[str, dict[str, Any] | None]]) -> str:
+    """The ledger key's content part for a statement batch: SHA-256 over canonical JSON of
+    [[sql, bound parameters or {}], ...] in order. The exact SQL text, not a normalised one:
+    what is keyed is what runs."""
+    canonical = json.dumps(
+        [[sql, params or {}] for sql, params in work],
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return _sha(canonical)
+
+
+def _legacy_digest(work: list[tuple[str, dict[str, Any] | None]]) -> str:
+    """`batch_digest` as the version-1 ledger (`hxo_ledger`) recorded it."""
+    return _sha(repr([(sql, sorted((p or {}).items())) for sql, p in work]))
+
+
+@dataclasses.dataclass
+class Batch:
+    """One partition's work, as the pinned manifest defines it."""
+
+    batch_id: int
+    mode: str  # "statements" or "backfill"
+    statements: list[str] = dataclasses.field(default_factory=list)
+    # Backfill: the template, which bound parameter ends the range, and the inclusive range.
+    sql: str = ""
+    end_param: str = "end"
+    first: int = 0
+    last: int = 0
+
+    @property
+    def work(self) -> list[tuple[str, dict[str, Any] | None]]:
+        if self.mode == "statements":
+            return [(s, None) for s in self.statements]
+        return [(self.sql, self.bound(self.first, self.last))]
+
+    def bound(self, first: int, last: int) -> dict[str, int]:
+        """The template's parameters for the inclusive key interval [first, last]."""
+        if self.end_param == "last":
+            return {"start": first, "last": last}
+        return {"start": first, "end": last + 1}
+
+    @property
+    def key_range(self) -> list[int]:
+        """[start, end) as outputs have reported it since version 1."""
+        return [self.first, self.last + 1]
+
+
+def _batch(ctx: ExecutionContext) -> Batch:
+    """The batch's statements or key range, from the pinned manifest."""
+    batch_id = require_input(ctx, "batch_id", int)
     offset = require_input(ctx, "offset", int)
     limit = require_input(ctx, "limit", int)
     mode = require_manifest(ctx, "mode")
@@ -327,15 +497,24 @@ def _work(ctx: ExecutionContext) -> tuple[list[tuple[str, dict[str, Any] | None]
             raise ComponentError(
                 "the batch is outside the pinned statements", code="invalid_inputs", path="inputs"
             )
-        return [(s, None) for s in statements], {"statements": statements}
+        return Batch(batch_id, mode, statements=list(statements))
     backfill = require_manifest(ctx, "backfill")
-    start = int(backfill["key_min"]) + offset
-    bound = {"start": start, "end": start + limit}
-    return [(backfill["sql"], bound)], {"key_range": [start, start + limit], "sql": backfill["sql"]}
-
-
-def _batch_digest(work: list[tuple[str, dict[str, Any] | None]]) -> str:
-    return _sha(repr([(sql, sorted((p or {}).items())) for sql, p in work]))
+    first = int(backfill["key_min"]) + offset
+    last = first + limit - 1
+    if first < INT64_MIN or last > INT64_MAX:
+        raise ComponentError(
+            f"keys [{first}, {last}] are outside 64-bit integers",
+            code=KEY_OUT_OF_RANGE,
+            path="inputs",
+        )
+    return Batch(
+        batch_id,
+        "backfill",
+        sql=backfill["sql"],
+        end_param=backfill.get("end_param", "end"),
+        first=first,
+        last=last,
+    )
 
 
 def _run(conn: TargetConnection, work: list, beat: Beat) -> int:
@@ -380,73 +559,153 @@ def _db_errors() -> tuple[type[Exception], ...]:
     return (sqlite3.Error, psycopg.Error)
 
 
-def _ledger_exists(conn: TargetConnection) -> bool:
-    return conn.table_exists(LEDGER_TABLE)
+# --- The ledger ---------------------------------------------------------------------------
 
 
-def _ledgered(conn: TargetConnection, key: dict[str, Any]) -> int | None:
-    return conn.scalar(
-        f"SELECT rows_affected FROM {LEDGER_TABLE} "
-        "WHERE plan_digest = :plan_digest AND stage_id = :stage_id AND batch_id = :batch_id",
-        key,
-    )
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat()
 
 
-def _replay_earlier_batches(
-    conn: TargetConnection,
-    ctx: ExecutionContext,
-    key: dict[str, Any],
-    has_ledger: bool,
-    beat: Beat,
-) -> None:
-    """In a dry-run of a statement list, first run the earlier batches not yet applied.
-
-    Batches apply in order, so batch 3 may need the table batch 1 creates; in a dry-run
-    nothing was applied, and without this every batch after a CREATE would fail. It all
-    happens inside the same transaction that is rolled back.
-    """
-    if ctx.manifest.get("mode") != "statements" or key["batch_id"] == 0:
-        return
-    size = int(ctx.manifest.get("batch_size", 1))
-    statements = ctx.manifest["statements"]
-    for earlier in range(key["batch_id"]):
-        if has_ledger and _ledgered(conn, {**key, "batch_id": earlier}) is not None:
-            continue
-        _run(conn, [(s, None) for s in statements[earlier * size : (earlier + 1) * size]], beat)
+def _has_ledger(conn: TargetConnection) -> bool:
+    return conn.table_exists(BATCHES_TABLE)
 
 
 def _ensure_ledger(conn: TargetConnection) -> None:
-    if _ledger_exists(conn):
+    """Create the ledger tables (outside the batch's transaction, in autocommit)."""
+    for table, ddl in zip(LEDGER_TABLES, LEDGER_DDL, strict=True):
+        if conn.table_exists(table):
+            continue
+        try:
+            conn.execute(ddl)
+        except _db_errors():
+            # Two workers creating it at once on PostgreSQL: one loses on the catalogue's
+            # unique index; the table exists either way.
+            if not conn.table_exists(table):
+                raise
+
+
+def _legacy_rows(conn: TargetConnection, batch: Batch) -> int | None:
+    """rows_affected of a version-1 ledger row recording exactly this batch, if any."""
+    if not conn.table_exists(LEDGER_TABLE):
+        return None
+    return conn.scalar(
+        f"SELECT MAX(rows_affected) FROM {LEDGER_TABLE} WHERE batch_digest = :d",
+        {"d": _legacy_digest(batch.work)},
+    )
+
+
+def _ledgered_batch(conn: TargetConnection, identity: str, sha: str) -> int | None:
+    return conn.scalar(
+        f"SELECT rows_affected FROM {BATCHES_TABLE} WHERE target = :t AND batch_sha256 = :h",
+        {"t": identity, "h": sha},
+    )
+
+
+def _intervals(
+    conn: TargetConnection, identity: str, template: str, first: int, last: int
+) -> list[tuple[int, int, int]]:
+    """Ledgered intervals (key_first, key_last, rows_affected) that overlap [first, last],
+    in key order. They are disjoint, so the only one that can start before `first` is the
+    one with the largest key_first <= first: the scan starts there (an index range)."""
+    rows = conn.execute(
+        f"SELECT key_first, key_last, rows_affected FROM {INTERVALS_TABLE} "
+        "WHERE target = :t AND template_sha256 = :h AND key_first <= :last AND key_last >= :first "
+        "AND key_first >= COALESCE((SELECT MAX(key_first) FROM "
+        f"{INTERVALS_TABLE} WHERE target = :t AND template_sha256 = :h AND key_first <= :first), "
+        ":first) ORDER BY key_first",
+        {"t": identity, "h": template, "first": first, "last": last},
+    ).fetchall()
+    return [(int(a), int(b), int(n)) for a, b, n in rows]
+
+
+def uncovered(first: int, last: int, covered: list[tuple[int, ...]]) -> list[tuple[int, int]]:
+    """[first, last] minus the union of `covered` intervals (inclusive (a, b, ...) tuples,
+    any order, may overlap): the disjoint inclusive pieces left, in order."""
+    pieces: list[tuple[int, int]] = []
+    at = first
+    for a, b, *_ in sorted(covered):
+        if b < at:
+            continue
+        if a > last:
+            break
+        if a > at:
+            pieces.append((at, a - 1))
+        at = max(at, b + 1)
+        if at > last:
+            return pieces
+    if at <= last:
+        pieces.append((at, last))
+    return pieces
+
+
+def _lock_template(conn: TargetConnection, identity: str, template: str, sql: str) -> None:
+    """Serialise the batches of one backfill on one target until this transaction ends.
+
+    PostgreSQL: a row lock on the template's row (made if missing). Concurrent batches of
+    the backfill wait here, so none reads the intervals while another one's are uncommitted
+    (READ COMMITTED would not see them, and both would apply the overlap). SQLite: the
+    transaction began IMMEDIATE and holds the database's only write lock already.
+    """
+    conn.execute(
+        f"INSERT INTO {BACKFILLS_TABLE} (target, template_sha256, template, created_at) "
+        "VALUES (:t, :h, :sql, :at) ON CONFLICT DO NOTHING",
+        {"t": identity, "h": template, "sql": sql, "at": _now()},
+    )
+    if conn.vendor == POSTGRESQL:
+        conn.execute(
+            f"SELECT 1 FROM {BACKFILLS_TABLE} WHERE target = :t AND template_sha256 = :h "
+            "FOR UPDATE",
+            {"t": identity, "h": template},
+        )
+
+
+def _replay_earlier_batches(
+    conn: TargetConnection, ctx: ExecutionContext, batch: Batch, has_ledger: bool, beat: Beat
+) -> None:
+    """In a dry-run of a statement list, first run the earlier batches the apply would run.
+
+    Batches apply in order, so batch 3 may need the table batch 1 creates; in a dry-run
+    nothing was applied, and without this every batch after a CREATE would fail. An earlier
+    batch the ledger records (by content, as the apply checks it) is not run again. It all
+    happens inside the same transaction that is rolled back.
+    """
+    if batch.mode != "statements" or batch.batch_id == 0:
         return
-    try:
-        conn.execute(LEDGER_DDL)
-    except _db_errors():
-        # Two workers creating it at once on PostgreSQL: one loses on the catalogue's unique
-        # index; the table exists either way.
-        if not _ledger_exists(conn):
-            raise
+    size = int(ctx.manifest.get("batch_size", 1))
+    statements = ctx.manifest["statements"]
+    identity = conn.target.identity
+    for earlier in range(batch.batch_id):
+        chunk = statements[earlier * size : (earlier + 1) * size]
+        prior = Batch(earlier, "statements", statements=list(chunk))
+        if has_ledger and _ledgered_batch(conn, identity, batch_sha256(prior.work)) is not None:
+            continue
+        if _legacy_rows(conn, prior) is not None:
+            continue
+        _run(conn, prior.work, beat)
+
+
+def _idle_timeout_ms() -> int:
+    """idle_in_transaction_session_timeout for target transactions: half the lease, so the
+    server ends a paused worker's transaction before its lease can expire and another worker
+    take the partition over."""
+    return max(settings.HXO_LEASE_MS // 2, 100)
 
 
 @register_executor
 class SqlMigrate(Executor):
     name = "sql_migrate"
     description = (
-        "Runs one SQL batch per partition in a transaction with a ledger row in the target; "
-        "a ledgered batch is never applied again. Dry-run rolls the batch back."
+        "Runs one SQL batch per partition in a transaction with a ledger row in the target, "
+        "keyed by the batch's content (a backfill: the key intervals applied); what the "
+        "ledger records is never applied again. Dry-run rolls the batch back."
     )
-    # The ledger makes re-delivery a no-op: the same (plan digest, stage, batch) applies once.
+    # The ledger makes re-delivery a no-op: the same content applies once per target.
     idempotent = True
     supports_dry_run = True
 
     def execute(self, ctx: ExecutionContext) -> dict[str, Any]:
         target = get_target(require_manifest(ctx, "target"), path="manifest.target")
-        batch_id = require_input(ctx, "batch_id", int)
-        work, detail = _work(ctx)
-        key = {
-            "plan_digest": ctx.plan_digest,
-            "stage_id": str(ctx.stage.get("id", "")),
-            "batch_id": batch_id,
-        }
+        batch = _batch(ctx)
         timeouts = {
             "statement_timeout_ms": int(ctx.manifest.get("statement_timeout_ms", 30_000)),
             "lock_timeout_ms": int(ctx.manifest.get("lock_timeout_ms", 5_000)),
@@ -459,113 +718,249 @@ class SqlMigrate(Executor):
         beat = Beat(ctx)
         with connect(target, lock_timeout_ms=timeouts["lock_timeout_ms"]) as conn:
             if ctx.dry_run:
-                return self._dry_run(conn, ctx, key, work, detail, timeouts, beat)
-            return self._apply(conn, ctx, key, work, detail, timeouts, beat)
+                return self._dry_run(conn, ctx, batch, timeouts, beat)
+            return self._apply(conn, ctx, batch, timeouts, beat)
+
+    def applied_output(self, ctx: ExecutionContext) -> dict[str, Any] | None:
+        """The output of an already-applied batch: its ledger row (a statement batch) or
+        ledgered intervals covering its whole key range (a backfill), else None."""
+        target = get_target(require_manifest(ctx, "target"), path="manifest.target")
+        batch = _batch(ctx)
+        with connect(target) as conn:
+            if not _has_ledger(conn):
+                return None
+            identity = target.identity
+            if batch.mode == "statements":
+                rows = _ledgered_batch(conn, identity, batch_sha256(batch.work))
+                if rows is None:
+                    return None
+                return self._output(batch, int(rows), "already_applied")
+            covered = _intervals(conn, identity, _sha(batch.sql), batch.first, batch.last)
+            if uncovered(batch.first, batch.last, covered):
+                return None
+            return self._output(batch, _rows_within(batch, covered), "already_applied")
+
+    # --- dry-run --------------------------------------------------------------------------
 
     def _dry_run(
         self,
         conn: TargetConnection,
         ctx: ExecutionContext,
-        key: dict[str, Any],
-        work: list,
-        detail: dict[str, Any],
+        batch: Batch,
         timeouts: dict[str, int],
         beat: Beat,
     ) -> dict[str, Any]:
-        batch_id = key["batch_id"]
-        has_ledger = _ledger_exists(conn)
-        ledgered = _ledgered(conn, key) if has_ledger else None
-        base = {
-            "batch_id": batch_id,
+        """What the apply would do, read from the same ledger with the same keys: only the
+        work the ledger does not record runs, in a transaction that is rolled back."""
+        has_ledger = _has_ledger(conn)
+        identity = conn.target.identity
+        base: dict[str, Any] = {
+            "batch_id": batch.batch_id,
             "target": conn.target.name,
+            "target_identity": identity,
             "vendor": conn.vendor,
-            **detail,
         }
-        if ledgered is not None:
-            return {
-                **base,
-                "summary": f"batch {batch_id}: already applied ({ledgered} rows); would skip",
-                "rows_affected": 0,
-                "already_applied": True,
-                "ledgered_rows_affected": ledgered,
-            }
+        pieces: list[tuple[int, int]] = []
+        if batch.mode == "statements":
+            sha = batch_sha256(batch.work)
+            base.update({"statements": batch.statements, "batch_sha256": sha})
+            ledgered = _ledgered_batch(conn, identity, sha) if has_ledger else None
+            if ledgered is None:
+                ledgered = _legacy_rows(conn, batch)
+            if ledgered is not None:
+                return {
+                    **base,
+                    "summary": f"batch {batch.batch_id}: already applied to this target "
+                    f"({ledgered} rows then); the apply will skip it",
+                    "rows_affected": 0,
+                    "already_applied": True,
+                    "ledgered_rows_affected": int(ledgered),
+                }
+            work = batch.work
+            what = ""
+        else:
+            template = _sha(batch.sql)
+            covered = (
+                _intervals(conn, identity, template, batch.first, batch.last) if has_ledger else []
+            )
+            if _legacy_rows(conn, batch) is not None:
+                covered = [(batch.first, batch.last, 0)]
+            pieces = uncovered(batch.first, batch.last, covered)
+            done = (batch.last - batch.first + 1) - sum(b - a + 1 for a, b in pieces)
+            base.update(
+                {
+                    "sql": batch.sql,
+                    "template_sha256": template,
+                    "key_range": batch.key_range,
+                    "to_apply": [list(p) for p in pieces],
+                    "keys_already_applied": done,
+                }
+            )
+            if not pieces:
+                return {
+                    **base,
+                    "summary": f"batch {batch.batch_id}: keys {batch.first}..{batch.last} "
+                    "already applied to this target; the apply will skip them",
+                    "rows_affected": 0,
+                    "already_applied": True,
+                    "ledgered_rows_affected": _rows_within(batch, covered),
+                }
+            work = [(batch.sql, batch.bound(a, b)) for a, b in pieces]
+            what = _describe_pieces(batch, pieces, done)
         conn.begin(**timeouts)
         try:
-            _replay_earlier_batches(conn, ctx, key, has_ledger, beat)
+            _replay_earlier_batches(conn, ctx, batch, has_ledger, beat)
             rows = _run(conn, work, beat)
         except _db_errors() as exc:
-            raise _translate(exc, batch_id) from None
+            raise _translate(exc, batch.batch_id) from None
         finally:
             conn.rollback()  # a dry-run never commits
         return {
             **base,
-            "summary": f"batch {batch_id}: would change {rows} rows (rolled back)",
+            "summary": f"batch {batch.batch_id}: would change {rows} rows (rolled back){what}",
             "rows_affected": rows,
             "already_applied": False,
         }
+
+    # --- apply ----------------------------------------------------------------------------
 
     def _apply(
         self,
         conn: TargetConnection,
         ctx: ExecutionContext,
-        key: dict[str, Any],
-        work: list,
-        detail: dict[str, Any],
+        batch: Batch,
         timeouts: dict[str, int],
         beat: Beat,
     ) -> dict[str, Any]:
-        batch_id = key["batch_id"]
         _ensure_ledger(conn)
-        conn.begin(**timeouts)
+        conn.begin(**timeouts, idle_timeout_ms=_idle_timeout_ms())
         try:
-            claimed = conn.execute(
-                f"INSERT INTO {LEDGER_TABLE} (plan_digest, stage_id, batch_id, batch_digest, "
-                "rows_affected, run_id, partition_id, fence, applied_at) VALUES (:plan_digest, "
-                ":stage_id, :batch_id, :batch_digest, 0, :run_id, :partition_id, :fence, "
-                ":applied_at) ON CONFLICT DO NOTHING",
-                {
-                    **key,
-                    "batch_digest": _batch_digest(work),
-                    "run_id": ctx.run_id,
-                    "partition_id": ctx.partition_id,
-                    "fence": ctx.fence,
-                    "applied_at": dt.datetime.now(dt.UTC).isoformat(),
-                },
-            ).rowcount
-            if claimed != 1:
-                # Applied before (or by a concurrent delivery that committed first).
-                rows = int(_ledgered(conn, key) or 0)
+            if batch.mode == "statements":
+                rows, ledger = self._apply_statements(conn, ctx, batch, beat)
+            else:
+                rows, ledger = self._apply_backfill(conn, ctx, batch, beat)
+            if ledger == "applied":
+                beat(force=True)
+                # A fresh query against HXO's database, not the heartbeat's last answer: a
+                # worker paused past its lease (another worker may hold the partition now)
+                # raises LeaseLost here and commits nothing.
+                ctx.check_fence()
+                conn.commit()
+            else:
                 conn.rollback()
-                return self._output(batch_id, rows, "already_applied", detail)
-            rows = _run(conn, work, beat)
-            conn.execute(
-                f"UPDATE {LEDGER_TABLE} SET rows_affected = :rows WHERE plan_digest = "
-                ":plan_digest AND stage_id = :stage_id AND batch_id = :batch_id",
-                {**key, "rows": rows},
-            )
-            beat(force=True)  # LeaseLost here rolls the whole batch back
-            conn.commit()
         except _db_errors() as exc:
             conn.rollback()
-            raise _translate(exc, batch_id) from None
+            raise _translate(exc, batch.batch_id) from None
         except BaseException:
             conn.rollback()
             raise
-        return self._output(batch_id, rows, "applied", detail)
+        return self._output(batch, rows, ledger)
+
+    def _stamp(self, ctx: ExecutionContext) -> dict[str, Any]:
+        return {
+            "run_id": ctx.run_id,
+            "partition_id": ctx.partition_id,
+            "fence": ctx.fence,
+            "applied_at": _now(),
+        }
+
+    def _apply_statements(
+        self, conn: TargetConnection, ctx: ExecutionContext, batch: Batch, beat: Beat
+    ) -> tuple[int, str]:
+        key = {"t": conn.target.identity, "h": batch_sha256(batch.work)}
+        # The ledger row first: a concurrent delivery of the same batch waits on this row's
+        # key until the first commits (then finds it) or rolls back (then applies).
+        claimed = conn.execute(
+            f"INSERT INTO {BATCHES_TABLE} (target, batch_sha256, statements, rows_affected, "
+            "run_id, partition_id, fence, applied_at) VALUES (:t, :h, :n, 0, :run_id, "
+            ":partition_id, :fence, :applied_at) ON CONFLICT DO NOTHING",
+            {**key, "n": len(batch.statements), **self._stamp(ctx)},
+        ).rowcount
+        if claimed != 1:
+            return int(_ledgered_batch(conn, key["t"], key["h"]) or 0), "already_applied"
+        legacy = _legacy_rows(conn, batch)
+        if legacy is not None:
+            return int(legacy), "already_applied"  # rolled back: v1 keeps recording it
+        rows = _run(conn, batch.work, beat)
+        conn.execute(
+            f"UPDATE {BATCHES_TABLE} SET rows_affected = :rows "
+            "WHERE target = :t AND batch_sha256 = :h",
+            {**key, "rows": rows},
+        )
+        return rows, "applied"
+
+    def _apply_backfill(
+        self, conn: TargetConnection, ctx: ExecutionContext, batch: Batch, beat: Beat
+    ) -> tuple[int, str]:
+        identity, template = conn.target.identity, _sha(batch.sql)
+        _lock_template(conn, identity, template, batch.sql)
+        covered = _intervals(conn, identity, template, batch.first, batch.last)
+        pieces = uncovered(batch.first, batch.last, covered)
+        if not pieces:
+            return _rows_within(batch, covered), "already_applied"
+        if len(pieces) == 1 and pieces[0] == (batch.first, batch.last):
+            legacy = _legacy_rows(conn, batch)
+            if legacy is not None:
+                return int(legacy), "already_applied"
+        rows = 0
+        stamp = self._stamp(ctx)
+        for first, last in pieces:
+            n = _run(conn, [(batch.sql, batch.bound(first, last))], beat)
+            conn.execute(
+                f"INSERT INTO {INTERVALS_TABLE} (target, template_sha256, key_first, key_last, "
+                "rows_affected, run_id, partition_id, fence, applied_at) VALUES (:t, :h, "
+                ":first, :last, :rows, :run_id, :partition_id, :fence, :applied_at)",
+                {
+                    "t": identity,
+                    "h": template,
+                    "first": first,
+                    "last": last,
+                    "rows": n,
+                    **stamp,
+                },
+            )
+            rows += n
+        return rows, "applied"
 
     @staticmethod
-    def _output(batch_id: int, rows: int, ledger: str, detail: dict) -> dict[str, Any]:
+    def _output(batch: Batch, rows: int, ledger: str) -> dict[str, Any]:
         out: dict[str, Any] = {
             "status": "migrated",
-            "batch_id": batch_id,
+            "batch_id": batch.batch_id,
             "rows_affected": rows,
             "ledger": ledger,
         }
-        if "key_range" in detail:
-            out["key_range"] = detail["key_range"]
+        if batch.mode == "backfill":
+            out["key_range"] = batch.key_range
         else:
-            out["statements"] = len(detail["statements"])
+            out["statements"] = len(batch.statements)
         return out
 
 
-__all__ = ["INVALID_SQL", "LEDGER_TABLE", "POSTGRESQL", "SQLITE", "BySqlBatch", "SqlMigrate"]
+def _rows_within(batch: Batch, covered: list[tuple[int, int, int]]) -> int:
+    """Rows the ledger says were changed by intervals inside the batch's range."""
+    return sum(n for a, b, n in covered if a >= batch.first and b <= batch.last)
+
+
+def _describe_pieces(batch: Batch, pieces: list[tuple[int, int]], done: int) -> str:
+    """Empty when the whole range is to apply, else which keys and how many are applied."""
+    if not done:
+        return ""
+    spans = ", ".join(f"{a}..{b}" for a, b in pieces[:3]) + (" ..." if len(pieces) > 3 else "")
+    return (
+        f"; only keys {spans}: {done} keys of {batch.first}..{batch.last} already applied to "
+        "this target"
+    )
+
+
+__all__ = [
+    "BACKFILLS_TABLE",
+    "BATCHES_TABLE",
+    "INTERVALS_TABLE",
+    "INVALID_SQL",
+    "LEDGER_TABLE",
+    "POSTGRESQL",
+    "SQLITE",
+    "BySqlBatch",
+    "SqlMigrate",
+]

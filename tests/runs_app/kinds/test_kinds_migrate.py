@@ -1,5 +1,9 @@
 """deploy.migrate: by_sql_batch and sql_migrate on real SQLite files and a scratch PostgreSQL
-database, with the ledger that applies every batch exactly once."""
+database, with the ledger that applies every batch exactly once.
+
+The ledger is keyed by content (target identity, SHA-256 of the batch's SQL and parameters; a
+backfill's key intervals per SQL template): tests/runs_app/kinds/test_migrate_ledger.py has
+what changes around a plan (description, batch size, moved keys) and the fencing."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from typing import Any
 import pytest
 
 from blueprints_app.registry import EXECUTORS, ComponentError, LeaseLost
-from runs_app.kinds.migrate import LEDGER_TABLE
+from runs_app.kinds.migrate import INTERVALS_TABLE, LEDGER_TABLES
 from runs_app.targets import connect
 
 pytestmark = pytest.mark.django_db
@@ -83,16 +87,22 @@ def null_domains(target: str) -> int:
 
 
 def ledger_rows(target: str) -> list[tuple]:
+    """The backfill ledger's intervals: (key_first, key_last, rows_affected) in key order."""
     with connect(target) as conn:
-        if not conn.table_exists(LEDGER_TABLE):
+        if not conn.table_exists(INTERVALS_TABLE):
             return []
         return [
             tuple(r)
             for r in conn.execute(
-                f"SELECT plan_digest, stage_id, batch_id, rows_affected FROM {LEDGER_TABLE} "
-                "ORDER BY batch_id"
+                f"SELECT key_first, key_last, rows_affected FROM {INTERVALS_TABLE} "
+                "ORDER BY key_first"
             ).fetchall()
         ]
+
+
+def no_ledger_tables(target: str) -> bool:
+    with connect(target) as conn:
+        return not any(conn.table_exists(t) for t in LEDGER_TABLES)
 
 
 @pytest.fixture
@@ -129,8 +139,7 @@ def test_the_dry_run_reports_rows_and_changes_nothing_not_even_the_ledger_table(
     assert run.results[0]["summary"].startswith("batch 0: would change 67 rows")
     assert null_domains(sqlite_db) == 667
     assert ledger_rows(sqlite_db) == []
-    with connect(sqlite_db) as conn:
-        assert not conn.table_exists(LEDGER_TABLE)
+    assert no_ledger_tables(sqlite_db)
     assert (tmp_path / "db.sqlite3").read_bytes() == before
 
 
@@ -141,8 +150,8 @@ def test_apply_runs_each_batch_with_its_ledger_row(driver, sqlite_db):
     assert sum(r["rows_affected"] for r in run.results) == 667
     assert {r["ledger"] for r in run.results} == {"applied"}
     ledger = ledger_rows(sqlite_db)
-    assert [(b, n) for _d, _s, b, n in ledger] == [
-        (r["batch_id"], r["rows_affected"]) for r in run.results
+    assert ledger == [
+        (r["key_range"][0], r["key_range"][1] - 1, r["rows_affected"]) for r in run.results
     ]
     assert rows(sqlite_db, "SELECT email_domain FROM customers WHERE id = 8") == [("example1.com",)]
 
@@ -169,15 +178,20 @@ def test_a_batch_executed_twice_is_applied_once(driver, sqlite_db):
     ) == [(100,)]
 
 
-def test_another_plan_digest_has_its_own_ledger_rows(driver, sqlite_db):
-    driver.run(backfill_stage(sqlite_db), dry_run=False)
+def test_another_plan_digest_applies_nothing_again(driver, sqlite_db):
+    # Version 1 keyed the ledger by plan digest: a new revision (an edited description) applied
+    # every batch again. The key is the content now, so a new digest changes nothing.
+    first = driver.run(backfill_stage(sqlite_db), dry_run=False)
     other = hashlib.sha256(b"plan revision 2").hexdigest()
+    with connect(sqlite_db) as conn:  # would be filled again by a second application
+        conn.execute("UPDATE customers SET email_domain = NULL WHERE id = 8")
 
     run = driver.run(backfill_stage(sqlite_db), dry_run=False, plan_digest=other)
 
-    assert {r["ledger"] for r in run.results} == {"applied"}
-    assert sum(r["rows_affected"] for r in run.results) == 0  # the rows were filled already
-    assert len(ledger_rows(sqlite_db)) == 2 * len(run.results)
+    assert {r["ledger"] for r in run.results} == {"already_applied"}
+    assert [r["rows_affected"] for r in run.results] == [r["rows_affected"] for r in first.results]
+    assert null_domains(sqlite_db) == 1
+    assert len(ledger_rows(sqlite_db)) == len(run.results)
 
 
 def test_a_dry_run_of_an_applied_batch_says_it_would_skip(driver, sqlite_db):
@@ -337,8 +351,7 @@ def test_on_postgresql_a_backfill_applies_each_batch_once_with_timeouts_set(driv
     dry = driver.run(backfill_stage("pg", batch_size=250), dry_run=True)
     assert [r["rows_affected"] for r in dry.results] == [167, 167, 166, 167]
     assert null_domains("pg") == 667
-    with connect("pg") as conn:
-        assert not conn.table_exists(LEDGER_TABLE)
+    assert no_ledger_tables("pg")
 
     applied = driver.run(backfill_stage("pg", batch_size=250), dry_run=False)
     assert null_domains("pg") == 0
