@@ -211,7 +211,7 @@ def test_sql_batches_are_applied_exactly_once_when_the_cluster_dies_mid_apply(
     def ledger_rows() -> int:
         with sqlite3.connect(target, timeout=30) as conn:
             try:
-                return conn.execute("SELECT COUNT(*) FROM hxo_ledger").fetchone()[0]
+                return conn.execute("SELECT COUNT(*) FROM hxo_ledger_batches").fetchone()[0]
             except sqlite3.OperationalError:
                 return 0
 
@@ -225,7 +225,9 @@ def test_sql_batches_are_applied_exactly_once_when_the_cluster_dies_mid_apply(
     assert done.state == RunState.SUCCEEDED
     with sqlite3.connect(target) as conn:
         rows = [r[0] for r in conn.execute("SELECT n FROM fx")]
-        ledger = conn.execute("SELECT COUNT(*), COUNT(DISTINCT batch_id) FROM hxo_ledger")
+        ledger = conn.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT batch_sha256) FROM hxo_ledger_batches"
+        )
         assert ledger.fetchone() == (n, n)
     assert sorted(rows) == list(range(n))  # every batch's row once: none lost, none twice
     assert_claims_fenced(run["id"])
