@@ -771,7 +771,7 @@ class SqlMigrate(Executor):
                 return {
                     **base,
                     "summary": f"batch {batch.batch_id}: already applied to this target "
-                    f"({ledgered} rows then); the apply will skip it",
+                    f"({plural(int(ledgered), 'row')} changed then); the apply will skip it",
                     "rows_affected": 0,
                     "already_applied": True,
                     "ledgered_rows_affected": int(ledgered),

@@ -19,7 +19,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from blueprints_app.registry import ComponentError
-from runs_app.kinds.migrate import LEDGER_TABLE
+from runs_app.kinds.migrate import LEDGER_TABLE, LEDGER_TABLES
 from runs_app.targets import TargetConnection, connect, get_target
 
 SEED_VERSION = "1"
@@ -111,7 +111,7 @@ class Command(BaseCommand):
             target = get_target(name, path="--target")
             with connect(target, create=True, path="--target") as conn:
                 if options["reset"]:
-                    for table in ("orders", "customers", LEDGER_TABLE, META_TABLE):
+                    for table in ("orders", "customers", LEDGER_TABLE, *LEDGER_TABLES, META_TABLE):
                         conn.execute(f"DROP TABLE IF EXISTS {table}")
                 elif seeded(conn):
                     self.stdout.write(f"demo target {name!r} is already seeded ({target.display})")

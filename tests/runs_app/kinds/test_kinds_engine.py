@@ -124,4 +124,4 @@ def test_the_backfill_example_runs_through_the_engine_on_a_postgresql_target(
     assert sum(o["rows_affected"] for o in outputs) > 1000
     with connect("demo") as conn:
         assert conn.scalar("SELECT COUNT(*) FROM customers WHERE email_domain IS NULL") == 0
-        assert conn.scalar("SELECT COUNT(*) FROM hxo_ledger") == len(outputs)
+        assert conn.scalar("SELECT COUNT(*) FROM hxo_ledger_intervals") == len(outputs)

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import pytest
+from django.test import Client
 
 from blueprints_app.registry import EXECUTORS, ComponentError, LeaseLost
 from runs_app.kinds.migrate import (
@@ -176,6 +177,11 @@ def test_editing_only_the_description_never_applies_the_statements_again(
     assert len(batches("shop")) == 1
     [preview] = Partition.objects.filter(run=dry).values_list("preview", flat=True)
     assert preview["already_applied"] is True
+    # The review page says so, where the approver reads it.
+    reviewer = Client()
+    reviewer.force_login(approver)
+    page = reviewer.get(f"/runs/{dry.pk}/").content.decode()
+    assert "batch 0: already applied to this target (1 row changed then)" in page
     [output] = Partition.objects.filter(run=second).values_list("output", flat=True)
     assert output["ledger"] == "already_applied"
 
