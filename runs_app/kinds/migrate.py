@@ -41,12 +41,14 @@ transaction that is rolled back, and creates nothing (not even the ledger tables
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
 import json
 import math
 import sqlite3
+from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
@@ -638,25 +640,47 @@ def uncovered(first: int, last: int, covered: list[tuple[int, ...]]) -> list[tup
     return pieces
 
 
-def _lock_template(conn: TargetConnection, identity: str, template: str, sql: str) -> None:
+def _lock_template(
+    conn: TargetConnection, identity: str, template: str, sql: str, timeouts: dict[str, int]
+) -> None:
     """Serialise the batches of one backfill on one target until this transaction ends.
 
     PostgreSQL: a row lock on the template's row (made if missing). Concurrent batches of
     the backfill wait here, so none reads the intervals while another one's are uncommitted
-    (READ COMMITTED would not see them, and both would apply the overlap). SQLite: the
-    transaction began IMMEDIATE and holds the database's only write lock already.
+    (READ COMMITTED would not see them, and both would apply the overlap). The wait is
+    bounded by the statement timeout rather than the lock timeout: it is a queue behind
+    whole batches of the same backfill, not a lock held by someone else's long transaction.
+    SQLite: the transaction began IMMEDIATE and holds the database's only write lock already.
     """
-    conn.execute(
-        f"INSERT INTO {BACKFILLS_TABLE} (target, template_sha256, template, created_at) "
-        "VALUES (:t, :h, :sql, :at) ON CONFLICT DO NOTHING",
-        {"t": identity, "h": template, "sql": sql, "at": _now()},
-    )
-    if conn.vendor == POSTGRESQL:
+    with _waiting_for_the_same_work(conn, timeouts):
+        # Both the insert (a concurrent first batch's uncommitted row) and the row lock wait.
         conn.execute(
-            f"SELECT 1 FROM {BACKFILLS_TABLE} WHERE target = :t AND template_sha256 = :h "
-            "FOR UPDATE",
-            {"t": identity, "h": template},
+            f"INSERT INTO {BACKFILLS_TABLE} (target, template_sha256, template, created_at) "
+            "VALUES (:t, :h, :sql, :at) ON CONFLICT DO NOTHING",
+            {"t": identity, "h": template, "sql": sql, "at": _now()},
         )
+        if conn.vendor == POSTGRESQL:
+            conn.execute(
+                f"SELECT 1 FROM {BACKFILLS_TABLE} WHERE target = :t AND template_sha256 = :h "
+                "FOR UPDATE",
+                {"t": identity, "h": template},
+            )
+
+
+@contextlib.contextmanager
+def _waiting_for_the_same_work(conn: TargetConnection, timeouts: dict[str, int]) -> Iterator[None]:
+    """Inside: PostgreSQL waits for locks up to the statement timeout (SET LOCAL), then back
+    to the lock timeout. For ledger rows, whose only other holders are deliveries of the
+    same work; SQLite's single writer lock is taken by BEGIN IMMEDIATE already."""
+    if conn.vendor != POSTGRESQL:
+        yield
+        return
+    wait = max(timeouts["statement_timeout_ms"], timeouts["lock_timeout_ms"])
+    conn.execute("SELECT set_config('lock_timeout', :v, true)", {"v": f"{wait}ms"})
+    yield
+    conn.execute(
+        "SELECT set_config('lock_timeout', :v, true)", {"v": f"{timeouts['lock_timeout_ms']}ms"}
+    )
 
 
 def _replay_earlier_batches(
@@ -836,9 +860,9 @@ class SqlMigrate(Executor):
         conn.begin(**timeouts, idle_timeout_ms=_idle_timeout_ms())
         try:
             if batch.mode == "statements":
-                rows, ledger = self._apply_statements(conn, ctx, batch, beat)
+                rows, ledger = self._apply_statements(conn, ctx, batch, timeouts, beat)
             else:
-                rows, ledger = self._apply_backfill(conn, ctx, batch, beat)
+                rows, ledger = self._apply_backfill(conn, ctx, batch, timeouts, beat)
             if ledger == "applied":
                 beat(force=True)
                 # A fresh query against HXO's database, not the heartbeat's last answer: a
@@ -865,17 +889,26 @@ class SqlMigrate(Executor):
         }
 
     def _apply_statements(
-        self, conn: TargetConnection, ctx: ExecutionContext, batch: Batch, beat: Beat
+        self,
+        conn: TargetConnection,
+        ctx: ExecutionContext,
+        batch: Batch,
+        timeouts: dict[str, int],
+        beat: Beat,
     ) -> tuple[int, str]:
         key = {"t": conn.target.identity, "h": batch_sha256(batch.work)}
         # The ledger row first: a concurrent delivery of the same batch waits on this row's
-        # key until the first commits (then finds it) or rolls back (then applies).
-        claimed = conn.execute(
-            f"INSERT INTO {BATCHES_TABLE} (target, batch_sha256, statements, rows_affected, "
-            "run_id, partition_id, fence, applied_at) VALUES (:t, :h, :n, 0, :run_id, "
-            ":partition_id, :fence, :applied_at) ON CONFLICT DO NOTHING",
-            {**key, "n": len(batch.statements), **self._stamp(ctx)},
-        ).rowcount
+        # key until the first commits (then finds it) or rolls back (then applies). On
+        # PostgreSQL that wait is bounded by the statement timeout, not the lock timeout: the
+        # other holder is the same batch (a worker that lost its lease, whose session the
+        # server ends once its statement is done and it sits idle).
+        with _waiting_for_the_same_work(conn, timeouts):
+            claimed = conn.execute(
+                f"INSERT INTO {BATCHES_TABLE} (target, batch_sha256, statements, "
+                "rows_affected, run_id, partition_id, fence, applied_at) VALUES (:t, :h, :n, "
+                "0, :run_id, :partition_id, :fence, :applied_at) ON CONFLICT DO NOTHING",
+                {**key, "n": len(batch.statements), **self._stamp(ctx)},
+            ).rowcount
         if claimed != 1:
             return int(_ledgered_batch(conn, key["t"], key["h"]) or 0), "already_applied"
         legacy = _legacy_rows(conn, batch)
@@ -890,10 +923,15 @@ class SqlMigrate(Executor):
         return rows, "applied"
 
     def _apply_backfill(
-        self, conn: TargetConnection, ctx: ExecutionContext, batch: Batch, beat: Beat
+        self,
+        conn: TargetConnection,
+        ctx: ExecutionContext,
+        batch: Batch,
+        timeouts: dict[str, int],
+        beat: Beat,
     ) -> tuple[int, str]:
         identity, template = conn.target.identity, _sha(batch.sql)
-        _lock_template(conn, identity, template, batch.sql)
+        _lock_template(conn, identity, template, batch.sql, timeouts)
         covered = _intervals(conn, identity, template, batch.first, batch.last)
         pieces = uncovered(batch.first, batch.last, covered)
         if not pieces:

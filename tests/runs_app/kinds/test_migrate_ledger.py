@@ -23,6 +23,7 @@ from runs_app.kinds.migrate import (
     LEDGER_DDL,
     LEDGER_TABLE,
     LEDGER_TABLES,
+    batch_sha256,
     uncovered,
 )
 from runs_app.targets import connect, get_target
@@ -487,18 +488,17 @@ def test_the_api_answers_an_interval_key_with_a_4xx_not_a_500(
     assert "unsupported_key" in codes
 
 
-# --- concurrency: batches of one backfill on PostgreSQL -----------------------------------
+# --- concurrency: batches of one backfill at once -----------------------------------------
 
 
-@pytest.mark.postgres
-def test_concurrent_overlapping_batches_apply_each_key_once(driver, pg_target):
-    make_items("pg", list(range(1, 401)))
+def test_concurrent_overlapping_batches_apply_each_key_once(driver, target):
+    make_items(target, list(range(1, 401)))
     executor = EXECUTORS["sql_migrate"]()
     contexts = []
     # Two plans over the same keys with different batch sizes, run at once: their batches
     # overlap everywhere.
     for size in (100, 130):
-        stage = items_stage("pg", size)
+        stage = items_stage(target, size)
         kind, manifest, data = driver.partition(stage)
         contexts += [
             driver.context(stage, kind, data, i, spec, dry_run=False)
@@ -519,8 +519,8 @@ def test_concurrent_overlapping_batches_apply_each_key_once(driver, pg_target):
         t.join(timeout=120)
 
     assert errors == []
-    assert set(values("pg").values()) == {"xx"}
-    found = intervals("pg")
+    assert set(values(target).values()) == {"xx"}
+    found = intervals(target)
     assert_disjoint(found)
     assert sum(b - a + 1 for a, b, _ in found) == 400 == sum(n for *_, n in found)
 
@@ -581,3 +581,49 @@ def test_a_postgresql_transaction_left_idle_is_ended_by_the_server(pg_target, se
 
 def test_the_ledger_ddl_is_one_statement_per_table():
     assert len(LEDGER_DDL) == len(LEDGER_TABLES) == 3
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("mode", ["backfill", "statements"])
+def test_a_batch_waits_for_another_delivery_of_the_same_work_past_the_lock_timeout(
+    driver, pg_target, mode
+):
+    # Another transaction holds the ledger's row for this work (another batch of the same
+    # backfill, or a stale delivery of the same statements): the batch waits for it to end,
+    # bounded by the statement timeout, instead of failing after lock_timeout_ms.
+    make_items("pg", [1, 2])
+    make_products("pg")
+    stage = items_stage("pg", 10) if mode == "backfill" else statements_stage("pg", PRICES)
+    stage["params"]["lock_timeout_ms"] = 200
+    kind, manifest, data = driver.partition(stage)
+    ctx = driver.context(stage, kind, data, 0, manifest.partitions[0], dry_run=False)
+    identity = get_target("pg").identity
+    done: list[Any] = []
+    with connect("pg") as holder:
+        for ddl in LEDGER_DDL:
+            holder.execute(ddl)
+        holder.begin()
+        if mode == "backfill":
+            holder.execute(
+                "INSERT INTO hxo_ledger_backfills VALUES (:t, :h, 'sql', 'now')",
+                {"t": identity, "h": hashlib.sha256(APPEND_X.encode()).hexdigest()},
+            )
+        else:
+            holder.execute(
+                "INSERT INTO hxo_ledger_batches VALUES (:t, :h, 1, 0, 9, 9, 9, 'now')",
+                {"t": identity, "h": batch_sha256([(PRICES[0], None)])},
+            )
+        worker = threading.Thread(
+            target=lambda: done.append(EXECUTORS["sql_migrate"]().execute(ctx))
+        )
+        worker.start()
+        worker.join(timeout=1.0)  # five lock timeouts: it is still waiting, not failed
+        assert worker.is_alive() and done == []
+        holder.rollback()
+    worker.join(timeout=60)
+
+    assert done and done[0]["ledger"] == "applied"
+    if mode == "backfill":
+        assert set(values("pg").values()) == {"xx"}
+    else:
+        assert price("pg") == 110
