@@ -758,11 +758,37 @@ class SqlMigrate(Executor):
                 rows = _ledgered_batch(conn, identity, batch_sha256(batch.work))
                 if rows is None:
                     return None
-                return self._output(batch, int(rows), "already_applied")
+                return self._output(batch, int(rows), "already_applied", identity)
             covered = _intervals(conn, identity, _sha(batch.sql), batch.first, batch.last)
             if uncovered(batch.first, batch.last, covered):
                 return None
-            return self._output(batch, _rows_within(batch, covered), "already_applied")
+            return self._output(batch, _rows_within(batch, covered), "already_applied", identity)
+
+    def effect_exists(self, ctx: ExecutionContext, output: dict[str, Any]) -> bool:
+        """Whether the batch an earlier apply recorded as `output` is in this target's ledger.
+
+        False when the output names another target identity (the same plan on another
+        database), or when the ledger has no row for the batch's content (a statement batch)
+        or does not cover its whole key range (a backfill): the partition then runs, and the
+        ledger itself keeps that from applying anything twice. Read only.
+        """
+        target = get_target(require_manifest(ctx, "target"), path="manifest.target")
+        batch = _batch(ctx)
+        if output.get("status") != "migrated":
+            return False
+        recorded = output.get("target_identity")
+        if recorded is not None and recorded != target.identity:
+            return False
+        with connect(target) as conn:
+            if _legacy_rows(conn, batch) is not None:
+                return True
+            if not _has_ledger(conn):
+                return False
+            if batch.mode == "statements":
+                sha = batch_sha256(batch.work)
+                return _ledgered_batch(conn, target.identity, sha) is not None
+            covered = _intervals(conn, target.identity, _sha(batch.sql), batch.first, batch.last)
+            return not uncovered(batch.first, batch.last, covered)
 
     # --- dry-run --------------------------------------------------------------------------
 
@@ -878,7 +904,7 @@ class SqlMigrate(Executor):
         except BaseException:
             conn.rollback()
             raise
-        return self._output(batch, rows, ledger)
+        return self._output(batch, rows, ledger, conn.target.identity)
 
     def _stamp(self, ctx: ExecutionContext) -> dict[str, Any]:
         return {
@@ -961,17 +987,22 @@ class SqlMigrate(Executor):
         return rows, "applied"
 
     @staticmethod
-    def _output(batch: Batch, rows: int, ledger: str) -> dict[str, Any]:
+    def _output(batch: Batch, rows: int, ledger: str, identity: str) -> dict[str, Any]:
+        """The output; `target_identity` and the ledger key's content hash name the effect,
+        so a receipt leaf binds where it was applied and what (issue 11 §2)."""
         out: dict[str, Any] = {
             "status": "migrated",
             "batch_id": batch.batch_id,
             "rows_affected": rows,
             "ledger": ledger,
+            "target_identity": identity,
         }
         if batch.mode == "backfill":
             out["key_range"] = batch.key_range
+            out["template_sha256"] = _sha(batch.sql)
         else:
             out["statements"] = len(batch.statements)
+            out["batch_sha256"] = batch_sha256(batch.work)
         return out
 
 

@@ -627,3 +627,37 @@ def test_a_batch_waits_for_another_delivery_of_the_same_work_past_the_lock_timeo
         assert set(values("pg").values()) == {"xx"}
     else:
         assert price("pg") == 110
+
+
+# --- reuse: the recorded effect still exists ----------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["statements", "backfill"])
+def test_effect_exists_only_while_the_targets_ledger_records_the_batch(
+    driver, target, sqlite_target, mode
+):
+    make_items(target, list(range(1, 11)))
+    make_products(target)
+    stage = items_stage(target, 100) if mode == "backfill" else statements_stage(target, PRICES)
+    kind, manifest, data = driver.partition(stage)
+    executor = EXECUTORS["sql_migrate"]()
+    ctx = driver.context(stage, kind, data, 0, manifest.partitions[0], dry_run=False)
+    output = executor.execute(ctx)
+    assert output["target_identity"] == get_target(target).identity
+
+    assert executor.effect_exists(ctx, output) is True
+    # The same output claimed for another database (the plan pointed elsewhere): not there.
+    sqlite_target("elsewhere")
+    make_items("elsewhere", list(range(1, 11)))
+    make_products("elsewhere")
+    if mode == "backfill":
+        other = items_stage("elsewhere", 100)
+    else:
+        other = statements_stage("elsewhere", PRICES)
+    _k, theirs, their_data = driver.partition(other)
+    other_ctx = driver.context(other, kind, their_data, 0, theirs.partitions[0], dry_run=False)
+    assert executor.effect_exists(other_ctx, output) is False
+    # The ledger row is gone (the database was restored from an older backup): not there.
+    with connect(target) as conn:
+        conn.execute(f"DELETE FROM {INTERVALS_TABLE if mode == 'backfill' else BATCHES_TABLE}")
+    assert executor.effect_exists(ctx, output) is False
