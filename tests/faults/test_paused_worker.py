@@ -1,7 +1,8 @@
 """A worker paused past its lease mid-batch changes nothing at the target (issue 11 §5).
 
 A real worker cluster applies a SQL batch to a PostgreSQL target: it takes a row lock and then
-sleeps inside its transaction. The whole cluster is SIGSTOPped there (a frozen VM, a long GC
+waits inside its transaction on an advisory lock the test holds, so the test knows it is
+mid-batch (no timing guess). The whole cluster is SIGSTOPped there (a frozen VM, a long GC
 pause, a laptop lid), its lease runs out, a second cluster takes the partition over and
 applies the batch, and then the first one is SIGCONTed. Counted at the target: the row was
 changed exactly once, the one ledger row carries the fence of the cluster that took over, and
@@ -23,7 +24,7 @@ from typing import Any
 import pytest
 
 from runs_app import services
-from runs_app.models import ClaimLog, Partition, RunState
+from runs_app.models import ClaimLog, Partition, Run, RunState
 from tests.faults.harness import Deployment, require
 from tests.faults.test_faults import (
     DEADLINE_S,
@@ -42,7 +43,7 @@ pytestmark = [
 PG_ADMIN_URL = os.environ.get(
     "HXO_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-SLEEP_S = 3
+GATE = 4242  # the advisory lock the test holds to keep the batch mid-flight
 
 
 @pytest.fixture
@@ -97,10 +98,11 @@ def test_a_worker_paused_past_its_lease_mid_batch_commits_nothing(
                     "params": {
                         "target": "scratch",
                         "batch_size": 2,
-                        # Batch 0 holds the row lock on k = 1 while it sleeps; batch 1 is quick.
+                        # Batch 0 holds the row lock on k = 1 while it waits at the gate;
+                        # batch 1 is quick.
                         "statements": [
                             "UPDATE counter SET hits = hits + 1 WHERE k = 1",
-                            f"SELECT pg_sleep({SLEEP_S})",
+                            f"SELECT pg_advisory_xact_lock({GATE})",
                             "UPDATE counter SET hits = hits + 1 WHERE k = 2",
                             "SELECT 1",
                         ],
@@ -119,33 +121,44 @@ def test_a_worker_paused_past_its_lease_mid_batch_commits_nothing(
     )
     assert status == 202, dry
     wait_for(lambda: finished(dry["id"]), "the dry-run", timeout=DEADLINE_S)
+    assert Run.objects.get(pk=dry["id"]).state == RunState.AWAITING_APPROVAL
     assert query(pg_url, "SELECT k, hits FROM counter ORDER BY k") == [(1, 0), (2, 0)]
     status, body = deployment.api(
         "POST", f"/api/v1/runs/{dry['id']}/approve/", token=tokens["approver"], body={}
     )
     assert status == 200, body
-    status, run = deployment.api(
-        "POST",
-        f"/api/v1/plans/{plan.pk}/apply/",
-        token=tokens["operator"],
-        body={"dry_run": dry["id"]},
-    )
-    assert status == 202, run
+    import psycopg
 
-    def sleeping_in_the_batch() -> bool:
-        return bool(
-            query(
-                pg_url,
-                "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
-                "AND state = 'active' AND query LIKE 'SELECT pg_sleep%'",
-            )
+    gate = psycopg.connect(pg_url, autocommit=True)
+    try:
+        gate.execute(f"SELECT pg_advisory_lock({GATE})")
+        status, run = deployment.api(
+            "POST",
+            f"/api/v1/plans/{plan.pk}/apply/",
+            token=tokens["operator"],
+            body={"dry_run": dry["id"]},
         )
+        assert status == 202, run
 
-    wait_for(sleeping_in_the_batch, "the apply's batch 0 to hold its lock", timeout=DEADLINE_S)
-    held = Partition.objects.get(run_id=run["id"], index=0)
-    assert held.state == "running"
-    first_fence = held.fence
-    signal_group(paused.pid, signal.SIGSTOP)  # the whole host freezes, heartbeats included
+        def waiting_at_the_gate() -> bool:
+            return bool(
+                query(
+                    pg_url,
+                    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name = 'hxo' AND wait_event_type = 'Lock' "
+                    "AND query LIKE 'SELECT pg_advisory_xact_lock%'",
+                )
+            )
+
+        wait_for(waiting_at_the_gate, "the apply's batch 0 to be mid-flight", timeout=DEADLINE_S)
+        held = Partition.objects.get(run_id=run["id"], index=0)
+        assert held.state == "running"
+        first_fence = held.fence
+        signal_group(paused.pid, signal.SIGSTOP)  # the whole host freezes, heartbeats included
+    finally:
+        # Open the gate: the frozen worker's statement completes on the server, its session
+        # then sits idle in its transaction until the server ends it.
+        gate.close()
     try:
         # At once: the new cluster's batch waits on the paused one's row lock until the server
         # ends that idle session; the reconciler hands it the partition once the lease is out.
