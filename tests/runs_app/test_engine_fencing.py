@@ -148,3 +148,21 @@ def test_a_last_attempt_that_fails_after_its_commit_succeeds_as_applied(
     [output] = Partition.objects.filter(run=run).values_list("output", flat=True)
     assert output["ledger"] == "already_applied"
     assert price("shop") == 110 and len(batches("shop")) == 1
+
+
+def test_a_worker_whose_partition_was_taken_over_commits_nothing_at_the_target(
+    shop, operator, approver
+) -> None:
+    # The stale worker's heartbeat never noticed (its cached answer still says "held"); the
+    # executor's fence check before COMMIT asks the database and refuses.
+    run = migrate_apply(operator, approver, PRICES)
+    stale, ctx = claimed_context(run, owner="worker-a")
+    expire(stale.partition_id)
+    execution.expire_leases(run_id=run.pk)
+    [current] = execution.claim_batch(run.pk, "worker-b", 1)
+
+    with pytest.raises(LeaseLost):
+        EXECUTORS["sql_migrate"]().execute(ctx)
+
+    assert price("shop") == 100 and batches("shop") == []
+    assert current.fence > stale.fence
