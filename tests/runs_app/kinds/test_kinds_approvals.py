@@ -9,7 +9,7 @@ from django.core.management import call_command
 from blueprints_app import codes
 from runs_app import services
 from runs_app.errors import ServiceError
-from runs_app.kinds.migrate import LEDGER_TABLE
+from runs_app.kinds.migrate import BATCHES_TABLE
 from runs_app.models import Run, RunMode, RunState
 from runs_app.targets import connect
 from tests.runs_app.kinds.test_kinds_engine import drain_all
@@ -56,7 +56,7 @@ def test_eight_concurrent_applies_of_one_approved_migration_change_the_target_on
     assert drain_all(runs[0]).state == RunState.SUCCEEDED
     assert totals() == (cents + 10 * 100, exclaimed + 5)
     with connect("demo") as conn:
-        assert conn.scalar(f"SELECT COUNT(*) FROM {LEDGER_TABLE}") == 2
+        assert conn.scalar(f"SELECT COUNT(*) FROM {BATCHES_TABLE}") == 2
     # A later apply through the API is refused too, and changes nothing more.
     again = api_client_for(operator).post(
         f"/api/v1/plans/{plan.pk}/apply/", {"dry_run": dry.pk}, format="json"
