@@ -767,17 +767,18 @@ class SqlMigrate(Executor):
     def effect_exists(self, ctx: ExecutionContext, output: dict[str, Any]) -> bool:
         """Whether the batch an earlier apply recorded as `output` is in this target's ledger.
 
-        False when the output names another target identity (the same plan on another
-        database), or when the ledger has no row for the batch's content (a statement batch)
-        or does not cover its whole key range (a backfill): the partition then runs, and the
-        ledger itself keeps that from applying anything twice. Read only.
+        False when the output's `effect` names another target identity (the same plan on
+        another database) or is missing (an output of version 1), or when the ledger has no
+        row for the batch's content (a statement batch) or does not cover its whole key range
+        (a backfill): the partition then runs, and the ledger itself keeps that from
+        applying anything twice. Read only.
         """
         target = get_target(require_manifest(ctx, "target"), path="manifest.target")
         batch = _batch(ctx)
-        if output.get("status") != "migrated":
+        effect = output.get("effect")
+        if output.get("status") != "migrated" or not isinstance(effect, dict):
             return False
-        recorded = output.get("target_identity")
-        if recorded is not None and recorded != target.identity:
+        if effect.get("target") != target.identity:
             return False
         with connect(target) as conn:
             if _legacy_rows(conn, batch) is not None:
@@ -988,21 +989,29 @@ class SqlMigrate(Executor):
 
     @staticmethod
     def _output(batch: Batch, rows: int, ledger: str, identity: str) -> dict[str, Any]:
-        """The output; `target_identity` and the ledger key's content hash name the effect,
-        so a receipt leaf binds where it was applied and what (issue 11 §2)."""
+        """The output. Its `effect` names where and what (issue 11 §2): the target by
+        identity, the ledger table, the SHA-256 of the ledger key's content (the batch's, or
+        the backfill template's with the key interval), so a receipt leaf binds them."""
         out: dict[str, Any] = {
             "status": "migrated",
             "batch_id": batch.batch_id,
             "rows_affected": rows,
             "ledger": ledger,
-            "target_identity": identity,
         }
+        effect: dict[str, Any] = {"target": identity}
         if batch.mode == "backfill":
             out["key_range"] = batch.key_range
-            out["template_sha256"] = _sha(batch.sql)
+            effect.update(
+                {
+                    "ledger": INTERVALS_TABLE,
+                    "sha256": _sha(batch.sql),
+                    "keys": [batch.first, batch.last],
+                }
+            )
         else:
             out["statements"] = len(batch.statements)
-            out["batch_sha256"] = batch_sha256(batch.work)
+            effect.update({"ledger": BATCHES_TABLE, "sha256": batch_sha256(batch.work)})
+        out["effect"] = effect
         return out
 
 

@@ -141,7 +141,22 @@ CASES: dict[str, Case] = {
             target="lite",
             statements=["UPDATE items SET n = n + 1", "UPDATE items SET n = n * 2"],
         ),
-        remove=lambda env: _sql(env, "DELETE FROM hxo_ledger"),
+        remove=lambda env: _sql(env, "DELETE FROM hxo_ledger_batches"),
+    ),
+    "sql_migrate backfill": Case(
+        stage=lambda env: _stage(
+            "deploy.migrate",
+            "by_sql_batch",
+            "sql_migrate",
+            target="lite",
+            backfill={
+                "sql": "UPDATE items SET n = n + 1 WHERE id >= :start AND id < :end",
+                "table": "items",
+                "key_column": "id",
+                "batch_size": 2,
+            },
+        ),
+        remove=lambda env: _sql(env, "DELETE FROM hxo_ledger_intervals"),
     ),
     "test_append": Case(
         stage=lambda env: testkinds.stage("s", env.tmp, items=3, kind=testkinds.TEST_KIND),
@@ -149,9 +164,8 @@ CASES: dict[str, Case] = {
     ),
 }
 
-# sql_migrate's check belongs to the migration ledger (its own section of issue 11): until
-# it lands, the executor keeps the safe default (never reused).
-PENDING = {"sql_migrate": "the ledger's effect_exists lands with issue 11 §3"}
+# Executors whose check has not landed yet keep the safe default (never reused).
+PENDING: dict[str, str] = {}
 
 
 def _case_params() -> list[Any]:

@@ -646,7 +646,7 @@ def test_effect_exists_only_while_the_targets_ledger_records_the_batch(
     executor = EXECUTORS["sql_migrate"]()
     ctx = driver.context(stage, kind, data, 0, manifest.partitions[0], dry_run=False)
     output = executor.execute(ctx)
-    assert output["target_identity"] == get_target(target).identity
+    assert output["effect"]["target"] == get_target(target).identity
 
     assert executor.effect_exists(ctx, output) is True
     # The same output claimed for another database (the plan pointed elsewhere): not there.
