@@ -33,6 +33,7 @@ from tests.faults.test_faults import (
     reconcile_until_finished,
 )
 from tests.runs_app.cluster import wait_for
+from tests.runs_app.kinds.conftest import PG_ADMIN_URL, pg_role_url
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -40,15 +41,13 @@ pytestmark = [
     pytest.mark.postgres,
 ]
 
-PG_ADMIN_URL = os.environ.get(
-    "HXO_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 GATE = 4242  # the advisory lock the test holds to keep the batch mid-flight
 
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    """A scratch PostgreSQL database for the target, dropped (sessions and all) afterwards."""
+    """A scratch PostgreSQL database for the target, owned by a role made for it (HXO refuses
+    superuser targets), dropped (sessions and all) afterwards."""
     import psycopg
 
     try:
@@ -56,8 +55,9 @@ def pg_url() -> Iterator[str]:
     except psycopg.Error as exc:
         require(False, f"PostgreSQL is unreachable: {exc}")
     name = f"hxo_paused_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    admin.execute(f'CREATE ROLE "{name}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE')
+    admin.execute(f'CREATE DATABASE "{name}" OWNER "{name}"')
+    url = pg_role_url(PG_ADMIN_URL, name, name)
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE TABLE counter (k INTEGER PRIMARY KEY, hits INTEGER NOT NULL)")
@@ -65,6 +65,7 @@ def pg_url() -> Iterator[str]:
         yield url
     finally:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'DROP ROLE IF EXISTS "{name}"')
         admin.close()
 
 
