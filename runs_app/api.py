@@ -45,6 +45,9 @@ ERRORS = {
     404: OpenApiResponse(ErrorSerializer, description="Not found"),
 }
 CONFLICT = {409: OpenApiResponse(ErrorSerializer, description="Refused in this state")}
+PRECONDITION = {
+    412: OpenApiResponse(ErrorSerializer, description="If-Match names an older revision")
+}
 IDEMPOTENCY = OpenApiParameter(
     "Idempotency-Key",
     str,
@@ -132,6 +135,53 @@ class PlanListCreate(generics.ListAPIView):
         return Response(PlanSerializer(plan).data, status=status.HTTP_201_CREATED)
 
 
+IF_MATCH = OpenApiParameter(
+    "If-Match",
+    str,
+    OpenApiParameter.HEADER,
+    description="The plan's `ETag` (its latest revision digest) as read: a write is refused "
+    "with 412 `precondition_failed` when the plan changed since",
+)
+
+
+def _if_match(request: Request) -> list[str] | None:
+    """The entity tags of an `If-Match` header (RFC 9110 §13.1.1), unquoted; None without one.
+
+    Weak tags (`W/"..."`) never match: If-Match uses the strong comparison.
+    """
+    header = request.headers.get("If-Match")
+    if header is None:
+        return None
+    tags = []
+    for part in header.split(","):
+        part = part.strip()
+        if part == "*":
+            tags.append("*")
+        elif len(part) >= 2 and part[0] == part[-1] == '"':
+            tags.append(part[1:-1])
+        elif not part.startswith('W/"'):
+            raise ApiError(
+                'If-Match must list quoted entity tags ("<digest>") or be *',
+                code=codes.INVALID_PARAMETER,
+                errors=[
+                    {
+                        "path": "If-Match",
+                        "code": codes.INVALID_PARAMETER,
+                        "message": "not an entity tag",
+                    }
+                ],
+            )
+    return tags
+
+
+def _plan_response(plan: Plan) -> Response:
+    """A plan with its `ETag`: the latest revision's digest, what `If-Match` compares."""
+    data = PlanSerializer(plan).data
+    response = Response(data)
+    response["ETag"] = f'"{data["digest"]}"'
+    return response
+
+
 class PlanDetail(APIView):
     def get_permissions(self) -> list[Any]:
         cap = "view" if self.request.method == "GET" else "plan"
@@ -141,7 +191,7 @@ class PlanDetail(APIView):
         summary="A plan at its latest revision", responses={200: PlanSerializer, **ERRORS}
     )
     def get(self, request: Request, pk: int) -> Response:
-        return Response(PlanSerializer(get_object_or_404(Plan, pk=pk)).data)
+        return _plan_response(get_object_or_404(Plan, pk=pk))
 
     def _write(self, request: Request, pk: int, *, partial: bool) -> Response:
         plan = get_object_or_404(Plan, pk=pk)
@@ -152,15 +202,17 @@ class PlanDetail(APIView):
                 document=request.data,
                 client_ip=client_ip(request),
                 partial=partial,
+                if_match=_if_match(request),
             )
         except ServiceError as exc:
             raise api_error(exc) from exc
-        return Response(PlanSerializer(plan).data)
+        return _plan_response(plan)
 
     @extend_schema(
         summary="Replace the plan document (a new revision)",
         request=PlanWriteSerializer,
-        responses={200: PlanSerializer, **ERRORS},
+        parameters=[IF_MATCH],
+        responses={200: PlanSerializer, **ERRORS, **PRECONDITION},
     )
     def put(self, request: Request, pk: int) -> Response:
         return self._write(request, pk, partial=False)
@@ -168,7 +220,8 @@ class PlanDetail(APIView):
     @extend_schema(
         summary="Change some fields of the plan document (a new revision)",
         request=PlanWriteSerializer,
-        responses={200: PlanSerializer, **ERRORS},
+        parameters=[IF_MATCH],
+        responses={200: PlanSerializer, **ERRORS, **PRECONDITION},
     )
     def patch(self, request: Request, pk: int) -> Response:
         return self._write(request, pk, partial=True)

@@ -137,20 +137,46 @@ def plan_update(
     client_ip: str | None = None,
     comment: str = "",
     partial: bool = False,
+    if_match: list[str] | None = None,
 ) -> PlanRevision:
-    """A new immutable revision. Concurrent edits are serialised on the plan row, so they
-    become consecutive revisions rather than one lost update."""
+    """A new immutable revision of `plan`; returns it (or the latest one when nothing changed).
+
+    `partial` merges `document`'s top-level fields into the latest revision's document (a
+    PATCH). The read, the merge, the validation and the write all happen under the plan's row
+    lock (`select_for_update` on PostgreSQL; SQLite's IMMEDIATE transactions take the database
+    write lock at BEGIN), so two concurrent PATCHes of different fields become two consecutive
+    revisions that both keep each other's change: no lost update.
+
+    `if_match` lists entity tags (revision digests, as the API's `ETag`; `*` matches any): when
+    given and the latest revision's digest is not among them, nothing is written and
+    `precondition_failed` (412) is raised: the optimistic form of the same guarantee, for a
+    client that read, edited and writes back a whole document (RFC 9110 §13.1.1).
+    """
     _require(actor, "plan")
-    if partial and isinstance(document, dict):
-        current = plan.latest_revision.document
-        document = {**current, **document}
-    result = validate_plan(document)
-    if not result.valid:
-        raise _invalid(result)
-    document = _normalise(document)
     with transaction.atomic():
         locked = Plan.objects.select_for_update().get(pk=plan.pk)
         previous = locked.revisions.get(number=locked.latest_number)
+        if if_match is not None and "*" not in if_match and previous.digest not in if_match:
+            raise ServiceError(
+                f"plan {plan.pk} changed: its latest revision is {previous.number} "
+                f"({previous.digest}), not the one the If-Match header names",
+                code=codes.PRECONDITION_FAILED,
+                status=412,
+                errors=[
+                    {
+                        "path": "If-Match",
+                        "code": codes.PRECONDITION_FAILED,
+                        "message": "does not name the latest revision's digest",
+                    }
+                ],
+                extra={"revision": previous.number, "digest": previous.digest},
+            )
+        if partial and isinstance(document, dict):
+            document = {**previous.document, **document}
+        result = validate_plan(document)
+        if not result.valid:
+            raise _invalid(result)
+        document = _normalise(document)
         if previous.digest == document_digest(document):
             return previous  # nothing changed: no new revision
         revision = _new_revision(locked, document, actor, comment)
