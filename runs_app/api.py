@@ -52,8 +52,12 @@ IDEMPOTENCY = OpenApiParameter(
     "Idempotency-Key",
     str,
     OpenApiParameter.HEADER,
-    description="The same key returns the same run",
+    description="The same key with the same request (method, path and body) returns the same "
+    "run; the same key with another request is refused with 422 `idempotency_key_reused`",
 )
+KEY_REUSED = {
+    422: OpenApiResponse(ErrorSerializer, description="Idempotency-Key used for another request")
+}
 
 
 def client_ip(request: Request) -> str | None:
@@ -277,7 +281,7 @@ class PlanDryRun(APIView):
         summary="Start a dry-run of the latest revision",
         request=None,
         parameters=[IDEMPOTENCY],
-        responses={202: RunSerializer, **ERRORS, **CONFLICT},
+        responses={202: RunSerializer, **ERRORS, **CONFLICT, **KEY_REUSED},
     )
     def post(self, request: Request, pk: int) -> Response:
         plan = get_object_or_404(Plan, pk=pk)
@@ -300,7 +304,7 @@ class PlanApply(APIView):
         summary="Apply the latest revision (naming the approved dry-run where required)",
         request=ApplySerializer,
         parameters=[IDEMPOTENCY],
-        responses={202: RunSerializer, **ERRORS, **CONFLICT},
+        responses={202: RunSerializer, **ERRORS, **CONFLICT, **KEY_REUSED},
     )
     def post(self, request: Request, pk: int) -> Response:
         plan = get_object_or_404(Plan, pk=pk)
