@@ -15,7 +15,7 @@ from blueprints_app import codes
 from blueprints_app.capabilities import has_capability
 from blueprints_app.evolution import DocumentMigration, migrate_document
 from blueprints_app.registry import EXECUTORS
-from blueprints_app.validation import ValidationResult, load_kinds, validate_plan
+from blueprints_app.validation import ValidationResult, load_kinds, python_values, validate_plan
 from blueprints_app.versions import kinds_at
 from runs_app import execution, policies
 from runs_app.audit import audit
@@ -67,7 +67,9 @@ def _invalid(result: ValidationResult) -> ServiceError:
 
 
 def _normalise(document: dict[str, Any]) -> dict[str, Any]:
-    """The stored form of a plan document: the fields the validator knows, defaults filled."""
+    """The stored form of a plan document: the fields the validator knows, defaults filled,
+    integral floats as ints (`python_values`: what runs reads is what the schema promised)."""
+    document = python_values(document)
     stages = []
     for stage in document["stages"]:
         s = {k: stage[k] for k in ("id", "kind", "partitioner", "executor")}
