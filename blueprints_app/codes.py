@@ -67,7 +67,6 @@ BODY_TOO_LARGE = "body_too_large"
 VALIDATION_FAILED = "validation_failed"
 PRECONDITION_FAILED = "precondition_failed"  # If-Match names an older revision (412)
 IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"  # the key was used for another request (422)
-INVALID_PARAMETER = "invalid_parameter"  # a query or form parameter is not what it must be
 
 # Hostile input and authentication (blueprints_app.parsers, .middleware, .authentication).
 NESTING_TOO_DEEP = "nesting_too_deep"

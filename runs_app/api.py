@@ -17,13 +17,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from blueprints_app import codes
+from blueprints_app import codes, parameters
 from blueprints_app.api_errors import ApiError
 from blueprints_app.permissions import capability_required
 from blueprints_app.serializers import ErrorSerializer
 from runs_app import selectors, services
 from runs_app.errors import ServiceError
-from runs_app.models import AuditEvent, PartitionState, Plan, Run
+from runs_app.models import AuditEvent, PartitionState, Plan, Run, RunMode, RunState
 from runs_app.serializers import (
     ApplySerializer,
     AuditEventSerializer,
@@ -58,6 +58,11 @@ IDEMPOTENCY = OpenApiParameter(
 KEY_REUSED = {
     422: OpenApiResponse(ErrorSerializer, description="Idempotency-Key used for another request")
 }
+
+
+# Every filter takes one value: a repeated parameter is refused (400 invalid_value), never
+# silently narrowed to its last value; so is a value that cannot match (an unknown state...).
+ONCE = "Give it at most once; a repeated or unknown value is refused with 400 invalid_value."
 
 
 def client_ip(request: Request) -> str | None:
@@ -166,11 +171,11 @@ def _if_match(request: Request) -> list[str] | None:
         elif not part.startswith('W/"'):
             raise ApiError(
                 'If-Match must list quoted entity tags ("<digest>") or be *',
-                code=codes.INVALID_PARAMETER,
+                code=codes.INVALID_VALUE,
                 errors=[
                     {
                         "path": "If-Match",
-                        "code": codes.INVALID_PARAMETER,
+                        "code": codes.INVALID_VALUE,
                         "message": "not an entity tag",
                     }
                 ],
@@ -338,21 +343,23 @@ class RunList(generics.ListAPIView):
             "run_stages", "approvals__user"
         )
         params = self.request.query_params
-        if params.get("plan", "").isdigit():
-            # Through the relation: a number past the id column's range then matches nothing
-            # (Django's integer lookups), where plan_id= would overflow the driver (a 500).
-            qs = qs.filter(plan__pk=int(params["plan"]))
-        for field in ("state", "mode"):
-            if params.get(field):
-                qs = qs.filter(**{field: params[field]})
+        plan = parameters.optional_id(params, "plan")
+        if plan is not None:
+            qs = qs.filter(plan__pk=plan)
+        state = parameters.choice(params, "state", RunState.values)
+        if state is not None:
+            qs = qs.filter(state=state)
+        mode = parameters.choice(params, "mode", RunMode.values)
+        if mode is not None:
+            qs = qs.filter(mode=mode)
         return qs.order_by("-id")
 
     @extend_schema(
         summary="Runs",
         parameters=[
-            OpenApiParameter("plan", int),
-            OpenApiParameter("state", str),
-            OpenApiParameter("mode", str),
+            OpenApiParameter("plan", int, description=f"A plan id. {ONCE}"),
+            OpenApiParameter("state", str, enum=RunState.values, description=ONCE),
+            OpenApiParameter("mode", str, enum=RunMode.values, description=ONCE),
         ],
     )
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -376,20 +383,20 @@ class RunPartitions(generics.ListAPIView):
 
     def get_queryset(self) -> QuerySet[Any]:
         run = get_object_or_404(Run, pk=self.kwargs["pk"])
-        state = self.request.query_params.get("state") or None
-        if state and state not in PartitionState.values:
-            raise ApiError(
-                f"unknown state {state!r}",
-                code=codes.INVALID_VALUE,
-                errors=[{"path": "state", "code": codes.INVALID_VALUE, "message": "unknown"}],
-            )
+        params = self.request.query_params
+        stage_ids = list(run.run_stages.values_list("stage_id", flat=True))
         return selectors.partitions_of(
-            run, stage=self.request.query_params.get("stage") or None, state=state
+            run,
+            stage=parameters.choice(params, "stage", stage_ids),
+            state=parameters.choice(params, "state", PartitionState.values),
         )
 
     @extend_schema(
         summary="Partitions of a run",
-        parameters=[OpenApiParameter("stage", str), OpenApiParameter("state", str)],
+        parameters=[
+            OpenApiParameter("stage", str, description=f"A stage id of the run. {ONCE}"),
+            OpenApiParameter("state", str, enum=PartitionState.values, description=ONCE),
+        ],
     )
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().get(request, *args, **kwargs)
@@ -454,14 +461,14 @@ class RunDiff(APIView):
     )
     def get(self, request: Request, pk: int) -> Response:
         run = get_object_or_404(Run, pk=pk)
-        against = request.query_params.get("against", "")
-        if not against.isdigit():
+        against = parameters.one(request.query_params, "against")
+        if against is None:
             raise ApiError(
                 "name the other run: ?against=<run id>",
                 code=codes.REQUIRED,
                 errors=[{"path": "against", "code": codes.REQUIRED, "message": "a run id"}],
             )
-        other = get_object_or_404(Run, pk=int(against))
+        other = get_object_or_404(Run, pk=parameters.parse_id(against, name="against"))
         return Response(selectors.diff_runs(run, other))
 
 
@@ -472,24 +479,33 @@ class AuditList(generics.ListAPIView):
     def get_queryset(self) -> QuerySet[AuditEvent]:
         qs = AuditEvent.objects.all()
         params = self.request.query_params
-        if params.get("user"):
-            qs = qs.filter(actor_name=params["user"])
-        if params.get("action"):
-            qs = qs.filter(action__startswith=params["action"])
-        if params.get("object_type"):
-            qs = qs.filter(object_type=params["object_type"])
-        if params.get("object_id"):
-            qs = qs.filter(object_id=params["object_id"])
+        for name, field, lookup in AUDIT_FILTERS:
+            value = parameters.text(params, name, max_length=_max_length(AuditEvent, field))
+            if value is not None:
+                qs = qs.filter(**{f"{field}__{lookup}": value})
         return qs.order_by("-at", "-id")
 
     @extend_schema(
         summary="Audit events",
         parameters=[
-            OpenApiParameter("user", str),
-            OpenApiParameter("action", str),
-            OpenApiParameter("object_type", str),
-            OpenApiParameter("object_id", str),
+            OpenApiParameter("user", str, description=f"Username. {ONCE}"),
+            OpenApiParameter("action", str, description=f"Actions starting with this. {ONCE}"),
+            OpenApiParameter("object_type", str, description=ONCE),
+            OpenApiParameter("object_id", str, description=ONCE),
         ],
     )
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().get(request, *args, **kwargs)
+
+
+# (query parameter, AuditEvent field, lookup)
+AUDIT_FILTERS = (
+    ("user", "actor_name", "exact"),
+    ("action", "action", "startswith"),
+    ("object_type", "object_type", "exact"),
+    ("object_id", "object_id", "exact"),
+)
+
+
+def _max_length(model: Any, field: str) -> int:
+    return model._meta.get_field(field).max_length

@@ -20,7 +20,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from blueprints_app import codes
+from blueprints_app import codes, parameters
 from blueprints_app.capabilities import has_capability
 from blueprints_app.models import JobKind
 from blueprints_app.validation import Issue, ValidationResult, load_kinds, validate_plan
@@ -59,7 +59,7 @@ def plan_list(request: HttpRequest) -> HttpResponse:
         )
         .order_by("-updated_at", "-id")
     )
-    q = request.GET.get("q", "").strip()[:200]
+    q = (parameters.text(request.GET, "q", max_length=200) or "").strip()
     if q:
         plans = plans.filter(name__icontains=q)
     context = {
@@ -372,8 +372,8 @@ def plan_validate(request: HttpRequest) -> HttpResponse:
     document = posted.document
     changed = f.apply_structure_changes(document, posted.signatures, kinds)
     result = validate_plan(f.for_validation(document), user=request.user)
-    plan_id = request.POST.get("_plan", "")
-    plan = Plan.objects.filter(pk=int(plan_id)).first() if plan_id.isdigit() else None
+    plan_id = parameters.optional_id(request.POST, "_plan")
+    plan = Plan.objects.filter(pk=plan_id).first() if plan_id is not None else None
     context = editor_context(
         request, plan=plan, document=document, result=result, problems=posted.problems, kinds=kinds
     )
@@ -541,11 +541,10 @@ def unified(old: dict[str, Any], new: dict[str, Any], a: int, b: int) -> list[tu
 @require_GET
 def plan_diff(request: HttpRequest, pk: int) -> HttpResponse:
     plan = get_object_or_404(Plan, pk=pk)
-    try:
-        b = int(request.GET.get("to") or plan.latest_number)
-        a = int(request.GET.get("from") or b - 1)
-    except ValueError:
-        raise Http404 from None
+    b = parameters.optional_int(request.GET, "to", minimum=1)
+    b = plan.latest_number if b is None else b
+    a = parameters.optional_int(request.GET, "from", minimum=0)
+    a = b - 1 if a is None else a
     found = {r.number: r for r in plan.revisions.select_related("author").filter(number__in=[a, b])}
     if a not in found or b not in found:
         raise Http404("no such revision")

@@ -134,5 +134,5 @@ def test_a_malformed_if_match_is_a_400_with_a_code(plan, operator, api_client_fo
         f"/api/v1/plans/{plan.pk}/", {"name": "x"}, format="json", HTTP_IF_MATCH="abc"
     )
     assert refused.status_code == 400
-    assert refused.json()["code"] == "invalid_parameter"
+    assert refused.json()["code"] == "invalid_value"
     assert PlanRevision.objects.filter(plan=plan).count() == 1
