@@ -15,6 +15,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import transaction
 
 from runs_app import selectors, services
 from runs_app.errors import ServiceError
@@ -92,16 +93,22 @@ class Command(BaseCommand):
             plan = Plan.objects.filter(pk=opts["plan"]).first()
             if plan is None:
                 raise CommandError(f"no plan {opts['plan']}")
-            revision = services.plan_update(plan=plan, actor=self.actor, document=document)
-            self.stdout.write(f"plan {plan.pk} revision {revision.number} {revision.digest}")
-        else:
-            plan = services.plan_create(actor=self.actor, document=document)
-            self.stdout.write(f"plan {plan.pk} revision 1 {plan.latest_revision.digest}")
-        if opts["dry_run"]:
-            run = services.run_start_dry_run(plan=plan, actor=self.actor)
-        elif opts["apply"]:
-            run = services.run_apply(plan=plan, actor=self.actor)
-        else:
+        # One transaction: when the run is refused (a file the partitioner refuses, a kind
+        # that needs a dry-run...), the plan or revision written for it is not left behind.
+        with transaction.atomic():
+            if opts["plan"]:
+                revision = services.plan_update(plan=plan, actor=self.actor, document=document)
+                wrote = f"plan {plan.pk} revision {revision.number} {revision.digest}"
+            else:
+                plan = services.plan_create(actor=self.actor, document=document)
+                wrote = f"plan {plan.pk} revision 1 {plan.latest_revision.digest}"
+            run = None
+            if opts["dry_run"]:
+                run = services.run_start_dry_run(plan=plan, actor=self.actor)
+            elif opts["apply"]:
+                run = services.run_apply(plan=plan, actor=self.actor)
+        self.stdout.write(wrote)
+        if run is None:
             return
         self.stdout.write(f"run {run.pk} ({run.mode}) {run.state} digest {run.digest}")
         if opts["wait"]:
