@@ -257,7 +257,10 @@ def editor_context(
     focus: int | None = None,
     comment: str = "",
     kinds: dict[str, JobKind] | None = None,
+    base: str = "",
 ) -> dict[str, Any]:
+    """`base` is the digest of the revision the editor was opened on: saving sends it as
+    If-Match, so a save over someone else's newer revision is refused, not a lost update."""
     kinds = kinds if kinds is not None else load_kinds()
     form = f.plan_form(
         document,
@@ -280,6 +283,7 @@ def editor_context(
         "json_url": json_url,
         "comment": comment,
         "validated": result is not None,
+        "base": base or (plan.latest_revision.digest if plan is not None else ""),
     }
 
 
@@ -287,7 +291,15 @@ def _service_issues(exc: ServiceError) -> ValidationResult:
     result = ValidationResult()
     for e in exc.errors:
         result.error(e.get("path", "plan"), e.get("code", ""), e.get("message", ""))
-    if not exc.errors:
+    if exc.code == codes.PRECONDITION_FAILED:
+        result = ValidationResult()
+        result.error(
+            "plan",
+            exc.code,
+            f"Someone saved this plan since you opened it (it is now at revision "
+            f"{exc.extra.get('revision')}). Open it again to see their change, then redo yours.",
+        )
+    elif not exc.errors:
         result.error("plan", exc.code, exc.message)
     return result
 
@@ -297,6 +309,7 @@ def _editor_post(request: HttpRequest, plan: Plan | None) -> HttpResponse:
     kinds = load_kinds()
     document = posted.document
     f.apply_structure_changes(document, posted.signatures, kinds)
+    base = parameters.text(request.POST, "_base", max_length=64) or ""
     action = request.POST.get("_action", "save")
     focus = None
     if action not in ("save", "refresh"):
@@ -320,6 +333,7 @@ def _editor_post(request: HttpRequest, plan: Plan | None) -> HttpResponse:
                     document=f.for_validation(document),
                     client_ip=client_ip(request),
                     comment=posted.comment,
+                    if_match=[base] if base else None,
                 )
                 if revision.number == before:
                     messages.info(request, "Nothing changed: no new revision was made.")
@@ -337,6 +351,7 @@ def _editor_post(request: HttpRequest, plan: Plan | None) -> HttpResponse:
         focus=focus,
         comment=posted.comment,
         kinds=kinds,
+        base=base,
     )
     status = 400 if action == "save" else 200
     if action != "save" and is_partial_request(request):

@@ -10,7 +10,7 @@ import pytest
 from runs_app import services
 from runs_app.models import Plan, PlanRevision
 from tests.runs_app.test_concurrency import in_threads
-from tests.runs_app.testkinds import stage
+from tests.runs_app.testkinds import TEST_KIND, stage
 
 ROUNDS = 10
 
@@ -136,3 +136,39 @@ def test_a_malformed_if_match_is_a_400_with_a_code(plan, operator, api_client_fo
     assert refused.status_code == 400
     assert refused.json()["code"] == "invalid_value"
     assert PlanRevision.objects.filter(plan=plan).count() == 1
+
+
+def test_the_editor_refuses_to_save_over_a_revision_saved_since_it_was_opened(
+    plan, operator, client, tmp_path
+) -> None:
+    client.force_login(operator)
+    page = client.get(f"/plans/{plan.pk}/edit/").content.decode()
+    base = plan.latest_revision.digest
+    assert f'name="_base" value="{base}"' in page
+    services.plan_update(
+        plan=plan, actor=operator, document={"description": "someone else"}, partial=True
+    )
+    form = {
+        "name:string": "mine",
+        "description:text": "",
+        "_stages": ["0"],
+        "_sig": [f"{TEST_KIND}|test_items|test_append"],
+        "stages[0].id:string": "a",
+        "stages[0].kind:string": TEST_KIND,
+        "stages[0].partitioner:string": "test_items",
+        "stages[0].executor:string": "test_append",
+        "stages[0].params.items:integer": "3",
+        "stages[0].params.dir:string": str(tmp_path),
+        "_plan": str(plan.pk),
+        "_base": base,
+        "_action": "save",
+    }
+    refused = client.post(f"/plans/{plan.pk}/edit/", form)
+    assert refused.status_code == 400
+    assert 'data-code="precondition_failed"' in refused.content.decode()
+    latest = Plan.objects.get(pk=plan.pk).latest_revision
+    assert latest.number == 2 and latest.document["description"] == "someone else"
+    form["_base"] = latest.digest
+    saved = client.post(f"/plans/{plan.pk}/edit/", form)
+    assert saved.status_code == 302
+    assert Plan.objects.get(pk=plan.pk).latest_revision.document["name"] == "mine"
