@@ -15,13 +15,16 @@ from collections.abc import Callable
 from io import StringIO
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from django.core.management import call_command
 
 from blueprints_app.models import JobKind
 from blueprints_app.registry import EXECUTORS, ComponentError, load_plugin
-from runs_app.models import Plan, PlanRevision, Run
+from runs_app import services, tasks
+from runs_app.errors import ServiceError
+from runs_app.models import Partition, PartitionState, Plan, PlanRevision, Run, RunState
 
 PLUGIN_DIR = Path(__file__).resolve().parents[3] / "examples" / "plugins" / "hxo_plugin_linkcheck"
 if str(PLUGIN_DIR) not in sys.path:
@@ -224,3 +227,48 @@ def test_the_cli_refused_over_an_odd_file_leaves_no_plan_behind(
     assert "not_a_regular_file" in err.getvalue()
     assert not Plan.objects.exists() and not PlanRevision.objects.exists()
     assert not Run.objects.exists()
+
+
+def _drain(run_id: int) -> Run:
+    with mock.patch.object(tasks, "close_old_connections", lambda: None):
+        for _ in range(50):
+            tasks.drain(run_id, budget_s=30)
+            run = Run.objects.get(pk=run_id)
+            if run.is_finished or run.state == RunState.AWAITING_APPROVAL:
+                return run
+    raise AssertionError(f"run {run_id} did not finish")
+
+
+@pytest.mark.parametrize(
+    ("kind", "partitioner", "executor", "root", "rel", "text"), FILE_KINDS, ids=IDS
+)
+def test_an_apply_over_a_file_swapped_for_a_fifo_fails_fast_and_frees_the_worker(
+    demo_copy, linkcheck_kind, admiral, kind, partitioner, executor, root, rel, text
+) -> None:
+    path = demo_copy / rel
+    path.write_text(text)
+    plan = services.plan_create(
+        actor=admiral,
+        document={"name": "odd", "stages": [_stage(kind, partitioner, executor, root)]},
+    )
+    dry = _drain(services.run_start_dry_run(plan=plan, actor=admiral).pk)
+    assert dry.state in (RunState.AWAITING_APPROVAL, RunState.SUCCEEDED)
+    path.unlink()
+    os.mkfifo(path)
+    # Swapped before the apply: the apply resolves the manifest again and refuses at once.
+    refused = bounded(lambda: services.run_apply(plan=plan, actor=admiral), path).get("error")
+    assert isinstance(refused, ServiceError), refused
+    assert refused.errors[0]["code"] == "not_a_regular_file"
+    # Swapped after the apply was accepted: its partition fails fast, the worker goes on.
+    path.unlink()
+    path.write_text(text)
+    run = services.run_apply(plan=plan, actor=admiral, force_rerun=True)
+    path.unlink()
+    os.mkfifo(path)
+    outcome = bounded(lambda: _drain(run.pk), path)
+    finished = outcome["value"]
+    assert finished.state == RunState.FAILED
+    failed = Partition.objects.filter(run=run, state=PartitionState.FAILED)
+    assert {p.error["code"] for p in failed} == {"not_a_regular_file"}
+    assert all(rel in p.error["message"] for p in failed)
+    assert Partition.objects.filter(run=run, state=PartitionState.RUNNING).count() == 0
