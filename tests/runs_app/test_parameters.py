@@ -219,3 +219,48 @@ def test_an_editor_integer_field_takes_ascii_digits_only(
     assert response.status_code in (200, 400)
     assert "is not a whole number" in response.content.decode()
     assert not Run.objects.exists()
+
+
+# --- ids in paths -------------------------------------------------------------------------
+
+
+def _int_routes() -> list[str]:
+    """Every route with an <int:...> converter, as a path template ({} for each id)."""
+    import re
+
+    from django.urls import URLPattern, URLResolver, get_resolver
+
+    found = []
+
+    def walk(patterns: list[Any], prefix: str) -> None:
+        for p in patterns:
+            text = prefix + str(p.pattern)
+            if isinstance(p, URLResolver):
+                walk(p.url_patterns, text)
+            elif isinstance(p, URLPattern) and "<int:" in text:
+                found.append("/" + re.sub(r"<str:[^>]+>", "x", re.sub(r"<int:[^>]+>", "{}", text)))
+
+    walk(get_resolver().url_patterns, "")
+    return sorted(set(found))
+
+
+INT_ROUTES = _int_routes()
+
+
+def test_every_int_route_is_found() -> None:
+    assert "/api/v1/runs/{}/partitions/" in INT_ROUTES and "/plans/{}/revisions/{}/" in INT_ROUTES
+
+
+@pytest.mark.parametrize("number", [str(2**63), "9" * 30])
+@pytest.mark.parametrize("route", INT_ROUTES)
+def test_an_id_past_the_column_in_a_path_finds_nothing(
+    world, admiral, client, route, number
+) -> None:
+    client.force_login(admiral)
+    url = route.replace("{}", number)
+    posts = ("approve/", "reject/", "abort/", "replay/", "dry-run/", "apply/", "migrate/")
+    if route.endswith(posts):
+        response = client.post(url, "{}", content_type="application/json")
+    else:
+        response = client.get(url)
+    assert response.status_code in (404, 405), (url, response.status_code)
