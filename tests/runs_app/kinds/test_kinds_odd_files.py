@@ -229,9 +229,10 @@ def test_the_cli_refused_over_an_odd_file_leaves_no_plan_behind(
     assert not Run.objects.exists()
 
 
-def _drain(run_id: int) -> Run:
+def _drain(run_id: int, deadline_s: float = 30.0) -> Run:
+    deadline = time.monotonic() + deadline_s
     with mock.patch.object(tasks, "close_old_connections", lambda: None):
-        for _ in range(50):
+        while time.monotonic() < deadline:
             tasks.drain(run_id, budget_s=30)
             run = Run.objects.get(pk=run_id)
             if run.is_finished or run.state == RunState.AWAITING_APPROVAL:
@@ -243,8 +244,9 @@ def _drain(run_id: int) -> Run:
     ("kind", "partitioner", "executor", "root", "rel", "text"), FILE_KINDS, ids=IDS
 )
 def test_an_apply_over_a_file_swapped_for_a_fifo_fails_fast_and_frees_the_worker(
-    demo_copy, linkcheck_kind, admiral, kind, partitioner, executor, root, rel, text
+    demo_copy, linkcheck_kind, admiral, settings, kind, partitioner, executor, root, rel, text
 ) -> None:
+    settings.HXO_RETRY_BACKOFF_MS = 0  # each attempt fails at once; no waiting between them
     path = demo_copy / rel
     path.write_text(text)
     plan = services.plan_create(
@@ -266,6 +268,7 @@ def test_an_apply_over_a_file_swapped_for_a_fifo_fails_fast_and_frees_the_worker
     path.unlink()
     os.mkfifo(path)
     outcome = bounded(lambda: _drain(run.pk), path)
+    assert "value" in outcome, outcome
     finished = outcome["value"]
     assert finished.state == RunState.FAILED
     failed = Partition.objects.filter(run=run, state=PartitionState.FAILED)
