@@ -14,14 +14,14 @@ ROUNDS = 10
 
 
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_patches_of_one_job_kind_keep_both_changes(admiral, api_client_for) -> None:
+def test_concurrent_patches_of_one_job_kind_keep_both_changes(
+    django_user_model, api_client_for
+) -> None:
     from blueprints_app.bootstrap import create_roles, load_contract
 
     load_contract()  # transactional tests flush the data migrations' rows
     create_roles()
-    admiral.groups.clear()
-    admiral.is_superuser = True
-    admiral.save()
+    admiral = django_user_model.objects.create_superuser("root", password="root-password")
     url = "/api/v1/job-kinds/deploy.pack/"
     for round_ in range(ROUNDS):
         one, two = api_client_for(admiral), api_client_for(admiral)
