@@ -88,6 +88,7 @@ def one(query: QueryLike, name: str) -> str | None:
 
 
 def optional_id(query: QueryLike, name: str) -> int | None:
+    """The id in parameter `name` (`one`, then `parse_id`), or None when absent or empty."""
     raw = one(query, name)
     return None if raw is None else parse_id(raw, name=name)
 
@@ -95,6 +96,7 @@ def optional_id(query: QueryLike, name: str) -> int | None:
 def optional_int(
     query: QueryLike, name: str, *, minimum: int = 0, maximum: int = INT64_MAX
 ) -> int | None:
+    """The integer in parameter `name` (`one`, then `parse_int`), or None when absent."""
     raw = one(query, name)
     return None if raw is None else parse_int(raw, name=name, minimum=minimum, maximum=maximum)
 
@@ -111,6 +113,8 @@ def choice(query: QueryLike, name: str, choices: Collection[str]) -> str | None:
 
 
 def text(query: QueryLike, name: str, *, max_length: int) -> str | None:
+    """The text of parameter `name` (`one`), refused when longer than `max_length` (the
+    column it is compared with: a longer value cannot match, so it is a mistake)."""
     raw = one(query, name)
     if raw is not None and len(raw) > max_length:
         raise ParameterError(name, f"at most {max_length} characters")

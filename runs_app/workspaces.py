@@ -213,6 +213,7 @@ class Workspace:
         return open_regular(self.open_pinned(rel, path=path), rel=rel, path=path)
 
     def read_file(self, rel: str, *, path: str = "inputs") -> bytes:
+        """The bytes of a pinned file, read through `open_file`."""
         with self.open_file(rel, path=path) as f:
             return f.read()
 
