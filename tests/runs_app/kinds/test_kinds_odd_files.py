@@ -166,7 +166,7 @@ def test_an_undecodable_file_name_is_refused_with_the_escaped_name(
     assert "\\xff." + suffix.decode() in caught.value.message
 
 
-def test_a_socket_or_a_device_link_is_refused_too(demo_copy, driver) -> None:
+def test_a_socket_in_a_workspace_is_refused_too(demo_copy, driver) -> None:
     import socket
 
     sock_path = demo_copy / "backend" / "api" / "s.py"
