@@ -424,12 +424,15 @@ def plan_json(request: HttpRequest, pk: int | None = None) -> HttpResponse:
         return _json_page(request, plan, _pretty(document))
     if not has_capability(request.user, "plan"):
         raise PermissionDenied(NEEDS_PLAN)
+    # The revision the author started from, carried from the editor and back (If-Match).
+    base = parameters.text(request.POST, "_base", max_length=64) or ""
     if "_stages" in request.POST:  # "View as JSON" from the editor, unsaved
         posted = f.document_from_post(request.POST)
-        return _json_page(request, plan, _pretty(f.for_validation(posted.document)))
+        return _json_page(request, plan, _pretty(f.for_validation(posted.document)), base=base)
     form = f.JsonImportForm(request.POST, request.FILES)
     if not form.is_valid():
-        return _json_page(request, plan, request.POST.get("document", ""), form=form, status=400)
+        text = request.POST.get("document", "")
+        return _json_page(request, plan, text, form=form, status=400, base=base)
     text = form.cleaned_data["document"]
     document, problem = f.parse_json_document(text)
     action = request.POST.get("_action", "validate")
@@ -441,7 +444,9 @@ def plan_json(request: HttpRequest, pk: int | None = None) -> HttpResponse:
         editable.setdefault("description", "")
         result = validate_plan(f.for_validation(editable), user=request.user)
         return render(
-            request, EDITOR, editor_context(request, plan=plan, document=editable, result=result)
+            request,
+            EDITOR,
+            editor_context(request, plan=plan, document=editable, result=result, base=base),
         )
     if problem is None and action == "save":
         try:
@@ -459,13 +464,16 @@ def plan_json(request: HttpRequest, pk: int | None = None) -> HttpResponse:
                     document=document,
                     client_ip=client_ip(request),
                     comment=form.cleaned_data["comment"],
+                    if_match=[base] if base else None,
                 )
             messages.success(request, f"Saved revision {plan.latest_number} of “{plan.name}”.")
             return redirect("plan", pk=plan.pk)
         except ServiceError as exc:
-            return _json_page(request, plan, text, result=_service_issues(exc), status=400)
+            result = _service_issues(exc)
+            return _json_page(request, plan, text, result=result, status=400, base=base)
     result = _json_result(document, problem, request)
-    return _json_page(request, plan, text, result=result, status=200 if result.valid else 400)
+    status = 200 if result.valid else 400
+    return _json_page(request, plan, text, result=result, status=status, base=base)
 
 
 def _json_result(document: Any, problem: Issue | None, request: HttpRequest) -> ValidationResult:
@@ -482,9 +490,11 @@ def _json_page(
     form: f.JsonImportForm | None = None,
     result: ValidationResult | None = None,
     status: int = 200,
+    base: str = "",
 ) -> HttpResponse:
     context = {
         "plan": plan,
+        "base": base or (plan.latest_revision.digest if plan is not None else ""),
         "text": text,
         "form": form or f.JsonImportForm(initial={"document": text}),
         "result": result,

@@ -172,3 +172,27 @@ def test_the_editor_refuses_to_save_over_a_revision_saved_since_it_was_opened(
     saved = client.post(f"/plans/{plan.pk}/edit/", form)
     assert saved.status_code == 302
     assert Plan.objects.get(pk=plan.pk).latest_revision.document["name"] == "mine"
+
+
+def test_the_json_page_refuses_to_save_over_a_revision_saved_since_it_was_opened(
+    plan, operator, client
+) -> None:
+    import json
+
+    client.force_login(operator)
+    base = plan.latest_revision.digest
+    page = client.get(f"/plans/{plan.pk}/json/").content.decode()
+    assert f'name="_base" value="{base}"' in page
+    services.plan_update(
+        plan=plan, actor=operator, document={"description": "someone else"}, partial=True
+    )
+    mine = {**plan.latest_revision.document, "description": "", "name": "mine"}
+    form = {"document": json.dumps(mine), "_action": "save", "_base": base}
+    refused = client.post(f"/plans/{plan.pk}/json/", form)
+    assert refused.status_code == 400
+    assert 'data-code="precondition_failed"' in refused.content.decode()
+    latest = Plan.objects.get(pk=plan.pk).latest_revision
+    assert latest.number == 2 and latest.document["name"] == "p"
+    form["_base"] = latest.digest
+    assert client.post(f"/plans/{plan.pk}/json/", form).status_code == 302
+    assert Plan.objects.get(pk=plan.pk).latest_revision.document["name"] == "mine"
