@@ -11,6 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from blueprints_app import codes
+from blueprints_app.parameters import ParameterError
 
 
 class ApiError(exceptions.APIException):
@@ -101,6 +102,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
+    if isinstance(exc, ParameterError):
+        exc = ApiError(str(exc), code=exc.code, errors=[exc.as_dict()])
     _audit_refusal(exc, context)
     if isinstance(exc, ApiError):
         body = {"detail": str(exc.detail), "code": exc.error_code, "errors": exc.errors}

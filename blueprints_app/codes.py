@@ -65,6 +65,8 @@ NOT_FOUND = "not_found"
 PARSE_ERROR = "parse_error"
 BODY_TOO_LARGE = "body_too_large"
 VALIDATION_FAILED = "validation_failed"
+PRECONDITION_FAILED = "precondition_failed"  # If-Match names an older revision (412)
+IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"  # the key was used for another request (422)
 
 # Hostile input and authentication (blueprints_app.parsers, .middleware, .authentication).
 NESTING_TOO_DEEP = "nesting_too_deep"

@@ -5,9 +5,11 @@ promise ("every error is {detail, code, errors}") holds even for URLs no route m
 from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
 from django.views import defaults
 
 from blueprints_app import codes
+from blueprints_app.parameters import ParameterError
 
 
 def _api(request: HttpRequest) -> bool:
@@ -19,6 +21,14 @@ def _error(detail: str, code: str, status: int) -> JsonResponse:
 
 
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if isinstance(exception, ParameterError):
+        # A bad id, number or filter in a URL or a form: say which, in both shapes.
+        if _api(request):
+            return JsonResponse(
+                {"detail": str(exception), "code": exception.code, "errors": [exception.as_dict()]},
+                status=400,
+            )
+        return render(request, "400.html", {"error": exception}, status=400)
     if _api(request):
         return _error("Bad request.", codes.INVALID_VALUE, 400)
     return defaults.bad_request(request, exception)

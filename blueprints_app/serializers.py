@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import transaction
 from rest_framework import serializers
 from rest_framework.exceptions import ErrorDetail
 
@@ -105,7 +106,11 @@ class JobKindSerializer(serializers.ModelSerializer):
         return self._save(JobKind(), validated_data)
 
     def update(self, instance: JobKind, validated_data: dict[str, Any]) -> JobKind:
-        return self._save(instance, validated_data)
+        # The fields this request changes go onto the row as it is under the lock, not onto
+        # the copy read before it: two concurrent PATCHes of different fields both land.
+        with transaction.atomic():
+            locked = JobKind.objects.select_for_update().get(pk=instance.pk)
+            return self._save(locked, validated_data)
 
     def _save(self, job_kind: JobKind, validated_data: dict[str, Any]) -> JobKind:
         changed = [f for f, v in validated_data.items() if getattr(job_kind, f, None) != v]

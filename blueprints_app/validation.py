@@ -41,6 +41,36 @@ KIND_RE = STAGE_ID_RE
 MAX_NAME_LENGTH = 200
 MAX_DEPTH = 32
 
+# The widest integer the database holds (a BIGINT column; SQLite's INTEGER). Every integer of
+# every params schema declares a `minimum` and a `maximum` within it (tests walk them all).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# The stage's own integer fields, as JSON Schema: their columns (RunStage.slo_ms,
+# .max_failed_partitions) are PositiveIntegerField, a 32-bit integer on PostgreSQL.
+INT32_MAX = 2**31 - 1
+STAGE_INTEGERS: dict[str, dict[str, Any]] = {
+    "slo_ms": {"type": "integer", "minimum": 1, "maximum": INT32_MAX},
+    "max_failed_partitions": {"type": "integer", "minimum": 0, "maximum": INT32_MAX},
+}
+
+
+def python_values(value: Any) -> Any:
+    """`value` (parsed JSON) with every integral float made an `int`, recursively.
+
+    JSON has one number type: JSON Schema's `integer` accepts `1.0` (draft 2020-12, §6.1.1),
+    so a validated document may hold `1.0` where the code does `range(...)` or writes an
+    integer column (a TypeError, an OverflowError, a 500). Stored plan documents and the
+    params a partitioner resolves both go through here, so code past validation only ever
+    sees ints where the schema says integer. Non-integral floats, inf and NaN stay floats
+    (the schema refuses them where an integer is required).
+    """
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: python_values(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [python_values(v) for v in value]
+    return value
+
 
 def _hostile(value: Any, path: str, depth: int = 0) -> Issue | None:
     """The first NUL character or over-deep nesting in a document (PostgreSQL cannot store a
@@ -233,7 +263,10 @@ def _component_lifecycle(result: ValidationResult, path: str, what: str, cls: ty
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An integer as JSON Schema counts one: an int, or an integral float (`1.0`)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
 
 
 def validate_stage(
@@ -376,14 +409,16 @@ def validate_stage(
             f"executor {executor!r} is not idempotent: the stage must set non_idempotent: true",
         )
 
-    for field, minimum in (("slo_ms", 1), ("max_failed_partitions", 0)):
+    for field, bounds in STAGE_INTEGERS.items():
         if field in stage and stage[field] is not None:
             value = stage[field]
             if not _is_int(value):
                 result.error(f"{path}.{field}", codes.INVALID_TYPE, f"{field} must be an integer")
-            elif value < minimum:
+            elif not bounds["minimum"] <= value <= bounds["maximum"]:
                 result.error(
-                    f"{path}.{field}", codes.INVALID_VALUE, f"{field} must be >= {minimum}"
+                    f"{path}.{field}",
+                    codes.INVALID_VALUE,
+                    f"{field} must be between {bounds['minimum']} and {bounds['maximum']}",
                 )
 
     depends_on = stage.get("depends_on", [])

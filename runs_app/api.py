@@ -17,13 +17,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from blueprints_app import codes
+from blueprints_app import codes, parameters
 from blueprints_app.api_errors import ApiError
 from blueprints_app.permissions import capability_required
 from blueprints_app.serializers import ErrorSerializer
 from runs_app import selectors, services
 from runs_app.errors import ServiceError
-from runs_app.models import AuditEvent, PartitionState, Plan, Run
+from runs_app.models import AuditEvent, PartitionState, Plan, Run, RunMode, RunState
 from runs_app.serializers import (
     ApplySerializer,
     AuditEventSerializer,
@@ -45,12 +45,24 @@ ERRORS = {
     404: OpenApiResponse(ErrorSerializer, description="Not found"),
 }
 CONFLICT = {409: OpenApiResponse(ErrorSerializer, description="Refused in this state")}
+PRECONDITION = {
+    412: OpenApiResponse(ErrorSerializer, description="If-Match names an older revision")
+}
 IDEMPOTENCY = OpenApiParameter(
     "Idempotency-Key",
     str,
     OpenApiParameter.HEADER,
-    description="The same key returns the same run",
+    description="The same key with the same request (method, path and body) returns the same "
+    "run; the same key with another request is refused with 422 `idempotency_key_reused`",
 )
+KEY_REUSED = {
+    422: OpenApiResponse(ErrorSerializer, description="Idempotency-Key used for another request")
+}
+
+
+# Every filter takes one value: a repeated parameter is refused (400 invalid_value), never
+# silently narrowed to its last value; so is a value that cannot match (an unknown state...).
+ONCE = "Give it at most once; a repeated or unknown value is refused with 400 invalid_value."
 
 
 def client_ip(request: Request) -> str | None:
@@ -132,6 +144,53 @@ class PlanListCreate(generics.ListAPIView):
         return Response(PlanSerializer(plan).data, status=status.HTTP_201_CREATED)
 
 
+IF_MATCH = OpenApiParameter(
+    "If-Match",
+    str,
+    OpenApiParameter.HEADER,
+    description="The plan's `ETag` (its latest revision digest) as read: a write is refused "
+    "with 412 `precondition_failed` when the plan changed since",
+)
+
+
+def _if_match(request: Request) -> list[str] | None:
+    """The entity tags of an `If-Match` header (RFC 9110 §13.1.1), unquoted; None without one.
+
+    Weak tags (`W/"..."`) never match: If-Match uses the strong comparison.
+    """
+    header = request.headers.get("If-Match")
+    if header is None:
+        return None
+    tags = []
+    for part in header.split(","):
+        part = part.strip()
+        if part == "*":
+            tags.append("*")
+        elif len(part) >= 2 and part[0] == part[-1] == '"':
+            tags.append(part[1:-1])
+        elif not part.startswith('W/"'):
+            raise ApiError(
+                'If-Match must list quoted entity tags ("<digest>") or be *',
+                code=codes.INVALID_VALUE,
+                errors=[
+                    {
+                        "path": "If-Match",
+                        "code": codes.INVALID_VALUE,
+                        "message": "not an entity tag",
+                    }
+                ],
+            )
+    return tags
+
+
+def _plan_response(plan: Plan) -> Response:
+    """A plan with its `ETag`: the latest revision's digest, what `If-Match` compares."""
+    data = PlanSerializer(plan).data
+    response = Response(data)
+    response["ETag"] = f'"{data["digest"]}"'
+    return response
+
+
 class PlanDetail(APIView):
     def get_permissions(self) -> list[Any]:
         cap = "view" if self.request.method == "GET" else "plan"
@@ -141,7 +200,7 @@ class PlanDetail(APIView):
         summary="A plan at its latest revision", responses={200: PlanSerializer, **ERRORS}
     )
     def get(self, request: Request, pk: int) -> Response:
-        return Response(PlanSerializer(get_object_or_404(Plan, pk=pk)).data)
+        return _plan_response(get_object_or_404(Plan, pk=pk))
 
     def _write(self, request: Request, pk: int, *, partial: bool) -> Response:
         plan = get_object_or_404(Plan, pk=pk)
@@ -152,15 +211,17 @@ class PlanDetail(APIView):
                 document=request.data,
                 client_ip=client_ip(request),
                 partial=partial,
+                if_match=_if_match(request),
             )
         except ServiceError as exc:
             raise api_error(exc) from exc
-        return Response(PlanSerializer(plan).data)
+        return _plan_response(plan)
 
     @extend_schema(
         summary="Replace the plan document (a new revision)",
         request=PlanWriteSerializer,
-        responses={200: PlanSerializer, **ERRORS},
+        parameters=[IF_MATCH],
+        responses={200: PlanSerializer, **ERRORS, **PRECONDITION},
     )
     def put(self, request: Request, pk: int) -> Response:
         return self._write(request, pk, partial=False)
@@ -168,7 +229,8 @@ class PlanDetail(APIView):
     @extend_schema(
         summary="Change some fields of the plan document (a new revision)",
         request=PlanWriteSerializer,
-        responses={200: PlanSerializer, **ERRORS},
+        parameters=[IF_MATCH],
+        responses={200: PlanSerializer, **ERRORS, **PRECONDITION},
     )
     def patch(self, request: Request, pk: int) -> Response:
         return self._write(request, pk, partial=True)
@@ -224,7 +286,7 @@ class PlanDryRun(APIView):
         summary="Start a dry-run of the latest revision",
         request=None,
         parameters=[IDEMPOTENCY],
-        responses={202: RunSerializer, **ERRORS, **CONFLICT},
+        responses={202: RunSerializer, **ERRORS, **CONFLICT, **KEY_REUSED},
     )
     def post(self, request: Request, pk: int) -> Response:
         plan = get_object_or_404(Plan, pk=pk)
@@ -247,7 +309,7 @@ class PlanApply(APIView):
         summary="Apply the latest revision (naming the approved dry-run where required)",
         request=ApplySerializer,
         parameters=[IDEMPOTENCY],
-        responses={202: RunSerializer, **ERRORS, **CONFLICT},
+        responses={202: RunSerializer, **ERRORS, **CONFLICT, **KEY_REUSED},
     )
     def post(self, request: Request, pk: int) -> Response:
         plan = get_object_or_404(Plan, pk=pk)
@@ -281,21 +343,23 @@ class RunList(generics.ListAPIView):
             "run_stages", "approvals__user"
         )
         params = self.request.query_params
-        if params.get("plan", "").isdigit():
-            # Through the relation: a number past the id column's range then matches nothing
-            # (Django's integer lookups), where plan_id= would overflow the driver (a 500).
-            qs = qs.filter(plan__pk=int(params["plan"]))
-        for field in ("state", "mode"):
-            if params.get(field):
-                qs = qs.filter(**{field: params[field]})
+        plan = parameters.optional_id(params, "plan")
+        if plan is not None:
+            qs = qs.filter(plan__pk=plan)
+        state = parameters.choice(params, "state", RunState.values)
+        if state is not None:
+            qs = qs.filter(state=state)
+        mode = parameters.choice(params, "mode", RunMode.values)
+        if mode is not None:
+            qs = qs.filter(mode=mode)
         return qs.order_by("-id")
 
     @extend_schema(
         summary="Runs",
         parameters=[
-            OpenApiParameter("plan", int),
-            OpenApiParameter("state", str),
-            OpenApiParameter("mode", str),
+            OpenApiParameter("plan", int, description=f"A plan id. {ONCE}"),
+            OpenApiParameter("state", str, enum=RunState.values, description=ONCE),
+            OpenApiParameter("mode", str, enum=RunMode.values, description=ONCE),
         ],
     )
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -319,20 +383,20 @@ class RunPartitions(generics.ListAPIView):
 
     def get_queryset(self) -> QuerySet[Any]:
         run = get_object_or_404(Run, pk=self.kwargs["pk"])
-        state = self.request.query_params.get("state") or None
-        if state and state not in PartitionState.values:
-            raise ApiError(
-                f"unknown state {state!r}",
-                code=codes.INVALID_VALUE,
-                errors=[{"path": "state", "code": codes.INVALID_VALUE, "message": "unknown"}],
-            )
+        params = self.request.query_params
+        stage_ids = list(run.run_stages.values_list("stage_id", flat=True))
         return selectors.partitions_of(
-            run, stage=self.request.query_params.get("stage") or None, state=state
+            run,
+            stage=parameters.choice(params, "stage", stage_ids),
+            state=parameters.choice(params, "state", PartitionState.values),
         )
 
     @extend_schema(
         summary="Partitions of a run",
-        parameters=[OpenApiParameter("stage", str), OpenApiParameter("state", str)],
+        parameters=[
+            OpenApiParameter("stage", str, description=f"A stage id of the run. {ONCE}"),
+            OpenApiParameter("state", str, enum=PartitionState.values, description=ONCE),
+        ],
     )
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().get(request, *args, **kwargs)
@@ -397,14 +461,14 @@ class RunDiff(APIView):
     )
     def get(self, request: Request, pk: int) -> Response:
         run = get_object_or_404(Run, pk=pk)
-        against = request.query_params.get("against", "")
-        if not against.isdigit():
+        against = parameters.one(request.query_params, "against")
+        if against is None:
             raise ApiError(
                 "name the other run: ?against=<run id>",
                 code=codes.REQUIRED,
                 errors=[{"path": "against", "code": codes.REQUIRED, "message": "a run id"}],
             )
-        other = get_object_or_404(Run, pk=int(against))
+        other = get_object_or_404(Run, pk=parameters.parse_id(against, name="against"))
         return Response(selectors.diff_runs(run, other))
 
 
@@ -415,24 +479,33 @@ class AuditList(generics.ListAPIView):
     def get_queryset(self) -> QuerySet[AuditEvent]:
         qs = AuditEvent.objects.all()
         params = self.request.query_params
-        if params.get("user"):
-            qs = qs.filter(actor_name=params["user"])
-        if params.get("action"):
-            qs = qs.filter(action__startswith=params["action"])
-        if params.get("object_type"):
-            qs = qs.filter(object_type=params["object_type"])
-        if params.get("object_id"):
-            qs = qs.filter(object_id=params["object_id"])
+        for name, field, lookup in AUDIT_FILTERS:
+            value = parameters.text(params, name, max_length=_max_length(AuditEvent, field))
+            if value is not None:
+                qs = qs.filter(**{f"{field}__{lookup}": value})
         return qs.order_by("-at", "-id")
 
     @extend_schema(
         summary="Audit events",
         parameters=[
-            OpenApiParameter("user", str),
-            OpenApiParameter("action", str),
-            OpenApiParameter("object_type", str),
-            OpenApiParameter("object_id", str),
+            OpenApiParameter("user", str, description=f"Username. {ONCE}"),
+            OpenApiParameter("action", str, description=f"Actions starting with this. {ONCE}"),
+            OpenApiParameter("object_type", str, description=ONCE),
+            OpenApiParameter("object_id", str, description=ONCE),
         ],
     )
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().get(request, *args, **kwargs)
+
+
+# (query parameter, AuditEvent field, lookup)
+AUDIT_FILTERS = (
+    ("user", "actor_name", "exact"),
+    ("action", "action", "startswith"),
+    ("object_type", "object_type", "exact"),
+    ("object_id", "object_id", "exact"),
+)
+
+
+def _max_length(model: Any, field: str) -> int:
+    return model._meta.get_field(field).max_length

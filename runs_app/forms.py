@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -18,7 +19,7 @@ from django import forms
 from django.conf import settings
 from django.http import QueryDict
 
-from blueprints_app import codes
+from blueprints_app import codes, parameters
 from blueprints_app.capabilities import has_capability
 from blueprints_app.models import JobKind
 from blueprints_app.registry import EXECUTORS, PARTITIONERS
@@ -30,7 +31,7 @@ INVALID_NUMBER = "invalid_number"
 
 _FIELD_RE = re.compile(r"^(?P<path>[^:]+):(?P<type>[a-z]+)$")
 _TOKEN_RE = re.compile(r"\.?([A-Za-z0-9_\-]+)|\[(\d+)\]")
-_INT_RE = re.compile(r"^[+-]?\d+$")
+_INT_RE = re.compile(r"[+-]?[0-9]{1,30}")  # ASCII digits; bounds are the schema's job
 
 
 def slug(path: str) -> str:
@@ -84,7 +85,7 @@ def _coerce(typ: str, values: list[str], path: str, problems: list[Issue]) -> tu
     if typ == "string":
         return value, True
     if typ == "integer":
-        if _INT_RE.match(value):
+        if _INT_RE.fullmatch(value):
             return int(value), True
         problems.append(Issue(path, INVALID_NUMBER, f"{value!r} is not a whole number"))
         return value, True
@@ -94,7 +95,10 @@ def _coerce(typ: str, values: list[str], path: str, problems: list[Issue]) -> tu
         except ValueError:
             problems.append(Issue(path, INVALID_NUMBER, f"{value!r} is not a number"))
             return value, True
-        return (int(number) if number.is_integer() and _INT_RE.match(value) else number), True
+        if not math.isfinite(number):  # "1e999", "nan": no JSON column holds them
+            problems.append(Issue(path, INVALID_NUMBER, f"{value!r} is not a finite number"))
+            return value, True
+        return (int(number) if number.is_integer() and _INT_RE.fullmatch(value) else number), True
     if typ == "lines":
         items = [line.strip() for line in raw.splitlines() if line.strip()]
         return items, bool(items)
@@ -128,7 +132,7 @@ def _set(target: dict[str, Any], tokens: list[str | int], value: Any) -> None:
 def document_from_post(data: QueryDict) -> EditorInput:
     """Rebuild the plan document from a posted editor form, stages in the order posted."""
     problems: list[Issue] = []
-    order = [int(i) for i in data.getlist("_stages") if i.isdigit()]
+    order = [parameters.parse_int(i, name="_stages") for i in data.getlist("_stages")]
     stages: dict[int, dict[str, Any]] = {i: {} for i in order}
     extras: dict[int, dict[str, Any]] = {}
     top: dict[str, Any] = {}
@@ -266,9 +270,11 @@ def apply_action(document: dict[str, Any], action: str) -> int | None:
     if verb == "add":
         stages.append(new_stage(document))
         return len(stages) - 1
-    if not arg.isdigit() or int(arg) >= len(stages):
+    if verb not in ("remove", "up", "down"):
         return None
-    i = int(arg)
+    i = parameters.parse_int(arg, name="_action")
+    if i >= len(stages):
+        return None
     if verb == "remove":
         removed = stages.pop(i)
         for stage in stages:
@@ -921,6 +927,20 @@ class PartitionFilterForm(forms.Form):
         self.fields["stage"].choices = [("", "All stages")] + [(s, s) for s in stage_ids]
 
 
+class IdField(forms.CharField):
+    """A database id typed in a form or a URL, through the one parser (ASCII digits only,
+    1..2^63-1): Django's IntegerField reads '٣' as 3 and cannot bound to the column."""
+
+    def to_python(self, value: Any) -> int | None:  # type: ignore[override]
+        value = super().to_python(value)
+        if value in self.empty_values:
+            return None
+        try:
+            return parameters.parse_id(value, name=self.label or "id")
+        except parameters.ParameterError as exc:
+            raise forms.ValidationError(exc.message, code=exc.code) from None
+
+
 class RunFilterForm(forms.Form):
     state = forms.ChoiceField(
         label="State", required=False, choices=[("", "Any state"), *RunState.choices]
@@ -928,7 +948,7 @@ class RunFilterForm(forms.Form):
     mode = forms.ChoiceField(
         label="Mode", required=False, choices=[("", "Dry-runs and applies"), *RunMode.choices]
     )
-    plan = forms.IntegerField(label="Plan id", required=False, min_value=1)
+    plan = IdField(label="Plan id", required=False, strip=False)
 
 
 class AuditFilterForm(forms.Form):

@@ -16,16 +16,22 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from blueprints_app import parameters
 from blueprints_app.api_errors import ApiError
 from blueprints_app.permissions import capability_required
 from blueprints_app.serializers import ErrorSerializer
 from runs_app import search
+from runs_app.workspaces import workspace_names
 
 PARAMETERS = [
     OpenApiParameter(
         "q", str, description="Words to find; in double quotes, a phrase", required=True
     ),
-    OpenApiParameter("workspace", str, description="Only hits of this workspace"),
+    OpenApiParameter(
+        "workspace",
+        str,
+        description="Only hits of this registered workspace; given twice or unknown: 400",
+    ),
     OpenApiParameter("page", int, description="Page number"),
 ]
 ERRORS = {
@@ -47,10 +53,10 @@ class _SearchView(APIView):
 
     def get(self, request: Request) -> Response:
         try:
-            q = search.clean_query(request.query_params.get("q"))
+            q = search.clean_query(parameters.one(request.query_params, "q"))
         except search.SearchError as exc:
             raise ApiError(str(exc), code=exc.code) from None
-        workspace = request.query_params.get("workspace") or None
+        workspace = parameters.choice(request.query_params, "workspace", workspace_names())
         hits = type(self).search(q, limit=search.MAX_HITS, workspace=workspace)
         paginator = SearchPagination()
         page = paginator.paginate_queryset(hits, request, view=self)  # type: ignore[arg-type]

@@ -15,12 +15,12 @@ from blueprints_app import codes
 from blueprints_app.capabilities import has_capability
 from blueprints_app.evolution import DocumentMigration, migrate_document
 from blueprints_app.registry import EXECUTORS
-from blueprints_app.validation import ValidationResult, load_kinds, validate_plan
+from blueprints_app.validation import ValidationResult, load_kinds, python_values, validate_plan
 from blueprints_app.versions import kinds_at
 from runs_app import execution, policies
 from runs_app.audit import audit
 from runs_app.errors import ServiceError
-from runs_app.hashing import document_digest
+from runs_app.hashing import canonical_json, document_digest, sha256_hex
 from runs_app.manifest import ResolvedManifest, diff_against_run, resolve_manifest
 from runs_app.models import (
     Approval,
@@ -67,7 +67,9 @@ def _invalid(result: ValidationResult) -> ServiceError:
 
 
 def _normalise(document: dict[str, Any]) -> dict[str, Any]:
-    """The stored form of a plan document: the fields the validator knows, defaults filled."""
+    """The stored form of a plan document: the fields the validator knows, defaults filled,
+    integral floats as ints (`python_values`: what runs reads is what the schema promised)."""
+    document = python_values(document)
     stages = []
     for stage in document["stages"]:
         s = {k: stage[k] for k in ("id", "kind", "partitioner", "executor")}
@@ -137,20 +139,46 @@ def plan_update(
     client_ip: str | None = None,
     comment: str = "",
     partial: bool = False,
+    if_match: list[str] | None = None,
 ) -> PlanRevision:
-    """A new immutable revision. Concurrent edits are serialised on the plan row, so they
-    become consecutive revisions rather than one lost update."""
+    """A new immutable revision of `plan`; returns it (or the latest one when nothing changed).
+
+    `partial` merges `document`'s top-level fields into the latest revision's document (a
+    PATCH). The read, the merge, the validation and the write all happen under the plan's row
+    lock (`select_for_update` on PostgreSQL; SQLite's IMMEDIATE transactions take the database
+    write lock at BEGIN), so two concurrent PATCHes of different fields become two consecutive
+    revisions that both keep each other's change: no lost update.
+
+    `if_match` lists entity tags (revision digests, as the API's `ETag`; `*` matches any): when
+    given and the latest revision's digest is not among them, nothing is written and
+    `precondition_failed` (412) is raised: the optimistic form of the same guarantee, for a
+    client that read, edited and writes back a whole document (RFC 9110 §13.1.1).
+    """
     _require(actor, "plan")
-    if partial and isinstance(document, dict):
-        current = plan.latest_revision.document
-        document = {**current, **document}
-    result = validate_plan(document)
-    if not result.valid:
-        raise _invalid(result)
-    document = _normalise(document)
     with transaction.atomic():
         locked = Plan.objects.select_for_update().get(pk=plan.pk)
         previous = locked.revisions.get(number=locked.latest_number)
+        if if_match is not None and "*" not in if_match and previous.digest not in if_match:
+            raise ServiceError(
+                f"plan {plan.pk} changed: its latest revision is {previous.number} "
+                f"({previous.digest}), not the one the If-Match header names",
+                code=codes.PRECONDITION_FAILED,
+                status=412,
+                errors=[
+                    {
+                        "path": "If-Match",
+                        "code": codes.PRECONDITION_FAILED,
+                        "message": "does not name the latest revision's digest",
+                    }
+                ],
+                extra={"revision": previous.number, "digest": previous.digest},
+            )
+        if partial and isinstance(document, dict):
+            document = {**previous.document, **document}
+        result = validate_plan(document)
+        if not result.valid:
+            raise _invalid(result)
+        document = _normalise(document)
         if previous.digest == document_digest(document):
             return previous  # nothing changed: no new revision
         revision = _new_revision(locked, document, actor, comment)
@@ -258,15 +286,46 @@ def plan_migrate(
 # --- Runs -----------------------------------------------------------------------------------
 
 
-def _existing_for_key(actor: Any, key: str | None, plan: Plan, mode: str) -> Run | None:
+def request_fingerprint(*, method: str, path: str, body: Any) -> str:
+    """SHA-256 hex over canonical JSON of `[method, path, body]`: what an `Idempotency-Key`
+    is bound to (the IETF httpapi Idempotency-Key draft, §2.2 "Idempotency Fingerprint").
+
+    Services build it from the canonical request (the API path and the body with its defaults
+    filled in), not from bytes on the wire, so the API, the browser forms and the CLI agree:
+    `{"dry_run": 5}` and `{"dry_run": 5, "force_rerun": false}` are the same request.
+    """
+    return sha256_hex(canonical_json([method.upper(), path, body]))
+
+
+def _existing_for_key(
+    actor: Any, key: str | None, plan: Plan, mode: str, fingerprint: str
+) -> Run | None:
+    """The run an earlier request with this key made, or None. A key names one request: the
+    same key with another method, path or body is refused (422 `idempotency_key_reused`)
+    rather than answered with a run that is not what this request asks for."""
     if not key:
         return None
     run = Run.objects.filter(requested_by=actor, idempotency_key=key).first()
-    if run is not None and (run.plan_id != plan.pk or run.mode != mode):
+    if run is None:
+        return None
+    if run.idempotency_fingerprint:
+        reused = run.idempotency_fingerprint != fingerprint
+    else:  # a run from before fingerprints were stored: compare what it recorded
+        reused = run.plan_id != plan.pk or run.mode != mode
+    if reused:
         raise ServiceError(
-            "this Idempotency-Key was already used for another request",
-            code="idempotency_key_reused",
-            status=409,
+            f"this Idempotency-Key was already used for another request (run {run.pk}); "
+            "use a new key for a different request",
+            code=codes.IDEMPOTENCY_KEY_REUSED,
+            status=422,
+            errors=[
+                {
+                    "path": "Idempotency-Key",
+                    "code": codes.IDEMPOTENCY_KEY_REUSED,
+                    "message": "used before with another method, path or body",
+                }
+            ],
+            extra={"run": run.pk},
         )
     return run
 
@@ -314,6 +373,7 @@ def _create_run(
     dry_run: Run | None = None,
     force_rerun: bool = False,
     consumed_dry_run: Run | None = None,
+    fingerprint: str = "",
 ) -> Run:
     """Persist a run with its stages and partitions and start it. Inside a transaction.
 
@@ -329,6 +389,7 @@ def _create_run(
         kind_snapshots={name: k.snapshot() for name, k in kinds.items()},
         requested_by=actor,
         idempotency_key=idempotency_key or None,
+        idempotency_fingerprint=fingerprint if idempotency_key else "",
         dry_run=dry_run,
         consumed_dry_run=consumed_dry_run,
         force_rerun=force_rerun,
@@ -390,7 +451,10 @@ def run_start_dry_run(
     idempotency_key: str | None = None,
     client_ip: str | None = None,
 ) -> Run:
-    existing = _existing_for_key(actor, idempotency_key, plan, RunMode.DRY_RUN)
+    fingerprint = request_fingerprint(
+        method="POST", path=f"/api/v1/plans/{plan.pk}/dry-run/", body={}
+    )
+    existing = _existing_for_key(actor, idempotency_key, plan, RunMode.DRY_RUN, fingerprint)
     if existing is not None:
         return existing
     revision = plan.latest_revision
@@ -404,6 +468,7 @@ def run_start_dry_run(
                 mode=RunMode.DRY_RUN,
                 actor=actor,
                 idempotency_key=idempotency_key,
+                fingerprint=fingerprint,
             )
             audit(
                 actor=actor,
@@ -413,7 +478,7 @@ def run_start_dry_run(
                 after={"state": run.state, "digest": run.digest, "revision": revision.number},
             )
     except IntegrityError:
-        existing = _existing_for_key(actor, idempotency_key, plan, RunMode.DRY_RUN)
+        existing = _existing_for_key(actor, idempotency_key, plan, RunMode.DRY_RUN, fingerprint)
         if existing is None:
             raise
         return existing
@@ -438,8 +503,14 @@ def run_apply(
     Refusals (409): `dry_run_required`, `dry_run_not_approved`, `approval_used` (extra
     `run`: the apply that used it), `approval_expired`, `approval_incomplete` (a replayed
     dry-run whose approvals do not cover every partition), `stale_plan` (extra `diff`).
+    The same `idempotency_key` with another request: 422 `idempotency_key_reused`.
     """
-    existing = _existing_for_key(actor, idempotency_key, plan, RunMode.APPLY)
+    fingerprint = request_fingerprint(
+        method="POST",
+        path=f"/api/v1/plans/{plan.pk}/apply/",
+        body={"dry_run": dry_run_id, "force_rerun": bool(force_rerun)},
+    )
+    existing = _existing_for_key(actor, idempotency_key, plan, RunMode.APPLY, fingerprint)
     if existing is not None:
         return existing
     revision = plan.latest_revision
@@ -507,6 +578,7 @@ def run_apply(
                 dry_run=dry_run,
                 force_rerun=force_rerun,
                 consumed_dry_run=consumed,
+                fingerprint=fingerprint,
             )
             audit(
                 actor=actor,
@@ -520,7 +592,7 @@ def run_apply(
     except _ApprovalUsed:
         pass
     except IntegrityError:
-        existing = _existing_for_key(actor, idempotency_key, plan, RunMode.APPLY)
+        existing = _existing_for_key(actor, idempotency_key, plan, RunMode.APPLY, fingerprint)
         if existing is not None:
             return existing
         used = Run.objects.filter(consumed_dry_run=consumed).first() if consumed else None

@@ -10,6 +10,7 @@ outside tree into an archive or an index.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fnmatch
 import hashlib
 import os
@@ -17,6 +18,7 @@ import re
 import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from django.conf import settings
 
@@ -26,6 +28,18 @@ UNKNOWN_WORKSPACE = "unknown_workspace"
 PATH_ESCAPE = "path_escape"
 PATH_NOT_FOUND = "path_not_found"
 WORKSPACE_CHANGED = "workspace_changed"
+# A FIFO, socket or device where a file should be: opening a FIFO for reading blocks until a
+# writer comes (a worker stuck past its lease), a device may never end.
+NOT_A_REGULAR_FILE = "not_a_regular_file"
+# A file name that is not UTF-8 (b"\xff.png"): it cannot go into JSON, hashes or indexes.
+UNDECODABLE_FILE_NAME = "undecodable_file_name"
+
+# O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer (fstat then says
+# what it is). O_NOFOLLOW: a final component swapped for a symlink after it was checked fails
+# with ELOOP instead of being followed out of the workspace.
+_OPEN_FLAGS = (
+    os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+)
 
 # Never part of what a workspace ships: interpreter caches and VCS metadata.
 DEFAULT_EXCLUDES = ("__pycache__", ".git", ".hg", ".svn", "*.pyc", "*.pyo", ".DS_Store")
@@ -131,6 +145,8 @@ class Workspace:
         workspace.
         """
         start = self.resolve(subdir, path=path)
+        if not start.is_dir() and not start.is_file():
+            raise _not_regular(self.relative(start), os.stat(start).st_mode, path)
         root = str(self.root)
         start_rel = self.relative(start)
         excluded = _glob_regex(exclude)
@@ -154,10 +170,14 @@ class Workspace:
                     if not _is_within(Path(target), self.root):
                         continue  # a link out of the workspace is not part of it
                     st = os.stat(target)
+                    full = target  # read through the resolved path (open_regular: O_NOFOLLOW)
             except OSError:
                 continue  # vanished, or a dangling link
+            if stat.S_ISDIR(st.st_mode):
+                continue  # a link to a directory inside the workspace: walked as itself
+            check_file_name(rel, path=path)
             if not stat.S_ISREG(st.st_mode):
-                continue
+                raise _not_regular(rel, st.st_mode, path)
             found.append(WorkspaceFile(rel=rel, path=Path(full), size=st.st_size, mode=st.st_mode))
         found.sort(key=lambda f: f.rel)
         return found
@@ -186,6 +206,16 @@ class Workspace:
         if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
             return self.resolve(rel, path=path)
         return Path(full)
+
+    def open_file(self, rel: str, *, path: str = "inputs") -> BinaryIO:
+        """A pinned file opened for reading: confined (`open_pinned`), never blocking, and
+        refused unless it is a regular file (`open_regular`). The caller closes it."""
+        return open_regular(self.open_pinned(rel, path=path), rel=rel, path=path)
+
+    def read_file(self, rel: str, *, path: str = "inputs") -> bytes:
+        """The bytes of a pinned file, read through `open_file`."""
+        with self.open_file(rel, path=path) as f:
+            return f.read()
 
 
 def _glob_regex(patterns: Sequence[str]) -> re.Pattern[str] | None:
@@ -236,6 +266,83 @@ def get_workspace(name: object, *, path: str = "params.workspace") -> Workspace:
     return Workspace(name=name, root=root)
 
 
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
+def sha256_file(path: Path, *, rel: str = "", where: str = "params.root") -> str:
+    """SHA-256 hex of a regular file (`open_regular`: a FIFO or device is refused)."""
+    with open_regular(path, rel=rel or str(path), path=where) as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def open_regular(full: str | os.PathLike[str], *, rel: str, path: str) -> BinaryIO:
+    """`full` opened for binary reading if, and only if, it is a regular file.
+
+    The one way executors and partitioners open workspace files. Opened with O_NONBLOCK (a
+    FIFO swapped in after the manifest was made returns at once rather than blocking the
+    worker until its lease and the queue's timeout expire) and O_NOFOLLOW (a final component
+    swapped for a symlink is refused), then `fstat` on the open descriptor decides: anything
+    but a regular file is ComponentError(`not_a_regular_file`) naming `rel`, raised at once.
+    Checking the descriptor, not the name, leaves no window between the check and the read.
+    """
+    try:
+        fd = os.open(full, _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise ComponentError(
+            f"{rel} no longer exists; re-run the dry-run", code=WORKSPACE_CHANGED, path=path
+        ) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ComponentError(
+                f"{rel} became a symlink after it was checked", code=PATH_ESCAPE, path=path
+            ) from None
+        if exc.errno == errno.ENXIO:  # a socket (or a FIFO with no end to open)
+            raise ComponentError(
+                f"{rel} is not a regular file (a socket)", code=NOT_A_REGULAR_FILE, path=path
+            ) from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(rel, mode, path)
+        os.set_blocking(fd, True)  # a regular file: ordinary reads from here on
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _not_regular(rel: str, mode: int, path: str) -> ComponentError:
+    what = (
+        "a FIFO"
+        if stat.S_ISFIFO(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "a device"
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "a directory"
+        if stat.S_ISDIR(mode)
+        else "not a regular file"
+    )
+    return ComponentError(
+        f"{escaped_name(rel)} is {what}, not a regular file: HXO only reads regular files",
+        code=NOT_A_REGULAR_FILE,
+        path=path,
+    )
+
+
+def escaped_name(rel: str) -> str:
+    """A file name as printable text: bytes that are not UTF-8 as `\\xff` escapes."""
+    return os.fsencode(rel).decode("utf-8", "backslashreplace")
+
+
+def check_file_name(rel: str, *, path: str) -> None:
+    """Refuse a name that is not UTF-8 (os.walk hands it over with surrogate escapes, which
+    no JSON, hash or index can hold): ComponentError(`undecodable_file_name`) with the name
+    escaped (`'\\xff.png'`). One rule for every partitioner that lists files: rename the
+    file or exclude it."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ComponentError(
+            f"{escaped_name(rel)!r} is not a UTF-8 file name: rename it, or exclude it",
+            code=UNDECODABLE_FILE_NAME,
+            path=path,
+        ) from None

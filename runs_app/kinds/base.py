@@ -25,7 +25,7 @@ from django.core.files.storage import Storage, storages
 from django.db import connection
 
 from blueprints_app.registry import ComponentError, ExecutionContext, Partitioner
-from blueprints_app.validation import schema_errors
+from blueprints_app.validation import python_values, schema_errors
 from runs_app.targets import target_names
 from runs_app.workspaces import workspace_names
 
@@ -98,7 +98,8 @@ GLOBS_PARAM = {
 
 
 def resolve_params(partitioner: type[Partitioner], params: Any) -> dict[str, Any]:
-    """Params validated against the partitioner's schema, with top-level defaults filled in.
+    """Params validated against the partitioner's schema, with top-level defaults filled in
+    and integral floats as ints (`python_values`: `"batch_size": 1.0` is the integer 1).
 
     The validator already checked them when the plan was saved; checking again here keeps a
     partitioner safe when called directly, or after settings changed (a workspace removed).
@@ -110,7 +111,7 @@ def resolve_params(partitioner: type[Partitioner], params: Any) -> dict[str, Any
     if errors:
         first = errors[0]
         raise ComponentError(first.message, code=INVALID_PARAMS, path=first.path)
-    resolved = copy.deepcopy(params)
+    resolved = python_values(params)
     for name, prop in schema.get("properties", {}).items():
         if name not in resolved and "default" in prop:
             resolved[name] = copy.deepcopy(prop["default"])

@@ -34,7 +34,8 @@ Pinned = list[Any]
 
 
 def _pin_one(f: WorkspaceFile) -> Pinned:
-    return [f.rel, f.size, sha256_file(f.path), MODE_EXEC if f.mode & 0o111 else MODE_FILE]
+    digest = sha256_file(f.path, rel=f.rel)
+    return [f.rel, f.size, digest, MODE_EXEC if f.mode & 0o111 else MODE_FILE]
 
 
 def pin(files: Iterable[WorkspaceFile]) -> list[Pinned]:
@@ -143,8 +144,7 @@ def changed(rel: str) -> ComponentError:
 
 def read_verified(ws: Workspace, entry: Sequence[Any]) -> bytes:
     """A pinned file's bytes, refused unless they still match the pinned hash."""
-    path = ws.open_pinned(entry[0], path="manifest.files")
-    data = path.read_bytes()
+    data = ws.read_file(entry[0], path="manifest.files")
     if hashlib.sha256(data).hexdigest() != entry[2]:
         raise changed(entry[0])
     return data
@@ -159,11 +159,10 @@ def stream_verified(
     memory: media files may be large. Raises `workspace_changed` on any difference; a caller
     writing to a temporary file lets that exception remove it.
     """
-    path = ws.open_pinned(entry[0], path="manifest.files")
     digest = hashlib.sha256()
     first = b""
     size = 0
-    with open(path, "rb") as f:
+    with ws.open_file(entry[0], path="manifest.files") as f:
         while chunk := f.read(1 << 20):
             if len(first) < head:
                 first += chunk[: head - len(first)]

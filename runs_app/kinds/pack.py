@@ -311,7 +311,7 @@ def _write_archive(ws: Workspace, rows: list, level: int, out: IO[bytes], beat: 
     ):
         for rel, size, sha, mode in rows:
             beat()
-            path = ws.open_pinned(rel, path="manifest.files")
+            src = ws.open_file(rel, path="manifest.files")
             info = tarfile.TarInfo(rel)
             info.size = size
             info.mtime = 0
@@ -319,7 +319,7 @@ def _write_archive(ws: Workspace, rows: list, level: int, out: IO[bytes], beat: 
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             info.type = tarfile.REGTYPE
-            with open(path, "rb") as src:
+            with src:
                 reader = HashingReader(src)
                 try:
                     tar.addfile(info, reader)  # type: ignore[arg-type]

@@ -145,8 +145,7 @@ def _group(ctx: ExecutionContext) -> list[tuple[str, dict[str, Any]]]:
 
 def _source(ws: Workspace, name: str, row: dict[str, Any]) -> bytes:
     """A pinned module's source, refused if it no longer matches the hash in the manifest."""
-    path = ws.open_pinned(row["path"], path=f"manifest.modules.{name}")
-    data = path.read_bytes()
+    data = ws.read_file(row["path"], path=f"manifest.modules.{name}")
     if hashlib.sha256(data).hexdigest() != row["sha256"]:
         raise changed(row["path"])
     return data

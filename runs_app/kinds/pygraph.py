@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from runs_app.workspaces import Workspace, WorkspaceFile
+from runs_app.workspaces import Workspace, WorkspaceFile, open_regular
 
 
 @dataclasses.dataclass
@@ -150,7 +150,8 @@ def discover(ws: Workspace, root_rel: str, files: list[WorkspaceFile]) -> dict[s
         name, is_package = module_name(f.rel, base)
         if not name or not all(part.isidentifier() for part in name.split(".")):
             continue  # not importable (a script like `0001-setup.py`): not a module
-        source = f.path.read_bytes()
+        with open_regular(f.path, rel=f.rel, path="params.root") as fh:
+            source = fh.read()
         try:
             found = import_records(source, name, is_package, f.rel)
             error = ""

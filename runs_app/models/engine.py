@@ -137,6 +137,9 @@ class Run(models.Model):
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    # services.request_fingerprint of the request the key was first used with: the same key
+    # with another request is refused, never answered with this run.
+    idempotency_fingerprint = models.CharField(max_length=64, blank=True, default="")
     force_rerun = models.BooleanField(default=False)
     required_approvals = models.PositiveSmallIntegerField(default=1)
     merkle_root = models.CharField(max_length=64, blank=True, default="")

@@ -6,6 +6,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from django import forms
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Page, Paginator
@@ -13,7 +14,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils.cache import patch_vary_headers
 
-from blueprints_app import codes
+from blueprints_app import codes, parameters
 from blueprints_app.capabilities import has_capability
 from runs_app.errors import ServiceError
 
@@ -59,6 +60,20 @@ def page(
     response = render(request, name, context, status=status)
     patch_vary_headers(response, ["HX-Request"])
     return response
+
+
+def filter_values(form: forms.Form) -> dict[str, Any]:
+    """The cleaned values of a bound filter form ({} when unbound), or ParameterError (a 400
+    page naming the parameter) for the first one given twice or not valid: a bad filter never
+    falls back to listing every row."""
+    if not form.is_bound:
+        return {}
+    for problem in parameters.form_repeats(form.data, list(form.fields)):
+        raise problem
+    if not form.is_valid():
+        name, errors = next(iter(form.errors.items()))
+        raise parameters.ParameterError(name, str(errors[0]))
+    return form.cleaned_data
 
 
 def paginate(request: HttpRequest, items: Any, per_page: int = PAGE_SIZE) -> Page:

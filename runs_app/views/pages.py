@@ -19,7 +19,7 @@ from runs_app import forms as f
 from runs_app import policies, selectors
 from runs_app import search as search_index
 from runs_app.models import AuditEvent, Plan, Run, RunState
-from runs_app.views.common import page, paginate, query_without_page, require
+from runs_app.views.common import filter_values, page, paginate, query_without_page, require
 
 SEARCH_LIMIT = 50
 
@@ -155,7 +155,7 @@ def search(request: HttpRequest, index: str = "docs") -> HttpResponse:
     hits: list[dict[str, Any]] = []
     error = ""
     q = ""
-    if form.is_valid() and form.cleaned_data["q"]:
+    if filter_values(form).get("q"):
         q = form.cleaned_data["q"]
         finder = search_index.search_docs if index == "docs" else search_index.search_assets
         try:
@@ -175,9 +175,7 @@ def audit(request: HttpRequest) -> HttpResponse:
     actions = sorted(AuditEvent.objects.values_list("action", flat=True).distinct())
     types = sorted(AuditEvent.objects.values_list("object_type", flat=True).distinct())
     form = f.AuditFilterForm(request.GET or None, actions=actions, object_types=types)
-    filters: dict[str, Any] = {}
-    if form.is_valid():
-        filters = {k: v for k, v in form.cleaned_data.items() if v not in (None, "")}
+    filters = {k: v for k, v in filter_values(form).items() if v not in (None, "")}
     events = selectors.audit_events(**filters).select_related("actor")
     context = {
         "form": form,

@@ -20,7 +20,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from blueprints_app import codes
+from blueprints_app import codes, parameters
 from blueprints_app.capabilities import has_capability
 from blueprints_app.models import JobKind
 from blueprints_app.validation import Issue, ValidationResult, load_kinds, validate_plan
@@ -59,7 +59,7 @@ def plan_list(request: HttpRequest) -> HttpResponse:
         )
         .order_by("-updated_at", "-id")
     )
-    q = request.GET.get("q", "").strip()[:200]
+    q = (parameters.text(request.GET, "q", max_length=200) or "").strip()
     if q:
         plans = plans.filter(name__icontains=q)
     context = {
@@ -257,7 +257,10 @@ def editor_context(
     focus: int | None = None,
     comment: str = "",
     kinds: dict[str, JobKind] | None = None,
+    base: str = "",
 ) -> dict[str, Any]:
+    """`base` is the digest of the revision the editor was opened on: saving sends it as
+    If-Match, so a save over someone else's newer revision is refused, not a lost update."""
     kinds = kinds if kinds is not None else load_kinds()
     form = f.plan_form(
         document,
@@ -280,6 +283,7 @@ def editor_context(
         "json_url": json_url,
         "comment": comment,
         "validated": result is not None,
+        "base": base or (plan.latest_revision.digest if plan is not None else ""),
     }
 
 
@@ -287,7 +291,15 @@ def _service_issues(exc: ServiceError) -> ValidationResult:
     result = ValidationResult()
     for e in exc.errors:
         result.error(e.get("path", "plan"), e.get("code", ""), e.get("message", ""))
-    if not exc.errors:
+    if exc.code == codes.PRECONDITION_FAILED:
+        result = ValidationResult()
+        result.error(
+            "plan",
+            exc.code,
+            f"Someone saved this plan since you opened it (it is now at revision "
+            f"{exc.extra.get('revision')}). Open it again to see their change, then redo yours.",
+        )
+    elif not exc.errors:
         result.error("plan", exc.code, exc.message)
     return result
 
@@ -297,6 +309,7 @@ def _editor_post(request: HttpRequest, plan: Plan | None) -> HttpResponse:
     kinds = load_kinds()
     document = posted.document
     f.apply_structure_changes(document, posted.signatures, kinds)
+    base = parameters.text(request.POST, "_base", max_length=64) or ""
     action = request.POST.get("_action", "save")
     focus = None
     if action not in ("save", "refresh"):
@@ -320,6 +333,7 @@ def _editor_post(request: HttpRequest, plan: Plan | None) -> HttpResponse:
                     document=f.for_validation(document),
                     client_ip=client_ip(request),
                     comment=posted.comment,
+                    if_match=[base] if base else None,
                 )
                 if revision.number == before:
                     messages.info(request, "Nothing changed: no new revision was made.")
@@ -337,6 +351,7 @@ def _editor_post(request: HttpRequest, plan: Plan | None) -> HttpResponse:
         focus=focus,
         comment=posted.comment,
         kinds=kinds,
+        base=base,
     )
     status = 400 if action == "save" else 200
     if action != "save" and is_partial_request(request):
@@ -372,8 +387,8 @@ def plan_validate(request: HttpRequest) -> HttpResponse:
     document = posted.document
     changed = f.apply_structure_changes(document, posted.signatures, kinds)
     result = validate_plan(f.for_validation(document), user=request.user)
-    plan_id = request.POST.get("_plan", "")
-    plan = Plan.objects.filter(pk=int(plan_id)).first() if plan_id.isdigit() else None
+    plan_id = parameters.optional_id(request.POST, "_plan")
+    plan = Plan.objects.filter(pk=plan_id).first() if plan_id is not None else None
     context = editor_context(
         request, plan=plan, document=document, result=result, problems=posted.problems, kinds=kinds
     )
@@ -409,12 +424,15 @@ def plan_json(request: HttpRequest, pk: int | None = None) -> HttpResponse:
         return _json_page(request, plan, _pretty(document))
     if not has_capability(request.user, "plan"):
         raise PermissionDenied(NEEDS_PLAN)
+    # The revision the author started from, carried from the editor and back (If-Match).
+    base = parameters.text(request.POST, "_base", max_length=64) or ""
     if "_stages" in request.POST:  # "View as JSON" from the editor, unsaved
         posted = f.document_from_post(request.POST)
-        return _json_page(request, plan, _pretty(f.for_validation(posted.document)))
+        return _json_page(request, plan, _pretty(f.for_validation(posted.document)), base=base)
     form = f.JsonImportForm(request.POST, request.FILES)
     if not form.is_valid():
-        return _json_page(request, plan, request.POST.get("document", ""), form=form, status=400)
+        text = request.POST.get("document", "")
+        return _json_page(request, plan, text, form=form, status=400, base=base)
     text = form.cleaned_data["document"]
     document, problem = f.parse_json_document(text)
     action = request.POST.get("_action", "validate")
@@ -426,7 +444,9 @@ def plan_json(request: HttpRequest, pk: int | None = None) -> HttpResponse:
         editable.setdefault("description", "")
         result = validate_plan(f.for_validation(editable), user=request.user)
         return render(
-            request, EDITOR, editor_context(request, plan=plan, document=editable, result=result)
+            request,
+            EDITOR,
+            editor_context(request, plan=plan, document=editable, result=result, base=base),
         )
     if problem is None and action == "save":
         try:
@@ -444,13 +464,16 @@ def plan_json(request: HttpRequest, pk: int | None = None) -> HttpResponse:
                     document=document,
                     client_ip=client_ip(request),
                     comment=form.cleaned_data["comment"],
+                    if_match=[base] if base else None,
                 )
             messages.success(request, f"Saved revision {plan.latest_number} of “{plan.name}”.")
             return redirect("plan", pk=plan.pk)
         except ServiceError as exc:
-            return _json_page(request, plan, text, result=_service_issues(exc), status=400)
+            result = _service_issues(exc)
+            return _json_page(request, plan, text, result=result, status=400, base=base)
     result = _json_result(document, problem, request)
-    return _json_page(request, plan, text, result=result, status=200 if result.valid else 400)
+    status = 200 if result.valid else 400
+    return _json_page(request, plan, text, result=result, status=status, base=base)
 
 
 def _json_result(document: Any, problem: Issue | None, request: HttpRequest) -> ValidationResult:
@@ -467,9 +490,11 @@ def _json_page(
     form: f.JsonImportForm | None = None,
     result: ValidationResult | None = None,
     status: int = 200,
+    base: str = "",
 ) -> HttpResponse:
     context = {
         "plan": plan,
+        "base": base or (plan.latest_revision.digest if plan is not None else ""),
         "text": text,
         "form": form or f.JsonImportForm(initial={"document": text}),
         "result": result,
@@ -541,11 +566,10 @@ def unified(old: dict[str, Any], new: dict[str, Any], a: int, b: int) -> list[tu
 @require_GET
 def plan_diff(request: HttpRequest, pk: int) -> HttpResponse:
     plan = get_object_or_404(Plan, pk=pk)
-    try:
-        b = int(request.GET.get("to") or plan.latest_number)
-        a = int(request.GET.get("from") or b - 1)
-    except ValueError:
-        raise Http404 from None
+    b = parameters.optional_int(request.GET, "to", minimum=1)
+    b = plan.latest_number if b is None else b
+    a = parameters.optional_int(request.GET, "from", minimum=0)
+    a = b - 1 if a is None else a
     found = {r.number: r for r in plan.revisions.select_related("author").filter(number__in=[a, b])}
     if a not in found or b not in found:
         raise Http404("no such revision")

@@ -17,6 +17,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
+from blueprints_app import parameters
 from blueprints_app.capabilities import has_capability
 from runs_app import forms as f
 from runs_app import policies, selectors, services
@@ -28,7 +29,14 @@ from runs_app.models import (
     RunMode,
     RunState,
 )
-from runs_app.views.common import client_ip, page, paginate, query_without_page, require
+from runs_app.views.common import (
+    client_ip,
+    filter_values,
+    page,
+    paginate,
+    query_without_page,
+    require,
+)
 from runs_app.views.plans import done, new_key, refused
 
 DETAIL = "hxo/runs/detail.html"
@@ -48,14 +56,13 @@ def get_run(pk: int) -> Run:
 def run_list(request: HttpRequest) -> HttpResponse:
     form = f.RunFilterForm(request.GET or None)
     runs = Run.objects.select_related("plan", "revision", "requested_by").order_by("-id")
-    if form.is_valid():
-        data = form.cleaned_data
-        if data["state"]:
-            runs = runs.filter(state=data["state"])
-        if data["mode"]:
-            runs = runs.filter(mode=data["mode"])
-        if data["plan"]:
-            runs = runs.filter(plan_id=data["plan"])
+    data = filter_values(form)
+    if data.get("state"):
+        runs = runs.filter(state=data["state"])
+    if data.get("mode"):
+        runs = runs.filter(mode=data["mode"])
+    if data.get("plan"):
+        runs = runs.filter(plan__pk=data["plan"])
     context = {"form": form, "runs": paginate(request, runs), "query": query_without_page(request)}
     return page(request, "hxo/runs/list.html", context, partial="results")
 
@@ -166,11 +173,8 @@ def _filters(
 ) -> tuple[f.PartitionFilterForm, str | None, str | None]:
     stage_ids = [s.stage_id for s in run.run_stages.all()]
     form = f.PartitionFilterForm(request.GET or None, stage_ids=stage_ids)
-    stage = state = None
-    if form.is_valid():
-        stage = form.cleaned_data["stage"] or None
-        state = form.cleaned_data["state"] or None
-    return form, stage, state
+    data = filter_values(form)
+    return form, data.get("stage") or None, data.get("state") or None
 
 
 def partitions_context(request: HttpRequest, run: Run) -> dict[str, Any]:
@@ -256,9 +260,9 @@ def run_receipt(request: HttpRequest, pk: int) -> HttpResponse:
 def run_diff(request: HttpRequest, pk: int) -> HttpResponse:
     """The dry-run against the last applied run of its plan (or `?against=<run>`)."""
     run = get_run(pk)
-    against_id = request.GET.get("against", "")
-    if against_id.isdigit():
-        against = get_run(int(against_id))
+    against_id = parameters.optional_id(request.GET, "against")
+    if against_id is not None:
+        against = get_run(against_id)
         if against.plan_id != run.plan_id:
             raise Http404("not a run of the same plan")
     else:

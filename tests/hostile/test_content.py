@@ -116,8 +116,10 @@ def test_sql_in_url_paths_finds_nothing(url: str, clients) -> None:
 @pytest.mark.parametrize("fragment", SQL_FRAGMENTS)
 def test_sql_in_query_parameters_is_a_value_never_a_query(fragment: str, clients, ctx) -> None:
     viewer, admiral = clients["viewer"], clients["admiral"]
-    assert viewer.get("/api/v1/runs/", {"state": fragment}).json()["count"] == 0
-    assert viewer.get("/api/v1/runs/", {"plan": fragment}).json()["count"] == 2  # not a number
+    # Not a state, not a plan id: refused (issue 11 §6; they used to list nothing and
+    # everything respectively).
+    assert_refused(viewer.get("/api/v1/runs/", {"state": fragment}), 400, "invalid_value")
+    assert_refused(viewer.get("/api/v1/runs/", {"plan": fragment}), 400, "invalid_value")
     assert admiral.get("/api/v1/audit/", {"user": fragment}).json()["count"] == 0
     response = viewer.get(f"/api/v1/runs/{ctx['applied'].pk}/partitions/", {"state": fragment})
     assert_refused(response, 400, "invalid_value")
@@ -324,7 +326,9 @@ def test_a_job_kind_number_below_its_constraint_is_a_400(field: str, test_kinds,
 
 @pytest.mark.parametrize("number", ["413605946501593169920", "9223372036854775808"])
 def test_an_id_past_the_columns_range_finds_nothing(number: str, clients, ctx) -> None:
-    assert clients["viewer"].get("/api/v1/runs/", {"plan": number}).json()["count"] == 0
+    # In a query string it is a bad value (one id parser, issue 11 §6); in a path, no page.
+    body = assert_refused(clients["viewer"].get("/api/v1/runs/", {"plan": number}), 400)
+    assert body["errors"][0]["path"] == "plan"
     response = clients["viewer"].get(f"/api/v1/runs/{ctx['applied'].pk}/diff/?against={number}")
-    assert_refused(response, 404, "not_found")
+    assert_refused(response, 400, "invalid_value")
     assert_refused(clients["viewer"].get(f"/api/v1/plans/{number}/"), 404, "not_found")

@@ -59,3 +59,13 @@ def test_bad_input_is_a_command_error(test_kinds, tmp_path: Path, operator) -> N
         hxo("--user", "ghost", "status", "1")
     with pytest.raises(CommandError, match="no run 999"):
         hxo("--user", operator.username, "status", "999")
+
+
+@pytest.mark.parametrize("value", ["²", "٣", "abc", "0", str(2**63)])
+def test_an_id_argument_goes_through_the_one_id_parser(operator, value: str) -> None:
+    err = StringIO()
+    with pytest.raises(CommandError) as caught:
+        call_command("hxo", "--user", operator.username, "status", value, stderr=err)
+    message = str(caught.value)
+    assert "argument run" in message
+    assert "not a whole number" in message or "out of range" in message

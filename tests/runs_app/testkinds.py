@@ -37,7 +37,10 @@ class ItemsPartitioner(Partitioner):
             "dir": {"type": "string"},
             "fail": {"type": "object"},
             "fail_dry_run": {"type": "object"},
-            "block": {"type": "array", "items": {"type": "integer"}},
+            "block": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 0, "maximum": 200000},
+            },
             "salt": {"type": "string"},
         },
         "required": ["items", "dir"],

@@ -6,6 +6,7 @@ as the API, so capabilities and refusal codes are the same; a refusal exits non-
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -15,10 +16,21 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import transaction
 
+from blueprints_app import parameters
 from runs_app import selectors, services
 from runs_app.errors import ServiceError
 from runs_app.models import Plan, Run
+
+
+def object_id(text: str) -> int:
+    """An id argument through the one id parser (ASCII digits, within the id column)."""
+    try:
+        return parameters.parse_id(text, name="id")
+    except parameters.ParameterError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
 
 EXIT_REFUSED = 2
 EXIT_RUN_FAILED = 3
@@ -32,27 +44,29 @@ class Command(BaseCommand):
         sub = parser.add_subparsers(dest="action", required=True)
         submit = sub.add_parser("submit", help="create or update a plan from a JSON file, run it")
         submit.add_argument("plan_file")
-        submit.add_argument("--plan", type=int, help="update this plan instead of creating one")
+        submit.add_argument(
+            "--plan", type=object_id, help="update this plan instead of creating one"
+        )
         submit.add_argument("--dry-run", action="store_true", help="start a dry-run")
         submit.add_argument("--apply", action="store_true", help="apply (kinds without dry-run)")
         submit.add_argument("--wait", action="store_true", help="follow the run until it ends")
         approve = sub.add_parser("approve", help="approve a dry-run")
-        approve.add_argument("run", type=int)
+        approve.add_argument("run", type=object_id)
         approve.add_argument("--comment", default="")
         reject = sub.add_parser("reject", help="reject a dry-run")
-        reject.add_argument("run", type=int)
+        reject.add_argument("run", type=object_id)
         reject.add_argument("--comment", default="")
         apply = sub.add_parser("apply", help="apply a plan")
-        apply.add_argument("plan", type=int)
-        apply.add_argument("--dry-run-run", type=int, help="the approved dry-run")
+        apply.add_argument("plan", type=object_id)
+        apply.add_argument("--dry-run-run", type=object_id, help="the approved dry-run")
         apply.add_argument("--force-rerun", action="store_true")
         apply.add_argument("--wait", action="store_true")
         status = sub.add_parser("status", help="show a run's progress")
-        status.add_argument("run", type=int)
+        status.add_argument("run", type=object_id)
         status.add_argument("--wait", action="store_true")
         status.add_argument("--json", action="store_true", help="print the run as JSON")
         abort = sub.add_parser("abort", help="abort a run")
-        abort.add_argument("run", type=int)
+        abort.add_argument("run", type=object_id)
 
     def handle(self, *args: Any, **opts: Any) -> None:
         self.actor = self._user(opts["user"])
@@ -92,16 +106,22 @@ class Command(BaseCommand):
             plan = Plan.objects.filter(pk=opts["plan"]).first()
             if plan is None:
                 raise CommandError(f"no plan {opts['plan']}")
-            revision = services.plan_update(plan=plan, actor=self.actor, document=document)
-            self.stdout.write(f"plan {plan.pk} revision {revision.number} {revision.digest}")
-        else:
-            plan = services.plan_create(actor=self.actor, document=document)
-            self.stdout.write(f"plan {plan.pk} revision 1 {plan.latest_revision.digest}")
-        if opts["dry_run"]:
-            run = services.run_start_dry_run(plan=plan, actor=self.actor)
-        elif opts["apply"]:
-            run = services.run_apply(plan=plan, actor=self.actor)
-        else:
+        # One transaction: when the run is refused (a file the partitioner refuses, a kind
+        # that needs a dry-run...), the plan or revision written for it is not left behind.
+        with transaction.atomic():
+            if opts["plan"]:
+                revision = services.plan_update(plan=plan, actor=self.actor, document=document)
+                wrote = f"plan {plan.pk} revision {revision.number} {revision.digest}"
+            else:
+                plan = services.plan_create(actor=self.actor, document=document)
+                wrote = f"plan {plan.pk} revision 1 {plan.latest_revision.digest}"
+            run = None
+            if opts["dry_run"]:
+                run = services.run_start_dry_run(plan=plan, actor=self.actor)
+            elif opts["apply"]:
+                run = services.run_apply(plan=plan, actor=self.actor)
+        self.stdout.write(wrote)
+        if run is None:
             return
         self.stdout.write(f"run {run.pk} ({run.mode}) {run.state} digest {run.digest}")
         if opts["wait"]:

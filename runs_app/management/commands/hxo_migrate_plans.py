@@ -23,6 +23,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from blueprints_app import codes
 from runs_app import services
 from runs_app.errors import ServiceError
+from runs_app.management.commands.hxo import object_id
 from runs_app.models import Plan
 
 EXIT_NEEDS_ATTENTION = 2
@@ -34,7 +35,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--user", default=os.environ.get("HXO_USER"), help="act as this user")
         parser.add_argument("--dry-run", action="store_true", help="report, write nothing")
-        parser.add_argument("--plan", type=int, action="append", help="only this plan (repeatable)")
+        parser.add_argument(
+            "--plan", type=object_id, action="append", help="only this plan (repeatable)"
+        )
         parser.add_argument("--json", action="store_true", help="print the reports as JSON")
         parser.add_argument(
             "--all", action="store_true", help="also list plans that are up to date"

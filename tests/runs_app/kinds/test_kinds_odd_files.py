@@ -1,0 +1,277 @@
+"""Odd files in a workspace, for every kind that reads files: a FIFO (or another non-regular
+file) is refused with `not_a_regular_file` at once, at partitioning and at execution, never a
+worker blocked in open(); a file name that is not UTF-8 is refused with
+`undecodable_file_name` and the escaped name, never a 500."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from io import StringIO
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+from django.core.management import call_command
+
+from blueprints_app.models import JobKind
+from blueprints_app.registry import EXECUTORS, ComponentError, load_plugin
+from runs_app import services, tasks
+from runs_app.errors import ServiceError
+from runs_app.models import Partition, PartitionState, Plan, PlanRevision, Run, RunState
+
+PLUGIN_DIR = Path(__file__).resolve().parents[3] / "examples" / "plugins" / "hxo_plugin_linkcheck"
+if str(PLUGIN_DIR) not in sys.path:
+    sys.path.insert(0, str(PLUGIN_DIR))
+load_plugin("hxo_plugin_linkcheck.components", origin="tests")
+
+pytestmark = pytest.mark.django_db
+
+LINKCHECK = "docs.linkcheck"
+BOUND_S = 10.0
+
+# (kind, partitioner, executor, root, a path the stage reads, its content)
+FILE_KINDS = [
+    ("deploy.pack", "by_filesize", "pack_backend", "backend", "backend/api/odd.py", "X = 1\n"),
+    ("deploy.pack", "by_module", "pack_backend", "backend", "backend/api/odd.py", "X = 1\n"),
+    ("deploy.prime", "by_module", "prime_caches", "backend", "backend/api/odd.py", "X = 1\n"),
+    ("deploy.prime", "by_dag_depth", "warm_registry", "backend", "backend/api/odd.py", "X = 1\n"),
+    ("assets.index", "by_asset_bucket", "index_assets", "assets", "assets/styles/odd.css", "a{}"),
+    ("assets.index", "by_filesize", "index_assets", "assets", "assets/styles/odd.css", "a{}"),
+    ("assets.stage", "by_asset_bucket", "index_assets", "assets", "assets/styles/odd.css", "a{}"),
+    ("docs.index", "by_route_map", "docs_index", "docs", "docs/odd.md", "# Odd\n\ntext\n"),
+    (LINKCHECK, "by_doc_pages", "docs_linkcheck", "docs", "docs/odd.md", "# Odd\n\ntext\n"),
+]
+IDS = [f"{k}-{p}-{e}" for k, p, e, *_ in FILE_KINDS]
+# One per partitioner that lists files (the undecodable-name rule is the partitioner's).
+LISTING = list({p: row for row in FILE_KINDS for p in [row[1]]}.values())
+
+
+@pytest.fixture
+def linkcheck_kind(db: None) -> None:
+    from hxo_plugin_linkcheck.components import KIND_DEFINITION
+
+    JobKind.objects.update_or_create(
+        kind=LINKCHECK, defaults={k: v for k, v in KIND_DEFINITION.items() if k != "kind"}
+    )
+
+
+def _stage(kind: str, partitioner: str, executor: str, root: str) -> dict[str, Any]:
+    return {
+        "id": "s",
+        "kind": kind,
+        "partitioner": partitioner,
+        "executor": executor,
+        "params": {"workspace": "demo", "root": root},
+        "depends_on": [],
+    }
+
+
+def bounded(fn: Callable[[], Any], fifo: Path) -> dict[str, Any]:
+    """`fn()` in this thread (it may use the test's database transaction), watched: if it is
+    still running after BOUND_S, a watchdog opens the FIFO for writing, which releases a
+    reader blocked in open(), and the elapsed time fails the test instead of hanging it."""
+    done = threading.Event()
+
+    def watchdog() -> None:
+        if done.wait(BOUND_S):
+            return
+        while not done.is_set():
+            with contextlib.suppress(OSError):  # ENXIO: no reader yet, try again
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watchdog, daemon=True)
+    watcher.start()
+    started = time.monotonic()
+    outcome: dict[str, Any] = {}
+    try:
+        outcome["value"] = fn()
+    except Exception as exc:
+        outcome["error"] = exc
+    finally:
+        done.set()
+        watcher.join(5)
+    outcome["elapsed"] = time.monotonic() - started
+    assert outcome["elapsed"] < BOUND_S, f"blocked for {outcome['elapsed']:.1f} s"
+    return outcome
+
+
+@pytest.mark.parametrize(
+    ("kind", "partitioner", "executor", "root", "rel", "text"), FILE_KINDS, ids=IDS
+)
+def test_a_fifo_at_partitioning_is_refused_at_once(
+    demo_copy, driver, linkcheck_kind, kind, partitioner, executor, root, rel, text
+) -> None:
+    fifo = demo_copy / rel
+    os.mkfifo(fifo)
+    outcome = bounded(lambda: driver.partition(_stage(kind, partitioner, executor, root)), fifo)
+    error = outcome.get("error")
+    assert isinstance(error, ComponentError), outcome
+    assert error.code == "not_a_regular_file"
+    assert rel in error.message and "FIFO" in error.message
+
+
+@pytest.mark.parametrize(
+    ("kind", "partitioner", "executor", "root", "rel", "text"), FILE_KINDS, ids=IDS
+)
+def test_a_file_swapped_for_a_fifo_before_the_apply_fails_its_partition_fast(
+    demo_copy, driver, linkcheck_kind, kind, partitioner, executor, root, rel, text
+) -> None:
+    path = demo_copy / rel
+    path.write_text(text)
+    stage = _stage(kind, partitioner, executor, root)
+    kind_row, manifest, data = driver.partition(stage)
+    owner = [
+        i
+        for i, spec in enumerate(manifest.partitions)
+        if rel.removeprefix(f"{root}/") in str(spec.inputs)
+        or rel in str(spec.fingerprints)
+        or rel in str(data)
+    ]
+    assert owner, "the file is pinned in the manifest"
+    path.unlink()
+    os.mkfifo(path)  # swapped after the dry-run was approved
+    executor_obj = EXECUTORS[executor]()
+    failures = []
+    for i, spec in enumerate(manifest.partitions):
+        ctx = driver.context(stage, kind_row, data, i, spec, dry_run=False)
+        outcome = bounded(lambda ctx=ctx: executor_obj.execute(ctx), path)
+        if "error" in outcome:
+            failures.append(outcome["error"])
+    assert failures, "some partition reads the FIFO"
+    codes = {getattr(e, "code", type(e).__name__) for e in failures}
+    assert codes == {"not_a_regular_file"}, failures
+
+
+@pytest.mark.parametrize(
+    ("kind", "partitioner", "executor", "root", "rel", "text"), LISTING, ids=[r[1] for r in LISTING]
+)
+def test_an_undecodable_file_name_is_refused_with_the_escaped_name(
+    demo_copy, driver, linkcheck_kind, kind, partitioner, executor, root, rel, text
+) -> None:
+    parent = os.fsencode(demo_copy / rel).rsplit(b"/", 1)[0]
+    suffix = os.fsencode(rel).rsplit(b".", 1)[1]
+    with open(parent + b"/\xff." + suffix, "wb") as f:
+        f.write(text.encode())
+    with pytest.raises(ComponentError) as caught:
+        driver.partition(_stage(kind, partitioner, executor, root))
+    assert caught.value.code == "undecodable_file_name"
+    assert "\\xff." + suffix.decode() in caught.value.message
+
+
+def test_a_socket_in_a_workspace_is_refused_too(demo_copy, driver) -> None:
+    import socket
+
+    sock_path = demo_copy / "backend" / "api" / "s.py"
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        server.bind(str(sock_path))
+        with pytest.raises(ComponentError) as caught:
+            driver.partition(_stage("deploy.pack", "by_filesize", "pack_backend", "backend"))
+        assert caught.value.code == "not_a_regular_file"
+    finally:
+        server.close()
+
+
+# --- through the API and the CLI ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "partitioner", "executor", "root", "rel", "text"), LISTING, ids=[r[1] for r in LISTING]
+)
+def test_a_dry_run_over_an_undecodable_name_is_a_400_never_a_500(
+    demo_copy, linkcheck_kind, admiral, api_client_for, kind, partitioner, executor, root, rel, text
+) -> None:
+    parent = os.fsencode(demo_copy / rel).rsplit(b"/", 1)[0]
+    (Path(os.fsdecode(parent + b"/\xff.txt"))).write_text(text)
+    client = api_client_for(admiral)
+    stage = _stage(kind, partitioner, executor, root)
+    plan = client.post("/api/v1/plans/", {"name": "odd", "stages": [stage]}, format="json")
+    assert plan.status_code == 201, plan.json()
+    response = client.post(f"/api/v1/plans/{plan.json()['id']}/dry-run/")
+    assert response.status_code == 400, response.content[:300]
+    error = response.json()["errors"][0]
+    assert error["code"] == "undecodable_file_name"
+    assert "\\xff.txt" in error["message"]
+    assert not Run.objects.exists()
+
+
+@pytest.mark.parametrize("flag", ["--dry-run", "--apply"])
+def test_the_cli_refused_over_an_odd_file_leaves_no_plan_behind(
+    demo_copy, admiral, tmp_path, flag
+) -> None:
+    os.mkfifo(demo_copy / "backend" / "api" / "odd.py")
+    plan_file = tmp_path / "plan.json"
+    stage = _stage("deploy.pack", "by_filesize", "pack_backend", "backend")
+    plan_file.write_text(json.dumps({"name": "odd", "stages": [stage]}))
+    err = StringIO()
+    with pytest.raises(SystemExit) as exited:
+        call_command(
+            "hxo",
+            "--user",
+            admiral.username,
+            "submit",
+            str(plan_file),
+            flag,
+            stderr=err,
+            stdout=StringIO(),
+        )
+    assert exited.value.code == 2
+    assert "not_a_regular_file" in err.getvalue()
+    assert not Plan.objects.exists() and not PlanRevision.objects.exists()
+    assert not Run.objects.exists()
+
+
+def _drain(run_id: int, deadline_s: float = 30.0) -> Run:
+    deadline = time.monotonic() + deadline_s
+    with mock.patch.object(tasks, "close_old_connections", lambda: None):
+        while time.monotonic() < deadline:
+            tasks.drain(run_id, budget_s=30)
+            run = Run.objects.get(pk=run_id)
+            if run.is_finished or run.state == RunState.AWAITING_APPROVAL:
+                return run
+    raise AssertionError(f"run {run_id} did not finish")
+
+
+@pytest.mark.parametrize(
+    ("kind", "partitioner", "executor", "root", "rel", "text"), FILE_KINDS, ids=IDS
+)
+def test_an_apply_over_a_file_swapped_for_a_fifo_fails_fast_and_frees_the_worker(
+    demo_copy, linkcheck_kind, admiral, settings, kind, partitioner, executor, root, rel, text
+) -> None:
+    settings.HXO_RETRY_BACKOFF_MS = 0  # each attempt fails at once; no waiting between them
+    path = demo_copy / rel
+    path.write_text(text)
+    plan = services.plan_create(
+        actor=admiral,
+        document={"name": "odd", "stages": [_stage(kind, partitioner, executor, root)]},
+    )
+    dry = _drain(services.run_start_dry_run(plan=plan, actor=admiral).pk)
+    assert dry.state in (RunState.AWAITING_APPROVAL, RunState.SUCCEEDED)
+    path.unlink()
+    os.mkfifo(path)
+    # Swapped before the apply: the apply resolves the manifest again and refuses at once.
+    refused = bounded(lambda: services.run_apply(plan=plan, actor=admiral), path).get("error")
+    assert isinstance(refused, ServiceError), refused
+    assert refused.errors[0]["code"] == "not_a_regular_file"
+    # Swapped after the apply was accepted: its partition fails fast, the worker goes on.
+    path.unlink()
+    path.write_text(text)
+    run = services.run_apply(plan=plan, actor=admiral, force_rerun=True)
+    path.unlink()
+    os.mkfifo(path)
+    outcome = bounded(lambda: _drain(run.pk), path)
+    assert "value" in outcome, outcome
+    finished = outcome["value"]
+    assert finished.state == RunState.FAILED
+    failed = Partition.objects.filter(run=run, state=PartitionState.FAILED)
+    assert {p.error["code"] for p in failed} == {"not_a_regular_file"}
+    assert all(rel in p.error["message"] for p in failed)
+    assert Partition.objects.filter(run=run, state=PartitionState.RUNNING).count() == 0
