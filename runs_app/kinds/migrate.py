@@ -27,6 +27,13 @@ transaction as the batch (docs/exactly-once.md):
   SQLite's single writer does the same), so the read of the intervals and the batch are one
   critical section.
 
+The target's identity is part of every key by where the ledger lives: each target's tables
+are in that target, so a lookup only ever sees what was applied to these very rows. The
+identity HXO resolved (`Target.identity`) is recorded in each row's `target` column but is
+not matched on: two spellings of one database (`localhost` and `127.0.0.1`, two target names,
+a file moved or restored elsewhere) would otherwise look like two targets and apply a batch
+twice to the same rows.
+
 Every ledger row carries the run, partition and fence that wrote it. Before COMMIT the
 executor re-checks its fence against HXO's database (`ctx.check_fence()`, a fresh query), and
 on PostgreSQL the transaction runs with `idle_in_transaction_session_timeout` below the lease,
@@ -114,14 +121,14 @@ LEDGER_DDL = (
     partition_id BIGINT NOT NULL,
     fence BIGINT NOT NULL,
     applied_at VARCHAR(40) NOT NULL,
-    PRIMARY KEY (target, batch_sha256)
+    PRIMARY KEY (batch_sha256)
 )""",
     f"""CREATE TABLE IF NOT EXISTS {BACKFILLS_TABLE} (
     target VARCHAR(1000) NOT NULL,
     template_sha256 VARCHAR(64) NOT NULL,
     template TEXT NOT NULL,
     created_at VARCHAR(40) NOT NULL,
-    PRIMARY KEY (target, template_sha256)
+    PRIMARY KEY (template_sha256)
 )""",
     f"""CREATE TABLE IF NOT EXISTS {INTERVALS_TABLE} (
     target VARCHAR(1000) NOT NULL,
@@ -133,7 +140,7 @@ LEDGER_DDL = (
     partition_id BIGINT NOT NULL,
     fence BIGINT NOT NULL,
     applied_at VARCHAR(40) NOT NULL,
-    PRIMARY KEY (target, template_sha256, key_first),
+    PRIMARY KEY (template_sha256, key_first),
     CHECK (key_first <= key_last)
 )""",
 )
@@ -596,26 +603,25 @@ def _legacy_rows(conn: TargetConnection, batch: Batch) -> int | None:
     )
 
 
-def _ledgered_batch(conn: TargetConnection, identity: str, sha: str) -> int | None:
+def _ledgered_batch(conn: TargetConnection, sha: str) -> int | None:
     return conn.scalar(
-        f"SELECT rows_affected FROM {BATCHES_TABLE} WHERE target = :t AND batch_sha256 = :h",
-        {"t": identity, "h": sha},
+        f"SELECT rows_affected FROM {BATCHES_TABLE} WHERE batch_sha256 = :h", {"h": sha}
     )
 
 
 def _intervals(
-    conn: TargetConnection, identity: str, template: str, first: int, last: int
+    conn: TargetConnection, template: str, first: int, last: int
 ) -> list[tuple[int, int, int]]:
     """Ledgered intervals (key_first, key_last, rows_affected) that overlap [first, last],
     in key order. They are disjoint, so the only one that can start before `first` is the
     one with the largest key_first <= first: the scan starts there (an index range)."""
     rows = conn.execute(
         f"SELECT key_first, key_last, rows_affected FROM {INTERVALS_TABLE} "
-        "WHERE target = :t AND template_sha256 = :h AND key_first <= :last AND key_last >= :first "
+        "WHERE template_sha256 = :h AND key_first <= :last AND key_last >= :first "
         "AND key_first >= COALESCE((SELECT MAX(key_first) FROM "
-        f"{INTERVALS_TABLE} WHERE target = :t AND template_sha256 = :h AND key_first <= :first), "
+        f"{INTERVALS_TABLE} WHERE template_sha256 = :h AND key_first <= :first), "
         ":first) ORDER BY key_first",
-        {"t": identity, "h": template, "first": first, "last": last},
+        {"h": template, "first": first, "last": last},
     ).fetchall()
     return [(int(a), int(b), int(n)) for a, b, n in rows]
 
@@ -661,9 +667,8 @@ def _lock_template(
         )
         if conn.vendor == POSTGRESQL:
             conn.execute(
-                f"SELECT 1 FROM {BACKFILLS_TABLE} WHERE target = :t AND template_sha256 = :h "
-                "FOR UPDATE",
-                {"t": identity, "h": template},
+                f"SELECT 1 FROM {BACKFILLS_TABLE} WHERE template_sha256 = :h FOR UPDATE",
+                {"h": template},
             )
 
 
@@ -697,11 +702,10 @@ def _replay_earlier_batches(
         return
     size = int(ctx.manifest.get("batch_size", 1))
     statements = ctx.manifest["statements"]
-    identity = conn.target.identity
     for earlier in range(batch.batch_id):
         chunk = statements[earlier * size : (earlier + 1) * size]
         prior = Batch(earlier, "statements", statements=list(chunk))
-        if has_ledger and _ledgered_batch(conn, identity, batch_sha256(prior.work)) is not None:
+        if has_ledger and _ledgered_batch(conn, batch_sha256(prior.work)) is not None:
             continue
         if _legacy_rows(conn, prior) is not None:
             continue
@@ -755,11 +759,11 @@ class SqlMigrate(Executor):
                 return None
             identity = target.identity
             if batch.mode == "statements":
-                rows = _ledgered_batch(conn, identity, batch_sha256(batch.work))
+                rows = _ledgered_batch(conn, batch_sha256(batch.work))
                 if rows is None:
                     return None
                 return self._output(batch, int(rows), "already_applied", identity)
-            covered = _intervals(conn, identity, _sha(batch.sql), batch.first, batch.last)
+            covered = _intervals(conn, _sha(batch.sql), batch.first, batch.last)
             if uncovered(batch.first, batch.last, covered):
                 return None
             return self._output(batch, _rows_within(batch, covered), "already_applied", identity)
@@ -787,8 +791,8 @@ class SqlMigrate(Executor):
                 return False
             if batch.mode == "statements":
                 sha = batch_sha256(batch.work)
-                return _ledgered_batch(conn, target.identity, sha) is not None
-            covered = _intervals(conn, target.identity, _sha(batch.sql), batch.first, batch.last)
+                return _ledgered_batch(conn, sha) is not None
+            covered = _intervals(conn, _sha(batch.sql), batch.first, batch.last)
             return not uncovered(batch.first, batch.last, covered)
 
     # --- dry-run --------------------------------------------------------------------------
@@ -815,7 +819,7 @@ class SqlMigrate(Executor):
         if batch.mode == "statements":
             sha = batch_sha256(batch.work)
             base.update({"statements": batch.statements, "batch_sha256": sha})
-            ledgered = _ledgered_batch(conn, identity, sha) if has_ledger else None
+            ledgered = _ledgered_batch(conn, sha) if has_ledger else None
             if ledgered is None:
                 ledgered = _legacy_rows(conn, batch)
             if ledgered is not None:
@@ -831,9 +835,7 @@ class SqlMigrate(Executor):
             what = ""
         else:
             template = _sha(batch.sql)
-            covered = (
-                _intervals(conn, identity, template, batch.first, batch.last) if has_ledger else []
-            )
+            covered = _intervals(conn, template, batch.first, batch.last) if has_ledger else []
             if _legacy_rows(conn, batch) is not None:
                 covered = [(batch.first, batch.last, 0)]
             pieces = uncovered(batch.first, batch.last, covered)
@@ -937,15 +939,14 @@ class SqlMigrate(Executor):
                 {**key, "n": len(batch.statements), **self._stamp(ctx)},
             ).rowcount
         if claimed != 1:
-            return int(_ledgered_batch(conn, key["t"], key["h"]) or 0), "already_applied"
+            return int(_ledgered_batch(conn, key["h"]) or 0), "already_applied"
         legacy = _legacy_rows(conn, batch)
         if legacy is not None:
             return int(legacy), "already_applied"  # rolled back: v1 keeps recording it
         rows = _run(conn, batch.work, beat)
         conn.execute(
-            f"UPDATE {BATCHES_TABLE} SET rows_affected = :rows "
-            "WHERE target = :t AND batch_sha256 = :h",
-            {**key, "rows": rows},
+            f"UPDATE {BATCHES_TABLE} SET rows_affected = :rows WHERE batch_sha256 = :h",
+            {"h": key["h"], "rows": rows},
         )
         return rows, "applied"
 
@@ -959,7 +960,7 @@ class SqlMigrate(Executor):
     ) -> tuple[int, str]:
         identity, template = conn.target.identity, _sha(batch.sql)
         _lock_template(conn, identity, template, batch.sql, timeouts)
-        covered = _intervals(conn, identity, template, batch.first, batch.last)
+        covered = _intervals(conn, template, batch.first, batch.last)
         pieces = uncovered(batch.first, batch.last, covered)
         if not pieces:
             return _rows_within(batch, covered), "already_applied"

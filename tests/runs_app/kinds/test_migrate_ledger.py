@@ -215,6 +215,44 @@ def test_two_names_for_one_database_share_its_ledger(driver, sqlite_target, tmp_
     assert price("one") == 110
 
 
+def test_a_moved_database_file_is_not_migrated_again(driver, sqlite_target, settings):
+    # The ledger lives in the target: a file moved (or restored) to another path carries it,
+    # so the same batch is already applied to these rows although the identity HXO resolves
+    # for the target changed. Matching on the identity would raise the price twice.
+    path = sqlite_target("one")
+    make_products("one")
+    driver.run(statements_stage("one", PRICES), dry_run=False)
+    moved = path.with_name("moved.sqlite3")
+    path.rename(moved)
+    settings.HXO_DATABASE_TARGETS = {**settings.HXO_DATABASE_TARGETS, "one": f"sqlite:///{moved}"}
+
+    run = driver.run(statements_stage("one", PRICES), dry_run=False)
+
+    assert run.results[0]["ledger"] == "already_applied"
+    assert price("one") == 110
+    assert len(batches("one")) == 1
+
+
+@pytest.mark.postgres
+def test_one_postgresql_database_spelled_two_ways_is_migrated_once(driver, pg_target, settings):
+    # localhost and 127.0.0.1 are two identities for one database: the backfill and the
+    # statements each apply once, whichever spelling runs second.
+    assert "127.0.0.1" in pg_target
+    other = pg_target.replace("127.0.0.1", "localhost")
+    settings.HXO_DATABASE_TARGETS = {**settings.HXO_DATABASE_TARGETS, "pg2": other}
+    assert get_target("pg2").identity != get_target("pg").identity
+    make_products("pg")
+    make_items("pg", list(range(1, 21)))
+
+    for name in ("pg", "pg2"):
+        driver.run(statements_stage(name, PRICES), dry_run=False)
+        driver.run(items_stage(name, batch_size=7), dry_run=False)
+
+    assert price("pg") == 110
+    assert set(values("pg").values()) == {"xx"}
+    assert len(batches("pg")) == 1
+
+
 def test_a_statement_list_with_a_repeated_batch_is_refused(driver, target):
     make_products(target)
     stage = statements_stage(target, [*PRICES, "SELECT 1", *PRICES])
