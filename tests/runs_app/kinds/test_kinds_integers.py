@@ -113,7 +113,10 @@ BASES: dict[str, dict[str, Any]] = {
         "kind": "deploy.migrate",
         "partitioner": "by_sql_batch",
         "executor": "sql_migrate",
-        "params": {"target": "t", "statements": ["UPDATE items SET v = v + 1"] * 3},
+        "params": {
+            "target": "t",
+            "statements": [f"UPDATE items SET v = v + {i}" for i in (1, 2, 3)],
+        },
     },
     "by_sql_batch/backfill": {
         "kind": "deploy.migrate",
