@@ -3,9 +3,10 @@
 One place for rules the services enforce and the pages show, so that a page never offers an
 action the service refuses (issue 11 §4):
 
-- Four-eyes over every author: nobody who wrote a revision of the plan since its last
-  successful apply (up to the revision under review), nor anyone who requested the dry-run or
-  a dry-run it replays, may decide on it, unless `HXO_ALLOW_SELF_APPROVAL`.
+- Four-eyes over every author: nobody who shaped what the dry-run would run (wrote a stage's
+  content, or removed a stage, that no apply reviewed by someone else has run since; see
+  `shapers`), nor anyone who requested the dry-run or a dry-run it replays, may decide on
+  it, unless `HXO_ALLOW_SELF_APPROVAL`.
 - One approval, one apply: an apply that names a dry-run consumes the approval of that
   dry-run's replay lineage (`Run.consumed_dry_run`, unique in the database).
 - An approval expires `HXO_APPROVAL_TTL_HOURS` after it was given.
@@ -17,6 +18,7 @@ action the service refuses (issue 11 §4):
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,6 +27,7 @@ from django.utils import timezone
 
 from blueprints_app import codes
 from runs_app.errors import ServiceError
+from runs_app.hashing import canonical_json
 from runs_app.models import Approval, Partition, PlanRevision, Run, RunMode, RunState
 
 # How many uncovered partitions a refusal lists (the count is always complete).
@@ -61,18 +64,126 @@ def descendants(root: Run) -> list[Run]:
         chain.append(child)
 
 
-# --- Four-eyes ------------------------------------------------------------------------------
+# --- Four-eyes ---------------------------------------------------------------------------
+#
+# Who shaped what a dry-run would run is decided on content, not on a window of revisions: a
+# later apply of other content clears nobody (issue 11 round 2, finding 5). A stage's content
+# is its canonical JSON without its id; its fragments are that whole content, the stage under
+# its id, and every string leaf of its params (a SQL statement, a path) under its kind, so
+# content moved to another stage id, or kept verbatim inside an edited stage, keeps its
+# authors. A fragment is cleared up to the newest revision that an apply reviewed by someone
+# (its dry-run approved) ran successfully with that fragment in it; the authors of every
+# later revision (up to the one under review) in which the fragment appeared, changed or
+# re-appeared, and of every revision since the plan's last successful apply that removed a
+# stage, are the shapers of the dry-run. A revision that changed only the name or the
+# description shapes nothing that runs.
+
+
+def _string_leaves(value: Any) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _string_leaves(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _string_leaves(item)
+
+
+def stage_fragments(document: dict[str, Any]) -> dict[str, set[str]]:
+    """What runs in a plan document, as {stage id: fragments}; each fragment a string key.
+
+    Fragments of a stage: `content:<canonical JSON without the id>` (its kind, partitioner,
+    executor, params, depends_on and limits), `stage:<id>:<that JSON>`, and
+    `leaf:<kind>:<string>` for every string anywhere in its params."""
+    out: dict[str, set[str]] = {}
+    for stage in document.get("stages") or []:
+        if not isinstance(stage, dict):
+            continue
+        sid = str(stage.get("id", ""))
+        content = canonical_json({k: v for k, v in stage.items() if k != "id"})
+        kind = str(stage.get("kind", ""))
+        fragments = {f"content:{content}", f"stage:{sid}:{content}"}
+        fragments.update(f"leaf:{kind}:{leaf}" for leaf in _string_leaves(stage.get("params")))
+        out[sid] = fragments
+    return out
+
+
+def shapers(
+    history: list[tuple[int, int | None, dict[str, Any]]],
+    number: int,
+    reviewed_applies: Iterable[int],
+    applies: Iterable[int],
+) -> dict[int, int]:
+    """{user id: newest revision number by which they shaped revision `number`'s stages}.
+
+    `history`: the plan's revisions as (number, author id, document), any order;
+    `reviewed_applies`: revision numbers that a successful apply of an approved dry-run ran;
+    `applies`: revision numbers of every successful apply. Only revisions up to `number`
+    count (later ones are not what is under review)."""
+    docs = {n: (author, stage_fragments(doc)) for n, author, doc in history if n <= number}
+    if number not in docs:
+        return {}
+    numbers = sorted(docs)
+    flat = {n: set().union(*docs[n][1].values()) if docs[n][1] else set() for n in numbers}
+    reviewed = sorted({n for n in reviewed_applies if n in docs})
+    out: dict[int, int] = {}
+
+    def shaped(author: int | None, n: int) -> None:
+        if author is not None:
+            out[author] = max(out.get(author, 0), n)
+
+    for fragment in flat[number]:
+        cleared = max((n for n in reviewed if fragment in flat[n]), default=0)
+        previous: set[str] = set()
+        for n in numbers:
+            if n > cleared and fragment in flat[n] and fragment not in previous:
+                shaped(docs[n][0], n)
+            previous = flat[n]
+    # A stage whose content changed in place under the same id (the leaves above catch what
+    # was kept; this catches the author of what was there before, e.g. one statement edited).
+    for sid, fragments in docs[number][1].items():
+        exact = f"stage:{sid}:"
+        mine = next(f for f in fragments if f.startswith(exact))
+        cleared = max((n for n in reviewed if mine in flat[n]), default=0)
+        before: str | None = None
+        for n in numbers:
+            now = next((f for f in docs[n][1].get(sid, ()) if f.startswith(exact)), None)
+            if n > cleared and now is not None and now != before:
+                shaped(docs[n][0], n)
+            before = now
+    # A removal changes what runs: its author shaped every later revision until an apply.
+    last_apply = max((n for n in applies if n in docs), default=0)
+    for previous_n, n in itertools.pairwise(numbers):
+        if n > last_apply and set(docs[previous_n][1]) - set(docs[n][1]):
+            shaped(docs[n][0], n)
+    return out
 
 
 def _reasons(
-    runs: list[Run], user: Any, *, revisions: dict[int, list[tuple[int, int | None]]]
+    runs: list[Run],
+    user: Any,
+    *,
+    revisions: dict[int, list[tuple[int, int | None, dict[str, Any]]]],
 ) -> dict[int, str | None]:
     applied: dict[int, list[int]] = {}
+    reviewed: dict[int, list[int]] = {}
     plan_ids = {r.plan_id for r in runs}
-    for plan_id, number in Run.objects.filter(
-        plan_id__in=plan_ids, mode=RunMode.APPLY, state=RunState.SUCCEEDED
-    ).values_list("plan_id", "revision__number"):
+    rows = list(
+        Run.objects.filter(
+            plan_id__in=plan_ids, mode=RunMode.APPLY, state=RunState.SUCCEEDED
+        ).values_list("plan_id", "revision__number", "dry_run_id")
+    )
+    approved = set(
+        Approval.objects.filter(
+            run_id__in={d for _, _, d in rows if d is not None},
+            decision=Approval.Decision.APPROVE,
+        ).values_list("run_id", flat=True)
+    )
+    for plan_id, number, dry_run_id in rows:
         applied.setdefault(plan_id, []).append(number)
+        if dry_run_id in approved:
+            reviewed.setdefault(plan_id, []).append(number)
     # Requesters of the dry-runs each run replays (replays of dry-runs are rare: one query).
     parent_requesters: dict[int, list[tuple[int, int | None]]] = {}
     for run in runs:
@@ -83,23 +194,21 @@ def _reasons(
         out[run.pk] = None
         if settings.HXO_ALLOW_SELF_APPROVAL:
             continue
-        number = run.revision.number
-        if run.revision.author_id == user.pk:
-            out[run.pk] = f"revision {number}: you wrote this revision of the plan"
-            continue
         if run.requested_by_id == user.pk:
             out[run.pk] = "you requested this dry-run"
             continue
-        since = max((n for n in applied.get(run.plan_id, []) if n <= number), default=0)
-        mine = [
-            n
-            for n, author in revisions.get(run.plan_id, [])
-            if since < n <= number and author == user.pk
-        ]
-        if mine:
+        number = run.revision.number
+        shaped = shapers(
+            revisions.get(run.plan_id, []),
+            number,
+            reviewed.get(run.plan_id, []),
+            applied.get(run.plan_id, []),
+        )
+        if user.pk in shaped:
             out[run.pk] = (
-                f"you wrote revision {max(mine)} of the plan, and no apply of the plan has "
-                "succeeded since"
+                f"you wrote revision {shaped[user.pk]} of the plan, which shaped stages this "
+                f"dry-run of revision {number} would run, and no apply reviewed by someone "
+                "else has run that content since"
             )
             continue
         earlier = next(
@@ -114,17 +223,19 @@ def _reasons(
 def decision_reasons(runs: Iterable[Run], user: Any) -> dict[int, str | None]:
     """For each dry-run (its `revision` loaded), why `user` may not decide on it, or None.
 
-    Queries: one for the plans' revisions, one for their successful applies, and one per
+    Nobody who requested the dry-run (or one it replays), nor any shaper of its stages
+    (`shapers`), may decide, unless `HXO_ALLOW_SELF_APPROVAL`. Queries: one for the plans'
+    revisions, two for their successful applies and the approvals behind them, and one per
     replay level of replayed dry-runs, whatever the number of runs.
     """
     runs = list(runs)
     if not runs:
         return {}
-    revisions: dict[int, list[tuple[int, int | None]]] = {}
-    for plan_id, number, author in PlanRevision.objects.filter(
+    revisions: dict[int, list[tuple[int, int | None, dict[str, Any]]]] = {}
+    for plan_id, number, author, document in PlanRevision.objects.filter(
         plan_id__in={r.plan_id for r in runs}
-    ).values_list("plan_id", "number", "author_id"):
-        revisions.setdefault(plan_id, []).append((number, author))
+    ).values_list("plan_id", "number", "author_id", "document"):
+        revisions.setdefault(plan_id, []).append((number, author, document or {}))
     return _reasons(runs, user, revisions=revisions)
 
 

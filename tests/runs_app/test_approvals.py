@@ -204,9 +204,12 @@ def cast4(db) -> dict[str, User]:
     return {name: user_in(name, "admiral") for name in ("first", "editor", "requester", "fresh")}
 
 
-def four_eyes_plan(tmp_path: Path, cast4: dict[str, User], *, applied_first: bool) -> Run:
-    """`first` writes revision 1 (applied, when `applied_first`), `editor` writes revision 2,
-    `requester` starts its dry-run."""
+def four_eyes_plan(
+    tmp_path: Path, cast4: dict[str, User], *, applied_first: bool, edit: str = "description"
+) -> Run:
+    """`first` writes revision 1 (applied under `fresh`'s review, when `applied_first`),
+    `editor` writes revision 2 (its description, or a second stage: `edit`), `requester`
+    starts its dry-run."""
     plan = services.plan_create(
         actor=cast4["first"], document={"name": "p", "stages": [stage("a", tmp_path, items=2)]}
     )
@@ -215,29 +218,40 @@ def four_eyes_plan(tmp_path: Path, cast4: dict[str, User], *, applied_first: boo
         services.run_approve(run=dry, actor=cast4["fresh"])
         run = services.run_apply(plan=plan, actor=cast4["requester"], dry_run_id=dry.pk)
         assert drain_all(run).state == RunState.SUCCEEDED
-    services.plan_update(
-        plan=plan, actor=cast4["editor"], document={"description": "edited"}, partial=True
-    )
+    if edit == "description":
+        document: dict[str, Any] = {"description": "edited"}
+    else:
+        document = {"stages": [stage("a", tmp_path, items=2), stage("b", tmp_path, items=1)]}
+    services.plan_update(plan=plan, actor=cast4["editor"], document=document, partial=True)
     return drain_all(services.run_start_dry_run(plan=plan, actor=cast4["requester"]))
 
 
+# Rows changed in round 2 (finding 5): an editor of the description alone shaped nothing that
+# runs, so they are a second pair of eyes (they used to be refused as "an author since the
+# last apply"); who shaped a stage is decided on its content, not on a window of revisions.
 @pytest.mark.parametrize(
-    ("who", "applied_first", "refused_because"),
+    ("who", "applied_first", "edit", "refused_because"),
     [
-        ("first", False, "revision 1"),
-        ("editor", False, "revision 2"),
-        ("requester", False, "requested"),
-        ("fresh", False, None),
-        ("first", True, None),  # authored only before the last successful apply
-        ("editor", True, "revision 2"),
-        ("requester", True, "requested"),
-        ("fresh", True, None),
+        ("first", False, "description", "revision 1"),
+        ("editor", False, "description", None),  # a description shapes nothing that runs
+        ("requester", False, "description", "requested"),
+        ("fresh", False, "description", None),
+        ("first", True, "description", None),  # their stage was applied under fresh's review
+        ("editor", True, "description", None),
+        ("requester", True, "description", "requested"),
+        ("fresh", True, "description", None),
+        ("first", False, "stage", "revision 1"),
+        ("editor", False, "stage", "revision 2"),
+        ("first", True, "stage", None),  # stage a unchanged since a reviewed apply
+        ("editor", True, "stage", "revision 2"),
+        ("requester", True, "stage", "requested"),
+        ("fresh", True, "stage", None),
     ],
 )
 def test_four_eyes_role_matrix(
-    test_kinds, tmp_path, cast4, who, applied_first, refused_because, client_for_views
+    test_kinds, tmp_path, cast4, who, applied_first, edit, refused_because, client_for_views
 ) -> None:
-    dry = four_eyes_plan(tmp_path, cast4, applied_first=applied_first)
+    dry = four_eyes_plan(tmp_path, cast4, applied_first=applied_first, edit=edit)
     user = cast4[who]
 
     # What the pages offer agrees with what the service does.
