@@ -207,14 +207,27 @@ class JobKindAdmin(admin.ModelAdmin):
         return obj.default_slo_ms
 
     def save_model(self, request: HttpRequest, obj: JobKind, form: Any, change: bool) -> None:
-        job_kind_save(job_kind=obj, user=request.user, changed_fields=form.changed_data)
+        job_kind_save(
+            job_kind=obj,
+            user=request.user,
+            changed_fields=form.changed_data,
+            via="admin",
+            client_ip=request.META.get("REMOTE_ADDR"),
+        )
 
     def delete_model(self, request: HttpRequest, obj: JobKind) -> None:
-        job_kind_delete(job_kind=obj, user=request.user)
+        job_kind_delete(
+            job_kind=obj, user=request.user, via="admin", client_ip=request.META.get("REMOTE_ADDR")
+        )
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[JobKind]) -> None:
         for obj in queryset:
-            job_kind_delete(job_kind=obj, user=request.user)
+            job_kind_delete(
+                job_kind=obj,
+                user=request.user,
+                via="admin",
+                client_ip=request.META.get("REMOTE_ADDR"),
+            )
 
 
 class JobKindVersionForm(forms.ModelForm):
@@ -300,6 +313,8 @@ class JobKindVersionAdmin(admin.ModelAdmin):
         job_kind_version_update(
             row=obj,
             user=request.user,
+            via="admin",
+            client_ip=request.META.get("REMOTE_ADDR"),
             sunset_at=form.cleaned_data.get("sunset_at"),
             migration=form.cleaned_data.get("migration") or [],
         )

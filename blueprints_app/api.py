@@ -78,7 +78,12 @@ class JobKindViewSet(viewsets.ModelViewSet):
         return [RegistryAdmin()]
 
     def perform_destroy(self, instance: JobKind) -> None:
-        job_kind_delete(job_kind=instance, user=self.request.user)
+        job_kind_delete(
+            job_kind=instance,
+            user=self.request.user,
+            via="api",
+            client_ip=self.request.META.get("REMOTE_ADDR"),
+        )
 
     @extend_schema(
         summary="Versions of a job kind, oldest first, the current one included",
@@ -121,7 +126,13 @@ class JobKindViewSet(viewsets.ModelViewSet):
             data = JobKindVersionUpdateSerializer(data=body)
             data.is_valid(raise_exception=True)
             try:
-                row = job_kind_version_update(row=row, user=request.user, **data.validated_data)
+                row = job_kind_version_update(
+                    row=row,
+                    user=request.user,
+                    via="api",
+                    client_ip=request.META.get("REMOTE_ADDR"),
+                    **data.validated_data,
+                )
             except JobKindInvalid as exc:
                 raise validation_error(exc.result) from None
         context = {"current_version": job_kind.version}

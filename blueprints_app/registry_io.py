@@ -29,7 +29,9 @@ from blueprints_app.models import VERSIONED_FIELDS, JobKind, JobKindVersion
 from blueprints_app.registry import EXECUTORS, PARTITIONERS
 from blueprints_app.serializers import JobKindSerializer, JobKindVersionSerializer
 from blueprints_app.services import (
+    VERSION_IMPORTED,
     JobKindInvalid,
+    audit_registry_write,
     contract_changes,
     job_kind_save,
     job_kind_version_update,
@@ -210,7 +212,7 @@ def _import_kind(i: int, entry: Any, user: Any) -> KindImport:
     # The kind first, at the file's version: history rows the file adds below are older, and
     # saving after them would count them as versions this registry already went through.
     try:
-        job_kind_save(job_kind=job_kind, user=user, version=version)
+        job_kind_save(job_kind=job_kind, user=user, version=version, via="import")
     except JobKindInvalid as exc:
         raise RegistryImportError(
             [_issue(f"{path}.{e.path}", e.code, e.message) for e in exc.result.errors]
@@ -231,6 +233,16 @@ def _import_kind(i: int, entry: Any, user: Any) -> KindImport:
         )
         if created:
             added.append(number)
+            audit_registry_write(
+                action=VERSION_IMPORTED,
+                user=user,
+                via="import",
+                client_ip=None,
+                object_type="jobkindversion",
+                object_id=f"{name}@{number}",
+                before=None,
+                after=row.contract,
+            )
         elif contract_changes(row.contract, contract):
             raise RegistryImportError(
                 [
@@ -250,7 +262,7 @@ def _import_kind(i: int, entry: Any, user: Any) -> KindImport:
                 updates["sunset_at"] = sunset_at
         if updates:
             try:
-                job_kind_version_update(row=row, user=user, **updates)
+                job_kind_version_update(row=row, user=user, via="import", **updates)
             except JobKindInvalid as exc:
                 raise RegistryImportError(
                     [_issue(f"{at}.{e.path}", e.code, e.message) for e in exc.result.errors]

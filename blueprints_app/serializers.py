@@ -122,6 +122,8 @@ class JobKindSerializer(serializers.ModelSerializer):
                 job_kind=job_kind,
                 user=getattr(request, "user", None),
                 changed_fields=changed,
+                via=self.context.get("via", "api" if request is not None else ""),
+                client_ip=request.META.get("REMOTE_ADDR") if request is not None else None,
             )
         except JobKindInvalid as exc:
             raise validation_error(exc.result) from None

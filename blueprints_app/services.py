@@ -3,7 +3,9 @@
 Every registry write (admin, API, `hxo_load_registry`, `hxo_registry import`) goes through
 `job_kind_save` and `job_kind_delete`, so that versioning of registry edits has one place to
 live: a change to a contract field (`models.VERSIONED_FIELDS`) makes a new version, and every
-version's contract is kept in `JobKindVersion` for the plans pinned to it.
+version's contract is kept in `JobKindVersion` for the plans pinned to it. Every write that
+changes something records one audit event (who, what, when, from where, the changed fields
+before and after); one that loosens a kind's safety policy is `registry.safety_loosened`.
 """
 
 from __future__ import annotations
@@ -60,6 +62,86 @@ def contract_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]
     return [f for f in VERSIONED_FIELDS if before.get(f) != after.get(f)]
 
 
+# Fields of a kind row an audit event compares (everything an admin or the API can set).
+AUDITED_FIELDS = (
+    "kind",
+    "description",
+    *VERSIONED_FIELDS,
+    "version",
+    "deprecated",
+    "sunset_at",
+    "replaced_by",
+)
+# Audit actions of registry writes (runs_app.models.AuditEvent.action).
+KIND_CREATED = "registry.kind_create"
+KIND_UPDATED = "registry.kind_update"
+KIND_DELETED = "registry.kind_delete"
+SAFETY_LOOSENED = "registry.safety_loosened"
+VERSION_UPDATED = "registry.version_update"
+VERSION_IMPORTED = "registry.version_import"
+
+
+def _json(value: Any) -> Any:
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _row(obj: Any, fields: Iterable[str]) -> dict[str, Any]:
+    return {f: _json(getattr(obj, f)) for f in fields}
+
+
+def safety_loosened(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The safety-policy fields whose change lets more through: `require_dry_run` switched
+    off, `allow_non_idempotent` switched on, fewer `required_approvals`."""
+    out = []
+    if before.get("require_dry_run") and not after.get("require_dry_run"):
+        out.append("require_dry_run")
+    if not before.get("allow_non_idempotent") and after.get("allow_non_idempotent"):
+        out.append("allow_non_idempotent")
+    if (after.get("required_approvals") or 0) < (before.get("required_approvals") or 0):
+        out.append("required_approvals")
+    return out
+
+
+def audit_registry_write(
+    *,
+    action: str,
+    user: Any,
+    via: str,
+    client_ip: str | None,
+    object_type: str,
+    object_id: str,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+) -> None:
+    """One audit event for a registry write, with only the fields that changed (all of them
+    for a create or a delete). No event when nothing changed."""
+    from runs_app.audit import audit  # the audit log lives with the runs (AuditEvent)
+
+    if before is not None and after is not None:
+        changed = [f for f in after if before.get(f) != after.get(f)]
+        if not changed:
+            return
+        before = {f: before.get(f) for f in changed}
+        after = {f: after[f] for f in changed}
+    detail: dict[str, Any] = {"via": via}
+    loosened = safety_loosened(before or {}, after or {}) if before and after else []
+    if loosened:
+        action = SAFETY_LOOSENED
+        detail["loosened"] = loosened
+    audit(
+        actor=user if _author(user) is not None else (f"system ({via})" if via else None),
+        action=action,
+        object_type=object_type,
+        object_id=object_id,
+        client_ip=client_ip,
+        before=before,
+        after=after,
+        detail=detail,
+    )
+
+
 def latest_history_version(kind: str) -> int:
     return JobKindVersion.objects.filter(kind=kind).aggregate(m=Max("version"))["m"] or 0
 
@@ -71,6 +153,8 @@ def job_kind_save(
     user: Any = None,
     changed_fields: Iterable[str] = (),
     version: int | None = None,
+    via: str = "",
+    client_ip: str | None = None,
 ) -> JobKind:
     """Validate and store a new or edited job kind, versioning contract changes.
 
@@ -82,6 +166,8 @@ def job_kind_save(
 
     `version` is for imports: the version number the exported registry had, kept so that
     revisions pinned elsewhere mean the same here. It may not go backwards.
+
+    `via` (api, admin, import, hxo_load_registry) and `client_ip` go into the audit event.
     """
     result = validate_job_kind(job_kind_data(job_kind))
     if not result.valid:
@@ -93,6 +179,7 @@ def job_kind_save(
     )
     last = latest_history_version(job_kind.kind)
     previous = contract_snapshot(stored) if stored is not None else None
+    audit_before = _row(stored, AUDITED_FIELDS) if stored is not None else None
     if previous is None:
         changed = list(VERSIONED_FIELDS)
         floor = last + 1
@@ -123,6 +210,16 @@ def job_kind_save(
             "changed_fields": [] if stored is None else changed,
             "created_by": _author(user),
         },
+    )
+    audit_registry_write(
+        action=KIND_CREATED if stored is None else KIND_UPDATED,
+        user=user,
+        via=via,
+        client_ip=client_ip,
+        object_type="jobkind",
+        object_id=job_kind.kind,
+        before=audit_before,
+        after=_row(job_kind, AUDITED_FIELDS),
     )
     return job_kind
 
@@ -160,6 +257,8 @@ def job_kind_version_update(
     user: Any = None,
     sunset_at: Any = ...,
     migration: Any = ...,
+    via: str = "",
+    client_ip: str | None = None,
 ) -> JobKindVersion:
     """Set when an older version stops running, or the steps that migrate plans off it.
 
@@ -168,17 +267,44 @@ def job_kind_version_update(
     result = check_version_update(row, sunset_at=sunset_at, migration=migration)
     if not result.valid:
         raise JobKindInvalid(result)
+    # Before: the stored row (an admin form has already set its values on `row`).
+    stored = JobKindVersion.objects.select_for_update().filter(pk=row.pk).first()
+    fields = ("sunset_at", "migration")
+    before = _row(stored, fields) if stored is not None else None
     if sunset_at is not ...:
         row.sunset_at = sunset_at
     if migration is not ...:
         row.migration = migration
     row.save(update_fields=["sunset_at", "migration"])
+    audit_registry_write(
+        action=VERSION_UPDATED,
+        user=user,
+        via=via,
+        client_ip=client_ip,
+        object_type="jobkindversion",
+        object_id=f"{row.kind}@{row.version}",
+        before=before,
+        after=_row(row, fields),
+    )
     return row
 
 
 @transaction.atomic
-def job_kind_delete(*, job_kind: JobKind, user: Any = None) -> None:
+def job_kind_delete(
+    *, job_kind: JobKind, user: Any = None, via: str = "", client_ip: str | None = None
+) -> None:
+    before = _row(job_kind, AUDITED_FIELDS)
     job_kind.delete()
+    audit_registry_write(
+        action=KIND_DELETED,
+        user=user,
+        via=via,
+        client_ip=client_ip,
+        object_type="jobkind",
+        object_id=before["kind"],
+        before=before,
+        after=None,
+    )
 
 
 @transaction.atomic

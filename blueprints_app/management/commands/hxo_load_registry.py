@@ -44,7 +44,7 @@ class Command(BaseCommand):
             for field, value in entry.items():
                 setattr(job_kind, field, value)
             try:
-                job_kind_save(job_kind=job_kind, changed_fields=changed)
+                job_kind_save(job_kind=job_kind, changed_fields=changed, via="hxo_load_registry")
             except JobKindInvalid as exc:
                 raise CommandError(f"contract kind {name} is not valid here: {exc}") from None
             counts[action] += 1
