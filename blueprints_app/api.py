@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.http import Http404
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import generics, status, viewsets
@@ -13,7 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from blueprints_app import codes
+from blueprints_app import codes, parameters
 from blueprints_app.api_errors import ApiError
 from blueprints_app.models import JobKind, JobKindVersion
 from blueprints_app.permissions import RegistryAdmin, capability_required
@@ -110,7 +111,11 @@ class JobKindViewSet(viewsets.ModelViewSet):
     @action(detail=True, methods=["get", "patch"], url_path=r"versions/(?P<version>[0-9]+)")
     def version(self, request: Request, kind: str, version: str) -> Response:
         job_kind = self.get_object()
-        row = get_object_or_404(JobKindVersion, kind=job_kind.kind, version=int(version))
+        try:  # the route takes [0-9]+: past what a column holds is no version, not a 500
+            number = parameters.parse_id(version, name="version")
+        except parameters.ParameterError:
+            raise Http404 from None
+        row = get_object_or_404(JobKindVersion, kind=job_kind.kind, version=number)
         if request.method == "PATCH":
             body = request.data if isinstance(request.data, dict) else None
             unknown = sorted(set(body or {}) - {"sunset_at", "migration"})

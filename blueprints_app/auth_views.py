@@ -25,7 +25,7 @@ from rest_framework.views import APIView
 from blueprints_app import codes
 from blueprints_app.api_errors import ApiError
 from blueprints_app.authentication import token_expires_at, token_for
-from blueprints_app.serializers import ErrorSerializer
+from blueprints_app.serializers import ErrorSerializer, StrictBodySerializer, StrictCharField
 from blueprints_app.throttling import TOKEN_SCOPE, LoginThrottle, TokenRateThrottle, request_ip
 from runs_app.audit import audit
 
@@ -56,9 +56,9 @@ class ThrottledLoginView(LoginView):
         return super().form_invalid(form)
 
 
-class TokenRequestSerializer(serializers.Serializer):
-    username = serializers.CharField(max_length=150)
-    password = serializers.CharField(max_length=4096, trim_whitespace=False)
+class TokenRequestSerializer(StrictBodySerializer):
+    username = StrictCharField(max_length=150)
+    password = StrictCharField(max_length=4096, trim_whitespace=False)
 
 
 class TokenSerializer(serializers.Serializer):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
+from django.db import models, transaction
 from rest_framework import serializers
 from rest_framework.exceptions import ErrorDetail
 
@@ -31,18 +31,75 @@ def validation_error(result: ValidationResult) -> serializers.ValidationError:
     return serializers.ValidationError(detail)
 
 
+# --- Strict JSON types ------------------------------------------------------------------------
+# DRF's fields coerce: BooleanField reads "yes", "on", 1 as true; IntegerField reads "7", 7.0
+# and "٣" as ints; CharField reads 5 as "5". A request body is JSON, so a field takes its own
+# JSON type only, and anything else is a 400 `invalid_type` naming the field.
+
+TYPE_MESSAGES = {"bool": "must be true or false", "int": "must be a whole number (JSON)"}
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """JSON `true`/`false` only."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            raise serializers.ValidationError(TYPE_MESSAGES["bool"], code=codes.INVALID_TYPE)
+        return data
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON integer only (not a bool, a float or a string); the bounds still apply."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            raise serializers.ValidationError(TYPE_MESSAGES["int"], code=codes.INVALID_TYPE)
+        return super().to_internal_value(data)
+
+
+class StrictCharField(serializers.CharField):
+    """A JSON string only."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            raise serializers.ValidationError("must be a string", code=codes.INVALID_TYPE)
+        return super().to_internal_value(data)
+
+
+class StrictBodySerializer(serializers.Serializer):
+    """A request body: a JSON object (400 `invalid_type` otherwise) with only the declared
+    fields (400 `unknown_field` on each other one)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise serializers.ValidationError(
+                {"": [ErrorDetail("the body must be a JSON object", code=codes.INVALID_TYPE)]}
+            )
+        unknown = sorted(set(data) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError(
+                {k: [ErrorDetail("unknown field", code=codes.UNKNOWN_FIELD)] for k in unknown}
+            )
+        return super().to_internal_value(data)
+
+
 class SafetyPolicySerializer(serializers.Serializer):
-    allow_non_idempotent = serializers.BooleanField(default=False)
-    require_dry_run = serializers.BooleanField(default=False)
+    allow_non_idempotent = StrictBooleanField(default=False)
+    require_dry_run = StrictBooleanField(default=False)
 
 
 class JobKindSerializer(serializers.ModelSerializer):
-    partitioners = serializers.ListField(
-        child=serializers.CharField(max_length=100), allow_empty=False
-    )
-    executors = serializers.ListField(
-        child=serializers.CharField(max_length=100), allow_empty=False
-    )
+    # The model's fields as strict JSON types ("yes" is not a boolean, "7" not a number).
+    serializer_field_mapping = {
+        **serializers.ModelSerializer.serializer_field_mapping,
+        models.BooleanField: StrictBooleanField,
+        models.CharField: StrictCharField,
+        models.TextField: StrictCharField,
+        models.PositiveIntegerField: StrictIntegerField,
+        models.PositiveSmallIntegerField: StrictIntegerField,
+    }
+    partitioners = serializers.ListField(child=StrictCharField(max_length=100), allow_empty=False)
+    executors = serializers.ListField(child=StrictCharField(max_length=100), allow_empty=False)
     safety_policy = SafetyPolicySerializer(source="*", required=False)
     input_schema = serializers.JSONField(required=False)
     output_schema = serializers.JSONField(required=False)

@@ -343,7 +343,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "DEFAULT_PAGINATION_CLASS": "blueprints_app.pagination.StrictPageNumberPagination",
     "PAGE_SIZE": 50,
     # drf-spectacular's AutoSchema, also documenting the refusals every view can give.
     "DEFAULT_SCHEMA_CLASS": "blueprints_app.schema.HxoAutoSchema",

@@ -290,6 +290,8 @@ class PlanDryRun(APIView):
     )
     def post(self, request: Request, pk: int) -> Response:
         plan = get_object_or_404(Plan, pk=pk)
+        # No fields: `{"force_rerun": "yes"}` or `{"revision": 3}` is refused, as apply does.
+        _refuse_unknown(_object_body(request), set())
         try:
             run = services.run_start_dry_run(
                 plan=plan,
@@ -420,6 +422,8 @@ def _action_view(capability: str, action: Any, summary: str, with_comment: bool)
                 data = CommentSerializer(data=body)
                 data.is_valid(raise_exception=True)
                 kwargs["comment"] = data.validated_data["comment"]
+            else:
+                _refuse_unknown(_object_body(request), set())
             try:
                 result = action(run=run, actor=request.user, client_ip=client_ip(request), **kwargs)
             except ServiceError as exc:

@@ -194,9 +194,6 @@ def _reasons(
         out[run.pk] = None
         if settings.HXO_ALLOW_SELF_APPROVAL:
             continue
-        if run.requested_by_id == user.pk:
-            out[run.pk] = "you requested this dry-run"
-            continue
         number = run.revision.number
         shaped = shapers(
             revisions.get(run.plan_id, []),
@@ -204,12 +201,18 @@ def _reasons(
             reviewed.get(run.plan_id, []),
             applied.get(run.plan_id, []),
         )
+        if shaped.get(user.pk) == number:
+            out[run.pk] = f"revision {number}: you wrote this revision of the plan"
+            continue
         if user.pk in shaped:
             out[run.pk] = (
                 f"you wrote revision {shaped[user.pk]} of the plan, which shaped stages this "
                 f"dry-run of revision {number} would run, and no apply reviewed by someone "
                 "else has run that content since"
             )
+            continue
+        if run.requested_by_id == user.pk:
+            out[run.pk] = "you requested this dry-run"
             continue
         earlier = next(
             (pk for pk, requester in parent_requesters.get(run.pk, []) if requester == user.pk),

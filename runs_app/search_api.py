@@ -11,13 +11,13 @@ from typing import Any, ClassVar
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from blueprints_app import parameters
 from blueprints_app.api_errors import ApiError
+from blueprints_app.pagination import StrictPageNumberPagination
 from blueprints_app.permissions import capability_required
 from blueprints_app.serializers import ErrorSerializer
 from runs_app import search
@@ -41,7 +41,7 @@ ERRORS = {
 }
 
 
-class SearchPagination(PageNumberPagination):
+class SearchPagination(StrictPageNumberPagination):
     page_size = 20
     page_size_query_param = "page_size"
     max_page_size = 100

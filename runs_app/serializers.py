@@ -6,6 +6,13 @@ from typing import Any
 
 from rest_framework import serializers
 
+from blueprints_app.parameters import INT64_MAX
+from blueprints_app.serializers import (
+    StrictBodySerializer,
+    StrictBooleanField,
+    StrictCharField,
+    StrictIntegerField,
+)
 from runs_app import selectors
 from runs_app.models import Approval, AuditEvent, Partition, Plan, PlanRevision, Run
 
@@ -188,13 +195,17 @@ class PartitionSerializer(serializers.ModelSerializer):
         ]
 
 
-class CommentSerializer(serializers.Serializer):
-    comment = serializers.CharField(required=False, allow_blank=True, max_length=5000, default="")
+class CommentSerializer(StrictBodySerializer):
+    comment = StrictCharField(required=False, allow_blank=True, max_length=5000, default="")
 
 
-class ApplySerializer(serializers.Serializer):
-    dry_run = serializers.IntegerField(required=False, allow_null=True, min_value=1)
-    force_rerun = serializers.BooleanField(required=False, default=False)
+class ApplySerializer(StrictBodySerializer):
+    dry_run = StrictIntegerField(required=False, allow_null=True, min_value=1, max_value=INT64_MAX)
+    force_rerun = StrictBooleanField(required=False, default=False)
+
+
+class EmptyBodySerializer(StrictBodySerializer):
+    """The body of an action that takes no fields: none, or `{}`."""
 
 
 class AuditEventSerializer(serializers.ModelSerializer):
@@ -230,8 +241,8 @@ class ReceiptSerializer(serializers.Serializer):
     verified = serializers.BooleanField()
 
 
-class MigrateRequestSerializer(serializers.Serializer):
-    dry_run = serializers.BooleanField(
+class MigrateRequestSerializer(StrictBodySerializer):
+    dry_run = StrictBooleanField(
         default=False, help_text="Report what would change and write nothing"
     )
 

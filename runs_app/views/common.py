@@ -77,7 +77,10 @@ def filter_values(form: forms.Form) -> dict[str, Any]:
 
 
 def paginate(request: HttpRequest, items: Any, per_page: int = PAGE_SIZE) -> Page:
-    return Paginator(items, per_page).get_page(request.GET.get("page"))
+    # One parser for numbers in URLs: "٣" is not page 3, "²" not page 1; a repeat is refused.
+    raw = parameters.one(request.GET, "page")
+    number = 1 if raw is None else parameters.parse_int(raw, name="page", minimum=1)
+    return Paginator(items, per_page).get_page(number)
 
 
 def client_ip(request: HttpRequest) -> str | None:

@@ -4,6 +4,7 @@ endpoint and dashboard page. Never a 500, never "silently every row"."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from unittest import mock
 
@@ -225,7 +226,8 @@ def test_an_editor_integer_field_takes_ascii_digits_only(
 
 
 def _int_routes() -> list[str]:
-    """Every route with an <int:...> converter, as a path template ({} for each id)."""
+    """Every route with an <int:...> converter or a regex digit group, as a path template
+    ({} for each id)."""
     import re
 
     from django.urls import URLPattern, URLResolver, get_resolver
@@ -234,10 +236,14 @@ def _int_routes() -> list[str]:
 
     def walk(patterns: list[Any], prefix: str) -> None:
         for p in patterns:
-            text = prefix + str(p.pattern)
+            text = prefix + str(p.pattern).lstrip("^").rstrip("$")
             if isinstance(p, URLResolver):
                 walk(p.url_patterns, text)
-            elif isinstance(p, URLPattern) and "<int:" in text:
+                continue
+            # DRF routers' regexes: a digit group is an id; other groups take a sample value.
+            text = re.sub(r"\(\?P<[^>]+>\[0-9\]\+\)", "<int:n>", text)
+            text = re.sub(r"\(\?P<kind>[^)]+\)", "deploy.pack", text).replace("\\.", ".")
+            if isinstance(p, URLPattern) and "<int:" in text and "(?P<" not in text:
                 found.append("/" + re.sub(r"<str:[^>]+>", "x", re.sub(r"<int:[^>]+>", "{}", text)))
 
     walk(get_resolver().url_patterns, "")
@@ -249,6 +255,7 @@ INT_ROUTES = _int_routes()
 
 def test_every_int_route_is_found() -> None:
     assert "/api/v1/runs/{}/partitions/" in INT_ROUTES and "/plans/{}/revisions/{}/" in INT_ROUTES
+    assert "/api/v1/job-kinds/deploy.pack/versions/{}/" in INT_ROUTES  # a router's regex
 
 
 @pytest.mark.parametrize("number", [str(2**63), "9" * 30])
@@ -264,3 +271,128 @@ def test_an_id_past_the_column_in_a_path_finds_nothing(
     else:
         response = client.get(url)
     assert response.status_code in (404, 405), (url, response.status_code)
+
+
+# --- request bodies: every write endpoint of the OpenAPI document ---------------------------
+
+
+def _schema() -> dict[str, Any]:
+    from drf_spectacular.generators import SchemaGenerator
+
+    return SchemaGenerator().get_schema(request=None, public=True)
+
+
+SCHEMA = _schema()
+WRITES = sorted(
+    (method, path)
+    for path, ops in SCHEMA["paths"].items()
+    for method in ops
+    if method in ("post", "put", "patch")
+)
+
+
+def _body_fields(method: str, path: str) -> dict[str, str]:
+    """{field: JSON type} of the endpoint's request body, from its schema component."""
+    op = SCHEMA["paths"][path][method]
+    content = (op.get("requestBody") or {}).get("content", {}).get("application/json", {})
+    ref = content.get("schema", {}).get("$ref", "")
+    component = SCHEMA["components"]["schemas"].get(ref.rsplit("/", 1)[-1], {})
+    return {
+        name: prop["type"]
+        for name, prop in component.get("properties", {}).items()
+        if prop.get("type") in ("boolean", "integer", "string") and not prop.get("readOnly")
+    }
+
+
+# A value of every other JSON type than the field's own.
+WRONG_TYPE = {"boolean": "yes", "integer": "7", "string": 5}
+ILL_TYPED = [(m, p, f) for m, p in WRITES for f in _body_fields(m, p)]
+
+
+def _write_url(path: str, world: dict[str, Any]) -> str:
+    ids = {"{kind}": "deploy.pack", "{version}": "1"}
+    ids["{id}"] = str(world["dry"] if path.startswith("/api/v1/runs/") else world["plan"])
+    for name, value in ids.items():
+        path = path.replace(name, value)
+    return path
+
+
+def test_every_write_endpoint_is_enumerated() -> None:
+    assert ("post", "/api/v1/plans/{id}/dry-run/") in WRITES
+    assert ("post", "/api/v1/runs/{id}/abort/") in WRITES and (
+        "post",
+        "/api/v1/auth/token/",
+    ) in WRITES
+    assert ("post", "/api/v1/plans/{id}/apply/", "force_rerun") in ILL_TYPED
+    assert ("post", "/api/v1/runs/{id}/approve/", "comment") in ILL_TYPED
+
+
+@pytest.mark.parametrize("body", [[1], "x", 1, None], ids=["list", "string", "number", "null"])
+@pytest.mark.parametrize(("method", "path"), WRITES)
+def test_a_body_that_is_not_an_object_is_a_400_on_every_write_endpoint(
+    world, admiral, api_client_for, method, path, body
+) -> None:
+    client = api_client_for(admiral)
+    response = getattr(client, method)(
+        _write_url(path, world), json.dumps(body), content_type="application/json"
+    )
+    assert response.status_code == 400, response.content[:300]
+    assert response.json()["code"] in ("invalid_type", "validation_failed")
+
+
+@pytest.mark.parametrize(("method", "path"), WRITES)
+def test_an_unknown_field_is_a_400_naming_it_on_every_write_endpoint(
+    world, admiral, api_client_for, method, path
+) -> None:
+    """`POST /plans/{id}/dry-run/ {"force_rerun": "yes"}` used to start a dry-run."""
+    client = api_client_for(admiral)
+    body = {"revision": "²", "force_rerun": "yes", "zz_unknown": 1}
+    known = set(_body_fields(method, path)) | {"stages", "name", "stage", "plan"}
+    response = getattr(client, method)(_write_url(path, world), body, format="json")
+    assert response.status_code == 400, response.content[:300]
+    paths = {e["path"] for e in response.json()["errors"]}
+    assert "zz_unknown" in paths or {"", "stage"} & paths or known & paths, response.json()
+    assert Run.objects.count() == 2  # nothing started
+
+
+@pytest.mark.parametrize(("method", "path", "field"), ILL_TYPED)
+def test_an_ill_typed_field_is_a_400_naming_it_on_every_write_endpoint(
+    world, admiral, api_client_for, method, path, field
+) -> None:
+    client = api_client_for(admiral)
+    kind = _body_fields(method, path)[field]
+    response = getattr(client, method)(
+        _write_url(path, world), {field: WRONG_TYPE[kind]}, format="json"
+    )
+    assert response.status_code == 400, response.content[:300]
+    assert any(e["path"].split(".")[0] == field for e in response.json()["errors"]), response.json()
+    assert Run.objects.count() == 2
+
+
+# --- integer query parameters: every one of the OpenAPI document ---------------------------
+
+INT_QUERIES = sorted(
+    (path, p["name"])
+    for path, ops in SCHEMA["paths"].items()
+    for method, op in ops.items()
+    if method == "get"
+    for p in op.get("parameters", [])
+    if p["in"] == "query" and p.get("schema", {}).get("type") == "integer"
+)
+
+
+def test_every_integer_query_parameter_is_enumerated() -> None:
+    assert ("/api/v1/runs/{id}/diff/", "against") in INT_QUERIES
+    assert ("/api/v1/runs/", "page") in INT_QUERIES
+
+
+@pytest.mark.parametrize("bad", ["²", "٣", "abc", "1.0", "9" * 30])
+@pytest.mark.parametrize(("path", "name"), INT_QUERIES)
+def test_a_bad_integer_query_parameter_is_refused_on_every_endpoint(
+    world, admiral, api_client_for, path, name, bad
+) -> None:
+    """`GET /runs/{id}/diff/?against=²` was a 500; a page "٣" must not read as page 3."""
+    url = _write_url(path, world).replace("{kind}", "deploy.pack")
+    response = _get(api_client_for(admiral), url + ("?q=x" if "search" in url else ""), name, bad)
+    assert response.status_code in (400, 404), (url, response.status_code, response.content[:200])
+    assert response.json()["code"] in ("invalid_value", "not_found")
