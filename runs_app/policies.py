@@ -95,7 +95,8 @@ def stage_fragments(document: dict[str, Any]) -> dict[str, set[str]]:
 
     Fragments of a stage: `content:<canonical JSON without the id>` (its kind, partitioner,
     executor, params, depends_on and limits), `stage:<id>:<that JSON>`, and
-    `leaf:<kind>:<string>` for every string anywhere in its params."""
+    `leaf:<kind>:<string>` for every string anywhere in its params (spacing and case folded,
+    so that a re-spaced statement is still the same one)."""
     out: dict[str, set[str]] = {}
     for stage in document.get("stages") or []:
         if not isinstance(stage, dict):
@@ -104,7 +105,11 @@ def stage_fragments(document: dict[str, Any]) -> dict[str, set[str]]:
         content = canonical_json({k: v for k, v in stage.items() if k != "id"})
         kind = str(stage.get("kind", ""))
         fragments = {f"content:{content}", f"stage:{sid}:{content}"}
-        fragments.update(f"leaf:{kind}:{leaf}" for leaf in _string_leaves(stage.get("params")))
+        # Leaves compare with spacing and case folded: re-spacing a statement keeps its author.
+        fragments.update(
+            f"leaf:{kind}:{' '.join(leaf.split()).casefold()}"
+            for leaf in _string_leaves(stage.get("params"))
+        )
         out[sid] = fragments
     return out
 

@@ -93,6 +93,9 @@ PACK = {
 LAUNDERED = {
     "restored verbatim": [sql_stage("migrate", [ADMIRALS])],
     "moved to another stage id": [sql_stage("again", [ADMIRALS])],
+    "re-spaced in another stage id": [
+        sql_stage("again", ["update items  SET note =\n'admiral-was-here'"])
+    ],
     "kept inside a longer stage": [sql_stage("migrate", ["UPDATE items SET id = id", ADMIRALS])],
     "edited in place": [sql_stage("migrate", [ADMIRALS + " WHERE id = 1"])],
     "beside another stage": [PACK, sql_stage("migrate", [ADMIRALS])],
