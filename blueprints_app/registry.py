@@ -79,6 +79,12 @@ class ExecutionContext:
     this worker still holds the partition. An executor with an effect outside HXO's
     database calls it immediately before it commits that effect: a worker that lost its
     lease then commits nothing (docs/exactly-once.md).
+
+    `stop_with(cancel)` registers `cancel(reason)`, called once from the heartbeat's thread
+    when the partition must stop while the executor waits (the run aborted, the lease lost,
+    the partition's time budget spent), so a statement in flight on a target is cancelled at
+    once instead of at its next heartbeat; `stop_with(None)` unregisters it. An executor
+    then calls `heartbeat()`, which raises the reason (RunAborted, LeaseLost, ShardTimeout).
     """
 
     run_id: int
@@ -94,6 +100,7 @@ class ExecutionContext:
     fence: int
     heartbeat: Callable[[], None] = lambda: None
     check_fence: Callable[[], None] = lambda: None
+    stop_with: Callable[[Callable[[str], None] | None], None] = lambda cancel: None
 
     @property
     def params(self) -> dict[str, Any]:

@@ -294,6 +294,11 @@ HXO_ALLOW_SUPERUSER_TARGETS = env_bool("HXO_ALLOW_SUPERUSER_TARGETS", False)
 # A dry-run waits at most this long for a lock on the target (never longer than the stage's
 # own lock_timeout_ms), so reviewing DDL cannot block the target's writers for long.
 HXO_DRY_RUN_LOCK_TIMEOUT_MS = env_int("HXO_DRY_RUN_LOCK_TIMEOUT_MS", 1_000, minimum=10)
+# A dry-run's statements each run at most this long (never longer than the stage's own
+# statement_timeout_ms), and a dry-run batch (earlier batches replayed included) at most
+# HXO_DRY_RUN_BATCH_TIMEOUT_MS in all: a lock a dry-run took is held no longer than that.
+HXO_DRY_RUN_STATEMENT_TIMEOUT_MS = env_int("HXO_DRY_RUN_STATEMENT_TIMEOUT_MS", 10_000, minimum=100)
+HXO_DRY_RUN_BATCH_TIMEOUT_MS = env_int("HXO_DRY_RUN_BATCH_TIMEOUT_MS", 30_000, minimum=100)
 HXO_ARTIFACTS_DIR = Path(env_str("HXO_ARTIFACTS_DIR", str(VAR_DIR / "artifacts"))).resolve()
 HXO_STAGING_DIR = Path(env_str("HXO_STAGING_DIR", str(VAR_DIR / "staging"))).resolve()
 

@@ -200,6 +200,12 @@ class Heartbeat:
 
     An executor's `ctx.heartbeat()` raises LeaseLost, RunAborted or ShardTimeout when the
     thread saw the partition taken over, the run aborted, or the time budget run out.
+
+    While an executor waits on a target (`ctx.stop_with(cancel)` registered), the thread
+    also looks every WATCH_EVERY_S whether the partition is still this worker's and running
+    (a read, no lease write), and calls `cancel(reason)` as soon as the run is aborted, the
+    lease is lost or the time budget is spent: the target statement in flight is cancelled
+    and rolled back then, not when it would have finished (issue 11 round 2, finding 2).
     """
 
     def __init__(self, owner: str, run_id: int, buffer: OutcomeBuffer | None = None) -> None:
@@ -212,6 +218,9 @@ class Heartbeat:
         self.held: dict[int, float] = {}  # partition id → when its execution started
         self.lost: set[int] = set()
         self.aborted = threading.Event()
+        # partition id → cancel(reason) while its executor waits on a target.
+        self.cancellers: dict[int, Any] = {}
+        self._last_watch = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="hxo-heartbeat", daemon=True)
@@ -253,6 +262,7 @@ class Heartbeat:
                 if time.monotonic() - last_renew >= self.interval_s:
                     self.renew()
                     last_renew = time.monotonic()
+                self.watch()
         except Exception:
             log.exception("heartbeat of %s stopped", self.owner)
         finally:
@@ -284,6 +294,63 @@ class Heartbeat:
                 self.aborted.set()
             with self._lock:
                 self.lost |= gone
+
+    def stop_with(self, partition_id: int) -> Any:
+        """`ctx.stop_with` for one partition: register or (None) unregister its canceller."""
+
+        def register(cancel: Any) -> None:
+            with self._lock:
+                if cancel is None:
+                    self.cancellers.pop(partition_id, None)
+                else:
+                    self.cancellers[partition_id] = cancel
+            if cancel is not None:
+                self._last_watch = 0.0  # look at once on the next tick
+
+        return register
+
+    def _stop_reason(self, partition_id: int, now: float) -> str | None:
+        if self.aborted.is_set():
+            return "the run was aborted"
+        if partition_id in self.lost:
+            return "the lease was lost"
+        started = self.held.get(partition_id)
+        if started is not None and now - started > self.timeout_s:
+            return "the partition's time budget (HXO_SHARD_TIMEOUT_MS) ran out"
+        return None
+
+    def watch(self) -> None:
+        """Cancel what registered partitions wait on once they must stop (see the class)."""
+        with self._lock:
+            watched = list(self.cancellers)
+        if not watched:
+            return
+        now = time.monotonic()
+        if now - self._last_watch >= WATCH_EVERY_S:
+            self._last_watch = now
+            still = set(
+                Partition.objects.filter(
+                    pk__in=watched, lease_owner=self.owner, state=P.RUNNING
+                ).values_list("id", flat=True)
+            )
+            gone = set(watched) - still
+            if gone:
+                state = Run.objects.filter(pk=self.run_id).values_list("state", flat=True).first()
+                if state == RunState.ABORTED:
+                    self.aborted.set()
+                with self._lock:
+                    self.lost |= gone
+        fire = []
+        with self._lock:
+            for pk in watched:
+                reason = self._stop_reason(pk, now)
+                if reason is not None and pk in self.cancellers:
+                    fire.append((self.cancellers.pop(pk), reason))
+        for cancel, reason in fire:
+            try:
+                cancel(reason)
+            except Exception:
+                log.exception("cancelling a partition's target statement failed")
 
     def checker(self, partition_id: int) -> Any:
         def check() -> None:
@@ -379,6 +446,10 @@ class RunContext:
 
 
 FLUSH_AFTER_S = 0.1
+# While an executor waits on a target, how often the heartbeat thread reads whether its
+# partition must stop (run aborted, lease lost): the bound on how long an aborted run's
+# target statement keeps running (and its locks held).
+WATCH_EVERY_S = 0.5
 
 
 class OutcomeBuffer:
@@ -482,6 +553,7 @@ def execute_one(
     kind = rc.kinds[stage.kind]
     check = hb.checker(claim.partition_id)
     ctx = build_context(rc, claim, inputs, fingerprints, check)
+    ctx.stop_with = hb.stop_with(claim.partition_id)
     started = time.monotonic()
     try:
         result = rc.executor(stage.executor).execute(ctx)

@@ -894,3 +894,41 @@ def statement_error(sql: str, vendor: str, *, path: str) -> ComponentError | Non
             path=path,
         )
     return None
+
+
+# Sequence functions whose effect no rollback undoes (PostgreSQL sequences are not
+# transactional): a dry-run checks a statement calling them with EXPLAIN instead of running it.
+PG_SEQUENCE_FUNCTIONS = frozenset({"setval", "nextval"})
+# Statements PostgreSQL can EXPLAIN (plan without running).
+PG_EXPLAINABLE = frozenset(
+    {"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "CreateTableAsStmt"}
+)
+
+
+def calls_sequence_functions(sql: str) -> bool:
+    """Whether one PostgreSQL statement calls setval() or nextval() itself (anywhere in its
+    tree: subqueries, CTEs, VALUES) and can be EXPLAINed instead of run. False for text the
+    parser cannot read (the server reports it) and for other statement types (a column
+    DEFAULT nextval(...) in DDL is not a call). Calls inside a function the statement calls
+    are not seen; docs/sql-policy.md says so."""
+    import pglast
+    from pglast import ast
+    from pglast.visitors import Visitor
+
+    _names, spans, _other = pg_params(sql)
+    try:
+        raw = pglast.parse_sql(_bind_positions(sql, spans))
+    except pglast.parser.ParseError:
+        return False
+    found: list[str] = []
+
+    class Walk(Visitor):
+        def visit_FuncCall(self, ancestors: Any, node: ast.FuncCall) -> None:
+            fname = node.funcname[-1].sval if node.funcname else ""
+            if fname.lower() in PG_SEQUENCE_FUNCTIONS:
+                found.append(fname)
+
+    for r in raw:
+        if type(r.stmt).__name__ in PG_EXPLAINABLE:
+            Walk()(r.stmt)
+    return bool(found)

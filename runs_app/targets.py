@@ -37,6 +37,25 @@ SUPERUSER_TARGET = "superuser_target"
 TRANSACTION_ENDED = "transaction_ended"
 # FORBIDDEN_STATEMENT (sqlpolicy) also when the SQLite authorizer refuses an action of a plan
 # statement (transaction control, ATTACH, a PRAGMA that is not read-only, load_extension()).
+# A plan statement changed the timeouts HXO set for the batch or the role it runs as (e.g.
+# `UPDATE pg_settings SET setting = '0' ...`): the batch stops and is rolled back.
+SESSION_CHANGED = "session_changed"
+# The statement in flight was cancelled by HXO (`TargetConnection.cancel`): the run was
+# aborted, the lease lost, the partition's time budget or a dry-run's batch budget ran out.
+CANCELLED = "cancelled"
+# What a PostgreSQL session must still have after every plan statement (see `run_statement`).
+PG_SESSION_SQL = (
+    "SELECT current_setting('lock_timeout'), current_setting('statement_timeout'), "
+    "current_setting('idle_in_transaction_session_timeout'), current_user::text, "
+    "session_user::text"
+)
+PG_SESSION_NAMES = (
+    "lock_timeout",
+    "statement_timeout",
+    "idle_in_transaction_session_timeout",
+    "current_user",
+    "session_user",
+)
 
 
 def target_names() -> list[str]:
@@ -192,6 +211,14 @@ class TargetConnection:
     - Both: after every statement the session must still be inside the batch's transaction
       (`sqlite3.Connection.in_transaction`, psycopg `info.transaction_status`); if it is not,
       the statement ended it and `TRANSACTION_ENDED` is raised before anything else runs.
+    - PostgreSQL: after every statement the session must still have the timeouts `begin`
+      set and the role it connected as (one query, `PG_SESSION_SQL`); a statement that
+      changed them (`UPDATE pg_settings`, whose rule calls set_config) stops the batch with
+      `SESSION_CHANGED`, rolled back.
+    - Both: `cancel()` may be called from another thread (the heartbeat's, a watchdog
+      timer): the statement in flight is cancelled by the server (psycopg `cancel_safe`,
+      PostgreSQL's cancel request) or interrupted (`sqlite3.Connection.interrupt`), and no
+      further plan statement runs on this connection.
     """
 
     def __init__(self, target: Target, raw: Any) -> None:
@@ -202,6 +229,35 @@ class TargetConnection:
         # True only while HXO's own BEGIN/COMMIT/ROLLBACK run (the authorizer allows them).
         self._control = False
         self._denied: str | None = None
+        # Why `cancel()` was called (set from another thread), else None.
+        self.cancelled: str | None = None
+        # PostgreSQL: the session's timeouts and role as `begin` left them.
+        self._session: tuple[str, ...] | None = None
+
+    def cancel(self, reason: str) -> None:
+        """Cancel the statement in flight and refuse every later plan statement.
+
+        Thread-safe: called by the heartbeat thread (abort, lost lease, time budget) or a
+        watchdog timer while the executor's thread waits on the target. PostgreSQL:
+        psycopg's `Connection.cancel_safe()` sends the server a cancel request (the
+        statement fails with QueryCanceled and the transaction is left for the executor's
+        rollback, which releases its locks). SQLite: `sqlite3.Connection.interrupt()`.
+        Errors are ignored: the connection may already be done or closed.
+        """
+        self.cancelled = reason
+        with contextlib.suppress(Exception):
+            if self.vendor == SQLITE:
+                self.raw.interrupt()
+            else:
+                self.raw.cancel_safe(timeout=10)
+
+    def _require_not_cancelled(self) -> None:
+        if self.cancelled is not None:
+            raise ComponentError(
+                f"the batch was cancelled ({self.cancelled}); it was rolled back",
+                code=CANCELLED,
+                path="manifest",
+            )
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
         """HXO's own SQL (catalogue, ledger, fixtures): never SQL taken from a plan."""
@@ -216,10 +272,13 @@ class TargetConnection:
         """Run one statement of a plan inside the open transaction; rows it changed (>= 0).
 
         Raises ComponentError(TRANSACTION_ENDED) when no transaction is open before it or
-        the statement left it, ComponentError(FORBIDDEN_STATEMENT) when the SQLite
-        authorizer refused one of its actions or the driver refused a second statement in
-        the text, and the driver's error otherwise.
+        the statement left it, ComponentError(SESSION_CHANGED) when it changed the session's
+        timeouts or role (PostgreSQL), ComponentError(CANCELLED) when `cancel()` was called,
+        ComponentError(FORBIDDEN_STATEMENT) when the SQLite authorizer refused one of its
+        actions or the driver refused a second statement in the text, and the driver's
+        error otherwise.
         """
+        self._require_not_cancelled()
         self.require_transaction(sql)
         cursor = self.raw.cursor()
         self._denied = None
@@ -238,8 +297,48 @@ class TargetConnection:
             if refused is not None:
                 raise refused from None
             raise
+        rows = max(cursor.rowcount or 0, 0)  # DDL reports -1
         self.require_transaction(sql)
-        return max(cursor.rowcount or 0, 0)  # DDL reports -1
+        self.require_session(sql)
+        self._require_not_cancelled()
+        return rows
+
+    def explain_statement(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        """Check one plan statement without running it (PostgreSQL): `EXPLAIN <sql>`, which
+        parses, analyses and plans it in the open transaction (tables, columns, functions
+        and types must exist) but evaluates nothing. Same guards as `run_statement`."""
+        self.run_statement("EXPLAIN " + sql, params)
+
+    def _read_session(self) -> tuple[str, ...]:
+        row = self.raw.execute(PG_SESSION_SQL).fetchone()
+        return tuple(str(v) for v in row)
+
+    def require_session(self, sql: str) -> None:
+        """PostgreSQL: the session still has the timeouts `begin` set and its role; else
+        rolled back and ComponentError(SESSION_CHANGED). One query, after each statement."""
+        if self.vendor != POSTGRESQL or self._session is None:
+            return
+        now = self._read_session()
+        if now == self._session:
+            return
+        changed = ", ".join(
+            f"{name} {was!r} -> {new!r}"
+            for name, was, new in zip(PG_SESSION_NAMES, self._session, now, strict=True)
+            if was != new
+        )
+        self.rollback()
+        raise ComponentError(
+            f"a plan statement changed the session HXO set up ({changed}) in {sql[:80]!r}; "
+            "the batch was stopped and rolled back",
+            code=SESSION_CHANGED,
+            path="manifest",
+        )
+
+    def expect_session(self) -> None:
+        """Record the session's current timeouts and role as what every later plan statement
+        must leave (PostgreSQL; called by `begin` and after HXO changes a timeout itself)."""
+        if self.vendor == POSTGRESQL:
+            self._session = self._read_session()
 
     def _refusal(self, exc: Exception) -> ComponentError | None:
         """The engine's own refusal of a plan statement as FORBIDDEN_STATEMENT, or None."""
@@ -325,16 +424,19 @@ class TargetConnection:
                     "SELECT set_config('idle_in_transaction_session_timeout', :v, true)",
                     {"v": f"{int(idle_timeout_ms)}ms"},
                 )
+            self.expect_session()
 
     def commit(self) -> None:
         with self._own_control():
             self.raw.execute("COMMIT")
         self._deadline = None
+        self._session = None
 
     def rollback(self) -> None:
         with contextlib.suppress(Exception), self._own_control():
             self.raw.execute("ROLLBACK")
         self._deadline = None
+        self._session = None
 
     def _sqlite_progress(self) -> int:
         # A non-zero return interrupts the running statement: SQLite's statement timeout.

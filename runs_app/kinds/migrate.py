@@ -81,8 +81,15 @@ from runs_app.kinds.base import (
 )
 from runs_app.kinds.base import target_param as _target_param
 from runs_app.kinds.files import Beat
-from runs_app.sqlpolicy import INVALID_SQL, analyse, item_errors, statement_error
+from runs_app.sqlpolicy import (
+    INVALID_SQL,
+    analyse,
+    calls_sequence_functions,
+    item_errors,
+    statement_error,
+)
 from runs_app.targets import (
+    CANCELLED,
     POSTGRESQL,
     SQLITE,
     TargetConnection,
@@ -99,6 +106,8 @@ DUPLICATE_BATCH = "duplicate_batch"
 SQL_ERROR = "sql_error"
 STATEMENT_TIMEOUT = "statement_timeout"
 LOCK_TIMEOUT = "lock_timeout"
+# A dry-run batch ran longer than HXO_DRY_RUN_BATCH_TIMEOUT_MS in all; cancelled, rolled back.
+BATCH_TIMEOUT = "batch_timeout"
 
 # Version 1 (plan digest, stage, batch number): read for rows it recorded, never written.
 LEDGER_TABLE = "hxo_ledger"
@@ -526,22 +535,85 @@ def _batch(ctx: ExecutionContext) -> Batch:
     )
 
 
-def _run(conn: TargetConnection, work: list, beat: Beat) -> int:
+def _run(
+    conn: TargetConnection,
+    work: list,
+    beat: Beat,
+    *,
+    checked: list[int] | None = None,
+    first: int = 0,
+) -> int:
     """Run a batch's statements inside the open transaction; rows changed in total.
 
     Each statement is checked against the SQL policy once more (the manifest is pinned data:
     it may predate the policy), then runs through `run_statement`, whose guards (SQLite
-    authorizer, PostgreSQL extended protocol, still-in-transaction check) do not rely on
-    that check.
+    authorizer, PostgreSQL extended protocol, still-in-transaction and session checks) do
+    not rely on that check.
+
+    `checked` (a dry-run on PostgreSQL): a statement calling setval()/nextval() itself is
+    EXPLAINed (parsed, analysed, planned; nothing evaluated) instead of run, because a
+    sequence change is not undone by the rollback; its index (`first` + position) is
+    appended to `checked`.
     """
     rows = 0
-    for sql, bound in work:
+    for i, (sql, bound) in enumerate(work):
         beat()
         refused = statement_error(sql, conn.vendor, path="manifest")
         if refused is not None:
             raise refused
+        if checked is not None and conn.vendor == POSTGRESQL and calls_sequence_functions(sql):
+            conn.explain_statement(sql, bound)
+            checked.append(first + i)
+            continue
         rows += conn.run_statement(sql, bound)
     return rows
+
+
+@contextlib.contextmanager
+def _watched(
+    conn: TargetConnection, ctx: ExecutionContext, batch_id: int, budget_ms: int | None
+) -> Iterator[None]:
+    """While inside, the target statement in flight is cancelled (`conn.cancel`) as soon as
+    the partition must stop (the heartbeat thread calls it: run aborted, lease lost, time
+    budget spent) or, when `budget_ms` is given, once the batch has run that long (a
+    watchdog timer). Errors leave as ComponentError: the driver's error translated
+    (`_translate`); after a cancel, RunAborted/LeaseLost/ShardTimeout from `ctx.heartbeat()`
+    or BATCH_TIMEOUT / CANCELLED. The caller rolls back inside, so the locks go at once.
+    """
+    import threading
+
+    timer = None
+    if budget_ms is not None:
+        timer = threading.Timer(
+            budget_ms / 1000, conn.cancel, args=(f"batch budget {budget_ms} ms",)
+        )
+        timer.daemon = True
+        timer.start()
+    ctx.stop_with(conn.cancel)
+    try:
+        yield
+    except (*_db_errors(), ComponentError) as exc:
+        if conn.cancelled is None:
+            if isinstance(exc, ComponentError):
+                raise
+            raise _translate(exc, batch_id) from None
+        if conn.cancelled.startswith("batch budget"):
+            raise ComponentError(
+                f"batch {batch_id}: the dry-run ran longer than HXO_DRY_RUN_BATCH_TIMEOUT_MS "
+                f"({budget_ms} ms) and was cancelled and rolled back",
+                code=BATCH_TIMEOUT,
+                path="manifest",
+            ) from None
+        ctx.heartbeat()  # raises why the partition stopped (RunAborted, LeaseLost, ...)
+        raise ComponentError(
+            f"batch {batch_id}: cancelled ({conn.cancelled}); rolled back",
+            code=CANCELLED,
+            path="manifest",
+        ) from None
+    finally:
+        ctx.stop_with(None)
+        if timer is not None:
+            timer.cancel()
 
 
 def _translate(exc: Exception, batch_id: int) -> ComponentError:
@@ -739,9 +811,14 @@ class SqlMigrate(Executor):
             "lock_timeout_ms": int(ctx.manifest.get("lock_timeout_ms", 5_000)),
         }
         if ctx.dry_run:
-            # A review must not hold the target's writers up: a short wait for locks.
+            # A review must not hold the target's writers up: a short wait for locks, and a
+            # lock it took is held at most a short statement timeout per statement (and the
+            # batch budget in all, `_watched`).
             timeouts["lock_timeout_ms"] = min(
                 timeouts["lock_timeout_ms"], settings.HXO_DRY_RUN_LOCK_TIMEOUT_MS
+            )
+            timeouts["statement_timeout_ms"] = min(
+                timeouts["statement_timeout_ms"], settings.HXO_DRY_RUN_STATEMENT_TIMEOUT_MS
             )
         beat = Beat(ctx)
         with connect(target, lock_timeout_ms=timeouts["lock_timeout_ms"]) as conn:
@@ -860,19 +937,37 @@ class SqlMigrate(Executor):
                 }
             work = [(batch.sql, batch.bound(a, b)) for a, b in pieces]
             what = _describe_pieces(batch, pieces, done)
-        conn.begin(**timeouts)
-        try:
-            _replay_earlier_batches(conn, ctx, batch, has_ledger, beat)
-            rows = _run(conn, work, beat)
-        except _db_errors() as exc:
-            raise _translate(exc, batch.batch_id) from None
-        finally:
-            conn.rollback()  # a dry-run never commits
+        # Statements calling setval()/nextval() are checked (EXPLAIN), not run: a sequence
+        # change survives the rollback. Indexes into the stage's statements (a backfill: 0).
+        checked: list[int] = []
+        first = batch.batch_id * int(ctx.manifest.get("batch_size", 1))
+        with _watched(conn, ctx, batch.batch_id, settings.HXO_DRY_RUN_BATCH_TIMEOUT_MS):
+            # idle_in_transaction: a paused worker's dry-run transaction (and its locks) is
+            # ended by the server, as an apply's is.
+            conn.begin(**timeouts, idle_timeout_ms=_idle_timeout_ms())
+            try:
+                _replay_earlier_batches(conn, ctx, batch, has_ledger, beat)
+                rows = _run(
+                    conn,
+                    work,
+                    beat,
+                    checked=checked,
+                    first=first if batch.mode == "statements" else 0,
+                )
+            finally:
+                conn.rollback()  # a dry-run never commits
+        if checked:
+            what += (
+                f"; {plural(len(checked), 'statement')} calling setval()/nextval() only checked, "
+                f"not executed (a sequence change survives a rollback): "
+                + ", ".join(f"#{i}" for i in checked)
+            )
         return {
             **base,
             "summary": f"batch {batch.batch_id}: would change {rows} rows (rolled back){what}",
             "rows_affected": rows,
             "already_applied": False,
+            "checked_not_executed": checked,
         }
 
     # --- apply ----------------------------------------------------------------------------
@@ -886,6 +981,17 @@ class SqlMigrate(Executor):
         beat: Beat,
     ) -> dict[str, Any]:
         _ensure_ledger(conn)
+        with _watched(conn, ctx, batch.batch_id, None):
+            return self._apply_watched(conn, ctx, batch, timeouts, beat)
+
+    def _apply_watched(
+        self,
+        conn: TargetConnection,
+        ctx: ExecutionContext,
+        batch: Batch,
+        timeouts: dict[str, int],
+        beat: Beat,
+    ) -> dict[str, Any]:
         conn.begin(**timeouts, idle_timeout_ms=_idle_timeout_ms())
         try:
             if batch.mode == "statements":
@@ -901,9 +1007,6 @@ class SqlMigrate(Executor):
                 conn.commit()
             else:
                 conn.rollback()
-        except _db_errors() as exc:
-            conn.rollback()
-            raise _translate(exc, batch.batch_id) from None
         except BaseException:
             conn.rollback()
             raise
