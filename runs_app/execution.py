@@ -262,7 +262,10 @@ class Heartbeat:
                 if time.monotonic() - last_renew >= self.interval_s:
                     self.renew()
                     last_renew = time.monotonic()
-                self.watch()
+                try:
+                    self.watch()
+                except Exception:  # a failed look must not stop the lease renewals
+                    log.exception("heartbeat of %s: watching for stops failed", self.owner)
         except Exception:
             log.exception("heartbeat of %s stopped", self.owner)
         finally:
