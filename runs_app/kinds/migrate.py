@@ -781,7 +781,7 @@ def _replay_earlier_batches(
             continue
         if _legacy_rows(conn, prior) is not None:
             continue
-        _run(conn, prior.work, beat)
+        _run(conn, prior.work, beat, checked=[])  # setval/nextval: checked here too
 
 
 def _idle_timeout_ms() -> int:

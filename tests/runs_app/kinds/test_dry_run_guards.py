@@ -500,3 +500,19 @@ def test_a_sqlite_dry_run_leaves_autoincrement_counters_alone(
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT seq FROM sqlite_sequence").fetchone() == (50,)
         assert db.execute("SELECT COUNT(*) FROM customers").fetchone() == (50,)
+
+
+@pytest.mark.postgres
+def test_a_dry_run_replaying_an_earlier_batch_does_not_run_its_sequence_calls(
+    customers, operator, no_validation
+):
+    """The dry-run of batch 1 first replays batch 0 (in the transaction it rolls back):
+    a setval() there is checked, not executed, as in batch 0's own dry-run."""
+    statements = ["SELECT setval('customers_id_seq', 1, false)", "SELECT 1 AS later"]
+
+    run = dry_run(plan("pg", statements, batch_size=1), operator)
+
+    parts = Partition.objects.filter(run=run).order_by("id")
+    assert [p.state for p in parts] == [PartitionState.SUCCEEDED] * 2
+    assert [p.preview["checked_not_executed"] for p in parts] == [[0], []]
+    assert pg_scalar(customers, "SELECT last_value FROM customers_id_seq") == 50
