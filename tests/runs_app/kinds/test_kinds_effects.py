@@ -269,3 +269,133 @@ def test_every_apply_output_names_its_effect_by_identity_and_digest(name, env: E
         place = next((effect[k] for k in PLACE_KEYS if k in effect), None)
         assert isinstance(place, str) and (":" in place or place.startswith("/")), effect
         assert any("digest" in k or k == "sha256" for k in effect), effect
+
+
+# --- The receipt checks the effects (issue 11 §2, attack finding 7) -------------------------
+#
+# `verified` used to be recomputed from stored results only: with every archive of an apply
+# deleted, the receipt still said verified. Now each executor is asked, per partition, whether
+# the recorded effect is still there.
+
+
+def _apply_case(name: str, env: Env, operator: Any, approver: Any) -> Any:
+    """Dry-run, approve where asked, and apply the case's stage through the engine."""
+    from tests.runs_app.kinds.test_kinds_engine import through_the_engine
+
+    _dry, run = through_the_engine(
+        {"name": f"effects-{name.split(' ')[0]}", "stages": [CASES[name].stage(env)]},
+        operator,
+        approver,
+    )
+    return run
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("name", _case_params())
+def test_the_receipt_is_verified_only_while_every_recorded_effect_is_there(
+    name, env: Env, operator, approver
+):
+    from runs_app import selectors
+    from runs_app.models import Partition
+
+    run = _apply_case(name, env, operator, approver)
+    partitions = Partition.objects.filter(run=run).count()
+    assert partitions > 0
+
+    intact = selectors.receipt(run)
+    assert intact["verified"] is True and intact["merkle_verified"] is True
+    assert intact["effects"] == {
+        "checked": partitions,
+        "missing": 0,
+        "complete": True,
+        "thorough": False,
+        "missing_partitions": [],
+    }
+    assert selectors.receipt(run, thorough=True)["verified"] is True
+
+    CASES[name].remove(env)
+
+    for thorough in (False, True):
+        gone = selectors.receipt(run, thorough=thorough)
+        assert gone["merkle_verified"] is True  # the stored results are unchanged...
+        assert gone["verified"] is False  # ...but what they describe is gone
+        assert gone["effects"]["checked"] == gone["effects"]["missing"] == partitions
+        assert gone["effects"]["missing_partitions"] == [
+            {"stage": "s", "index": i, "reason": "effect_missing"}
+            for i in range(min(partitions, 20))
+        ]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("name", DAMAGEABLE)
+def test_the_receipt_is_not_verified_once_a_recorded_effect_was_changed_in_place(
+    name, env: Env, operator, approver
+):
+    from runs_app import selectors
+
+    run = _apply_case(name, env, operator, approver)
+    assert selectors.receipt(run)["verified"] is True
+    assert CASES[name].damage is not None
+    CASES[name].damage(env)
+
+    changed = selectors.receipt(run)
+    assert changed["merkle_verified"] is True and changed["verified"] is False
+    assert changed["effects"]["missing"] >= 1
+    assert {m["reason"] for m in changed["effects"]["missing_partitions"]} == {"effect_missing"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_receipt_names_the_one_partition_whose_archive_was_deleted(
+    env: Env, operator, approver
+):
+    from runs_app import selectors
+    from runs_app.models import Partition
+
+    run = _apply_case("pack_backend", env, operator, approver)
+    assert Partition.objects.filter(run=run).count() > 1
+    victim = Partition.objects.filter(run=run).order_by("index").last()
+    archive = env.scratch["artifacts"] / victim.output["archive"]
+    assert archive.is_file()
+    archive.unlink()
+
+    receipt = selectors.receipt(run)
+
+    assert receipt["verified"] is False
+    assert receipt["effects"]["missing"] == 1
+    assert receipt["effects"]["missing_partitions"] == [
+        {"stage": "s", "index": victim.index, "reason": "effect_missing"}
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_receipt_whose_effect_check_ran_out_of_time_is_not_verified(
+    env: Env, operator, approver, settings, monkeypatch
+):
+    from runs_app import execution, selectors
+
+    run = _apply_case("pack_backend", env, operator, approver)
+    assert selectors.receipt(run)["verified"] is True
+    # The clock jumps past any budget as soon as the check starts.
+    real = execution.time.monotonic
+    calls = iter(range(10**6))
+    monkeypatch.setattr(execution.time, "monotonic", lambda: real() + 3600 * next(calls))
+
+    cut = selectors.receipt(run)
+
+    assert cut["merkle_verified"] is True
+    assert cut["effects"]["complete"] is False and cut["verified"] is False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_dry_run_receipt_checks_no_effects(env: Env, operator, approver):
+    from runs_app import selectors, services
+    from tests.runs_app.kinds.test_kinds_engine import drain_all
+
+    plan = services.plan_create(
+        actor=operator, document={"name": "dry", "stages": [CASES["pack_backend"].stage(env)]}
+    )
+    dry = drain_all(services.run_start_dry_run(plan=plan, actor=operator))
+    receipt = selectors.receipt(dry)
+    assert receipt["verified"] is True
+    assert receipt["effects"]["checked"] == 0
+    assert not list(env.scratch["artifacts"].rglob("*.tar.gz"))
