@@ -399,3 +399,88 @@ def test_a_dry_run_receipt_checks_no_effects(env: Env, operator, approver):
     assert receipt["verified"] is True
     assert receipt["effects"]["checked"] == 0
     assert not list(env.scratch["artifacts"].rglob("*.tar.gz"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_receipt_api_and_page_name_the_missing_effect(
+    env: Env, operator, approver, viewer, api_client_for
+):
+    from django.test import Client
+
+    run = _apply_case("pack_backend", env, operator, approver)
+    api = api_client_for(viewer)
+    page = Client()
+    page.force_login(viewer)
+
+    body = api.get(f"/api/v1/runs/{run.pk}/receipt/?thorough=1").json()
+    assert body["verified"] is True and body["effects"]["thorough"] is True
+    shown = page.get(f"/runs/{run.pk}/receipt/").content.decode()
+    assert "status-ok" in shown and "every recorded effect is there" in shown
+
+    for path in env.scratch["artifacts"].rglob("*.tar.gz"):
+        path.unlink()
+
+    body = api.get(f"/api/v1/runs/{run.pk}/receipt/").json()
+    assert body["merkle_verified"] is True and body["verified"] is False
+    assert body["effects"]["missing"] == body["effects"]["checked"] > 0
+    shown = page.get(f"/runs/{run.pk}/receipt/").content.decode()
+    assert "status-ok" not in shown and "status-error" in shown
+    assert 'data-testid="receipt-missing"' in shown and "deleted or changed" in shown
+    # The htmx partial says the same as the page.
+    partial = page.get(f"/runs/{run.pk}/receipt/", HTTP_HX_REQUEST="true").content.decode()
+    assert "status-error" in partial and "status-ok" not in partial
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("value", ["yes", "2", "²"])
+def test_a_bad_thorough_value_is_refused_with_400(value, operator, viewer, api_client_for):
+    from django.test import Client
+
+    from runs_app.models import Run
+
+    assert not Run.objects.exists()
+    response = api_client_for(viewer).get(f"/api/v1/runs/1/receipt/?thorough={value}")
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["path"] == "thorough"
+    page = Client()
+    page.force_login(viewer)
+    assert page.get(f"/runs/1/receipt/?thorough={value}").status_code == 400
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_archive_touched_but_not_changed_is_hashed_again_and_still_verified(
+    env: Env, operator, approver
+):
+    """A stat identity that changed is not a missing effect: the bytes are hashed, and equal."""
+    import os
+
+    from runs_app import selectors
+
+    run = _apply_case("pack_backend", env, operator, approver)
+    for path in env.scratch["artifacts"].rglob("*.tar.gz"):
+        path.write_bytes(path.read_bytes())  # same bytes, new mtime and ctime
+        os.utime(path, ns=(0, 0))
+    assert selectors.receipt(run)["verified"] is True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_untouched_archive_is_not_read_again_unless_thorough(
+    env: Env, operator, approver, monkeypatch
+):
+    """The cheap check: an archive whose stat identity is the recorded one is not hashed."""
+    from runs_app import selectors
+    from runs_app.kinds import base
+
+    run = _apply_case("pack_backend", env, operator, approver)
+    hashed: list[str] = []
+    real = base.object_matches
+
+    def spy(storage: Any, name: Any, **kw: Any) -> bool:
+        hashed.append(name)
+        return real(storage, name, **kw)
+
+    monkeypatch.setattr(base, "object_matches", spy)
+    assert selectors.receipt(run)["verified"] is True
+    assert hashed == []
+    assert selectors.receipt(run, thorough=True)["verified"] is True
+    assert len(hashed) == run.partitions.count()
