@@ -13,7 +13,7 @@ from blueprints_app.serializers import (
     StrictCharField,
     StrictIntegerField,
 )
-from runs_app import selectors
+from runs_app import execution, selectors
 from runs_app.models import Approval, AuditEvent, Partition, Plan, PlanRevision, Run
 
 
@@ -236,7 +236,9 @@ class ReceiptStageSerializer(serializers.Serializer):
 class ReceiptMissingEffectSerializer(serializers.Serializer):
     stage = serializers.CharField()
     index = serializers.IntegerField()
-    reason = serializers.ChoiceField(choices=["effect_missing", "effect_check_failed", "no_output"])
+    reason = serializers.ChoiceField(
+        choices=[execution.EFFECT_MISSING, execution.EFFECT_CHECK_FAILED, execution.NO_OUTPUT]
+    )
 
 
 class ReceiptEffectsSerializer(serializers.Serializer):
