@@ -297,6 +297,20 @@ def _staging() -> Storage:
     return storages[STAGING]
 
 
+INDEX_COLUMNS = ("path", "name", "bucket", "size", "sha256", "media_type", "width", "height")
+
+
+def _index_rows(workspace: str, paths: Sequence[str]) -> list[list[Any]]:
+    """The asset index rows of `paths` as stored now: every column the apply writes except
+    when and by whom (INDEX_COLUMNS), ordered by path."""
+    return [
+        list(row)
+        for row in AssetIndexEntry.objects.filter(workspace=workspace, path__in=list(paths))
+        .order_by("path")
+        .values_list(*INDEX_COLUMNS)
+    ]
+
+
 def _rows_digest(rows: Sequence[Sequence[Any]]) -> str:
     """Digest of the index rows a partition stands for: (path, size, SHA-256) of its files."""
     return digest_of(sorted([r[0], r[1], r[2]] for r in rows))
@@ -345,12 +359,15 @@ class IndexAssets(Executor):
                 return False
             ws = pinned_workspace(ctx)
             wanted = {(r[0], r[1], r[2]) for r in rows}
-            found = set(
-                AssetIndexEntry.objects.filter(
-                    workspace=ws.name, path__in=[r[0] for r in rows]
-                ).values_list("path", "size", "sha256")
-            )
-            return found == wanted and effect.get("rows_digest") == _rows_digest(rows)
+            found = _index_rows(ws.name, [r[0] for r in rows])
+            if {(f[0], f[3], f[4]) for f in found} != wanted or len(found) != len(wanted):
+                return False
+            if effect.get("rows_digest") != _rows_digest(rows):
+                return False
+            # Every column the apply wrote, not only the hash: a row whose media type or
+            # size in pixels changed since is not the effect (older outputs lack it).
+            recorded = effect.get("content_digest")
+            return recorded is None or recorded == digest_of(found)
         if ctx.kind.kind == "assets.stage":
             if effect.get("location") != storage_identity(STAGING):
                 return False
@@ -436,6 +453,7 @@ class IndexAssets(Executor):
                     workspace=ws.name, path__in=stale
                 ).delete()
             _upsert(entries, now, ctx.run_id, ctx.partition_id)
+            content = digest_of(_index_rows(ws.name, [r[0] for r in rows]))
             beat(force=True)  # LeaseLost here rolls the upsert back
         return {
             "status": "indexed",
@@ -450,6 +468,7 @@ class IndexAssets(Executor):
                 "workspace": ws.name,
                 "rows": len(entries),
                 "rows_digest": _rows_digest(rows),
+                "content_digest": content,
             },
         }
 
