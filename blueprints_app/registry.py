@@ -101,6 +101,10 @@ class ExecutionContext:
     heartbeat: Callable[[], None] = lambda: None
     check_fence: Callable[[], None] = lambda: None
     stop_with: Callable[[Callable[[str], None] | None], None] = lambda cancel: None
+    # For `Executor.effect_exists`: False (a reuse check, the receipt's default) lets a check
+    # trust what was recorded at write time while the file's stat identity is unchanged;
+    # True (the receipt's `?thorough=1`) asks it to hash every byte again.
+    thorough: bool = False
 
     @property
     def params(self) -> dict[str, Any]:
@@ -177,7 +181,10 @@ class Executor:
 
         Read only: never write, never repair. Called by a worker holding the partition's
         lease (never inside a web request), so it may read files and databases, but it
-        should cost less than executing. An exception counts as False.
+        should cost less than executing. An exception counts as False. The run's receipt
+        asks it too (on demand, for every partition of an apply), so a check that trusts a
+        file recorded at write time does so only while its stat identity is unchanged, and
+        hashes everything when `ctx.thorough` is True.
 
         The default is False: an executor that cannot tell is never reused, which is always
         safe (a plugin only loses the shortcut).

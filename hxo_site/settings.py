@@ -264,6 +264,9 @@ HXO_MAX_ATTEMPTS = env_int("HXO_MAX_ATTEMPTS", 3, minimum=1)
 HXO_RETRY_BACKOFF_MS = env_int("HXO_RETRY_BACKOFF_MS", 1_000, minimum=0)
 HXO_LEASE_MS = env_int("HXO_LEASE_MS", 30_000, minimum=500)
 HXO_DRAIN_BUDGET_S = env_int("HXO_DRAIN_BUDGET_S", 60, minimum=1)
+# The receipt asks executors whether each recorded effect still exists; it stops after this
+# many seconds and then cannot say verified (runs_app.selectors.receipt).
+HXO_RECEIPT_EFFECTS_BUDGET_S = env_int("HXO_RECEIPT_EFFECTS_BUDGET_S", 20, minimum=1)
 HXO_RECONCILE_EVERY_MIN = env_int("HXO_RECONCILE_EVERY_MIN", 1, minimum=1)
 HXO_ALLOW_SELF_APPROVAL = env_bool("HXO_ALLOW_SELF_APPROVAL", False)
 # An approval covers an apply started within this many hours of it (runs_app.policies).

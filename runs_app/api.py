@@ -447,12 +447,22 @@ class RunReceipt(APIView):
     permission_classes = [capability_required("view")]
 
     @extend_schema(
-        summary="Merkle receipt, recomputed from stored results",
+        summary="Merkle receipt, recomputed from stored results, and each effect checked",
+        description=(
+            "`verified` is true only when the Merkle roots recomputed from the stored results "
+            "match the recorded ones (`merkle_verified`) and every effect an apply recorded "
+            "is still there (`effects`). `?thorough=1` hashes every stored file again instead "
+            "of trusting files whose stat identity is unchanged since they were written."
+        ),
+        parameters=[
+            OpenApiParameter("thorough", str, enum=["0", "1"], description="1: hash every byte")
+        ],
         responses={200: ReceiptSerializer, **ERRORS},
     )
     def get(self, request: Request, pk: int) -> Response:
+        thorough = parameters.choice(request.query_params, "thorough", ("0", "1")) == "1"
         run = get_object_or_404(Run, pk=pk)
-        return Response(selectors.receipt(run))
+        return Response(selectors.receipt(run, thorough=thorough))
 
 
 class RunDiff(APIView):

@@ -10,12 +10,13 @@ import dataclasses
 import math
 from typing import Any
 
+from django.conf import settings
 from django.db.models import F, Q, QuerySet
 from django.db.models.fields.json import KT
 from django.utils import timezone
 
 from runs_app import hashing
-from runs_app.execution import stage_leaves
+from runs_app.execution import check_effects, stage_leaves
 from runs_app.models import (
     AuditEvent,
     Partition,
@@ -120,8 +121,16 @@ def partitions_of(run: Run, *, stage: str | None = None, state: str | None = Non
     return CountedRows(qs.order_by("stage_id", "index"), total)
 
 
-def receipt(run: Run) -> dict[str, Any]:
-    """Recompute every Merkle root from the stored results and compare with the recorded ones."""
+def receipt(run: Run, *, thorough: bool = False) -> dict[str, Any]:
+    """Recompute every Merkle root from the stored results and compare with the recorded
+    ones, then ask each executor whether every recorded effect is still there
+    (`execution.check_effects`, bounded by HXO_RECEIPT_EFFECTS_BUDGET_S seconds).
+
+    `verified` is True only when both hold: `merkle_verified` (the stored results are those
+    the run recorded) and every effect was checked and found (`effects`). An effect check
+    cut short by the time budget cannot vouch: `effects.complete` is False and `verified`
+    is False. `thorough` makes executors hash every byte instead of trusting files whose
+    stat identity is unchanged since they were written (docs/exactly-once.md §2)."""
     stages = []
     verified = bool(run.merkle_root)
     roots = []
@@ -141,13 +150,16 @@ def receipt(run: Run) -> dict[str, Any]:
             }
         )
     merkle_root = hashing.merkle_root(roots) if roots else ""
-    verified = verified and merkle_root == run.merkle_root
+    merkle_verified = verified and merkle_root == run.merkle_root
+    effects = check_effects(run, thorough=thorough, budget_s=settings.HXO_RECEIPT_EFFECTS_BUDGET_S)
     return {
         "run": run.pk,
         "merkle_root": merkle_root,
         "recorded_merkle_root": run.merkle_root,
         "stages": stages,
-        "verified": verified,
+        "verified": merkle_verified and effects["complete"] and effects["missing"] == 0,
+        "merkle_verified": merkle_verified,
+        "effects": effects,
     }
 
 

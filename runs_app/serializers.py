@@ -13,7 +13,7 @@ from blueprints_app.serializers import (
     StrictCharField,
     StrictIntegerField,
 )
-from runs_app import selectors
+from runs_app import execution, selectors
 from runs_app.models import Approval, AuditEvent, Partition, Plan, PlanRevision, Run
 
 
@@ -233,12 +233,38 @@ class ReceiptStageSerializer(serializers.Serializer):
     leaves = serializers.ListField(child=serializers.CharField())
 
 
+class ReceiptMissingEffectSerializer(serializers.Serializer):
+    stage = serializers.CharField()
+    index = serializers.IntegerField()
+    reason = serializers.ChoiceField(
+        choices=[execution.EFFECT_MISSING, execution.EFFECT_CHECK_FAILED, execution.NO_OUTPUT]
+    )
+
+
+class ReceiptEffectsSerializer(serializers.Serializer):
+    checked = serializers.IntegerField(help_text="Partitions whose effect was checked")
+    missing = serializers.IntegerField(help_text="Of those, effects not there as recorded")
+    complete = serializers.BooleanField(
+        help_text="False when HXO_RECEIPT_EFFECTS_BUDGET_S ran out before every partition"
+    )
+    thorough = serializers.BooleanField(help_text="Every stored byte was hashed again")
+    missing_partitions = ReceiptMissingEffectSerializer(
+        many=True, help_text="The first 20 partitions whose effect is missing"
+    )
+
+
 class ReceiptSerializer(serializers.Serializer):
     run = serializers.IntegerField()
     merkle_root = serializers.CharField()
     recorded_merkle_root = serializers.CharField()
     stages = ReceiptStageSerializer(many=True)
-    verified = serializers.BooleanField()
+    verified = serializers.BooleanField(
+        help_text="merkle_verified, and every recorded effect checked and found"
+    )
+    merkle_verified = serializers.BooleanField(
+        help_text="The Merkle roots recomputed from the stored results match the recorded ones"
+    )
+    effects = ReceiptEffectsSerializer()
 
 
 class MigrateRequestSerializer(StrictBodySerializer):

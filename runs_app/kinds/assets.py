@@ -46,7 +46,9 @@ from runs_app.kinds.base import (
     require_input,
     required_unless_default,
     resolve_params,
+    stats_digest,
     storage_effect,
+    storage_effect_matches,
     storage_identity,
     storage_root,
     stored_object_matches,
@@ -283,8 +285,30 @@ def staged_name(root_rel: str, rel: str, sha: str) -> str:
 STAGING = "staging"
 
 
+def _copies_stat_digest(names: Sequence[str]) -> str | None:
+    """`stats_digest` of staged copies; None in a remote storage or when one is missing."""
+    root = storage_root(_staging())
+    if root is None:
+        return None
+    return stats_digest(_staging().path(name) for name in names)
+
+
 def _staging() -> Storage:
     return storages[STAGING]
+
+
+INDEX_COLUMNS = ("path", "name", "bucket", "size", "sha256", "media_type", "width", "height")
+
+
+def _index_rows(workspace: str, paths: Sequence[str]) -> list[list[Any]]:
+    """The asset index rows of `paths` as stored now: every column the apply writes except
+    when and by whom (INDEX_COLUMNS), ordered by path."""
+    return [
+        list(row)
+        for row in AssetIndexEntry.objects.filter(workspace=workspace, path__in=list(paths))
+        .order_by("path")
+        .values_list(*INDEX_COLUMNS)
+    ]
 
 
 def _rows_digest(rows: Sequence[Sequence[Any]]) -> str:
@@ -318,9 +342,14 @@ class IndexAssets(Executor):
     def effect_exists(self, ctx: ExecutionContext, output: dict[str, Any]) -> bool:
         """assets.index: every pinned file of the partition has its index row in HXO's
         database (the recorded one), with the pinned size and SHA-256. assets.stage: every
-        staged copy is in staging storage (the recorded location) with its size, and the
-        partition's manifest is there with its SHA-256 (staged copies are checked by size,
-        not hashed again: hashing them costs as much as copying them)."""
+        staged copy is in staging storage (the recorded location) with the pinned content,
+        and the partition's manifest is there with its SHA-256.
+
+        Staged copies are hashed again only when needed: while the stat identities of all of
+        them (`base.stats_digest`) are those recorded when the apply wrote or hash-verified
+        them, none was written since; otherwise (or with `ctx.thorough`, or in a remote
+        storage) each is hashed and compared with the pinned SHA-256 its name carries, so a
+        same-size damaged copy is never reused."""
         effect = output.get("effect")
         if not isinstance(effect, dict):
             return False
@@ -330,25 +359,31 @@ class IndexAssets(Executor):
                 return False
             ws = pinned_workspace(ctx)
             wanted = {(r[0], r[1], r[2]) for r in rows}
-            found = set(
-                AssetIndexEntry.objects.filter(
-                    workspace=ws.name, path__in=[r[0] for r in rows]
-                ).values_list("path", "size", "sha256")
-            )
-            return found == wanted and effect.get("rows_digest") == _rows_digest(rows)
+            found = _index_rows(ws.name, [r[0] for r in rows])
+            if {(f[0], f[3], f[4]) for f in found} != wanted or len(found) != len(wanted):
+                return False
+            if effect.get("rows_digest") != _rows_digest(rows):
+                return False
+            # Every column the apply wrote, not only the hash: a row whose media type or
+            # size in pixels changed since is not the effect (older outputs lack it).
+            recorded = effect.get("content_digest")
+            return recorded is None or recorded == digest_of(found)
         if ctx.kind.kind == "assets.stage":
             if effect.get("location") != storage_identity(STAGING):
                 return False
+            if not storage_effect_matches(STAGING, effect.get("manifest"), thorough=ctx.thorough):
+                return False
             root_rel = str(ctx.manifest.get("root", "."))
-            manifest = effect.get("manifest") or {}
-            return stored_object_matches(
-                STAGING,
-                manifest.get("name"),
-                size=manifest.get("bytes"),
-                sha256=manifest.get("sha256"),
-            ) and all(
-                stored_object_matches(STAGING, staged_name(root_rel, r[0], r[2]), size=r[1])
-                for r in rows
+            names = [(staged_name(root_rel, r[0], r[2]), r) for r in rows]
+            recorded = effect.get("copies_stat_digest")
+            if (
+                not ctx.thorough
+                and isinstance(recorded, str)
+                and _copies_stat_digest([n for n, _r in names]) == recorded
+            ):
+                return True
+            return all(
+                stored_object_matches(STAGING, name, size=r[1], sha256=r[2]) for name, r in names
             )
         return False
 
@@ -418,6 +453,7 @@ class IndexAssets(Executor):
                     workspace=ws.name, path__in=stale
                 ).delete()
             _upsert(entries, now, ctx.run_id, ctx.partition_id)
+            content = digest_of(_index_rows(ws.name, [r[0] for r in rows]))
             beat(force=True)  # LeaseLost here rolls the upsert back
         return {
             "status": "indexed",
@@ -432,6 +468,7 @@ class IndexAssets(Executor):
                 "workspace": ws.name,
                 "rows": len(entries),
                 "rows_digest": _rows_digest(rows),
+                "content_digest": content,
             },
         }
 
@@ -478,10 +515,17 @@ class IndexAssets(Executor):
         for (rel, size, sha, mode), name in plan:
             beat()
             entry = (rel, size, sha, mode)
-            # A staged copy of another size is damaged: copied again (same size: kept,
-            # hashing every staged copy on every apply would cost as much as copying it).
+            # A staged copy that is not the pinned content (another size, or the same size
+            # with other bytes) is damaged: copied again. Hashing an existing copy reads it
+            # once, which costs less than copying it; an apply only runs here when the
+            # effect check found something missing or changed, or on force_rerun.
             if publish(
-                storage, name, ctx, lambda f, entry=entry: stream_verified(ws, entry, f), size=size
+                storage,
+                name,
+                ctx,
+                lambda f, entry=entry: stream_verified(ws, entry, f),
+                size=size,
+                sha256=sha,
             ):
                 copied += 1
                 copied_bytes += size
@@ -523,6 +567,9 @@ class IndexAssets(Executor):
                 "manifest": storage_effect(STAGING, manifest_name, digest, len(manifest)),
                 "assets": len(entries),
                 "assets_digest": digest_of([[e["staged"], e["sha256"]] for e in entries]),
+                # Every copy was just written or hash-verified: their stat identities vouch
+                # for their content until one is written again (None: remote storage).
+                "copies_stat_digest": _copies_stat_digest([name for _r, name in plan]),
             },
         }
 

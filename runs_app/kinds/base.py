@@ -14,8 +14,9 @@ import copy
 import hashlib
 import json
 import os
+import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -308,24 +309,103 @@ def cache_identity(alias: str) -> str:
 
 
 def storage_effect(alias: str, name: str, sha256: str, size: int) -> dict[str, Any]:
-    """The `effect` of one content-addressed object written to a storage."""
+    """The `effect` of one content-addressed object written to a storage.
+
+    Called right after the object was written or hash-verified, so its `stat` (`file_stat`;
+    None in a remote storage) vouches for these bytes until the file is written again."""
     return {
         "storage": alias,
         "location": storage_identity(alias),
         "name": name,
         "sha256": sha256,
         "bytes": size,
+        "stat": storage_stat(alias, name),
     }
 
 
+def storage_effect_matches(alias: str, effect: Any, *, thorough: bool = False) -> bool:
+    """Whether the object a `storage_effect` describes is there, as recorded: present at the
+    recorded location with its size, and either its stat identity unchanged since it was
+    recorded or its SHA-256 the recorded one (always hashed when `thorough`)."""
+    if not isinstance(effect, dict):
+        return False
+    return stored_object_matches(
+        alias,
+        effect.get("name"),
+        size=effect.get("bytes"),
+        sha256=effect.get("sha256"),
+        location=effect.get("location"),
+        stat=effect.get("stat"),
+        thorough=thorough,
+    )
+
+
+def file_stat(path: str | os.PathLike[str]) -> list[int] | None:
+    """A file's stat identity `[size, mtime_ns, ctime_ns, inode]`, or None when it is not a
+    regular file (or cannot be read).
+
+    Recorded when HXO writes (or hash-verifies) a file, and compared before trusting it
+    again without hashing: any write to the file, a replacement by another file, and even a
+    `touch -d` that sets mtime back, all change ctime or the inode, and a user cannot set
+    ctime back (only the clock can). Same rule as git's index and rsync's quick check, with
+    ctime and inode added so that a same-size, same-mtime rewrite is still caught."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def storage_stat(alias: str, name: str) -> list[int] | None:
+    """`file_stat` of object `name` in storage `alias`; None for a remote storage (S3...),
+    whose objects are then always hashed to be checked."""
+    root = storage_root(storages[alias])
+    if root is None:
+        return None
+    return file_stat(storages[alias].path(name))
+
+
+def stats_digest(paths: Iterable[str | os.PathLike[str]]) -> str | None:
+    """Digest of the stat identities of `paths`, in order; None when one is missing."""
+    rows = []
+    for path in paths:
+        st = file_stat(path)
+        if st is None:
+            return None
+        rows.append([str(path), st])
+    return digest_of(rows)
+
+
 def stored_object_matches(
-    alias: str, name: Any, *, size: Any = None, sha256: Any = None, location: Any = None
+    alias: str,
+    name: Any,
+    *,
+    size: Any = None,
+    sha256: Any = None,
+    location: Any = None,
+    stat: Any = None,
+    thorough: bool = False,
 ) -> bool:
     """Whether `name` exists in storage `alias` (still at `location`, when given) with `size`
     bytes and, when `sha256` is given, exactly that content. Read only; any error reading
-    counts as not there."""
+    counts as not there.
+
+    `stat`: the `file_stat` recorded when the object was written or last hashed. When the
+    object's stat identity is still that one, it has not been written since and is not
+    hashed again (unless `thorough`); otherwise it is hashed."""
     if location is not None and location != storage_identity(alias):
         return False
+    if (
+        not thorough
+        and isinstance(stat, list)
+        and isinstance(name, str)
+        and name
+        and storage_stat(alias, name) == stat
+        and (size is None or stat[0] == size)
+    ):
+        return True
     return object_matches(storages[alias], name, size=size, sha256=sha256)
 
 

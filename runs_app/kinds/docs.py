@@ -263,14 +263,15 @@ class DocsIndex(Executor):
             return False
         ws = pinned_workspace(ctx)
         pages = _pages(ctx)
-        found = set(
-            DocPage.objects.filter(
-                workspace=ws.name, route__in=[p["route"] for p in pages]
-            ).values_list("route", "sha256")
-        )
-        return found == {(p["route"], p["sha256"]) for p in pages} and effect.get(
-            "pages_digest"
-        ) == _pages_digest(pages)
+        found = _page_rows(ws.name, [p["route"] for p in pages])
+        if {(f[0], f[-1]) for f in found} != {(p["route"], p["sha256"]) for p in pages}:
+            return False
+        if effect.get("pages_digest") != _pages_digest(pages):
+            return False
+        # Every column the apply wrote, not only the hash: a row whose title or text was
+        # changed since is not the effect (older outputs lack the digest).
+        recorded = effect.get("content_digest")
+        return recorded is None or recorded == digest_of(found)
 
     def execute(self, ctx: ExecutionContext) -> dict[str, Any]:
         ws = pinned_workspace(ctx)
@@ -334,6 +335,7 @@ class DocsIndex(Executor):
                         "partition_id": ctx.partition_id,
                     },
                 )
+            content = digest_of(_page_rows(ws.name, [p["route"] for p in pages]))
             beat(force=True)  # LeaseLost here rolls every page of the partition back
         return {
             "status": "indexed",
@@ -347,6 +349,7 @@ class DocsIndex(Executor):
                 "workspace": ws.name,
                 "pages": len(pages),
                 "pages_digest": _pages_digest(pages),
+                "content_digest": content,
             },
         }
 
@@ -362,6 +365,20 @@ def _pages(ctx: ExecutionContext) -> list[dict[str, Any]]:
             path="inputs.route",
         )
     return pages
+
+
+PAGE_COLUMNS = ("route", "prefix", "path", "title", "headings", "body", "words", "size", "sha256")
+
+
+def _page_rows(workspace: str, routes: list[str]) -> list[list[Any]]:
+    """The docs index rows of `routes` as stored now: every column the apply writes except
+    when and by whom (PAGE_COLUMNS, the SHA-256 last), ordered by route."""
+    return [
+        list(row)
+        for row in DocPage.objects.filter(workspace=workspace, route__in=routes)
+        .order_by("route")
+        .values_list(*PAGE_COLUMNS)
+    ]
 
 
 def _pages_digest(pages: list[dict[str, Any]]) -> str:

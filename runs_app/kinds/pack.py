@@ -46,6 +46,7 @@ from runs_app.kinds.base import (
     required_unless_default,
     resolve_params,
     storage_effect,
+    storage_effect_matches,
     storage_root,
     stored_object_matches,
     subdir_param,
@@ -394,19 +395,11 @@ class PackBackend(Executor):
 
     def effect_exists(self, ctx: ExecutionContext, output: dict[str, Any]) -> bool:
         """The archive is in artifact storage, at the recorded location, with the recorded
-        size and SHA-256: the whole archive is hashed again, because reading costs far less
-        than packing (gzip runs at tens of MB/s, SHA-256 at about a GB/s), and a truncated
-        or overwritten archive must not pass."""
-        effect = output.get("effect")
-        if not isinstance(effect, dict):
-            return False
-        return stored_object_matches(
-            ARTIFACTS,
-            effect.get("name"),
-            size=effect.get("bytes"),
-            sha256=effect.get("sha256"),
-            location=effect.get("location"),
-        )
+        size and SHA-256. While its stat identity is the one recorded when it was written
+        (or hash-verified) it has not been written since, and is not read again; otherwise
+        (or with `ctx.thorough`, or in a remote storage) the whole archive is hashed, so a
+        truncated or overwritten archive never passes (`base.storage_effect_matches`)."""
+        return storage_effect_matches(ARTIFACTS, output.get("effect"), thorough=ctx.thorough)
 
     def _pack(
         self,

@@ -174,9 +174,11 @@ def registry() -> BaseCache:
 
 
 def registry_entry(ws: str, name: str, row: dict[str, Any], source: bytes) -> dict[str, Any]:
+    """The registry entry of one module, sealed with `entry_digest` (the digest of the rest
+    of it), so that an entry changed after it was written is not taken as current."""
     tree = _parse(source, name, row["path"])
     doc = ast.get_docstring(tree) or ""
-    return {
+    entry = {
         "format": REGISTRY_FORMAT,
         "workspace": ws,
         "module": name,
@@ -194,14 +196,21 @@ def registry_entry(ws: str, name: str, row: dict[str, Any], source: bytes) -> di
         "lines": source.count(b"\n") + (0 if source.endswith(b"\n") or not source else 1),
         "depth": row.get("depth", 0),
     }
+    entry["entry_digest"] = digest_of(entry)
+    return entry
 
 
 def _current(entry: Any, sha: str) -> bool:
-    return (
+    """An entry of this format for source `sha`, unchanged since it was written (its seal):
+    a damaged entry with the right source hash is written again, not kept."""
+    if not (
         isinstance(entry, dict)
         and entry.get("format") == REGISTRY_FORMAT
         and entry.get("source_sha256") == sha
-    )
+    ):
+        return False
+    body = {k: v for k, v in entry.items() if k != "entry_digest"}
+    return entry.get("entry_digest") == digest_of(body)
 
 
 def _entries_digest(cache: BaseCache, keys: list[str], found: dict | None = None) -> str:
@@ -308,12 +317,24 @@ def pyc_header(source: bytes) -> bytes:
     )
 
 
+def pyc_sidecar(path: Path) -> Path:
+    """Where the SHA-256 of the bytes HXO wrote to the bytecode file `path` is kept."""
+    return path.with_name(path.name + ".sha256")
+
+
 def _pyc_current(path: Path, header: bytes) -> bool:
+    """Whether `path` is the bytecode HXO compiled from the source whose header is `header`:
+    the header matches, and the whole file is the bytes HXO wrote (their SHA-256, recorded
+    beside it at write time). A header alone would keep a pyc whose body was damaged after
+    it was written; compiling again to compare is what the check exists to save (and
+    marshal's output is not byte-stable across processes), so the write-time digest is the
+    reference. Bytecode is small: reading it whole costs little."""
     try:
-        with open(path, "rb") as f:
-            return f.read(len(header)) == header
-    except OSError:
+        data = path.read_bytes()
+        recorded = pyc_sidecar(path).read_text().strip()
+    except (OSError, UnicodeDecodeError):
         return False
+    return data[: len(header)] == header and hashlib.sha256(data).hexdigest() == recorded
 
 
 def _bytecode_digest(root: Path, targets: list[Path]) -> str | None:
@@ -385,6 +406,13 @@ class PrimeCaches(Executor):
                 f.write(data)
                 f.close()
                 os.replace(tmp, target)
+            # The digest after the file: a crash between the two leaves a digest that does
+            # not match, so the module is compiled again, never trusted.
+            digest = hashlib.sha256(data).hexdigest().encode()
+            with atomic_local_file(pyc_sidecar(target), ctx) as (tmp, f):
+                f.write(digest)
+                f.close()
+                os.replace(tmp, pyc_sidecar(target))
             written += len(data)
         targets = [target for _n, _r, _s, target, _h, _c in plan]
         return {

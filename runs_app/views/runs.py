@@ -248,8 +248,9 @@ def run_progress(request: HttpRequest, pk: int) -> HttpResponse:
 @require("view")
 @require_GET
 def run_receipt(request: HttpRequest, pk: int) -> HttpResponse:
+    thorough = parameters.choice(request.GET, "thorough", ("0", "1")) == "1"
     run = get_run(pk)
-    receipt = selectors.receipt(run) if run.merkle_root else None
+    receipt = selectors.receipt(run, thorough=thorough) if run.merkle_root else None
     return page(
         request, "hxo/runs/receipt.html", {"run": run, "receipt": receipt}, partial="receipt"
     )

@@ -117,3 +117,28 @@ def test_the_browser_tests_run_under_a_strict_content_security_policy(open_page,
     assert page.evaluate("getComputedStyle(document.getElementById('x')).color") != "rgb(255, 0, 0)"
     assert page.title() != "ran"
     assert any("Content Security Policy" in e for e in page.console_errors), page.console_errors
+
+
+def test_a_receipt_whose_effects_are_gone_shows_no_green_verified(open_page, operator) -> None:
+    """The Merkle roots still match, but index rows the apply wrote were deleted since: the
+    receipt page must say not verified and name the partitions (attack finding 7)."""
+    from runs_app.models import AssetIndexEntry
+
+    assets = example("assets-index-by-bucket", operator)
+    dry = drain(services.run_start_dry_run(plan=assets, actor=operator))
+    applied = drain(services.run_apply(plan=assets, actor=operator, dry_run_id=dry.pk))
+    page = open_page()
+    log_in(page, "otto")
+    page.goto(f"/runs/{applied.pk}/receipt/")
+    expect(page.get_by_test_id("receipt-status")).to_contain_text("Verified")
+    shoot(page, "receipt-verified")
+
+    AssetIndexEntry.objects.filter(bucket="images").delete()
+    page.goto(f"/runs/{applied.pk}/receipt/")
+
+    status = page.get_by_test_id("receipt-status")
+    expect(status).to_contain_text("Not verified")
+    expect(status).to_have_class("status status-error")
+    expect(page.get_by_test_id("receipt-missing")).to_contain_text("deleted or changed")
+    shoot(page, "receipt-effects-missing")
+    assert page.console_errors == []

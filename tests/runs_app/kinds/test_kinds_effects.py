@@ -269,3 +269,250 @@ def test_every_apply_output_names_its_effect_by_identity_and_digest(name, env: E
         place = next((effect[k] for k in PLACE_KEYS if k in effect), None)
         assert isinstance(place, str) and (":" in place or place.startswith("/")), effect
         assert any("digest" in k or k == "sha256" for k in effect), effect
+
+
+# --- The receipt checks the effects (issue 11 §2, attack finding 7) -------------------------
+#
+# `verified` used to be recomputed from stored results only: with every archive of an apply
+# deleted, the receipt still said verified. Now each executor is asked, per partition, whether
+# the recorded effect is still there.
+
+
+def _apply_case(name: str, env: Env, operator: Any, approver: Any) -> Any:
+    """Dry-run, approve where asked, and apply the case's stage through the engine."""
+    from tests.runs_app.kinds.test_kinds_engine import through_the_engine
+
+    _dry, run = through_the_engine(
+        {"name": f"effects-{name.split(' ')[0]}", "stages": [CASES[name].stage(env)]},
+        operator,
+        approver,
+    )
+    return run
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("name", _case_params())
+def test_the_receipt_is_verified_only_while_every_recorded_effect_is_there(
+    name, env: Env, operator, approver
+):
+    from runs_app import selectors
+    from runs_app.models import Partition
+
+    run = _apply_case(name, env, operator, approver)
+    partitions = Partition.objects.filter(run=run).count()
+    assert partitions > 0
+
+    intact = selectors.receipt(run)
+    assert intact["verified"] is True and intact["merkle_verified"] is True
+    assert intact["effects"] == {
+        "checked": partitions,
+        "missing": 0,
+        "complete": True,
+        "thorough": False,
+        "missing_partitions": [],
+    }
+    assert selectors.receipt(run, thorough=True)["verified"] is True
+
+    CASES[name].remove(env)
+
+    for thorough in (False, True):
+        gone = selectors.receipt(run, thorough=thorough)
+        assert gone["merkle_verified"] is True  # the stored results are unchanged...
+        assert gone["verified"] is False  # ...but what they describe is gone
+        assert gone["effects"]["checked"] == gone["effects"]["missing"] == partitions
+        assert gone["effects"]["missing_partitions"] == [
+            {"stage": "s", "index": i, "reason": "effect_missing"}
+            for i in range(min(partitions, 20))
+        ]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("name", DAMAGEABLE)
+def test_the_receipt_is_not_verified_once_a_recorded_effect_was_changed_in_place(
+    name, env: Env, operator, approver
+):
+    from runs_app import selectors
+
+    run = _apply_case(name, env, operator, approver)
+    assert selectors.receipt(run)["verified"] is True
+    assert CASES[name].damage is not None
+    CASES[name].damage(env)
+
+    changed = selectors.receipt(run)
+    assert changed["merkle_verified"] is True and changed["verified"] is False
+    assert changed["effects"]["missing"] >= 1
+    assert {m["reason"] for m in changed["effects"]["missing_partitions"]} == {"effect_missing"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_receipt_names_the_one_partition_whose_archive_was_deleted(
+    env: Env, operator, approver
+):
+    from runs_app import selectors
+    from runs_app.models import Partition
+
+    run = _apply_case("pack_backend", env, operator, approver)
+    assert Partition.objects.filter(run=run).count() > 1
+    victim = Partition.objects.filter(run=run).order_by("index").last()
+    archive = env.scratch["artifacts"] / victim.output["archive"]
+    assert archive.is_file()
+    archive.unlink()
+
+    receipt = selectors.receipt(run)
+
+    assert receipt["verified"] is False
+    assert receipt["effects"]["missing"] == 1
+    assert receipt["effects"]["missing_partitions"] == [
+        {"stage": "s", "index": victim.index, "reason": "effect_missing"}
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_receipt_whose_effect_check_ran_out_of_time_is_not_verified(
+    env: Env, operator, approver, settings, monkeypatch
+):
+    from runs_app import execution, selectors
+
+    run = _apply_case("pack_backend", env, operator, approver)
+    assert selectors.receipt(run)["verified"] is True
+    # The clock jumps past any budget as soon as the check starts.
+    real = execution.time.monotonic
+    calls = iter(range(10**6))
+    monkeypatch.setattr(execution.time, "monotonic", lambda: real() + 3600 * next(calls))
+
+    cut = selectors.receipt(run)
+
+    assert cut["merkle_verified"] is True
+    assert cut["effects"]["complete"] is False and cut["verified"] is False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_dry_run_receipt_checks_no_effects(env: Env, operator, approver):
+    from runs_app import selectors, services
+    from tests.runs_app.kinds.test_kinds_engine import drain_all
+
+    plan = services.plan_create(
+        actor=operator, document={"name": "dry", "stages": [CASES["pack_backend"].stage(env)]}
+    )
+    dry = drain_all(services.run_start_dry_run(plan=plan, actor=operator))
+    receipt = selectors.receipt(dry)
+    assert receipt["verified"] is True
+    assert receipt["effects"]["checked"] == 0
+    assert not list(env.scratch["artifacts"].rglob("*.tar.gz"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_receipt_api_and_page_name_the_missing_effect(
+    env: Env, operator, approver, viewer, api_client_for
+):
+    from django.test import Client
+
+    run = _apply_case("pack_backend", env, operator, approver)
+    api = api_client_for(viewer)
+    page = Client()
+    page.force_login(viewer)
+
+    body = api.get(f"/api/v1/runs/{run.pk}/receipt/?thorough=1").json()
+    assert body["verified"] is True and body["effects"]["thorough"] is True
+    shown = page.get(f"/runs/{run.pk}/receipt/").content.decode()
+    assert "status-ok" in shown and "every recorded effect is there" in shown
+
+    for path in env.scratch["artifacts"].rglob("*.tar.gz"):
+        path.unlink()
+
+    body = api.get(f"/api/v1/runs/{run.pk}/receipt/").json()
+    assert body["merkle_verified"] is True and body["verified"] is False
+    assert body["effects"]["missing"] == body["effects"]["checked"] > 0
+    shown = page.get(f"/runs/{run.pk}/receipt/").content.decode()
+    assert "status-ok" not in shown and "status-error" in shown
+    assert 'data-testid="receipt-missing"' in shown and "deleted or changed" in shown
+    # The htmx partial says the same as the page.
+    partial = page.get(f"/runs/{run.pk}/receipt/", HTTP_HX_REQUEST="true").content.decode()
+    assert "status-error" in partial and "status-ok" not in partial
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("value", ["yes", "2", "²"])
+def test_a_bad_thorough_value_is_refused_with_400(value, operator, viewer, api_client_for):
+    from django.test import Client
+
+    from runs_app.models import Run
+
+    assert not Run.objects.exists()
+    response = api_client_for(viewer).get(f"/api/v1/runs/1/receipt/?thorough={value}")
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["path"] == "thorough"
+    page = Client()
+    page.force_login(viewer)
+    assert page.get(f"/runs/1/receipt/?thorough={value}").status_code == 400
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_archive_touched_but_not_changed_is_hashed_again_and_still_verified(
+    env: Env, operator, approver
+):
+    """A stat identity that changed is not a missing effect: the bytes are hashed, and equal."""
+    import os
+
+    from runs_app import selectors
+
+    run = _apply_case("pack_backend", env, operator, approver)
+    for path in env.scratch["artifacts"].rglob("*.tar.gz"):
+        path.write_bytes(path.read_bytes())  # same bytes, new mtime and ctime
+        os.utime(path, ns=(0, 0))
+    assert selectors.receipt(run)["verified"] is True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_untouched_archive_is_not_read_again_unless_thorough(
+    env: Env, operator, approver, monkeypatch
+):
+    """The cheap check: an archive whose stat identity is the recorded one is not hashed."""
+    from runs_app import selectors
+    from runs_app.kinds import base
+
+    run = _apply_case("pack_backend", env, operator, approver)
+    hashed: list[str] = []
+    real = base.object_matches
+
+    def spy(storage: Any, name: Any, **kw: Any) -> bool:
+        hashed.append(name)
+        return real(storage, name, **kw)
+
+    monkeypatch.setattr(base, "object_matches", spy)
+    assert selectors.receipt(run)["verified"] is True
+    assert hashed == []
+    assert selectors.receipt(run, thorough=True)["verified"] is True
+    assert len(hashed) == run.partitions.count()
+
+
+# An index row whose hash column is intact but another column the apply wrote was changed:
+# the check compares every written column (a digest recorded at write time), not the hash.
+ROW_EDITS = {
+    "index_assets": (
+        lambda: AssetIndexEntry.objects.update(media_type="text/x-forged"),
+        lambda: set(AssetIndexEntry.objects.values_list("media_type", flat=True)),
+    ),
+    "docs_index": (
+        lambda: DocPage.objects.update(title="forged"),
+        lambda: set(DocPage.objects.values_list("title", flat=True)),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROW_EDITS))
+def test_an_index_row_changed_beside_its_hash_is_not_the_effect_and_a_rerun_restores_it(
+    name, env: Env, driver: Driver
+):
+    edit, values = ROW_EDITS[name]
+    stage = CASES[name].stage(env)
+    applied = driver.run(stage, dry_run=False)
+    good = values()
+    assert _checks(driver, stage, applied) == [True] * len(applied.results)
+
+    edit()
+    assert not any(_checks(driver, stage, applied))
+
+    rerun = driver.run(stage, dry_run=False)
+    assert values() == good
+    assert _checks(driver, stage, rerun) == [True] * len(rerun.results)

@@ -328,3 +328,87 @@ def test_an_apply_after_its_effects_were_damaged_runs_again_and_repairs_them(
     assert PartitionState.REUSED not in states(again)
     assert all(_content_named(p) for p in damaged)
     assert selectors.receipt(again)["verified"] is True
+
+
+# --- Effects damaged in place, same size (attack finding 8) ---------------------------------
+#
+# The class: an effect check, or an apply's "already there" check, that trusts something
+# weaker than the content (a staged copy's size, a pyc's header, a registry entry's source
+# hash). A same-size change then counted as the effect: the partition was reused, or ran and
+# kept the damaged file. Each case flips one byte (or one field) and applies again.
+
+
+def _flip_middle(path: Path, *, past: int = 0) -> bytes:
+    """Flip one bit in the middle of `path` (after its first `past` bytes); the good bytes."""
+    good = path.read_bytes()
+    data = bytearray(good)
+    at = past + (len(data) - past) // 2
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert path.stat().st_size == len(good)
+    return good
+
+
+def _staged_copies(s: dict[str, Path]) -> list[Path]:
+    return sorted(p for p in s["staging"].rglob("*") if p.is_file() and "_manifests" not in p.parts)
+
+
+FLIPS = {
+    # A staged copy (content-hashed name) with one bit changed.
+    "assets-stage-by-filesize": lambda s: _staged_copies(s)[0],
+    # A pyc with a correct header and a damaged body (PEP 552 header: 16 bytes).
+    "prime-bytecode-by-module": lambda s: sorted(s["bytecode"].rglob("*.pyc"))[0],
+    # A pack archive.
+    "pack-backend-by-filesize": lambda s: sorted((s["artifacts"] / "pack").rglob("*.tar.gz"))[0],
+}
+
+
+@pytest.mark.parametrize("example", sorted(FLIPS))
+def test_a_same_size_damaged_effect_is_not_reused_and_the_next_apply_repairs_it(
+    example, demo_copy, scratch, operator, approver
+):
+    document = json.loads((EXAMPLES / "plans" / f"{example}.json").read_text())
+    plan = services.plan_create(actor=operator, document=document)
+    first = apply_through_review(plan, operator, approver)
+    total = Partition.objects.filter(run=first).count()
+    victim = FLIPS[example](scratch)
+    good = _flip_middle(victim, past=16)
+
+    again = apply_through_review(plan, operator, approver)
+
+    # The damaged partition ran (the others may be reused), and put the right bytes back.
+    found = states(again)
+    assert found.get(PartitionState.SUCCEEDED, 0) >= 1, found
+    assert sum(found.values()) == total
+    assert victim.read_bytes() == good
+    assert selectors.receipt(again)["verified"] is True
+    # The first run's receipt vouches for its effects as they are now: repaired, verified.
+    assert selectors.receipt(first)["verified"] is True
+
+
+def test_a_registry_entry_changed_in_place_is_not_reused_and_the_next_apply_rewrites_it(
+    demo_copy, scratch, operator, approver
+):
+    """The registry's "already current" test read only the entry's source hash: an entry
+    whose other fields were changed (its source hash kept) was kept by the re-run."""
+    document = json.loads((EXAMPLES / "plans" / "prime-registry-by-dag-depth.json").read_text())
+    plan = services.plan_create(actor=operator, document=document)
+    first = apply_through_review(plan, operator, approver)
+    total = Partition.objects.filter(run=first).count()
+    cache = caches["hxo-registry"]
+    key = next(
+        k
+        for out in Partition.objects.filter(run=first).values_list("output", flat=True)
+        for k in [f"hxo.registry:demo:{out['module']}"]
+        if cache.get(k) is not None
+    )
+    good = cache.get(key)
+    cache.set(key, {**good, "public_names": ["forged"]}, timeout=None)
+
+    again = apply_through_review(plan, operator, approver)
+
+    found = states(again)
+    assert found.get(PartitionState.SUCCEEDED, 0) >= 1, found
+    assert sum(found.values()) == total
+    assert cache.get(key) == good
+    assert selectors.receipt(again)["verified"] is True

@@ -411,4 +411,5 @@ class DocsLinkcheck(Executor):
             size=effect.get("bytes"),
             sha256=effect.get("sha256"),
             location=effect.get("location"),
+            thorough=True,  # a report is small: always hashed again, never trusted by stat
         )
