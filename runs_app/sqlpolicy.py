@@ -606,7 +606,9 @@ def _sqlite_backfill_problem(sql: str, table: str, key: str) -> str | None:
     bounds: list[tuple[str, str]] = []
     while conjuncts:
         c = conjuncts.pop()
-        if isinstance(c, exp.And):
+        if isinstance(c, exp.Paren):
+            conjuncts.append(c.this)
+        elif isinstance(c, exp.And):
             conjuncts += [c.this, c.expression]
         elif type(c) in ops:
             op = ops[type(c)]
@@ -1199,12 +1201,25 @@ def sqlite_split(sql: str) -> list[tuple[int, int]]:
     return pieces
 
 
+_SQLITE_TOKENIZER: Any = None
+
+
 def _sqlite_tokens(sql: str) -> list[Any]:
+    """sqlglot's SQLite tokens of `sql`, every word a token of its own: sqlglot's "command"
+    keywords (REPLACE, ...) otherwise swallow the rest of the statement as one string, and
+    `REPLACE INTO t SELECT load_extension('x')` would hide the call."""
     from sqlglot.dialects.sqlite import SQLite
     from sqlglot.errors import TokenError
 
+    global _SQLITE_TOKENIZER
+    if _SQLITE_TOKENIZER is None:
+
+        class Tokenizer(SQLite.Tokenizer):
+            COMMANDS: set[Any] = set()
+
+        _SQLITE_TOKENIZER = Tokenizer
     try:
-        return list(SQLite().tokenize(sql))
+        return list(_SQLITE_TOKENIZER(dialect=SQLite()).tokenize(sql))
     except TokenError as exc:
         raise SqlSyntaxError(str(exc)) from None
 
