@@ -17,8 +17,9 @@ Parsers, and why:
   does not end the statement). Each statement is then read with sqlglot's tokenizer for the
   SQLite dialect (SQLite's quoting: `''` escapes, no backslash escapes, non-nesting comments,
   `"x"`, `[x]` and `` `x` `` identifiers) and classified by its leading keyword, which in
-  SQLite's grammar decides the statement type. sqlglot's *parser* is not used for SQLite: it
-  reads `END`, `SAVEPOINT a` and `RELEASE a` as expressions and splits trigger bodies.
+  SQLite's grammar decides the statement type. sqlglot's *parser* is not used to classify
+  SQLite statements (it reads `END`, `SAVEPOINT a` and `RELEASE a` as expressions and splits
+  trigger bodies); it reads only a backfill, ordinary DML, to check it stays in its key range.
 
 The policy is an allow-list of statement types (queries, DML and DDL on schema objects) with a
 named rule for each refused class, plus a list of functions that reach outside the target.
