@@ -942,6 +942,23 @@ def _pg_spelled_name(text: str) -> str | None:
     return quoted.replace('""', '"') if quoted else bare.lower()
 
 
+def _pg_string_as_name(ancestors: Any) -> bool:
+    """Whether the string constant at `ancestors` (its A_Const) is read as a name: cast
+    (`'f'::regproc`, `'t'::regclass`) or passed to a `to_reg*()` lookup."""
+    from pglast import ast
+
+    const = ancestors.parent
+    if const is None:
+        return False
+    if isinstance(const.node, ast.TypeCast):
+        return True
+    holder = const.parent  # the args tuple's owner
+    if holder is not None and isinstance(holder.node, ast.FuncCall):
+        fname = holder.node.funcname[-1].sval if holder.node.funcname else ""
+        return fname.lower().startswith("to_reg")
+    return False
+
+
 def _pg_name_findings(name: str, *, called: bool) -> Iterator[Finding]:
     """What naming `name` (an identifier as PostgreSQL folded it) breaks: a refused function
     (called, or bound to an operator, aggregate, cast, ... by name) or a ledger table."""
@@ -1008,8 +1025,9 @@ def _pg_walk(stmt: Any) -> Iterator[Finding]:
     class Walk(Visitor):
         def visit_String(self, ancestors: Any, node: ast.String) -> None:
             if isinstance(ancestors.node, ast.A_Const):
-                name = _pg_spelled_name(node.sval or "")
-                if name:
+                # A string is a name where it is converted to one: `'f'::regproc`,
+                # `to_regproc('f')`. Elsewhere ('crosstab' in VALUES) it is just text.
+                if _pg_string_as_name(ancestors) and (name := _pg_spelled_name(node.sval or "")):
                     found.extend(_pg_name_findings(name, called=False))
                 return
             parent = ancestors.parent.node if ancestors.parent is not None else None

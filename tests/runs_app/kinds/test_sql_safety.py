@@ -1002,6 +1002,8 @@ LEGIT = {
         "CREATE TYPE coupon_range AS RANGE (subtype = int4)",
         "SELECT COUNT(*) FROM pg_catalog.pg_class WHERE relname = 'coupons'",
         "UPDATE coupons SET note = c.relname FROM pg_class c WHERE c.relname = 'x'",
+        # Only text: a string is a name only where it is converted to one.
+        "UPDATE coupons SET note = 'crosstab; hxo_ledger' || 'ts_rewrite' WHERE id = 3",
     ],
 }
 
