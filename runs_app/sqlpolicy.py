@@ -959,10 +959,11 @@ def _pg_string_as_name(ancestors: Any) -> bool:
     return False
 
 
-def _pg_name_findings(name: str, *, called: bool) -> Iterator[Finding]:
+def _pg_name_findings(name: str, *, called: bool, relation: bool = False) -> Iterator[Finding]:
     """What naming `name` (an identifier as PostgreSQL folded it) breaks: a refused function
-    (called, or bound to an operator, aggregate, cast, ... by name) or a ledger table."""
-    rule = pg_function_rule(name)
+    (called, or bound to an operator, aggregate, cast, ... by name) or a ledger table. A
+    `relation` name (a table, view or index) cannot run anything: only the tables count."""
+    rule = None if relation else pg_function_rule(name)
     if rule:
         yield Finding(rule, f"{name}()" if called else f"a reference to {name}()")
     if name in LEDGER_TABLE_NAMES:
@@ -1035,16 +1036,16 @@ def _pg_walk(stmt: Any) -> Iterator[Finding]:
             found.extend(_pg_name_findings(node.sval or "", called=called))
 
         def visit_RangeVar(self, ancestors: Any, node: ast.RangeVar) -> None:
-            found.extend(_pg_name_findings(node.relname or "", called=False))
+            found.extend(_pg_name_findings(node.relname or "", called=False, relation=True))
             if _pg_catalog_relation(node) and not _pg_is_read(ancestors):
                 where = f"{node.schemaname}.{node.relname}" if node.schemaname else node.relname
                 found.append(Finding("system_catalog", f"writing or changing {where}"))
 
         def visit_RenameStmt(self, ancestors: Any, node: ast.RenameStmt) -> None:
-            found.extend(_pg_name_findings(node.newname or "", called=False))
+            found.extend(_pg_name_findings(node.newname or "", called=False, relation=True))
 
         def visit_IndexStmt(self, ancestors: Any, node: ast.IndexStmt) -> None:
-            found.extend(_pg_name_findings(node.idxname or "", called=False))
+            found.extend(_pg_name_findings(node.idxname or "", called=False, relation=True))
 
         def visit_VariableSetStmt(self, ancestors: Any, node: ast.VariableSetStmt) -> None:
             # Only reached inside another statement: a function's SET/RESET clause.
