@@ -17,8 +17,9 @@ Parsers, and why:
   does not end the statement). Each statement is then read with sqlglot's tokenizer for the
   SQLite dialect (SQLite's quoting: `''` escapes, no backslash escapes, non-nesting comments,
   `"x"`, `[x]` and `` `x` `` identifiers) and classified by its leading keyword, which in
-  SQLite's grammar decides the statement type. sqlglot's *parser* is not used for SQLite: it
-  reads `END`, `SAVEPOINT a` and `RELEASE a` as expressions and splits trigger bodies.
+  SQLite's grammar decides the statement type. sqlglot's *parser* is not used to classify
+  SQLite statements (it reads `END`, `SAVEPOINT a` and `RELEASE a` as expressions and splits
+  trigger bodies); it reads only a backfill, ordinary DML, to check it stays in its key range.
 
 The policy is an allow-list of statement types (queries, DML and DDL on schema objects) with a
 named rule for each refused class, plus a list of functions that reach outside the target.
@@ -41,6 +42,8 @@ from blueprints_app.registry import ComponentError
 
 FORBIDDEN_STATEMENT = "forbidden_statement"
 INVALID_SQL = "invalid_sql"
+# A backfill whose top-level WHERE does not confine it to its batch's key range.
+BACKFILL_NOT_CONFINED = "backfill_not_confined"
 
 SQLITE = "sqlite"
 POSTGRESQL = "postgresql"
@@ -113,8 +116,9 @@ _RULES = [
     Rule(
         "session",
         "Session settings and identity",
-        "SET, RESET, SET ROLE, SET SESSION AUTHORIZATION, set_config() and DISCARD change who "
-        "the batch runs as or the timeouts HXO set for it.",
+        "SET, RESET, SET ROLE, SET SESSION AUTHORIZATION, set_config(), DISCARD, the "
+        "pg_settings view and a function's SET/RESET clause (which applies whenever the "
+        "function runs) change who the batch runs as or the timeouts HXO set for it.",
     ),
     Rule(
         "server_administration",
@@ -126,9 +130,10 @@ _RULES = [
     Rule(
         "dynamic_sql",
         "Code HXO cannot inspect",
-        "DO blocks, PREPARE/EXECUTE, dynamic EXECUTE in PL/pgSQL, functions that run a query "
-        "given as text (query_to_xml, ts_stat...) and function bodies in languages other than "
-        "SQL and PL/pgSQL would run statements this policy never saw.",
+        "DO blocks, PREPARE/EXECUTE, dynamic EXECUTE in PL/pgSQL (RETURN QUERY EXECUTE "
+        "included), functions that run a query given as text (query_to_xml, ts_stat, "
+        "ts_rewrite, crosstab...) and function bodies in languages other than SQL and "
+        "PL/pgSQL would run statements this policy never saw.",
     ),
     Rule(
         "notifications",
@@ -137,10 +142,25 @@ _RULES = [
         "use for them.",
     ),
     Rule(
+        "system_catalog",
+        "Writing the system catalogs",
+        "DML or DDL on pg_catalog, information_schema or SQLite's sqlite_* tables, and views "
+        "over the system catalogs (a view forwards writes to them): pg_settings, for one, "
+        "turns an UPDATE into set_config() and would lift the timeouts HXO set.",
+    ),
+    Rule(
+        "ledger_tables",
+        "HXO's migration ledger",
+        "The ledger tables HXO keeps in the target (hxo_ledger, hxo_ledger_batches, "
+        "hxo_ledger_intervals, hxo_ledger_backfills) are what makes a batch apply exactly "
+        "once; plan SQL may not name them at all, to read, write, drop, alter or trigger on.",
+    ),
+    Rule(
         "not_a_migration_statement",
         "Other statements",
         "Anything that is not a query, DML or DDL on schema objects (EXPLAIN, SHOW, cursors, "
-        "...): the allowed set is kept small on purpose.",
+        "base types, text search parsers and templates, conversions, transforms: objects "
+        "bound to C functions, ...): the allowed set is kept small on purpose.",
     ),
 ]
 RULES: dict[str, Rule] = {r.name: r for r in _RULES}
@@ -197,6 +217,13 @@ PG_FUNCTIONS: dict[str, str] = {
             "query_to_xmlschema",
             "query_to_xml_and_xmlschema",
             "ts_stat",
+            # ts_rewrite(tsquery, text) runs the text as a query; its 3-argument form is
+            # harmless but no migration needs it, and a name bound to an operator has no
+            # argument count to tell them apart.
+            "ts_rewrite",
+            # tablefunc and xml2 build and run SQL from their text arguments.
+            "connectby",
+            "xpath_table",
         ),
         "dynamic_sql",
     ),
@@ -210,6 +237,8 @@ PG_FUNCTION_PREFIXES: tuple[tuple[str, str], ...] = (
     ("pg_create_physical_replication_slot", "server_administration"),
     ("pg_drop_replication_slot", "server_administration"),
     ("pg_copy_", "server_administration"),
+    ("crosstab", "dynamic_sql"),  # tablefunc: crosstab(text), crosstab(text, text), ...
+    ("pg_background", "dynamic_sql"),  # pg_background_launch(sql text)
 )
 SQLITE_FUNCTIONS: dict[str, str] = {
     "load_extension": "extensions",
@@ -220,6 +249,19 @@ SQLITE_FUNCTIONS: dict[str, str] = {
     "writefile": "server_files",
     "edit": "server_files",
 }
+# HXO's own tables in a target: the migration ledger (runs_app.kinds.migrate creates and
+# writes them; this is the one list). Plan SQL may not name them in any position.
+LEDGER_TABLE = "hxo_ledger"  # version 1: read for the rows it recorded, never written
+BATCHES_TABLE = "hxo_ledger_batches"
+BACKFILLS_TABLE = "hxo_ledger_backfills"
+INTERVALS_TABLE = "hxo_ledger_intervals"
+LEDGER_TABLE_NAMES = frozenset({LEDGER_TABLE, BATCHES_TABLE, BACKFILLS_TABLE, INTERVALS_TABLE})
+# PostgreSQL schemas holding the system catalogs; an unqualified `pg_*` relation resolves to
+# pg_catalog first (it is searched before the search_path), so it counts as a catalog too.
+PG_CATALOG_SCHEMAS = {"pg_catalog", "information_schema", "pg_toast"}
+# The catalog view whose UPDATE rule calls set_config(): refused wherever it is named.
+PG_SETTINGS_VIEW = "pg_settings"
+
 # Languages whose bodies HXO can read; a function in any other language is refused.
 PG_LANGUAGES = {"sql", "plpgsql"}
 
@@ -301,7 +343,13 @@ def analyse(sql: str, vendor: str) -> Analysis:
 
 
 def item_errors(
-    sql: str, vendor: str, *, path: str, backfill: bool = False
+    sql: str,
+    vendor: str,
+    *,
+    path: str,
+    backfill: bool = False,
+    table: str | None = None,
+    key_column: str | None = None,
 ) -> list[ComponentError]:
     """Everything wrong with one plan item, as ComponentErrors at `path` (empty: it may run).
 
@@ -370,6 +418,19 @@ def item_errors(
                     path=path,
                 )
             )
+        if not errors and table and key_column:
+            problem = backfill_problem(sql, vendor, table, key_column)
+            if problem:
+                errors.append(
+                    ComponentError(
+                        f"the backfill is not confined to its batch's key range: {problem}; "
+                        f"write it as one UPDATE or DELETE of {table} (or INSERT ... SELECT "
+                        f"... FROM {table}) whose WHERE is `{key_column} >= :start AND "
+                        f"{key_column} < :end` (or `<= :last`) AND any other conditions",
+                        code=BACKFILL_NOT_CONFINED,
+                        path=path,
+                    )
+                )
     elif found.params:
         errors.append(
             ComponentError(
@@ -380,6 +441,185 @@ def item_errors(
             )
         )
     return errors[:MAX_ERRORS_PER_ITEM]
+
+
+def backfill_problem(sql: str, vendor: str, table: str, key_column: str) -> str | None:
+    """Why backfill `sql` could change rows outside its batch's key range, or None.
+
+    A batch binds `:start` and `:end` (or `:last`) to one slice of `table.key_column`; the
+    statement is confined to that slice only when its top-level WHERE (of the UPDATE or
+    DELETE of `table`, or of the INSERT's SELECT reading `table`) is a conjunction holding
+    both `key_column >= :start` and `key_column < :end` (or `<= :last`, or `BETWEEN :start
+    AND :last`), the column unqualified or qualified by `table` or its alias. Otherwise
+    `... AND id < :end OR true`, or `WITH s AS (SELECT :start, :end) DELETE FROM t`, would
+    run on every row in every batch. Read with pglast on PostgreSQL and sqlglot's SQLite
+    parser on SQLite (ordinary DML, which it reads faithfully).
+    """
+    if vendor == POSTGRESQL:
+        return _pg_backfill_problem(sql, table, key_column)
+    return _sqlite_backfill_problem(sql, table, key_column)
+
+
+# (operator, param) pairs that bound the key from below and above, as `key OP :param`; the
+# mirrored form `:param OP' key` is flipped first.
+_LOWER = {(">=", "start")}
+_UPPER = {("<", "end"), ("<=", "last")}
+_FLIP = {">=": "<=", "<=": ">=", ">": "<", "<": ">", "=": "="}
+
+
+def _confinement(bounds: list[tuple[str, str]], key: str) -> str | None:
+    ops = set(bounds)
+    if not ops & _LOWER:
+        return f"its top-level WHERE has no `{key} >= :start` conjunct"
+    if not ops & _UPPER:
+        return f"its top-level WHERE has no `{key} < :end` (or `{key} <= :last`) conjunct"
+    return None
+
+
+def _pg_backfill_problem(sql: str, table: str, key: str) -> str | None:
+    import pglast
+    from pglast import ast, enums
+    from pglast.visitors import Visitor
+
+    names, spans, _ = pg_params(sql)
+    stmt = pglast.parse_sql(_bind_positions(sql, spans))[0].stmt
+    dml = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)
+    nested: list[Any] = []
+
+    class Dml(Visitor):
+        def visit(self, ancestors: Any, node: Any) -> None:
+            if isinstance(node, dml) and node is not stmt:
+                nested.append(node)
+
+    Dml()(stmt)
+    if nested:
+        return "it holds another data-modifying statement (in a WITH clause)"
+    if isinstance(stmt, ast.UpdateStmt | ast.DeleteStmt):
+        rel = stmt.relation
+        if rel.relname != table:
+            return f"it changes {rel.relname}, not the backfill's table {table}"
+        aliases = {table} | ({rel.alias.aliasname} if rel.alias else set())
+        where = stmt.whereClause
+    elif isinstance(stmt, ast.InsertStmt):
+        select = stmt.selectStmt
+        if (
+            not isinstance(select, ast.SelectStmt)
+            or select.op != enums.SetOperation.SETOP_NONE
+            or select.valuesLists
+        ):
+            return "an INSERT backfill reads its rows with one SELECT (no VALUES, no UNION)"
+        aliases = set()
+        stack = list(select.fromClause or ())
+        while stack:
+            item = stack.pop()
+            if isinstance(item, ast.RangeVar) and item.relname == table:
+                aliases |= {table} | ({item.alias.aliasname} if item.alias else set())
+            elif isinstance(item, ast.JoinExpr):
+                stack += [item.larg, item.rarg]
+        if not aliases:
+            return f"its SELECT does not read {table}"
+        where = select.whereClause
+    else:
+        return "it is not an UPDATE, DELETE or INSERT"
+
+    def column(node: Any) -> bool:
+        if not isinstance(node, ast.ColumnRef):
+            return False
+        parts = [getattr(f, "sval", None) for f in node.fields]
+        return parts[-1] == key and (len(parts) == 1 or parts[-2] in aliases)
+
+    def param(node: Any) -> str | None:
+        if isinstance(node, ast.ParamRef) and 0 < node.number <= len(names):
+            return names[node.number - 1]
+        return None
+
+    conjuncts = [where] if where is not None else []
+    bounds: list[tuple[str, str]] = []
+    while conjuncts:
+        c = conjuncts.pop()
+        if isinstance(c, ast.BoolExpr) and c.boolop == enums.BoolExprType.AND_EXPR:
+            conjuncts.extend(c.args)
+        elif isinstance(c, ast.A_Expr) and c.kind == enums.A_Expr_Kind.AEXPR_OP:
+            op = c.name[-1].sval
+            if column(c.lexpr) and (p := param(c.rexpr)):
+                bounds.append((op, p))
+            elif column(c.rexpr) and (p := param(c.lexpr)):
+                bounds.append((_FLIP.get(op, op), p))
+        elif (
+            isinstance(c, ast.A_Expr)
+            and c.kind == enums.A_Expr_Kind.AEXPR_BETWEEN
+            and column(c.lexpr)
+        ):
+            low, high = c.rexpr
+            bounds += [(">=", param(low) or ""), ("<=", param(high) or "")]
+    return _confinement(bounds, key)
+
+
+def _sqlite_backfill_problem(sql: str, table: str, key: str) -> str | None:
+    import sqlglot
+    from sqlglot import exp
+
+    try:
+        stmt = sqlglot.parse_one(sql, read="sqlite")
+    except sqlglot.errors.SqlglotError as exc:
+        return f"it cannot be read as one statement ({exc})"
+    table, key = table.lower(), key.lower()  # SQLite folds names case-insensitively
+
+    def aliases_of(node: Any) -> set[str]:
+        if isinstance(node, exp.Table) and node.name.lower() == table:
+            return {table} | ({node.alias.lower()} if node.alias else set())
+        return set()
+
+    if isinstance(stmt, exp.Update | exp.Delete):
+        if stmt.this is None or stmt.this.name.lower() != table:
+            name = stmt.this.name if stmt.this is not None else "?"
+            return f"it changes {name}, not the backfill's table {table}"
+        aliases = aliases_of(stmt.this)
+        where = stmt.args.get("where")
+    elif isinstance(stmt, exp.Insert):
+        select = stmt.expression
+        if not isinstance(select, exp.Select):
+            return "an INSERT backfill reads its rows with one SELECT (no VALUES, no UNION)"
+        aliases = set()
+        sources = [select.args.get("from_") or select.args.get("from")]
+        sources += [j for j in select.args.get("joins") or ()]
+        for source in sources:
+            if source is not None:
+                aliases |= aliases_of(source.this)
+        if not aliases:
+            return f"its SELECT does not read {table}"
+        where = select.args.get("where")
+    else:
+        return "it is not an UPDATE, DELETE or INSERT"
+
+    def column(node: Any) -> bool:
+        return (
+            isinstance(node, exp.Column)
+            and node.name.lower() == key
+            and (not node.table or node.table.lower() in aliases)
+        )
+
+    def param(node: Any) -> str | None:
+        return node.name if isinstance(node, exp.Placeholder) else None
+
+    ops = {exp.GTE: ">=", exp.GT: ">", exp.LTE: "<=", exp.LT: "<", exp.EQ: "="}
+    conjuncts = [where.this] if where is not None else []
+    bounds: list[tuple[str, str]] = []
+    while conjuncts:
+        c = conjuncts.pop()
+        if isinstance(c, exp.Paren):
+            conjuncts.append(c.this)
+        elif isinstance(c, exp.And):
+            conjuncts += [c.this, c.expression]
+        elif type(c) in ops:
+            op = ops[type(c)]
+            if column(c.this) and (p := param(c.expression)):
+                bounds.append((op, p))
+            elif column(c.expression) and (p := param(c.this)):
+                bounds.append((_FLIP[op], p))
+        elif isinstance(c, exp.Between) and column(c.this):
+            bounds += [(">=", param(c.args["low"]) or ""), ("<=", param(c.args["high"]) or "")]
+    return _confinement(bounds, key)
 
 
 def _vendor_name(vendor: str) -> str:
@@ -488,7 +728,9 @@ def _pg_verb(stmt: Any, source: str) -> str:
     return _pg_words(source) or name.removesuffix("Stmt")
 
 
-# Statement node types that may run (each still walked for forbidden functions and bodies).
+# Statement node types that may run (each still walked for forbidden names and bodies).
+# CREATE CONVERSION and CREATE TRANSFORM are not here: both bind functions that take
+# `internal` arguments, i.e. C code.
 PG_ALLOWED = {
     "SelectStmt",
     "InsertStmt",
@@ -536,11 +778,9 @@ PG_ALLOWED = {
     "CreateOpFamilyStmt",
     "AlterOpFamilyStmt",
     "AlterOperatorStmt",
-    "CreateConversionStmt",
     "AlterCollationStmt",
     "AlterTSConfigurationStmt",
     "AlterTSDictionaryStmt",
-    "CreateTransformStmt",
     "ReindexStmt",
     "ClusterStmt",
     "SecLabelStmt",
@@ -610,8 +850,6 @@ PG_DROP_REFUSED = {
     "OBJECT_PUBLICATION": "server_administration",
     "OBJECT_ACCESS_METHOD": "server_administration",
 }
-# Settings a function's SET clause may not change: who it runs as.
-PG_IDENTITY_SETTINGS = {"role", "session_authorization"}
 
 
 def _pg_what(stmt: Any, text: str) -> str:
@@ -643,8 +881,14 @@ def _pg_findings(stmt: Any, words: str) -> Iterator[Finding]:
 
     name = type(stmt).__name__
     verb = words or name.removesuffix("Stmt")
+    if name == "VacuumStmt" and not stmt.is_vacuumcmd:
+        yield from _pg_walk(stmt)  # ANALYZE: transactional, and only updates statistics
+        return
     if name in PG_REFUSED:
         yield Finding(PG_REFUSED[name], _pg_what(stmt, verb))
+        return
+    if name == "DefineStmt" and (refused := _pg_define_refused(stmt)):
+        yield Finding("not_a_migration_statement", refused)
         return
     if name == "DropStmt" and enums.ObjectType(stmt.removeType).name in PG_DROP_REFUSED:
         kind = enums.ObjectType(stmt.removeType).name
@@ -656,23 +900,157 @@ def _pg_findings(stmt: Any, words: str) -> Iterator[Finding]:
     yield from _pg_walk(stmt)
 
 
+# DefineStmt kinds a migration may not run: objects whose definition binds C-level functions
+# (base types' I/O functions, text search parsers and templates). They need a superuser
+# anyway; CREATE OPERATOR, AGGREGATE, COLLATION and text search dictionaries/configurations
+# stay allowed, with every function they name checked like a call.
+PG_DEFINE_REFUSED = {
+    "OBJECT_TSPARSER": "CREATE TEXT SEARCH PARSER",
+    "OBJECT_TSTEMPLATE": "CREATE TEXT SEARCH TEMPLATE",
+}
+
+
+def _pg_define_refused(stmt: Any) -> str | None:
+    from pglast import enums
+
+    kind = enums.ObjectType(stmt.kind).name
+    if kind in PG_DEFINE_REFUSED:
+        return PG_DEFINE_REFUSED[kind]
+    if kind == "OBJECT_TYPE" and stmt.definition:  # CREATE TYPE t (INPUT = ..., OUTPUT = ...)
+        return "CREATE TYPE with input/output functions (a base type)"
+    return None
+
+
+# A name as a string constant spells it (`'pg_catalog.pg_terminate_backend(int)'::regproc`,
+# `'HXO_LEDGER'::regclass`): dotted parts, each quoted or not, then an optional argument list.
+_PG_QUALIFIED = re.compile(
+    r'\s*((?:(?:"(?:[^"]|"")+"|[A-Za-z_\x80-\uffff][\w$\x80-\uffff]*)\s*\.\s*)*'
+    r'(?:"(?:[^"]|"")+"|[A-Za-z_\x80-\uffff][\w$\x80-\uffff]*))\s*(?:\(.*\))?\s*',
+    re.DOTALL,
+)
+_PG_PART = re.compile(r'"((?:[^"]|"")+)"|([^\s."]+)')
+
+
+def _pg_spelled_name(text: str) -> str | None:
+    """The last component of the object name a string constant spells, folded the way
+    PostgreSQL's name input (regproc, regclass) folds it, or None when it is not a name."""
+    match = _PG_QUALIFIED.fullmatch(text)
+    if not match:
+        return None
+    parts = _PG_PART.findall(match.group(1))
+    quoted, bare = parts[-1]
+    return quoted.replace('""', '"') if quoted else bare.lower()
+
+
+def _pg_string_as_name(ancestors: Any) -> bool:
+    """Whether the string constant at `ancestors` (its A_Const) is read as a name: cast
+    (`'f'::regproc`, `'t'::regclass`) or passed to a `to_reg*()` lookup."""
+    from pglast import ast
+
+    const = ancestors.parent
+    if const is None:
+        return False
+    if isinstance(const.node, ast.TypeCast):
+        return True
+    holder = const.parent  # the args tuple's owner
+    if holder is not None and isinstance(holder.node, ast.FuncCall):
+        fname = holder.node.funcname[-1].sval if holder.node.funcname else ""
+        return fname.lower().startswith("to_reg")
+    return False
+
+
+def _pg_name_findings(name: str, *, called: bool, relation: bool = False) -> Iterator[Finding]:
+    """What naming `name` (an identifier as PostgreSQL folded it) breaks: a refused function
+    (called, or bound to an operator, aggregate, cast, ... by name) or a ledger table. A
+    `relation` name (a table, view or index) cannot run anything: only the tables count."""
+    rule = None if relation else pg_function_rule(name)
+    if rule:
+        yield Finding(rule, f"{name}()" if called else f"a reference to {name}()")
+    if name in LEDGER_TABLE_NAMES:
+        yield Finding("ledger_tables", f"a reference to {name}")
+    if name == PG_SETTINGS_VIEW:
+        yield Finding("session", "the pg_settings view")
+
+
+# Where a relation is only read: anything under a SELECT, or these members of a DML statement.
+_PG_READ_MEMBERS = {"fromClause", "usingClause", "sourceRelation"}
+_PG_DML = {"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"}
+
+
+def _pg_catalog_relation(node: Any) -> bool:
+    schema = node.schemaname
+    return schema in PG_CATALOG_SCHEMAS or (
+        schema is None and (node.relname or "").startswith("pg_")
+    )
+
+
+def _pg_is_read(ancestors: Any) -> bool:
+    """Whether the relation at `ancestors` is only read: its nearest enclosing statement is a
+    SELECT (not inside a view definition, which forwards writes), or it is a FROM/USING
+    relation of a DML statement."""
+    member = None
+    anc = ancestors
+    view = False
+    nearest = None
+    while anc is not None and anc.node is not None:
+        kind = type(anc.node).__name__
+        if nearest is None and kind.endswith("Stmt"):
+            nearest = (kind, member if isinstance(anc.member, int) else anc.member)
+        if kind == "ViewStmt":
+            view = True
+        if not isinstance(anc.member, int):
+            member = anc.member
+        anc = anc.parent
+    if view or nearest is None:
+        return False
+    kind, via = nearest
+    return kind == "SelectStmt" or (kind in _PG_DML and via in _PG_READ_MEMBERS)
+
+
 def _pg_walk(stmt: Any) -> Iterator[Finding]:
-    """Forbidden function calls, identity settings and function bodies anywhere in `stmt`."""
+    """Everything forbidden that `stmt` names, wherever it names it.
+
+    Every identifier and every string constant that spells a name is checked, not only
+    function calls: a function bound by name to an operator, aggregate, range type, cast,
+    operator class, trigger or conversion (`function = pg_terminate_backend`), called in
+    attribute notation (`(0).pg_cancel_backend`) or cast to regproc runs (or can run) just
+    as a call does. Also refused: the ledger tables and pg_settings named anywhere, system
+    catalogs in any position but a read, every SET/RESET clause (a function's `SET
+    lock_timeout = 0` applies whenever it runs), and bodies HXO cannot read.
+    """
     from pglast import ast
     from pglast.visitors import Visitor
 
     found: list[Finding] = []
 
     class Walk(Visitor):
-        def visit_FuncCall(self, ancestors: Any, node: ast.FuncCall) -> None:
-            fname = node.funcname[-1].sval if node.funcname else ""
-            rule = pg_function_rule(fname)
-            if rule:
-                found.append(Finding(rule, f"{fname}()"))
+        def visit_String(self, ancestors: Any, node: ast.String) -> None:
+            if isinstance(ancestors.node, ast.A_Const):
+                # A string is a name where it is converted to one: `'f'::regproc`,
+                # `to_regproc('f')`. Elsewhere ('crosstab' in VALUES) it is just text.
+                if _pg_string_as_name(ancestors) and (name := _pg_spelled_name(node.sval or "")):
+                    found.extend(_pg_name_findings(name, called=False))
+                return
+            parent = ancestors.parent.node if ancestors.parent is not None else None
+            called = isinstance(parent, ast.FuncCall) and ancestors.parent.member == "funcname"
+            found.extend(_pg_name_findings(node.sval or "", called=called))
+
+        def visit_RangeVar(self, ancestors: Any, node: ast.RangeVar) -> None:
+            found.extend(_pg_name_findings(node.relname or "", called=False, relation=True))
+            if _pg_catalog_relation(node) and not _pg_is_read(ancestors):
+                where = f"{node.schemaname}.{node.relname}" if node.schemaname else node.relname
+                found.append(Finding("system_catalog", f"writing or changing {where}"))
+
+        def visit_RenameStmt(self, ancestors: Any, node: ast.RenameStmt) -> None:
+            found.extend(_pg_name_findings(node.newname or "", called=False, relation=True))
+
+        def visit_IndexStmt(self, ancestors: Any, node: ast.IndexStmt) -> None:
+            found.extend(_pg_name_findings(node.idxname or "", called=False, relation=True))
 
         def visit_VariableSetStmt(self, ancestors: Any, node: ast.VariableSetStmt) -> None:
-            if (node.name or "").lower() in PG_IDENTITY_SETTINGS:
-                found.append(Finding("session", f"SET {node.name}"))
+            # Only reached inside another statement: a function's SET/RESET clause.
+            what = f"SET {node.name}" if node.name else "RESET ALL"
+            found.append(Finding("session", f"a function's {what} clause"))
 
         def visit_CreateFunctionStmt(self, ancestors: Any, node: ast.CreateFunctionStmt) -> None:
             found.extend(_pg_function_body(node))
@@ -724,7 +1102,8 @@ def _plpgsql_findings(node: Any, body: str) -> list[Finding]:
         if key in ("PLpgSQL_stmt_commit", "PLpgSQL_stmt_rollback"):
             found.append(Finding("transaction_control", key.rsplit("_", 1)[-1].upper()))
         elif key in ("PLpgSQL_stmt_dynexecute", "PLpgSQL_stmt_dynfors") or (
-            key == "PLpgSQL_stmt_open" and isinstance(value, dict) and "dynquery" in value
+            # OPEN ... FOR EXECUTE, RETURN QUERY EXECUTE: any statement with a dynamic query
+            isinstance(value, dict) and "dynquery" in value
         ):
             found.append(Finding("dynamic_sql", "EXECUTE of a query built at run time"))
         elif key == "PLpgSQL_expr" and isinstance(value, dict):
@@ -750,16 +1129,30 @@ def _embedded_query(query: str, mode: int) -> list[Finding]:
             return [f for r in parsed for f in _pg_findings(r.stmt, _raw_words(text, r))]
         except parser.ParseError:
             pass
-    # An expression or an assignment (`x := f(y)`): look for forbidden names being called.
+    # An assignment (`x := expr`, `x.y[1] = expr`): its right-hand side read as a SELECT list.
     try:
         tokens = parser.scan(query)
     except parser.ParseError:
         return [Finding("dynamic_sql", "a PL/pgSQL expression PostgreSQL cannot read")]
+    for tok in tokens:
+        if tok.name in ("COLON_EQUALS", "ASCII_61"):
+            try:
+                parsed = pglast.parse_sql(f"SELECT {query[tok.end + 1 :]}")
+            except parser.ParseError:
+                break
+            return [f for r in parsed for f in _pg_findings(r.stmt, "SELECT")]
+    # Unreadable as SQL: every identifier and string in it checked as a name.
     found = []
-    for tok, nxt in itertools.pairwise(tokens):
-        name = query[tok.start : tok.end + 1].strip('"')
-        if nxt.name == "ASCII_40" and (rule := pg_function_rule(name)):
-            found.append(Finding(rule, f"{name}()"))
+    for tok in tokens:
+        text = query[tok.start : tok.end + 1]
+        if tok.name == "IDENT":
+            found.extend(
+                _pg_name_findings(
+                    text.strip('"') if text.startswith('"') else text.lower(), called=False
+                )
+            )
+        elif tok.name == "SCONST" and (name := _pg_spelled_name(text.strip("'"))):
+            found.extend(_pg_name_findings(name, called=False))
     return found
 
 
@@ -828,14 +1221,60 @@ def sqlite_split(sql: str) -> list[tuple[int, int]]:
     return pieces
 
 
+_SQLITE_TOKENIZER: Any = None
+
+
 def _sqlite_tokens(sql: str) -> list[Any]:
+    """sqlglot's SQLite tokens of `sql`, every word a token of its own: sqlglot's "command"
+    keywords (REPLACE, ...) otherwise swallow the rest of the statement as one string, and
+    `REPLACE INTO t SELECT load_extension('x')` would hide the call."""
     from sqlglot.dialects.sqlite import SQLite
     from sqlglot.errors import TokenError
 
+    global _SQLITE_TOKENIZER
+    if _SQLITE_TOKENIZER is None:
+
+        class Tokenizer(SQLite.Tokenizer):
+            COMMANDS: set[Any] = set()
+
+        _SQLITE_TOKENIZER = Tokenizer
     try:
-        return list(SQLite().tokenize(sql))
+        return list(_SQLITE_TOKENIZER(dialect=SQLite()).tokenize(sql))
     except TokenError as exc:
         raise SqlSyntaxError(str(exc)) from None
+
+
+# Keywords after which SQLite reads the name of the table a statement writes or changes.
+_SQLITE_WRITE_KEYWORDS = {"UPDATE", "INTO", "TABLE", "INDEX", "VIEW", "TRIGGER"}
+# Words between such a keyword and the name: `UPDATE OR IGNORE t`, `DROP TABLE IF EXISTS t`.
+_SQLITE_SKIP_WORDS = {"OR", "ROLLBACK", "ABORT", "REPLACE", "FAIL", "IGNORE", "IF", "NOT", "EXISTS"}
+
+
+def _sqlite_name_findings(tokens: list[Any]) -> Iterator[Finding]:
+    """Ledger tables named anywhere (SQLite folds identifiers case-insensitively and also
+    reads a 'string' where it expects a name), and sqlite_* tables as a write target
+    (`UPDATE`, `INSERT/REPLACE INTO`, `DELETE FROM`, `CREATE/ALTER/DROP TABLE ...`), in the
+    statement and in a trigger body alike."""
+    from sqlglot.tokens import TokenType
+
+    names = (TokenType.VAR, TokenType.IDENTIFIER, TokenType.STRING)
+    for i, tok in enumerate(tokens):
+        if tok.token_type in names and tok.text.lower() in LEDGER_TABLE_NAMES:
+            yield Finding("ledger_tables", f"a reference to {tok.text.lower()}")
+        word = tok.text.upper() if tok.token_type not in names else ""
+        if word == "FROM" and i and tokens[i - 1].text.upper() == "DELETE":
+            word = "INTO"
+        if word not in _SQLITE_WRITE_KEYWORDS:
+            continue
+        j = i + 1
+        while j < len(tokens) and tokens[j].text.upper() in _SQLITE_SKIP_WORDS:
+            j += 1
+        if j + 2 < len(tokens) and tokens[j + 1].token_type == TokenType.DOT:
+            j += 2  # schema.table
+        if j < len(tokens) and tokens[j].token_type in names:
+            name = tokens[j].text.lower()
+            if name.startswith("sqlite_"):
+                yield Finding("system_catalog", f"writing or changing {name}")
 
 
 def _analyse_sqlite(sql: str) -> Analysis:
@@ -856,6 +1295,7 @@ def _analyse_sqlite(sql: str) -> Analysis:
             findings.append(Finding(SQLITE_REFUSED[verb], verb))
         elif verb not in SQLITE_ALLOWED:
             findings.append(Finding("not_a_migration_statement", verb))
+        findings.extend(_sqlite_name_findings(tokens))
         for tok, nxt in zip(tokens, [*tokens[1:], None], strict=True):
             quoted = piece[tok.start : tok.end + 1] != tok.text
             if nxt is not None and nxt.token_type == TokenType.L_PAREN:

@@ -82,7 +82,12 @@ from runs_app.kinds.base import (
 from runs_app.kinds.base import target_param as _target_param
 from runs_app.kinds.files import Beat
 from runs_app.sqlpolicy import (
+    BACKFILL_NOT_CONFINED,
+    BACKFILLS_TABLE,
+    BATCHES_TABLE,
+    INTERVALS_TABLE,
     INVALID_SQL,
+    LEDGER_TABLE,
     analyse,
     calls_sequence_functions,
     item_errors,
@@ -109,11 +114,8 @@ LOCK_TIMEOUT = "lock_timeout"
 # A dry-run batch ran longer than HXO_DRY_RUN_BATCH_TIMEOUT_MS in all; cancelled, rolled back.
 BATCH_TIMEOUT = "batch_timeout"
 
-# Version 1 (plan digest, stage, batch number): read for rows it recorded, never written.
-LEDGER_TABLE = "hxo_ledger"
-BATCHES_TABLE = "hxo_ledger_batches"
-BACKFILLS_TABLE = "hxo_ledger_backfills"
-INTERVALS_TABLE = "hxo_ledger_intervals"
+# The ledger's table names live in runs_app.sqlpolicy (the policy refuses plan SQL naming
+# them); LEDGER_TABLE is version 1 (plan digest, stage, batch number), read, never written.
 LEDGER_TABLES = (BATCHES_TABLE, BACKFILLS_TABLE, INTERVALS_TABLE)
 IDENTIFIER = {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,62}$"}
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -308,7 +310,10 @@ class BySqlBatch(Partitioner):
         backfill = params["backfill"]
         sql, table, key = backfill["sql"], backfill["table"], backfill["key_column"]
         size = backfill.get("batch_size", 1000)
-        for error in _sql_errors(params, target.vendor)[:1]:
+        errors = _sql_errors(params, target.vendor)
+        # Confinement is checked against the table and key column named here: those are
+        # checked against the target's catalogue first, for the more precise error.
+        for error in [e for e in errors if e.code != BACKFILL_NOT_CONFINED][:1]:
             raise error
         # The policy allows :start with :end (exclusive) or :last (inclusive).
         end_param = "end" if "end" in analyse(sql, target.vendor).params else "last"
@@ -334,6 +339,8 @@ class BySqlBatch(Partitioner):
                     code=UNSUPPORTED_KEY,
                     path="params.backfill.key_column",
                 )
+            for error in errors[:1]:
+                raise error
             # Identifiers can't be bound: they are quoted after the catalogue check above.
             row = conn.execute(
                 f"SELECT MIN({quote_identifier(key)}), MAX({quote_identifier(key)}), COUNT(*) "
@@ -406,7 +413,14 @@ def _sql_errors(params: dict[str, Any], vendor: str) -> list[ComponentError]:
     """Every SQL policy error of a stage's params, with paths under `params.`."""
     if "backfill" in params:
         sql = params["backfill"]["sql"]
-        return item_errors(sql, vendor, path="params.backfill.sql", backfill=True)
+        return item_errors(
+            sql,
+            vendor,
+            path="params.backfill.sql",
+            backfill=True,
+            table=params["backfill"].get("table"),
+            key_column=params["backfill"].get("key_column"),
+        )
     return [
         error
         for i, sql in enumerate(params.get("statements", []))

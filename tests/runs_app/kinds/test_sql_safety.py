@@ -308,6 +308,143 @@ def test_a_dry_run_of_ddl_gives_up_on_a_held_lock_after_the_short_dry_run_timeou
         assert "orders_status" not in conn.columns("orders")
 
 
+# --- reproductions of round 2: indirect calls, lifted timeouts, the ledger -----------------
+
+# Each list is one plan; the first item makes something the second uses to signal sessions.
+TERMINATE_VIA = {
+    "an operator bound to pg_terminate_backend": [
+        "CREATE OPERATOR !!! (leftarg = integer, rightarg = bigint, "
+        "function = pg_terminate_backend)",
+        "SELECT pid !!! 0::bigint FROM pg_stat_activity WHERE application_name = 'victim'",
+    ],
+    "ts_rewrite running a query the policy never saw": [
+        "SELECT ts_rewrite('a'::tsquery, 'SELECT ''a''::tsquery, ''b''::tsquery "
+        "FROM pg_stat_activity s, pg_terminate_backend(s.pid) "
+        "WHERE s.application_name = ''victim''')",
+    ],
+    "RETURN QUERY EXECUTE in a PL/pgSQL body": [
+        "CREATE FUNCTION kill_them() RETURNS SETOF boolean LANGUAGE plpgsql AS $$ BEGIN "
+        "RETURN QUERY EXECUTE 'SELECT pg_terminate_backend(pid, 0) FROM pg_stat_activity "
+        "WHERE application_name = ''vic' || 'tim'''; END $$",
+        "SELECT * FROM kill_them()",
+    ],
+    "an aggregate whose final function is pg_cancel_backend": [
+        "CREATE AGGREGATE kill_one(integer) (sfunc = int4larger, stype = integer, "
+        "finalfunc = pg_cancel_backend)",
+        "SELECT kill_one(pid) FROM pg_stat_activity WHERE application_name = 'victim'",
+    ],
+    "attribute notation": [
+        "SELECT (pid).pg_terminate_backend FROM pg_stat_activity WHERE application_name = 'victim'",
+    ],
+    "a column default": [
+        "CREATE TABLE kills (pid integer, done boolean DEFAULT pg_terminate_backend("
+        "(SELECT pid FROM pg_stat_activity WHERE application_name = 'victim')))",
+        "INSERT INTO kills (pid) VALUES (1)",
+    ],
+}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("how", sorted(TERMINATE_VIA))
+def test_a_dry_run_cannot_terminate_other_sessions_on_the_target(pg_demo, operator, how):
+    """A non-superuser may signal every session of its own role; the functions are refused
+    by name, and so is every other way of naming them (finding 1 of round 2)."""
+    import psycopg
+
+    victim = psycopg.connect(pg_demo, autocommit=True, application_name="victim")
+    victim.execute("BEGIN")
+    victim.execute("SELECT 1")  # idle in transaction: a cancel or terminate would hit it
+    try:
+        outcome = operator_dry_run(plan("pg", TERMINATE_VIA[how], batch_size=5), operator)
+
+        victim.execute("SELECT 1")  # raises if the session was terminated or cancelled
+        assert isinstance(outcome, ServiceError), f"{how}: not refused at save"
+        assert any(e["code"] == FORBIDDEN for e in outcome.errors), outcome.errors
+    finally:
+        victim.close()
+
+
+LIFT_TIMEOUTS_VIA = {
+    "UPDATE pg_settings": ["UPDATE pg_settings SET setting = '0' WHERE name = 'statement_timeout'"],
+    "UPDATE pg_catalog.pg_settings": [
+        "UPDATE pg_catalog.pg_settings SET setting = '0' "
+        "WHERE name IN ('lock_timeout', 'statement_timeout')"
+    ],
+    "a view over pg_settings": [
+        "CREATE VIEW s AS SELECT * FROM pg_settings",
+        "UPDATE s SET setting = '0' WHERE name = 'statement_timeout'",
+    ],
+    "a function's SET clause": [
+        "CREATE FUNCTION lift() RETURNS void SET statement_timeout = 0 LANGUAGE sql "
+        "AS 'SELECT pg_sleep(2)'",
+        "SELECT lift()",
+    ],
+    "ALTER FUNCTION ... SET": [
+        "CREATE FUNCTION lift() RETURNS void LANGUAGE sql AS 'SELECT pg_sleep(2)'",
+        "ALTER FUNCTION lift() SET statement_timeout = 0",
+        "SELECT lift()",
+    ],
+}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("how", sorted(LIFT_TIMEOUTS_VIA))
+def test_a_dry_run_cannot_lift_the_timeouts_hxo_set(pg_demo, operator, how):
+    """The statement timeout HXO sets holds for the whole batch: pg_settings (whose UPDATE
+    rule calls set_config) and function SET clauses are refused at save."""
+    statements = [*LIFT_TIMEOUTS_VIA[how], "SELECT pg_sleep(2)"]
+    started = time.monotonic()
+
+    outcome = operator_dry_run(
+        plan("pg", statements, batch_size=5, statement_timeout_ms=1000), operator
+    )
+
+    assert isinstance(outcome, ServiceError), f"{how}: not refused; dry-run {outcome.state}"
+    assert time.monotonic() - started < 2  # nothing slept
+    with connect("pg") as conn:
+        assert conn.scalar("SELECT COUNT(*) FROM pg_proc WHERE proname = 'lift'") == 0
+
+
+# The attacker's statements against the ledger (finding 9), valid SQL on both dialects.
+LEDGER_ATTACKS = [
+    "DELETE FROM hxo_ledger",
+    "INSERT INTO hxo_ledger SELECT plan_digest, stage_id, batch_id + 1, batch_digest, "
+    "rows_affected, run_id, partition_id, fence, applied_at FROM hxo_ledger",
+    "DROP TABLE hxo_ledger",
+    "CREATE TRIGGER forget AFTER INSERT ON hxo_ledger BEGIN DELETE FROM hxo_ledger; END",
+]
+LEDGER_REWRITES = [
+    *LEDGER_ATTACKS,
+    "DELETE FROM hxo_ledger_batches",
+    "UPDATE hxo_ledger_batches SET rows_affected = 0",
+    "DROP TABLE hxo_ledger_batches",
+    "CREATE TRIGGER forget AFTER INSERT ON orders BEGIN DELETE FROM hxo_ledger_batches; END",
+]
+
+
+@pytest.mark.parametrize("sql", LEDGER_REWRITES)
+@pytest.mark.parametrize("target", ["demo", pytest.param("pg", marks=pytest.mark.postgres)])
+def test_plan_sql_cannot_rewrite_the_migration_ledger_in_the_target(
+    request, driver, operator, target, sql
+):
+    """The ledger that makes a batch apply exactly once lives in the target: plan SQL naming
+    it is refused on both dialects (finding 9 of round 2), and its rows stay."""
+    request.getfixturevalue("demo" if target == "demo" else "pg_demo")
+    if target == "pg" and " BEGIN " in sql:  # SQLite's trigger body as a trigger function
+        body = sql.split(" BEGIN ", 1)[1].removesuffix("; END")
+        sql = (
+            "CREATE FUNCTION forget() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN {body}; RETURN NULL; END $$"
+        )
+    driver.run(stage(target, ["UPDATE orders SET status = 'seen' WHERE id = 1"]), dry_run=False)
+    before = count(target, "SELECT COUNT(*) FROM hxo_ledger_batches")
+
+    outcome = operator_dry_run(plan(target, [sql]), operator)
+
+    assert_refused(outcome, "stages[0].params.statements[0]", "migration ledger")
+    assert count(target, "SELECT COUNT(*) FROM hxo_ledger_batches") == before == 1
+
+
 # --- every forbidden class, on both dialects, at validation --------------------------------
 
 SQLITE_CASES = {
@@ -324,9 +461,63 @@ SQLITE_CASES = {
     "other_databases": ["ATTACH DATABASE 'x.db' AS x", "DETACH x"],
     "vacuum": ["VACUUM", "VACUUM main INTO '/tmp/copy.db'"],
     "pragma": ["PRAGMA writable_schema = 1", "PRAGMA foreign_keys = OFF"],
-    "extensions": ["SELECT load_extension('/tmp/evil.so')", "SELECT \"load_extension\"('x')"],
+    "extensions": [
+        "SELECT load_extension('/tmp/evil.so')",
+        "SELECT \"load_extension\"('x')",
+        "REPLACE INTO orders (id) SELECT load_extension('/tmp/evil.so')",
+    ],
     "not_a_migration_statement": ["EXPLAIN SELECT 1"],
+    "system_catalog": [
+        "UPDATE sqlite_sequence SET seq = 0 WHERE name = 'orders'",
+        'UPDATE OR IGNORE main."sqlite_sequence" SET seq = 0',
+        "DELETE FROM sqlite_stat1",
+        "INSERT INTO main.sqlite_stat1 VALUES ('orders', NULL, '1')",
+        "REPLACE INTO [sqlite_stat1] VALUES ('orders', NULL, '1')",
+        "DROP TABLE IF EXISTS sqlite_stat1",
+        "CREATE TRIGGER t AFTER UPDATE OF status ON orders BEGIN "
+        "UPDATE sqlite_sequence SET seq = 1; END",
+    ],
+    "ledger_tables": [
+        *LEDGER_ATTACKS,
+        "DELETE FROM [HXO_LEDGER_BATCHES]",
+        'DELETE FROM "Hxo_Ledger_Intervals"',
+        "INSERT INTO 'hxo_ledger_backfills' SELECT * FROM hxo_ledger_backfills",
+        "UPDATE main.hxo_ledger_batches SET rows_affected = 0",
+        "CREATE TEMP TABLE hxo_ledger_batches (id INTEGER)",
+        "ALTER TABLE orders RENAME TO hxo_ledger_intervals",
+        "CREATE VIEW v AS SELECT * FROM hxo_ledger_batches",
+        "CREATE TRIGGER forget AFTER INSERT ON orders BEGIN DELETE FROM hxo_ledger_intervals; END",
+    ],
 }
+# Reaching a refused function without a call naming it: bound by name to an operator,
+# aggregate, range type, cast, operator class or trigger, attribute notation, regproc.
+PG_INDIRECT_CALLS = [
+    "CREATE OPERATOR !!! (leftarg = integer, rightarg = bigint, function = pg_terminate_backend)",
+    "CREATE OPERATOR !!! (leftarg = integer, procedure = pg_catalog.pg_cancel_backend)",
+    "CREATE AGGREGATE kill_one(integer) (sfunc = int4larger, stype = integer, "
+    "finalfunc = pg_cancel_backend)",
+    "CREATE AGGREGATE kill_one(integer) (sfunc = int4larger, stype = integer, "
+    "finalfunc = 'pg_cancel_backend')",
+    "CREATE AGGREGATE k(integer) (sfunc = int4larger, stype = integer, "
+    "combinefunc = pg_terminate_backend)",
+    "CREATE TYPE r AS RANGE (subtype = int4, subtype_diff = pg_cancel_backend)",
+    "CREATE CAST (integer AS boolean) WITH FUNCTION pg_cancel_backend(integer)",
+    "CREATE OPERATOR CLASS c FOR TYPE integer USING btree AS "
+    "FUNCTION 1 pg_terminate_backend(integer)",
+    "ALTER OPERATOR FAMILY f USING btree ADD FUNCTION 1 (integer, integer) "
+    "pg_cancel_backend(integer)",
+    "CREATE TRIGGER t AFTER INSERT ON orders EXECUTE FUNCTION pg_reload_conf()",
+    "ALTER OPERATOR === (integer, integer) SET (restrict = pg_cancel_backend)",
+    "SELECT (pid).pg_cancel_backend FROM pg_stat_activity",
+    "SELECT 'pg_terminate_backend'::regproc",
+    "SELECT 'pg_catalog.pg_terminate_backend(integer)'::regprocedure",
+    "SELECT to_regproc('PG_CANCEL_BACKEND')",
+    "CREATE DOMAIN d AS integer DEFAULT pg_cancel_backend(1)",
+    "CREATE DOMAIN d AS integer CHECK (pg_cancel_backend(VALUE))",
+    "CREATE TABLE t (id integer DEFAULT pg_cancel_backend(1))",
+    "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $$ DECLARE x bool; BEGIN "
+    "x := (0).pg_cancel_backend; RETURN 1; END $$",
+]
 PG_CASES = {
     "transaction_control": [
         "BEGIN",
@@ -382,6 +573,18 @@ PG_CASES = {
         "SET statement_timeout = 0",
         "SELECT set_config('role', 'postgres', false)",
         "DISCARD ALL",
+        # The settings view's UPDATE rule calls set_config(); views forward writes to it.
+        "UPDATE pg_settings SET setting = '0' WHERE name = 'statement_timeout'",
+        "UPDATE pg_catalog.pg_settings SET setting = '0' WHERE name IN "
+        "('lock_timeout', 'statement_timeout')",
+        "CREATE VIEW s AS SELECT * FROM pg_settings",
+        # A function's SET/RESET clause applies to the session whenever it runs.
+        "CREATE FUNCTION take_lock() RETURNS void SET lock_timeout = 0 LANGUAGE sql "
+        "AS 'LOCK TABLE orders IN ACCESS EXCLUSIVE MODE'",
+        "CREATE PROCEDURE p() SET statement_timeout TO DEFAULT LANGUAGE sql AS 'SELECT 1'",
+        "ALTER FUNCTION f() SET statement_timeout = 0",
+        "ALTER FUNCTION f() RESET ALL",
+        "ALTER PROCEDURE p() RESET lock_timeout",
     ],
     "server_administration": [
         "ALTER SYSTEM SET work_mem = '1GB'",
@@ -393,6 +596,7 @@ PG_CASES = {
         "CHECKPOINT",
         "SELECT pg_terminate_backend(1)",
         "SELECT pg_reload_conf()",
+        *PG_INDIRECT_CALLS,
     ],
     "dynamic_sql": [
         "DO $$ BEGIN DELETE FROM orders; END $$",
@@ -401,9 +605,49 @@ PG_CASES = {
         "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'COMMIT'; END $$",
         "CREATE FUNCTION f() RETURNS int LANGUAGE plpython3u AS $$ return 1 $$",
         "SELECT query_to_xml('SELECT 1', true, true, '')",
+        # Functions and statements running SQL given as text.
+        "SELECT ts_rewrite('a'::tsquery, 'SELECT ''a''::tsquery, ''b''::tsquery "
+        "FROM pg_stat_activity s, pg_terminate_backend(s.pid)')",
+        "CREATE OPERATOR @@@ (leftarg = tsquery, rightarg = text, function = ts_rewrite)",
+        "SELECT * FROM crosstab('SELECT 1, 2, 3') AS t(a int, b int)",
+        "CREATE FUNCTION kill_them() RETURNS SETOF boolean LANGUAGE plpgsql AS $$ BEGIN "
+        "RETURN QUERY EXECUTE 'SELECT pg_terminate_backend(pid, 0) FROM pg_stat_activity "
+        "WHERE application_name = ''vic'' || ''tim'''; END $$",
     ],
     "notifications": ["LISTEN x", "NOTIFY x", "SELECT pg_notify('x', 'y')"],
-    "not_a_migration_statement": ["EXPLAIN ANALYZE DELETE FROM orders", "SHOW work_mem"],
+    "not_a_migration_statement": [
+        "EXPLAIN ANALYZE DELETE FROM orders",
+        "SHOW work_mem",
+        # Objects bound to C functions.
+        "CREATE TYPE t (INPUT = t_in, OUTPUT = t_out)",
+        "CREATE TEXT SEARCH PARSER p (START = s, GETTOKEN = g, END = e, LEXTYPES = l)",
+        "CREATE TEXT SEARCH TEMPLATE t (LEXIZE = dsimple_lexize)",
+        "CREATE CONVERSION c FOR 'UTF8' TO 'LATIN1' FROM utf8_to_iso8859_1",
+        "CREATE TRANSFORM FOR int LANGUAGE sql (FROM SQL WITH FUNCTION f(internal))",
+    ],
+    "system_catalog": [
+        "UPDATE pg_catalog.pg_class SET relname = 'x' WHERE relname = 'orders'",
+        "DELETE FROM pg_proc WHERE proname = 'f'",
+        "INSERT INTO information_schema.sql_features SELECT * FROM information_schema.sql_features",
+        "WITH u AS (UPDATE pg_catalog.pg_class SET relname = 'x') SELECT 1",
+        "CREATE VIEW c AS SELECT * FROM pg_catalog.pg_class",
+        "CREATE TRIGGER t AFTER INSERT ON pg_catalog.pg_class EXECUTE FUNCTION f()",
+        "TRUNCATE pg_catalog.pg_description",
+    ],
+    "ledger_tables": [
+        *LEDGER_ATTACKS[:3],
+        "CREATE TRIGGER forget AFTER INSERT ON hxo_ledger FOR EACH ROW EXECUTE FUNCTION f()",
+        "DELETE FROM public.hxo_ledger_batches",
+        "TRUNCATE hxo_ledger_intervals",
+        "ALTER TABLE hxo_ledger_backfills ADD COLUMN x int",
+        "ALTER TABLE orders RENAME TO hxo_ledger_batches",
+        "CREATE TEMP TABLE hxo_ledger_batches (id int)",
+        "CREATE VIEW v AS SELECT * FROM hxo_ledger_batches",
+        "SELECT 'HXO_LEDGER_BATCHES'::regclass",
+        "CREATE FUNCTION f() RETURNS void LANGUAGE sql AS 'DELETE FROM hxo_ledger_intervals'",
+        "CREATE FUNCTION f() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "DELETE FROM hxo_ledger_batches; RETURN NULL; END $$",
+    ],
 }
 CASES = [
     (vendor, rule, sql)
@@ -468,6 +712,93 @@ def test_a_forbidden_backfill_statement_is_refused_at_its_path(
 
     errors = {(e["path"], e["code"]) for e in checked.json()["errors"]}
     assert ("stages[0].params.backfill.sql", FORBIDDEN) in errors
+
+
+# A backfill runs once per batch with :start/:end bound to that batch's slice of the key;
+# each of these would touch rows outside it (every row, in every batch).
+UNCONFINED_BACKFILLS = [
+    "UPDATE orders SET status = 'x' WHERE id >= :start AND id < :end OR true",
+    "WITH s AS (SELECT :start, :end) DELETE FROM orders",
+    "UPDATE orders SET status = 'x' WHERE id >= :start OR id < :end",
+    "UPDATE orders SET status = 'x' WHERE status <> 'x' AND :start < :end",
+    "UPDATE orders SET status = 'x' WHERE total_cents >= :start AND total_cents < :end",
+    "UPDATE customers SET email = 'x' WHERE id >= :start AND id < :end",
+    "DELETE FROM orders WHERE id >= :start AND id > :end",
+    "DELETE FROM orders WHERE NOT (id < :start OR id >= :end) OR 1 = 1",
+    "INSERT INTO customers (email) SELECT :start || :end",
+    "INSERT INTO customers (email) SELECT status FROM orders WHERE id >= :start AND id < :end "
+    "UNION SELECT status FROM orders",
+    "UPDATE orders SET status = 'x' FROM customers c WHERE c.id >= :start AND c.id < :end",
+]
+CONFINED_BACKFILLS = [
+    "UPDATE orders SET status = 'x' WHERE id >= :start AND id < :end AND status <> 'x'",
+    "UPDATE orders AS o SET status = 'x' WHERE :start <= o.id AND o.id <= :last",
+    "DELETE FROM orders WHERE id BETWEEN :start AND :last AND status = 'gone'",
+    "INSERT INTO customers (email) SELECT o.status FROM orders o "
+    "WHERE o.id >= :start AND o.id < :end",
+    "WITH paid AS (SELECT id FROM orders WHERE status = 'paid') UPDATE orders SET status = 'x' "
+    "WHERE (id >= :start AND id < :end) AND id IN (SELECT id FROM paid)",
+]
+
+
+def backfill_plan(vendor: str, sql: str) -> dict[str, Any]:
+    document = plan(vendor, ["SELECT 1"])
+    document["stages"][0]["params"] = {
+        "target": vendor,
+        "backfill": {"sql": sql, "table": "orders", "key_column": "id"},
+    }
+    return document
+
+
+@pytest.mark.parametrize("sql", UNCONFINED_BACKFILLS)
+@pytest.mark.parametrize("vendor", ["sqlite", "postgresql"])
+def test_a_backfill_not_confined_to_its_key_range_is_refused(
+    both_targets, api_client_for, operator, vendor, sql
+):
+    checked = api_client_for(operator).post(
+        "/api/v1/validate/", {"plan": backfill_plan(vendor, sql)}, format="json"
+    )
+
+    errors = [(e["path"], e["code"]) for e in checked.json()["errors"]]
+    assert errors == [("stages[0].params.backfill.sql", "backfill_not_confined")]
+    assert "id >= :start" in checked.json()["errors"][0]["message"]
+
+
+def test_a_data_modifying_with_around_a_confined_backfill_is_refused(
+    both_targets, api_client_for, operator
+):
+    sql = (
+        "WITH gone AS (DELETE FROM orders RETURNING id) UPDATE orders SET status = 'x' "
+        "WHERE id >= :start AND id < :end"
+    )
+    checked = api_client_for(operator).post(
+        "/api/v1/validate/", {"plan": backfill_plan("postgresql", sql)}, format="json"
+    )
+
+    assert [e["code"] for e in checked.json()["errors"]] == ["backfill_not_confined"]
+
+
+@pytest.mark.parametrize("sql", CONFINED_BACKFILLS)
+@pytest.mark.parametrize("vendor", ["sqlite", "postgresql"])
+def test_a_backfill_confined_to_its_key_range_validates(
+    both_targets, api_client_for, operator, vendor, sql
+):
+    checked = api_client_for(operator).post(
+        "/api/v1/validate/", {"plan": backfill_plan(vendor, sql)}, format="json"
+    )
+
+    assert checked.json()["errors"] == []
+
+
+def test_an_unconfined_backfill_changes_no_row(demo, operator):
+    sql = "UPDATE orders SET status = 'x' WHERE id >= :start AND id < :end OR true"
+    document = backfill_plan("demo", sql)
+
+    outcome = operator_dry_run(document, operator)
+
+    assert isinstance(outcome, ServiceError)
+    assert [e["code"] for e in outcome.errors] == ["backfill_not_confined"]
+    assert count("demo", "SELECT COUNT(*) FROM orders WHERE status = 'x'") == 0
 
 
 def test_live_validation_of_a_single_stage_refuses_it_too(both_targets, api_client_for, operator):
@@ -648,6 +979,9 @@ LEGIT = {
         "UPDATE coupons SET used = 1 WHERE id = new.id; END",
         "UPDATE coupons SET note = 'touched' WHERE id = 2",
         "SELECT * FROM pragma_table_info('coupons')",
+        "ANALYZE coupons",
+        "SELECT COUNT(*) FROM sqlite_master WHERE name = 'coupons'",
+        "UPDATE coupons SET note = (SELECT name FROM sqlite_master WHERE name = 'x') WHERE 0",
     ],
     "pg": [
         *LEGIT_COMMON,
@@ -657,6 +991,21 @@ LEGIT = {
         "UPDATE coupons SET note = coupon_label(code) || coupon_twice(id) WHERE id = 2",
         "SELECT E'it\\'s'",
         "COMMENT ON TABLE coupons IS 'made by HXO; reviewed'",
+        "ANALYZE coupons",
+        "CREATE TYPE coupon_state AS ENUM ('new', 'used')",
+        "CREATE TYPE coupon_pair AS (a int, b text)",
+        "CREATE DOMAIN coupon_cents AS integer CHECK (VALUE >= 0) DEFAULT 0",
+        "CREATE FUNCTION coupon_plus(a int, b int) RETURNS int LANGUAGE sql IMMUTABLE "
+        "SECURITY DEFINER RETURN a + b",
+        "CREATE OPERATOR ### (leftarg = int, rightarg = int, function = coupon_plus)",
+        "CREATE AGGREGATE coupon_sum(int) (sfunc = coupon_plus, stype = int, initcond = '0')",
+        "CREATE TYPE coupon_range AS RANGE (subtype = int4)",
+        "SELECT COUNT(*) FROM pg_catalog.pg_class WHERE relname = 'coupons'",
+        "UPDATE coupons SET note = c.relname FROM pg_class c WHERE c.relname = 'x'",
+        # Only text: a string is a name only where it is converted to one.
+        "UPDATE coupons SET note = 'crosstab; hxo_ledger' || 'ts_rewrite' WHERE id = 3",
+        # A table cannot be called: one named like a refused function is just a table.
+        "CREATE TABLE dblink_log (id int)",
     ],
 }
 
