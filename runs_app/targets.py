@@ -26,7 +26,13 @@ from typing import Any
 from django.conf import settings
 
 from blueprints_app.registry import ComponentError
-from runs_app.sqlpolicy import FORBIDDEN_STATEMENT, POSTGRESQL, SQLITE, pg_params
+from runs_app.sqlpolicy import (
+    FORBIDDEN_STATEMENT,
+    LEDGER_TABLE_NAMES,
+    POSTGRESQL,
+    SQLITE,
+    pg_params,
+)
 
 UNKNOWN_TARGET = "unknown_target"
 TARGET_UNAVAILABLE = "target_unavailable"
@@ -190,6 +196,29 @@ DENIED_SQLITE_FUNCTIONS = frozenset(
 )
 # A virtual table that reads and writes raw database pages, when compiled in.
 DENIED_SQLITE_TABLES = frozenset({"sqlite_dbpage"})
+# Actions on a table whose name is in arg1 or arg2 (SQLite's authorizer arguments differ per
+# action: DROP_TABLE names it in arg1, CREATE_TRIGGER/CREATE_INDEX/ALTER_TABLE in arg2). A plan
+# statement taking any of them on a ledger table is denied: the ledger is HXO's record of what
+# was applied, written only by HXO's own statements (docs/sql-policy.md, `ledger_tables`).
+LEDGER_GUARDED_ACTIONS = frozenset(
+    {
+        sqlite3.SQLITE_READ,
+        sqlite3.SQLITE_INSERT,
+        sqlite3.SQLITE_UPDATE,
+        sqlite3.SQLITE_DELETE,
+        sqlite3.SQLITE_DROP_TABLE,
+        sqlite3.SQLITE_DROP_TEMP_TABLE,
+        sqlite3.SQLITE_CREATE_TABLE,
+        sqlite3.SQLITE_CREATE_TEMP_TABLE,
+        sqlite3.SQLITE_ALTER_TABLE,
+        sqlite3.SQLITE_CREATE_TRIGGER,
+        sqlite3.SQLITE_CREATE_TEMP_TRIGGER,
+        sqlite3.SQLITE_CREATE_INDEX,
+        sqlite3.SQLITE_CREATE_TEMP_INDEX,
+        sqlite3.SQLITE_DROP_INDEX,
+        sqlite3.SQLITE_DROP_TRIGGER,
+    }
+)
 
 
 class TargetConnection:
@@ -228,6 +257,8 @@ class TargetConnection:
         self._deadline: float | None = None
         # True only while HXO's own BEGIN/COMMIT/ROLLBACK run (the authorizer allows them).
         self._control = False
+        # True while a plan's statement runs (run_statement): the ledger guard applies.
+        self._plan = False
         self._denied: str | None = None
         # Why `cancel()` was called (set from another thread), else None.
         self.cancelled: str | None = None
@@ -282,6 +313,7 @@ class TargetConnection:
         self.require_transaction(sql)
         cursor = self.raw.cursor()
         self._denied = None
+        self._plan = True
         try:
             if self.vendor == SQLITE:
                 cursor.execute(sql, dict(params or {}))
@@ -297,6 +329,8 @@ class TargetConnection:
             if refused is not None:
                 raise refused from None
             raise
+        finally:
+            self._plan = False
         rows = max(cursor.rowcount or 0, 0)  # DDL reports -1
         self.require_transaction(sql)
         self.require_session(sql)
@@ -469,6 +503,11 @@ class TargetConnection:
             and (arg1 or "").lower() in DENIED_SQLITE_TABLES
         ):
             denied = f"the table {arg1}"
+        elif self._plan and action in LEDGER_GUARDED_ACTIONS:
+            for name in (arg1, arg2):
+                if (name or "").lower() in LEDGER_TABLE_NAMES:
+                    denied = f"HXO's ledger table {name}"
+                    break
         if denied is None:
             return sqlite3.SQLITE_OK
         self._denied = denied

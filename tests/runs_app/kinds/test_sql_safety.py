@@ -911,6 +911,38 @@ def test_the_sqlite_authorizer_alone_denies_each_forbidden_action(demo, sql):
     assert count("demo", "SELECT COUNT(*) FROM orders WHERE id <= 10") == 10
 
 
+LEDGER_WRITES = [
+    "DELETE FROM hxo_ledger_batches",
+    "UPDATE hxo_ledger_batches SET rows_affected = 0",
+    "INSERT INTO hxo_ledger_intervals SELECT * FROM hxo_ledger_intervals",
+    "DROP TABLE hxo_ledger_batches",
+    "ALTER TABLE hxo_ledger_batches RENAME TO gone",
+    "CREATE TRIGGER wipe AFTER INSERT ON hxo_ledger_batches BEGIN DELETE FROM orders; END",
+    "CREATE INDEX hxo_x ON hxo_ledger_batches (rows_affected)",
+    "CREATE TEMP TABLE hxo_ledger_batches (x INTEGER)",
+    "SELECT COUNT(*) FROM HXO_LEDGER_BATCHES",
+]
+
+
+@pytest.mark.parametrize("sql", LEDGER_WRITES)
+def test_the_sqlite_authorizer_alone_keeps_plan_sql_off_the_ledger(driver, demo, no_policy, sql):
+    # Validation refuses these (ledger_tables); with it bypassed the authorizer still denies
+    # every action of a plan statement on a ledger table, while HXO's own ledger writes of
+    # the same batch go through: the apply records its batch, and the ledger is unchanged.
+    applied = crafted(driver, "demo", ["UPDATE orders SET id = id WHERE id = 1"], dry_run=False)
+    EXECUTORS["sql_migrate"]().execute(applied)
+    before = count("demo", "SELECT COUNT(*) FROM hxo_ledger_batches")
+    assert before == 1
+
+    ctx = crafted(driver, "demo", [sql], dry_run=False)
+    with pytest.raises(ComponentError) as refused:
+        EXECUTORS["sql_migrate"]().execute(ctx)
+
+    assert refused.value.code == FORBIDDEN, refused.value.message
+    assert count("demo", "SELECT COUNT(*) FROM hxo_ledger_batches") == before
+    assert count("demo", "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('wipe', 'hxo_x')") == 0
+
+
 def test_sqlite_refuses_vacuum_into_even_outside_a_batch(demo, tmp_path):
     copy = tmp_path / "copy.sqlite3"
     with connect("demo") as conn:
