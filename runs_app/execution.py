@@ -285,11 +285,16 @@ class Heartbeat:
             Partition.objects.filter(pk__in=ids, lease_owner=self.owner, state=P.RUNNING).update(
                 lease_expires_at=timezone.now() + _lease_delta()
             )
-            still = set(
-                Partition.objects.filter(
-                    pk__in=ids, lease_owner=self.owner, state=P.RUNNING
-                ).values_list("id", flat=True)
-            )
+            self._note_gone(ids)
+
+    def _note_gone(self, ids: list[int]) -> None:
+        """Record which of `ids` this drainer no longer holds (lost leases), and whether the
+        run was aborted meanwhile. One read of the partitions, one of the run if any is gone."""
+        still = set(
+            Partition.objects.filter(
+                pk__in=ids, lease_owner=self.owner, state=P.RUNNING
+            ).values_list("id", flat=True)
+        )
         gone = set(ids) - still
         if gone:
             state = Run.objects.filter(pk=self.run_id).values_list("state", flat=True).first()
@@ -331,18 +336,7 @@ class Heartbeat:
         now = time.monotonic()
         if now - self._last_watch >= WATCH_EVERY_S:
             self._last_watch = now
-            still = set(
-                Partition.objects.filter(
-                    pk__in=watched, lease_owner=self.owner, state=P.RUNNING
-                ).values_list("id", flat=True)
-            )
-            gone = set(watched) - still
-            if gone:
-                state = Run.objects.filter(pk=self.run_id).values_list("state", flat=True).first()
-                if state == RunState.ABORTED:
-                    self.aborted.set()
-                with self._lock:
-                    self.lost |= gone
+            self._note_gone(watched)
         fire = []
         with self._lock:
             for pk in watched:
