@@ -247,6 +247,10 @@ def test_an_apply_over_a_file_swapped_for_a_fifo_fails_fast_and_frees_the_worker
     demo_copy, linkcheck_kind, admiral, settings, kind, partitioner, executor, root, rel, text
 ) -> None:
     settings.HXO_RETRY_BACKOFF_MS = 0  # each attempt fails at once; no waiting between them
+    # The drainer's heartbeat thread has its own connection: on PostgreSQL its lease renewal
+    # would wait on rows this test's (never committed) transaction holds, and each drain then
+    # waits 10 s for the thread at exit. A lease far longer than the test means no renewal.
+    settings.HXO_LEASE_MS = 600_000
     path = demo_copy / rel
     path.write_text(text)
     plan = services.plan_create(
