@@ -12,7 +12,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from runs_app.models import AuditEvent
+from hxo_site.models import AuditEvent
 from tests.hostile.conftest import assert_refused, snapshot
 
 pytestmark = pytest.mark.django_db

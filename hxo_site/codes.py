@@ -68,7 +68,7 @@ VALIDATION_FAILED = "validation_failed"
 PRECONDITION_FAILED = "precondition_failed"  # If-Match names an older revision (412)
 IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"  # the key was used for another request (422)
 
-# Hostile input and authentication (blueprints_app.parsers, .middleware, .authentication).
+# Hostile input and authentication (hxo_site.parsers, .middleware, .authentication).
 NESTING_TOO_DEEP = "nesting_too_deep"
 UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
 INVALID_CHARACTERS = "invalid_characters"

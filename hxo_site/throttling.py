@@ -20,7 +20,7 @@ from django.conf import settings
 from django.core.cache import BaseCache, caches
 from rest_framework.throttling import ScopedRateThrottle
 
-from runs_app.audit import audit
+from hxo_site.audit import audit
 
 CACHE_ALIAS = "hxo-throttle"
 TOKEN_SCOPE = "auth-token"
@@ -28,18 +28,6 @@ TOKEN_SCOPE = "auth-token"
 
 def throttle_cache() -> BaseCache:
     return caches[CACHE_ALIAS]
-
-
-def request_ip(request: Any) -> str | None:
-    """The client's address: REMOTE_ADDR, or behind the one trusted proxy (HXO_BEHIND_PROXY)
-    the last X-Forwarded-For entry, the one that proxy added. Earlier entries are whatever
-    the client sent, so trusting them would let anyone pick a fresh throttle key per guess."""
-    meta = request.META
-    if settings.HXO_BEHIND_PROXY:
-        forwarded = [a.strip() for a in meta.get("HTTP_X_FORWARDED_FOR", "").split(",")]
-        if forwarded and forwarded[-1]:
-            return forwarded[-1]
-    return meta.get("REMOTE_ADDR")
 
 
 class LoginThrottle:
