@@ -67,8 +67,8 @@ def _flatten(detail: Any, prefix: str = "") -> list[dict[str, str]]:
 
 
 def _audit_refusal(exc: Exception, context: dict[str, Any]) -> None:
-    """Every refusal of a privileged action leaves an audit event (PRODUCT.md: every state
-    change is audited; an attempt refused is as telling as one let through)."""
+    """Every refusal of a privileged action leaves an audit event: every state change is
+    audited, and an attempt refused is as telling as one let through."""
     request = context.get("request")
     if request is not None and isinstance(exc, exceptions.PermissionDenied):
         user = None
@@ -82,6 +82,9 @@ def _audit_refusal(exc: Exception, context: dict[str, Any]) -> None:
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's EXCEPTION_HANDLER: `exc` as a Response with body {"detail", "code", "errors"}
+    (plus an `ApiError`'s or `ServiceError`'s extra keys), or None for an exception that is
+    not a refusal (DRF re-raises it: a 500)."""
     # Django's own exceptions (get_object_or_404...) as DRF's, so that they get their code.
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()

@@ -362,8 +362,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["hxo_site.parsers.SafeJSONParser"],
     # DRF's test client would post multipart, which the API does not take.
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
-    # Throttles key on REMOTE_ADDR, or on the address the one trusted proxy saw: never on an
-    # X-Forwarded-For the client wrote itself.
+    # DRF's own throttles key on REMOTE_ADDR, or on the address the one trusted proxy saw:
+    # never on an X-Forwarded-For the client wrote itself (HXO's read it with hxo_site.net).
     "NUM_PROXIES": 1 if HXO_BEHIND_PROXY else 0,
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",

@@ -21,6 +21,7 @@ from django.core.cache import BaseCache, caches
 from rest_framework.throttling import ScopedRateThrottle
 
 from hxo_site.audit import audit
+from hxo_site.net import client_ip
 
 CACHE_ALIAS = "hxo-throttle"
 TOKEN_SCOPE = "auth-token"
@@ -95,6 +96,10 @@ class TokenRateThrottle(ScopedRateThrottle):
 
     def get_rate(self) -> str:
         return settings.HXO_TOKEN_RATE
+
+    def get_ident(self, request: Any) -> str:
+        # The one reading of the client's address, as the login throttle and the audit use.
+        return client_ip(request) or ""
 
     def allow_request(self, request: Any, view: Any) -> bool:
         # ScopedRateThrottle reads the scope from the view, then calls get_rate.
