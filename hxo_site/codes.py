@@ -1,4 +1,9 @@
-"""Stable error and warning codes. Tests and clients assert on these, never on prose."""
+"""Stable error and warning codes. Tests and clients assert on these, never on prose.
+
+One list for the whole API, kept with the plumbing: the parser, the middleware, the
+authentication and the exception handler answer with these codes as much as the registry and
+the runs do, and the plumbing imports neither app.
+"""
 
 from __future__ import annotations
 
