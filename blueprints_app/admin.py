@@ -19,7 +19,6 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from blueprints_app import registry
-from blueprints_app.capabilities import can_edit_registry
 from blueprints_app.models import JobKind, JobKindVersion
 from blueprints_app.services import (
     JOB_KIND_CHECKED_FIELDS,
@@ -30,6 +29,8 @@ from blueprints_app.services import (
     job_kind_version_update,
 )
 from blueprints_app.validation import validate_job_kind
+from hxo_site.capabilities import can_edit_registry
+from hxo_site.net import client_ip
 
 
 class PrettyJSONField(forms.JSONField):
@@ -212,13 +213,11 @@ class JobKindAdmin(admin.ModelAdmin):
             user=request.user,
             changed_fields=form.changed_data,
             via="admin",
-            client_ip=request.META.get("REMOTE_ADDR"),
+            client_ip=client_ip(request),
         )
 
     def delete_model(self, request: HttpRequest, obj: JobKind) -> None:
-        job_kind_delete(
-            job_kind=obj, user=request.user, via="admin", client_ip=request.META.get("REMOTE_ADDR")
-        )
+        job_kind_delete(job_kind=obj, user=request.user, via="admin", client_ip=client_ip(request))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[JobKind]) -> None:
         for obj in queryset:
@@ -226,7 +225,7 @@ class JobKindAdmin(admin.ModelAdmin):
                 job_kind=obj,
                 user=request.user,
                 via="admin",
-                client_ip=request.META.get("REMOTE_ADDR"),
+                client_ip=client_ip(request),
             )
 
 
@@ -314,7 +313,7 @@ class JobKindVersionAdmin(admin.ModelAdmin):
             row=obj,
             user=request.user,
             via="admin",
-            client_ip=request.META.get("REMOTE_ADDR"),
+            client_ip=client_ip(request),
             sunset_at=form.cleaned_data.get("sunset_at"),
             migration=form.cleaned_data.get("migration") or [],
         )

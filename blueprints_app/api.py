@@ -14,13 +14,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from blueprints_app import codes, parameters
-from blueprints_app.api_errors import ApiError
 from blueprints_app.models import JobKind, JobKindVersion
-from blueprints_app.permissions import RegistryAdmin, capability_required
 from blueprints_app.registry import EXECUTORS, PARTITIONERS
 from blueprints_app.serializers import (
-    ErrorSerializer,
     ExecutorSerializer,
     JobKindSerializer,
     JobKindVersionSerializer,
@@ -33,6 +29,11 @@ from blueprints_app.serializers import (
 from blueprints_app.services import JobKindInvalid, job_kind_delete, job_kind_version_update
 from blueprints_app.validation import validate_plan, validate_stage
 from blueprints_app.versions import component_lifecycle
+from hxo_site import codes, parameters
+from hxo_site.errors import ApiError
+from hxo_site.net import client_ip
+from hxo_site.permissions import RegistryAdmin, capability_required
+from hxo_site.serializers import ErrorSerializer
 
 ERRORS = {
     400: OpenApiResponse(ErrorSerializer, description="Invalid request; see `errors`"),
@@ -83,7 +84,7 @@ class JobKindViewSet(viewsets.ModelViewSet):
             job_kind=instance,
             user=self.request.user,
             via="api",
-            client_ip=self.request.META.get("REMOTE_ADDR"),
+            client_ip=client_ip(self.request),
         )
 
     @extend_schema(
@@ -135,7 +136,7 @@ class JobKindViewSet(viewsets.ModelViewSet):
                     row=row,
                     user=request.user,
                     via="api",
-                    client_ip=request.META.get("REMOTE_ADDR"),
+                    client_ip=client_ip(request),
                     **data.validated_data,
                 )
             except JobKindInvalid as exc:

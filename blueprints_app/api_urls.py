@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from blueprints_app import api, auth_views
+from blueprints_app import api
 
 # SimpleRouter: no format-suffix routes, which would read deploy.pack as kind "deploy" in
 # format "pack".
@@ -16,6 +16,5 @@ urlpatterns = [
     path("partitioners/", api.PartitionerList.as_view(), name="partitioner-list"),
     path("executors/", api.ExecutorList.as_view(), name="executor-list"),
     path("validate/", api.ValidateView.as_view(), name="validate"),
-    path("auth/token/", auth_views.ObtainToken.as_view(), name="auth-token"),
     *router.urls,
 ]

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from blueprints_app.capabilities import CAPABILITIES, ROLES
 from blueprints_app.contract import contract_kinds
 from blueprints_app.models import VERSIONED_FIELDS, contract_snapshot
+from hxo_site.capabilities import CAPABILITIES, ROLES
 
 CAPABILITY_LABELS = {
     "plan": "author and edit plans",

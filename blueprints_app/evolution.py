@@ -35,9 +35,9 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from blueprints_app import codes
 from blueprints_app.models import JobKind, JobKindVersion
 from blueprints_app.validation import Issue, ValidationResult, load_kinds, validate_plan
+from hxo_site import codes
 
 Stage = dict[str, Any]
 Transform = Callable[[Any], Any]

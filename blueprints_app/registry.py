@@ -4,8 +4,10 @@ A class registers itself with `@register_partitioner` or `@register_executor`; m
 admin checks, API listings and the validator all read these two mappings, so adding a component
 is one decorated class (the contract's "Adding New Job Kinds").
 
-Implementations live in `runs_app.kinds` (one module per family of job kinds) and in plugins;
-they are imported when the apps are ready (`BlueprintsConfig.ready`).
+Implementations live in `runs_app.kinds` (one module per family of job kinds) and in plugins.
+The registry imports neither: when the apps are ready, `RunsConfig.ready` imports the built-in
+kinds and then calls `autodiscover()` for the plugins, so that a plugin comes after the
+built-in components it reuses or replaces.
 """
 
 from __future__ import annotations
@@ -277,18 +279,16 @@ def plugin_entry_points() -> list[Any]:
 
 
 def autodiscover() -> None:
-    """Import the built-in components, then the plugins: installed packages declaring an
-    entry point in the `hxo.plugins` group, and the modules named in settings.HXO_PLUGINS.
+    """Import the plugins: installed packages declaring an entry point in the `hxo.plugins`
+    group, and the modules named in settings.HXO_PLUGINS. Called by `RunsConfig.ready` once
+    the built-in components are registered (the registry itself never imports `runs_app`).
 
     A plugin that fails to import stops HXO at start-up with ImproperlyConfigured: running
     with half a registry would refuse plans with misleading `unknown_partitioner` errors.
     """
-    import importlib
-
     from django.conf import settings
     from django.core.exceptions import ImproperlyConfigured
 
-    importlib.import_module("runs_app.kinds")
     try:
         for ep in plugin_entry_points():
             load_plugin(ep.value, origin=f"entry point {ep.name!r}")

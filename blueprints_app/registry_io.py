@@ -23,7 +23,6 @@ from typing import Any
 from django.db import transaction
 from django.utils.dateparse import parse_datetime
 
-from blueprints_app import codes
 from blueprints_app.contract import CONTRACT_VERSION
 from blueprints_app.models import VERSIONED_FIELDS, JobKind, JobKindVersion
 from blueprints_app.registry import EXECUTORS, PARTITIONERS
@@ -37,6 +36,7 @@ from blueprints_app.services import (
     job_kind_version_update,
 )
 from blueprints_app.versions import component_lifecycle
+from hxo_site import codes
 
 FORMAT = "hxo-registry"
 FORMAT_VERSION = 1

@@ -12,7 +12,6 @@ from django.db import models, transaction
 from rest_framework import serializers
 from rest_framework.exceptions import ErrorDetail
 
-from blueprints_app import codes
 from blueprints_app.models import JobKind, JobKindVersion
 from blueprints_app.services import (
     JOB_KIND_CHECKED_FIELDS,
@@ -21,6 +20,14 @@ from blueprints_app.services import (
     job_kind_save,
 )
 from blueprints_app.validation import ValidationResult, validate_job_kind
+from hxo_site import codes
+from hxo_site.net import client_ip
+from hxo_site.serializers import (
+    IssueSerializer,
+    StrictBooleanField,
+    StrictCharField,
+    StrictIntegerField,
+)
 
 
 def validation_error(result: ValidationResult) -> serializers.ValidationError:
@@ -29,58 +36,6 @@ def validation_error(result: ValidationResult) -> serializers.ValidationError:
     for issue in result.errors:
         detail.setdefault(issue.path, []).append(ErrorDetail(issue.message, code=issue.code))
     return serializers.ValidationError(detail)
-
-
-# --- Strict JSON types ------------------------------------------------------------------------
-# DRF's fields coerce: BooleanField reads "yes", "on", 1 as true; IntegerField reads "7", 7.0
-# and "٣" as ints; CharField reads 5 as "5". A request body is JSON, so a field takes its own
-# JSON type only, and anything else is a 400 `invalid_type` naming the field.
-
-TYPE_MESSAGES = {"bool": "must be true or false", "int": "must be a whole number (JSON)"}
-
-
-class StrictBooleanField(serializers.BooleanField):
-    """JSON `true`/`false` only."""
-
-    def to_internal_value(self, data: Any) -> bool:
-        if not isinstance(data, bool):
-            raise serializers.ValidationError(TYPE_MESSAGES["bool"], code=codes.INVALID_TYPE)
-        return data
-
-
-class StrictIntegerField(serializers.IntegerField):
-    """A JSON integer only (not a bool, a float or a string); the bounds still apply."""
-
-    def to_internal_value(self, data: Any) -> int:
-        if isinstance(data, bool) or not isinstance(data, int):
-            raise serializers.ValidationError(TYPE_MESSAGES["int"], code=codes.INVALID_TYPE)
-        return super().to_internal_value(data)
-
-
-class StrictCharField(serializers.CharField):
-    """A JSON string only."""
-
-    def to_internal_value(self, data: Any) -> str:
-        if not isinstance(data, str):
-            raise serializers.ValidationError("must be a string", code=codes.INVALID_TYPE)
-        return super().to_internal_value(data)
-
-
-class StrictBodySerializer(serializers.Serializer):
-    """A request body: a JSON object (400 `invalid_type` otherwise) with only the declared
-    fields (400 `unknown_field` on each other one)."""
-
-    def to_internal_value(self, data: Any) -> Any:
-        if not isinstance(data, dict):
-            raise serializers.ValidationError(
-                {"": [ErrorDetail("the body must be a JSON object", code=codes.INVALID_TYPE)]}
-            )
-        unknown = sorted(set(data) - set(self.fields))
-        if unknown:
-            raise serializers.ValidationError(
-                {k: [ErrorDetail("unknown field", code=codes.UNKNOWN_FIELD)] for k in unknown}
-            )
-        return super().to_internal_value(data)
 
 
 class SafetyPolicySerializer(serializers.Serializer):
@@ -180,7 +135,7 @@ class JobKindSerializer(serializers.ModelSerializer):
                 user=getattr(request, "user", None),
                 changed_fields=changed,
                 via=self.context.get("via", "api" if request is not None else ""),
-                client_ip=request.META.get("REMOTE_ADDR") if request is not None else None,
+                client_ip=client_ip(request) if request is not None else None,
             )
         except JobKindInvalid as exc:
             raise validation_error(exc.result) from None
@@ -247,21 +202,7 @@ class ValidateRequestSerializer(serializers.Serializer):
     plan = serializers.JSONField(required=False, help_text="A plan {name, description, stages}")
 
 
-class IssueSerializer(serializers.Serializer):
-    path = serializers.CharField()
-    code = serializers.CharField()
-    message = serializers.CharField()
-
-
 class ValidationResultSerializer(serializers.Serializer):
     valid = serializers.BooleanField()
     errors = IssueSerializer(many=True)
     warnings = IssueSerializer(many=True)
-
-
-class ErrorSerializer(serializers.Serializer):
-    """The API's one error shape (blueprints_app.api_errors)."""
-
-    detail = serializers.CharField()
-    code = serializers.CharField()
-    errors = IssueSerializer(many=True)

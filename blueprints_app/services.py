@@ -18,10 +18,11 @@ from django.contrib.auth.models import AbstractUser, Group
 from django.db import transaction
 from django.db.models import Max
 
-from blueprints_app import codes
-from blueprints_app.capabilities import ROLES
 from blueprints_app.models import VERSIONED_FIELDS, JobKind, JobKindVersion, contract_snapshot
 from blueprints_app.validation import ValidationResult, validate_job_kind
+from hxo_site import codes
+from hxo_site.audit import audit
+from hxo_site.capabilities import ROLES
 
 # The fields validate_job_kind reads; callers merge their edits over the stored values.
 JOB_KIND_CHECKED_FIELDS = (
@@ -72,7 +73,7 @@ AUDITED_FIELDS = (
     "sunset_at",
     "replaced_by",
 )
-# Audit actions of registry writes (runs_app.models.AuditEvent.action).
+# Audit actions of registry writes (hxo_site.models.AuditEvent.action).
 KIND_CREATED = "registry.kind_create"
 KIND_UPDATED = "registry.kind_update"
 KIND_DELETED = "registry.kind_delete"
@@ -117,8 +118,6 @@ def audit_registry_write(
 ) -> None:
     """One audit event for a registry write, with only the fields that changed (all of them
     for a create or a delete). No event when nothing changed."""
-    from runs_app.audit import audit  # the audit log lives with the runs (AuditEvent)
-
     if before is not None and after is not None:
         changed = [f for f in after if before.get(f) != after.get(f)]
         if not changed:

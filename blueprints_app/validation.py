@@ -18,11 +18,11 @@ import jsonschema
 from django.conf import settings
 from django.utils import timezone
 
-from blueprints_app import codes
-from blueprints_app.capabilities import has_capability
 from blueprints_app.models import JobKind
 from blueprints_app.registry import EXECUTORS, PARTITIONERS
 from blueprints_app.versions import component_lifecycle, kinds_at
+from hxo_site import codes
+from hxo_site.capabilities import has_capability
 
 STAGE_FIELDS = {
     "id",

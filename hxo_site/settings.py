@@ -115,17 +115,19 @@ INSTALLED_APPS = [
     "django_q",
     "django_htmx",
     "template_partials",
+    # hxo_site first: the plumbing both apps import (audit log, errors, auth, middleware).
+    "hxo_site",
     "blueprints_app",
     "runs_app",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "blueprints_app.middleware.SecurityHeadersMiddleware",
+    "hxo_site.middleware.SecurityHeadersMiddleware",
     # Before anything reads a body: an oversized one is refused unread (413).
-    "blueprints_app.middleware.RequestSizeLimitMiddleware",
-    "blueprints_app.middleware.UrlTextMiddleware",
-    "blueprints_app.middleware.ApiJsonBodyMiddleware",
+    "hxo_site.middleware.RequestSizeLimitMiddleware",
+    "hxo_site.middleware.UrlTextMiddleware",
+    "hxo_site.middleware.ApiJsonBodyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -133,7 +135,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
-    "blueprints_app.middleware.RefusalAuditMiddleware",
+    "hxo_site.middleware.RefusalAuditMiddleware",
 ]
 
 ROOT_URLCONF = "hxo_site.urls"
@@ -205,7 +207,7 @@ CACHES: dict[str, Any] = {
         "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
         "LOCATION": str(VAR_DIR / "cache" / "q"),
     },
-    # Login and token-endpoint throttles (blueprints_app.throttling): shared by the processes
+    # Login and token-endpoint throttles (hxo_site.throttling): shared by the processes
     # of a host here, by every host through Redis in scaled mode.
     "hxo-throttle": {
         "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
@@ -347,21 +349,21 @@ REST_FRAMEWORK = {
     # Token first: DRF takes the 401 challenge (WWW-Authenticate) from the first class, so
     # anonymous API requests get 401 rather than 403. Sessions (browser, CSRF) still work.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "blueprints_app.authentication.ExpiringTokenAuthentication",
+        "hxo_site.authentication.ExpiringTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "blueprints_app.pagination.StrictPageNumberPagination",
+    "DEFAULT_PAGINATION_CLASS": "hxo_site.pagination.StrictPageNumberPagination",
     "PAGE_SIZE": 50,
     # drf-spectacular's AutoSchema, also documenting the refusals every view can give.
-    "DEFAULT_SCHEMA_CLASS": "blueprints_app.schema.HxoAutoSchema",
-    "EXCEPTION_HANDLER": "blueprints_app.api_errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "hxo_site.schema.HxoAutoSchema",
+    "EXCEPTION_HANDLER": "hxo_site.api_errors.exception_handler",
     # JSON only: malformed, over-deep and unstorable bodies are 400s with a code, not 500s.
-    "DEFAULT_PARSER_CLASSES": ["blueprints_app.parsers.SafeJSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["hxo_site.parsers.SafeJSONParser"],
     # DRF's test client would post multipart, which the API does not take.
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
-    # Throttles key on REMOTE_ADDR, or on the address the one trusted proxy saw: never on an
-    # X-Forwarded-For the client wrote itself.
+    # DRF's own throttles key on REMOTE_ADDR, or on the address the one trusted proxy saw:
+    # never on an X-Forwarded-For the client wrote itself (HXO's read it with hxo_site.net).
     "NUM_PROXIES": 1 if HXO_BEHIND_PROXY else 0,
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
@@ -414,7 +416,7 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 # Audits a signed-in user's state-changing request refused for a missing CSRF token.
-CSRF_FAILURE_VIEW = "blueprints_app.middleware.csrf_failure"
+CSRF_FAILURE_VIEW = "hxo_site.middleware.csrf_failure"
 
 LOGGING = {
     "version": 1,

@@ -6,8 +6,11 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from hxo_site.auth_views import ObtainToken
+
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/v1/auth/token/", ObtainToken.as_view(), name="auth-token"),
     path("api/v1/", include("blueprints_app.api_urls")),
     path("api/v1/", include("runs_app.api_urls")),
     path("api/v1/search/", include("runs_app.search_urls")),
@@ -25,7 +28,7 @@ urlpatterns = [
 ]
 
 # Under /api/ errors keep the API's shape, even for URLs that match no route.
-handler400 = "blueprints_app.error_views.bad_request"
-handler403 = "blueprints_app.error_views.permission_denied"
-handler404 = "blueprints_app.error_views.page_not_found"
-handler500 = "blueprints_app.error_views.server_error"
+handler400 = "hxo_site.error_views.bad_request"
+handler403 = "hxo_site.error_views.permission_denied"
+handler404 = "hxo_site.error_views.page_not_found"
+handler500 = "hxo_site.error_views.server_error"

@@ -13,10 +13,11 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from blueprints_app.capabilities import has_capability
 from blueprints_app.validation import load_kinds
+from hxo_site.capabilities import has_capability
+from hxo_site.errors import ServiceError
+from hxo_site.net import client_ip
 from runs_app import services
-from runs_app.errors import ServiceError
 from runs_app.models import Plan
 
 
@@ -79,7 +80,7 @@ class PlanAdmin(admin.ModelAdmin):
                     plan=plan,
                     actor=request.user,
                     dry_run=dry_run,
-                    client_ip=request.META.get("REMOTE_ADDR"),
+                    client_ip=client_ip(request),
                 )
             except ServiceError as exc:
                 errors = "; ".join(f"{e['path']}: {e['message']}" for e in exc.errors)

@@ -1,7 +1,8 @@
 """REST API v1 for plans, runs, partitions, approvals and the audit log.
 
 Thin views: each checks the capability, calls one service or selector, and shapes the answer.
-Service refusals become the API's one error shape with the service's code and status.
+Service refusals (`ServiceError`) leave through the API's exception handler
+(`hxo_site.api_errors`) as the one error shape with the service's code and status.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from blueprints_app import codes, parameters
-from blueprints_app.api_errors import ApiError
-from blueprints_app.permissions import capability_required
-from blueprints_app.serializers import ErrorSerializer
+from hxo_site import codes, parameters
+from hxo_site.errors import ApiError
+from hxo_site.models import AuditEvent
+from hxo_site.net import client_ip
+from hxo_site.permissions import capability_required
+from hxo_site.serializers import ErrorSerializer
 from runs_app import selectors, services
-from runs_app.errors import ServiceError
-from runs_app.models import AuditEvent, PartitionState, Plan, Run, RunMode, RunState
+from runs_app.models import PartitionState, Plan, Run, RunMode, RunState
 from runs_app.serializers import (
     ApplySerializer,
     AuditEventSerializer,
@@ -63,16 +65,6 @@ KEY_REUSED = {
 # Every filter takes one value: a repeated parameter is refused (400 invalid_value), never
 # silently narrowed to its last value; so is a value that cannot match (an unknown state...).
 ONCE = "Give it at most once; a repeated or unknown value is refused with 400 invalid_value."
-
-
-def client_ip(request: Request) -> str | None:
-    return request.META.get("REMOTE_ADDR")
-
-
-def api_error(exc: ServiceError) -> ApiError:
-    return ApiError(
-        exc.message, code=exc.code, status_code=exc.status, errors=exc.errors, extra=exc.extra
-    )
 
 
 def _object_body(request: Request) -> dict[str, Any]:
@@ -135,12 +127,9 @@ class PlanListCreate(generics.ListAPIView):
         responses={201: PlanSerializer, **ERRORS},
     )
     def post(self, request: Request) -> Response:
-        try:
-            plan = services.plan_create(
-                actor=request.user, document=request.data, client_ip=client_ip(request)
-            )
-        except ServiceError as exc:
-            raise api_error(exc) from exc
+        plan = services.plan_create(
+            actor=request.user, document=request.data, client_ip=client_ip(request)
+        )
         return Response(PlanSerializer(plan).data, status=status.HTTP_201_CREATED)
 
 
@@ -204,17 +193,14 @@ class PlanDetail(APIView):
 
     def _write(self, request: Request, pk: int, *, partial: bool) -> Response:
         plan = get_object_or_404(Plan, pk=pk)
-        try:
-            services.plan_update(
-                plan=plan,
-                actor=request.user,
-                document=request.data,
-                client_ip=client_ip(request),
-                partial=partial,
-                if_match=_if_match(request),
-            )
-        except ServiceError as exc:
-            raise api_error(exc) from exc
+        services.plan_update(
+            plan=plan,
+            actor=request.user,
+            document=request.data,
+            client_ip=client_ip(request),
+            partial=partial,
+            if_match=_if_match(request),
+        )
         return _plan_response(plan)
 
     @extend_schema(
@@ -267,15 +253,12 @@ class PlanMigrate(APIView):
         _refuse_unknown(body, {"dry_run"})
         data = MigrateRequestSerializer(data=body)
         data.is_valid(raise_exception=True)
-        try:
-            report = services.plan_migrate(
-                plan=plan,
-                actor=request.user,
-                dry_run=data.validated_data["dry_run"],
-                client_ip=client_ip(request),
-            )
-        except ServiceError as exc:
-            raise api_error(exc) from exc
+        report = services.plan_migrate(
+            plan=plan,
+            actor=request.user,
+            dry_run=data.validated_data["dry_run"],
+            client_ip=client_ip(request),
+        )
         return Response(report.as_dict())
 
 
@@ -292,15 +275,12 @@ class PlanDryRun(APIView):
         plan = get_object_or_404(Plan, pk=pk)
         # No fields: `{"force_rerun": "yes"}` or `{"revision": 3}` is refused, as apply does.
         _refuse_unknown(_object_body(request), set())
-        try:
-            run = services.run_start_dry_run(
-                plan=plan,
-                actor=request.user,
-                idempotency_key=_idempotency_key(request),
-                client_ip=client_ip(request),
-            )
-        except ServiceError as exc:
-            raise api_error(exc) from exc
+        run = services.run_start_dry_run(
+            plan=plan,
+            actor=request.user,
+            idempotency_key=_idempotency_key(request),
+            client_ip=client_ip(request),
+        )
         return _run_response(run, status.HTTP_202_ACCEPTED)
 
 
@@ -319,17 +299,14 @@ class PlanApply(APIView):
         _refuse_unknown(body, {"dry_run", "force_rerun"})
         data = ApplySerializer(data=body)
         data.is_valid(raise_exception=True)
-        try:
-            run = services.run_apply(
-                plan=plan,
-                actor=request.user,
-                dry_run_id=data.validated_data.get("dry_run"),
-                force_rerun=data.validated_data["force_rerun"],
-                idempotency_key=_idempotency_key(request),
-                client_ip=client_ip(request),
-            )
-        except ServiceError as exc:
-            raise api_error(exc) from exc
+        run = services.run_apply(
+            plan=plan,
+            actor=request.user,
+            dry_run_id=data.validated_data.get("dry_run"),
+            force_rerun=data.validated_data["force_rerun"],
+            idempotency_key=_idempotency_key(request),
+            client_ip=client_ip(request),
+        )
         return _run_response(run, status.HTTP_202_ACCEPTED)
 
 
@@ -424,10 +401,7 @@ def _action_view(capability: str, action: Any, summary: str, with_comment: bool)
                 kwargs["comment"] = data.validated_data["comment"]
             else:
                 _refuse_unknown(_object_body(request), set())
-            try:
-                result = action(run=run, actor=request.user, client_ip=client_ip(request), **kwargs)
-            except ServiceError as exc:
-                raise api_error(exc) from exc
+            result = action(run=run, actor=request.user, client_ip=client_ip(request), **kwargs)
             code = status.HTTP_201_CREATED if result.pk != run.pk else status.HTTP_200_OK
             return _run_response(result, code)
 

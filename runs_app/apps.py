@@ -17,5 +17,11 @@ class RunsConfig(AppConfig):
     verbose_name = "Plans and runs"
 
     def ready(self) -> None:
+        # The built-in partitioners and executors register themselves on import; plugins come
+        # after them (docs/plugins.md), so that a plugin may reuse or replace a built-in one.
+        from blueprints_app.registry import autodiscover
+        from runs_app import kinds  # noqa: F401
+
+        autodiscover()
         # After every migrate the reconciler is registered with django-q2's scheduler.
         post_migrate.connect(_schedule_reconciler, sender=self, dispatch_uid="hxo-reconciler")

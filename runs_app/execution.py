@@ -29,12 +29,12 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from blueprints_app import codes
 from blueprints_app.models import JobKind
 from blueprints_app.registry import EXECUTORS, ExecutionContext, LeaseLost, get_executor
 from blueprints_app.validation import schema_validator
+from hxo_site import codes
+from hxo_site.audit import audit
 from runs_app import hashing
-from runs_app.audit import audit
 from runs_app.models import (
     ClaimLog,
     Partition,

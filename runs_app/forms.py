@@ -19,11 +19,11 @@ from django import forms
 from django.conf import settings
 from django.http import QueryDict
 
-from blueprints_app import codes, parameters
-from blueprints_app.capabilities import has_capability
 from blueprints_app.models import JobKind
 from blueprints_app.registry import EXECUTORS, PARTITIONERS
 from blueprints_app.validation import Issue, ValidationResult
+from hxo_site import codes, parameters
+from hxo_site.capabilities import has_capability
 from runs_app.models import PartitionState, RunMode, RunState
 
 INVALID_JSON = "invalid_json"

@@ -24,7 +24,6 @@ from typing import Any
 
 from django.conf import settings
 
-from blueprints_app import codes
 from blueprints_app.models import JobKind
 from blueprints_app.registry import (
     PARTITIONERS,
@@ -35,8 +34,9 @@ from blueprints_app.registry import (
 )
 from blueprints_app.validation import schema_validator
 from blueprints_app.versions import kinds_at, safety_policy
+from hxo_site import codes
+from hxo_site.errors import ServiceError
 from runs_app import hashing
-from runs_app.errors import ServiceError
 from runs_app.models import Partition, PlanRevision, Run, RunStage
 from runs_app.targets import get_target
 from runs_app.workspaces import get_workspace

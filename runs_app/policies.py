@@ -25,8 +25,8 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from blueprints_app import codes
-from runs_app.errors import ServiceError
+from hxo_site import codes
+from hxo_site.errors import ServiceError
 from runs_app.hashing import canonical_json
 from runs_app.models import Approval, Partition, PlanRevision, Run, RunMode, RunState
 

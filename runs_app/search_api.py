@@ -15,11 +15,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from blueprints_app import parameters
-from blueprints_app.api_errors import ApiError
-from blueprints_app.pagination import StrictPageNumberPagination
-from blueprints_app.permissions import capability_required
-from blueprints_app.serializers import ErrorSerializer
+from hxo_site import parameters
+from hxo_site.errors import ApiError
+from hxo_site.pagination import StrictPageNumberPagination
+from hxo_site.permissions import capability_required
+from hxo_site.serializers import ErrorSerializer
 from runs_app import search
 from runs_app.workspaces import workspace_names
 

@@ -15,18 +15,10 @@ from django.db.models import F, Q, QuerySet
 from django.db.models.fields.json import KT
 from django.utils import timezone
 
+from hxo_site.models import AuditEvent
 from runs_app import hashing
 from runs_app.execution import check_effects, stage_leaves
-from runs_app.models import (
-    AuditEvent,
-    Partition,
-    Plan,
-    PlanRevision,
-    Run,
-    RunMode,
-    RunStage,
-    RunState,
-)
+from runs_app.models import Partition, Plan, PlanRevision, Run, RunMode, RunStage, RunState
 
 
 def run_with_stages(run_id: int) -> Run:

@@ -6,15 +6,16 @@ from typing import Any
 
 from rest_framework import serializers
 
-from blueprints_app.parameters import INT64_MAX
-from blueprints_app.serializers import (
+from hxo_site.models import AuditEvent
+from hxo_site.parameters import INT64_MAX
+from hxo_site.serializers import (
     StrictBodySerializer,
     StrictBooleanField,
     StrictCharField,
     StrictIntegerField,
 )
 from runs_app import execution, selectors
-from runs_app.models import Approval, AuditEvent, Partition, Plan, PlanRevision, Run
+from runs_app.models import Approval, Partition, Plan, PlanRevision, Run
 
 
 def _username(user: Any) -> str | None:

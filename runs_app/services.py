@@ -11,15 +11,15 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
-from blueprints_app import codes
-from blueprints_app.capabilities import has_capability
 from blueprints_app.evolution import DocumentMigration, migrate_document
 from blueprints_app.registry import EXECUTORS
 from blueprints_app.validation import ValidationResult, load_kinds, python_values, validate_plan
 from blueprints_app.versions import kinds_at
+from hxo_site import codes
+from hxo_site.audit import audit
+from hxo_site.capabilities import has_capability
+from hxo_site.errors import ServiceError
 from runs_app import execution, policies
-from runs_app.audit import audit
-from runs_app.errors import ServiceError
 from runs_app.hashing import canonical_json, document_digest, sha256_hex
 from runs_app.manifest import ResolvedManifest, diff_against_run, resolve_manifest
 from runs_app.models import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from blueprints_app.auth_views import ThrottledLoginView
+from hxo_site.auth_views import ThrottledLoginView
 from runs_app.views import pages, plans, runs
 
 urlpatterns = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db import migrations
 
 from blueprints_app.bootstrap import create_roles
-from blueprints_app.capabilities import ROLES
+from hxo_site.capabilities import ROLES
 
 
 def create(apps, schema_editor):

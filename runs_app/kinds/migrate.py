@@ -60,7 +60,6 @@ from typing import Any
 
 from django.conf import settings
 
-from blueprints_app import codes
 from blueprints_app.registry import (
     ComponentError,
     ExecutionContext,
@@ -72,6 +71,7 @@ from blueprints_app.registry import (
     register_executor,
     register_partitioner,
 )
+from hxo_site import codes
 from runs_app.kinds.base import (
     plural,
     require_input,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from runs_app.models.engine import (
     Approval,
-    AuditEvent,
     ClaimLog,
     Lease,
     Partition,
@@ -22,7 +21,6 @@ from runs_app.models.indexes import AssetIndexEntry, DocPage
 __all__ = [
     "Approval",
     "AssetIndexEntry",
-    "AuditEvent",
     "ClaimLog",
     "DocPage",
     "Lease",

@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
-from blueprints_app.capabilities import has_capability, user_role
+from hxo_site.capabilities import has_capability, user_role
 
 register = template.Library()
 

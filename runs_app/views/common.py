@@ -14,9 +14,9 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils.cache import patch_vary_headers
 
-from blueprints_app import codes, parameters
-from blueprints_app.capabilities import has_capability
-from runs_app.errors import ServiceError
+from hxo_site import codes, parameters
+from hxo_site.capabilities import has_capability
+from hxo_site.errors import ServiceError
 
 V = TypeVar("V", bound=Callable[..., HttpResponse])
 
@@ -81,10 +81,6 @@ def paginate(request: HttpRequest, items: Any, per_page: int = PAGE_SIZE) -> Pag
     raw = parameters.one(request.GET, "page")
     number = 1 if raw is None else parameters.parse_int(raw, name="page", minimum=1)
     return Paginator(items, per_page).get_page(number)
-
-
-def client_ip(request: HttpRequest) -> str | None:
-    return request.META.get("REMOTE_ADDR")
 
 
 def query_without_page(request: HttpRequest) -> str:

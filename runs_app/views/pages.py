@@ -12,13 +12,14 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from blueprints_app import selectors as registry_selectors
-from blueprints_app.capabilities import can_edit_registry, has_capability, user_capabilities
 from blueprints_app.models import JobKind
 from blueprints_app.registry import EXECUTORS, PARTITIONERS
+from hxo_site.capabilities import can_edit_registry, has_capability, user_capabilities
+from hxo_site.models import AuditEvent
 from runs_app import forms as f
 from runs_app import policies, selectors
 from runs_app import search as search_index
-from runs_app.models import AuditEvent, Plan, Run, RunState
+from runs_app.models import Plan, Run, RunState
 from runs_app.views.common import filter_values, page, paginate, query_without_page, require
 
 SEARCH_LIMIT = 50

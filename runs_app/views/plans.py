@@ -20,17 +20,17 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from blueprints_app import codes, parameters
-from blueprints_app.capabilities import has_capability
 from blueprints_app.models import JobKind
 from blueprints_app.validation import Issue, ValidationResult, load_kinds, validate_plan
 from blueprints_app.versions import kinds_at
+from hxo_site import codes, parameters
+from hxo_site.capabilities import has_capability
+from hxo_site.errors import ServiceError
+from hxo_site.net import client_ip
 from runs_app import forms as f
 from runs_app import policies, selectors, services
-from runs_app.errors import ServiceError
 from runs_app.models import Plan, PlanRevision, Run, RunState
 from runs_app.views.common import (
-    client_ip,
     is_partial_request,
     page,
     paginate,

@@ -17,11 +17,12 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
-from blueprints_app import parameters
-from blueprints_app.capabilities import has_capability
+from hxo_site import parameters
+from hxo_site.capabilities import has_capability
+from hxo_site.errors import ServiceError
+from hxo_site.net import client_ip
 from runs_app import forms as f
 from runs_app import policies, selectors, services
-from runs_app.errors import ServiceError
 from runs_app.models import (
     Approval,
     Partition,
@@ -30,7 +31,6 @@ from runs_app.models import (
     RunState,
 )
 from runs_app.views.common import (
-    client_ip,
     filter_values,
     page,
     paginate,

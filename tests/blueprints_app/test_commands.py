@@ -9,9 +9,9 @@ from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from rest_framework.authtoken.models import Token
 
-from blueprints_app.capabilities import has_capability
 from blueprints_app.demo import DEMO_USERS
 from blueprints_app.models import JobKind
+from hxo_site.capabilities import has_capability
 
 pytestmark = pytest.mark.django_db
 

@@ -7,7 +7,6 @@ import copy
 
 import pytest
 
-from blueprints_app import codes
 from blueprints_app.evolution import (
     CODE_MIGRATIONS,
     apply_step,
@@ -19,6 +18,7 @@ from blueprints_app.evolution import (
 )
 from blueprints_app.models import JobKind, JobKindVersion
 from blueprints_app.services import job_kind_save, job_kind_version_update
+from hxo_site import codes
 
 STAGE = {
     "id": "pack",

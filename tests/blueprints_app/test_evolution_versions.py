@@ -12,12 +12,12 @@ from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
 
-from blueprints_app import codes
 from blueprints_app.contract import contract_kinds
 from blueprints_app.models import VERSIONED_FIELDS, JobKind, JobKindVersion
 from blueprints_app.services import job_kind_delete, job_kind_save
 from blueprints_app.validation import validate_plan
 from blueprints_app.versions import kinds_at
+from hxo_site import codes
 from tests.blueprints_app.test_admin import CHANGE_URL, form_data
 
 pytestmark = pytest.mark.django_db

@@ -26,7 +26,7 @@ from blueprints_app.services import (
     VERSION_UPDATED,
     job_kind_save,
 )
-from runs_app.models import AuditEvent
+from hxo_site.models import AuditEvent
 from tests.blueprints_app.test_admin import ADD_URL, CHANGE_URL, form_data
 from tests.blueprints_app.test_api_job_kinds import NEW_KIND
 from tests.blueprints_app.test_registry_io import bump

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from blueprints_app.authentication import token_for
 from blueprints_app.bootstrap import create_roles, load_contract
+from hxo_site.authentication import token_for
 from tests.faults.harness import Deployment, RedisServer, require
 from tests.runs_app.testkinds import make_test_kinds
 

@@ -15,8 +15,9 @@ import pytest
 from django.apps import apps
 from django.db.models import Model
 
+from hxo_site.models import AuditEvent
 from runs_app import services, tasks
-from runs_app.models import AuditEvent, Plan, Run
+from runs_app.models import Plan, Run
 from tests.runs_app.testkinds import TEST_KIND, TEST_KIND_NOAPPROVAL, make_test_kinds, stage
 
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from blueprints_app.capabilities import ROLES
 from blueprints_app.models import JobKind
+from hxo_site.capabilities import ROLES
 from tests.runs_app.testkinds import TEST_KIND_NOAPPROVAL
 
 PUBLIC = "public"

@@ -12,8 +12,9 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from runs_app.models import AuditEvent
+from hxo_site.models import AuditEvent
 from tests.hostile.conftest import assert_refused, snapshot
+from tests.runs_app.testkinds import TEST_KIND, stage
 
 pytestmark = pytest.mark.django_db
 
@@ -284,3 +285,27 @@ def test_hostile_usernames_on_the_login_page_are_a_form_error(operator, username
     response = Client().post("/login/", {"username": username, "password": "x"})
     assert response.status_code == 200
     assert "_auth_user_id" not in Client().session
+
+
+# --- The client's address behind the proxy ---------------------------------------------------
+
+
+def test_behind_the_proxy_services_and_throttles_record_the_same_client_address(
+    test_kinds, operator, api_client_for, settings, tmp_path
+) -> None:
+    # The proxy (10.0.0.2) appends the address it saw; what the client wrote before it is
+    # not to be trusted. A service's audit event and a throttle's both name 198.51.100.7.
+    settings.HXO_BEHIND_PROXY = True
+    settings.HXO_LOGIN_MAX_FAILURES = 1
+    via_proxy = {"REMOTE_ADDR": "10.0.0.2", "HTTP_X_FORWARDED_FOR": "1.1.1.1, 198.51.100.7"}
+
+    body = {"name": "proxied", "stages": [stage("a", tmp_path, kind=TEST_KIND)]}
+    created = api_client_for(operator).post("/api/v1/plans/", body, format="json", **via_proxy)
+    assert created.status_code == 201, created.json()
+    Client().post("/login/", {"username": "otto", "password": "x"}, **via_proxy)
+    locked = Client().post("/login/", {"username": "otto", "password": "x"}, **via_proxy)
+    assert locked.status_code == 429
+
+    service_event = AuditEvent.objects.get(action="plan.create")
+    throttle_event = AuditEvent.objects.get(action="refused.login_throttled")
+    assert service_event.client_ip == throttle_event.client_ip == "198.51.100.7"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from runs_app.models import AuditEvent
+from hxo_site.models import AuditEvent
 from tests.hostile.conftest import assert_refused, snapshot
 from tests.hostile.endpoints import (
     CAPABILITY,

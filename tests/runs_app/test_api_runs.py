@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from hxo_site.models import AuditEvent
 from runs_app import tasks
-from runs_app.models import Approval, AuditEvent, Partition, Plan, PlanRevision, Run
+from runs_app.models import Approval, Partition, Plan, PlanRevision, Run
 from tests.runs_app.testkinds import TEST_KIND_NOAPPROVAL, stage
 
 pytestmark = pytest.mark.django_db(transaction=True)

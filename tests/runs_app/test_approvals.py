@@ -15,13 +15,14 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Group, Permission, User
 
-from blueprints_app import codes
-from blueprints_app.capabilities import has_capability
 from blueprints_app.models import JobKind
 from blueprints_app.services import job_kind_save
+from hxo_site import codes
+from hxo_site.capabilities import has_capability
+from hxo_site.errors import ServiceError
+from hxo_site.models import AuditEvent
 from runs_app import services, tasks
-from runs_app.errors import ServiceError
-from runs_app.models import Approval, AuditEvent, Plan, Run, RunMode, RunState
+from runs_app.models import Approval, Plan, Run, RunMode, RunState
 from tests.runs_app.test_concurrency import in_threads
 from tests.runs_app.testkinds import TEST_KIND, TEST_KIND_NOAPPROVAL, effects, stage
 

@@ -14,8 +14,8 @@ import pytest
 from django.db import connection, connections
 
 from blueprints_app.models import JobKind
+from hxo_site.errors import ServiceError
 from runs_app import services, tasks
-from runs_app.errors import ServiceError
 from runs_app.models import Approval, ClaimLog, Partition, PlanRevision, Run, RunState
 from tests.runs_app.cluster import running_cluster, wait_for
 from tests.runs_app.testkinds import TEST_KIND, TEST_KIND_NOAPPROVAL, effects, stage

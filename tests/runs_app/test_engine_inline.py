@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from blueprints_app import codes
+from hxo_site import codes
+from hxo_site.errors import ServiceError
+from hxo_site.models import AuditEvent
 from runs_app import services, tasks
-from runs_app.errors import ServiceError
-from runs_app.models import AuditEvent, Partition, Run, RunState
+from runs_app.models import Partition, Run, RunState
 from tests.runs_app.testkinds import TEST_KIND_NOAPPROVAL, effects, stage
 
 pytestmark = pytest.mark.django_db(transaction=True)

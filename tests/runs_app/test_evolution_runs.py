@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from blueprints_app import codes
 from blueprints_app.models import JobKind, JobKindVersion
 from blueprints_app.services import job_kind_save, job_kind_version_update
 from blueprints_app.validation import validate_plan
+from hxo_site import codes
+from hxo_site.errors import ServiceError
 from runs_app import services, tasks
-from runs_app.errors import ServiceError
 from runs_app.models import Plan, Run, RunState
 from tests.runs_app.testkinds import (
     TEST_KIND,

@@ -10,7 +10,7 @@ from unittest import mock
 
 import pytest
 
-from blueprints_app import parameters
+from hxo_site import parameters
 from runs_app import services, tasks
 from runs_app.models import Run
 from tests.runs_app.testkinds import TEST_KIND_NOAPPROVAL, stage

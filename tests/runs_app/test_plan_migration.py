@@ -17,14 +17,15 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 
-from blueprints_app import codes
 from blueprints_app.evolution import CODE_MIGRATIONS, register_migration, register_transform
 from blueprints_app.models import JobKind, JobKindVersion
 from blueprints_app.registry import PartitionContext, StageManifest, register_partitioner
 from blueprints_app.services import job_kind_save, job_kind_version_update
+from hxo_site import codes
+from hxo_site.errors import ServiceError
+from hxo_site.models import AuditEvent
 from runs_app import services, tasks
-from runs_app.errors import ServiceError
-from runs_app.models import AuditEvent, Plan, PlanRevision, Run, RunState
+from runs_app.models import Plan, PlanRevision, Run, RunState
 from tests.runs_app.testkinds import TEST_KIND, TEST_KIND_NOAPPROVAL, ItemsPartitioner, stage
 
 pytestmark = pytest.mark.django_db(transaction=True)

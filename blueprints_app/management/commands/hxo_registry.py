@@ -23,7 +23,6 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from blueprints_app.capabilities import can_edit_registry
 from blueprints_app.registry_io import (
     RegistryImportError,
     dumps,
@@ -31,6 +30,7 @@ from blueprints_app.registry_io import (
     registry_import,
     registry_markdown,
 )
+from hxo_site.capabilities import can_edit_registry
 
 DOCS_PATH = "docs/registry.md"
 

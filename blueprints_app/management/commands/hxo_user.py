@@ -11,9 +11,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from blueprints_app.authentication import token_for
-from blueprints_app.capabilities import ROLES
 from blueprints_app.services import user_set_role
+from hxo_site.authentication import token_for
+from hxo_site.capabilities import ROLES
 
 
 class Command(BaseCommand):

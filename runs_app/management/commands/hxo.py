@@ -18,9 +18,9 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from blueprints_app import parameters
+from hxo_site import parameters
+from hxo_site.errors import ServiceError
 from runs_app import selectors, services
-from runs_app.errors import ServiceError
 from runs_app.models import Plan, Run
 
 

@@ -20,9 +20,9 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from blueprints_app import codes
+from hxo_site import codes
+from hxo_site.errors import ServiceError
 from runs_app import services
-from runs_app.errors import ServiceError
 from runs_app.management.commands.hxo import object_id
 from runs_app.models import Plan
 

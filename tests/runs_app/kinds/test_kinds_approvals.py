@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 
-from blueprints_app import codes
+from hxo_site import codes
+from hxo_site.errors import ServiceError
 from runs_app import services
-from runs_app.errors import ServiceError
 from runs_app.kinds.migrate import BATCHES_TABLE
 from runs_app.models import Run, RunMode, RunState
 from runs_app.targets import connect

@@ -11,9 +11,9 @@ import json
 import pytest
 from django.core.management import call_command
 
-from blueprints_app import codes
+from hxo_site import codes
+from hxo_site.errors import ServiceError
 from runs_app import services, tasks
-from runs_app.errors import ServiceError
 from runs_app.models import AssetIndexEntry, DocPage, Partition, PartitionState, Run, RunState
 from runs_app.targets import connect
 from tests.runs_app.kinds.conftest import EXAMPLES, tree_snapshot

@@ -22,8 +22,8 @@ from django.core.management import call_command
 
 from blueprints_app.models import JobKind
 from blueprints_app.registry import EXECUTORS, ComponentError, load_plugin
+from hxo_site.errors import ServiceError
 from runs_app import services, tasks
-from runs_app.errors import ServiceError
 from runs_app.models import Partition, PartitionState, Plan, PlanRevision, Run, RunState
 
 PLUGIN_DIR = Path(__file__).resolve().parents[3] / "examples" / "plugins" / "hxo_plugin_linkcheck"

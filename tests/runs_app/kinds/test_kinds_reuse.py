@@ -18,9 +18,9 @@ import pytest
 from django.core.cache import caches
 from django.template.loader import render_to_string
 
-from blueprints_app import codes
+from hxo_site import codes
+from hxo_site.errors import ServiceError
 from runs_app import selectors, services
-from runs_app.errors import ServiceError
 from runs_app.models import AssetIndexEntry, DocPage, Partition, PartitionState, Run, RunState
 from tests.runs_app.kinds.conftest import EXAMPLES
 from tests.runs_app.kinds.test_kinds_engine import approve_if_needed, drain_all, errors_of

@@ -505,7 +505,7 @@ def test_the_api_answers_an_interval_key_with_a_4xx_not_a_500(
 ) -> None:
     from rest_framework.test import APIClient
 
-    from blueprints_app.authentication import token_for
+    from hxo_site.authentication import token_for
 
     with connect("pg") as conn:
         conn.execute("CREATE TABLE items (id interval, v TEXT)")

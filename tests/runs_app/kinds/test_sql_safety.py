@@ -20,8 +20,8 @@ from django.core.management import call_command
 from django.db import connection as hxo_connection
 
 from blueprints_app.registry import EXECUTORS, ComponentError
+from hxo_site.errors import ServiceError
 from runs_app import services, tasks
-from runs_app.errors import ServiceError
 from runs_app.models import Partition, PartitionState, Run
 from runs_app.targets import connect
 from tests.runs_app.kinds.conftest import PG_ADMIN_URL, pg_role_url

@@ -111,7 +111,8 @@ def test_the_navigation_shows_only_what_the_role_may_use(cast, client_for) -> No
 def test_actions_are_refused_without_their_capability_and_change_nothing(
     url, capability, cast, client_for, plan, dry_run, applied
 ) -> None:
-    from runs_app.models import Approval, AuditEvent, Run
+    from hxo_site.models import AuditEvent
+    from runs_app.models import Approval, Run
 
     target = url.format(plan=plan.pk, dry=dry_run.pk, applied=applied.pk)
     # Refusals are audited themselves (refused.*); nothing else may change.

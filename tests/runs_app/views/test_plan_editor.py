@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from blueprints_app import codes
+from hxo_site import codes
 from runs_app.models import Plan, PlanRevision
 from tests.runs_app.testkinds import TEST_KIND, TEST_KIND_NOAPPROVAL
 from tests.runs_app.views.conftest import html

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from blueprints_app.models import JobKind, JobKindVersion
 from blueprints_app.services import job_kind_save, job_kind_version_update
-from runs_app.models import AuditEvent
+from hxo_site.models import AuditEvent
 from tests.runs_app.testkinds import TEST_KIND, ItemsPartitioner
 
 pytestmark = pytest.mark.django_db

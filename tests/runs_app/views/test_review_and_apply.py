@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from blueprints_app import codes
+from hxo_site import codes
 from runs_app import services
 from runs_app.models import Approval, Run, RunMode, RunState
 from tests.runs_app.testkinds import TEST_KIND, stage

@@ -216,8 +216,8 @@ def test_with_fail_on_broken_off_the_apply_records_them_and_succeeds(
 def test_a_page_changed_after_the_dry_run_makes_the_approval_stale(
     docs_workspace: Path, admiral, operator, approver
 ):
-    from blueprints_app import codes
-    from runs_app.errors import ServiceError
+    from hxo_site import codes
+    from hxo_site.errors import ServiceError
 
     create_kind_in_the_admin(admiral, require_dry_run=True)
     plan = linkcheck_plan(operator)

@@ -1,7 +1,7 @@
 """The OpenAPI document tells the whole truth about errors.
 
 Every operation can be refused in ways its view never mentions: a body that is not JSON
-(400, 413, 415, from blueprints_app.middleware), no or a bad token (401), a missing capability
+(400, 413, 415, from hxo_site.middleware), no or a bad token (401), a missing capability
 (403), an object or a page that does not exist (404), a throttle (429). `HxoAutoSchema` adds
 those answers, in the API's one error shape, to every operation that can give them and does
 not already document them, so that clients (and schemathesis in the tests) can rely on the
@@ -41,7 +41,7 @@ class HxoAutoSchema(AutoSchema):
         return any(p.get("name") == "page" for p in self._get_parameters())
 
     def _get_response_bodies(self, direction: Any = "response") -> dict[str, Any]:
-        from blueprints_app.serializers import ErrorSerializer
+        from hxo_site.serializers import ErrorSerializer
 
         responses = super()._get_response_bodies(direction)
         for code, description in self._implied_errors().items():

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from rest_framework.parsers import JSONParser
 
-from blueprints_app import codes
-
-if TYPE_CHECKING:
-    from blueprints_app.api_errors import ApiError
+from hxo_site import codes
+from hxo_site.errors import ApiError
 
 # Deeper than anything HXO documents need (plans are refused past 32 levels by the validator,
 # which reports the path); the ceiling keeps recursive code after the parser (JSON Schema
@@ -26,10 +24,6 @@ MAX_DEPTH = 64
 
 
 def _refuse(message: str, code: str, path: str = "") -> ApiError:
-    # Imported here: DRF imports this module while rest_framework.views (which api_errors
-    # needs) is still being imported.
-    from blueprints_app.api_errors import ApiError
-
     return ApiError(message, code=code, errors=[{"path": path, "code": code, "message": message}])
 
 

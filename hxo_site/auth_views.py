@@ -22,12 +22,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from blueprints_app import codes
-from blueprints_app.api_errors import ApiError
-from blueprints_app.authentication import token_expires_at, token_for
-from blueprints_app.serializers import ErrorSerializer, StrictBodySerializer, StrictCharField
-from blueprints_app.throttling import TOKEN_SCOPE, LoginThrottle, TokenRateThrottle, request_ip
-from runs_app.audit import audit
+from hxo_site import codes
+from hxo_site.audit import audit
+from hxo_site.authentication import token_expires_at, token_for
+from hxo_site.errors import ApiError
+from hxo_site.net import client_ip
+from hxo_site.serializers import ErrorSerializer, StrictBodySerializer, StrictCharField
+from hxo_site.throttling import TOKEN_SCOPE, LoginThrottle, TokenRateThrottle
 
 THROTTLED_TEMPLATE = "registration/login_throttled.html"
 
@@ -36,7 +37,7 @@ class ThrottledLoginView(LoginView):
     """LoginView that stops answering a (client IP, username) pair after too many failures."""
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        throttle = LoginThrottle(request_ip(request), str(request.POST.get("username", "")))
+        throttle = LoginThrottle(client_ip(request), str(request.POST.get("username", "")))
         if throttle.locked():
             throttle.refuse(surface="login")
             wait = throttle.retry_after_s()
@@ -96,7 +97,7 @@ class ObtainToken(APIView):
         body = TokenRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         username = body.validated_data["username"]
-        throttle = LoginThrottle(request_ip(request), username)
+        throttle = LoginThrottle(client_ip(request), username)
         if throttle.locked():
             throttle.refuse(surface="token")
             raise exceptions.Throttled(
@@ -119,7 +120,7 @@ class ObtainToken(APIView):
             action="token.obtain",
             object_type="user",
             object_id=user.pk,
-            client_ip=request_ip(request),
+            client_ip=client_ip(request),
         )
         return Response(
             TokenSerializer(

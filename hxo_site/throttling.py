@@ -20,7 +20,8 @@ from django.conf import settings
 from django.core.cache import BaseCache, caches
 from rest_framework.throttling import ScopedRateThrottle
 
-from runs_app.audit import audit
+from hxo_site.audit import audit
+from hxo_site.net import client_ip
 
 CACHE_ALIAS = "hxo-throttle"
 TOKEN_SCOPE = "auth-token"
@@ -28,18 +29,6 @@ TOKEN_SCOPE = "auth-token"
 
 def throttle_cache() -> BaseCache:
     return caches[CACHE_ALIAS]
-
-
-def request_ip(request: Any) -> str | None:
-    """The client's address: REMOTE_ADDR, or behind the one trusted proxy (HXO_BEHIND_PROXY)
-    the last X-Forwarded-For entry, the one that proxy added. Earlier entries are whatever
-    the client sent, so trusting them would let anyone pick a fresh throttle key per guess."""
-    meta = request.META
-    if settings.HXO_BEHIND_PROXY:
-        forwarded = [a.strip() for a in meta.get("HTTP_X_FORWARDED_FOR", "").split(",")]
-        if forwarded and forwarded[-1]:
-            return forwarded[-1]
-    return meta.get("REMOTE_ADDR")
 
 
 class LoginThrottle:
@@ -107,6 +96,10 @@ class TokenRateThrottle(ScopedRateThrottle):
 
     def get_rate(self) -> str:
         return settings.HXO_TOKEN_RATE
+
+    def get_ident(self, request: Any) -> str:
+        # The one reading of the client's address, as the login throttle and the audit use.
+        return client_ip(request) or ""
 
     def allow_request(self, request: Any, view: Any) -> bool:
         # ScopedRateThrottle reads the scope from the view, then calls get_rate.

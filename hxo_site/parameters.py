@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from django.core.exceptions import BadRequest
 
-from blueprints_app import codes
+from hxo_site import codes
 
 INT64_MAX = 2**63 - 1
 _UNSIGNED = re.compile(r"[0-9]+")

@@ -26,7 +26,11 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from blueprints_app import codes
+from hxo_site import codes
+from hxo_site.audit import audit
+from hxo_site.errors import ApiError
+from hxo_site.net import client_ip
+from hxo_site.parsers import SafeJSONParser
 
 CONTENT_SECURITY_POLICY = "; ".join(
     [
@@ -119,9 +123,6 @@ class ApiJsonBodyMiddleware:
 
     @staticmethod
     def _refusal(request: HttpRequest) -> HttpResponse | None:
-        from blueprints_app.api_errors import ApiError
-        from blueprints_app.parsers import SafeJSONParser
-
         body = request.body  # bounded: RequestSizeLimitMiddleware ran first
         if not body:
             return None
@@ -148,8 +149,6 @@ class ApiJsonBodyMiddleware:
 
 def audit_refusal(request: HttpRequest, *, reason: str, surface: str, user: Any = None) -> None:
     """An audit event for a signed-in user refused a state-changing request."""
-    from runs_app.audit import audit
-
     user = user or getattr(request, "user", None)
     if request.method not in UNSAFE_METHODS or not getattr(user, "is_authenticated", False):
         return
@@ -159,7 +158,7 @@ def audit_refusal(request: HttpRequest, *, reason: str, surface: str, user: Any 
         action=f"refused.{codes.PERMISSION_DENIED}",
         object_type="endpoint",
         object_id=match.view_name if match else request.path[:200],
-        client_ip=request.META.get("REMOTE_ADDR"),
+        client_ip=client_ip(request),
         detail={
             "method": request.method,
             "path": request.path[:500],

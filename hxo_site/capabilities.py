@@ -2,6 +2,8 @@
 
 Capabilities are Django permissions on `blueprints_app.Capability`; roles are groups made by a
 migration. Every view and endpoint checks capabilities server-side through `has_capability`.
+The permissions keep the registry app's label (`APP_LABEL`, a name, not an import): moving them
+would rename every granted permission.
 """
 
 from __future__ import annotations

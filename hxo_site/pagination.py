@@ -6,7 +6,7 @@ from typing import Any
 
 from rest_framework.pagination import PageNumberPagination
 
-from blueprints_app import parameters
+from hxo_site import parameters
 
 
 class StrictPageNumberPagination(PageNumberPagination):

@@ -1,4 +1,9 @@
-"""Stable error and warning codes. Tests and clients assert on these, never on prose."""
+"""Stable error and warning codes. Tests and clients assert on these, never on prose.
+
+One list for the whole API, kept with the plumbing: the parser, the middleware, the
+authentication and the exception handler answer with these codes as much as the registry and
+the runs do, and the plumbing imports neither app.
+"""
 
 from __future__ import annotations
 
@@ -68,7 +73,7 @@ VALIDATION_FAILED = "validation_failed"
 PRECONDITION_FAILED = "precondition_failed"  # If-Match names an older revision (412)
 IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"  # the key was used for another request (422)
 
-# Hostile input and authentication (blueprints_app.parsers, .middleware, .authentication).
+# Hostile input and authentication (hxo_site.parsers, .middleware, .authentication).
 NESTING_TOO_DEEP = "nesting_too_deep"
 UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
 INVALID_CHARACTERS = "invalid_characters"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runs_app.models import AuditEvent
+from hxo_site.models import AuditEvent
 
 
 def audit(

@@ -8,8 +8,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views import defaults
 
-from blueprints_app import codes
-from blueprints_app.parameters import ParameterError
+from hxo_site import codes
+from hxo_site.parameters import ParameterError
 
 
 def _api(request: HttpRequest) -> bool:

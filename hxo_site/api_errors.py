@@ -1,4 +1,9 @@
-"""One error shape for the API: {"detail", "code", "errors": [{"path", "code", "message"}]}."""
+"""One error shape for the API: {"detail", "code", "errors": [{"path", "code", "message"}]}.
+
+`exception_handler` is DRF's EXCEPTION_HANDLER: every refusal an API view lets through (an
+`ApiError`, a service's `ServiceError`, DRF's and Django's own exceptions, a bad query
+parameter) leaves as that shape, so no view catches refusals to translate them.
+"""
 
 from __future__ import annotations
 
@@ -6,32 +11,14 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404
-from rest_framework import exceptions, status
+from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from blueprints_app import codes
-from blueprints_app.parameters import ParameterError
-
-
-class ApiError(exceptions.APIException):
-    """A refusal with a stable code and optional field errors (and extra payload, e.g. a diff)."""
-
-    def __init__(
-        self,
-        detail: str,
-        *,
-        code: str,
-        status_code: int = status.HTTP_400_BAD_REQUEST,
-        errors: list[dict[str, str]] | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(detail=detail, code=code)
-        self.status_code = status_code
-        self.error_code = code
-        self.errors = errors or []
-        self.extra = extra or {}
-
+from hxo_site import codes
+from hxo_site.errors import ApiError, ServiceError
+from hxo_site.middleware import audit_refusal
+from hxo_site.parameters import ParameterError
 
 _DRF_CODES = {
     exceptions.NotAuthenticated: codes.NOT_AUTHENTICATED,
@@ -80,10 +67,8 @@ def _flatten(detail: Any, prefix: str = "") -> list[dict[str, str]]:
 
 
 def _audit_refusal(exc: Exception, context: dict[str, Any]) -> None:
-    """Every refusal of a privileged action leaves an audit event (PRODUCT.md: every state
-    change is audited; an attempt refused is as telling as one let through)."""
-    from blueprints_app.middleware import audit_refusal
-
+    """Every refusal of a privileged action leaves an audit event: every state change is
+    audited, and an attempt refused is as telling as one let through."""
     request = context.get("request")
     if request is not None and isinstance(exc, exceptions.PermissionDenied):
         user = None
@@ -97,6 +82,9 @@ def _audit_refusal(exc: Exception, context: dict[str, Any]) -> None:
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's EXCEPTION_HANDLER: `exc` as a Response with body {"detail", "code", "errors"}
+    (plus an `ApiError`'s or `ServiceError`'s extra keys), or None for an exception that is
+    not a refusal (DRF re-raises it: a 500)."""
     # Django's own exceptions (get_object_or_404...) as DRF's, so that they get their code.
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
@@ -104,6 +92,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = exceptions.PermissionDenied()
     if isinstance(exc, ParameterError):
         exc = ApiError(str(exc), code=exc.code, errors=[exc.as_dict()])
+    elif isinstance(exc, ServiceError):
+        exc = ApiError.from_service_error(exc)
     _audit_refusal(exc, context)
     if isinstance(exc, ApiError):
         body = {"detail": str(exc.detail), "code": exc.error_code, "errors": exc.errors}

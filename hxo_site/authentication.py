@@ -19,7 +19,7 @@ from rest_framework import exceptions
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
 
-from blueprints_app import codes
+from hxo_site import codes
 
 
 def token_ttl() -> timedelta:

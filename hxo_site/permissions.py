@@ -13,8 +13,8 @@ from typing import Any
 
 from rest_framework.permissions import BasePermission
 
-from blueprints_app import codes
-from blueprints_app.capabilities import CAPABILITIES, can_edit_registry, has_capability
+from hxo_site import codes
+from hxo_site.capabilities import CAPABILITIES, can_edit_registry, has_capability
 
 
 @functools.cache
