@@ -177,8 +177,10 @@ def test_a_stage_past_its_slo_is_recorded_as_breached(test_kinds, tmp_path, oper
     assert AuditEvent.objects.filter(action="stage.slo_breached", object_id=str(run.pk)).exists()
 
 
-def test_a_partition_past_the_shard_timeout_fails(test_kinds, tmp_path, operator, settings) -> None:
-    settings.HXO_SHARD_TIMEOUT_MS = 300
+def test_a_partition_past_the_partition_timeout_fails(
+    test_kinds, tmp_path, operator, settings
+) -> None:
+    settings.HXO_PARTITION_TIMEOUT_MS = 300
     settings.HXO_MAX_ATTEMPTS = 1
     plan = plan_of(operator, stage("a", tmp_path, items=1, kind=TEST_KIND_NOAPPROVAL, block=[0]))
     run = drain_all(services.run_apply(plan=plan, actor=operator))
