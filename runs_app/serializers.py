@@ -173,7 +173,7 @@ class RunSerializer(serializers.ModelSerializer):
 class PartitionSerializer(serializers.ModelSerializer):
     stage = serializers.CharField(source="stage.stage_id")
     # The content id keeps its API name `cas_id` (clients rely on it).
-    cas_id = serializers.CharField(source="content_id", read_only=True)
+    cas_id = serializers.CharField(source="content_id", max_length=64)
 
     class Meta:
         model = Partition
