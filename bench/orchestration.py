@@ -150,11 +150,12 @@ def db_floor(n: int) -> dict[str, Any]:
 def planning(n: int) -> dict[str, Any]:
     """Partition and persist n partitions (no execution) against a raw bulk_create."""
     from bench.kinds import BENCH_KIND
-    from runs_app import execution, services
+    from runs_app import services
+    from runs_app.engine import wakeups
     from runs_app.models import Partition, Run, RunStage
 
     user = bench_user()
-    execution.wake = lambda *a, **k: None  # planning only: no workers
+    wakeups.wake = lambda *a, **k: None  # planning only: no workers
     plan = services.plan_create(
         actor=user,
         document={
@@ -172,7 +173,7 @@ def planning(n: int) -> dict[str, Any]:
     )
     hxo_s, run = timed(lambda: services.run_apply(plan=plan, actor=user, force_rerun=True))
     stage = RunStage.objects.get(run=run)
-    rows = list(Partition.objects.filter(run=run).values("inputs", "fingerprints", "cas_id"))
+    rows = list(Partition.objects.filter(run=run).values("inputs", "fingerprints", "content_id"))
     raw_run = Run.objects.create(
         plan=plan, revision=run.revision, mode="apply", state="running", digest=run.digest
     )

@@ -19,9 +19,10 @@ from bench.harness import bench_user, setup_django
 
 def make_run(user: Any, n: int) -> int:
     from bench.kinds import BENCH_KIND
-    from runs_app import execution, services
+    from runs_app import services
+    from runs_app.engine import wakeups
 
-    execution.wake = lambda *a, **k: None  # no workers: the run stays as partitioned
+    wakeups.wake = lambda *a, **k: None  # no workers: the run stays as partitioned
     plan = services.plan_create(
         actor=user,
         document={

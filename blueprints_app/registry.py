@@ -35,7 +35,7 @@ class PartitionSpec:
     """One partition as a partitioner resolves it.
 
     `inputs` must validate against the kind's input schema. `fingerprints` name the content the
-    partition reads (path → sha256, table → checksum...): they go into the CAS id and the run
+    partition reads (path → sha256, table → checksum...): they go into the content id and the run
     digest, so a changed file makes an approved dry-run stale. `wave` orders partitions within
     a stage: wave N starts when every partition of the waves before it succeeded (by_dag_depth
     uses the depth in the import graph, leaves first).
@@ -86,7 +86,7 @@ class ExecutionContext:
     when the partition must stop while the executor waits (the run aborted, the lease lost,
     the partition's time budget spent), so a statement in flight on a target is cancelled at
     once instead of at its next heartbeat; `stop_with(None)` unregisters it. An executor
-    then calls `heartbeat()`, which raises the reason (RunAborted, LeaseLost, ShardTimeout).
+    then calls `heartbeat()`, which raises the reason (RunAborted, LeaseLost, PartitionTimeout).
     """
 
     run_id: int
@@ -171,7 +171,7 @@ class Executor:
     def effect_exists(self, ctx: ExecutionContext, output: dict[str, Any]) -> bool:
         """Whether the effect an earlier apply recorded as `output` still exists, as it says.
 
-        The engine asks this before it reuses an earlier partition with the same CAS id
+        The engine asks this before it reuses an earlier partition with the same content id
         (PRODUCT.md, "Safety rules": reuse only after the executor confirms that the earlier
         effect still exists). `ctx` is the context the partition would execute with (its
         stage, inputs, fingerprints and pinned manifest; `dry_run` is False); `output` is the

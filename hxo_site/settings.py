@@ -7,6 +7,7 @@ variable, so a misconfigured host fails at start-up rather than at the first job
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -47,6 +48,17 @@ def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
     if minimum is not None and value < minimum:
         raise ImproperlyConfigured(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def env_int_renamed(name: str, old_name: str, default: int, *, minimum: int | None = None) -> int:
+    """`env_int(name)`, reading the deprecated `old_name` when only that one is set (with one
+    warning, so the host's configuration gets updated); when both are set, `name` wins."""
+    if os.environ.get(name, "").strip() == "" and os.environ.get(old_name, "").strip() != "":
+        logging.getLogger("hxo.settings").warning(
+            "%s is deprecated: set %s instead (used %s for now)", old_name, name, old_name
+        )
+        return env_int(old_name, default, minimum=minimum)
+    return env_int(name, default, minimum=minimum)
 
 
 def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -261,7 +273,10 @@ else:
 HXO_MAX_STAGES = env_int("HXO_MAX_STAGES", 50, minimum=1)
 HXO_MAX_PARTITIONS = env_int("HXO_MAX_PARTITIONS", 100_000, minimum=1)
 HXO_MAX_CONCURRENCY = env_int("HXO_MAX_CONCURRENCY", 4, minimum=1)
-HXO_SHARD_TIMEOUT_MS = env_int("HXO_SHARD_TIMEOUT_MS", 300_000, minimum=100)
+# The longest one partition may run; HXO_SHARD_TIMEOUT_MS is its deprecated old name.
+HXO_PARTITION_TIMEOUT_MS = env_int_renamed(
+    "HXO_PARTITION_TIMEOUT_MS", "HXO_SHARD_TIMEOUT_MS", 300_000, minimum=100
+)
 HXO_MAX_ATTEMPTS = env_int("HXO_MAX_ATTEMPTS", 3, minimum=1)
 HXO_RETRY_BACKOFF_MS = env_int("HXO_RETRY_BACKOFF_MS", 1_000, minimum=0)
 HXO_LEASE_MS = env_int("HXO_LEASE_MS", 30_000, minimum=500)

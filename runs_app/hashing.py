@@ -1,4 +1,9 @@
-"""Content identifiers: canonical JSON, plan digests, CAS ids and Merkle roots (PRODUCT.md)."""
+"""Content identifiers: canonical JSON, plan digests, content ids and Merkle roots
+(docs/architecture.md, "Identifiers").
+
+"Content id" is the content-addressed identifier of a partition's work (stored as
+`Partition.content_id`, shown as `cas_id` by the REST API); "compare-and-swap" is kept for the
+engine's fenced updates, which are unrelated."""
 
 from __future__ import annotations
 
@@ -23,10 +28,10 @@ def document_digest(document: dict[str, Any]) -> str:
     return sha256_hex(canonical_json(document))
 
 
-CAS_FORMAT = 2  # bump when what a CAS id covers changes: older ids then never match
+CONTENT_ID_FORMAT = 2  # bump when what a content id covers changes: older ids never match
 
 
-def cas_id(
+def content_id(
     *,
     kind: str,
     kind_version: int,
@@ -37,8 +42,8 @@ def cas_id(
     fingerprints: dict[str, str],
     depends_on: Sequence[str],
 ) -> str:
-    """A partition's content address (PRODUCT.md, "Identifiers"): SHA-256 over the canonical
-    JSON of everything that determines its effect.
+    """A partition's content id (docs/architecture.md, "Identifiers"): hex SHA-256 over the
+    canonical JSON of everything that determines its effect.
 
     - `kind`, `kind_version`, `executor`: what runs;
     - `partitioner` and `params`: the stage's params *resolved* by the caller (schema defaults
@@ -47,18 +52,18 @@ def cas_id(
       params such as a compression level, a target or a timeout decide the effect. Params
       only mean something to the partitioner that reads them, so its name is included;
     - `inputs` and `fingerprints`: the partition's own work and the content it reads;
-    - `depends_on`: CAS ids, or CAS roots of whole stages, of what must run first.
+    - `depends_on`: content ids, or content roots of whole stages, of what must run first.
 
     Left out on purpose, because they change no effect: the stage id, labels and weights,
-    `slo_ms`, `max_failed_partitions`, `depends_on` stage ids (their CAS roots are in), the
-    plan's name, description and revision number. Two partitions share a CAS id only if
+    `slo_ms`, `max_failed_partitions`, `depends_on` stage ids (their content roots are in), the
+    plan's name, description and revision number. Two partitions share a content id only if
     running either has the same effect; an equal id is still not enough to reuse (the
     executor must also confirm the effect exists: Executor.effect_exists).
     """
     return sha256_hex(
         canonical_json(
             [
-                CAS_FORMAT,
+                CONTENT_ID_FORMAT,
                 kind,
                 kind_version,
                 executor,
@@ -72,24 +77,25 @@ def cas_id(
     )
 
 
-def cas_root(cas_ids: Iterable[str]) -> str:
-    """One id standing for a set of partitions (a whole stage a later stage depends on)."""
+def content_root(content_ids: Iterable[str]) -> str:
+    """One id standing for a set of partitions (a whole stage a later stage depends on): hex
+    SHA-256 over the sorted content ids."""
     h = hashlib.sha256()
-    for cid in sorted(cas_ids):
+    for cid in sorted(content_ids):
         h.update(cid.encode())
     return h.hexdigest()
 
 
-def merkle_leaf(*, executor: str, cas: str, output: Any, attempt: int) -> str:
-    """SHA-256 over (executor, CAS id, SHA-256 of the canonical output, attempt number).
+def merkle_leaf(*, executor: str, content_id: str, output: Any, attempt: int) -> str:
+    """SHA-256 over (executor, content id, SHA-256 of the canonical output, attempt number).
 
     An apply's output carries its effect's identity (`output["effect"]`: the storage
     location, database, cache or target it wrote to, and the digest of what it wrote; see
-    runs_app.kinds.base), and the CAS id carries the resolved params with every workspace and
+    runs_app.kinds.base), and the content id carries the resolved params with every workspace and
     target by identity, so a leaf binds what was done, where, and what came of it: a
     verified receipt means the stored results are still those the run recorded."""
     output_digest = sha256_hex(canonical_json(output))
-    return sha256_hex(canonical_json([executor, cas, output_digest, attempt]))
+    return sha256_hex(canonical_json([executor, content_id, output_digest, attempt]))
 
 
 def merkle_root(leaves: Sequence[str]) -> str:

@@ -4,10 +4,10 @@ The manifest is what partitioners make of a revision right now: partitions with 
 content fingerprints. The digest covers the revision, the kinds' versions and the manifest, so
 an approval bound to it stops covering the plan as soon as anything it read has changed.
 
-Each partition gets its CAS id here (runs_app.hashing.cas_id) from the stage's params as they
-decide the effect (`effect_params`: defaults filled, workspaces and targets by identity), and
-the stage manifest pins those identities (`identities`), so the digest, and with it an
-approval, covers where the stage acts and not only the names it uses.
+Each partition gets its content id here (runs_app.hashing.content_id) from the stage's params
+as they decide the effect (`effect_params`: defaults filled, workspaces and targets by
+identity), and the stage manifest pins those identities (`identities`), so the digest, and
+with it an approval, covers where the stage acts and not only the names it uses.
 
 A revision resolves under the kind versions it pins (`PlanRevision.kind_versions`, see
 blueprints_app.versions): publishing a newer version does not change what an older revision
@@ -52,8 +52,8 @@ class ResolvedStage:
     kind: JobKind
     specs: list[PartitionSpec]
     data: dict[str, Any]
-    cas_ids: list[str]
-    cas_root: str
+    content_ids: list[str]
+    content_root: str
 
     @property
     def stage_id(self) -> str:
@@ -91,8 +91,8 @@ def topological_order(stages: list[dict[str, Any]]) -> list[int]:
     return order
 
 
-# The params widgets that name a registered place (blueprints_app schemas mark them): in a CAS
-# id each becomes {"name", "identity"}, so re-pointing a name in settings changes the id.
+# The params widgets that name a registered place (blueprints_app schemas mark them): in a
+# content id each becomes {"name", "identity"}, so re-pointing a name in settings changes the id.
 _PLACES = {
     "workspace": lambda name, path: get_workspace(name, path=path).identity,
     "target": lambda name, path: get_target(name, path=path).identity,
@@ -102,7 +102,7 @@ _PLACES = {
 def effect_params(
     stage: dict[str, Any], places: dict[str, dict[str, str]] | None = None
 ) -> dict[str, Any]:
-    """The stage's params as they decide its effect: what a CAS id covers.
+    """The stage's params as they decide its effect: what a content id covers.
 
     The partitioner's params schema fills in every default (recursively, inside objects and
     arrays too, so `{"backfill": {...}}` and the same with its default `batch_size` written
@@ -217,19 +217,21 @@ def resolve_manifest(
                 code=codes.PARTITIONING_FAILED,
                 errors=[{"path": f"{path}.{exc.path}", "code": exc.code, "message": exc.message}],
             ) from exc
-        # A partition depends on every partition of the stages it depends on (their CAS roots)
+        # A partition depends on every partition of the stages it depends on (their content roots)
         # and on the earlier waves of its own stage.
-        dep_roots = [resolved[_position(stages, d)].cas_root for d in stage.get("depends_on", [])]
+        dep_roots = [
+            resolved[_position(stages, d)].content_root for d in stage.get("depends_on", [])
+        ]
         by_wave: dict[int, list[int]] = {}
         for i, spec in enumerate(manifest.partitions):
             by_wave.setdefault(spec.wave, []).append(i)
-        cas_ids: list[str] = [""] * len(manifest.partitions)
+        content_ids: list[str] = [""] * len(manifest.partitions)
         earlier: list[str] = []
         for wave in sorted(by_wave):
-            wave_deps = [*dep_roots, hashing.cas_root(earlier)] if earlier else dep_roots
+            wave_deps = [*dep_roots, hashing.content_root(earlier)] if earlier else dep_roots
             for i in by_wave[wave]:
                 spec = manifest.partitions[i]
-                cas_ids[i] = hashing.cas_id(
+                content_ids[i] = hashing.content_id(
                     kind=kind.kind,
                     kind_version=kind.version,
                     executor=stage["executor"],
@@ -239,7 +241,7 @@ def resolve_manifest(
                     fingerprints=spec.fingerprints,
                     depends_on=wave_deps,
                 )
-            earlier.extend(cas_ids[i] for i in by_wave[wave])
+            earlier.extend(content_ids[i] for i in by_wave[wave])
         data = manifest.data
         if places:
             # Pinned with the manifest, so the run digest covers where the stage acts: an
@@ -252,8 +254,8 @@ def resolve_manifest(
             kind=kind,
             specs=manifest.partitions,
             data=data,
-            cas_ids=cas_ids,
-            cas_root=hashing.cas_root(cas_ids),
+            content_ids=content_ids,
+            content_root=hashing.content_root(content_ids),
         )
 
     ordered = [resolved[i] for i in range(len(stages))]

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from hxo_site.models import AuditEvent
 from runs_app import hashing
-from runs_app.execution import check_effects, stage_leaves
+from runs_app.engine.receipts import check_effects, stage_leaves
 from runs_app.models import Partition, Plan, PlanRevision, Run, RunMode, RunStage, RunState
 
 
@@ -116,7 +116,7 @@ def partitions_of(run: Run, *, stage: str | None = None, state: str | None = Non
 def receipt(run: Run, *, thorough: bool = False) -> dict[str, Any]:
     """Recompute every Merkle root from the stored results and compare with the recorded
     ones, then ask each executor whether every recorded effect is still there
-    (`execution.check_effects`, bounded by HXO_RECEIPT_EFFECTS_BUDGET_S seconds).
+    (`runs_app.engine.receipts.check_effects`, bounded by HXO_RECEIPT_EFFECTS_BUDGET_S seconds).
 
     `verified` is True only when both hold: `merkle_verified` (the stored results are those
     the run recorded) and every effect was checked and found (`effects`). An effect check
@@ -179,13 +179,13 @@ def diff_runs(run: Run, against: Run) -> dict[str, Any]:
         a = {
             row[0]: row[1:]
             for row in Partition.objects.filter(stage=mine[sid]).values_list(
-                "index", "cas_id", "inputs", "fingerprints", "output", "state"
+                "index", "content_id", "inputs", "fingerprints", "output", "state"
             )
         }
         b = {
             row[0]: row[1:]
             for row in Partition.objects.filter(stage=theirs[sid]).values_list(
-                "index", "cas_id", "inputs", "fingerprints", "output", "state"
+                "index", "content_id", "inputs", "fingerprints", "output", "state"
             )
         }
         changed = []
@@ -193,13 +193,14 @@ def diff_runs(run: Run, against: Run) -> dict[str, Any]:
             if index not in a or index not in b:
                 changed.append({"index": index, "change": "added" if index in a else "removed"})
             else:
-                (cas_a, in_a, fp_a, out_a, st_a), (cas_b, in_b, fp_b, out_b, st_b) = (
+                (cid_a, in_a, fp_a, out_a, st_a), (cid_b, in_b, fp_b, out_b, st_b) = (
                     a[index],
                     b[index],
                 )
                 item: dict[str, Any] = {}
-                if cas_a != cas_b:
-                    item["cas_id"] = {"run": cas_a, "against": cas_b}
+                if cid_a != cid_b:
+                    # "cas_id": the API's name for the content id (clients rely on it).
+                    item["cas_id"] = {"run": cid_a, "against": cid_b}
                 if in_a != in_b:
                     item["inputs"] = {"run": in_a, "against": in_b}
                 if fp_a != fp_b:

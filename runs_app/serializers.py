@@ -14,7 +14,8 @@ from hxo_site.serializers import (
     StrictCharField,
     StrictIntegerField,
 )
-from runs_app import execution, selectors
+from runs_app import selectors
+from runs_app.engine import receipts
 from runs_app.models import Approval, Partition, Plan, PlanRevision, Run
 
 
@@ -172,6 +173,8 @@ class RunSerializer(serializers.ModelSerializer):
 
 class PartitionSerializer(serializers.ModelSerializer):
     stage = serializers.CharField(source="stage.stage_id")
+    # The content id keeps its API name `cas_id` (clients rely on it).
+    cas_id = serializers.CharField(source="content_id", max_length=64)
 
     class Meta:
         model = Partition
@@ -238,7 +241,7 @@ class ReceiptMissingEffectSerializer(serializers.Serializer):
     stage = serializers.CharField()
     index = serializers.IntegerField()
     reason = serializers.ChoiceField(
-        choices=[execution.EFFECT_MISSING, execution.EFFECT_CHECK_FAILED, execution.NO_OUTPUT]
+        choices=[receipts.EFFECT_MISSING, receipts.EFFECT_CHECK_FAILED, receipts.NO_OUTPUT]
     )
 
 

@@ -19,7 +19,8 @@ from hxo_site import codes
 from hxo_site.audit import audit
 from hxo_site.capabilities import has_capability
 from hxo_site.errors import ServiceError
-from runs_app import execution, policies
+from runs_app import policies
+from runs_app.engine import progress
 from runs_app.hashing import canonical_json, document_digest, sha256_hex
 from runs_app.manifest import ResolvedManifest, diff_against_run, resolve_manifest
 from runs_app.models import (
@@ -415,7 +416,7 @@ def _create_run(
             max_failed_partitions=stage_doc.get("max_failed_partitions") or 0,
             slo_ms=stage_doc.get("slo_ms") or rs.kind.default_slo_ms,
             manifest=rs.data,
-            cas_root=rs.cas_root,
+            content_root=rs.content_root,
             total=len(rs.specs),
             pending=len(rs.specs),
             max_wave=max((s.wave for s in rs.specs), default=0),
@@ -432,7 +433,7 @@ def _create_run(
                     fingerprints=spec.fingerprints,
                     label=spec.label[:300],
                     weight=spec.weight,
-                    cas_id=rs.cas_ids[i],
+                    content_id=rs.content_ids[i],
                     non_idempotent=non_idempotent,
                 )
                 for i, spec in enumerate(rs.specs)
@@ -440,7 +441,7 @@ def _create_run(
             batch_size=BULK,
         )
     move_run(run, RunState.RUNNING)
-    execution.advance_run(run.pk)
+    progress.advance_run(run.pk)
     return run
 
 
@@ -715,7 +716,7 @@ def run_abort(*, run: Run, actor: Any, client_ip: str | None = None) -> Run:
             )
         before = locked.state
         move_run(locked, RunState.ABORTED)
-        cancelled = execution.cancel_partitions(Partition.objects.filter(run=locked))
+        cancelled = progress.cancel_partitions(Partition.objects.filter(run=locked))
         for stage in RunStage.objects.filter(run=locked).exclude(
             state__in=[StageState.SUCCEEDED, StageState.FAILED, StageState.CANCELLED]
         ):
@@ -835,7 +836,7 @@ def _create_replay(run: Run, parts: Any, actor: Any, client_ip: str | None) -> R
                 max_failed_partitions=old.max_failed_partitions,
                 slo_ms=old.slo_ms,
                 manifest=old.manifest,
-                cas_root=old.cas_root,
+                content_root=old.content_root,
                 total=count,
                 pending=count,
                 max_wave=old.max_wave,
@@ -851,7 +852,7 @@ def _create_replay(run: Run, parts: Any, actor: Any, client_ip: str | None) -> R
                     fingerprints=p.fingerprints,
                     label=p.label,
                     weight=p.weight,
-                    cas_id=p.cas_id,
+                    content_id=p.content_id,
                     non_idempotent=p.non_idempotent,
                 )
                 for p in parts.iterator(chunk_size=BULK)
@@ -859,7 +860,7 @@ def _create_replay(run: Run, parts: Any, actor: Any, client_ip: str | None) -> R
             batch_size=BULK,
         )
         move_run(child, RunState.RUNNING)
-        execution.advance_run(child.pk)
+        progress.advance_run(child.pk)
         audit(
             actor=actor,
             action="run.replay",

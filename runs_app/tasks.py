@@ -1,5 +1,9 @@
-"""django-q2 tasks. They take ids, call the engine, and never raise: failures are HXO's
-business and are recorded in our tables (ack_failures=True, notes/django-q2.md)."""
+"""django-q2 tasks: the entry points the queue calls. They take ids, call the engine, and
+never raise: failures are HXO's business and are recorded in our tables (ack_failures=True;
+docs/architecture.md, "The queue only wakes workers").
+
+This module imports the engine (`runs_app.engine`); the engine never imports it back: it
+wakes workers through `runs_app.engine.wakeups`, which names these tasks by dotted path."""
 
 from __future__ import annotations
 
@@ -12,30 +16,14 @@ from django.conf import settings
 from django.db import IntegrityError, close_old_connections, transaction
 from django.utils import timezone
 
-from runs_app import execution
+from runs_app.engine import claims, execute, progress, wakeups
+from runs_app.engine.heartbeat import Heartbeat
 from runs_app.models import Lease, Run, RunState
 
 log = logging.getLogger(__name__)
 
-DRAIN_TASK = "runs_app.tasks.drain"
 RECONCILE_TASK = "runs_app.tasks.reconcile"
 RECONCILER_SCHEDULE = "hxo-reconciler"
-
-
-def enqueue_drainers(run_id: int, count: int = 1) -> None:
-    from django_q.tasks import async_task
-
-    try:
-        for _ in range(max(count, 1)):
-            async_task(DRAIN_TASK, run_id, group=f"run-{run_id}")
-    except Exception:
-        # The broker is down (Redis restarting...). A wake-up is only a hint: the run is in
-        # our tables and the reconciler re-sends it, so the request or the drainer that asked
-        # must not fail for it (an API client would see a 500 for a run that was created).
-        log.warning(
-            "could not enqueue a drainer for run %s; the reconciler will", run_id, exc_info=True
-        )
-
 
 MAX_BATCH = 256
 BATCH_TARGET_S = 0.25
@@ -52,21 +40,21 @@ def drain(run_id: int, budget_s: float | None = None) -> dict[str, Any]:
     """
     budget = settings.HXO_DRAIN_BUDGET_S if budget_s is None else budget_s
     deadline = time.monotonic() + budget
-    owner = execution.new_owner()
+    owner = claims.new_owner()
     done = 0
     batch = 1
     try:
-        execution.expire_leases(run_id=run_id)
-        rc = execution.RunContext(run_id)
-        buffer = execution.OutcomeBuffer()
-        with execution.Heartbeat(owner, run_id, buffer) as hb:
+        execute.expire_leases(run_id=run_id)
+        rc = execute.RunContext(run_id)
+        buffer = execute.OutcomeBuffer()
+        with Heartbeat(owner, run_id) as hb:
             while time.monotonic() < deadline:
                 state = Run.objects.filter(pk=run_id).values_list("state", flat=True).first()
                 if state != RunState.RUNNING:
                     break
-                claims = execution.claim_batch(run_id, owner, batch)
-                if not claims:
-                    due = execution.next_due(run_id)
+                held = claims.claim_batch(run_id, owner, batch)
+                if not held:
+                    due = claims.next_due(run_id)
                     if due is None:
                         break
                     wait = (due - timezone.now()).total_seconds()
@@ -74,18 +62,18 @@ def drain(run_id: int, budget_s: float | None = None) -> dict[str, Any]:
                         break
                     time.sleep(min(max(wait, 0.05), 1.0))
                     continue
-                hb.hold(claims)
+                hb.hold(held)
                 started = time.monotonic()
-                execution.execute_claims(rc, claims, hb, buffer)
-                buffer.flush()
-                for c in claims:
+                execute.execute_claims(rc, held, hb, buffer)
+                buffer.flush()  # the drainer writes its outcomes; the heartbeat only renews
+                for c in held:
                     hb.release(c.partition_id)
-                done += len(claims)
-                per = (time.monotonic() - started) / len(claims)
+                done += len(held)
+                per = (time.monotonic() - started) / len(held)
                 batch = max(1, min(MAX_BATCH, int(BATCH_TARGET_S / max(per, 1e-4))))
             else:
-                if execution.has_claimable(run_id):
-                    enqueue_drainers(run_id, 1)
+                if claims.has_claimable(run_id):
+                    wakeups.enqueue_drainers(run_id, 1)
     except Exception:
         # Never let the queue retry a drainer: the reconciler re-sends wake-ups.
         log.exception("drainer for run %s stopped", run_id)
@@ -117,16 +105,16 @@ def _release_lease(name: str, owner: str) -> None:
 
 def reconcile() -> dict[str, Any]:
     """Repair what lost or late wake-ups and dead workers leave behind. Two never overlap."""
-    owner = execution.new_owner()
+    owner = claims.new_owner()
     if not _take_lease("reconciler", owner, seconds=120):
         return {"skipped": "another reconciler holds the lease"}
     report: dict[str, Any] = {}
     try:
-        report["leases_expired"] = execution.expire_leases()
+        report["leases_expired"] = execute.expire_leases()
         report["runs_advanced"] = _advance_running_runs()
-        woken = execution.requeue_stuck()
+        woken = wakeups.requeue_stuck()
         for run_id in woken:
-            enqueue_drainers(run_id, settings.HXO_MAX_CONCURRENCY)
+            wakeups.enqueue_drainers(run_id, settings.HXO_MAX_CONCURRENCY)
         report["runs_woken"] = woken
         report["temp_files_removed"] = _cleanup_temp_files()
         report["queue_rows_pruned"] = _prune_queue()
@@ -145,12 +133,12 @@ def _advance_running_runs() -> int:
         state=StageState.RUNNING, pending=0, running=0, run__state=RunState.RUNNING
     ):
         with transaction.atomic():
-            execution.finish_stage(stage)
-            execution.advance_run(stage.run_id)
+            progress.finish_stage(stage)
+            progress.advance_run(stage.run_id)
         count += 1
     for run_id in Run.objects.filter(state=RunState.RUNNING).values_list("pk", flat=True):
         with transaction.atomic():
-            execution.advance_run(run_id)
+            progress.advance_run(run_id)
     return count
 
 

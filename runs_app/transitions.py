@@ -1,6 +1,6 @@
 """The state machines of runs and stages: one function each moves a row and refuses illegal
-moves. Partition moves are compare-and-swap updates in `runs_app.execution`, checked against
-PARTITION_MOVES there."""
+moves. Partition moves are compare-and-swap updates in `runs_app.engine` (claims, execute,
+progress), checked against PARTITION_MOVES there."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ P = PartitionState
 PARTITION_MOVES: dict[str, set[str]] = {
     P.PENDING: {P.RUNNING, P.CANCELLED, P.REUSED},
     # running → pending is a retry (attempts left) or a lease taken over; running → reused is
-    # a worker that found the earlier effect still there (runs_app.execution.try_reuse).
+    # a worker that found the earlier effect still there (runs_app.engine.execute.try_reuse).
     P.RUNNING: {P.SUCCEEDED, P.FAILED, P.PENDING, P.CANCELLED, P.RUNNING, P.REUSED},
     P.SUCCEEDED: set(),
     P.FAILED: set(),

@@ -74,7 +74,7 @@ class Workspace:
         """What the workspace is, whatever it is called: the real path of its root.
 
         Two names for one directory share it; one name re-pointed at another directory (even a
-        byte-identical copy) does not. CAS ids cover it (runs_app.manifest)."""
+        byte-identical copy) does not. Content ids cover it (runs_app.manifest)."""
         return f"file:{self.root}"
 
     def check_relative(self, rel: str, *, path: str) -> PurePosixPath:

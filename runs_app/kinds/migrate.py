@@ -591,7 +591,7 @@ def _watched(
     the partition must stop (the heartbeat thread calls it: run aborted, lease lost, time
     budget spent) or, when `budget_ms` is given, once the batch has run that long (a
     watchdog timer). Errors leave as ComponentError: the driver's error translated
-    (`_translate`); after a cancel, RunAborted/LeaseLost/ShardTimeout from `ctx.heartbeat()`
+    (`_translate`); after a cancel, RunAborted/LeaseLost/PartitionTimeout from `ctx.heartbeat()`
     or BATCH_TIMEOUT / CANCELLED. The caller rolls back inside, so the locks go at once.
     """
     import threading

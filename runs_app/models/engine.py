@@ -1,4 +1,5 @@
-"""The engine's tables: they are the truth; the queue only wakes workers (notes/django-q2.md)."""
+"""The engine's tables: they are the truth; the queue only wakes workers (docs/architecture.md,
+"The queue only wakes workers")."""
 
 from __future__ import annotations
 
@@ -202,7 +203,7 @@ class RunStage(models.Model):
     state = models.CharField(max_length=20, choices=StageState.choices, default=StageState.PENDING)
     # Stage-level data the partitioner pinned (file lists, statements...).
     manifest = models.JSONField(default=dict)
-    cas_root = models.CharField(max_length=64, blank=True, default="")
+    content_root = models.CharField(max_length=64, blank=True, default="")
     current_wave = models.IntegerField(default=-1)
     max_wave = models.IntegerField(default=0)
     total = models.PositiveIntegerField(default=0)
@@ -265,7 +266,7 @@ class Partition(models.Model):
     fingerprints = models.JSONField(default=dict)
     label = models.CharField(max_length=300, blank=True, default="")
     weight = models.BigIntegerField(default=0)
-    cas_id = models.CharField(max_length=64, db_index=True)
+    content_id = models.CharField(max_length=64, db_index=True)
     non_idempotent = models.BooleanField(default=False)
     state = models.CharField(
         max_length=20, choices=PartitionState.choices, default=PartitionState.PENDING

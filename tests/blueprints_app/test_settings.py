@@ -9,7 +9,7 @@ from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 
 from hxo_site import settings as hxo_settings
-from hxo_site.settings import env_bool, env_choice, env_int, env_mapping
+from hxo_site.settings import env_bool, env_choice, env_int, env_int_renamed, env_mapping
 
 
 @pytest.mark.parametrize("raw", ["1", "true", "YES", " on "])
@@ -181,3 +181,59 @@ def test_the_django_q_retry_outlasts_the_timeout():
     assert q["retry"] > q["timeout"] + 3
     assert q["ack_failures"] is True
     assert q["catch_up"] is False
+
+
+# --- HXO_PARTITION_TIMEOUT_MS and its deprecated alias HXO_SHARD_TIMEOUT_MS ---------------
+
+
+def test_the_partition_timeout_defaults_when_neither_name_is_set(monkeypatch, caplog):
+    monkeypatch.setenv("DEBUG", "1")
+    monkeypatch.delenv("HXO_PARTITION_TIMEOUT_MS", raising=False)
+    monkeypatch.delenv("HXO_SHARD_TIMEOUT_MS", raising=False)
+
+    assert load_settings()["HXO_PARTITION_TIMEOUT_MS"] == 300_000
+    assert "deprecated" not in caplog.text
+
+
+def test_the_partition_timeout_reads_its_own_name(monkeypatch, caplog):
+    monkeypatch.setenv("DEBUG", "1")
+    monkeypatch.setenv("HXO_PARTITION_TIMEOUT_MS", "1234")
+    monkeypatch.delenv("HXO_SHARD_TIMEOUT_MS", raising=False)
+
+    assert load_settings()["HXO_PARTITION_TIMEOUT_MS"] == 1234
+    assert "deprecated" not in caplog.text
+
+
+def test_only_the_old_shard_timeout_name_set_is_used_with_one_warning(monkeypatch, caplog):
+    monkeypatch.setenv("DEBUG", "1")
+    monkeypatch.delenv("HXO_PARTITION_TIMEOUT_MS", raising=False)
+    monkeypatch.setenv("HXO_SHARD_TIMEOUT_MS", "4321")
+
+    with caplog.at_level("WARNING", logger="hxo.settings"):
+        values = load_settings()
+
+    assert values["HXO_PARTITION_TIMEOUT_MS"] == 4321
+    warnings = [r for r in caplog.records if r.name == "hxo.settings"]
+    assert len(warnings) == 1
+    assert "HXO_SHARD_TIMEOUT_MS is deprecated" in warnings[0].getMessage()
+    assert "HXO_PARTITION_TIMEOUT_MS" in warnings[0].getMessage()
+
+
+def test_with_both_timeout_names_set_the_new_one_wins_without_a_warning(monkeypatch, caplog):
+    monkeypatch.setenv("DEBUG", "1")
+    monkeypatch.setenv("HXO_PARTITION_TIMEOUT_MS", "1000")
+    monkeypatch.setenv("HXO_SHARD_TIMEOUT_MS", "9000")
+
+    with caplog.at_level("WARNING", logger="hxo.settings"):
+        values = load_settings()
+
+    assert values["HXO_PARTITION_TIMEOUT_MS"] == 1000
+    assert not [r for r in caplog.records if r.name == "hxo.settings"]
+
+
+def test_the_old_timeout_name_is_checked_as_loudly_as_the_new_one(monkeypatch):
+    monkeypatch.delenv("HXO_PARTITION_TIMEOUT_MS", raising=False)
+    monkeypatch.setenv("HXO_SHARD_TIMEOUT_MS", "soon")
+
+    with pytest.raises(ImproperlyConfigured, match="HXO_SHARD_TIMEOUT_MS must be an integer"):
+        env_int_renamed("HXO_PARTITION_TIMEOUT_MS", "HXO_SHARD_TIMEOUT_MS", 300_000)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from runs_app import services, tasks
+from runs_app.engine import wakeups
 from runs_app.models import ClaimLog, Partition, Run, RunState
 from tests.runs_app.cluster import running_cluster, wait_for
 from tests.runs_app.testkinds import TEST_KIND_NOAPPROVAL, effect_files, effects, stage
@@ -106,7 +107,7 @@ def test_a_lost_wake_up_is_repaired_by_the_reconciler(
     )
     with running_cluster(WORKERS=2):
         with monkeypatch.context() as m:
-            m.setattr(tasks, "enqueue_drainers", lambda run_id, count=1: None)
+            m.setattr(wakeups, "enqueue_drainers", lambda run_id, count=1: None)
             run = services.run_apply(plan=plan, actor=operator)
         assert Partition.objects.filter(run=run, state="pending").count() == 4
         report = tasks.reconcile()

@@ -12,7 +12,8 @@ import pytest
 from django.utils import timezone
 
 from blueprints_app.registry import EXECUTORS, ComponentError, LeaseLost
-from runs_app import execution, services
+from runs_app import services
+from runs_app.engine import claims, execute, heartbeat
 from runs_app.kinds.migrate import SqlMigrate
 from runs_app.models import Partition, PartitionState, Run
 from tests.runs_app.kinds.test_migrate_ledger import PRICES, batches, make_products, price
@@ -51,13 +52,13 @@ def migrate_apply(operator: Any, approver: Any, statements: list[str]) -> Run:
     return services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk)
 
 
-def claimed_context(run: Run, owner: str = "worker-a") -> tuple[execution.Claim, Any]:
-    [claim] = execution.claim_batch(run.pk, owner, 1)
-    rc = execution.RunContext(run.pk)
+def claimed_context(run: Run, owner: str = "worker-a") -> tuple[claims.Claim, Any]:
+    [claim] = claims.claim_batch(run.pk, owner, 1)
+    rc = execute.RunContext(run.pk)
     inputs, fingerprints = Partition.objects.values_list("inputs", "fingerprints").get(
         pk=claim.partition_id
     )
-    return claim, execution.build_context(rc, claim, inputs, fingerprints)
+    return claim, execute.build_context(rc, claim, inputs, fingerprints)
 
 
 def expire(partition_id: int) -> None:
@@ -72,22 +73,22 @@ def test_the_fence_check_asks_the_database_and_extends_the_lease(
     only = stage("a", tmp_path, items=1, kind=TEST_KIND_NOAPPROVAL)
     plan = services.plan_create(actor=operator, document={"name": "p", "stages": [only]})
     run = services.run_apply(plan=plan, actor=operator)
-    [claim] = execution.claim_batch(run.pk, "worker-a", 1)
+    [claim] = claims.claim_batch(run.pk, "worker-a", 1)
     expire(claim.partition_id)
 
-    execution.check_fence(claim)  # nobody took it over yet: still ours, and renewed
+    heartbeat.check_fence(claim)  # nobody took it over yet: still ours, and renewed
 
     held = Partition.objects.get(pk=claim.partition_id)
     assert held.lease_expires_at > timezone.now()
     # Taken over: the heartbeat thread has not noticed (its cached answer says "held"), the
     # database has.
     expire(claim.partition_id)
-    assert execution.expire_leases(run_id=run.pk) == 1
-    [again] = execution.claim_batch(run.pk, "worker-b", 1)
+    assert execute.expire_leases(run_id=run.pk) == 1
+    [again] = claims.claim_batch(run.pk, "worker-b", 1)
     assert again.fence == claim.fence + 2
     with pytest.raises(LeaseLost):
-        execution.check_fence(claim)
-    execution.check_fence(again)
+        heartbeat.check_fence(claim)
+    heartbeat.check_fence(again)
 
 
 def test_a_batch_committed_by_a_worker_that_died_succeeds_as_already_applied(
@@ -100,7 +101,7 @@ def test_a_batch_committed_by_a_worker_that_died_succeeds_as_already_applied(
     assert out["ledger"] == "applied"
     expire(claim.partition_id)  # ...and the worker died before writing its outcome
 
-    assert execution.expire_leases(run_id=run.pk) == 1
+    assert execute.expire_leases(run_id=run.pk) == 1
 
     part = Partition.objects.get(pk=claim.partition_id)
     assert part.state == PartitionState.SUCCEEDED
@@ -119,7 +120,7 @@ def test_an_expired_partition_with_no_ledger_row_still_fails(
     claim, _ctx = claimed_context(run)
     expire(claim.partition_id)  # died before the batch committed
 
-    execution.expire_leases(run_id=run.pk)
+    execute.expire_leases(run_id=run.pk)
 
     part = Partition.objects.get(pk=claim.partition_id)
     assert part.state == PartitionState.FAILED
@@ -158,8 +159,8 @@ def test_a_worker_whose_partition_was_taken_over_commits_nothing_at_the_target(
     run = migrate_apply(operator, approver, PRICES)
     stale, ctx = claimed_context(run, owner="worker-a")
     expire(stale.partition_id)
-    execution.expire_leases(run_id=run.pk)
-    [current] = execution.claim_batch(run.pk, "worker-b", 1)
+    execute.expire_leases(run_id=run.pk)
+    [current] = claims.claim_batch(run.pk, "worker-b", 1)
 
     with pytest.raises(LeaseLost):
         EXECUTORS["sql_migrate"]().execute(ctx)

@@ -178,8 +178,10 @@ def test_a_stage_past_its_slo_is_recorded_as_breached(test_kinds, tmp_path, oper
     assert AuditEvent.objects.filter(action="stage.slo_breached", object_id=str(run.pk)).exists()
 
 
-def test_a_partition_past_the_shard_timeout_fails(test_kinds, tmp_path, operator, settings) -> None:
-    settings.HXO_SHARD_TIMEOUT_MS = 300
+def test_a_partition_past_the_partition_timeout_fails(
+    test_kinds, tmp_path, operator, settings
+) -> None:
+    settings.HXO_PARTITION_TIMEOUT_MS = 300
     settings.HXO_MAX_ATTEMPTS = 1
     plan = plan_of(operator, stage("a", tmp_path, items=1, kind=TEST_KIND_NOAPPROVAL, block=[0]))
     run = drain_all(services.run_apply(plan=plan, actor=operator))
@@ -217,3 +219,29 @@ def test_effects_are_checked_by_the_worker_not_by_the_apply_request(
     assert effect_files(tmp_path, "a") == [0, 1, 2]
     reused = Partition.objects.filter(run=second, state="reused")
     assert all(p.reused_from_id and p.output == p.reused_from.output for p in reused)
+
+
+def test_outcomes_are_written_by_the_drainer_not_by_the_heartbeat_thread(
+    test_kinds, tmp_path, operator, monkeypatch
+) -> None:
+    import threading
+
+    from runs_app.engine import execute
+
+    writers: list[str] = []
+    real = execute.record_outcomes
+
+    def recording(outcomes):
+        writers.append(threading.current_thread().name)
+        return real(outcomes)
+
+    monkeypatch.setattr(execute, "record_outcomes", recording)
+    plan = plan_of(operator, stage("a", tmp_path, items=6, kind=TEST_KIND_NOAPPROVAL))
+
+    run = drain_all(services.run_apply(plan=plan, actor=operator))
+
+    assert run.state == RunState.SUCCEEDED
+    assert sorted(effects(tmp_path, "a")) == [0, 1, 2, 3, 4, 5]
+    assert writers, "no outcome was recorded"
+    assert "hxo-heartbeat" not in writers
+    assert set(writers) == {threading.current_thread().name}

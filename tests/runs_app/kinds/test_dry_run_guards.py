@@ -239,7 +239,7 @@ def test_stopping_a_partition_cancels_its_target_statement_and_releases_the_lock
     settings.HXO_DRY_RUN_BATCH_TIMEOUT_MS = 40_000
     settings.HXO_MAX_ATTEMPTS = 1
     if how == "shard_timeout":
-        settings.HXO_SHARD_TIMEOUT_MS = 2_000
+        settings.HXO_PARTITION_TIMEOUT_MS = 2_000
     if target == "pg":
         url = request.getfixturevalue("pg_target")
         pg_exec(url, "CREATE TABLE orders (id serial PRIMARY KEY, note text)")

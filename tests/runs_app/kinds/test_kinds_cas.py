@@ -135,8 +135,8 @@ def cas_ids(stage: dict[str, Any]) -> list[str]:
     revision = types.SimpleNamespace(stages=[stage], digest="r", kind_versions={})
     resolved = resolve_manifest(revision, {kind.kind: kind})  # type: ignore[arg-type]
     [rs] = resolved.stages
-    assert rs.cas_ids, f"{stage['partitioner']} made no partition"
-    return rs.cas_ids
+    assert rs.content_ids, f"{stage['partitioner']} made no partition"
+    return rs.content_ids
 
 
 def stage_of(partitioner: str, tmp: Any, **changes: Any) -> dict[str, Any]:

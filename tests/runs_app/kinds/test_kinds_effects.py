@@ -371,14 +371,15 @@ def test_the_receipt_names_the_one_partition_whose_archive_was_deleted(
 def test_a_receipt_whose_effect_check_ran_out_of_time_is_not_verified(
     env: Env, operator, approver, settings, monkeypatch
 ):
-    from runs_app import execution, selectors
+    from runs_app import selectors
+    from runs_app.engine import receipts
 
     run = _apply_case("pack_backend", env, operator, approver)
     assert selectors.receipt(run)["verified"] is True
     # The clock jumps past any budget as soon as the check starts.
-    real = execution.time.monotonic
+    real = receipts.time.monotonic
     calls = iter(range(10**6))
-    monkeypatch.setattr(execution.time, "monotonic", lambda: real() + 3600 * next(calls))
+    monkeypatch.setattr(receipts.time, "monotonic", lambda: real() + 3600 * next(calls))
 
     cut = selectors.receipt(run)
 

@@ -73,7 +73,7 @@ def big_run(
                     inputs={"item": i, "stage_kind": TEST_KIND},
                     label=f"item {i}",
                     weight=1,
-                    cas_id=f"{position}{i:063x}",
+                    content_id=f"{position}{i:063x}",
                     state="failed" if failed and i == count - 1 else "succeeded",
                     attempts=1,
                     started_at=start + timedelta(milliseconds=20 * i),

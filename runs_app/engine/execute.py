@@ -1,0 +1,505 @@
+"""Execution: running claimed partitions, reusing earlier effects, recording outcomes under
+the fence, retries, and taking back partitions whose holder stopped renewing its lease.
+
+Reuse is decided here, by the worker that claimed the partition, never in the web request that
+submitted the run: an idempotent partition of an apply whose content id already succeeded in
+an earlier apply is reused only when its executor confirms the earlier effect still exists
+(`Executor.effect_exists`), which may read files and databases. Otherwise it runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from blueprints_app.models import JobKind
+from blueprints_app.registry import ExecutionContext, LeaseLost, get_executor
+from blueprints_app.validation import schema_validator
+from hxo_site import codes
+from runs_app.engine.claims import COUNTER, TABLE, Claim, count_moves, prep_dt, prep_json
+from runs_app.engine.errors import PartitionTimeout, RunAborted
+from runs_app.engine.heartbeat import Heartbeat, check_fence
+from runs_app.engine.progress import after_partition_change
+from runs_app.engine.receipts import kind_from_snapshot
+from runs_app.models import Partition, PartitionState, Run, RunMode, RunStage
+
+log = logging.getLogger(__name__)
+
+P = PartitionState
+
+
+def recovered_output(executor: Any, ctx: ExecutionContext) -> dict[str, Any] | None:
+    """The executor's `applied_output(ctx)` for an apply, or None (dry-runs have no effect to
+    recover; an executor that cannot tell, or that fails to, recovers nothing)."""
+    if ctx.dry_run:
+        return None
+    try:
+        out = executor.applied_output(ctx)
+    except Exception:
+        log.warning("partition %s: applied_output failed", ctx.partition_id, exc_info=True)
+        return None
+    return out if isinstance(out, dict) else None
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What executing (or reusing) one claimed partition came to, before it is recorded."""
+
+    claim: Claim
+    state: str  # succeeded, reused, failed, lost, aborted
+    output: Any = None
+    preview: Any = None
+    error: dict[str, Any] | None = None
+    duration_ms: int = 0
+    reused_from: int | None = None  # the earlier partition whose effect this one reuses
+
+
+class RunContext:
+    """What a drainer reads once per run instead of once per partition."""
+
+    def __init__(self, run_id: int) -> None:
+        self.run = Run.objects.select_related("revision").get(pk=run_id)
+        self.dry_run = self.run.mode == RunMode.DRY_RUN
+        self.kinds = {k: kind_from_snapshot(v) for k, v in self.run.kind_snapshots.items()}
+        self.stages: dict[int, RunStage] = {}
+        self.executors: dict[str, Any] = {}
+        # Only a first apply reuses: a dry-run must look at the target itself, force_rerun
+        # asks for no reuse, and a replay redoes exactly the partitions that failed.
+        self.may_reuse = (
+            self.run.mode == RunMode.APPLY and not self.run.force_rerun and not self.run.parent_id
+        )
+
+    def stage(self, stage_pk: int) -> RunStage:
+        """The run's stage row, read once per drainer."""
+        if stage_pk not in self.stages:
+            self.stages[stage_pk] = RunStage.objects.get(pk=stage_pk)
+        return self.stages[stage_pk]
+
+    def executor(self, name: str) -> Any:
+        """The registered executor instance, made once per drainer."""
+        if name not in self.executors:
+            self.executors[name] = get_executor(name)
+        return self.executors[name]
+
+
+# Buffered outcomes older than this are written before the drainer starts another partition.
+FLUSH_AFTER_S = 0.1
+
+
+class OutcomeBuffer:
+    """Outcomes of idempotent partitions, written in batches: one transaction for many quick
+    partitions. Only the drainer flushes it, on its own thread and connection: before it
+    starts a partition when what waits is older than FLUSH_AFTER_S (so progress lags by at
+    most one partition), before a non-idempotent outcome, and at the end of every batch of
+    claims. The heartbeat thread keeps the leases of buffered partitions renewed meanwhile
+    (`Heartbeat.finished`), and every write stays fenced (`record_outcomes`). A worker killed
+    before a flush leaves those partitions to run again after their lease, which idempotent
+    executors make harmless (their effects are keyed by partition: content-addressed files,
+    ledger rows, upserts)."""
+
+    def __init__(self) -> None:
+        self._items: list[Outcome] = []
+        self._oldest = 0.0
+
+    def add(self, outcome: Outcome) -> None:
+        """Keep an outcome until the next flush."""
+        if not self._items:
+            self._oldest = time.monotonic()
+        self._items.append(outcome)
+
+    def flush(self, *, older_than: float | None = None) -> None:
+        """Record what is buffered in one transaction (`record_outcomes`); with `older_than`
+        (seconds), only when the oldest buffered outcome is at least that old."""
+        if not self._items:
+            return
+        if older_than is not None and time.monotonic() - self._oldest < older_than:
+            return
+        items, self._items = self._items, []
+        record_outcomes(items)
+
+
+def execute_claims(
+    rc: RunContext, claims: list[Claim], hb: Heartbeat, buffer: OutcomeBuffer
+) -> None:
+    """Execute claimed partitions one after another. A non-idempotent partition's outcome is
+    written before anything else runs; idempotent ones go through the buffer, which the
+    caller flushes after the batch."""
+    rows = {
+        pk: (inputs, fingerprints, content_id)
+        for pk, inputs, fingerprints, content_id in Partition.objects.filter(
+            pk__in=[c.partition_id for c in claims]
+        ).values_list("id", "inputs", "fingerprints", "content_id")
+    }
+    earlier = reuse_candidates(rc, claims, {pk: row[2] for pk, row in rows.items()})
+    for claim in claims:
+        if hb.aborted.is_set():
+            break
+        # What finished a while ago is written before a partition that may take long.
+        buffer.flush(older_than=FLUSH_AFTER_S)
+        inputs, fingerprints, _content_id = rows[claim.partition_id]
+        hb.started(claim.partition_id)
+        outcome = None
+        if claim.partition_id in earlier:
+            outcome = try_reuse(rc, claim, inputs, fingerprints, hb, *earlier[claim.partition_id])
+        if outcome is None:
+            outcome = execute_one(rc, claim, inputs, fingerprints, hb)
+        if outcome.state in (P.SUCCEEDED, P.FAILED, P.REUSED):
+            if claim.non_idempotent:
+                buffer.flush()
+                record_outcomes([outcome])
+            else:
+                buffer.add(outcome)
+        hb.finished(claim.partition_id)
+
+
+def build_context(
+    rc: RunContext,
+    claim: Claim,
+    inputs: Any,
+    fingerprints: Any,
+    heartbeat: Any = None,
+) -> ExecutionContext:
+    """The executor's view of one claimed partition (heartbeat: a no-op unless given)."""
+    stage = rc.stage(claim.stage_pk)
+    stage_doc = {
+        "id": stage.stage_id,
+        "kind": stage.kind,
+        "partitioner": stage.partitioner,
+        "executor": stage.executor,
+        "params": stage.params,
+        "depends_on": stage.depends_on,
+        "non_idempotent": stage.non_idempotent,
+    }
+    return ExecutionContext(
+        run_id=rc.run.pk,
+        partition_id=claim.partition_id,
+        stage=stage_doc,
+        kind=rc.kinds[stage.kind],
+        inputs=inputs,
+        fingerprints=fingerprints,
+        manifest=stage.manifest,
+        plan_digest=rc.run.revision.digest,
+        dry_run=rc.dry_run,
+        attempt=claim.attempt,
+        fence=claim.fence,
+        heartbeat=heartbeat or (lambda: None),
+        check_fence=lambda: check_fence(claim),
+    )
+
+
+def execute_one(
+    rc: RunContext, claim: Claim, inputs: Any, fingerprints: Any, hb: Heartbeat
+) -> Outcome:
+    """Run one claimed partition's executor and judge its result: succeeded (an output that
+    matches the kind's output schema and result status; a dry-run's preview), failed (with
+    an error code; `shard_timeout` past HXO_PARTITION_TIMEOUT_MS), or `lost`/`aborted` (not
+    recorded). A failing last attempt whose effect the target records succeeds with it."""
+    stage = rc.stage(claim.stage_pk)
+    kind = rc.kinds[stage.kind]
+    check = hb.checker(claim.partition_id)
+    ctx = build_context(rc, claim, inputs, fingerprints, check)
+    ctx.stop_with = hb.stop_with(claim.partition_id)
+    started = time.monotonic()
+    try:
+        result = rc.executor(stage.executor).execute(ctx)
+        check()
+    except LeaseLost:
+        log.info("partition %s: lease lost, result dropped", claim.partition_id)
+        return Outcome(claim, "lost")
+    except RunAborted:
+        return Outcome(claim, "aborted")
+    except PartitionTimeout as exc:
+        return Outcome(claim, P.FAILED, error={"code": "shard_timeout", "message": str(exc)})
+    except Exception as exc:
+        log.warning("partition %s failed: %s", claim.partition_id, exc, exc_info=True)
+        last = claim.non_idempotent or claim.attempt >= settings.HXO_MAX_ATTEMPTS
+        recovered = recovered_output(rc.executor(stage.executor), ctx) if last else None
+        if recovered is not None and output_problem(kind, recovered) is None:
+            # The last attempt failed, yet the target records the effect (applied by an
+            # earlier attempt whose outcome was lost): the partition succeeded.
+            return Outcome(claim, P.SUCCEEDED, output=recovered)
+        return Outcome(
+            claim,
+            P.FAILED,
+            error={
+                "code": getattr(exc, "code", "executor_error"),
+                "type": type(exc).__name__,
+                "message": str(exc)[:2000],
+            },
+        )
+    duration_ms = int((time.monotonic() - started) * 1000)
+    if not isinstance(result, dict):
+        error = {"code": codes.INVALID_OUTPUT, "message": "the executor returned no object"}
+        return Outcome(claim, P.FAILED, error=error, duration_ms=duration_ms)
+    if rc.dry_run:
+        return Outcome(claim, P.SUCCEEDED, preview=result, duration_ms=duration_ms)
+    problem = output_problem(kind, result)
+    if problem:
+        error = {"code": codes.INVALID_OUTPUT, "message": problem}
+        return Outcome(claim, P.FAILED, error=error, duration_ms=duration_ms)
+    return Outcome(claim, P.SUCCEEDED, output=result, duration_ms=duration_ms)
+
+
+def reuse_candidates(
+    rc: RunContext, claims: list[Claim], content_ids: dict[int, str]
+) -> dict[int, tuple[int, dict[str, Any]]]:
+    """Claimed partition id → (earlier partition id, its output) for every claimed idempotent
+    partition whose content id succeeded in another apply; the newest such partition. Two
+    queries for the whole batch of claims (the content id is indexed)."""
+    if not rc.may_reuse:
+        return {}
+    wanted = {c.partition_id: content_ids[c.partition_id] for c in claims if not c.non_idempotent}
+    if not wanted:
+        return {}
+    newest: dict[str, int] = {}
+    for content_id, pk in (
+        Partition.objects.filter(
+            content_id__in=set(wanted.values()),
+            state=P.SUCCEEDED,
+            run__mode=RunMode.APPLY,
+            non_idempotent=False,
+            output__isnull=False,
+        )
+        .exclude(run_id=rc.run.pk)
+        .order_by("-id")
+        .values_list("content_id", "id")
+    ):
+        newest.setdefault(content_id, pk)
+    if not newest:
+        return {}
+    outputs = dict(
+        Partition.objects.filter(pk__in=list(newest.values())).values_list("id", "output")
+    )
+    return {
+        pid: (newest[cid], outputs[newest[cid]]) for pid, cid in wanted.items() if cid in newest
+    }
+
+
+def try_reuse(
+    rc: RunContext,
+    claim: Claim,
+    inputs: Any,
+    fingerprints: Any,
+    hb: Heartbeat,
+    earlier_id: int,
+    output: dict[str, Any],
+) -> Outcome | None:
+    """A `reused` outcome when the executor confirms the earlier effect still exists, else None
+    (the caller executes). The check runs under this worker's lease, like an execution."""
+    stage = rc.stage(claim.stage_pk)
+    ctx = build_context(rc, claim, inputs, fingerprints, hb.checker(claim.partition_id))
+    started = time.monotonic()
+    try:
+        present = rc.executor(stage.executor).effect_exists(ctx, output) is True
+        ctx.heartbeat()
+    except LeaseLost:
+        return Outcome(claim, "lost")
+    except RunAborted:
+        return Outcome(claim, "aborted")
+    except Exception as exc:  # a check that cannot tell means: run it
+        log.warning(
+            "partition %s: effect check of %s failed, running it: %s",
+            claim.partition_id,
+            stage.executor,
+            exc,
+        )
+        return None
+    if not present:
+        return None
+    duration_ms = int((time.monotonic() - started) * 1000)
+    return Outcome(claim, P.REUSED, output=output, duration_ms=duration_ms, reused_from=earlier_id)
+
+
+def output_problem(kind: JobKind, output: dict[str, Any]) -> str | None:
+    """Why an apply's output does not fit the kind (schema or result status), or None."""
+    err = next(iter(schema_validator(kind.output_schema).iter_errors(output)), None)
+    if err is not None:
+        where = "/".join(str(p) for p in err.absolute_path) or "output"
+        return f"output does not match the output schema of {kind.kind} at {where}: {err.message}"
+    if output.get("status") != kind.result_status:
+        return f"output status {output.get('status')!r} is not {kind.result_status!r}"
+    return None
+
+
+def record_outcomes(outcomes: list[Outcome]) -> None:
+    """Write outcomes in one transaction; each write is fenced, so a claim this worker lost
+    changes nothing. Failures retry with backoff while attempts are left (idempotent only)."""
+    todo = [o for o in outcomes if o.state in (P.SUCCEEDED, P.REUSED, P.FAILED)]
+    if not todo:
+        return
+    now = timezone.now()
+    with transaction.atomic():
+        moves: dict[int, dict[str, int]] = {}
+        finals: set[int] = set()
+
+        def moved(c: Claim, target: str) -> None:
+            stage_moves = moves.setdefault(c.stage_pk, {})
+            stage_moves["running"] = stage_moves.get("running", 0) - 1
+            stage_moves[COUNTER[target]] = stage_moves.get(COUNTER[target], 0) + 1
+            if target != P.PENDING:
+                finals.add(c.stage_pk)
+
+        # Succeeded and reused both end with an output; a reused one also names the earlier
+        # partition whose effect it stands on.
+        successes = [o for o in todo if o.state in (P.SUCCEEDED, P.REUSED)]
+        if successes:
+            sql = (
+                f"UPDATE {TABLE} SET state = %s, output = %s, preview = %s, error = NULL,"
+                " reused_from_id = %s, finished_at = %s, duration_ms = %s, lease_owner = '',"
+                " lease_expires_at = NULL WHERE id = %s AND fence = %s AND state = %s"
+            )
+            finished = prep_dt(now)
+            params = [
+                (
+                    o.state,
+                    prep_json("output", o.output),
+                    prep_json("preview", o.preview),
+                    o.reused_from,
+                    finished,
+                    o.duration_ms,
+                    o.claim.partition_id,
+                    o.claim.fence,
+                    P.RUNNING,
+                )
+                for o in successes
+            ]
+            with connection.cursor() as cur:
+                cur.executemany(sql, params)
+                all_changed = cur.rowcount == len(successes)
+            if all_changed:
+                for o in successes:
+                    moved(o.claim, o.state)
+            else:
+                # Some claim was lost meanwhile: find which of ours were written.
+                written = set(
+                    Partition.objects.filter(
+                        pk__in=[o.claim.partition_id for o in successes],
+                        state__in=[P.SUCCEEDED, P.REUSED],
+                        finished_at=now,
+                    ).values_list("id", "fence")
+                )
+                for o in successes:
+                    if (o.claim.partition_id, o.claim.fence) in written:
+                        moved(o.claim, o.state)
+        for o in todo:
+            if o.state != P.FAILED:
+                continue
+            c = o.claim
+            mine = Partition.objects.filter(pk=c.partition_id, fence=c.fence, state=P.RUNNING)
+            error = {**(o.error or {}), "attempt": c.attempt}
+            if not c.non_idempotent and c.attempt < settings.HXO_MAX_ATTEMPTS:
+                backoff_ms = settings.HXO_RETRY_BACKOFF_MS * 2 ** (c.attempt - 1)
+                target = P.PENDING
+                changed = mine.update(
+                    state=P.PENDING,
+                    error=error,
+                    due_at=now + timedelta(milliseconds=backoff_ms),
+                    duration_ms=o.duration_ms,
+                    lease_owner="",
+                    lease_expires_at=None,
+                    finished_at=now,
+                )
+            else:
+                target = P.FAILED
+                changed = mine.update(
+                    state=P.FAILED,
+                    error=error,
+                    duration_ms=o.duration_ms,
+                    lease_owner="",
+                    lease_expires_at=None,
+                    finished_at=now,
+                )
+            if changed:
+                moved(c, target)
+        for stage_pk, delta in moves.items():
+            count_moves(stage_pk, delta)
+        for stage_pk in finals:
+            after_partition_change(stage_pk)
+
+
+def expire_leases(*, run_id: int | None = None, limit: int = 1000) -> int:
+    """Take back partitions whose holder stopped renewing (killed worker, lost host).
+
+    An idempotent one goes back to pending (fence bumped, so the old holder can write nothing);
+    a non-idempotent one, or one with no attempt left, fails: it is never retried
+    automatically, unless its executor finds the effect already recorded at its target
+    (`Executor.applied_output`, e.g. the migration ledger's row): then it succeeds with that
+    output, since the holder committed and died before writing its outcome.
+    """
+    now = timezone.now()
+    qs = Partition.objects.filter(state=P.RUNNING, lease_expires_at__lt=now)
+    if run_id is not None:
+        qs = qs.filter(run_id=run_id)
+    moved = 0
+    contexts: dict[int, RunContext] = {}
+    fields = ("id", "run_id", "fence", "stage_id", "attempts", "non_idempotent")
+    for row in qs.values(*fields)[:limit]:
+        retry = not row["non_idempotent"] and row["attempts"] < settings.HXO_MAX_ATTEMPTS
+        # Asked outside the transaction (it may reach a target database); the fenced update
+        # below makes it count only if the row has not moved on meanwhile.
+        recovered = None if retry else _recover_expired(row, contexts)
+        with transaction.atomic():
+            mine = Partition.objects.filter(pk=row["id"], fence=row["fence"], state=P.RUNNING)
+            if recovered is not None:
+                target = P.SUCCEEDED
+                changed = mine.update(
+                    state=P.SUCCEEDED,
+                    fence=F("fence") + 1,
+                    output=recovered,
+                    error=None,
+                    finished_at=now,
+                    lease_owner="",
+                    lease_expires_at=None,
+                )
+            else:
+                error = {
+                    "code": "lease_expired",
+                    "message": "the worker holding this partition stopped renewing its lease",
+                    "attempt": row["attempts"],
+                }
+                target = P.PENDING if retry else P.FAILED
+                changed = mine.update(
+                    state=target,
+                    fence=F("fence") + 1,
+                    error=error,
+                    due_at=now,
+                    lease_owner="",
+                    lease_expires_at=None,
+                )
+            if changed:
+                moved += 1
+                count_moves(row["stage_id"], {"running": -1, COUNTER[target]: 1})
+                if target != P.PENDING:
+                    after_partition_change(row["stage_id"])
+    return moved
+
+
+def _recover_expired(row: dict[str, Any], contexts: dict[int, RunContext]) -> Any:
+    """The recorded effect's output of an expired partition that would fail, or None."""
+    try:
+        if row["run_id"] not in contexts:
+            contexts[row["run_id"]] = RunContext(row["run_id"])
+        rc = contexts[row["run_id"]]
+        if rc.dry_run:
+            return None
+        inputs, fingerprints, attempts = Partition.objects.values_list(
+            "inputs", "fingerprints", "attempts"
+        ).get(pk=row["id"])
+        claim = Claim(row["id"], row["run_id"], row["stage_id"], row["fence"], attempts, "")
+        stage = rc.stage(row["stage_id"])
+        ctx = build_context(rc, claim, inputs, fingerprints)
+        output = recovered_output(rc.executor(stage.executor), ctx)
+        if output is None or output_problem(rc.kinds[stage.kind], output) is not None:
+            return None
+        return output
+    except Exception:
+        log.warning("partition %s: could not ask for its effect", row["id"], exc_info=True)
+        return None

@@ -1,0 +1,195 @@
+"""Progress: waves within a stage, starting and finishing stages, advancing and finishing runs.
+
+Called inside the transaction that moved a partition to a final state (or by the services
+and the reconciler), so a stage's counters, its state and the next wave's release move
+together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import F
+from django.utils import timezone
+
+from hxo_site.audit import audit
+from runs_app import hashing
+from runs_app.engine import wakeups
+from runs_app.engine.claims import COUNTER, count_moves
+from runs_app.engine.receipts import stage_merkle_root
+from runs_app.models import (
+    Partition,
+    PartitionState,
+    Run,
+    RunMode,
+    RunStage,
+    RunState,
+    StageState,
+)
+from runs_app.transitions import move_run, move_stage
+
+P = PartitionState
+
+
+def after_partition_change(stage_pk: int) -> None:
+    """Called inside the transaction that moved a partition of the stage to a final state."""
+    stage = RunStage.objects.get(pk=stage_pk)
+    if stage.state != StageState.RUNNING:
+        return
+    if stage.failed > stage.max_failed_partitions and stage.pending:
+        cancel_partitions(Partition.objects.filter(stage_id=stage.pk, state=P.PENDING))
+        stage.refresh_from_db()
+    if stage.pending == 0 and stage.running == 0:
+        finish_stage(stage)
+        advance_run(stage.run_id)
+    elif stage.current_wave < stage.max_wave:
+        _maybe_next_wave(stage)
+
+
+def _maybe_next_wave(stage: RunStage) -> None:
+    unfinished = (
+        Partition.objects.filter(stage_id=stage.pk, wave__lte=stage.current_wave)
+        .filter(state__in=[P.PENDING, P.RUNNING])
+        .exists()
+    )
+    if unfinished:
+        return
+    nxt = (
+        Partition.objects.filter(stage_id=stage.pk, wave__gt=stage.current_wave)
+        .order_by("wave")
+        .values_list("wave", flat=True)
+        .first()
+    )
+    if nxt is None:
+        return
+    RunStage.objects.filter(pk=stage.pk, current_wave=stage.current_wave).update(current_wave=nxt)
+    released = Partition.objects.filter(stage_id=stage.pk, wave=nxt, ready=False).update(ready=True)
+    if released:
+        wakeups.wake(stage.run_id, released)
+
+
+def cancel_partitions(qs: Any) -> int:
+    """Cancel pending (and fence out running) partitions, keeping counters exact."""
+    total = 0
+    for state in (P.PENDING, P.RUNNING):
+        rows = list(qs.filter(state=state).values_list("stage_id").distinct())
+        for (stage_pk,) in rows:
+            n = qs.filter(state=state, stage_id=stage_pk).update(
+                state=P.CANCELLED,
+                fence=F("fence") + 1,
+                lease_owner="",
+                lease_expires_at=None,
+                finished_at=timezone.now(),
+            )
+            count_moves(stage_pk, {COUNTER[state]: -n, "cancelled": n})
+            total += n
+    return total
+
+
+def start_stage(stage: RunStage) -> None:
+    """Move a pending stage to running and release its first wave (waking workers); a stage
+    of no partitions finishes at once."""
+    if not move_stage(stage, StageState.RUNNING):
+        return
+    first = (
+        Partition.objects.filter(stage_id=stage.pk, state=P.PENDING)
+        .order_by("wave")
+        .values_list("wave", flat=True)
+        .first()
+    )
+    if first is None:
+        # Nothing to run (a stage of no partitions): finish at once.
+        finish_stage(stage)
+        return
+    RunStage.objects.filter(pk=stage.pk).update(current_wave=first)
+    released = Partition.objects.filter(stage_id=stage.pk, wave=first).update(ready=True)
+    wakeups.wake(stage.run_id, released)
+
+
+def finish_stage(stage: RunStage) -> None:
+    """End a running stage: failed when more partitions failed than it allows, else
+    succeeded; record its Merkle root and whether it breached its SLO."""
+    stage.refresh_from_db()
+    if stage.state != StageState.RUNNING:
+        return
+    over_budget = stage.failed > stage.max_failed_partitions
+    target = StageState.FAILED if over_budget else StageState.SUCCEEDED
+    move_stage(stage, target)
+    root = stage_merkle_root(stage)
+    elapsed_ms = _elapsed_ms(stage)
+    breached = elapsed_ms > stage.slo_ms
+    RunStage.objects.filter(pk=stage.pk).update(merkle_root=root, slo_breached=breached)
+    if breached:
+        Run.objects.filter(pk=stage.run_id).update(slo_breached=True)
+        audit(
+            actor=None,
+            action="stage.slo_breached",
+            object_type="run",
+            object_id=stage.run_id,
+            detail={"stage": stage.stage_id, "elapsed_ms": elapsed_ms, "slo_ms": stage.slo_ms},
+        )
+
+
+def _elapsed_ms(stage: RunStage) -> int:
+    if stage.started_at is None:
+        return 0
+    end = stage.finished_at or timezone.now()
+    return int((end - stage.started_at).total_seconds() * 1000)
+
+
+def advance_run(run_id: int) -> None:
+    """Start stages whose dependencies succeeded, cancel those whose dependencies did not,
+    and finish the run when every stage has ended."""
+    run = Run.objects.get(pk=run_id)
+    if run.state != RunState.RUNNING:
+        return
+    while True:
+        stages = list(RunStage.objects.filter(run_id=run_id).order_by("position"))
+        by_id = {s.stage_id: s for s in stages}
+        changed = False
+        for s in stages:
+            if s.state != StageState.PENDING:
+                continue
+            deps = [by_id[d] for d in s.depends_on if d in by_id]
+            if any(d.state in (StageState.FAILED, StageState.CANCELLED) for d in deps):
+                cancel_partitions(Partition.objects.filter(stage_id=s.pk))
+                s.refresh_from_db()
+                move_stage(s, StageState.CANCELLED)
+                RunStage.objects.filter(pk=s.pk).update(merkle_root=stage_merkle_root(s))
+                changed = True
+            elif all(d.state == StageState.SUCCEEDED for d in deps):
+                start_stage(s)
+                changed = True
+        if not changed:
+            break
+    stages = list(RunStage.objects.filter(run_id=run_id))
+    if all(
+        s.state in (StageState.SUCCEEDED, StageState.FAILED, StageState.CANCELLED) for s in stages
+    ):
+        finish_run(run, stages)
+
+
+def finish_run(run: Run, stages: list[RunStage]) -> None:
+    """End the run once every stage ended: failed, awaiting approval (a dry-run a kind
+    requires) or succeeded, with the Merkle root over its stages' roots; audited."""
+    ordered = sorted(stages, key=lambda s: s.position)
+    root = hashing.merkle_root([s.merkle_root for s in ordered]) if ordered else ""
+    ok = all(s.state == StageState.SUCCEEDED for s in ordered)
+    if not ok:
+        target = RunState.FAILED
+    elif run.mode == RunMode.DRY_RUN and any(
+        snap.get("require_dry_run") for snap in run.kind_snapshots.values()
+    ):
+        target = RunState.AWAITING_APPROVAL
+    else:
+        target = RunState.SUCCEEDED
+    before = run.state
+    if move_run(run, target):
+        Run.objects.filter(pk=run.pk).update(merkle_root=root)
+        audit(
+            actor=None,
+            action=f"run.{target}",
+            obj=run,
+            before={"state": before},
+            after={"state": target, "merkle_root": root},
+        )

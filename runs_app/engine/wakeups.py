@@ -1,0 +1,68 @@
+"""Wake-ups: asking workers to drain a run. A message on the queue is only a hint (docs/
+architecture.md, "The queue only wakes workers"): a lost one is re-sent by the reconciler,
+a duplicate finds nothing to claim.
+
+This module sits below both the engine and `runs_app.tasks`: the engine wakes workers through
+it and `runs_app.tasks` imports the engine, never the other way round. The task is named by
+its dotted path, so nothing here imports `runs_app.tasks`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from runs_app.models import PartitionState, Run, RunState
+
+log = logging.getLogger(__name__)
+
+# The drain task's dotted path for django-q2 (the function lives in runs_app.tasks).
+DRAIN_TASK = "runs_app.tasks.drain"
+
+
+def enqueue_drainers(run_id: int, count: int = 1) -> None:
+    """Put `count` (at least one) drain tasks for the run on the queue. Never raises: with the
+    broker down the reconciler re-sends the wake-up later."""
+    from django_q.tasks import async_task
+
+    try:
+        for _ in range(max(count, 1)):
+            async_task(DRAIN_TASK, run_id, group=f"run-{run_id}")
+    except Exception:
+        # The broker is down (Redis restarting...). A wake-up is only a hint: the run is in
+        # our tables and the reconciler re-sends it, so the request or the drainer that asked
+        # must not fail for it (an API client would see a 500 for a run that was created).
+        log.warning(
+            "could not enqueue a drainer for run %s; the reconciler will", run_id, exc_info=True
+        )
+
+
+def wake(run_id: int, ready: int = 1) -> None:
+    """Ask workers to drain the run, after the transaction commits: as many drainers as
+    partitions became ready (`ready`), at most HXO_MAX_CONCURRENCY; none when `ready` <= 0."""
+    if ready <= 0:
+        return
+    count = min(settings.HXO_MAX_CONCURRENCY, ready)
+    # Looked up at call time, so a test can replace enqueue_drainers on this module.
+    transaction.on_commit(lambda: enqueue_drainers(run_id, count))
+
+
+def requeue_stuck() -> list[int]:
+    """Ids of running runs with something claimable now: the reconciler wakes them again."""
+    now = timezone.now()
+    return list(
+        Run.objects.filter(state=RunState.RUNNING)
+        .filter(
+            Q(
+                partitions__state=PartitionState.PENDING,
+                partitions__ready=True,
+                partitions__due_at__lte=now,
+            )
+        )
+        .values_list("pk", flat=True)
+        .distinct()
+    )
