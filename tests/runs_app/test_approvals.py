@@ -19,7 +19,7 @@ from blueprints_app import codes
 from blueprints_app.capabilities import has_capability
 from blueprints_app.models import JobKind
 from blueprints_app.services import job_kind_save
-from runs_app import services, tasks
+from runs_app import policies, services, tasks
 from runs_app.errors import ServiceError
 from runs_app.models import Approval, AuditEvent, Plan, Run, RunMode, RunState
 from tests.runs_app.test_concurrency import in_threads
@@ -258,7 +258,7 @@ def test_four_eyes_role_matrix(
     inbox = client_for_views(user).get("/approvals/").content.decode()
     page = client_for_views(user).get(f"/runs/{dry.pk}/").content.decode()
     home = client_for_views(user).get("/")
-    blocked = [r.pk for r, _ in services.runs_to_decide(user)[1]]
+    blocked = [r.pk for r, _ in policies.runs_to_decide(user)[1]]
     offered_home = [r.pk for r in home.context["to_decide"]]
     if refused_because:
         with pytest.raises(ServiceError) as refused:
