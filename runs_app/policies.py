@@ -14,6 +14,8 @@ plan pages render it (a button, or the sentence saying why not). The rules:
 - Decide (`may_decide`): hxo:approve, the dry-run awaits approval, the user has not decided
   yet, and the four-eyes rule below lets them.
 
+The approvals behind them (docs/exactly-once.md, section 4):
+
 - Four-eyes over every author: nobody who shaped what the dry-run would run (wrote a stage's
   content, or removed a stage, that no apply reviewed by someone else has run since; see
   `shapers`), nor anyone who requested the dry-run or a dry-run it replays, may decide on
