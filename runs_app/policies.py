@@ -159,24 +159,24 @@ def may_abort(user: Any, run: Run) -> Decision:
 
 @dataclasses.dataclass(frozen=True)
 class ReplayScope:
-    """What a replay of a run would hold: whether it has failed or cancelled partitions, and
-    whether one of them is non-idempotent."""
+    """What a replay of a run would hold: `partitions`, whether the run has failed or
+    cancelled partitions at all, and whether one of them is `non_idempotent`."""
 
-    any: bool
+    partitions: bool
     non_idempotent: bool
 
     @classmethod
     def of_stages(cls, stages: Iterable[RunStage]) -> ReplayScope:
         """From the stages' counters (no query when the stages are loaded): for the pages."""
         redo = [s for s in stages if s.failed or s.cancelled]
-        return cls(any=bool(redo), non_idempotent=any(s.non_idempotent for s in redo))
+        return cls(partitions=bool(redo), non_idempotent=any(s.non_idempotent for s in redo))
 
     @classmethod
     def of_partitions(cls, partitions: QuerySet[Partition]) -> ReplayScope:
         """From the partitions a replay would copy (two queries): for the service."""
         exists = partitions.exists()
         return cls(
-            any=exists,
+            partitions=exists,
             non_idempotent=exists and partitions.filter(non_idempotent=True).exists(),
         )
 
@@ -221,7 +221,7 @@ def may_replay(user: Any, run: Run, scope: ReplayScope) -> Decision:
         return _refuse(
             codes.INVALID_STATE, f"run {run.pk} is {run.state}: only a finished run can be replayed"
         )
-    if not scope.any:
+    if not scope.partitions:
         return _refuse(
             codes.NOTHING_TO_REPLAY, "nothing to replay: no failed or cancelled partitions"
         )

@@ -30,7 +30,7 @@ from tests.runs_app.testkinds import stage
 
 pytestmark = pytest.mark.django_db
 
-SOME = ReplayScope(any=True, non_idempotent=False)
+SOME = ReplayScope(partitions=True, non_idempotent=False)
 
 
 @pytest.fixture
@@ -165,7 +165,7 @@ def test_replaying_needs_the_replay_capability(make_run, viewer) -> None:
 def test_a_run_without_failed_or_cancelled_partitions_has_nothing_to_replay(
     make_run, operator
 ) -> None:
-    nothing = ReplayScope(any=False, non_idempotent=False)
+    nothing = ReplayScope(partitions=False, non_idempotent=False)
 
     decision = policies.may_replay(operator, make_run(RunState.SUCCEEDED), nothing)
 
@@ -198,7 +198,7 @@ def test_a_run_is_replayed_once_and_the_page_points_at_its_replay(
 
 def test_a_non_idempotent_replay_needs_force_merge(make_run, operator, admiral) -> None:
     run = make_run(RunState.FAILED)
-    scope = ReplayScope(any=True, non_idempotent=True)
+    scope = ReplayScope(partitions=True, non_idempotent=True)
 
     decision = refused(policies.may_replay(operator, run, scope), codes.FORCE_MERGE_REQUIRED, 403)
 
