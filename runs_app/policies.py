@@ -1,7 +1,20 @@
-"""Who may decide on a dry-run, and whether an approval still lets an apply through.
+"""The rules of a run: who may abort, replay, apply a dry-run or decide on one, and why not.
 
 One place for rules the services enforce and the pages show, so that a page never offers an
-action the service refuses (issue 11 §4):
+action the service refuses. Each rule is a function returning a `Decision`: the services
+raise its refusal (`Decision.enforce`, with the API's error code and status), the run and
+plan pages render it (a button, or the sentence saying why not). The rules:
+
+- Abort (`may_abort`): hxo:abort, and the run has not finished (`RUN_ACTIVE`).
+- Replay (`may_replay`): hxo:replay, a finished run (`RUN_REPLAYABLE`) with failed or
+  cancelled partitions, no replay of it yet, hxo:force-merge when one of them is
+  non-idempotent, and hxo:submit (a replay is checked like a new run).
+- Apply a dry-run (`may_apply`): the dry-run is approved (or merely succeeded when no kind
+  requires a dry-run), and its approval is unused, not expired and covers every partition.
+- Decide (`may_decide`): hxo:approve, the dry-run awaits approval, the user has not decided
+  yet, and the four-eyes rule below lets them.
+
+The approvals behind them (docs/exactly-once.md, section 4):
 
 - Four-eyes over every author: nobody who shaped what the dry-run would run (wrote a stage's
   content, or removed a stage, that no apply reviewed by someone else has run since; see
@@ -17,21 +30,318 @@ action the service refuses (issue 11 §4):
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from hxo_site import codes
+from hxo_site.capabilities import has_capability
 from hxo_site.errors import ServiceError
 from runs_app.hashing import canonical_json
-from runs_app.models import Approval, Partition, PlanRevision, Run, RunMode, RunState
+from runs_app.models import (
+    Approval,
+    Partition,
+    PlanRevision,
+    Run,
+    RunMode,
+    RunStage,
+    RunState,
+)
+from runs_app.models.engine import RUN_ACTIVE, RUN_REPLAYABLE
 
 # How many uncovered partitions a refusal lists (the count is always complete).
 MAX_LISTED = 20
+
+
+# --- Decisions ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """Whether a user may do something to a run, and if not, why.
+
+    `reason` is the sentence a page shows next to the refused action, or "" when the page
+    does not offer the action at all (the user lacks the capability, or the action does not
+    apply to a run in this state). `code`, `status`, `message`, `errors` and `extra` are the
+    refusal a service raises (`error()`): the API's error code, the HTTP status and the
+    detail, exactly as the API has always answered them.
+    """
+
+    allowed: bool
+    reason: str = ""
+    code: str = ""
+    message: str = ""
+    status: int = 409
+    errors: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def shown(self) -> bool:
+        """The page offers the action: enabled when allowed, else disabled with `reason`."""
+        return self.allowed or bool(self.reason)
+
+    def error(self) -> ServiceError:
+        """The refusal as the services raise it. Only for a refused decision."""
+        assert not self.allowed, "an allowed decision has no refusal"
+        return ServiceError(
+            self.message,
+            code=self.code,
+            status=self.status,
+            errors=list(self.errors),
+            extra=dict(self.extra),
+        )
+
+    def enforce(self) -> None:
+        """Raise the refusal (`ServiceError`) unless allowed."""
+        if not self.allowed:
+            raise self.error()
+
+    @classmethod
+    def refused(cls, error: ServiceError, reason: str = "") -> Decision:
+        """A refusal carrying a service's `error` as it is, with the page's `reason`."""
+        return cls(
+            allowed=False,
+            reason=reason,
+            code=error.code,
+            message=error.message,
+            status=error.status,
+            errors=list(error.errors),
+            extra=dict(error.extra),
+        )
+
+
+ALLOWED = Decision(allowed=True)
+
+
+def _refuse(code: str, message: str, *, reason: str = "", status: int = 409) -> Decision:
+    return Decision(allowed=False, reason=reason, code=code, message=message, status=status)
+
+
+def capability(user: Any, name: str, *, reason: str = "") -> Decision:
+    """`user` holds hxo:`name`; refused: 403 `permission_denied` (the page shows `reason`).
+
+    Raises KeyError for an unknown capability name."""
+    if has_capability(user, name):
+        return ALLOWED
+    return _refuse(
+        codes.PERMISSION_DENIED,
+        f"this needs the hxo:{name} capability",
+        reason=reason,
+        status=403,
+    )
+
+
+# --- Abort ----------------------------------------------------------------------------------
+
+
+def may_abort(user: Any, run: Run) -> Decision:
+    """hxo:abort (403 `permission_denied`), and `run` has not finished (409 `invalid_state`).
+
+    The service asks with the run's row locked, so the state is the one it moves from."""
+    decision = capability(user, "abort")
+    if not decision.allowed:
+        return decision
+    if run.state not in RUN_ACTIVE:
+        return _refuse(
+            codes.INVALID_STATE, f"run {run.pk} is {run.state}: only a running run can be aborted"
+        )
+    return ALLOWED
+
+
+# --- Replay ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayScope:
+    """What a replay of a run would hold: `partitions`, whether the run has failed or
+    cancelled partitions at all, and whether one of them is `non_idempotent`."""
+
+    partitions: bool
+    non_idempotent: bool
+
+    @classmethod
+    def of_stages(cls, stages: Iterable[RunStage]) -> ReplayScope:
+        """From the stages' counters (no query when the stages are loaded): for the pages."""
+        redo = [s for s in stages if s.failed or s.cancelled]
+        return cls(partitions=bool(redo), non_idempotent=any(s.non_idempotent for s in redo))
+
+    @classmethod
+    def of_partitions(cls, partitions: QuerySet[Partition]) -> ReplayScope:
+        """From the partitions a replay would copy (two queries): for the service."""
+        exists = partitions.exists()
+        return cls(
+            partitions=exists,
+            non_idempotent=exists and partitions.filter(non_idempotent=True).exists(),
+        )
+
+
+def replay_conflict(run: Run) -> Decision:
+    """A run has at most one replay: refused while it runs (409 `replay_in_progress`) and
+    after it finished (409 `already_replayed`); `extra["run"]` names it either way. One
+    query."""
+    child = Run.objects.filter(parent=run).only("id", "state").first()
+    if child is None:
+        return ALLOWED
+    # The pages say the same for both: the way on is that replay.
+    reason = f"This run was replayed by run #{child.pk}: replay that run instead."
+    if not child.is_finished:
+        code = codes.REPLAY_IN_PROGRESS
+        message = f"run {run.pk} is being replayed by run {child.pk}: wait for it to finish"
+    else:
+        code = codes.ALREADY_REPLAYED
+        message = f"run {run.pk} was replayed by run {child.pk}: replay run {child.pk} instead"
+    return Decision(
+        allowed=False,
+        reason=reason,
+        code=code,
+        message=message,
+        errors=[{"path": "run", "code": code, "message": f"run {child.pk}"}],
+        extra={"run": child.pk},
+    )
+
+
+def may_replay(user: Any, run: Run, scope: ReplayScope) -> Decision:
+    """May `user` replay `run`, whose failed and cancelled partitions are `scope`?
+
+    In the order the service refuses: hxo:replay (403 `permission_denied`); a finished run
+    (409 `invalid_state`); something to replay (409 `nothing_to_replay`); no replay of it
+    yet (`replay_conflict`); hxo:force-merge when a partition to replay is non-idempotent
+    (403 `force_merge_required`); hxo:submit (403 `permission_denied`). Passing these, the
+    service still checks the revision like a new run (sunset kinds and components)."""
+    decision = capability(user, "replay")
+    if not decision.allowed:
+        return decision
+    if run.state not in RUN_REPLAYABLE:
+        return _refuse(
+            codes.INVALID_STATE, f"run {run.pk} is {run.state}: only a finished run can be replayed"
+        )
+    if not scope.partitions:
+        return _refuse(
+            codes.NOTHING_TO_REPLAY, "nothing to replay: no failed or cancelled partitions"
+        )
+    decision = replay_conflict(run)
+    if not decision.allowed:
+        return decision
+    if scope.non_idempotent and not has_capability(user, "force-merge"):
+        return _refuse(
+            codes.FORCE_MERGE_REQUIRED,
+            "the replay holds non-idempotent partitions: it needs hxo:force-merge",
+            reason="The partitions to replay are non-idempotent: a replay needs the "
+            "hxo:force-merge capability.",
+            status=403,
+        )
+    return capability(
+        user,
+        "submit",
+        reason="A replay is checked like a new run: it needs the hxo:submit capability.",
+    )
+
+
+# --- Apply a dry-run ------------------------------------------------------------------------
+
+
+def may_apply(
+    dry_run: Run, *, approval_required: bool, latest_number: int | None = None
+) -> Decision:
+    """May an apply run what `dry_run` reviewed?
+
+    `approval_required`: a kind of the plan requires a dry-run (then only an approved one
+    lets an apply through; otherwise a succeeded one does too). `latest_number`: the plan's
+    latest revision number, for a page that cannot afford the service's digest check (a
+    dry-run of an older revision is refused as 409 `stale_plan`). Refusals (409):
+    `dry_run_not_approved`, then those of `apply_refusal` (`approval_used`,
+    `approval_expired`, `approval_incomplete`). hxo:submit is the caller's to check (the
+    service checks it with the plan's validity). Queries: none for a refused state (the
+    approvals of a dry-run awaiting them are counted from its prefetched `approvals`), else
+    those of `apply_refusal`."""
+    acceptable = (
+        {RunState.APPROVED} if approval_required else {RunState.APPROVED, RunState.SUCCEEDED}
+    )
+    if dry_run.state not in acceptable:
+        reason = ""
+        if dry_run.state == RunState.AWAITING_APPROVAL:
+            approved = sum(
+                1 for a in dry_run.approvals.all() if a.decision == Approval.Decision.APPROVE
+            )
+            reason = (
+                "Apply becomes possible once the dry-run is approved "
+                f"({approved} of {dry_run.required_approvals} approvals)."
+            )
+        elif dry_run.state == RunState.REJECTED:
+            reason = "This dry-run was rejected: change the plan and dry-run again."
+        return _refuse(
+            codes.DRY_RUN_NOT_APPROVED,
+            f"dry-run {dry_run.pk} is {dry_run.state}, not approved",
+            reason=reason,
+        )
+    if latest_number is not None and dry_run.revision.number != latest_number:
+        number = dry_run.revision.number
+        return _refuse(
+            codes.STALE_PLAN,
+            f"the plan changed since dry-run {dry_run.pk}: it is at revision {latest_number}, "
+            f"the dry-run is of revision {number}",
+            reason=f"The plan changed since this dry-run (it is at revision {latest_number}, "
+            f"this dry-run is of revision {number}): start a new dry-run.",
+        )
+    refusal = apply_refusal(dry_run, approval_required=approval_required)
+    if refusal is not None:
+        # The service's own sentence (used, expired, partly covered), as a page sentence.
+        reason = f"{refusal.message[0].upper()}{refusal.message[1:]}."
+        return Decision.refused(refusal, reason)
+    return ALLOWED
+
+
+# --- Decide on a dry-run ----------------------------------------------------------------------
+
+
+def four_eyes(user: Any, run: Run) -> Decision:
+    """The four-eyes rule (see "Four-eyes" below): refused, 403 `self_approval_forbidden`."""
+    why = self_approval_reason(run, user)
+    if not why:
+        return ALLOWED
+    return _refuse(
+        codes.SELF_APPROVAL_FORBIDDEN,
+        f"four-eyes rule: {why}",
+        reason=f"You cannot decide on this dry-run: {why} (four-eyes rule).",
+        status=403,
+    )
+
+
+def decision_open(run: Run, *, mine: Approval | None, decision: str | None = None) -> Decision:
+    """`run` awaits approval (409 `invalid_state`) and `mine`, the user's own decision on it
+    if any, is not another decision than `decision` (409 `already_decided`; the same decision
+    again is allowed: it counts once). The pages pass no `decision`: any decision made closes
+    it for that user. Neither refusal has a page sentence: the page shows the run's state or
+    the user's decision instead."""
+    if run.state != RunState.AWAITING_APPROVAL:
+        return _refuse(codes.INVALID_STATE, f"run {run.pk} is {run.state}, not awaiting approval")
+    if mine is not None and mine.decision != decision:
+        return _refuse(
+            codes.ALREADY_DECIDED, f"you already decided on run {run.pk}: {mine.decision}"
+        )
+    return ALLOWED
+
+
+def may_decide(user: Any, run: Run, *, mine: Approval | None) -> Decision:
+    """May `user` approve or reject `run`? hxo:approve, `decision_open`, then `four_eyes`
+    (queried only for a dry-run the user could otherwise decide on). `mine`: the user's own
+    approval of `run`, if any.
+
+    The service asks the four-eyes rule first, before it locks the run (a refused author is
+    audited whatever the run's state), and `decision_open` under the lock."""
+    decision = capability(user, "approve")
+    if not decision.allowed:
+        return decision
+    decision = decision_open(run, mine=mine)
+    if not decision.allowed:
+        return decision
+    return four_eyes(user, run)
 
 
 # --- Lineage ------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from blueprints_app.validation import ValidationResult, load_kinds, python_value
 from blueprints_app.versions import kinds_at
 from hxo_site import codes
 from hxo_site.audit import audit
-from hxo_site.capabilities import has_capability
 from hxo_site.errors import ServiceError
 from runs_app import policies
 from runs_app.engine import progress
@@ -26,7 +25,6 @@ from runs_app.manifest import ResolvedManifest, diff_against_run, resolve_manife
 from runs_app.models import (
     Approval,
     Partition,
-    PartitionState,
     Plan,
     PlanRevision,
     Run,
@@ -35,21 +33,15 @@ from runs_app.models import (
     RunState,
     StageState,
 )
-from runs_app.policies import runs_to_decide, self_approval_reason
+from runs_app.models.engine import PARTITION_REDO, STAGE_TERMINAL
 from runs_app.transitions import move_run, move_stage
-
-__all__ = ["runs_to_decide", "self_approval_reason"]  # re-exported: the pages ask here
 
 BULK = 2000
 
 
 def _require(actor: Any, capability: str) -> None:
-    if not has_capability(actor, capability):
-        raise ServiceError(
-            f"this needs the hxo:{capability} capability",
-            code=codes.PERMISSION_DENIED,
-            status=403,
-        )
+    """403 `permission_denied` unless `actor` holds hxo:`capability`."""
+    policies.capability(actor, capability).enforce()
 
 
 def _invalid(result: ValidationResult) -> ServiceError:
@@ -535,21 +527,17 @@ def run_apply(
             code=codes.DRY_RUN_REQUIRED,
             status=409,
         )
-    if dry_run is not None:
-        acceptable = {RunState.APPROVED} if needs else {RunState.APPROVED, RunState.SUCCEEDED}
-        if dry_run.state not in acceptable:
-            _refuse(actor, plan, client_ip, codes.DRY_RUN_NOT_APPROVED)
-            raise ServiceError(
-                f"dry-run {dry_run.pk} is {dry_run.state}, not approved",
-                code=codes.DRY_RUN_NOT_APPROVED,
-                status=409,
-            )
     consumed: Run | None = None
     if dry_run is not None:
-        refusal = policies.apply_refusal(dry_run, approval_required=bool(needs))
-        if refusal is not None:
-            _refuse(actor, plan, client_ip, refusal.code, {"dry_run": dry_run.pk, **refusal.extra})
-            raise refusal
+        applicable = policies.may_apply(dry_run, approval_required=bool(needs))
+        if not applicable.allowed:
+            detail = (
+                None
+                if applicable.code == codes.DRY_RUN_NOT_APPROVED
+                else {"dry_run": dry_run.pk, **applicable.extra}
+            )
+            _refuse(actor, plan, client_ip, applicable.code, detail)
+            applicable.enforce()
         consumed = policies.lineage_root(dry_run)
     resolved = resolve_manifest(revision, kinds)
     if dry_run is not None and resolved.digest != dry_run.digest:
@@ -648,31 +636,17 @@ def _decide(*, run: Run, actor: Any, decision: str, comment: str, client_ip: str
             code=codes.INVALID_VALUE,
             errors=[{"path": "comment", "code": codes.INVALID_VALUE, "message": "invalid"}],
         )
-    reason = self_approval_reason(run, actor)
-    if reason:
-        _refuse(actor, run.plan, client_ip, codes.SELF_APPROVAL_FORBIDDEN, {"run": run.pk})
-        raise ServiceError(
-            f"four-eyes rule: {reason}",
-            code=codes.SELF_APPROVAL_FORBIDDEN,
-            status=403,
-        )
+    # Four-eyes before the lock: a refused author is audited whatever the run's state.
+    eyes = policies.four_eyes(actor, run)
+    if not eyes.allowed:
+        _refuse(actor, run.plan, client_ip, eyes.code, {"run": run.pk})
+        eyes.enforce()
     with transaction.atomic():
         locked = Run.objects.select_for_update().get(pk=run.pk)
-        if locked.state != RunState.AWAITING_APPROVAL:
-            raise ServiceError(
-                f"run {run.pk} is {locked.state}, not awaiting approval",
-                code=codes.INVALID_STATE,
-                status=409,
-            )
         mine = Approval.objects.filter(run=locked, user=actor).first()
+        policies.decision_open(locked, mine=mine, decision=decision).enforce()
         if mine is not None:
-            if mine.decision == decision:
-                return locked  # the same decision twice counts once
-            raise ServiceError(
-                f"you already decided on run {run.pk}: {mine.decision}",
-                code=codes.ALREADY_DECIDED,
-                status=409,
-            )
+            return locked  # the same decision twice counts once
         Approval.objects.create(
             run=locked, user=actor, decision=decision, comment=comment, digest=locked.digest
         )
@@ -705,21 +679,16 @@ def _decide(*, run: Run, actor: Any, decision: str, comment: str, client_ip: str
 def run_abort(*, run: Run, actor: Any, client_ip: str | None = None) -> Run:
     """Stop new claims and cancel pending partitions; running ones are fenced out and stop at
     their next heartbeat."""
-    _require(actor, "abort")
+    # Refused before the lock when it can be (no capability, already finished), and asked
+    # again under it: the state the abort moves from is the locked one.
+    policies.may_abort(actor, run).enforce()
     with transaction.atomic():
         locked = Run.objects.select_for_update().get(pk=run.pk)
-        if locked.state not in (RunState.PENDING, RunState.PARTITIONING, RunState.RUNNING):
-            raise ServiceError(
-                f"run {run.pk} is {locked.state}: only a running run can be aborted",
-                code=codes.INVALID_STATE,
-                status=409,
-            )
+        policies.may_abort(actor, locked).enforce()
         before = locked.state
         move_run(locked, RunState.ABORTED)
         cancelled = progress.cancel_partitions(Partition.objects.filter(run=locked))
-        for stage in RunStage.objects.filter(run=locked).exclude(
-            state__in=[StageState.SUCCEEDED, StageState.FAILED, StageState.CANCELLED]
-        ):
+        for stage in RunStage.objects.filter(run=locked).exclude(state__in=STAGE_TERMINAL):
             move_stage(stage, StageState.CANCELLED)
         audit(
             actor=actor,
@@ -745,64 +714,26 @@ def run_replay(*, run: Run, actor: Any, client_ip: str | None = None) -> Run:
     another replay is 409 `replay_in_progress` while that one runs and `already_replayed`
     (extra `run`: the replay to replay instead) after it finished.
     """
-    _require(actor, "replay")
-    if run.state not in (RunState.FAILED, RunState.ABORTED, RunState.SUCCEEDED):
-        raise ServiceError(
-            f"run {run.pk} is {run.state}: only a finished run can be replayed",
-            code=codes.INVALID_STATE,
-            status=409,
-        )
-    _refuse_second_replay(run)
-    redo_states = [PartitionState.FAILED, PartitionState.CANCELLED]
-    parts = Partition.objects.filter(run=run, state__in=redo_states)
-    if not parts.exists():
-        raise ServiceError(
-            "nothing to replay: no failed or cancelled partitions",
-            code=codes.NOTHING_TO_REPLAY,
-            status=409,
-        )
-    if parts.filter(non_idempotent=True).exists() and not has_capability(actor, "force-merge"):
-        _refuse(actor, run.plan, client_ip, codes.FORCE_MERGE_REQUIRED, {"run": run.pk})
-        raise ServiceError(
-            "the replay holds non-idempotent partitions: it needs hxo:force-merge",
-            code=codes.FORCE_MERGE_REQUIRED,
-            status=403,
-        )
+    _require(actor, "replay")  # before the partitions are read
+    parts = Partition.objects.filter(run=run, state__in=PARTITION_REDO)
+    allowed = policies.may_replay(actor, run, policies.ReplayScope.of_partitions(parts))
+    if not allowed.allowed:
+        if allowed.code == codes.FORCE_MERGE_REQUIRED:
+            _refuse(actor, run.plan, client_ip, allowed.code, {"run": run.pk})
+        allowed.enforce()
     _check_submit(actor, run.revision)
     try:
         return _create_replay(run, parts, actor, client_ip)
     except IntegrityError:
-        _refuse_second_replay(run)  # the unique parent: another replay was stored first
+        # The unique parent: another replay was stored first.
+        policies.replay_conflict(run).enforce()
         raise
-
-
-def _refuse_second_replay(run: Run) -> None:
-    child = Run.objects.filter(parent=run).only("id", "state").first()
-    if child is None:
-        return
-    if not child.is_finished:
-        raise ServiceError(
-            f"run {run.pk} is being replayed by run {child.pk}: wait for it to finish",
-            code=codes.REPLAY_IN_PROGRESS,
-            status=409,
-            errors=[
-                {"path": "run", "code": codes.REPLAY_IN_PROGRESS, "message": f"run {child.pk}"}
-            ],
-            extra={"run": child.pk},
-        )
-    raise ServiceError(
-        f"run {run.pk} was replayed by run {child.pk}: replay run {child.pk} instead",
-        code=codes.ALREADY_REPLAYED,
-        status=409,
-        errors=[{"path": "run", "code": codes.ALREADY_REPLAYED, "message": f"run {child.pk}"}],
-        extra={"run": child.pk},
-    )
 
 
 def _create_replay(run: Run, parts: Any, actor: Any, client_ip: str | None) -> Run:
     with transaction.atomic():
         Run.objects.select_for_update().filter(pk=run.pk).first()
-        _refuse_second_replay(run)
+        policies.replay_conflict(run).enforce()
         child = Run.objects.create(
             plan=run.plan,
             revision=run.revision,

@@ -36,6 +36,11 @@ RUN_TERMINAL = {
 }
 # A run in one of these states has finished executing (awaiting_approval included).
 RUN_FINISHED = RUN_TERMINAL | {RunState.AWAITING_APPROVAL}
+# Not finished yet: may still claim partitions, so an abort applies (the rest of the states
+# are RUN_FINISHED).
+RUN_ACTIVE = {RunState.PENDING, RunState.PARTITIONING, RunState.RUNNING}
+# Finished executing without waiting on a decision: a replay may start from these.
+RUN_REPLAYABLE = {RunState.SUCCEEDED, RunState.FAILED, RunState.ABORTED}
 
 
 class StageState(models.TextChoices):
@@ -59,7 +64,9 @@ class PartitionState(models.TextChoices):
 
 
 PARTITION_DONE = {PartitionState.SUCCEEDED, PartitionState.REUSED}
-PARTITION_TERMINAL = PARTITION_DONE | {PartitionState.FAILED, PartitionState.CANCELLED}
+# Ended without a result: what a replay runs again.
+PARTITION_REDO = {PartitionState.FAILED, PartitionState.CANCELLED}
+PARTITION_TERMINAL = PARTITION_DONE | PARTITION_REDO
 
 
 class Plan(models.Model):

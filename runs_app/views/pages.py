@@ -19,7 +19,8 @@ from hxo_site.models import AuditEvent
 from runs_app import forms as f
 from runs_app import policies, selectors
 from runs_app import search as search_index
-from runs_app.models import Plan, Run, RunState
+from runs_app.models import Plan, Run
+from runs_app.models.engine import RUN_ACTIVE
 from runs_app.views.common import filter_values, page, paginate, query_without_page, require
 
 SEARCH_LIMIT = 50
@@ -37,14 +38,13 @@ def home(request: HttpRequest) -> HttpResponse:
     if has_capability(user, "approve"):
         context["to_decide"] = [run for run, _ in policies.runs_to_decide(user)[0]][:10]
     if context["can_view"]:
-        active = [RunState.PENDING, RunState.PARTITIONING, RunState.RUNNING]
         context["active_runs"] = list(
-            Run.objects.filter(state__in=active)
+            Run.objects.filter(state__in=RUN_ACTIVE)
             .select_related("plan", "requested_by")
             .order_by("-id")[:10]
         )
         context["recent_runs"] = list(
-            Run.objects.exclude(state__in=active)
+            Run.objects.exclude(state__in=RUN_ACTIVE)
             .select_related("plan", "requested_by")
             .order_by("-id")[:10]
         )

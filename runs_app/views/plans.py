@@ -82,6 +82,9 @@ class ApplyOption:
 
 
 def apply_option(plan: Plan, revision: PlanRevision, kinds: dict[str, JobKind]) -> ApplyOption:
+    """Whether the plan page offers Apply of `revision` (for a user holding hxo:submit): at
+    once when none of its `kinds` requires a dry-run, else with its newest applicable dry-run
+    when `policies.may_apply` lets it through; otherwise why not."""
     needs = sorted(
         {
             s["kind"]
@@ -99,6 +102,17 @@ def apply_option(plan: Plan, revision: PlanRevision, kinds: dict[str, JobKind]) 
             reason=f"{', '.join(needs)} must be dry-run and approved before it is applied: "
             f"start a dry-run of revision {revision.number}.",
         )
+    decision = policies.may_apply(candidate, approval_required=True)
+    if decision.allowed:
+        return ApplyOption(available=True, dry_run=candidate, needs_dry_run=needs)
+    if decision.code != codes.DRY_RUN_NOT_APPROVED:
+        # What the apply service would refuse (used, expired, partly covered), in its words.
+        return ApplyOption(
+            available=False,
+            needs_dry_run=needs,
+            reason=f"Dry-run #{candidate.pk}: {decision.message}.",
+        )
+    # Not approved: this page names the dry-run (the run page says it in its own words).
     if candidate.state == RunState.AWAITING_APPROVAL:
         return ApplyOption(
             available=False,
@@ -106,16 +120,6 @@ def apply_option(plan: Plan, revision: PlanRevision, kinds: dict[str, JobKind]) 
             needs_dry_run=needs,
             reason=f"Dry-run #{candidate.pk} is waiting for approval.",
         )
-    if candidate.state == RunState.APPROVED:
-        refusal = policies.apply_refusal(candidate, approval_required=True)
-        if refusal is not None:
-            # What the apply service would refuse: used, expired or partly covered.
-            return ApplyOption(
-                available=False,
-                needs_dry_run=needs,
-                reason=f"Dry-run #{candidate.pk}: {refusal.message}.",
-            )
-        return ApplyOption(available=True, dry_run=candidate, needs_dry_run=needs)
     return ApplyOption(
         available=False,
         needs_dry_run=needs,

@@ -28,7 +28,6 @@ from runs_app.models import (
     Partition,
     Run,
     RunMode,
-    RunState,
 )
 from runs_app.views.common import (
     filter_values,
@@ -41,7 +40,6 @@ from runs_app.views.plans import done, new_key, refused
 
 DETAIL = "hxo/runs/detail.html"
 PARTITIONS_PER_PAGE = 25
-RUNNING = {RunState.PENDING, RunState.PARTITIONING, RunState.RUNNING}
 
 
 def get_run(pk: int) -> Run:
@@ -101,67 +99,26 @@ class RunActions:
 
 
 def run_actions(user: Any, run: Run) -> RunActions:
+    """What `user` may do on `run`, as the policies decide it (the services refuse the same).
+
+    `run` with its stages, approvals, plan and revision loaded (`selectors.run_with_stages`):
+    then only the policies' own queries are made (four-eyes, the approval checks of an
+    applicable dry-run, the replay of a replayable one)."""
     actions = RunActions()
-    approvals = list(run.approvals.all())
-    if has_capability(user, "approve") and run.mode == RunMode.DRY_RUN:
-        actions.my_decision = next((a for a in approvals if a.user_id == user.pk), None)
-        if run.state == RunState.AWAITING_APPROVAL and actions.my_decision is None:
-            actions.decide = True
-            reason = policies.self_approval_reason(run, user)
-            if reason:
-                actions.decide_blocked = (
-                    f"You cannot decide on this dry-run: {reason} (four-eyes rule)."
-                )
-    if has_capability(user, "submit") and run.mode == RunMode.DRY_RUN:
-        requires = any(s.get("require_dry_run") for s in run.kind_snapshots.values())
-        latest = run.plan.latest_number
-        if run.state == RunState.APPROVED or (run.state == RunState.SUCCEEDED and not requires):
-            refusal = policies.apply_refusal(run, approval_required=requires)
-            if run.revision.number != latest:
-                actions.apply_blocked = (
-                    f"The plan changed since this dry-run (it is at revision {latest}, this "
-                    f"dry-run is of revision {run.revision.number}): start a new dry-run."
-                )
-            elif refusal is not None:
-                # What the apply service would refuse (used, expired, partly covered).
-                actions.apply_blocked = f"{refusal.message[0].upper()}{refusal.message[1:]}."
-            else:
-                actions.apply = True
-        elif run.state == RunState.AWAITING_APPROVAL:
-            approved = sum(1 for a in approvals if a.decision == Approval.Decision.APPROVE)
-            actions.apply_blocked = (
-                f"Apply becomes possible once the dry-run is approved "
-                f"({approved} of {run.required_approvals} approvals)."
-            )
-        elif run.state == RunState.REJECTED:
-            actions.apply_blocked = "This dry-run was rejected: change the plan and dry-run again."
-    if has_capability(user, "abort") and run.state in RUNNING:
-        actions.abort = True
-    if has_capability(user, "replay") and run.state in (
-        RunState.FAILED,
-        RunState.ABORTED,
-        RunState.SUCCEEDED,
-    ):
-        stages = list(run.run_stages.all())
-        redo = [s for s in stages if s.failed or s.cancelled]
-        replayed_by = run.replays.only("id").first() if redo else None
-        if replayed_by is not None:
-            # One replay per run (services.run_replay): a replay that failed is replayed.
-            actions.replay_blocked = (
-                f"This run was replayed by run #{replayed_by.pk}: replay that run instead."
-            )
-        elif redo and not has_capability(user, "submit"):
-            actions.replay_blocked = (
-                "A replay is checked like a new run: it needs the hxo:submit capability."
-            )
-        elif redo:
-            if any(s.non_idempotent for s in redo) and not has_capability(user, "force-merge"):
-                actions.replay_blocked = (
-                    "The partitions to replay are non-idempotent: a replay needs the "
-                    "hxo:force-merge capability."
-                )
-            else:
-                actions.replay = True
+    if run.mode == RunMode.DRY_RUN and has_capability(user, "approve"):
+        actions.my_decision = next((a for a in run.approvals.all() if a.user_id == user.pk), None)
+        decide = policies.may_decide(user, run, mine=actions.my_decision)
+        actions.decide, actions.decide_blocked = decide.shown, decide.reason
+    if run.mode == RunMode.DRY_RUN and has_capability(user, "submit"):
+        apply = policies.may_apply(
+            run,
+            approval_required=any(s.get("require_dry_run") for s in run.kind_snapshots.values()),
+            latest_number=run.plan.latest_number,
+        )
+        actions.apply, actions.apply_blocked = apply.allowed, apply.reason
+    actions.abort = policies.may_abort(user, run).allowed
+    replay = policies.may_replay(user, run, policies.ReplayScope.of_stages(run.run_stages.all()))
+    actions.replay, actions.replay_blocked = replay.allowed, replay.reason
     return actions
 
 

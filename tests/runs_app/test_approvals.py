@@ -21,7 +21,7 @@ from hxo_site import codes
 from hxo_site.capabilities import has_capability
 from hxo_site.errors import ServiceError
 from hxo_site.models import AuditEvent
-from runs_app import services, tasks
+from runs_app import policies, services, tasks
 from runs_app.models import Approval, Plan, Run, RunMode, RunState
 from tests.runs_app.test_concurrency import in_threads
 from tests.runs_app.testkinds import TEST_KIND, TEST_KIND_NOAPPROVAL, effects, stage
@@ -259,7 +259,7 @@ def test_four_eyes_role_matrix(
     inbox = client_for_views(user).get("/approvals/").content.decode()
     page = client_for_views(user).get(f"/runs/{dry.pk}/").content.decode()
     home = client_for_views(user).get("/")
-    blocked = [r.pk for r, _ in services.runs_to_decide(user)[1]]
+    blocked = [r.pk for r, _ in policies.runs_to_decide(user)[1]]
     offered_home = [r.pk for r in home.context["to_decide"]]
     if refused_because:
         with pytest.raises(ServiceError) as refused:
