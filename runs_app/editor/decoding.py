@@ -120,7 +120,14 @@ def _set(target: dict[str, Any], tokens: list[str | int], value: Any) -> None:
 
 
 def document_from_post(data: QueryDict) -> EditorInput:
-    """Rebuild the plan document from a posted editor form, stages in the order posted."""
+    """Rebuild the plan document from a posted editor form, stages in the order posted.
+
+    Out: `EditorInput.document` is `{"name", "description", "stages": [...]}`, each stage in
+    the shape of `runs_app.manifest.stage_document` (stages posted but not listed in
+    `_stages` come last); what did not parse is in `problems`, its path renumbered to the
+    stage's position. Raises `parameters.ParameterError` (a 400) when `_stages` is not a
+    list of indexes: only a forged form sends that.
+    """
     problems: list[Issue] = []
     order = [parameters.parse_int(i, name="_stages") for i in data.getlist("_stages")]
     stages: dict[int, dict[str, Any]] = {i: {} for i in order}

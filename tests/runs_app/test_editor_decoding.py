@@ -4,12 +4,15 @@ parse problems renumbered to match, and each stage has the one stage shape."""
 
 from __future__ import annotations
 
+import pytest
 from django.http import QueryDict
 
+from blueprints_app.parameters import ParameterError
 from runs_app.editor import (
     INVALID_JSON,
     INVALID_NUMBER,
     document_from_post,
+    editable_document,
     for_validation,
     parse_json_document,
 )
@@ -178,3 +181,32 @@ def test_imported_json_text_parses_or_says_where_it_broke() -> None:
     assert (problem.path, problem.code) == ("plan", INVALID_JSON)
     assert "line 1, column 7" in problem.message
     assert parse_json_document("  ")[1].code == INVALID_JSON
+
+
+def test_a_forged_stage_order_is_a_bad_request() -> None:
+    with pytest.raises(ParameterError):
+        document_from_post(post(("_stages", "first")))
+
+
+def test_a_document_opens_in_the_editor_as_a_copy_in_the_one_stage_shape() -> None:
+    stored = {"stages": [{"id": "s", "slo_ms": None, "params": {"x": [1]}}, "not a stage"]}
+
+    editable = editable_document(stored)
+
+    assert editable == {
+        "name": "",
+        "description": "",
+        "stages": [
+            {
+                "id": "s",
+                "kind": "",
+                "partitioner": "",
+                "executor": "",
+                "params": {"x": [1]},
+                "depends_on": [],
+                "slo_ms": None,  # kept: the validator decides what a null means
+            }
+        ],
+    }
+    editable["stages"][0]["params"]["x"].append(2)
+    assert stored["stages"][0]["params"] == {"x": [1]}
