@@ -1,4 +1,9 @@
-"""Resolving a plan revision into its manifest, the run digest, and diffs between manifests.
+"""Plan documents: the one shape of a stage and of a stored plan, a revision resolved into
+its manifest, the run digest, and diffs between manifests.
+
+`stage_document` is the one normaliser of a stage: the editor, the services (what a revision
+stores, `plan_document`) and the engine (what an executor sees, `run_stage_document`) all
+shape a stage through it.
 
 The manifest is what partitioners make of a revision right now: partitions with inputs and
 content fingerprints. The digest covers the revision, the kinds' versions and the manifest, so
@@ -20,6 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
@@ -32,7 +38,7 @@ from blueprints_app.registry import (
     PartitionSpec,
     get_partitioner,
 )
-from blueprints_app.validation import schema_validator
+from blueprints_app.validation import python_values, schema_validator
 from blueprints_app.versions import kinds_at, safety_policy
 from hxo_site import codes
 from hxo_site.errors import ServiceError
@@ -43,6 +49,76 @@ from runs_app.workspaces import get_workspace
 
 MAX_DIFF_ITEMS = 50
 IDENTITIES = "identities"  # manifest key: each workspace/target param → {name, identity}
+
+
+# --- The stage document ------------------------------------------------------------------
+
+# A stage's fields in the order they are stored: the four names every stage has, its params
+# and dependencies, then the settings a stage may leave unset (the kind's default applies).
+STAGE_NAMES = ("id", "kind", "partitioner", "executor")
+STAGE_SETTINGS = ("slo_ms", "non_idempotent", "max_failed_partitions")
+
+
+def stage_document(stage: Mapping[str, Any], *, keep_null: bool = False) -> dict[str, Any]:
+    """The one shape of a stage document, for the editor, the services and the engine.
+
+    In: a mapping with any of a stage's fields (a validated plan's stage, a stage decoded
+    from the editor's form, a run's pinned row). Out: a new dict, keys in this order:
+    `id`, `kind`, `partitioner`, `executor` (`""` when missing), `params` (`{}` when missing
+    or empty), `depends_on` (a copy of the list, `[]` when missing or empty), then each of
+    `slo_ms`, `non_idempotent`, `max_failed_partitions` that is set. Other keys are dropped.
+
+    A setting given as null is unset (the validator reads it so) and is dropped, unless
+    `keep_null`: the editor keeps what the author wrote until it is validated, so a null the
+    validator refuses (`non_idempotent`) is reported at its field. A value of the wrong type
+    (a `depends_on` that is not a list) is kept as it is, for the validator to report.
+    Nothing here raises; the values are not copied (`params` is the caller's dict).
+    """
+    out: dict[str, Any] = {name: stage.get(name, "") for name in STAGE_NAMES}
+    out["params"] = stage.get("params") or {}
+    depends_on = stage.get("depends_on") or []
+    out["depends_on"] = list(depends_on) if isinstance(depends_on, list) else depends_on
+    for name in STAGE_SETTINGS:
+        if name in stage and (keep_null or stage[name] is not None):
+            out[name] = stage[name]
+    return out
+
+
+def plan_document(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored form of a valid plan document (`PlanRevision.document`; its digest is the
+    revision's): `{"name": str (stripped), "description": str ("" when missing), "stages":
+    [stage_document(s) for each stage]}`, with every integral float made an int
+    (`python_values`: what a run reads is what the schema promised). The caller validates
+    first: a missing `name` or `stages` raises KeyError.
+    """
+    document = python_values(document)
+    return {
+        "name": document["name"].strip(),
+        "description": document.get("description", ""),
+        "stages": [stage_document(stage) for stage in document["stages"]],
+    }
+
+
+def run_stage_document(stage: RunStage) -> dict[str, Any]:
+    """The stage as its executor sees it (`ExecutionContext.stage`), from the run's pinned row:
+    `stage_document` of the row's fields, with `non_idempotent` always given (the row's: true
+    for a non-idempotent executor too). The row's `slo_ms` and `max_failed_partitions` are
+    the engine's to enforce, not the executor's, so they are left out.
+    """
+    return stage_document(
+        {
+            "id": stage.stage_id,
+            "kind": stage.kind,
+            "partitioner": stage.partitioner,
+            "executor": stage.executor,
+            "params": stage.params,
+            "depends_on": stage.depends_on,
+            "non_idempotent": stage.non_idempotent,
+        }
+    )
+
+
+# --- Resolving a revision ------------------------------------------------------------------
 
 
 @dataclasses.dataclass

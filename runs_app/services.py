@@ -13,7 +13,7 @@ from django.db import IntegrityError, transaction
 
 from blueprints_app.evolution import DocumentMigration, migrate_document
 from blueprints_app.registry import EXECUTORS
-from blueprints_app.validation import ValidationResult, load_kinds, python_values, validate_plan
+from blueprints_app.validation import ValidationResult, load_kinds, validate_plan
 from blueprints_app.versions import kinds_at
 from hxo_site import codes
 from hxo_site.audit import audit
@@ -21,7 +21,12 @@ from hxo_site.errors import ServiceError
 from runs_app import policies
 from runs_app.engine import progress
 from runs_app.hashing import canonical_json, document_digest, sha256_hex
-from runs_app.manifest import ResolvedManifest, diff_against_run, resolve_manifest
+from runs_app.manifest import (
+    ResolvedManifest,
+    diff_against_run,
+    plan_document,
+    resolve_manifest,
+)
 from runs_app.models import (
     Approval,
     Partition,
@@ -59,26 +64,6 @@ def _invalid(result: ValidationResult) -> ServiceError:
 # --- Plans ----------------------------------------------------------------------------------
 
 
-def _normalise(document: dict[str, Any]) -> dict[str, Any]:
-    """The stored form of a plan document: the fields the validator knows, defaults filled,
-    integral floats as ints (`python_values`: what runs reads is what the schema promised)."""
-    document = python_values(document)
-    stages = []
-    for stage in document["stages"]:
-        s = {k: stage[k] for k in ("id", "kind", "partitioner", "executor")}
-        s["params"] = stage.get("params") or {}
-        s["depends_on"] = list(stage.get("depends_on") or [])
-        for key in ("slo_ms", "non_idempotent", "max_failed_partitions"):
-            if stage.get(key) is not None:
-                s[key] = stage[key]
-        stages.append(s)
-    return {
-        "name": document["name"].strip(),
-        "description": document.get("description", ""),
-        "stages": stages,
-    }
-
-
 def _new_revision(plan: Plan, document: dict[str, Any], actor: Any, comment: str) -> PlanRevision:
     kinds = load_kinds()
     number = plan.latest_number + 1
@@ -108,7 +93,7 @@ def plan_create(
     result = validate_plan(document)
     if not result.valid:
         raise _invalid(result)
-    document = _normalise(document)
+    document = plan_document(document)
     with transaction.atomic():
         plan = Plan.objects.create(
             name=document["name"], description=document["description"], created_by=actor
@@ -171,7 +156,7 @@ def plan_update(
         result = validate_plan(document)
         if not result.valid:
             raise _invalid(result)
-        document = _normalise(document)
+        document = plan_document(document)
         if previous.digest == document_digest(document):
             return previous  # nothing changed: no new revision
         revision = _new_revision(locked, document, actor, comment)
@@ -252,7 +237,7 @@ def plan_migrate(
             )
         summary = "; ".join(c.message for c in migration.changes)
         revision = _new_revision(
-            locked, _normalise(migration.document), actor, f"migrated: {summary}"
+            locked, plan_document(migration.document), actor, f"migrated: {summary}"
         )
         report.revision = revision
         audit(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import difflib
 import json
@@ -27,8 +26,8 @@ from hxo_site import codes, parameters
 from hxo_site.capabilities import has_capability
 from hxo_site.errors import ServiceError
 from hxo_site.net import client_ip
+from runs_app import editor, policies, selectors, services
 from runs_app import forms as f
-from runs_app import policies, selectors, services
 from runs_app.models import Plan, PlanRevision, Run, RunState
 from runs_app.views.common import (
     is_partial_request,
@@ -241,13 +240,7 @@ def plan_apply(request: HttpRequest, pk: int) -> HttpResponse:
 
 def blank_document() -> dict[str, Any]:
     document: dict[str, Any] = {"name": "", "description": "", "stages": []}
-    document["stages"].append(f.new_stage(document))
-    return document
-
-
-def _editor_document(revision: PlanRevision) -> dict[str, Any]:
-    document = copy.deepcopy(revision.document)
-    document["stages"] = [f.stage_defaults(s) for s in document.get("stages", [])]
+    document["stages"].append(editor.new_stage(document))
     return document
 
 
@@ -266,7 +259,7 @@ def editor_context(
     """`base` is the digest of the revision the editor was opened on: saving sends it as
     If-Match, so a save over someone else's newer revision is refused, not a lost update."""
     kinds = kinds if kinds is not None else load_kinds()
-    form = f.plan_form(
+    form = editor.plan_form(
         document,
         result or ValidationResult(),
         kinds=kinds,
@@ -309,22 +302,22 @@ def _service_issues(exc: ServiceError) -> ValidationResult:
 
 
 def _editor_post(request: HttpRequest, plan: Plan | None) -> HttpResponse:
-    posted = f.document_from_post(request.POST)
+    posted = editor.document_from_post(request.POST)
     kinds = load_kinds()
     document = posted.document
-    f.apply_structure_changes(document, posted.signatures, kinds)
+    editor.apply_structure_changes(document, posted.signatures, kinds)
     base = parameters.text(request.POST, "_base", max_length=64) or ""
     action = request.POST.get("_action", "save")
     focus = None
     if action not in ("save", "refresh"):
-        focus = f.apply_action(document, action)
-    result = validate_plan(f.for_validation(document), user=request.user)
+        focus = editor.apply_action(document, action)
+    result = validate_plan(editor.for_validation(document), user=request.user)
     if action == "save" and not posted.problems:
         try:
             if plan is None:
                 plan = services.plan_create(
                     actor=request.user,
-                    document=f.for_validation(document),
+                    document=editor.for_validation(document),
                     client_ip=client_ip(request),
                     comment=posted.comment,
                 )
@@ -334,7 +327,7 @@ def _editor_post(request: HttpRequest, plan: Plan | None) -> HttpResponse:
                 revision = services.plan_update(
                     plan=plan,
                     actor=request.user,
-                    document=f.for_validation(document),
+                    document=editor.for_validation(document),
                     client_ip=client_ip(request),
                     comment=posted.comment,
                     if_match=[base] if base else None,
@@ -377,7 +370,7 @@ def plan_edit(request: HttpRequest, pk: int) -> HttpResponse:
     plan = get_object_or_404(Plan, pk=pk)
     if request.method == "POST":
         return _editor_post(request, plan)
-    document = _editor_document(plan.latest_revision)
+    document = editor.editable_document(plan.latest_revision.document)
     return render(request, EDITOR, editor_context(request, plan=plan, document=document))
 
 
@@ -386,18 +379,18 @@ def plan_edit(request: HttpRequest, pk: int) -> HttpResponse:
 def plan_validate(request: HttpRequest) -> HttpResponse:
     """Live validation: only error areas come back (out of band), never the inputs, except a
     stage whose kind, partitioner or executor just changed: its choices and params change."""
-    posted = f.document_from_post(request.POST)
+    posted = editor.document_from_post(request.POST)
     kinds = load_kinds()
     document = posted.document
-    changed = f.apply_structure_changes(document, posted.signatures, kinds)
-    result = validate_plan(f.for_validation(document), user=request.user)
+    changed = editor.apply_structure_changes(document, posted.signatures, kinds)
+    result = validate_plan(editor.for_validation(document), user=request.user)
     plan_id = parameters.optional_id(request.POST, "_plan")
     plan = Plan.objects.filter(pk=plan_id).first() if plan_id is not None else None
     context = editor_context(
         request, plan=plan, document=document, result=result, problems=posted.problems, kinds=kinds
     )
     context["changed"] = changed
-    context["ids_changed"] = posted.rendered_ids != f.stage_ids(document)
+    context["ids_changed"] = posted.rendered_ids != editor.stage_ids(document)
     return render(request, f"{EDITOR}#validation", context)
 
 
@@ -431,22 +424,18 @@ def plan_json(request: HttpRequest, pk: int | None = None) -> HttpResponse:
     # The revision the author started from, carried from the editor and back (If-Match).
     base = parameters.text(request.POST, "_base", max_length=64) or ""
     if "_stages" in request.POST:  # "View as JSON" from the editor, unsaved
-        posted = f.document_from_post(request.POST)
-        return _json_page(request, plan, _pretty(f.for_validation(posted.document)), base=base)
+        posted = editor.document_from_post(request.POST)
+        return _json_page(request, plan, _pretty(editor.for_validation(posted.document)), base=base)
     form = f.JsonImportForm(request.POST, request.FILES)
     if not form.is_valid():
         text = request.POST.get("document", "")
         return _json_page(request, plan, text, form=form, status=400, base=base)
     text = form.cleaned_data["document"]
-    document, problem = f.parse_json_document(text)
+    document, problem = editor.parse_json_document(text)
     action = request.POST.get("_action", "validate")
     if problem is None and action == "edit" and isinstance(document, dict):
-        editable = copy.deepcopy(document)
-        stages = editable.get("stages") if isinstance(editable.get("stages"), list) else []
-        editable["stages"] = [f.stage_defaults(s) for s in stages if isinstance(s, dict)]
-        editable.setdefault("name", "")
-        editable.setdefault("description", "")
-        result = validate_plan(f.for_validation(editable), user=request.user)
+        editable = editor.editable_document(document)
+        result = validate_plan(editor.for_validation(editable), user=request.user)
         return render(
             request,
             EDITOR,
@@ -512,7 +501,7 @@ def _json_page(
 @require("plan")
 @require_POST
 def plan_validate_json(request: HttpRequest) -> HttpResponse:
-    document, problem = f.parse_json_document(request.POST.get("document", ""))
+    document, problem = editor.parse_json_document(request.POST.get("document", ""))
     result = _json_result(document, problem, request)
     return render(request, "hxo/plans/json.html#json_errors", {"result": result})
 

@@ -15,7 +15,7 @@ FORBIDDEN = (
     "runs_app.views",
     "runs_app.api",
     "runs_app.serializers",
-    "runs_app.errors",
+    "hxo_site.errors",
 )
 
 
