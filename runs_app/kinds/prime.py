@@ -30,7 +30,6 @@ from blueprints_app.registry import (
     ExecutionContext,
     Executor,
     PartitionContext,
-    Partitioner,
     PartitionSpec,
     StageManifest,
     register_executor,
@@ -47,12 +46,10 @@ from runs_app.kinds.base import (
     plural,
     require_input,
     require_manifest,
-    required_unless_default,
-    resolve_params,
 )
 from runs_app.kinds.files import Beat, changed, fingerprints, pin, pinned_workspace
-from runs_app.kinds.pack import ByModule, _common_workspace_params
-from runs_app.workspaces import Workspace, get_workspace
+from runs_app.kinds.workspace import WorkspacePartitioner
+from runs_app.workspaces import Workspace
 
 SYNTAX_ERROR = "syntax_error"
 REGISTRY_CACHE = "hxo-registry"
@@ -62,29 +59,17 @@ PYC_CHECKED_HASH = 0b11
 
 
 @register_partitioner
-class ByDagDepth(Partitioner):
+class ByDagDepth(WorkspacePartitioner):
     name = "by_dag_depth"
     description = (
         "One partition per Python module, in waves by depth in the import graph (leaves "
         "first): a module runs after the modules it imports."
     )
-
-    @classmethod
-    def get_params_schema(cls) -> dict[str, Any]:
-        return {
-            "type": "object",
-            "additionalProperties": False,
-            "required": required_unless_default("workspace"),
-            "properties": _common_workspace_params(
-                "backend", "Directory holding the Python packages (a package itself or not)."
-            ),
-        }
+    root_default = "backend"
+    root_help = "Directory holding the Python packages (a package itself or not)."
 
     def partition(self, ctx: PartitionContext) -> StageManifest:
-        params = resolve_params(type(self), ctx.params)
-        ws = get_workspace(params["workspace"])
-        root_rel = ws.relative(ws.resolve(params["root"]))
-        files = ws.list_files(params["root"], include=params["include"], exclude=params["exclude"])
+        _params, ws, root_rel, files = self.workspace_files(ctx.params)
         py_files = [f for f in files if f.rel.endswith(".py")]
         modules = pygraph.discover(ws, root_rel, py_files)
         module_rels = {m.rel for m in modules.values()}
@@ -95,15 +80,7 @@ class ByDagDepth(Partitioner):
         for name in sorted(modules, key=lambda n: (depth[n], n)):
             info = modules[name]
             row = pinned[info.rel]
-            rows[name] = {
-                "path": info.rel,
-                "sha256": row[2],
-                "is_package": info.is_package,
-                "imports": info.imports,
-                "internal": info.internal,
-                "depth": depth[name],
-                "parse_error": info.parse_error,
-            }
+            rows[name] = info.row(row[2], depth[name])
             specs.append(
                 PartitionSpec(
                     inputs={"module": name, "stage_kind": ctx.kind.kind},
@@ -451,6 +428,3 @@ class PrimeCaches(Executor):
 
     def cleanup_stale(self) -> int:
         return cleanup_tmp_files(bytecode_root())
-
-
-__all__ = ["ByDagDepth", "ByModule", "PrimeCaches", "WarmRegistry", "registry_key"]
