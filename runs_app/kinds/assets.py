@@ -23,6 +23,7 @@ from typing import Any
 
 from django.core.files.storage import Storage, storages
 from django.db import connection, transaction
+from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
 from blueprints_app.registry import (
@@ -39,7 +40,6 @@ from runs_app.kinds.base import (
     cleanup_tmp_files,
     database_identity,
     digest_of,
-    human_bytes,
     plural,
     publish,
     require_input,
@@ -224,7 +224,7 @@ class ByAssetBucket(WorkspacePartitioner):
                     },
                     fingerprints=fingerprints(rows),
                     weight=size,
-                    label=f"{bucket}: {plural(count, 'file')}, {human_bytes(size)}",
+                    label=f"{bucket}: {plural(count, 'file')}, {filesizeformat(size)}",
                 )
             )
             start += count
@@ -405,7 +405,7 @@ class IndexAssets(Executor):
             changes = sum(a["action"] != "unchanged" for a in actions)
             return {
                 "summary": f"{bucket}: would index {plural(len(rows), 'asset')} "
-                f"({human_bytes(sum(r[1] for r in rows))}; {changes} new or changed"
+                f"({filesizeformat(sum(r[1] for r in rows))}; {changes} new or changed"
                 + (f", {len(stale)} to remove" if stale else "")
                 + ")",
                 "assets": actions[:PREVIEW_ASSETS],
@@ -491,7 +491,7 @@ class IndexAssets(Executor):
             to_copy = [a for a in actions if a["action"] == "copy"]
             return {
                 "summary": f"{bucket}: would copy {plural(len(to_copy), 'asset')} "
-                f"({human_bytes(sum(a['bytes'] for a in to_copy))}); "
+                f"({filesizeformat(sum(a['bytes'] for a in to_copy))}); "
                 f"{len(actions) - len(to_copy)} already staged",
                 "assets": actions[:PREVIEW_ASSETS],
                 "assets_truncated": len(actions) > PREVIEW_ASSETS,

@@ -17,6 +17,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from django.db import transaction
+from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
 from blueprints_app.registry import (
@@ -34,7 +35,6 @@ from runs_app.kinds.base import (
     INVALID_INPUTS,
     database_identity,
     digest_of,
-    human_bytes,
     plural,
     require_input,
     require_manifest,
@@ -228,7 +228,7 @@ class ByRouteMap(Partitioner):
                     inputs={"route": prefix, "stage_kind": ctx.kind.kind},
                     fingerprints=fingerprints(p["row"] for p in members),
                     weight=size,
-                    label=f"{prefix}: {plural(len(members), 'page')}, {human_bytes(size)}",
+                    label=f"{prefix}: {plural(len(members), 'page')}, {filesizeformat(size)}",
                 )
             )
         return StageManifest(

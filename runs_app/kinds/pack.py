@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from django.core.files.storage import Storage, storages
+from django.template.defaultfilters import filesizeformat
 
 from blueprints_app.registry import (
     ExecutionContext,
@@ -37,7 +38,6 @@ from runs_app.kinds import pygraph
 from runs_app.kinds.base import (
     atomic_local_file,
     cleanup_tmp_files,
-    human_bytes,
     plural,
     publish,
     require_input,
@@ -134,7 +134,7 @@ class ByFilesize(WorkspacePartitioner):
                     fingerprints=fingerprints(rows),
                     weight=size,
                     label=f"{rows[0][0]} … {rows[-1][0]}: "
-                    f"{plural(len(rows), 'file')}, {human_bytes(size)}",
+                    f"{plural(len(rows), 'file')}, {filesizeformat(size)}",
                 )
             )
         return StageManifest(
@@ -210,7 +210,7 @@ class ByModule(WorkspacePartitioner):
                     fingerprints=fingerprints(fp_rows),
                     weight=size,
                     label=f"{name}: {plural(len(names), 'module')}, "
-                    f"{plural(len(rows), 'file')}, {human_bytes(size)}",
+                    f"{plural(len(rows), 'file')}, {filesizeformat(size)}",
                 )
             )
             start = end
@@ -294,7 +294,7 @@ class PackBackend(Executor):
         if ctx.dry_run:
             return {
                 "summary": (
-                    f"would pack {plural(len(rows), 'file')} ({human_bytes(source_bytes)}) "
+                    f"would pack {plural(len(rows), 'file')} ({filesizeformat(source_bytes)}) "
                     f"into one archive"
                     + (" (already packed: nothing to write)" if existing else "")
                 ),

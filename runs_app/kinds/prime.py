@@ -24,6 +24,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import BaseCache, caches
+from django.template.defaultfilters import filesizeformat
 
 from blueprints_app.registry import (
     ComponentError,
@@ -42,7 +43,6 @@ from runs_app.kinds.base import (
     cache_identity,
     cleanup_tmp_files,
     digest_of,
-    human_bytes,
     plural,
     require_input,
     require_manifest,
@@ -400,7 +400,7 @@ class PrimeCaches(Executor):
             "up_to_date": len(plan) - len(compiled),
             "bytes": written,
             "summary": f"{module}: compiled {plural(len(compiled), 'module')} "
-            f"({human_bytes(written)})",
+            f"({filesizeformat(written)})",
             "effect": {
                 "root": os.path.realpath(root),
                 "files": len(targets),

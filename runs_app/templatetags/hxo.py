@@ -9,6 +9,7 @@ import math
 from typing import Any
 
 from django import template
+from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
@@ -72,19 +73,6 @@ def hxo_nav(context: template.Context) -> dict[str, Any]:
 
 
 @register.filter
-def human_bytes(value: Any) -> str:
-    try:
-        n = float(value)
-    except (TypeError, ValueError):
-        return ""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
-
-
-@register.filter
 def duration(ms: Any) -> str:
     """Milliseconds as a short human duration: 850 ms, 4.2 s, 3 min 05 s, 2 h 04 min."""
     if ms is None or ms == "":
@@ -122,7 +110,7 @@ def weight(value: Any, partitioner: str = "") -> str:
         return f"{int(value or 0):,} rows"
     if partitioner in ("test_items", ""):
         return f"{int(value or 0):,}"
-    return human_bytes(value)
+    return filesizeformat(value)
 
 
 @register.filter
