@@ -9,12 +9,12 @@ import math
 from typing import Any
 
 from django import template
-from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from blueprints_app.capabilities import has_capability, user_role
+from blueprints_app.registry import PARTITIONERS, Partitioner
 
 register = template.Library()
 
@@ -105,12 +105,13 @@ def short(value: Any, n: int = 12) -> str:
 
 @register.filter
 def weight(value: Any, partitioner: str = "") -> str:
-    """A stage's or partition's weight: bytes for file partitioners, else a plain number."""
-    if partitioner == "by_sql_batch":
-        return f"{int(value or 0):,} rows"
-    if partitioner in ("test_items", ""):
+    """A stage's or partition's weight as its partitioner describes it
+    (`Partitioner.describe_weight`: bytes unless the partitioner says otherwise); a plain
+    number when no partitioner is named."""
+    if not partitioner:
         return f"{int(value or 0):,}"
-    return filesizeformat(value)
+    # A partitioner no longer registered (a plugin removed) keeps the default reading.
+    return PARTITIONERS.get(partitioner, Partitioner).describe_weight(value)
 
 
 @register.filter
