@@ -16,6 +16,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from django.template.defaultfilters import filesizeformat
+
 if TYPE_CHECKING:
     from blueprints_app.models import JobKind
 
@@ -143,6 +145,13 @@ class Partitioner:
         partitioner should still refuse the same things when it partitions.
         """
         return []
+
+    @classmethod
+    def describe_weight(cls, weight: int) -> str:
+        """A stage's or partition's `weight` (PartitionSpec.weight) as the run page shows
+        it. The default reads it as bytes ("1.2 MB"); a partitioner that weighs something
+        else (rows, items) overrides this."""
+        return filesizeformat(weight)
 
     def partition(self, ctx: PartitionContext) -> StageManifest:
         raise ComponentError(

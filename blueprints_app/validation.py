@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import graphlib
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -430,33 +431,24 @@ def validate_stage(
 
 
 def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
-    """A dependency cycle as a list of stage ids, or None (iterative DFS, no recursion limit)."""
-    white, grey, black = 0, 1, 2
-    color = dict.fromkeys(graph, white)
-    for start in graph:
-        if color[start] != white:
-            continue
-        stack: list[tuple[str, Iterable[str]]] = [(start, iter(graph[start]))]
-        trail = [start]
-        color[start] = grey
-        while stack:
-            node, children = stack[-1]
-            advanced = False
-            for child in children:
-                if child not in color:
-                    continue
-                if color[child] == grey:
-                    return [*trail[trail.index(child) :], child]
-                if color[child] == white:
-                    color[child] = grey
-                    stack.append((child, iter(graph[child])))
-                    trail.append(child)
-                    advanced = True
-                    break
-            if not advanced:
-                color[node] = black
-                stack.pop()
-                trail.pop()
+    """A dependency cycle as a list of stage ids (first and last the same), or None.
+
+    `graph` maps a stage id to the ids it depends on. graphlib finds the cycle by a
+    depth-first walk from each node in insertion order along its successors, so each stage
+    is given its dependencies as successors (the edges reversed from a run's order): the
+    cycle is reported from the first stage of the plan on it, along `depends_on`
+    ("a → b → a": a depends on b, which depends on a).
+    """
+    sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
+    for sid in graph:
+        sorter.add(sid)
+    for sid, deps in graph.items():
+        for dep in deps:
+            sorter.add(dep, sid)
+    try:
+        sorter.prepare()
+    except graphlib.CycleError as exc:
+        return list(exc.args[1])
     return None
 
 

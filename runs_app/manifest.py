@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import graphlib
 import hashlib
 from collections.abc import Mapping
 from typing import Any
@@ -149,21 +150,30 @@ class ResolvedManifest:
 
 
 def topological_order(stages: list[dict[str, Any]]) -> list[int]:
-    """Stage positions so that every stage comes after what it depends on (plan is valid)."""
+    """Stage positions so that every stage comes after what it depends on (plan is valid).
+
+    graphlib keeps the count of what each stage still waits for; the order among stages
+    ready together is the plan's: sweeps in plan order, each taking every stage whose
+    dependencies are done by then (so a stage right after its dependency follows it in the
+    same sweep). Raises ServiceError (dependency_cycle) when there is a cycle.
+    """
     by_id = {s["id"]: i for i, s in enumerate(stages)}
-    done: set[int] = set()
+    sorter = graphlib.TopologicalSorter(
+        {i: [by_id[d] for d in s.get("depends_on", [])] for i, s in enumerate(stages)}
+    )
+    try:
+        sorter.prepare()
+    except graphlib.CycleError:
+        raise ServiceError("the plan has a dependency cycle", code=codes.DEPENDENCY_CYCLE) from None
+    ready = set(sorter.get_ready())
     order: list[int] = []
-    while len(order) < len(stages):
-        progressed = False
-        for i, s in enumerate(stages):
-            if i in done:
-                continue
-            if all(by_id[d] in done for d in s.get("depends_on", [])):
-                done.add(i)
+    while sorter.is_active():
+        for i in range(len(stages)):
+            if i in ready:
+                ready.discard(i)
                 order.append(i)
-                progressed = True
-        if not progressed:
-            raise ServiceError("the plan has a dependency cycle", code=codes.DEPENDENCY_CYCLE)
+                sorter.done(i)
+                ready.update(sorter.get_ready())
     return order
 
 

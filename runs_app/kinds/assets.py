@@ -23,6 +23,7 @@ from typing import Any
 
 from django.core.files.storage import Storage, storages
 from django.db import connection, transaction
+from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
 from blueprints_app.registry import (
@@ -30,7 +31,6 @@ from blueprints_app.registry import (
     ExecutionContext,
     Executor,
     PartitionContext,
-    Partitioner,
     PartitionSpec,
     StageManifest,
     register_executor,
@@ -40,12 +40,9 @@ from runs_app.kinds.base import (
     cleanup_tmp_files,
     database_identity,
     digest_of,
-    human_bytes,
     plural,
     publish,
     require_input,
-    required_unless_default,
-    resolve_params,
     stats_digest,
     storage_effect,
     storage_effect_matches,
@@ -61,9 +58,8 @@ from runs_app.kinds.files import (
     pinned_workspace,
     stream_verified,
 )
-from runs_app.kinds.pack import _common_workspace_params
+from runs_app.kinds.workspace import WorkspacePartitioner
 from runs_app.models import AssetIndexEntry
-from runs_app.workspaces import get_workspace
 
 UNSUPPORTED_KIND = "unsupported_kind"
 PREVIEW_ASSETS = 500
@@ -175,38 +171,31 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 
 @register_partitioner
-class ByAssetBucket(Partitioner):
+class ByAssetBucket(WorkspacePartitioner):
     name = "by_asset_bucket"
     description = (
         "One partition per asset bucket (images, styles, scripts, fonts, media, other) of a "
         "workspace directory, by file extension."
     )
+    root_default = "assets"
+    root_help = "Directory holding the static assets."
 
     @classmethod
-    def get_params_schema(cls) -> dict[str, Any]:
+    def own_params(cls) -> dict[str, Any]:
         return {
-            "type": "object",
-            "additionalProperties": False,
-            "required": required_unless_default("workspace"),
-            "properties": {
-                **_common_workspace_params("assets", "Directory holding the static assets."),
-                "buckets": {
-                    "type": "array",
-                    "items": {"type": "string", "enum": BUCKET_NAMES},
-                    "uniqueItems": True,
-                    "minItems": 1,
-                    "default": BUCKET_NAMES,
-                    "title": "Buckets",
-                    "description": "Which buckets to make partitions for.",
-                },
+            "buckets": {
+                "type": "array",
+                "items": {"type": "string", "enum": BUCKET_NAMES},
+                "uniqueItems": True,
+                "minItems": 1,
+                "default": BUCKET_NAMES,
+                "title": "Buckets",
+                "description": "Which buckets to make partitions for.",
             },
         }
 
     def partition(self, ctx: PartitionContext) -> StageManifest:
-        params = resolve_params(type(self), ctx.params)
-        ws = get_workspace(params["workspace"])
-        files = ws.list_files(params["root"], include=params["include"], exclude=params["exclude"])
-        root_rel = ws.relative(ws.resolve(params["root"]))
+        params, ws, root_rel, files = self.workspace_files(ctx.params)
         wanted = [b for b in BUCKET_NAMES if b in params["buckets"]]
         by_bucket: dict[str, list] = {b: [] for b in wanted}
         for f in files:
@@ -235,7 +224,7 @@ class ByAssetBucket(Partitioner):
                     },
                     fingerprints=fingerprints(rows),
                     weight=size,
-                    label=f"{bucket}: {plural(count, 'file')}, {human_bytes(size)}",
+                    label=f"{bucket}: {plural(count, 'file')}, {filesizeformat(size)}",
                 )
             )
             start += count
@@ -416,7 +405,7 @@ class IndexAssets(Executor):
             changes = sum(a["action"] != "unchanged" for a in actions)
             return {
                 "summary": f"{bucket}: would index {plural(len(rows), 'asset')} "
-                f"({human_bytes(sum(r[1] for r in rows))}; {changes} new or changed"
+                f"({filesizeformat(sum(r[1] for r in rows))}; {changes} new or changed"
                 + (f", {len(stale)} to remove" if stale else "")
                 + ")",
                 "assets": actions[:PREVIEW_ASSETS],
@@ -502,7 +491,7 @@ class IndexAssets(Executor):
             to_copy = [a for a in actions if a["action"] == "copy"]
             return {
                 "summary": f"{bucket}: would copy {plural(len(to_copy), 'asset')} "
-                f"({human_bytes(sum(a['bytes'] for a in to_copy))}); "
+                f"({filesizeformat(sum(a['bytes'] for a in to_copy))}); "
                 f"{len(actions) - len(to_copy)} already staged",
                 "assets": actions[:PREVIEW_ASSETS],
                 "assets_truncated": len(actions) > PREVIEW_ASSETS,

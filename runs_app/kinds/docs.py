@@ -17,7 +17,11 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from django.db import transaction
+from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
+from django.utils.html import strip_tags
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
 
 from blueprints_app.registry import (
     ComponentError,
@@ -34,7 +38,6 @@ from runs_app.kinds.base import (
     INVALID_INPUTS,
     database_identity,
     digest_of,
-    human_bytes,
     plural,
     require_input,
     require_manifest,
@@ -67,87 +70,82 @@ def prefix_of(rel_to_root: str, base_route: str) -> str:
 
 # --- Markdown to text ---------------------------------------------------------------------
 
-_ATX = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)[ \t]*#*[ \t]*$")
-_SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
-_IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
-_LINK = re.compile(r"\[([^\]]+)\](?:\([^)]*\)|\[[^\]]*\])")
-_AUTOLINK = re.compile(r"<((?:https?|mailto):[^>\s]+)>")
-_TAG = re.compile(r"</?[A-Za-z][^>]*>")
-_CODE = re.compile(r"`+([^`]*)`+")
-_EMPHASIS = re.compile(r"(\*{1,3}|_{1,3}|~~)(?=\S)(.+?)(?<=\S)\1")
-_LIST = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
-_QUOTE = re.compile(r"^\s*>+\s?")
-_TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
-_REF_DEF = re.compile(r"^ {0,3}\[[^\]]+\]:\s+\S+")
-_THEMATIC = re.compile(r"^ {0,3}([-*_])([ \t]*\1){2,}[ \t]*$")
+# CommonMark, plus the two GitHub extensions docs trees use most (tables, ~~strikethrough~~),
+# both built into markdown-it-py. Raw HTML stays off the page text: its tags are dropped.
+_MARKDOWN = MarkdownIt("commonmark").enable(["table", "strikethrough"])
+# Blocks after which the text continues in a new paragraph.
+_BLOCK_ENDS = {"paragraph_close", "heading_close", "table_close", "blockquote_close"}
 
 
-def inline_text(text: str) -> str:
-    text = _IMAGE.sub(r"\1", text)
-    text = _LINK.sub(r"\1", text)
-    text = _AUTOLINK.sub(r"\1", text)
-    text = _TAG.sub("", text)
-    text = _CODE.sub(r"\1", text)
-    for _ in range(2):  # nested emphasis (***bold italic***)
-        text = _EMPHASIS.sub(r"\2", text)
-    return html.unescape(text).strip()
+def front_matter(source: str) -> tuple[str, str]:
+    """(title, the page without its front matter) of a page that opens with YAML front
+    matter between `---` lines (closed by `---` or `...`); ("", page) otherwise.
+
+    Only `title:` is read, as a plain one-line value (quotes around it dropped).
+    """
+    lines = source.split("\n")
+    if not lines or lines[0].strip() != "---":
+        return "", source
+    for end in range(1, len(lines)):
+        if lines[end].strip() in ("---", "..."):
+            title = ""
+            for meta in lines[1:end]:
+                key, _, value = meta.partition(":")
+                if key.strip().lower() == "title" and value.strip():
+                    title = value.strip().strip("\"'")
+            return title, "\n".join(lines[end + 1 :])
+    return "", source
+
+
+def inline_text(token: Token) -> str:
+    """The plain text of an inline token: text, code spans and image alt texts; link
+    destinations and HTML tags dropped (entities are already decoded by the parser)."""
+    parts: list[str] = []
+    for child in token.children or []:
+        if child.type in ("text", "code_inline"):
+            parts.append(child.content)
+        elif child.type == "image":
+            parts.append(inline_text(child))  # the alt text, parsed as inline content
+        elif child.type in ("softbreak", "hardbreak"):
+            parts.append("\n")
+    return "".join(parts).strip()
 
 
 def extract(source: str, fallback_title: str) -> dict[str, Any]:
-    """Title, headings and plain text of a Markdown page (CommonMark's common subset)."""
-    lines = source.replace("\r\n", "\n").split("\n")
-    title = ""
-    if lines and lines[0].strip() == "---":  # YAML front matter: take the title, drop the rest
-        for j in range(1, len(lines)):
-            if lines[j].strip() in ("---", "..."):
-                for meta in lines[1:j]:
-                    key, _, value = meta.partition(":")
-                    if key.strip().lower() == "title" and value.strip():
-                        title = value.strip().strip("\"'")
-                lines = lines[j + 1 :]
-                break
+    """Title, headings and plain text of a Markdown page, parsed as CommonMark.
+
+    The title is the front matter's `title`, else the first level-1 heading, else the first
+    heading, else `fallback_title` (at most 300 characters). The body keeps the text of
+    paragraphs, list items, quotes and table cells, and the content of code blocks (code is
+    searchable text too), without Markdown syntax; blocks are separated by a blank line.
+    """
+    title, page = front_matter(source.replace("\r\n", "\n"))
     headings: list[tuple[int, str]] = []
-    body: list[str] = []
-    fence = ""
-    skip = False
-    for i, line in enumerate(lines):
-        if skip:  # the underline of a setext heading
-            skip = False
-            continue
-        match = _FENCE.match(line)
-        if fence:
-            if match and match.group(1)[0] == fence[0] and len(match.group(1)) >= len(fence):
-                fence = ""
+    lines: list[str] = []
+    level = 0  # inside a heading of this level
+    for token in _MARKDOWN.parse(page):
+        if token.type == "heading_open":
+            level = int(token.tag[1])
+        elif token.type == "heading_close":
+            level = 0
+        elif token.type == "inline":
+            text = inline_text(token)
+            if level:
+                headings.append((level, text))
             else:
-                body.append(line.strip())  # code is searchable text too
-            continue
-        if match:
-            fence = match.group(1)
-            continue
-        atx = _ATX.match(line)
-        if atx:
-            headings.append((len(atx.group(1)), inline_text(atx.group(2))))
-            continue
-        nxt = lines[i + 1] if i + 1 < len(lines) else ""
-        if (
-            line.strip()
-            and _SETEXT.match(nxt)
-            and not _LIST.match(line)
-            and not _THEMATIC.match(line)
-        ):
-            headings.append((1 if nxt.strip()[0] == "=" else 2, inline_text(line)))
-            skip = True
-            continue
-        if _TABLE_RULE.match(line) or _REF_DEF.match(line) or _THEMATIC.match(line):
-            continue
-        text = _QUOTE.sub("", line)
-        text = _LIST.sub("", text)
-        body.append(inline_text(text.replace("|", " ")))
+                lines.append(text)
+        elif token.type in ("fence", "code_block"):
+            lines.extend(line.strip() for line in token.content.splitlines())
+            lines.append("")
+        elif token.type == "html_block":
+            lines.append(html.unescape(strip_tags(token.content)).strip())
+            lines.append("")
+        elif token.type in _BLOCK_ENDS and not token.hidden:
+            lines.append("")
     if not title:
-        h1 = [text for level, text in headings if level == 1]
+        h1 = [text for lvl, text in headings if lvl == 1]
         title = h1[0] if h1 else (headings[0][1] if headings else fallback_title)
-    paragraphs = re.sub(r"\n{3,}", "\n\n", "\n".join(body)).strip()
+    paragraphs = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
     return {
         "title": title[:300],
         "headings": [text for _level, text in headings if text],
@@ -228,7 +226,7 @@ class ByRouteMap(Partitioner):
                     inputs={"route": prefix, "stage_kind": ctx.kind.kind},
                     fingerprints=fingerprints(p["row"] for p in members),
                     weight=size,
-                    label=f"{prefix}: {plural(len(members), 'page')}, {human_bytes(size)}",
+                    label=f"{prefix}: {plural(len(members), 'page')}, {filesizeformat(size)}",
                 )
             )
         return StageManifest(

@@ -241,6 +241,11 @@ class BySqlBatch(Partitioner):
         }
 
     @classmethod
+    def describe_weight(cls, weight: int) -> str:
+        """Weights are rows (a backfill's keys) or statements, not bytes."""
+        return f"{int(weight or 0):,} rows"
+
+    @classmethod
     def validate_params(cls, params: dict[str, Any]) -> list[ComponentError]:
         """The SQL policy (runs_app.sqlpolicy) for every statement, read by the parser of the
         target's vendor: forbidden statements, one statement per item, parameters."""

@@ -23,12 +23,12 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from django.core.files.storage import Storage, storages
+from django.template.defaultfilters import filesizeformat
 
 from blueprints_app.registry import (
     ExecutionContext,
     Executor,
     PartitionContext,
-    Partitioner,
     PartitionSpec,
     StageManifest,
     register_executor,
@@ -36,21 +36,15 @@ from blueprints_app.registry import (
 )
 from runs_app.kinds import pygraph
 from runs_app.kinds.base import (
-    GLOBS_PARAM,
     atomic_local_file,
     cleanup_tmp_files,
-    human_bytes,
     plural,
     publish,
     require_input,
-    required_unless_default,
-    resolve_params,
     storage_effect,
     storage_effect_matches,
     storage_root,
     stored_object_matches,
-    subdir_param,
-    workspace_param,
 )
 from runs_app.kinds.files import (
     Beat,
@@ -63,7 +57,8 @@ from runs_app.kinds.files import (
     pinned_range,
     pinned_workspace,
 )
-from runs_app.workspaces import Workspace, get_workspace
+from runs_app.kinds.workspace import WorkspacePartitioner
+from runs_app.workspaces import Workspace
 
 MIB = 1024 * 1024
 ARCHIVE_FORMAT = 1  # bump when the archive layout changes: old pointers stop matching
@@ -81,31 +76,6 @@ COMPRESS_LEVEL = {
 }
 
 
-def _common_workspace_params(root_default: str, root_help: str) -> dict[str, Any]:
-    return {
-        "workspace": workspace_param(),
-        "root": subdir_param(root_default, root_help),
-        "include": {
-            **GLOBS_PARAM,
-            "title": "Include",
-            "description": "Only files matching one of these globs (path under the directory, "
-            "path in the workspace, or file name; * matches across /).",
-        },
-        "exclude": {
-            **GLOBS_PARAM,
-            "title": "Exclude",
-            "description": "Skip files matching one of these globs (as include); caches and VCS "
-            "metadata are always skipped.",
-        },
-    }
-
-
-def _files(ws: Workspace, params: dict[str, Any]) -> tuple[str, list]:
-    files = ws.list_files(params["root"], include=params["include"], exclude=params["exclude"])
-    root_rel = ws.relative(ws.resolve(params["root"]))
-    return root_rel, files
-
-
 def _range_inputs(
     kind: str, index: int, start: int, end: int, chunk_mb: int, bucket: str
 ) -> dict[str, Any]:
@@ -120,7 +90,7 @@ def _range_inputs(
 
 
 @register_partitioner
-class ByFilesize(Partitioner):
+class ByFilesize(WorkspacePartitioner):
     name = "by_filesize"
     description = (
         "Bins of about chunk_size_mb over the sorted file list of a workspace directory "
@@ -128,37 +98,29 @@ class ByFilesize(Partitioner):
     )
 
     @classmethod
-    def get_params_schema(cls) -> dict[str, Any]:
+    def own_params(cls) -> dict[str, Any]:
         return {
-            "type": "object",
-            "additionalProperties": False,
-            "required": required_unless_default("workspace"),
-            "properties": {
-                **_common_workspace_params(".", "Directory of the workspace to split."),
-                "chunk_size_mb": {
-                    "type": "integer",
-                    "minimum": 1,
-                    "maximum": 4096,
-                    "default": 1,
-                    "title": "Chunk size (MiB)",
-                    "description": "Target bytes per partition; a larger file is alone.",
-                },
-                "max_files": {
-                    "type": "integer",
-                    "minimum": 1,
-                    "maximum": 100_000,
-                    "default": 1000,
-                    "title": "Files per partition",
-                    "description": "At most this many files per partition.",
-                },
-                "compress_level": COMPRESS_LEVEL,
+            "chunk_size_mb": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 4096,
+                "default": 1,
+                "title": "Chunk size (MiB)",
+                "description": "Target bytes per partition; a larger file is alone.",
             },
+            "max_files": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 100_000,
+                "default": 1000,
+                "title": "Files per partition",
+                "description": "At most this many files per partition.",
+            },
+            "compress_level": COMPRESS_LEVEL,
         }
 
     def partition(self, ctx: PartitionContext) -> StageManifest:
-        params = resolve_params(type(self), ctx.params)
-        ws = get_workspace(params["workspace"])
-        root_rel, files = _files(ws, params)
+        params, ws, root_rel, files = self.workspace_files(ctx.params)
         pinned = pin(files)
         chunk_mb = params["chunk_size_mb"]
         kind = ctx.kind.kind
@@ -172,7 +134,7 @@ class ByFilesize(Partitioner):
                     fingerprints=fingerprints(rows),
                     weight=size,
                     label=f"{rows[0][0]} … {rows[-1][0]}: "
-                    f"{plural(len(rows), 'file')}, {human_bytes(size)}",
+                    f"{plural(len(rows), 'file')}, {filesizeformat(size)}",
                 )
             )
         return StageManifest(
@@ -204,31 +166,21 @@ def module_groups(ws: Workspace, root_rel: str, files: list) -> dict[str, list]:
 
 
 @register_partitioner
-class ByModule(Partitioner):
+class ByModule(WorkspacePartitioner):
     name = "by_module"
     description = (
         "One partition per top-level package of a Python source tree (deploy.pack, "
         "deploy.prime); modules directly in the root form one more."
     )
+    root_default = "backend"
+    root_help = "Directory holding the Python packages (a package itself or not)."
 
     @classmethod
-    def get_params_schema(cls) -> dict[str, Any]:
-        return {
-            "type": "object",
-            "additionalProperties": False,
-            "required": required_unless_default("workspace"),
-            "properties": {
-                **_common_workspace_params(
-                    "backend", "Directory holding the Python packages (a package itself or not)."
-                ),
-                "compress_level": COMPRESS_LEVEL,
-            },
-        }
+    def own_params(cls) -> dict[str, Any]:
+        return {"compress_level": COMPRESS_LEVEL}
 
     def partition(self, ctx: PartitionContext) -> StageManifest:
-        params = resolve_params(type(self), ctx.params)
-        ws = get_workspace(params["workspace"])
-        root_rel, files = _files(ws, params)
+        params, ws, root_rel, files = self.workspace_files(ctx.params)
         kind = ctx.kind.kind
         prime = kind == "deploy.prime"
         groups = module_groups(ws, root_rel, files)
@@ -237,18 +189,7 @@ class ByModule(Partitioner):
         by_rel = {row[0]: row for row in pinned}
         modules = pygraph.discover(ws, root_rel, ordered)
         depth = pygraph.depths({m.name: m.internal for m in modules.values()})
-        module_rows = {
-            m.name: {
-                "path": m.rel,
-                "sha256": by_rel[m.rel][2],
-                "is_package": m.is_package,
-                "imports": m.imports,
-                "internal": m.internal,
-                "depth": depth[m.name],
-                "parse_error": m.parse_error,
-            }
-            for m in modules.values()
-        }
+        module_rows = {m.name: m.row(by_rel[m.rel][2], depth[m.name]) for m in modules.values()}
         rel_to_module = {m.rel: m.name for m in modules.values()}
         specs, group_modules, start = [], {}, 0
         for name, members in groups.items():
@@ -269,7 +210,7 @@ class ByModule(Partitioner):
                     fingerprints=fingerprints(fp_rows),
                     weight=size,
                     label=f"{name}: {plural(len(names), 'module')}, "
-                    f"{plural(len(rows), 'file')}, {human_bytes(size)}",
+                    f"{plural(len(rows), 'file')}, {filesizeformat(size)}",
                 )
             )
             start = end
@@ -353,7 +294,7 @@ class PackBackend(Executor):
         if ctx.dry_run:
             return {
                 "summary": (
-                    f"would pack {plural(len(rows), 'file')} ({human_bytes(source_bytes)}) "
+                    f"would pack {plural(len(rows), 'file')} ({filesizeformat(source_bytes)}) "
                     f"into one archive"
                     + (" (already packed: nothing to write)" if existing else "")
                 ),

@@ -8,29 +8,30 @@ pack.py) also serves this kind, one partition per top-level package.
 the "hxo-registry" cache alias; `prime_caches` compiles modules to checked-hash bytecode
 (PEP 552) under `<HXO_BYTECODE_DIR or VAR_DIR/cache/bytecode>/<workspace>/`, never into the
 workspace. Both skip modules whose entry or bytecode already matches the source hash. Neither
-imports nor runs workspace code: `ast.parse` and `compile` only.
+imports nor runs workspace code: `ast.parse` and `py_compile` only.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import importlib.util
-import marshal
 import os
+import py_compile
 import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from django.conf import settings
 from django.core.cache import BaseCache, caches
+from django.template.defaultfilters import filesizeformat
 
 from blueprints_app.registry import (
     ComponentError,
     ExecutionContext,
     Executor,
     PartitionContext,
-    Partitioner,
     PartitionSpec,
     StageManifest,
     register_executor,
@@ -43,16 +44,13 @@ from runs_app.kinds.base import (
     cache_identity,
     cleanup_tmp_files,
     digest_of,
-    human_bytes,
     plural,
     require_input,
     require_manifest,
-    required_unless_default,
-    resolve_params,
 )
 from runs_app.kinds.files import Beat, changed, fingerprints, pin, pinned_workspace
-from runs_app.kinds.pack import ByModule, _common_workspace_params
-from runs_app.workspaces import Workspace, get_workspace
+from runs_app.kinds.workspace import WorkspacePartitioner
+from runs_app.workspaces import Workspace
 
 SYNTAX_ERROR = "syntax_error"
 REGISTRY_CACHE = "hxo-registry"
@@ -62,29 +60,17 @@ PYC_CHECKED_HASH = 0b11
 
 
 @register_partitioner
-class ByDagDepth(Partitioner):
+class ByDagDepth(WorkspacePartitioner):
     name = "by_dag_depth"
     description = (
         "One partition per Python module, in waves by depth in the import graph (leaves "
         "first): a module runs after the modules it imports."
     )
-
-    @classmethod
-    def get_params_schema(cls) -> dict[str, Any]:
-        return {
-            "type": "object",
-            "additionalProperties": False,
-            "required": required_unless_default("workspace"),
-            "properties": _common_workspace_params(
-                "backend", "Directory holding the Python packages (a package itself or not)."
-            ),
-        }
+    root_default = "backend"
+    root_help = "Directory holding the Python packages (a package itself or not)."
 
     def partition(self, ctx: PartitionContext) -> StageManifest:
-        params = resolve_params(type(self), ctx.params)
-        ws = get_workspace(params["workspace"])
-        root_rel = ws.relative(ws.resolve(params["root"]))
-        files = ws.list_files(params["root"], include=params["include"], exclude=params["exclude"])
+        _params, ws, root_rel, files = self.workspace_files(ctx.params)
         py_files = [f for f in files if f.rel.endswith(".py")]
         modules = pygraph.discover(ws, root_rel, py_files)
         module_rels = {m.rel for m in modules.values()}
@@ -95,15 +81,7 @@ class ByDagDepth(Partitioner):
         for name in sorted(modules, key=lambda n: (depth[n], n)):
             info = modules[name]
             row = pinned[info.rel]
-            rows[name] = {
-                "path": info.rel,
-                "sha256": row[2],
-                "is_package": info.is_package,
-                "imports": info.imports,
-                "internal": info.internal,
-                "depth": depth[name],
-                "parse_error": info.parse_error,
-            }
+            rows[name] = info.row(row[2], depth[name])
             specs.append(
                 PartitionSpec(
                     inputs={"module": name, "stage_kind": ctx.kind.kind},
@@ -317,6 +295,35 @@ def pyc_header(source: bytes) -> bytes:
     )
 
 
+def compile_pyc(source: bytes, origin: Path, out: Path, ctx: ExecutionContext) -> bytes:
+    """Compile `source` (already checked against its pinned hash) into the checked-hash pyc
+    `out` (PEP 552) with py_compile, and return the pyc's bytes.
+
+    py_compile reads its source from a path: the checked bytes are written beside `out`
+    under this attempt's temporary name (removed on return), so what is compiled is exactly
+    what was pinned, whatever happens to the workspace file meanwhile. `origin`, the
+    module's path in the workspace, is the code's `co_filename`. py_compile writes `out`
+    atomically (its own temporary name starts with `out`'s, which already carries ours, so
+    `cleanup_stale` finds it after a crash). Raises the compiler's SyntaxError (or
+    ValueError) when `source` parses but does not compile.
+    """
+    with atomic_local_file(out.with_name(f"{origin.name}.source"), ctx) as (src, f):
+        f.write(source)
+        f.close()
+        try:
+            py_compile.compile(
+                str(src),
+                cfile=str(out),
+                dfile=str(origin),
+                doraise=True,
+                optimize=0,
+                invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH,
+            )
+        except py_compile.PyCompileError as exc:
+            raise exc.exc_value from None
+    return out.read_bytes()
+
+
 def pyc_sidecar(path: Path) -> Path:
     """Where the SHA-256 of the bytes HXO wrote to the bytecode file `path` is kept."""
     return path.with_name(path.name + ".sha256")
@@ -388,32 +395,33 @@ class PrimeCaches(Executor):
                 "to_compile": len(todo),
                 "up_to_date": len(plan) - len(todo),
             }
-        # Compile everything first: a syntax error fails the partition before any write.
-        compiled = []
-        for name, row, source, target, header, current in plan:
-            beat()
-            if current:
-                continue
-            _parse(source, name, row["path"])
-            code = compile(
-                source, str(ws.root / row["path"]), "exec", dont_inherit=True, optimize=0
-            )
-            compiled.append((target, header + marshal.dumps(code)))
-        beat(force=True)
         written = 0
-        for target, data in compiled:
-            with atomic_local_file(target, ctx) as (tmp, f):
-                f.write(data)
-                f.close()
+        compiled: list[tuple[Path, Path, bytes]] = []
+        with contextlib.ExitStack() as temporaries:
+            # Compile everything first: a syntax error fails the partition before any write.
+            for name, row, source, target, _header, current in plan:
+                beat()
+                if current:
+                    continue
+                _parse(source, name, row["path"])
+                # This attempt's name for the pyc, removed on the way out unless renamed;
+                # closed at once (py_compile replaces the file), so no descriptor is held
+                # per module of a large package.
+                tmp, reserved = temporaries.enter_context(atomic_local_file(target, ctx))
+                reserved.close()
+                data = compile_pyc(source, ws.root / row["path"], tmp, ctx)
+                compiled.append((target, tmp, data))
+            beat(force=True)
+            for target, tmp, data in compiled:
                 os.replace(tmp, target)
-            # The digest after the file: a crash between the two leaves a digest that does
-            # not match, so the module is compiled again, never trusted.
-            digest = hashlib.sha256(data).hexdigest().encode()
-            with atomic_local_file(pyc_sidecar(target), ctx) as (tmp, f):
-                f.write(digest)
-                f.close()
-                os.replace(tmp, pyc_sidecar(target))
-            written += len(data)
+                # The digest after the file: a crash between the two leaves a digest that
+                # does not match, so the module is compiled again, never trusted.
+                digest = hashlib.sha256(data).hexdigest().encode()
+                with atomic_local_file(pyc_sidecar(target), ctx) as (side, f):
+                    f.write(digest)
+                    f.close()
+                    os.replace(side, pyc_sidecar(target))
+                written += len(data)
         targets = [target for _n, _r, _s, target, _h, _c in plan]
         return {
             "status": "warmed",
@@ -423,7 +431,7 @@ class PrimeCaches(Executor):
             "up_to_date": len(plan) - len(compiled),
             "bytes": written,
             "summary": f"{module}: compiled {plural(len(compiled), 'module')} "
-            f"({human_bytes(written)})",
+            f"({filesizeformat(written)})",
             "effect": {
                 "root": os.path.realpath(root),
                 "files": len(targets),
@@ -451,6 +459,3 @@ class PrimeCaches(Executor):
 
     def cleanup_stale(self) -> int:
         return cleanup_tmp_files(bytecode_root())
-
-
-__all__ = ["ByDagDepth", "ByModule", "PrimeCaches", "WarmRegistry", "registry_key"]

@@ -27,6 +27,19 @@ class ModuleInfo:
     parse_error: str = ""
     internal: list[str] = dataclasses.field(default_factory=list)  # targets in the workspace
 
+    def row(self, sha256: str, depth: int) -> dict[str, Any]:
+        """The module as a stage manifest pins it (`modules.<name>`), with its source's
+        SHA-256 and its depth in the import graph."""
+        return {
+            "path": self.rel,
+            "sha256": sha256,
+            "is_package": self.is_package,
+            "imports": self.imports,
+            "internal": self.internal,
+            "depth": depth,
+            "parse_error": self.parse_error,
+        }
+
 
 def import_root(ws: Workspace, root_rel: str) -> tuple[str, str]:
     """(import root relative to the workspace, dotted prefix of `root_rel`).

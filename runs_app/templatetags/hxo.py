@@ -13,6 +13,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
+from blueprints_app.registry import PARTITIONERS, Partitioner
 from hxo_site.capabilities import has_capability, user_role
 
 register = template.Library()
@@ -72,19 +73,6 @@ def hxo_nav(context: template.Context) -> dict[str, Any]:
 
 
 @register.filter
-def human_bytes(value: Any) -> str:
-    try:
-        n = float(value)
-    except (TypeError, ValueError):
-        return ""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
-
-
-@register.filter
 def duration(ms: Any) -> str:
     """Milliseconds as a short human duration: 850 ms, 4.2 s, 3 min 05 s, 2 h 04 min."""
     if ms is None or ms == "":
@@ -117,12 +105,13 @@ def short(value: Any, n: int = 12) -> str:
 
 @register.filter
 def weight(value: Any, partitioner: str = "") -> str:
-    """A stage's or partition's weight: bytes for file partitioners, else a plain number."""
-    if partitioner == "by_sql_batch":
-        return f"{int(value or 0):,} rows"
-    if partitioner in ("test_items", ""):
+    """A stage's or partition's weight as its partitioner describes it
+    (`Partitioner.describe_weight`: bytes unless the partitioner says otherwise); a plain
+    number when no partitioner is named."""
+    if not partitioner:
         return f"{int(value or 0):,}"
-    return human_bytes(value)
+    # A partitioner no longer registered (a plugin removed) keeps the default reading.
+    return PARTITIONERS.get(partitioner, Partitioner).describe_weight(value)
 
 
 @register.filter

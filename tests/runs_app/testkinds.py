@@ -47,6 +47,10 @@ class ItemsPartitioner(Partitioner):
         "additionalProperties": False,
     }
 
+    @classmethod
+    def describe_weight(cls, weight: int) -> str:
+        return f"{int(weight or 0):,}"  # one per item, not bytes
+
     def partition(self, ctx: PartitionContext) -> StageManifest:
         params = ctx.params
         src = Path(params["dir"]) / "source.txt"

@@ -71,6 +71,22 @@ def test_markdown_extraction_keeps_title_headings_and_text_without_syntax():
     assert extract("no heading here", "Fallback Title")["title"] == "Fallback Title"
 
 
+def test_a_code_block_indented_in_a_list_keeps_every_later_heading():
+    # npm's docs: a fenced block inside a list item, opened 4 spaces in and closed 3 spaces in.
+    page = extract(
+        "# Install\n\n1. Run:\n\n    ```bash\n    npm install\n   ```\n\n"
+        "2. Then `npm test`.\n\n"
+        "## Configure\n\nSet **it**.\n\nUse it\n------\n\n### Done\n",
+        "fallback",
+    )
+
+    assert page["title"] == "Install"
+    assert page["headings"] == ["Install", "Configure", "Use it", "Done"]
+    assert "npm install" in page["body"] and "npm test" in page["body"]
+    assert "Set it." in page["body"]
+    assert "```" not in page["body"]
+
+
 def test_indexing_the_demo_docs_makes_a_phrase_searchable(driver, demo_docs):
     run = driver.run(docs_stage(), dry_run=False)
 

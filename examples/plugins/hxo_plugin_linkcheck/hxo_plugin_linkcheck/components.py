@@ -29,6 +29,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from django.core.files.storage import storages
+from django.template.defaultfilters import filesizeformat
 
 from blueprints_app.registry import (
     ComponentError,
@@ -44,7 +45,6 @@ from blueprints_app.registry import (
 from hxo_plugin_linkcheck import markdown
 from runs_app.kinds.base import (
     INVALID_INPUTS,
-    human_bytes,
     plural,
     publish,
     require_input,
@@ -183,7 +183,7 @@ class ByDocPages(Partitioner):
                         },
                         weight=weight,
                         label=f"{prefix} #{chunk}: {plural(len(own), 'page')}, "
-                        f"{human_bytes(weight)}",
+                        f"{filesizeformat(weight)}",
                     )
                 )
         return StageManifest(
