@@ -1,4 +1,5 @@
-"""Output shapes of the plans and runs API (PRODUCT.md, "REST API v1"), and small inputs."""
+"""Output shapes of the plans and runs API (the README's "REST API v1": fields are only ever
+added, never renamed, since clients rely on them), and small inputs."""
 
 from __future__ import annotations
 
