@@ -66,6 +66,11 @@ class PlanSerializer(serializers.ModelSerializer):
         ]
 
     def _latest(self, obj: Plan) -> PlanRevision:
+        # A list reads the latest revisions in one query (selectors.plans_with_latest_revision);
+        # a single plan reads its own.
+        prefetched = getattr(obj, "latest_revisions", None)
+        if prefetched:
+            return prefetched[0]
         cache = self.context.setdefault("_latest", {})
         if obj.pk not in cache:
             cache[obj.pk] = obj.latest_revision
