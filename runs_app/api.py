@@ -496,7 +496,7 @@ class AuditList(generics.ListAPIView):
     @extend_schema(
         summary="Audit events",
         parameters=[
-            OpenApiParameter("user", str, description=f"Username. {ONCE}"),
+            OpenApiParameter("user", str, description=f"A username, matched exactly. {ONCE}"),
             OpenApiParameter("action", str, description=f"Actions starting with this. {ONCE}"),
             OpenApiParameter("object_type", str, description=ONCE),
             OpenApiParameter("object_id", str, description=ONCE),

@@ -15,9 +15,9 @@ from blueprints_app.registry import EXECUTORS, ComponentError, LeaseLost
 from runs_app import execution, services
 from runs_app.kinds.migrate import SqlMigrate
 from runs_app.models import Partition, PartitionState, Run
+from tests.helpers import drain
 from tests.runs_app.kinds.test_migrate_ledger import PRICES, batches, make_products, price
 from tests.runs_app.testkinds import TEST_KIND_NOAPPROVAL, stage
-from tests.runs_app.views.conftest import drain
 
 pytestmark = pytest.mark.django_db
 

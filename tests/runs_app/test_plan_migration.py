@@ -22,9 +22,10 @@ from blueprints_app.evolution import CODE_MIGRATIONS, register_migration, regist
 from blueprints_app.models import JobKind, JobKindVersion
 from blueprints_app.registry import PartitionContext, StageManifest, register_partitioner
 from blueprints_app.services import job_kind_save, job_kind_version_update
-from runs_app import services, tasks
+from runs_app import services
 from runs_app.errors import ServiceError
-from runs_app.models import AuditEvent, Plan, PlanRevision, Run, RunState
+from runs_app.models import AuditEvent, Plan, PlanRevision, RunState
+from tests.helpers import drain
 from tests.runs_app.testkinds import TEST_KIND, TEST_KIND_NOAPPROVAL, ItemsPartitioner, stage
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -60,15 +61,6 @@ class CountPartitioner(ItemsPartitioner):
 @register_transform("double")
 def double(value: Any) -> Any:
     return value * 2
-
-
-def drain_all(run: Run) -> Run:
-    for _ in range(50):
-        tasks.drain(run.pk, budget_s=30)
-        run.refresh_from_db()
-        if run.is_finished:
-            return run
-    raise AssertionError(f"run {run.pk} did not finish: {run.state}")
 
 
 def publish_v2(kind: str = TEST_KIND, steps: list[dict[str, Any]] | None = None) -> JobKind:
@@ -121,7 +113,7 @@ def test_migrating_writes_a_new_revision_that_needs_a_fresh_approval(
     test_kinds, tmp_path, operator, approver
 ) -> None:
     plan = plan_of(operator, stage("a", tmp_path, items=3))
-    old = drain_all(services.run_start_dry_run(plan=plan, actor=operator))
+    old = drain(services.run_start_dry_run(plan=plan, actor=operator))
     services.run_approve(run=old, actor=approver)
     publish_v2()
 
@@ -145,11 +137,11 @@ def test_migrating_writes_a_new_revision_that_needs_a_fresh_approval(
     assert refused.value.code == codes.STALE_PLAN
     assert refused.value.extra["diff"]["kind_versions"] == {TEST_KIND: {"from": 1, "to": 2}}
 
-    fresh = drain_all(services.run_start_dry_run(plan=plan, actor=operator))
+    fresh = drain(services.run_start_dry_run(plan=plan, actor=operator))
     assert fresh.revision == revision and fresh.digest != old.digest
     assert fresh.kind_snapshots[TEST_KIND]["version"] == 2
     services.run_approve(run=fresh, actor=approver)
-    run = drain_all(services.run_apply(plan=plan, actor=operator, dry_run_id=fresh.pk))
+    run = drain(services.run_apply(plan=plan, actor=operator, dry_run_id=fresh.pk))
     assert run.state == RunState.SUCCEEDED
     assert run.run_stages.get().partitioner == "test_count"
 
