@@ -321,6 +321,9 @@ HXO_DRY_RUN_STATEMENT_TIMEOUT_MS = env_int("HXO_DRY_RUN_STATEMENT_TIMEOUT_MS", 1
 HXO_DRY_RUN_BATCH_TIMEOUT_MS = env_int("HXO_DRY_RUN_BATCH_TIMEOUT_MS", 30_000, minimum=100)
 HXO_ARTIFACTS_DIR = Path(env_str("HXO_ARTIFACTS_DIR", str(VAR_DIR / "artifacts"))).resolve()
 HXO_STAGING_DIR = Path(env_str("HXO_STAGING_DIR", str(VAR_DIR / "staging"))).resolve()
+# deploy.prime's prime_caches writes bytecode here, one directory per workspace, so priming
+# never writes into a workspace.
+HXO_BYTECODE_DIR = Path(env_str("HXO_BYTECODE_DIR", str(VAR_DIR / "cache" / "bytecode"))).resolve()
 
 STORAGES: dict[str, Any] = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

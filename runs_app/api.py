@@ -115,7 +115,7 @@ class PlanListCreate(generics.ListAPIView):
         return [capability_required(cap)()]
 
     def get_queryset(self) -> QuerySet[Plan]:
-        return Plan.objects.select_related("created_by").order_by("-updated_at", "-id")
+        return selectors.plans_with_latest_revision()
 
     @extend_schema(summary="Plans")
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -318,20 +318,15 @@ class RunList(generics.ListAPIView):
     permission_classes = [capability_required("view")]
 
     def get_queryset(self) -> QuerySet[Run]:
-        qs = Run.objects.select_related("revision", "requested_by").prefetch_related(
+        params = self.request.query_params
+        runs = selectors.runs(
+            plan=parameters.optional_id(params, "plan"),
+            state=parameters.choice(params, "state", RunState.values),
+            mode=parameters.choice(params, "mode", RunMode.values),
+        )
+        return runs.select_related("revision", "requested_by").prefetch_related(
             "run_stages", "approvals__user"
         )
-        params = self.request.query_params
-        plan = parameters.optional_id(params, "plan")
-        if plan is not None:
-            qs = qs.filter(plan__pk=plan)
-        state = parameters.choice(params, "state", RunState.values)
-        if state is not None:
-            qs = qs.filter(state=state)
-        mode = parameters.choice(params, "mode", RunMode.values)
-        if mode is not None:
-            qs = qs.filter(mode=mode)
-        return qs.order_by("-id")
 
     @extend_schema(
         summary="Runs",
@@ -465,18 +460,17 @@ class AuditList(generics.ListAPIView):
     permission_classes = [capability_required("audit")]
 
     def get_queryset(self) -> QuerySet[AuditEvent]:
-        qs = AuditEvent.objects.all()
         params = self.request.query_params
-        for name, field, lookup in AUDIT_FILTERS:
-            value = parameters.text(params, name, max_length=_max_length(AuditEvent, field))
-            if value is not None:
-                qs = qs.filter(**{f"{field}__{lookup}": value})
-        return qs.order_by("-at", "-id")
+        filters = {
+            keyword: parameters.text(params, name, max_length=_max_length(AuditEvent, field))
+            for name, keyword, field in AUDIT_FILTERS
+        }
+        return selectors.audit_events(**filters)
 
     @extend_schema(
         summary="Audit events",
         parameters=[
-            OpenApiParameter("user", str, description=f"Username. {ONCE}"),
+            OpenApiParameter("user", str, description=f"A username, matched exactly. {ONCE}"),
             OpenApiParameter("action", str, description=f"Actions starting with this. {ONCE}"),
             OpenApiParameter("object_type", str, description=ONCE),
             OpenApiParameter("object_id", str, description=ONCE),
@@ -486,12 +480,13 @@ class AuditList(generics.ListAPIView):
         return super().get(request, *args, **kwargs)
 
 
-# (query parameter, AuditEvent field, lookup)
+# (query parameter, selectors.audit_events keyword, the AuditEvent field bounding its length);
+# how each value matches is the selector's, shared with the dashboard's audit page.
 AUDIT_FILTERS = (
-    ("user", "actor_name", "exact"),
-    ("action", "action", "startswith"),
-    ("object_type", "object_type", "exact"),
-    ("object_id", "object_id", "exact"),
+    ("user", "actor", "actor_name"),
+    ("action", "action", "action"),
+    ("object_type", "object_type", "object_type"),
+    ("object_id", "object_id", "object_id"),
 )
 
 

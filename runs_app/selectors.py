@@ -7,11 +7,12 @@ query counts stay flat whatever the number of partitions (counters live on RunSt
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 from typing import Any
 
 from django.conf import settings
-from django.db.models import F, Q, QuerySet
+from django.db.models import F, Prefetch, Q, QuerySet
 from django.db.models.fields.json import KT
 from django.utils import timezone
 
@@ -402,24 +403,62 @@ def plans_using_kind(kind: str) -> list[Plan]:
     ]
 
 
+# --- List filters -----------------------------------------------------------------------------
+# One filter function per list that both the dashboard and the API filter, so a page and its
+# endpoint list the same rows for the same values. Each caller parses its own parameters (a
+# form, or the API's strict parsers) and adds its own select_related for what it renders.
+
+
+def plans_with_latest_revision() -> QuerySet[Plan]:
+    """Plans as `GET /api/v1/plans/` lists them (latest update first), each with its creator
+    and its latest revision loaded: `plan.latest_revisions` is a one-item list. Three
+    queries for a page whatever its number of plans, revisions or runs."""
+    latest = PlanRevision.objects.filter(number=F("plan__latest_number"))
+    return (
+        Plan.objects.select_related("created_by")
+        .prefetch_related(Prefetch("revisions", queryset=latest, to_attr="latest_revisions"))
+        .order_by("-updated_at", "-id")
+    )
+
+
+def runs(
+    *, plan: int | None = None, state: str | None = None, mode: str | None = None
+) -> QuerySet[Run]:
+    """Runs newest first, optionally of one plan (its id), in one `RunState` and one `RunMode`.
+
+    Values are exact; an empty or None value does not filter."""
+    qs = Run.objects.all()
+    if plan is not None:
+        qs = qs.filter(plan__pk=plan)
+    if state:
+        qs = qs.filter(state=state)
+    if mode:
+        qs = qs.filter(mode=mode)
+    return qs.order_by("-id")
+
+
 def audit_events(
     *,
-    actor: str = "",
-    action: str = "",
-    object_type: str = "",
-    object_id: str = "",
-    since: Any = None,
-    until: Any = None,
+    actor: str | None = None,
+    action: str | None = None,
+    object_type: str | None = None,
+    object_id: str | None = None,
+    since: datetime.datetime | None = None,
+    until: datetime.datetime | None = None,
 ) -> QuerySet[AuditEvent]:
+    """Audit events newest first (`at`, then id), filtered as `GET /api/v1/audit/` documents:
+
+    - `actor`: the actor's username, exactly (usernames are case-sensitive);
+    - `action`: actions starting with this (`run.` lists every run action, `run.apply` that one);
+    - `object_type`, `object_id`: exactly;
+    - `since`, `until`: `at` within these bounds, both inclusive (aware datetimes).
+
+    An empty or None value does not filter."""
     qs = AuditEvent.objects.all()
     if actor:
-        qs = qs.filter(actor_name__iexact=actor)
+        qs = qs.filter(actor_name=actor)
     if action:
-        qs = (
-            qs.filter(action__startswith=action)
-            if action.endswith(".")
-            else qs.filter(action=action)
-        )
+        qs = qs.filter(action__startswith=action)
     if object_type:
         qs = qs.filter(object_type=object_type)
     if object_id:

@@ -1,4 +1,5 @@
-"""Output shapes of the plans and runs API (PRODUCT.md, "REST API v1"), and small inputs."""
+"""Output shapes of the plans and runs API (the README's "REST API v1": fields are only ever
+added, never renamed, since clients rely on them), and small inputs."""
 
 from __future__ import annotations
 
@@ -67,6 +68,11 @@ class PlanSerializer(serializers.ModelSerializer):
         ]
 
     def _latest(self, obj: Plan) -> PlanRevision:
+        # A list reads the latest revisions in one query (selectors.plans_with_latest_revision);
+        # a single plan reads its own.
+        prefetched = getattr(obj, "latest_revisions", None)
+        if prefetched:
+            return prefetched[0]
         cache = self.context.setdefault("_latest", {})
         if obj.pk not in cache:
             cache[obj.pk] = obj.latest_revision

@@ -55,7 +55,9 @@ def page(
     partial: str | None = None,
     status: int = 200,
 ) -> HttpResponse:
-    """Render a page, or only its `partial` when htmx asks for it (STYLE.md, convention 4)."""
+    """Render `template`, or only its `{% partialdef %}` named `partial` when htmx asks for
+    it (an `HX-Request` header); the full page is always the answer without htmx, and the
+    response varies on `HX-Request` so a cache never serves one for the other."""
     name = f"{template}#{partial}" if partial and is_partial_request(request) else template
     response = render(request, name, context, status=status)
     patch_vary_headers(response, ["HX-Request"])

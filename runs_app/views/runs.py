@@ -53,14 +53,10 @@ def get_run(pk: int) -> Run:
 @require_GET
 def run_list(request: HttpRequest) -> HttpResponse:
     form = f.RunFilterForm(request.GET or None)
-    runs = Run.objects.select_related("plan", "revision", "requested_by").order_by("-id")
     data = filter_values(form)
-    if data.get("state"):
-        runs = runs.filter(state=data["state"])
-    if data.get("mode"):
-        runs = runs.filter(mode=data["mode"])
-    if data.get("plan"):
-        runs = runs.filter(plan__pk=data["plan"])
+    runs = selectors.runs(
+        plan=data.get("plan"), state=data.get("state"), mode=data.get("mode")
+    ).select_related("plan", "revision", "requested_by")
     context = {"form": form, "runs": paginate(request, runs), "query": query_without_page(request)}
     return page(request, "hxo/runs/list.html", context, partial="results")
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from runs_app import services, tasks
-from runs_app.models import Plan, Run
+from runs_app import services
+from runs_app.models import Plan
 from tests.browser.conftest import RESULTS, log_in
+from tests.helpers import drain
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,15 +27,6 @@ WIDER_THAN_PARENT = """
                && e.parentElement.getBoundingClientRect().right <= 392)
   .slice(0, 5).map(e => e.tagName + '.' + e.className)
 """
-
-
-def drain(run: Run) -> Run:
-    for _ in range(50):
-        tasks.drain(run.pk, budget_s=30)
-        run.refresh_from_db()
-        if run.is_finished:
-            return run
-    raise AssertionError(f"run {run.pk} did not finish")
 
 
 def example(name: str, actor) -> Plan:

@@ -9,15 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pytest
 from django.apps import apps
 from django.db.models import Model
 
 from hxo_site.models import AuditEvent
-from runs_app import services, tasks
+from runs_app import services
 from runs_app.models import Plan, Run
+from tests.helpers import drain
 from tests.runs_app.testkinds import TEST_KIND, TEST_KIND_NOAPPROVAL, make_test_kinds, stage
 
 
@@ -57,18 +57,6 @@ def assert_refused(response: Any, status: int | tuple[int, ...], code: str | Non
 @pytest.fixture
 def test_kinds(db: None) -> None:
     make_test_kinds()
-
-
-def drain(run: Run) -> Run:
-    """Run the drainer in this thread, inside the test's transaction (its closing of old
-    connections would end that transaction, so it is switched off)."""
-    with mock.patch.object(tasks, "close_old_connections", lambda: None):
-        for _ in range(50):
-            tasks.drain(run.pk, budget_s=30)
-            run.refresh_from_db()
-            if run.is_finished:
-                return run
-    raise AssertionError(f"run {run.pk} did not finish: {run.state}")
 
 
 @pytest.fixture

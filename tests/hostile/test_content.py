@@ -17,7 +17,8 @@ from django.test import Client
 from blueprints_app.models import JobKind
 from runs_app import services
 from runs_app.models import Plan, Run
-from tests.hostile.conftest import assert_refused, drain, snapshot
+from tests.helpers import drain
+from tests.hostile.conftest import assert_refused, snapshot
 from tests.runs_app.testkinds import TEST_KIND, stage
 
 pytestmark = pytest.mark.django_db

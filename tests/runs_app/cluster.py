@@ -1,7 +1,8 @@
-"""A real django-q2 cluster inside the test process (notes/django-q2.md, "Testing" 4).
+"""A real django-q2 cluster inside the test process, for end-to-end and fault tests.
 
-Its worker processes are forked from the test process, so they share its settings and its
-file-based test database; an externally started qcluster would use the wrong database.
+It runs in transactional tests on a file-based SQLite (or PostgreSQL) test database. Its
+worker processes are forked from the test process, so they share its settings and its test
+database; an externally started qcluster would use the wrong (non-test) database.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from hxo_site.models import AuditEvent
-from runs_app import tasks
 from runs_app.models import Approval, Partition, Plan, PlanRevision, Run
+from tests.helpers import drain
 from tests.runs_app.testkinds import TEST_KIND_NOAPPROVAL, stage
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -23,14 +23,6 @@ def snapshot() -> tuple[int, ...]:
         Partition.objects.count(),
         Approval.objects.count(),
     )
-
-
-def drain(run_id: int) -> None:
-    for _ in range(20):
-        tasks.drain(run_id, budget_s=30)
-        if Run.objects.get(pk=run_id).is_finished:
-            return
-    raise AssertionError("run did not finish")
 
 
 @pytest.fixture

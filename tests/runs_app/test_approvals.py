@@ -21,21 +21,13 @@ from hxo_site import codes
 from hxo_site.capabilities import has_capability
 from hxo_site.errors import ServiceError
 from hxo_site.models import AuditEvent
-from runs_app import policies, services, tasks
+from runs_app import policies, services
 from runs_app.models import Approval, Plan, Run, RunMode, RunState
+from tests.helpers import drain
 from tests.runs_app.test_concurrency import in_threads
 from tests.runs_app.testkinds import TEST_KIND, TEST_KIND_NOAPPROVAL, effects, stage
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def drain_all(run: Run) -> Run:
-    for _ in range(50):
-        tasks.drain(run.pk, budget_s=30)
-        run.refresh_from_db()
-        if run.is_finished:
-            return run
-    raise AssertionError(f"run {run.pk} did not finish: {run.state}")
 
 
 def applies(plan: Plan) -> int:
@@ -54,7 +46,7 @@ def approved(test_kinds, tmp_path: Path, operator, approver) -> tuple[Plan, Run]
     plan = services.plan_create(
         actor=operator, document={"name": "p", "stages": [stage("a", tmp_path, items=3)]}
     )
-    dry = drain_all(services.run_start_dry_run(plan=plan, actor=operator))
+    dry = drain(services.run_start_dry_run(plan=plan, actor=operator))
     services.run_approve(run=dry, actor=approver)
     dry.refresh_from_db()
     assert dry.state == RunState.APPROVED
@@ -72,7 +64,7 @@ def test_a_second_apply_of_one_approval_is_409_approval_used_naming_the_first(
     url = f"/api/v1/plans/{plan.pk}/apply/"
     first = client.post(url, {"dry_run": dry.pk}, format="json")
     assert first.status_code == 202
-    drain_all(Run.objects.get(pk=first.json()["id"]))
+    drain(Run.objects.get(pk=first.json()["id"]))
 
     second = client.post(url, {"dry_run": dry.pk}, format="json")
 
@@ -103,7 +95,7 @@ def test_eight_concurrent_applies_of_one_approval_make_exactly_one_run(
     assert [r.code for r in refusals] == [codes.APPROVAL_USED] * 7, results
     assert {r.extra["run"] for r in refusals} == {runs[0].pk}
     assert applies(plan) == 1
-    drain_all(runs[0])
+    drain(runs[0])
     assert sorted(effects(tmp_path, "a")) == [0, 1, 2]
 
 
@@ -115,12 +107,12 @@ def test_a_replay_of_the_apply_is_not_a_second_use(
         actor=operator,
         document={"name": "p", "stages": [stage("a", tmp_path, items=3, fail={"1": 1})]},
     )
-    dry = drain_all(services.run_start_dry_run(plan=plan, actor=operator))
+    dry = drain(services.run_start_dry_run(plan=plan, actor=operator))
     services.run_approve(run=dry, actor=approver)
-    run = drain_all(services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk))
+    run = drain(services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk))
     assert run.state == RunState.FAILED
 
-    child = drain_all(services.run_replay(run=run, actor=operator))
+    child = drain(services.run_replay(run=run, actor=operator))
 
     assert child.state == RunState.SUCCEEDED and child.dry_run_id == dry.pk
     assert sorted(effects(tmp_path, "a")) == [0, 1, 2]
@@ -153,7 +145,7 @@ def test_the_pages_do_not_offer_an_apply_the_service_refuses(
     plan, dry = approved
     assert run_actions(operator, dry).apply
     if how == "used":
-        drain_all(services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk))
+        drain(services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk))
         expected = "already used by apply run"
     else:
         Approval.objects.filter(run=dry).update(
@@ -185,7 +177,7 @@ def test_an_author_of_an_earlier_revision_cannot_approve_through_the_api(
     edit = op.patch(f"/api/v1/plans/{plan['id']}/", {"description": "x"}, format="json")
     assert edit.status_code == 200
     dry = op.post(f"/api/v1/plans/{plan['id']}/dry-run/").json()
-    drain_all(Run.objects.get(pk=dry["id"]))
+    drain(Run.objects.get(pk=dry["id"]))
 
     response = admin.post(f"/api/v1/runs/{dry['id']}/approve/", {}, format="json")
 
@@ -215,16 +207,16 @@ def four_eyes_plan(
         actor=cast4["first"], document={"name": "p", "stages": [stage("a", tmp_path, items=2)]}
     )
     if applied_first:
-        dry = drain_all(services.run_start_dry_run(plan=plan, actor=cast4["requester"]))
+        dry = drain(services.run_start_dry_run(plan=plan, actor=cast4["requester"]))
         services.run_approve(run=dry, actor=cast4["fresh"])
         run = services.run_apply(plan=plan, actor=cast4["requester"], dry_run_id=dry.pk)
-        assert drain_all(run).state == RunState.SUCCEEDED
+        assert drain(run).state == RunState.SUCCEEDED
     if edit == "description":
         document: dict[str, Any] = {"description": "edited"}
     else:
         document = {"stages": [stage("a", tmp_path, items=2), stage("b", tmp_path, items=1)]}
     services.plan_update(plan=plan, actor=cast4["editor"], document=document, partial=True)
-    return drain_all(services.run_start_dry_run(plan=plan, actor=cast4["requester"]))
+    return drain(services.run_start_dry_run(plan=plan, actor=cast4["requester"]))
 
 
 # Rows changed in round 2 (finding 5): an editor of the description alone shaped nothing that
@@ -309,7 +301,7 @@ def failed_dry_run(tmp_path: Path, operator, settings) -> tuple[Plan, Run]:
     doc = stage("a", tmp_path, items=3, fail_dry_run={"1": 1, "2": 1})
     doc["max_failed_partitions"] = 1  # the stage fails at its second failure, not its first
     plan = services.plan_create(actor=operator, document={"name": "p", "stages": [doc]})
-    dry = drain_all(services.run_start_dry_run(plan=plan, actor=operator))
+    dry = drain(services.run_start_dry_run(plan=plan, actor=operator))
     assert dry.state == RunState.FAILED
     assert sorted(dry.partitions.values_list("state", flat=True)) == [
         "failed",
@@ -323,7 +315,7 @@ def test_an_approved_replay_dry_run_does_not_cover_the_whole_manifest(
     test_kinds, tmp_path, operator, approver, settings, api_client_for
 ) -> None:
     plan, dry = failed_dry_run(tmp_path, operator, settings)
-    child = drain_all(services.run_replay(run=dry, actor=operator))
+    child = drain(services.run_replay(run=dry, actor=operator))
     assert child.state == RunState.AWAITING_APPROVAL, list(
         child.partitions.values("state", "error")
     )
@@ -353,12 +345,12 @@ def test_a_replay_holding_every_partition_covers_the_manifest(
     doc = stage("a", tmp_path, items=2, fail_dry_run={"0": 1, "1": 1})
     doc["max_failed_partitions"] = 1  # both fail, whatever the order
     plan = services.plan_create(actor=operator, document={"name": "p", "stages": [doc]})
-    dry = drain_all(services.run_start_dry_run(plan=plan, actor=operator))
-    child = drain_all(services.run_replay(run=dry, actor=operator))
+    dry = drain(services.run_start_dry_run(plan=plan, actor=operator))
+    child = drain(services.run_replay(run=dry, actor=operator))
     assert child.partitions.count() == 2
     services.run_approve(run=child, actor=approver)
 
-    run = drain_all(services.run_apply(plan=plan, actor=operator, dry_run_id=child.pk))
+    run = drain(services.run_apply(plan=plan, actor=operator, dry_run_id=child.pk))
 
     assert run.state == RunState.SUCCEEDED
     assert sorted(effects(tmp_path, "a")) == [0, 1]
@@ -371,8 +363,8 @@ def test_the_requester_of_a_replayed_dry_run_cannot_approve_its_replay(
     doc = stage("a", tmp_path, items=2, fail_dry_run={"0": 1, "1": 1})
     doc["max_failed_partitions"] = 1
     plan = services.plan_create(actor=cast4["first"], document={"name": "p", "stages": [doc]})
-    dry = drain_all(services.run_start_dry_run(plan=plan, actor=cast4["requester"]))
-    child = drain_all(services.run_replay(run=dry, actor=cast4["editor"]))
+    dry = drain(services.run_start_dry_run(plan=plan, actor=cast4["requester"]))
+    child = drain(services.run_replay(run=dry, actor=cast4["editor"]))
     assert child.state == RunState.AWAITING_APPROVAL
 
     for who, reason in (("requester", f"you requested dry-run #{dry.pk}"), ("editor", "requested")):
@@ -396,7 +388,7 @@ def failed_apply(test_kinds, tmp_path, operator, settings) -> Run:
             "stages": [stage("a", tmp_path, items=3, kind=TEST_KIND_NOAPPROVAL, fail={"0": 1})],
         },
     )
-    run = drain_all(services.run_apply(plan=plan, actor=operator))
+    run = drain(services.run_apply(plan=plan, actor=operator))
     assert run.state == RunState.FAILED
     return run
 
@@ -409,7 +401,7 @@ def test_four_concurrent_replays_make_exactly_one_child(failed_apply, tmp_path, 
     assert len(children) == 1, results
     assert [r.code for r in refusals] == [codes.REPLAY_IN_PROGRESS] * 3, results
     assert Run.objects.filter(parent=failed_apply).count() == 1
-    drain_all(children[0])
+    drain(children[0])
     assert sorted(effects(tmp_path, "a")) == [0, 1, 2]  # each item executed once
 
 
@@ -418,7 +410,7 @@ def test_a_second_replay_is_refused_while_open_and_after(failed_apply, operator)
     with pytest.raises(ServiceError) as open_:
         services.run_replay(run=failed_apply, actor=operator)
     assert open_.value.code == codes.REPLAY_IN_PROGRESS and open_.value.status == 409
-    drain_all(child)
+    drain(child)
     with pytest.raises(ServiceError) as done:
         services.run_replay(run=failed_apply, actor=operator)
     assert done.value.code == codes.ALREADY_REPLAYED and done.value.extra["run"] == child.pk

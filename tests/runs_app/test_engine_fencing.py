@@ -16,9 +16,9 @@ from runs_app import services
 from runs_app.engine import claims, execute, heartbeat
 from runs_app.kinds.migrate import SqlMigrate
 from runs_app.models import Partition, PartitionState, Run
+from tests.helpers import drain
 from tests.runs_app.kinds.test_migrate_ledger import PRICES, batches, make_products, price
 from tests.runs_app.testkinds import TEST_KIND_NOAPPROVAL, stage
-from tests.runs_app.views.conftest import drain
 
 pytestmark = pytest.mark.django_db
 

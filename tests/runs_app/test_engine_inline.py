@@ -9,20 +9,12 @@ import pytest
 from hxo_site import codes
 from hxo_site.errors import ServiceError
 from hxo_site.models import AuditEvent
-from runs_app import services, tasks
+from runs_app import services
 from runs_app.models import Partition, Run, RunState
+from tests.helpers import drain
 from tests.runs_app.testkinds import TEST_KIND_NOAPPROVAL, effects, stage
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def drain_all(run: Run) -> Run:
-    for _ in range(50):
-        tasks.drain(run.pk, budget_s=30)
-        run.refresh_from_db()
-        if run.is_finished:
-            return run
-    raise AssertionError(f"run {run.pk} did not finish: {run.state}")
 
 
 def plan_of(operator, *stages):
@@ -40,7 +32,7 @@ def test_three_dependent_stages_go_from_dry_run_to_receipt(
         stage("c", tmp_path, items=2, depends_on=["a", "b"]),
     )
     dry = services.run_start_dry_run(plan=plan, actor=operator)
-    dry = drain_all(dry)
+    dry = drain(dry)
     assert dry.state == RunState.AWAITING_APPROVAL
     assert effects(tmp_path, "a") == []  # a dry-run has no effect
     assert Partition.objects.filter(run=dry, preview__isnull=False).count() == 9
@@ -53,7 +45,7 @@ def test_three_dependent_stages_go_from_dry_run_to_receipt(
     dry.refresh_from_db()
     assert dry.state == RunState.APPROVED
 
-    run = drain_all(services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk))
+    run = drain(services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk))
     assert run.state == RunState.SUCCEEDED
     assert sorted(effects(tmp_path, "a")) == [0, 1, 2, 3]
     assert sorted(effects(tmp_path, "c")) == [0, 1]
@@ -63,7 +55,7 @@ def test_three_dependent_stages_go_from_dry_run_to_receipt(
 
 def test_self_approval_is_refused(test_kinds, tmp_path, admiral) -> None:
     plan = plan_of(admiral, stage("a", tmp_path, items=1))
-    dry = drain_all(services.run_start_dry_run(plan=plan, actor=admiral))
+    dry = drain(services.run_start_dry_run(plan=plan, actor=admiral))
     with pytest.raises(ServiceError) as refused:
         services.run_approve(run=dry, actor=admiral)
     assert refused.value.code == codes.SELF_APPROVAL_FORBIDDEN
@@ -73,7 +65,7 @@ def test_self_approval_is_refused(test_kinds, tmp_path, admiral) -> None:
 def test_apply_refuses_stale_plan_with_a_diff(test_kinds, tmp_path, operator, approver) -> None:
     (tmp_path / "source.txt").write_text("v1")
     plan = plan_of(operator, stage("a", tmp_path, items=2))
-    dry = drain_all(services.run_start_dry_run(plan=plan, actor=operator))
+    dry = drain(services.run_start_dry_run(plan=plan, actor=operator))
     services.run_approve(run=dry, actor=approver)
     (tmp_path / "source.txt").write_text("v2")
     before = Run.objects.count()
@@ -92,7 +84,7 @@ def test_failed_idempotent_partition_is_retried(test_kinds, tmp_path, operator, 
     plan = plan_of(
         operator, stage("a", tmp_path, items=3, kind=TEST_KIND_NOAPPROVAL, fail={"1": 2})
     )
-    run = drain_all(services.run_apply(plan=plan, actor=operator))
+    run = drain(services.run_apply(plan=plan, actor=operator))
     assert run.state == RunState.SUCCEEDED
     assert Partition.objects.get(run=run, index=1).attempts == 3
     assert sorted(effects(tmp_path, "a")) == [0, 1, 2]
@@ -115,7 +107,7 @@ def test_non_idempotent_partition_is_never_retried(
         services.run_apply(plan=plan, actor=operator)
     assert refused.value.code == codes.FORCE_MERGE_REQUIRED
     assert refused.value.status == 403
-    run = drain_all(services.run_apply(plan=plan, actor=admiral))
+    run = drain(services.run_apply(plan=plan, actor=admiral))
     assert run.state == RunState.FAILED
     failed = Partition.objects.get(run=run, index=0)
     assert failed.state == "failed" and failed.attempts == 1
@@ -128,7 +120,7 @@ def test_replay_reruns_only_the_failed_partitions(test_kinds, tmp_path, operator
     plan = plan_of(
         operator, stage("a", tmp_path, items=4, kind=TEST_KIND_NOAPPROVAL, fail={"2": 1})
     )
-    run = drain_all(services.run_apply(plan=plan, actor=operator))
+    run = drain(services.run_apply(plan=plan, actor=operator))
     assert run.state == RunState.FAILED
     # The failure budget is 0: what was not yet claimed when item 2 failed was cancelled.
     first = effects(tmp_path, "a")
@@ -139,7 +131,7 @@ def test_replay_reruns_only_the_failed_partitions(test_kinds, tmp_path, operator
         )
     )
     assert 2 in redo and redo == {0, 1, 2, 3} - set(first)
-    child = drain_all(services.run_replay(run=run, actor=operator))
+    child = drain(services.run_replay(run=run, actor=operator))
     assert child.parent_id == run.pk
     assert child.state == RunState.SUCCEEDED
     assert set(Partition.objects.filter(run=child).values_list("index", flat=True)) == redo
@@ -149,15 +141,15 @@ def test_replay_reruns_only_the_failed_partitions(test_kinds, tmp_path, operator
 
 def test_apply_reuses_partitions_that_already_succeeded(test_kinds, tmp_path, operator) -> None:
     plan = plan_of(operator, stage("a", tmp_path, items=3, kind=TEST_KIND_NOAPPROVAL))
-    first = drain_all(services.run_apply(plan=plan, actor=operator))
-    second = drain_all(services.run_apply(plan=plan, actor=operator))
+    first = drain(services.run_apply(plan=plan, actor=operator))
+    second = drain(services.run_apply(plan=plan, actor=operator))
     assert second.state == RunState.SUCCEEDED
     assert Partition.objects.filter(run=second, state="reused").count() == 3
     assert (
         effects(tmp_path, "a") == sorted(effects(tmp_path, "a")) or len(effects(tmp_path, "a")) == 3
     )
     assert len(effects(tmp_path, "a")) == 3
-    forced = drain_all(services.run_apply(plan=plan, actor=operator, force_rerun=True))
+    forced = drain(services.run_apply(plan=plan, actor=operator, force_rerun=True))
     assert forced.state == RunState.SUCCEEDED
     assert len(effects(tmp_path, "a")) == 6
     assert first.merkle_root
@@ -170,7 +162,7 @@ def test_a_stage_past_its_slo_is_recorded_as_breached(test_kinds, tmp_path, oper
     run = services.run_apply(plan=plan, actor=operator)
     # Make sure the stage's elapsed time exceeds 1 ms before the first partition completes.
     (tmp_path / "source.txt").write_text("x" * 10)
-    run = drain_all(run)
+    run = drain(run)
     assert run.state == RunState.SUCCEEDED
     assert run.slo_breached is True
     stage_row = run.run_stages.get()
@@ -184,7 +176,7 @@ def test_a_partition_past_the_partition_timeout_fails(
     settings.HXO_PARTITION_TIMEOUT_MS = 300
     settings.HXO_MAX_ATTEMPTS = 1
     plan = plan_of(operator, stage("a", tmp_path, items=1, kind=TEST_KIND_NOAPPROVAL, block=[0]))
-    run = drain_all(services.run_apply(plan=plan, actor=operator))
+    run = drain(services.run_apply(plan=plan, actor=operator))
     assert run.state == RunState.FAILED
     part = Partition.objects.get(run=run)
     assert part.error["code"] == "shard_timeout"
@@ -197,7 +189,7 @@ def test_effects_are_checked_by_the_worker_not_by_the_apply_request(
     from tests.runs_app.testkinds import AppendExecutor, effect_files
 
     plan = plan_of(operator, stage("a", tmp_path, items=3, kind=TEST_KIND_NOAPPROVAL))
-    drain_all(services.run_apply(plan=plan, actor=operator))
+    drain(services.run_apply(plan=plan, actor=operator))
     checked: list[int] = []
     original = AppendExecutor.effect_exists
 
@@ -212,7 +204,7 @@ def test_effects_are_checked_by_the_worker_not_by_the_apply_request(
     assert checked == []  # the request only inserted the run
     assert set(Partition.objects.filter(run=second).values_list("state", flat=True)) == {"pending"}
 
-    second = drain_all(second)
+    second = drain(second)
     assert sorted(checked) == [0, 1, 2]
     states = dict(Partition.objects.filter(run=second).values_list("index", "state"))
     assert states == {0: "reused", 1: "succeeded", 2: "reused"}
@@ -238,7 +230,7 @@ def test_outcomes_are_written_by_the_drainer_not_by_the_heartbeat_thread(
     monkeypatch.setattr(execute, "record_outcomes", recording)
     plan = plan_of(operator, stage("a", tmp_path, items=6, kind=TEST_KIND_NOAPPROVAL))
 
-    run = drain_all(services.run_apply(plan=plan, actor=operator))
+    run = drain(services.run_apply(plan=plan, actor=operator))
 
     assert run.state == RunState.SUCCEEDED
     assert sorted(effects(tmp_path, "a")) == [0, 1, 2, 3, 4, 5]

@@ -14,8 +14,9 @@ from blueprints_app.services import job_kind_save, job_kind_version_update
 from blueprints_app.validation import validate_plan
 from hxo_site import codes
 from hxo_site.errors import ServiceError
-from runs_app import services, tasks
+from runs_app import services
 from runs_app.models import Plan, Run, RunState
+from tests.helpers import drain
 from tests.runs_app.testkinds import (
     TEST_KIND,
     TEST_KIND_NOAPPROVAL,
@@ -25,15 +26,6 @@ from tests.runs_app.testkinds import (
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def drain_all(run: Run) -> Run:
-    for _ in range(50):
-        tasks.drain(run.pk, budget_s=30)
-        run.refresh_from_db()
-        if run.is_finished:
-            return run
-    raise AssertionError(f"run {run.pk} did not finish: {run.state}")
 
 
 def publish(kind: str, **changes: object) -> JobKind:
@@ -71,7 +63,7 @@ def test_a_plan_pinned_to_version_1_still_runs_after_version_2_is_published(
     assert v2.version == 2
     assert not validate_plan(plan.latest_revision.document).valid  # under v2 it is not valid
 
-    run = drain_all(services.run_apply(plan=plan, actor=operator))
+    run = drain(services.run_apply(plan=plan, actor=operator))
 
     assert run.state == RunState.SUCCEEDED
     assert effect_files(tmp_path, "a") == [0, 1, 2]
@@ -102,11 +94,11 @@ def test_publishing_a_version_does_not_make_an_approval_of_a_pinned_revision_sta
     test_kinds, tmp_path, operator, approver
 ) -> None:
     plan = plan_of(operator, stage("a", tmp_path, items=2))
-    dry = drain_all(services.run_start_dry_run(plan=plan, actor=operator))
+    dry = drain(services.run_start_dry_run(plan=plan, actor=operator))
     services.run_approve(run=dry, actor=approver)
     publish(TEST_KIND, default_slo_ms=1234)
 
-    run = drain_all(services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk))
+    run = drain(services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk))
 
     assert run.state == RunState.SUCCEEDED
     assert run.digest == dry.digest
@@ -117,7 +109,7 @@ def test_a_tightened_safety_policy_applies_to_pinned_revisions_and_stales_their_
 ) -> None:
     plan = plan_of(operator, stage("a", tmp_path, items=2, kind=TEST_KIND_NOAPPROVAL))
     # v1 needs no dry-run; an optional one is approved anyway...
-    dry = drain_all(services.run_start_dry_run(plan=plan, actor=operator))
+    dry = drain(services.run_start_dry_run(plan=plan, actor=operator))
     assert dry.state == RunState.SUCCEEDED
     # ...then the registry admin makes the kind require an approved dry-run (v2).
     publish(TEST_KIND_NOAPPROVAL, require_dry_run=True)
@@ -130,11 +122,11 @@ def test_a_tightened_safety_policy_applies_to_pinned_revisions_and_stales_their_
         services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk)
     assert stale.value.code in (codes.DRY_RUN_NOT_APPROVED, codes.STALE_PLAN)
 
-    fresh = drain_all(services.run_start_dry_run(plan=plan, actor=operator))
+    fresh = drain(services.run_start_dry_run(plan=plan, actor=operator))
     assert fresh.state == RunState.AWAITING_APPROVAL  # the stricter policy, on a v1 pin
     assert fresh.digest != dry.digest
     services.run_approve(run=fresh, actor=approver)
-    run = drain_all(services.run_apply(plan=plan, actor=operator, dry_run_id=fresh.pk))
+    run = drain(services.run_apply(plan=plan, actor=operator, dry_run_id=fresh.pk))
     assert run.state == RunState.SUCCEEDED
 
 
@@ -189,7 +181,7 @@ def test_a_deprecated_kind_warns_before_its_sunset_and_is_refused_after_it(
     warning = validated.json()["warnings"][0]
     assert warning["code"] == codes.KIND_DEPRECATED
     assert f"{sunset:%Y-%m-%d}" in warning["message"] and TEST_KIND in warning["message"]
-    assert drain_all(services.run_apply(plan=plan, actor=operator)).state == RunState.SUCCEEDED
+    assert drain(services.run_apply(plan=plan, actor=operator)).state == RunState.SUCCEEDED
 
     publish(TEST_KIND_NOAPPROVAL, sunset_at=timezone.now() - dt.timedelta(seconds=1))
     before = Run.objects.count()

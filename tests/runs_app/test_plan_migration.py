@@ -24,8 +24,9 @@ from blueprints_app.services import job_kind_save, job_kind_version_update
 from hxo_site import codes
 from hxo_site.errors import ServiceError
 from hxo_site.models import AuditEvent
-from runs_app import services, tasks
-from runs_app.models import Plan, PlanRevision, Run, RunState
+from runs_app import services
+from runs_app.models import Plan, PlanRevision, RunState
+from tests.helpers import drain
 from tests.runs_app.testkinds import TEST_KIND, TEST_KIND_NOAPPROVAL, ItemsPartitioner, stage
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -61,15 +62,6 @@ class CountPartitioner(ItemsPartitioner):
 @register_transform("double")
 def double(value: Any) -> Any:
     return value * 2
-
-
-def drain_all(run: Run) -> Run:
-    for _ in range(50):
-        tasks.drain(run.pk, budget_s=30)
-        run.refresh_from_db()
-        if run.is_finished:
-            return run
-    raise AssertionError(f"run {run.pk} did not finish: {run.state}")
 
 
 def publish_v2(kind: str = TEST_KIND, steps: list[dict[str, Any]] | None = None) -> JobKind:
@@ -122,7 +114,7 @@ def test_migrating_writes_a_new_revision_that_needs_a_fresh_approval(
     test_kinds, tmp_path, operator, approver
 ) -> None:
     plan = plan_of(operator, stage("a", tmp_path, items=3))
-    old = drain_all(services.run_start_dry_run(plan=plan, actor=operator))
+    old = drain(services.run_start_dry_run(plan=plan, actor=operator))
     services.run_approve(run=old, actor=approver)
     publish_v2()
 
@@ -146,11 +138,11 @@ def test_migrating_writes_a_new_revision_that_needs_a_fresh_approval(
     assert refused.value.code == codes.STALE_PLAN
     assert refused.value.extra["diff"]["kind_versions"] == {TEST_KIND: {"from": 1, "to": 2}}
 
-    fresh = drain_all(services.run_start_dry_run(plan=plan, actor=operator))
+    fresh = drain(services.run_start_dry_run(plan=plan, actor=operator))
     assert fresh.revision == revision and fresh.digest != old.digest
     assert fresh.kind_snapshots[TEST_KIND]["version"] == 2
     services.run_approve(run=fresh, actor=approver)
-    run = drain_all(services.run_apply(plan=plan, actor=operator, dry_run_id=fresh.pk))
+    run = drain(services.run_apply(plan=plan, actor=operator, dry_run_id=fresh.pk))
     assert run.state == RunState.SUCCEEDED
     assert run.run_stages.get().partitioner == "test_count"
 

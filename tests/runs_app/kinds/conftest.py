@@ -281,6 +281,19 @@ def pg_target(settings: Any) -> Iterator[str]:
         admin.close()
 
 
+# 2001-09-09T01:46:40Z: any write after backdate() gives a file a later mtime.
+BACKDATED_NS = 1_000_000_000 * 10**9
+
+
+def backdate(root: Path) -> None:
+    """Set the access and modification times of every file under `root` to BACKDATED_NS, so
+    that a later rewrite shows in `tree_snapshot`'s mtime_ns whatever the file system's
+    timestamp granularity (a rewrite within the same clock tick keeps the same mtime)."""
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            os.utime(Path(dirpath) / name, ns=(BACKDATED_NS, BACKDATED_NS))
+
+
 def tree_snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
     """Every file under root with (inode, size, mtime_ns): what a test compares for writes."""
     found = {}

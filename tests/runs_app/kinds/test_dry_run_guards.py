@@ -23,11 +23,12 @@ import psycopg
 import pytest
 
 from blueprints_app.registry import EXECUTORS, ComponentError
-from runs_app import services, tasks
+from runs_app import services
 from runs_app.models import Partition, PartitionState, Run, RunState
 from runs_app.targets import connect
+from tests.helpers import drain
 from tests.runs_app.kinds.conftest import PG_ADMIN_URL
-from tests.runs_app.kinds.test_sql_safety import count, crafted, drain_all, plan
+from tests.runs_app.kinds.test_sql_safety import count, crafted, plan
 
 # Fixtures, re-exported so pytest finds them here.
 from tests.runs_app.kinds.test_sql_safety import demo as demo
@@ -56,7 +57,7 @@ def no_validation(monkeypatch):
 
 def dry_run(document: dict[str, Any], operator) -> Run:
     saved = services.plan_create(actor=operator, document=document)
-    return drain_all(services.run_start_dry_run(plan=saved, actor=operator))
+    return drain(services.run_start_dry_run(plan=saved, actor=operator))
 
 
 def partition_of(run: Run) -> Partition:
@@ -185,18 +186,15 @@ def test_a_function_that_lifts_lock_timeout_still_gives_up_within_the_statement_
 
 
 def _drain_in_background(run: Run) -> threading.Thread:
-    def drain() -> None:
+    def work() -> None:
         from django.db import connection
 
         try:
-            for _ in range(20):
-                tasks.drain(run.pk, budget_s=60)
-                if Run.objects.get(pk=run.pk).is_finished:
-                    return
+            drain(run.pk, budget_s=60, rounds=20)
         finally:
             connection.close()
 
-    thread = threading.Thread(target=drain, daemon=True)
+    thread = threading.Thread(target=work, daemon=True)
     thread.start()
     return thread
 

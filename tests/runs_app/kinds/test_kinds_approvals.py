@@ -16,7 +16,7 @@ from runs_app import services
 from runs_app.kinds.migrate import BATCHES_TABLE
 from runs_app.models import Run, RunMode, RunState
 from runs_app.targets import connect
-from tests.runs_app.kinds.test_kinds_engine import drain_all
+from tests.helpers import drain
 from tests.runs_app.kinds.test_kinds_migrate import statements_stage
 from tests.runs_app.kinds.test_sql_safety import stage
 from tests.runs_app.test_concurrency import in_threads
@@ -47,7 +47,7 @@ def test_eight_concurrent_applies_of_one_approved_migration_change_the_target_on
         actor=operator,
         document={"name": "raise", "stages": [statements_stage("demo", RAISE, batch_size=1)]},
     )
-    dry = drain_all(services.run_start_dry_run(plan=plan, actor=operator))
+    dry = drain(services.run_start_dry_run(plan=plan, actor=operator))
     services.run_approve(run=dry, actor=approver)
     assert totals() == (cents, exclaimed)  # the dry-run changed nothing
 
@@ -58,7 +58,7 @@ def test_eight_concurrent_applies_of_one_approved_migration_change_the_target_on
     runs = [r for r in results if isinstance(r, Run)]
     assert len(runs) == 1, results
     assert [r.code for r in results if isinstance(r, ServiceError)] == [codes.APPROVAL_USED] * 7
-    assert drain_all(runs[0]).state == RunState.SUCCEEDED
+    assert drain(runs[0]).state == RunState.SUCCEEDED
     assert totals() == (cents + 10 * 100, exclaimed + 5)
     with connect("demo") as conn:
         assert conn.scalar(f"SELECT COUNT(*) FROM {BATCHES_TABLE}") == 2
@@ -120,18 +120,18 @@ def laundering_plan(path: Path, admiral, operator, *, reviewed_by=None) -> Any:
     document = {"name": "launder", "stages": [sql_stage("migrate", [ADMIRALS])]}
     saved = services.plan_create(actor=admiral, document=document)
     if reviewed_by is not None:
-        dry = drain_all(services.run_start_dry_run(plan=saved, actor=operator))
+        dry = drain(services.run_start_dry_run(plan=saved, actor=operator))
         services.run_approve(run=dry, actor=reviewed_by)
         applied = services.run_apply(plan=saved, actor=operator, dry_run_id=dry.pk)
-        assert drain_all(applied).state == RunState.SUCCEEDED
+        assert drain(applied).state == RunState.SUCCEEDED
         assert marked(path) == 1
         with sqlite3.connect(path) as conn:
             conn.execute("UPDATE items SET note = ''")
         conn.close()
     services.plan_update(plan=saved, actor=operator, document={"stages": [PACK]}, partial=True)
     saved.refresh_from_db()
-    dry = drain_all(services.run_start_dry_run(plan=saved, actor=operator))
-    applied = drain_all(services.run_apply(plan=saved, actor=operator, dry_run_id=dry.pk))
+    dry = drain(services.run_start_dry_run(plan=saved, actor=operator))
+    applied = drain(services.run_apply(plan=saved, actor=operator, dry_run_id=dry.pk))
     assert applied.state == RunState.SUCCEEDED
     return saved
 
@@ -149,7 +149,7 @@ def test_a_no_op_apply_of_other_stages_does_not_launder_an_authors_unapplied_sql
         plan=saved, actor=operator, document={"stages": LAUNDERED[how]}, partial=True
     )
     saved.refresh_from_db()
-    dry = drain_all(services.run_start_dry_run(plan=saved, actor=operator))
+    dry = drain(services.run_start_dry_run(plan=saved, actor=operator))
     assert dry.state == RunState.AWAITING_APPROVAL
 
     response = api_client_for(admiral).post(f"/api/v1/runs/{dry.pk}/approve/", {}, format="json")
@@ -182,7 +182,7 @@ def test_sql_applied_under_someone_elses_review_may_come_back_for_its_author_to_
         partial=True,
     )
     saved.refresh_from_db()
-    dry = drain_all(services.run_start_dry_run(plan=saved, actor=operator))
+    dry = drain(services.run_start_dry_run(plan=saved, actor=operator))
     with pytest.raises(ServiceError) as refused:
         services.run_approve(run=dry, actor=restorer)
     assert refused.value.code == codes.SELF_APPROVAL_FORBIDDEN

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from runs_app.kinds.assets import BUCKET_NAMES, image_size, staged_name
 from runs_app.models import AssetIndexEntry
 from runs_app.search import search_assets
-from tests.runs_app.kinds.conftest import tree_snapshot
+from tests.runs_app.kinds.conftest import backdate, tree_snapshot
 
 pytestmark = pytest.mark.django_db
 
@@ -147,8 +146,8 @@ def test_staging_copies_assets_under_content_hashed_names_with_a_manifest(
 
 def test_staging_twice_rewrites_nothing(driver, demo_copy, scratch):
     driver.run(assets_stage("assets.stage"), dry_run=False)
+    backdate(scratch["staging"])
     before = tree_snapshot(scratch["staging"])
-    time.sleep(0.01)
 
     again = driver.run(assets_stage("assets.stage"), dry_run=False, fence=2)
 

@@ -390,12 +390,12 @@ def test_a_receipt_whose_effect_check_ran_out_of_time_is_not_verified(
 @pytest.mark.django_db(transaction=True)
 def test_a_dry_run_receipt_checks_no_effects(env: Env, operator, approver):
     from runs_app import selectors, services
-    from tests.runs_app.kinds.test_kinds_engine import drain_all
+    from tests.helpers import drain
 
     plan = services.plan_create(
         actor=operator, document={"name": "dry", "stages": [CASES["pack_backend"].stage(env)]}
     )
-    dry = drain_all(services.run_start_dry_run(plan=plan, actor=operator))
+    dry = drain(services.run_start_dry_run(plan=plan, actor=operator))
     receipt = selectors.receipt(dry)
     assert receipt["verified"] is True
     assert receipt["effects"]["checked"] == 0

@@ -13,23 +13,15 @@ from django.core.management import call_command
 
 from hxo_site import codes
 from hxo_site.errors import ServiceError
-from runs_app import services, tasks
+from runs_app import services
 from runs_app.models import AssetIndexEntry, DocPage, Partition, PartitionState, Run, RunState
 from runs_app.targets import connect
+from tests.helpers import drain
 from tests.runs_app.kinds.conftest import EXAMPLES, tree_snapshot
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 PLANS = sorted((EXAMPLES / "plans").glob("*.json"))
-
-
-def drain_all(run: Run) -> Run:
-    for _ in range(200):
-        tasks.drain(run.pk, budget_s=30)
-        run.refresh_from_db()
-        if run.is_finished:
-            return run
-    raise AssertionError(f"run {run.pk} did not finish: {run.state}")
 
 
 def errors_of(run: Run) -> list:
@@ -49,9 +41,9 @@ def approve_if_needed(dry: Run, approver) -> None:
 
 def through_the_engine(document: dict, operator, approver) -> tuple[Run, Run]:
     plan = services.plan_create(actor=operator, document=document)
-    dry = drain_all(services.run_start_dry_run(plan=plan, actor=operator))
+    dry = drain(services.run_start_dry_run(plan=plan, actor=operator))
     approve_if_needed(dry, approver)
-    run = drain_all(services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk))
+    run = drain(services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk))
     assert run.state == RunState.SUCCEEDED, errors_of(run)
     return dry, run
 
@@ -72,7 +64,7 @@ def test_each_example_plan_goes_from_dry_run_to_apply_through_the_engine(
     db_before = demo_target.read_bytes()
 
     plan = services.plan_create(actor=operator, document=document)
-    dry = drain_all(services.run_start_dry_run(plan=plan, actor=operator))
+    dry = drain(services.run_start_dry_run(plan=plan, actor=operator))
 
     needs_approval = any(s["kind"] == "deploy.migrate" for s in document["stages"])
     assert dry.state == (RunState.AWAITING_APPROVAL if needs_approval else RunState.SUCCEEDED)
@@ -83,7 +75,7 @@ def test_each_example_plan_goes_from_dry_run_to_apply_through_the_engine(
     assert AssetIndexEntry.objects.count() == DocPage.objects.count() == 0
 
     approve_if_needed(dry, approver)
-    run = drain_all(services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk))
+    run = drain(services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk))
 
     assert run.state == RunState.SUCCEEDED, errors_of(run)
     assert len(run.merkle_root) == 64
@@ -96,7 +88,7 @@ def test_a_pack_approved_then_changed_on_disk_is_refused_as_stale(
 ):
     document = json.loads((EXAMPLES / "plans" / "pack-backend-by-module.json").read_text())
     plan = services.plan_create(actor=operator, document=document)
-    dry = drain_all(services.run_start_dry_run(plan=plan, actor=operator))
+    dry = drain(services.run_start_dry_run(plan=plan, actor=operator))
     approve_if_needed(dry, approver)
     with (demo_copy / "backend" / "utils" / "money.py").open("a") as f:
         f.write("\n# a late change\n")

@@ -9,15 +9,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pytest
 
 from blueprints_app.models import JobKind
 from blueprints_app.registry import PARTITIONERS, load_plugin
 from blueprints_app.validation import INT32_MAX, INT64_MAX, INT64_MIN, STAGE_INTEGERS
-from runs_app import tasks
-from runs_app.models import Plan, Run, RunStage, RunState
+from runs_app.models import Plan, RunStage, RunState
+from tests.helpers import drain
 
 PLUGIN_DIR = Path(__file__).resolve().parents[3] / "examples" / "plugins" / "hxo_plugin_linkcheck"
 if str(PLUGIN_DIR) not in sys.path:
@@ -210,16 +209,6 @@ def _stage(base: str, world: dict[str, Any]) -> dict[str, Any]:
     return {"id": "s", **stage}
 
 
-def _drain(run_id: int) -> Run:
-    with mock.patch.object(tasks, "close_old_connections", lambda: None):
-        for _ in range(50):
-            tasks.drain(run_id, budget_s=30)
-            run = Run.objects.get(pk=run_id)
-            if run.is_finished or run.state == RunState.AWAITING_APPROVAL:
-                return run
-    raise AssertionError(f"run {run_id} did not finish")
-
-
 @pytest.mark.parametrize(("base", "path"), CASES)
 def test_an_integral_float_is_the_integer_it_spells(
     world, admiral, api_client_for, base, path
@@ -236,7 +225,7 @@ def test_an_integral_float_is_the_integer_it_spells(
     assert _get(stored, path) == int(value) and type(_get(stored, path)) is int
     started = client.post(f"/api/v1/plans/{created.json()['id']}/dry-run/")
     assert started.status_code == 202, started.json()
-    run = _drain(started.json()["id"])
+    run = drain(started.json()["id"])
     assert run.state in (RunState.AWAITING_APPROVAL, RunState.SUCCEEDED), run.error
     if not path.startswith("params."):
         assert getattr(RunStage.objects.get(run=run), path) == int(value)

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from io import StringIO
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pytest
 from django.core.management import call_command
@@ -23,8 +22,9 @@ from django.core.management import call_command
 from blueprints_app.models import JobKind
 from blueprints_app.registry import EXECUTORS, ComponentError, load_plugin
 from hxo_site.errors import ServiceError
-from runs_app import services, tasks
+from runs_app import services
 from runs_app.models import Partition, PartitionState, Plan, PlanRevision, Run, RunState
+from tests.helpers import drain
 
 PLUGIN_DIR = Path(__file__).resolve().parents[3] / "examples" / "plugins" / "hxo_plugin_linkcheck"
 if str(PLUGIN_DIR) not in sys.path:
@@ -229,17 +229,6 @@ def test_the_cli_refused_over_an_odd_file_leaves_no_plan_behind(
     assert not Run.objects.exists()
 
 
-def _drain(run_id: int, deadline_s: float = 30.0) -> Run:
-    deadline = time.monotonic() + deadline_s
-    with mock.patch.object(tasks, "close_old_connections", lambda: None):
-        while time.monotonic() < deadline:
-            tasks.drain(run_id, budget_s=30)
-            run = Run.objects.get(pk=run_id)
-            if run.is_finished or run.state == RunState.AWAITING_APPROVAL:
-                return run
-    raise AssertionError(f"run {run_id} did not finish")
-
-
 @pytest.mark.parametrize(
     ("kind", "partitioner", "executor", "root", "rel", "text"), FILE_KINDS, ids=IDS
 )
@@ -257,7 +246,7 @@ def test_an_apply_over_a_file_swapped_for_a_fifo_fails_fast_and_frees_the_worker
         actor=admiral,
         document={"name": "odd", "stages": [_stage(kind, partitioner, executor, root)]},
     )
-    dry = _drain(services.run_start_dry_run(plan=plan, actor=admiral).pk)
+    dry = drain(services.run_start_dry_run(plan=plan, actor=admiral).pk, deadline_s=30)
     assert dry.state in (RunState.AWAITING_APPROVAL, RunState.SUCCEEDED)
     path.unlink()
     os.mkfifo(path)
@@ -271,7 +260,7 @@ def test_an_apply_over_a_file_swapped_for_a_fifo_fails_fast_and_frees_the_worker
     run = services.run_apply(plan=plan, actor=admiral, force_rerun=True)
     path.unlink()
     os.mkfifo(path)
-    outcome = bounded(lambda: _drain(run.pk), path)
+    outcome = bounded(lambda: drain(run.pk, deadline_s=30), path)
     assert "value" in outcome, outcome
     finished = outcome["value"]
     assert finished.state == RunState.FAILED

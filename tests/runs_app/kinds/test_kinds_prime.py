@@ -13,7 +13,7 @@ from django.core.cache import caches
 from blueprints_app.registry import EXECUTORS, ComponentError
 from runs_app.kinds import pygraph
 from runs_app.kinds.prime import registry_key
-from tests.runs_app.kinds.conftest import tree_snapshot, write_files
+from tests.runs_app.kinds.conftest import backdate, tree_snapshot, write_files
 
 pytestmark = pytest.mark.django_db
 
@@ -104,8 +104,8 @@ def test_warm_registry_writes_one_entry_per_module_and_skips_current_ones(
     assert cache.get(registry_key("t", "app.util"))["public_names"] == ["add"]
     assert cache.get(registry_key("t", "app.models"))["public_names"] == ["Item"]  # __all__
     assert sum(r["written"] for r in first.results) == len(first.results) == 8
+    backdate(scratch["registry"])
     before = tree_snapshot(scratch["registry"])
-    time.sleep(0.01)
 
     second = driver.run(prime_stage(), dry_run=False)
 
@@ -149,8 +149,8 @@ def test_prime_caches_compiles_valid_bytecode_outside_the_workspace(driver, work
 
 def test_prime_caches_skips_up_to_date_bytecode(driver, workspace, scratch):
     driver.run(prime_stage("by_module", "prime_caches"), dry_run=False)
+    backdate(scratch["bytecode"])
     before = tree_snapshot(scratch["bytecode"])
-    time.sleep(0.01)
 
     again = driver.run(prime_stage("by_module", "prime_caches"), dry_run=False)
 

@@ -22,17 +22,18 @@ from hxo_site import codes
 from hxo_site.errors import ServiceError
 from runs_app import selectors, services
 from runs_app.models import AssetIndexEntry, DocPage, Partition, PartitionState, Run, RunState
+from tests.helpers import drain
 from tests.runs_app.kinds.conftest import EXAMPLES
-from tests.runs_app.kinds.test_kinds_engine import approve_if_needed, drain_all, errors_of
+from tests.runs_app.kinds.test_kinds_engine import approve_if_needed, errors_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def apply_through_review(plan: Any, operator: Any, approver: Any) -> Run:
     """Dry-run, approve where the kind asks for it, apply; the apply must succeed."""
-    dry = drain_all(services.run_start_dry_run(plan=plan, actor=operator))
+    dry = drain(services.run_start_dry_run(plan=plan, actor=operator))
     approve_if_needed(dry, approver)
-    run = drain_all(services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk))
+    run = drain(services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk))
     assert run.state == RunState.SUCCEEDED, errors_of(run)
     return run
 
@@ -268,7 +269,7 @@ def test_an_approval_against_one_database_does_not_cover_an_apply_on_another(
         "params": {"target": "lite", **params},
     }
     plan = services.plan_create(actor=operator, document={"name": "items", "stages": [stage]})
-    dry = drain_all(services.run_start_dry_run(plan=plan, actor=operator))
+    dry = drain(services.run_start_dry_run(plan=plan, actor=operator))
     approve_if_needed(dry, approver)
     # The same name, another database file with the same rows: not what was reviewed.
     settings.HXO_DATABASE_TARGETS = {**settings.HXO_DATABASE_TARGETS, "lite": f"sqlite:///{other}"}

@@ -141,7 +141,7 @@ def test_editing_only_the_description_never_applies_the_statements_again(
 ):
     from runs_app import services
     from runs_app.models import Partition
-    from tests.runs_app.views.conftest import drain
+    from tests.helpers import drain
 
     sqlite_target("shop")
     make_products("shop")

@@ -21,9 +21,10 @@ from django.db import connection as hxo_connection
 
 from blueprints_app.registry import EXECUTORS, ComponentError
 from hxo_site.errors import ServiceError
-from runs_app import services, tasks
+from runs_app import services
 from runs_app.models import Partition, PartitionState, Run
 from runs_app.targets import connect
+from tests.helpers import drain
 from tests.runs_app.kinds.conftest import PG_ADMIN_URL, pg_role_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -48,22 +49,13 @@ def plan(target: str, statements: list[str], **params: Any) -> dict[str, Any]:
     return {"name": f"sql-{uuid.uuid4().hex[:6]}", "stages": [stage(target, statements, **params)]}
 
 
-def drain_all(run: Run) -> Run:
-    for _ in range(200):
-        tasks.drain(run.pk, budget_s=30)
-        run.refresh_from_db()
-        if run.is_finished:
-            return run
-    raise AssertionError(f"run {run.pk} did not finish: {run.state}")
-
-
 def operator_dry_run(document: dict[str, Any], operator) -> ServiceError | Run:
     """What an operator gets: the plan refused at save, or the finished dry-run."""
     try:
         saved = services.plan_create(actor=operator, document=document)
     except ServiceError as exc:
         return exc
-    return drain_all(services.run_start_dry_run(plan=saved, actor=operator))
+    return drain(services.run_start_dry_run(plan=saved, actor=operator))
 
 
 def assert_refused(outcome: ServiceError | Run, path: str, *fragments: str) -> None:
@@ -293,7 +285,7 @@ def test_a_dry_run_of_ddl_gives_up_on_a_held_lock_after_the_short_dry_run_timeou
         holder.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
         try:
             started = time.monotonic()
-            run = drain_all(services.run_start_dry_run(plan=saved, actor=operator))
+            run = drain(services.run_start_dry_run(plan=saved, actor=operator))
             elapsed = time.monotonic() - started
         finally:
             holder.rollback()

@@ -6,29 +6,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from runs_app import services, tasks
+from runs_app import services
 from runs_app.models import Plan, Run
+from tests.helpers import drain
 from tests.runs_app.testkinds import TEST_KIND, TEST_KIND_NOAPPROVAL, stage
 
 ROLES = ("admiral", "operator", "approver", "viewer", "nobody")
-
-
-def drain(run: Run) -> Run:
-    """Run the drainer in this thread. Its closing of old connections is switched off, so
-    these tests can stay inside one transaction (fast: no flush between tests)."""
-    with mock.patch.object(tasks, "close_old_connections", lambda: None):
-        for _ in range(50):
-            tasks.drain(run.pk, budget_s=30)
-            run.refresh_from_db()
-            if run.is_finished:
-                return run
-    raise AssertionError(f"run {run.pk} did not finish: {run.state}")
 
 
 @pytest.fixture

@@ -11,8 +11,9 @@ import pytest
 from hxo_site import codes
 from runs_app import services
 from runs_app.models import Approval, Run, RunMode, RunState
+from tests.helpers import drain
 from tests.runs_app.testkinds import TEST_KIND, stage
-from tests.runs_app.views.conftest import drain, html
+from tests.runs_app.views.conftest import html
 
 pytestmark = pytest.mark.django_db
 

@@ -1,0 +1,47 @@
+"""Helpers shared by test modules (fixtures live in the conftest files)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from unittest import mock
+
+from django.db import connection
+
+from runs_app import tasks
+from runs_app.models import Run
+
+DRAIN_ROUNDS = 200
+
+
+def drain(
+    run: Run | int,
+    *,
+    budget_s: float = 30,
+    rounds: int = DRAIN_ROUNDS,
+    deadline_s: float | None = None,
+) -> Run:
+    """Run the drainer in this thread until `run` (a Run or its id) is finished (awaiting
+    approval counts); returns it refreshed (a Run passed in is refreshed in place). Raises
+    AssertionError when it is still not finished after `rounds` drainer calls of at most
+    `budget_s` seconds each, or once `deadline_s` seconds have passed (checked before each call).
+
+    Inside a test's transaction (`django_db` without `transaction=True`) the drainer's
+    closing of old connections is switched off: it would end that transaction. Outside one
+    it closes them as it does in a worker."""
+    current = run if isinstance(run, Run) else Run.objects.get(pk=run)
+    keep_connection = (
+        mock.patch.object(tasks, "close_old_connections", lambda: None)
+        if connection.in_atomic_block
+        else contextlib.nullcontext()
+    )
+    deadline = None if deadline_s is None else time.monotonic() + deadline_s
+    with keep_connection:
+        for _ in range(rounds):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            tasks.drain(current.pk, budget_s=budget_s)
+            current.refresh_from_db()
+            if current.is_finished:
+                return current
+    raise AssertionError(f"run {current.pk} did not finish: {current.state}")
