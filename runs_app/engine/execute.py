@@ -29,6 +29,7 @@ from runs_app.engine.errors import PartitionTimeout, RunAborted
 from runs_app.engine.heartbeat import Heartbeat, check_fence
 from runs_app.engine.progress import after_partition_change
 from runs_app.engine.receipts import kind_from_snapshot
+from runs_app.manifest import run_stage_document
 from runs_app.models import Partition, PartitionState, Run, RunMode, RunStage
 
 log = logging.getLogger(__name__)
@@ -169,19 +170,10 @@ def build_context(
 ) -> ExecutionContext:
     """The executor's view of one claimed partition (heartbeat: a no-op unless given)."""
     stage = rc.stage(claim.stage_pk)
-    stage_doc = {
-        "id": stage.stage_id,
-        "kind": stage.kind,
-        "partitioner": stage.partitioner,
-        "executor": stage.executor,
-        "params": stage.params,
-        "depends_on": stage.depends_on,
-        "non_idempotent": stage.non_idempotent,
-    }
     return ExecutionContext(
         run_id=rc.run.pk,
         partition_id=claim.partition_id,
-        stage=stage_doc,
+        stage=run_stage_document(stage),
         kind=rc.kinds[stage.kind],
         inputs=inputs,
         fingerprints=fingerprints,
