@@ -181,7 +181,7 @@ class Executor:
         """Whether the effect an earlier apply recorded as `output` still exists, as it says.
 
         The engine asks this before it reuses an earlier partition with the same content id
-        (PRODUCT.md, "Safety rules": reuse only after the executor confirms that the earlier
+        (docs/exactly-once.md, §2: reuse only after the executor confirms that the earlier
         effect still exists). `ctx` is the context the partition would execute with (its
         stage, inputs, fingerprints and pinned manifest; `dry_run` is False); `output` is the
         earlier partition's stored output, which carries the effect's identity (where it was

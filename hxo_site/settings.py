@@ -241,7 +241,7 @@ if HXO_BROKER == "redis":
             "TIMEOUT": None if _alias == "hxo-registry" else 300,
         }
 
-# --- django-q2 (see notes/django-q2.md: the queue only wakes, our tables are the truth) ---
+# --- django-q2 (docs/architecture.md: the queue only wakes, our tables are the truth) ---
 HXO_WORKERS = env_int("HXO_WORKERS", 2, minimum=1)
 HXO_Q_TIMEOUT_S = env_int("HXO_Q_TIMEOUT_S", 300, minimum=10)
 Q_CLUSTER: dict[str, Any] = {

@@ -6,7 +6,7 @@ pack.py) also serves this kind, one partition per top-level package.
 
 `warm_registry` writes one registry entry per module (imports, public names, source hash) into
 the "hxo-registry" cache alias; `prime_caches` compiles modules to checked-hash bytecode
-(PEP 552) under `<HXO_BYTECODE_DIR or VAR_DIR/cache/bytecode>/<workspace>/`, never into the
+(PEP 552) under `<HXO_BYTECODE_DIR>/<workspace>/` (default `VAR_DIR/cache/bytecode`), never into the
 workspace. Both skip modules whose entry or bytecode already matches the source hash. Neither
 imports nor runs workspace code: `ast.parse` and `py_compile` only.
 """
@@ -274,8 +274,9 @@ class WarmRegistry(Executor):
 
 
 def bytecode_root() -> Path:
-    configured = getattr(settings, "HXO_BYTECODE_DIR", None)
-    return Path(configured) if configured else Path(settings.VAR_DIR) / "cache" / "bytecode"
+    """Where `prime_caches` writes bytecode: `HXO_BYTECODE_DIR` (default
+    `VAR_DIR/cache/bytecode`, declared in settings)."""
+    return Path(settings.HXO_BYTECODE_DIR)
 
 
 def pyc_path(ws: str, rel: str) -> Path:

@@ -175,7 +175,8 @@ def test_a_bad_value_stops_the_settings_naming_the_variable(monkeypatch, name, r
 
 
 def test_the_django_q_retry_outlasts_the_timeout():
-    # notes/django-q2.md: retry > timeout + 3 s, or a task is run twice concurrently.
+    # docs/architecture.md, "django-q2 facts": retry > timeout + 3 s, or a task is run twice
+    # concurrently.
     q = django_settings.Q_CLUSTER
 
     assert q["retry"] > q["timeout"] + 3

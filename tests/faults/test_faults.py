@@ -270,7 +270,7 @@ def test_redis_killed_and_restarted_mid_run_loses_no_work(
     private_redis.stop()  # queued wake-ups and cluster stats are gone with it
     (effects_dir / "release-5").write_text("go")
     # Submitting still works: the run is in the database; its wake-up is lost, not an error.
-    # (force_rerun: its items have the CAS ids of the first run's, which would be reused.)
+    # (force_rerun: its items have the content ids of the first run's, which would be reused.)
     status, second = deployment.api(
         "POST",
         f"/api/v1/plans/{second_plan.pk}/apply/",

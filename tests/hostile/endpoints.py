@@ -1,5 +1,5 @@
 """The API's endpoints as the URL resolver knows them, the capability each needs
-(PRODUCT.md, "REST API v1"), and a URL and plausible body for each, aimed at the plan and
+(README.md, "REST API v1"), and a URL and plausible body for each, aimed at the plan and
 runs of tests/hostile/conftest.py."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from tests.runs_app.testkinds import TEST_KIND_NOAPPROVAL
 PUBLIC = "public"
 REGISTRY = "registry admin"
 
-# PRODUCT.md, "REST API v1": the capability each endpoint needs, by URL name and method.
+# README.md, "REST API v1": the capability each endpoint needs, by URL name and method.
 CAPABILITY: dict[tuple[str, str], str] = {
     ("job-kind-list", "GET"): "view",
     ("job-kind-list", "POST"): REGISTRY,

@@ -1,7 +1,7 @@
 """Reuse happens only for the same work, and only when its effect still exists (issue 11 §2).
 
 Through the engine with the real kinds: an apply reuses an earlier partition only when the
-CAS id matches (same kind, executor, resolved params with every workspace and target by
+content id matches (same kind, executor, resolved params with every workspace and target by
 identity, inputs, fingerprints) and the executor confirms the earlier effect is still there.
 Each test counts effects: rows at the target, files in storage, index rows.
 """

@@ -1,7 +1,8 @@
-"""CAS ids cover everything that decides a partition's effect (PRODUCT.md, "Identifiers").
+"""Content ids cover everything that decides a partition's effect (docs/architecture.md,
+"Identifiers").
 
 For every registered partitioner and every param of its schema: changing the param changes
-every CAS id of the stage, and a workspace or target re-pointed in settings (same name, other
+every content id of the stage, and a workspace or target re-pointed in settings (same name, other
 place) does too. Writing a default out or leaving it, and fields that change no effect (stage
 id, SLO, failure budget), keep them.
 """
@@ -130,7 +131,7 @@ def _fill(value: Any, tmp: Any) -> Any:
     return json.loads(json.dumps(value).replace("{tmp}", str(tmp)))
 
 
-def cas_ids(stage: dict[str, Any]) -> list[str]:
+def content_ids(stage: dict[str, Any]) -> list[str]:
     kind = JobKind.objects.get(kind=stage["kind"])
     revision = types.SimpleNamespace(stages=[stage], digest="r", kind_versions={})
     resolved = resolve_manifest(revision, {kind.kind: kind})  # type: ignore[arg-type]
@@ -170,7 +171,7 @@ PARAM_CASES = [
 
 
 @pytest.mark.parametrize(("partitioner", "param"), PARAM_CASES)
-def test_changing_any_param_changes_every_cas_id(partitioner, param, places):
+def test_changing_any_param_changes_every_content_id(partitioner, param, places):
     tmp = places["tmp"]
     (tmp / "items").mkdir(exist_ok=True)
     (tmp / "other").mkdir(exist_ok=True)
@@ -180,31 +181,33 @@ def test_changing_any_param_changes_every_cas_id(partitioner, param, places):
         del changed["params"]["statements"]
     assert changed["params"] != base["params"]
 
-    before, after = cas_ids(base), cas_ids(changed)
+    before, after = content_ids(base), content_ids(changed)
 
     assert not set(before) & set(after)
 
 
 @pytest.mark.parametrize("partitioner", ["by_filesize", "by_route_map", "by_doc_pages"])
-def test_a_workspace_name_pointed_at_another_directory_changes_every_cas_id(
+def test_a_workspace_name_pointed_at_another_directory_changes_every_content_id(
     partitioner, places, settings
 ):
-    before = cas_ids(stage_of(partitioner, places["tmp"]))
+    before = content_ids(stage_of(partitioner, places["tmp"]))
     # The same name, a byte-identical copy somewhere else: other effects (another tree).
     settings.HXO_WORKSPACES = {**settings.HXO_WORKSPACES, "demo": str(places["twin"])}
 
-    after = cas_ids(stage_of(partitioner, places["tmp"]))
+    after = content_ids(stage_of(partitioner, places["tmp"]))
 
     assert not set(before) & set(after)
 
 
-def test_a_target_name_pointed_at_another_database_changes_every_cas_id(places, settings, tmp_path):
-    before = cas_ids(stage_of("by_sql_batch", tmp_path))
+def test_a_target_name_pointed_at_another_database_changes_every_content_id(
+    places, settings, tmp_path
+):
+    before = content_ids(stage_of("by_sql_batch", tmp_path))
     other = tmp_path / "elsewhere.sqlite3"
     _make_items_db(other)
     settings.HXO_DATABASE_TARGETS = {**settings.HXO_DATABASE_TARGETS, "lite": f"sqlite:///{other}"}
 
-    after = cas_ids(stage_of("by_sql_batch", tmp_path))
+    after = content_ids(stage_of("by_sql_batch", tmp_path))
 
     assert not set(before) & set(after)
 
@@ -229,24 +232,24 @@ def test_two_names_for_one_database_reach_the_same_identity(places, settings, tm
         ("by_sql_batch", {"batch_size": 1, "statement_timeout_ms": 30000}),
     ],
 )
-def test_writing_a_default_out_keeps_every_cas_id(partitioner, defaults, places):
-    assert cas_ids(stage_of(partitioner, places["tmp"])) == cas_ids(
+def test_writing_a_default_out_keeps_every_content_id(partitioner, defaults, places):
+    assert content_ids(stage_of(partitioner, places["tmp"])) == content_ids(
         stage_of(partitioner, places["tmp"], **defaults)
     )
 
 
-def test_a_backfill_batch_size_written_out_or_left_to_its_default_is_one_cas_id(places):
+def test_a_backfill_batch_size_written_out_or_left_to_its_default_is_one_content_id(places):
     backfill = dict(OTHER["by_sql_batch"]["backfill"])
     implicit = stage_of("by_sql_batch", places["tmp"], backfill=backfill)
     explicit = stage_of("by_sql_batch", places["tmp"], backfill={**backfill, "batch_size": 1000})
     for stage in (implicit, explicit):
         del stage["params"]["statements"]
 
-    assert cas_ids(implicit) == cas_ids(explicit)
+    assert content_ids(implicit) == content_ids(explicit)
 
 
-def test_fields_that_change_no_effect_keep_every_cas_id(places):
+def test_fields_that_change_no_effect_keep_every_content_id(places):
     base = stage_of("by_filesize", places["tmp"])
     other = {**base, "id": "renamed", "slo_ms": 5, "max_failed_partitions": 3}
 
-    assert cas_ids(base) == cas_ids(other)
+    assert content_ids(base) == content_ids(other)
