@@ -31,6 +31,7 @@ from runs_app.engine.progress import after_partition_change
 from runs_app.engine.receipts import kind_from_snapshot
 from runs_app.manifest import run_stage_document
 from runs_app.models import Partition, PartitionState, Run, RunMode, RunStage
+from runs_app.models.engine import PARTITION_COMPLETED, PARTITION_DONE
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def execute_claims(
             outcome = try_reuse(rc, claim, inputs, fingerprints, hb, *earlier[claim.partition_id])
         if outcome is None:
             outcome = execute_one(rc, claim, inputs, fingerprints, hb)
-        if outcome.state in (P.SUCCEEDED, P.FAILED, P.REUSED):
+        if outcome.state in PARTITION_COMPLETED:
             if claim.non_idempotent:
                 buffer.flush()
                 record_outcomes([outcome])
@@ -324,7 +325,7 @@ def output_problem(kind: JobKind, output: dict[str, Any]) -> str | None:
 def record_outcomes(outcomes: list[Outcome]) -> None:
     """Write outcomes in one transaction; each write is fenced, so a claim this worker lost
     changes nothing. Failures retry with backoff while attempts are left (idempotent only)."""
-    todo = [o for o in outcomes if o.state in (P.SUCCEEDED, P.REUSED, P.FAILED)]
+    todo = [o for o in outcomes if o.state in PARTITION_COMPLETED]
     if not todo:
         return
     now = timezone.now()
@@ -341,7 +342,7 @@ def record_outcomes(outcomes: list[Outcome]) -> None:
 
         # Succeeded and reused both end with an output; a reused one also names the earlier
         # partition whose effect it stands on.
-        successes = [o for o in todo if o.state in (P.SUCCEEDED, P.REUSED)]
+        successes = [o for o in todo if o.state in PARTITION_DONE]
         if successes:
             sql = (
                 f"UPDATE {TABLE} SET state = %s, output = %s, preview = %s, error = NULL,"
@@ -374,7 +375,7 @@ def record_outcomes(outcomes: list[Outcome]) -> None:
                 written = set(
                     Partition.objects.filter(
                         pk__in=[o.claim.partition_id for o in successes],
-                        state__in=[P.SUCCEEDED, P.REUSED],
+                        state__in=PARTITION_DONE,
                         finished_at=now,
                     ).values_list("id", "fence")
                 )

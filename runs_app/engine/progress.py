@@ -26,6 +26,7 @@ from runs_app.models import (
     RunState,
     StageState,
 )
+from runs_app.models.engine import PARTITION_ACTIVE, STAGE_TERMINAL, STAGE_UNSUCCESSFUL
 from runs_app.transitions import move_run, move_stage
 
 P = PartitionState
@@ -49,7 +50,7 @@ def after_partition_change(stage_pk: int) -> None:
 def _maybe_next_wave(stage: RunStage) -> None:
     unfinished = (
         Partition.objects.filter(stage_id=stage.pk, wave__lte=stage.current_wave)
-        .filter(state__in=[P.PENDING, P.RUNNING])
+        .filter(state__in=PARTITION_ACTIVE)
         .exists()
     )
     if unfinished:
@@ -151,7 +152,7 @@ def advance_run(run_id: int) -> None:
             if s.state != StageState.PENDING:
                 continue
             deps = [by_id[d] for d in s.depends_on if d in by_id]
-            if any(d.state in (StageState.FAILED, StageState.CANCELLED) for d in deps):
+            if any(d.state in STAGE_UNSUCCESSFUL for d in deps):
                 cancel_partitions(Partition.objects.filter(stage_id=s.pk))
                 s.refresh_from_db()
                 move_stage(s, StageState.CANCELLED)
@@ -163,9 +164,7 @@ def advance_run(run_id: int) -> None:
         if not changed:
             break
     stages = list(RunStage.objects.filter(run_id=run_id))
-    if all(
-        s.state in (StageState.SUCCEEDED, StageState.FAILED, StageState.CANCELLED) for s in stages
-    ):
+    if all(s.state in STAGE_TERMINAL for s in stages):
         finish_run(run, stages)
 
 

@@ -13,6 +13,7 @@ from blueprints_app.models import JobKind
 from blueprints_app.registry import EXECUTORS, ExecutionContext, get_executor
 from runs_app import hashing
 from runs_app.models import Partition, PartitionState, Run, RunMode, RunStage
+from runs_app.models.engine import PARTITION_DONE
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def check_effects(run: Run, *, thorough: bool = False, budget_s: float | None = 
     # One query for the whole run; stage rows are created in position order, so ordering by
     # stage id walks the stages in plan order (selectors.partitions_of).
     rows = (
-        Partition.objects.filter(stage_id__in=list(stages), state__in=[P.SUCCEEDED, P.REUSED])
+        Partition.objects.filter(stage_id__in=list(stages), state__in=PARTITION_DONE)
         .order_by("stage_id", "index")
         .values_list(
             "pk", "stage_id", "index", "inputs", "fingerprints", "output", "attempts", "fence"

@@ -52,6 +52,8 @@ class StageState(models.TextChoices):
 
 
 STAGE_TERMINAL = {StageState.SUCCEEDED, StageState.FAILED, StageState.CANCELLED}
+# Ended without success: the stages that depend on it are cancelled.
+STAGE_UNSUCCESSFUL = {StageState.FAILED, StageState.CANCELLED}
 
 
 class PartitionState(models.TextChoices):
@@ -63,7 +65,10 @@ class PartitionState(models.TextChoices):
     CANCELLED = "cancelled"
 
 
+PARTITION_ACTIVE = {PartitionState.PENDING, PartitionState.RUNNING}
 PARTITION_DONE = {PartitionState.SUCCEEDED, PartitionState.REUSED}
+# What a completion records: a result, or a failure (cancellation is not a completion).
+PARTITION_COMPLETED = PARTITION_DONE | {PartitionState.FAILED}
 # Ended without a result: what a replay runs again.
 PARTITION_REDO = {PartitionState.FAILED, PartitionState.CANCELLED}
 PARTITION_TERMINAL = PARTITION_DONE | PARTITION_REDO
