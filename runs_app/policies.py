@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from django.conf import settings
@@ -244,6 +244,20 @@ def may_replay(user: Any, run: Run, scope: ReplayScope) -> Decision:
 
 
 # --- Apply a dry-run ------------------------------------------------------------------------
+
+
+def dry_run_required(revision: PlanRevision, kinds: Mapping[str, Any]) -> list[str]:
+    """The job kinds of `revision` that require an approved dry-run before an apply, sorted
+    (`[]`: the revision may be applied at once). `kinds` maps a kind's name to its `JobKind`
+    (or a version of it) as the revision pins it (`blueprints_app.versions.kinds_at`); a kind
+    missing from it is left out (the validator reports it)."""
+    return sorted(
+        {
+            stage["kind"]
+            for stage in revision.stages
+            if stage["kind"] in kinds and kinds[stage["kind"]].require_dry_run
+        }
+    )
 
 
 def may_apply(

@@ -494,7 +494,7 @@ def run_apply(
     revision = plan.latest_revision
     _check_submit(actor, revision)
     kinds = kinds_at(revision.kind_versions)
-    needs = sorted({s["kind"] for s in revision.stages if kinds[s["kind"]].require_dry_run})
+    needs = policies.dry_run_required(revision, kinds)
     dry_run: Run | None = None
     if dry_run_id is not None:
         dry_run = Run.objects.filter(pk=dry_run_id, plan=plan, mode=RunMode.DRY_RUN).first()

@@ -72,7 +72,7 @@ def _maybe_next_wave(stage: RunStage) -> None:
 def cancel_partitions(qs: Any) -> int:
     """Cancel pending (and fence out running) partitions, keeping counters exact."""
     total = 0
-    for state in (P.PENDING, P.RUNNING):
+    for state in sorted(PARTITION_ACTIVE):
         rows = list(qs.filter(state=state).values_list("stage_id").distinct())
         for (stage_pk,) in rows:
             n = qs.filter(state=state, stage_id=stage_pk).update(
@@ -176,9 +176,7 @@ def finish_run(run: Run, stages: list[RunStage]) -> None:
     ok = all(s.state == StageState.SUCCEEDED for s in ordered)
     if not ok:
         target = RunState.FAILED
-    elif run.mode == RunMode.DRY_RUN and any(
-        snap.get("require_dry_run") for snap in run.kind_snapshots.values()
-    ):
+    elif run.mode == RunMode.DRY_RUN and run.requires_approval:
         target = RunState.AWAITING_APPROVAL
     else:
         target = RunState.SUCCEEDED

@@ -12,8 +12,9 @@ from typing import Any
 from blueprints_app.models import JobKind
 from blueprints_app.registry import EXECUTORS, ExecutionContext, get_executor
 from runs_app import hashing
+from runs_app.manifest import run_stage_document
 from runs_app.models import Partition, PartitionState, Run, RunMode, RunStage
-from runs_app.models.engine import PARTITION_DONE
+from runs_app.models.engine import PARTITION_COMPLETED, PARTITION_DONE
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def stage_leaves(stage: RunStage) -> list[str]:
     each, `hashing.merkle_leaf`); pending, running and cancelled partitions have none."""
     rows = (
         Partition.objects.filter(stage_id=stage.pk)
-        .exclude(state__in=[P.CANCELLED, P.PENDING, P.RUNNING])
+        .filter(state__in=PARTITION_COMPLETED)
         .order_by("index")
         .values_list("content_id", "output", "preview", "attempts", "state")
     )
@@ -131,15 +132,7 @@ def check_effects(run: Run, *, thorough: bool = False, budget_s: float | None = 
         ctx = ExecutionContext(
             run_id=run.pk,
             partition_id=pk,
-            stage={
-                "id": stage.stage_id,
-                "kind": stage.kind,
-                "partitioner": stage.partitioner,
-                "executor": stage.executor,
-                "params": stage.params,
-                "depends_on": stage.depends_on,
-                "non_idempotent": stage.non_idempotent,
-            },
+            stage=run_stage_document(stage),
             kind=kind,
             inputs=inputs,
             fingerprints=fingerprints,

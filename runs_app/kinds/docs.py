@@ -28,7 +28,6 @@ from blueprints_app.registry import (
     ExecutionContext,
     Executor,
     PartitionContext,
-    Partitioner,
     PartitionSpec,
     StageManifest,
     register_executor,
@@ -41,14 +40,10 @@ from runs_app.kinds.base import (
     plural,
     require_input,
     require_manifest,
-    required_unless_default,
-    resolve_params,
-    subdir_param,
-    workspace_param,
 )
 from runs_app.kinds.files import Beat, fingerprints, pin, pinned_workspace, read_verified
+from runs_app.kinds.workspace import WorkspacePartitioner
 from runs_app.models import DocPage
-from runs_app.workspaces import get_workspace
 
 PAGE_SUFFIXES = (".md", ".markdown")
 INDEX_STEMS = ("index", "readme")
@@ -155,43 +150,33 @@ def extract(source: str, fallback_title: str) -> dict[str, Any]:
 
 
 @register_partitioner
-class ByRouteMap(Partitioner):
+class ByRouteMap(WorkspacePartitioner):
     name = "by_route_map"
     description = (
         "Maps a Markdown documentation tree to routes and makes one partition per top-level "
         "route prefix."
     )
+    root_default = "docs"
+    root_help = "Directory of the Markdown documentation tree."
+    file_filters = False  # every page of the tree is routed: a route map has no holes
 
     @classmethod
-    def get_params_schema(cls) -> dict[str, Any]:
+    def own_params(cls) -> dict[str, Any]:
         return {
-            "type": "object",
-            "additionalProperties": False,
-            "required": required_unless_default("workspace"),
-            "properties": {
-                "workspace": workspace_param(),
-                "root": subdir_param("docs", "Directory of the Markdown documentation tree."),
-                "base_route": {
-                    "type": "string",
-                    "pattern": "^/([A-Za-z0-9._~-]+/)*$",
-                    "default": "/docs/",
-                    "maxLength": 200,
-                    "title": "Base route",
-                    "description": "Route of the root page; every route starts with it.",
-                },
+            "base_route": {
+                "type": "string",
+                "pattern": "^/([A-Za-z0-9._~-]+/)*$",
+                "default": "/docs/",
+                "maxLength": 200,
+                "title": "Base route",
+                "description": "Route of the root page; every route starts with it.",
             },
         }
 
     def partition(self, ctx: PartitionContext) -> StageManifest:
-        params = resolve_params(type(self), ctx.params)
-        ws = get_workspace(params["workspace"])
-        root_rel = ws.relative(ws.resolve(params["root"]))
+        params, ws, root_rel, listed = self.workspace_files(ctx.params)
         base = params["base_route"]
-        files = [
-            f
-            for f in ws.list_files(params["root"])
-            if PurePosixPath(f.rel).suffix.lower() in PAGE_SUFFIXES
-        ]
+        files = [f for f in listed if PurePosixPath(f.rel).suffix.lower() in PAGE_SUFFIXES]
         pages = []
         for row in pin(files):
             inner = row[0] if root_rel == "." else str(PurePosixPath(row[0]).relative_to(root_rel))

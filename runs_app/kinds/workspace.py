@@ -1,11 +1,11 @@
 """What the partitioners over a workspace directory share: their params and their file list.
 
-`by_filesize`, `by_module`, `by_dag_depth` and `by_asset_bucket` split the files of one
-directory of a registered workspace. Each takes the same first four params (`workspace`,
-`root`, `include`, `exclude`), in that order (the plan editor lays fields out in schema
-order), followed by its own; each lists the files the same way. A subclass of
-`WorkspacePartitioner` says only what differs: the default and help of `root`, and its own
-params (`own_params`).
+`by_filesize`, `by_module`, `by_dag_depth`, `by_asset_bucket` and `by_route_map` split the
+files of one directory of a registered workspace. Each takes the same first params
+(`workspace`, `root`, and unless it opts out, `include` and `exclude`), in that order (the
+plan editor lays fields out in schema order), followed by its own; each lists the files the
+same way. A subclass of `WorkspacePartitioner` says only what differs: the default and help
+of `root`, whether it takes file filters (`file_filters`), and its own params (`own_params`).
 """
 
 from __future__ import annotations
@@ -23,11 +23,16 @@ from runs_app.kinds.base import (
 from runs_app.workspaces import Workspace, WorkspaceFile, get_workspace
 
 
-def workspace_params(root_default: str, root_help: str) -> dict[str, Any]:
-    """JSON Schema properties `workspace`, `root`, `include` and `exclude`, in that order."""
+def workspace_params(
+    root_default: str, root_help: str, *, file_filters: bool = True
+) -> dict[str, Any]:
+    """JSON Schema properties `workspace`, `root`, then (with `file_filters`) `include` and
+    `exclude`, in that order."""
+    place = {"workspace": workspace_param(), "root": subdir_param(root_default, root_help)}
+    if not file_filters:
+        return place
     return {
-        "workspace": workspace_param(),
-        "root": subdir_param(root_default, root_help),
+        **place,
         "include": {
             **GLOBS_PARAM,
             "title": "Include",
@@ -52,6 +57,8 @@ class WorkspacePartitioner(Partitioner):
 
     root_default: ClassVar[str] = "."
     root_help: ClassVar[str] = "Directory of the workspace to split."
+    # Whether the stage may narrow the file list with `include`/`exclude` globs.
+    file_filters: ClassVar[bool] = True
 
     @classmethod
     def own_params(cls) -> dict[str, Any]:
@@ -65,7 +72,7 @@ class WorkspacePartitioner(Partitioner):
             "additionalProperties": False,
             "required": required_unless_default("workspace"),
             "properties": {
-                **workspace_params(cls.root_default, cls.root_help),
+                **workspace_params(cls.root_default, cls.root_help, file_filters=cls.file_filters),
                 **cls.own_params(),
             },
         }
@@ -75,12 +82,15 @@ class WorkspacePartitioner(Partitioner):
     ) -> tuple[dict[str, Any], Workspace, str, list[WorkspaceFile]]:
         """(resolved params, workspace, `root` relative to the workspace, files under it).
 
-        Files are sorted by path and filtered by `include`/`exclude` (Workspace.list_files).
+        Files are sorted by path and filtered by `include`/`exclude` when the partitioner takes
+        them (Workspace.list_files).
         Raises ComponentError for invalid params, an unknown workspace, or a `root` that
         leaves the workspace or does not exist.
         """
         params = resolve_params(type(self), stage_params)
         ws = get_workspace(params["workspace"])
-        files = ws.list_files(params["root"], include=params["include"], exclude=params["exclude"])
+        files = ws.list_files(
+            params["root"], include=params.get("include", ()), exclude=params.get("exclude", ())
+        )
         root_rel = ws.relative(ws.resolve(params["root"]))
         return params, ws, root_rel, files

@@ -41,6 +41,8 @@ RUN_FINISHED = RUN_TERMINAL | {RunState.AWAITING_APPROVAL}
 RUN_ACTIVE = {RunState.PENDING, RunState.PARTITIONING, RunState.RUNNING}
 # Finished executing without waiting on a decision: a replay may start from these.
 RUN_REPLAYABLE = {RunState.SUCCEEDED, RunState.FAILED, RunState.ABORTED}
+# Ended without the change it asked for (the CLI's exit status).
+RUN_UNSUCCESSFUL = {RunState.FAILED, RunState.ABORTED, RunState.REJECTED}
 
 
 class StageState(models.TextChoices):
@@ -194,6 +196,13 @@ class Run(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.state in RUN_FINISHED
+
+    @property
+    def requires_approval(self) -> bool:
+        """Whether a kind of this run, as pinned when it started (`kind_snapshots`), requires
+        a reviewed dry-run: such a dry-run ends `awaiting_approval` instead of `succeeded`,
+        and an apply from it needs its approval."""
+        return any(snap.get("require_dry_run") for snap in self.kind_snapshots.values())
 
 
 class RunStage(models.Model):

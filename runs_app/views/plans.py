@@ -84,13 +84,7 @@ def apply_option(plan: Plan, revision: PlanRevision, kinds: dict[str, JobKind]) 
     """Whether the plan page offers Apply of `revision` (for a user holding hxo:submit): at
     once when none of its `kinds` requires a dry-run, else with its newest applicable dry-run
     when `policies.may_apply` lets it through; otherwise why not."""
-    needs = sorted(
-        {
-            s["kind"]
-            for s in revision.stages
-            if s["kind"] in kinds and kinds[s["kind"]].require_dry_run
-        }
-    )
+    needs = policies.dry_run_required(revision, kinds)
     candidate = selectors.latest_dry_run(plan, revision)
     if not needs:
         return ApplyOption(available=True, needs_dry_run=needs)

@@ -108,7 +108,7 @@ def run_actions(user: Any, run: Run) -> RunActions:
     if run.mode == RunMode.DRY_RUN and has_capability(user, "submit"):
         apply = policies.may_apply(
             run,
-            approval_required=any(s.get("require_dry_run") for s in run.kind_snapshots.values()),
+            approval_required=run.requires_approval,
             latest_number=run.plan.latest_number,
         )
         actions.apply, actions.apply_blocked = apply.allowed, apply.reason

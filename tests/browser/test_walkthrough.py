@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from runs_app import services, tasks
+from runs_app import services
 from runs_app.models import Plan, Run, RunMode, RunState
 from tests.browser.conftest import log_in
+from tests.helpers import drain
 from tests.runs_app.cluster import running_cluster
 from tests.runs_app.testkinds import TEST_KIND, make_test_kinds, stage
 
@@ -117,13 +118,7 @@ def _finished_dry_run(author, tmp_path: Path) -> Run:
     plan = services.plan_create(
         actor=author, document={"name": "four eyes", "stages": [stage("a", tmp_path, items=2)]}
     )
-    run = services.run_start_dry_run(plan=plan, actor=author)
-    for _ in range(20):
-        tasks.drain(run.pk, budget_s=30)
-        run.refresh_from_db()
-        if run.is_finished:
-            return run
-    raise AssertionError("the dry-run did not finish")
+    return drain(services.run_start_dry_run(plan=plan, actor=author))
 
 
 def test_the_author_cannot_approve_their_own_dry_run(open_page, admiral, tmp_path: Path) -> None:

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from unittest import mock
 
 import pytest
 
 from hxo_site import parameters
-from runs_app import services, tasks
+from runs_app import services
 from runs_app.models import Run
+from tests.helpers import drain
 from tests.runs_app.testkinds import TEST_KIND_NOAPPROVAL, stage
 
 pytestmark = pytest.mark.django_db
@@ -26,12 +26,8 @@ def world(test_kinds, tmp_path, operator, admiral) -> dict[str, Any]:
     )
     dry = services.run_start_dry_run(plan=plan, actor=operator)
     applied = services.run_apply(plan=plan, actor=operator)
-    with mock.patch.object(tasks, "close_old_connections", lambda: None):
-        for run in (dry, applied):
-            for _ in range(20):
-                tasks.drain(run.pk, budget_s=30)
-                if Run.objects.get(pk=run.pk).is_finished:
-                    break
+    for run in (dry, applied):
+        drain(run)
     return {"plan": plan.pk, "dry": dry.pk, "run": applied.pk}
 
 

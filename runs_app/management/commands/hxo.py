@@ -21,7 +21,8 @@ from django.db import transaction
 from hxo_site import parameters
 from hxo_site.errors import ServiceError
 from runs_app import selectors, services
-from runs_app.models import Plan, Run
+from runs_app.models import Plan, Run, RunState
+from runs_app.models.engine import RUN_UNSUCCESSFUL
 
 
 def object_id(text: str) -> int:
@@ -169,7 +170,7 @@ class Command(BaseCommand):
             self._follow(run)
         else:
             self._print_status(run, tty=False)
-            if run.state == "failed":
+            if run.state == RunState.FAILED:
                 sys.exit(EXIT_RUN_FAILED)
 
     def _follow(self, run: Run) -> None:
@@ -180,7 +181,7 @@ class Command(BaseCommand):
             if run.is_finished:
                 break
             time.sleep(1)  # a terminal's refresh interval, not a test wait
-        if run.state in ("failed", "aborted", "rejected"):
+        if run.state in RUN_UNSUCCESSFUL:
             sys.exit(EXIT_RUN_FAILED)
 
     def _print_status(self, run: Run, *, tty: bool) -> None:

@@ -11,8 +11,9 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from hxo_site.models import AuditEvent
 from runs_app import services
-from runs_app.models import AuditEvent, Plan
+from runs_app.models import Plan
 from tests.runs_app.testkinds import TEST_KIND, TEST_KIND_NOAPPROVAL, stage
 
 pytestmark = pytest.mark.django_db
