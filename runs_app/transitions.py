@@ -1,12 +1,13 @@
 """The state machines of runs and stages: one function each moves a row and refuses illegal
-moves. Partition moves are compare-and-swap updates in `runs_app.engine` (claims, execute,
-progress), checked against PARTITION_MOVES there."""
+moves. Partitions move by fenced compare-and-swap updates in `runs_app.engine` (claims,
+execute, progress), each naming the state it moves from in its WHERE clause; their state
+machine is drawn in docs/architecture.md ("States")."""
 
 from __future__ import annotations
 
 from django.utils import timezone
 
-from runs_app.models import PartitionState, Run, RunStage, RunState, StageState
+from runs_app.models import Run, RunStage, RunState, StageState
 
 R = RunState
 RUN_MOVES: dict[str, set[str]] = {
@@ -28,18 +29,6 @@ STAGE_MOVES: dict[str, set[str]] = {
     S.SUCCEEDED: set(),
     S.FAILED: set(),
     S.CANCELLED: set(),
-}
-
-P = PartitionState
-PARTITION_MOVES: dict[str, set[str]] = {
-    P.PENDING: {P.RUNNING, P.CANCELLED, P.REUSED},
-    # running → pending is a retry (attempts left) or a lease taken over; running → reused is
-    # a worker that found the earlier effect still there (runs_app.engine.execute.try_reuse).
-    P.RUNNING: {P.SUCCEEDED, P.FAILED, P.PENDING, P.CANCELLED, P.RUNNING, P.REUSED},
-    P.SUCCEEDED: set(),
-    P.FAILED: set(),
-    P.REUSED: set(),
-    P.CANCELLED: set(),
 }
 
 

@@ -105,6 +105,83 @@ def test_the_engine_never_imports_the_web_layer_the_services_or_the_tasks() -> N
     assert offending(product_files(*ENGINE), WEB_LAYER) == []
 
 
+# The layers of runs_app, top to bottom, as docs/architecture.md's table names them: a module
+# imports runs_app modules of its own layer or below, never above.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    (
+        "web",
+        (
+            "runs_app.views",
+            "runs_app.api",
+            "runs_app.api_urls",
+            "runs_app.urls",
+            "runs_app.search_api",
+            "runs_app.search_urls",
+            "runs_app.serializers",
+            "runs_app.forms",
+            "runs_app.editor",
+            "runs_app.templatetags",
+            "runs_app.admin",
+            "runs_app.management",
+            "runs_app.apps",
+        ),
+    ),
+    ("tasks", ("runs_app.tasks",)),
+    ("services and reads", ("runs_app.services", "runs_app.selectors", "runs_app.policies")),
+    ("engine", ("runs_app.engine",)),
+    (
+        "below",
+        (
+            "runs_app.kinds",
+            "runs_app.manifest",
+            "runs_app.targets",
+            "runs_app.workspaces",
+            "runs_app.sqlpolicy",
+            "runs_app.search",
+            "runs_app.transitions",
+            "runs_app.hashing",
+            "runs_app.models",
+            "runs_app.migrations",
+        ),
+    ),
+]
+
+
+def layer_of(module: str) -> int | None:
+    for depth, (_name, prefixes) in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return depth
+    return None
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_every_runs_app_module_has_a_layer() -> None:
+    unplaced = [
+        module_name(p) for p in product_files("runs_app") if layer_of(module_name(p)) is None
+    ]
+    assert unplaced in ([], ["runs_app"]), f"place these in LAYERS and the map: {unplaced}"
+
+
+def test_runs_app_imports_only_its_own_layer_or_below() -> None:
+    upward = []
+    for path in product_files("runs_app"):
+        here = layer_of(module_name(path))
+        if here is None:
+            continue
+        for line, module in imported_modules(path):
+            there = layer_of(module)
+            if there is not None and there < here:
+                upward.append(
+                    f"{path.relative_to(ROOT)}:{line} ({LAYERS[here][0]}) imports {module} "
+                    f"({LAYERS[there][0]})"
+                )
+    assert sorted(set(upward)) == []
+
+
 def test_the_engine_is_one_package() -> None:
     # execution.py was split along its seams into runs_app/engine/; no second home returns.
     assert not (ROOT / "runs_app" / "execution.py").exists()
