@@ -54,6 +54,7 @@ from runs_app.models import (
     RunState,
 )
 from runs_app.models.engine import RUN_ACTIVE, RUN_REPLAYABLE
+from runs_app.selectors import runs_awaiting_decision
 
 # How many uncovered partitions a refusal lists (the count is always complete).
 MAX_LISTED = 20
@@ -580,7 +581,6 @@ def runs_to_decide(user: Any) -> tuple[list[tuple[Run, None]], list[tuple[Run, s
     """Dry-runs awaiting a decision that `user` has not made: (those they may decide,
     those the four-eyes rule keeps them from, with the reason). Newest first. The one list
     behind the approvals inbox, the home page and the navigation badge."""
-    from runs_app.selectors import runs_awaiting_decision
 
     waiting = runs_awaiting_decision(user)
     reasons = decision_reasons(waiting, user)

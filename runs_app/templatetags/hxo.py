@@ -15,6 +15,7 @@ from django.utils.safestring import SafeString, mark_safe
 
 from blueprints_app.registry import PARTITIONERS, Partitioner
 from hxo_site.capabilities import has_capability, user_role
+from runs_app.policies import runs_to_decide
 
 register = template.Library()
 
@@ -55,8 +56,6 @@ def hxo_nav(context: template.Context) -> dict[str, Any]:
             items.append({"key": key, "label": label, "url": reverse(url), "active": key == active})
     if approve:
         # How many dry-runs wait for this user: the inbox's own list.
-        from runs_app.policies import runs_to_decide
-
         waiting = len(runs_to_decide(user)[0])
         for item in items:
             if item["key"] == "approvals":
