@@ -47,7 +47,16 @@ def group_members(groups: list[int]) -> list[int]:
 
 @pytest.mark.skipif(not Path("/proc").exists(), reason="reads the process table from /proc")
 def test_ctrl_c_stops_the_web_server_and_the_cluster(tmp_path):
-    env = {**os.environ, "HXO_VAR_DIR": str(tmp_path), "DEBUG": "1"}
+    env = {
+        **os.environ,
+        "HXO_VAR_DIR": str(tmp_path),
+        "DEBUG": "1",
+        # Its own queue: on the Redis broker the test session's queue holds wake-ups for runs
+        # of the session's test database, which this cluster must not take.
+        "HXO_CLUSTER_NAME": f"hxo-run-test-{os.getpid()}",
+        # What the web server prints reaches the pipe as it happens, not when it exits.
+        "PYTHONUNBUFFERED": "1",
+    }
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "-v", "0"], cwd=BASE, env=env, check=True
     )
