@@ -397,8 +397,11 @@ class DocsIndex(Executor):
             ]
             changes = sum(a["action"] != "unchanged" for a in actions)
             return {
-                "summary": f"{prefix}: would index {plural(len(pages), 'page')} "
-                f"({changes} new or changed" + (f", {len(stale)} to remove" if stale else "") + ")",
+                "summary": f"{prefix}: would index {plural(len(extracted), 'page')} "
+                f"({changes} new or changed"
+                + (f", {len(stale)} to remove" if stale else "")
+                + (f", {len(failed)} unreadable" if failed else "")
+                + ")",
                 "pages": actions[:PREVIEW_PAGES],
                 "pages_truncated": len(actions) > PREVIEW_PAGES,
                 "to_remove": stale + failed_routes,

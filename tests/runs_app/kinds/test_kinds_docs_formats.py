@@ -139,6 +139,9 @@ def test_a_page_that_cannot_be_read_is_reported_and_the_rest_index(driver, works
     run = driver.run(docs_stage("t"), dry_run=False)
 
     assert list(DocPage.objects.values_list("route", flat=True)) == ["/docs/good/"]
+    preview = driver.run(docs_stage("t"), dry_run=True)
+    assert "1 unreadable" in preview.results[0]["summary"]
+    assert [f["path"] for f in preview.results[0]["failed_pages"]] == ["docs/broken.md"]
     (failed,) = run.results[0]["failed_pages"]
     assert failed["path"] == "docs/broken.md" and "binary" in failed["reason"]
     assert [h["route"] for h in search_docs("koala")] == ["/docs/good/"]
