@@ -17,7 +17,7 @@ import re
 from typing import Any
 
 from django.db import connection
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 
 from runs_app.models import AssetIndexEntry, DocPage
 
@@ -122,6 +122,43 @@ def search_docs(q: str, limit: int = 20, *, workspace: str | None = None) -> lis
     return hits
 
 
+def count_docs(q: str, *, workspace: str | None = None) -> int:
+    """How many documentation pages match `q` (the same match as search_docs, without its
+    MAX_HITS cap): one COUNT over the full-text index, no ranking and no snippets."""
+    q = clean_query(q)
+    if connection.vendor == "postgresql":
+        where = "" if workspace is None else " AND d.workspace = %s"
+        sql = (
+            "SELECT count(*) FROM runs_app_docpage d "
+            f"WHERE ({PG_DOCUMENT}) @@ websearch_to_tsquery('english', %s){where}"
+        )
+        return _count(sql, [q] + ([] if workspace is None else [workspace]))
+    if _fts5_available():
+        match = _fts5_query(q)
+        if not match:
+            return 0
+        if workspace is None:
+            return _count(f"SELECT count(*) FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH %s", [match])
+        return _count(
+            f"SELECT count(*) FROM {FTS_TABLE} JOIN runs_app_docpage w "
+            f"ON w.id = {FTS_TABLE}.rowid WHERE {FTS_TABLE} MATCH %s AND w.workspace = %s",
+            [match, workspace],
+        )
+    words = _WORD.findall(q)
+    return _docs_fallback_pages(words, workspace).count() if words else 0
+
+
+def count_assets(q: str, *, workspace: str | None = None) -> int:
+    """How many indexed assets match `q` (the same match as search_assets, uncapped)."""
+    return _asset_entries(clean_query(q), workspace).count()
+
+
+def _count(sql: str, params: list[Any]) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return int(cursor.fetchone()[0])
+
+
 def _fetch(sql: str, params: list[Any]) -> list[dict[str, Any]]:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -202,11 +239,8 @@ def _docs_fallback(q: str, limit: int, workspace: str | None) -> list[dict[str, 
     words = _WORD.findall(q)
     if not words:
         return []
-    qs = DocPage.objects.all() if workspace is None else DocPage.objects.filter(workspace=workspace)
-    for w in words:
-        qs = qs.filter(Q(title__icontains=w) | Q(headings__icontains=w) | Q(body__icontains=w))
     rows = []
-    for page in qs[: MAX_HITS * 5]:
+    for page in _docs_fallback_pages(words, workspace)[: MAX_HITS * 5]:
         score = sum(
             10 * page.title.lower().count(w.lower())
             + 4 * page.headings.lower().count(w.lower())
@@ -227,16 +261,28 @@ def _docs_fallback(q: str, limit: int, workspace: str | None) -> list[dict[str, 
     return rows[:limit]
 
 
+def _docs_fallback_pages(words: list[str], workspace: str | None) -> QuerySet[DocPage]:
+    qs = DocPage.objects.all() if workspace is None else DocPage.objects.filter(workspace=workspace)
+    for w in words:
+        qs = qs.filter(Q(title__icontains=w) | Q(headings__icontains=w) | Q(body__icontains=w))
+    return qs
+
+
+def _asset_entries(q: str, workspace: str | None) -> QuerySet[AssetIndexEntry]:
+    qs = AssetIndexEntry.objects.all()
+    if workspace is not None:
+        qs = qs.filter(workspace=workspace)
+    for w in (w.lower() for w in re.findall(r"[^\s]+", q)):
+        qs = qs.filter(Q(path__icontains=w) | Q(media_type__icontains=w) | Q(bucket__iexact=w))
+    return qs
+
+
 def search_assets(q: str, limit: int = 20, *, workspace: str | None = None) -> list[dict[str, Any]]:
     """Indexed assets whose path, media type or bucket contains every word of `q`."""
     q = clean_query(q)
     limit = max(1, min(int(limit), MAX_HITS))
     words = [w.lower() for w in re.findall(r"[^\s]+", q)]
-    qs = AssetIndexEntry.objects.all()
-    if workspace is not None:
-        qs = qs.filter(workspace=workspace)
-    for w in words:
-        qs = qs.filter(Q(path__icontains=w) | Q(media_type__icontains=w) | Q(bucket__iexact=w))
+    qs = _asset_entries(q, workspace)
     hits = []
     for entry in qs.order_by("name", "path")[: MAX_HITS * 5]:
         name = entry.name.lower()

@@ -1,7 +1,9 @@
 """REST API v1 search endpoints: GET /api/v1/search/assets/?q= and /api/v1/search/docs/?q=.
 
 Both need `hxo:view`, answer a missing or empty `q` with 400 `query_required`, and return the
-ranked hits of `runs_app.search` in pages (`count`, `next`, `previous`, `results`).
+ranked hits of `runs_app.search` in pages (`count`, `next`, `previous`, `results`). Pages
+reach the best `hits_limit` (MAX_HITS) hits; `count` is every match all the same (counted apart
+when the hits reach the limit), and `results_available` says how many the pages hold.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class SearchPagination(StrictPageNumberPagination):
 class _SearchView(APIView):
     permission_classes = [capability_required("view")]
     search: ClassVar[Callable[..., list[dict[str, Any]]]]
+    count: ClassVar[Callable[..., int]]
 
     def get(self, request: Request) -> Response:
         try:
@@ -62,10 +65,17 @@ class _SearchView(APIView):
         page = paginator.paginate_queryset(hits, request, view=self)  # type: ignore[arg-type]
         response = paginator.get_paginated_response(page)
         response.data["query"] = q
+        # Hits stop at MAX_HITS; below it they are every match, at it the true number is
+        # counted apart (a COUNT, no ranking nor snippets).
+        if len(hits) >= search.MAX_HITS:
+            response.data["count"] = type(self).count(q, workspace=workspace)
+        response.data["results_available"] = len(hits)
+        response.data["hits_limit"] = search.MAX_HITS
         return response
 
 
 class AssetSearch(_SearchView):
+    count = staticmethod(search.count_assets)  # before `search` shadows the module here
     search = staticmethod(search.search_assets)
 
     @extend_schema(
@@ -79,6 +89,7 @@ class AssetSearch(_SearchView):
 
 
 class DocSearch(_SearchView):
+    count = staticmethod(search.count_docs)  # before `search` shadows the module here
     search = staticmethod(search.search_docs)
 
     @extend_schema(

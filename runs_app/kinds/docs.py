@@ -1,12 +1,17 @@
 """docs.index: the `by_route_map` partitioner and the `docs_index` executor.
 
-The route map turns a Markdown tree into routes: `docs/guides/deploy.md` → `/docs/guides/deploy/`,
-`docs/guides/index.md` (or README.md) → `/docs/guides/`. Partitions are the top-level route
-prefixes (`/docs/guides/`; pages directly in the root share `/docs/`). The executor extracts
-title, headings and plain text from each page and upserts `DocPage` rows by (workspace, route);
-the full-text index follows the table (FTS5 triggers on SQLite, a GIN expression index on
-PostgreSQL; see migration 0002 and `runs_app.search`). A partition owns its prefix, so pages
-removed from the tree are removed from the index.
+The route map turns a documentation tree into routes. Markdown pages (`.md`, `.markdown`, and
+`.mdx` read as Markdown): `docs/guides/deploy.md` → `/docs/guides/deploy/`,
+`docs/guides/index.md` (or README.md) → `/docs/guides/`. reStructuredText pages (`.rst`, and
+`.txt` inside a Sphinx tree: a folder holding `conf.py`, from the page's folder up to the
+stage's root) follow Sphinx's routes: the path without its suffix, `index` is the folder.
+Partitions are the top-level route prefixes (`/docs/guides/`; pages directly in the root share
+`/docs/`). The executor extracts title, headings and plain text from each page and upserts
+`DocPage` rows by (workspace, route); the full-text index follows the table (FTS5 triggers on
+SQLite, a GIN expression index on PostgreSQL; see migration 0002 and `runs_app.search`). A
+partition owns its prefix, so pages removed from the tree are removed from the index; a page
+that cannot be read is reported (`failed_pages`) and the rest are indexed, but a partition
+none of whose pages could be read fails.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import re
 from pathlib import PurePosixPath
 from typing import Any
 
+import yaml
 from django.db import transaction
+from django.db.models import QuerySet
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from django.utils.html import strip_tags
@@ -42,18 +49,46 @@ from runs_app.kinds.base import (
     require_manifest,
 )
 from runs_app.kinds.files import Beat, fingerprints, pin, pinned_workspace, read_verified
+from runs_app.kinds.rst import PageError, extract_rst
 from runs_app.kinds.workspace import WorkspacePartitioner
 from runs_app.models import DocPage
 
-PAGE_SUFFIXES = (".md", ".markdown")
-INDEX_STEMS = ("index", "readme")
+MARKDOWN = "markdown"
+RST = "rst"
+MARKDOWN_SUFFIXES = (".md", ".markdown", ".mdx")
+RST_SUFFIXES = (".rst",)
+SPHINX_SUFFIXES = (".rst", ".txt")  # Sphinx trees (Django's docs) also write reST as .txt
+SPHINX_CONF = "conf.py"
+INDEX_STEMS = {MARKDOWN: ("index", "readme"), RST: ("index",)}
 PREVIEW_PAGES = 500
+# Error code of a partition none of whose pages could be read.
+NO_READABLE_PAGE = "no_readable_page"
 
 
-def route_of(rel_to_root: str, base_route: str) -> str:
+def page_format(rel_to_root: str, sphinx_dirs: set[str]) -> str | None:
+    """The format of a file of the tree, by suffix: MARKDOWN, RST, or None (not a page).
+
+    `rel_to_root` is relative to the stage's root; `sphinx_dirs` are the folders (relative to
+    the root, "." for the root) that hold a Sphinx `conf.py`: a `.txt` file is a reST page
+    when its folder or one of its ancestors up to the root is one of them.
+    """
+    path = PurePosixPath(rel_to_root)
+    suffix = path.suffix.lower()
+    if suffix in MARKDOWN_SUFFIXES:
+        return MARKDOWN
+    if suffix in RST_SUFFIXES:
+        return RST
+    if suffix in SPHINX_SUFFIXES and any(str(p) in sphinx_dirs for p in path.parents):
+        return RST
+    return None
+
+
+def route_of(rel_to_root: str, base_route: str, fmt: str = MARKDOWN) -> str:
+    """The route of a page: `base_route` + its path without the suffix, as folders; an index
+    page (`index`, or `README` for Markdown) is its folder's route."""
     path = PurePosixPath(rel_to_root)
     parts = list(path.with_suffix("").parts)
-    if parts and parts[-1].lower() in INDEX_STEMS:
+    if parts and parts[-1].lower() in INDEX_STEMS[fmt]:
         parts.pop()
     return base_route + "".join(f"{p}/" for p in parts)
 
@@ -72,23 +107,33 @@ _MARKDOWN = MarkdownIt("commonmark").enable(["table", "strikethrough"])
 _BLOCK_ENDS = {"paragraph_close", "heading_close", "table_close", "blockquote_close"}
 
 
+def normalise(source: str) -> str:
+    """A page as text to parse: a leading UTF-8 byte order mark dropped, and `\\r\\n` and lone
+    `\\r` line endings made `\\n` (both parsers see only `\\n`)."""
+    return source.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
 def front_matter(source: str) -> tuple[str, str]:
     """(title, the page without its front matter) of a page that opens with YAML front
     matter between `---` lines (closed by `---` or `...`); ("", page) otherwise.
 
-    Only `title:` is read, as a plain one-line value (quotes around it dropped).
+    The block is read with PyYAML's safe loader, so quoted, folded (`title: >`) and literal
+    titles read as YAML says; a block that is not YAML, or has no text `title`, gives "" (the
+    block is still not part of the page). Whitespace inside the title is collapsed.
     """
     lines = source.split("\n")
     if not lines or lines[0].strip() != "---":
         return "", source
     for end in range(1, len(lines)):
         if lines[end].strip() in ("---", "..."):
-            title = ""
-            for meta in lines[1:end]:
-                key, _, value = meta.partition(":")
-                if key.strip().lower() == "title" and value.strip():
-                    title = value.strip().strip("\"'")
-            return title, "\n".join(lines[end + 1 :])
+            try:
+                meta = yaml.safe_load("\n".join(lines[1:end]))
+            except yaml.YAMLError:
+                meta = None
+            title = meta.get("title") if isinstance(meta, dict) else None
+            if not isinstance(title, str | int | float) or isinstance(title, bool):
+                title = ""
+            return " ".join(str(title).split()), "\n".join(lines[end + 1 :])
     return "", source
 
 
@@ -106,15 +151,34 @@ def inline_text(token: Token) -> str:
     return "".join(parts).strip()
 
 
-def extract(source: str, fallback_title: str) -> dict[str, Any]:
-    """Title, headings and plain text of a Markdown page, parsed as CommonMark.
+def extract(source: str, fallback_title: str, fmt: str = MARKDOWN) -> dict[str, Any]:
+    """Title, headings and plain text of a page: {"title", "headings", "body", "words"}.
 
-    The title is the front matter's `title`, else the first level-1 heading, else the first
-    heading, else `fallback_title` (at most 300 characters). The body keeps the text of
-    paragraphs, list items, quotes and table cells, and the content of code blocks (code is
-    searchable text too), without Markdown syntax; blocks are separated by a blank line.
+    The text is normalised first (BOM, line endings). Markdown (`fmt` MARKDOWN) is parsed as
+    CommonMark: the title is the front matter's `title`, else the first level-1 heading, else
+    the first heading, else `fallback_title`. reStructuredText (`fmt` RST) is parsed with
+    docutils (`runs_app.kinds.rst.extract_rst`): the document title, else the first section
+    title. Titles are at most 300 characters. The body keeps the text of paragraphs, list
+    items, quotes and table cells, and the content of code blocks (code is searchable text
+    too), without markup; blocks are separated by a blank line.
+
+    Raises PageError when the page cannot be read: a NUL character (a binary file, not text),
+    or a reST page docutils reports as severe.
     """
-    title, page = front_matter(source.replace("\r\n", "\n"))
+    text = normalise(source)
+    if "\x00" in text:
+        raise PageError("a binary file, not text (it holds NUL bytes)")
+    if fmt == RST:
+        info = extract_rst(text, fallback_title)
+    else:
+        info = _extract_markdown(text, fallback_title)
+    info["title"] = info["title"][:300]
+    info["words"] = len(re.findall(r"\w+", info["body"]))
+    return info
+
+
+def _extract_markdown(source: str, fallback_title: str) -> dict[str, Any]:
+    title, page = front_matter(source)
     headings: list[tuple[int, str]] = []
     lines: list[str] = []
     level = 0  # inside a heading of this level
@@ -140,12 +204,10 @@ def extract(source: str, fallback_title: str) -> dict[str, Any]:
     if not title:
         h1 = [text for lvl, text in headings if lvl == 1]
         title = h1[0] if h1 else (headings[0][1] if headings else fallback_title)
-    paragraphs = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
     return {
-        "title": title[:300],
+        "title": title,
         "headings": [text for _level, text in headings if text],
-        "body": paragraphs,
-        "words": len(re.findall(r"\w+", paragraphs)),
+        "body": re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip(),
     }
 
 
@@ -153,11 +215,11 @@ def extract(source: str, fallback_title: str) -> dict[str, Any]:
 class ByRouteMap(WorkspacePartitioner):
     name = "by_route_map"
     description = (
-        "Maps a Markdown documentation tree to routes and makes one partition per top-level "
-        "route prefix."
+        "Maps a documentation tree (Markdown, reStructuredText, Sphinx) to routes and makes one "
+        "partition per top-level route prefix."
     )
     root_default = "docs"
-    root_help = "Directory of the Markdown documentation tree."
+    root_help = "Directory of the documentation tree (Markdown, reStructuredText or Sphinx)."
     file_filters = False  # every page of the tree is routed: a route map has no holes
 
     @classmethod
@@ -176,15 +238,34 @@ class ByRouteMap(WorkspacePartitioner):
     def partition(self, ctx: PartitionContext) -> StageManifest:
         params, ws, root_rel, listed = self.workspace_files(ctx.params)
         base = params["base_route"]
-        files = [f for f in listed if PurePosixPath(f.rel).suffix.lower() in PAGE_SUFFIXES]
+
+        def inner(rel: str) -> str:
+            return rel if root_rel == "." else str(PurePosixPath(rel).relative_to(root_rel))
+
+        sphinx_dirs = {
+            str(PurePosixPath(inner(f.rel)).parent)
+            for f in listed
+            if PurePosixPath(f.rel).name == SPHINX_CONF
+        }
+        formats = {f.rel: page_format(inner(f.rel), sphinx_dirs) for f in listed}
+        files = [f for f in listed if formats[f.rel]]
+        if not files:
+            # An empty success would hide a tree in a format HXO does not read.
+            raise ComponentError(
+                f"no documentation page under {root_rel!r} (pages are .md, .markdown, .mdx, "
+                ".rst, and .txt in a Sphinx tree: a folder with conf.py)",
+                code=NO_READABLE_PAGE,
+                path="params.root",
+            )
         pages = []
         for row in pin(files):
-            inner = row[0] if root_rel == "." else str(PurePosixPath(row[0]).relative_to(root_rel))
+            fmt = formats[row[0]]
             pages.append(
                 {
                     "path": row[0],
-                    "route": route_of(inner, base),
-                    "prefix": prefix_of(inner, base),
+                    "format": fmt,
+                    "route": route_of(inner(row[0]), base, fmt),
+                    "prefix": prefix_of(inner(row[0]), base),
                     "size": row[1],
                     "sha256": row[2],
                     "row": row,
@@ -222,6 +303,8 @@ class ByRouteMap(WorkspacePartitioner):
                 "root": root_rel,
                 "base_route": base,
                 "pages": [{k: v for k, v in p.items() if k != "row"} for p in pages],
+                # Every prefix of the tree: pages of a prefix not in it are gone from the tree.
+                "prefixes": sorted(prefixes),
                 "shadowed": shadowed,
             },
         )
@@ -231,7 +314,8 @@ class ByRouteMap(WorkspacePartitioner):
 class DocsIndex(Executor):
     name = "docs_index"
     description = (
-        "Extracts title, headings and text of Markdown pages into the full-text index "
+        "Extracts title, headings and text of Markdown and reStructuredText pages into the "
+        "full-text index "
         "(SQLite FTS5 or PostgreSQL full-text search), upserting by route."
     )
     idempotent = True
@@ -247,7 +331,11 @@ class DocsIndex(Executor):
         ws = pinned_workspace(ctx)
         pages = _pages(ctx)
         found = _page_rows(ws.name, [p["route"] for p in pages])
-        if {(f[0], f[-1]) for f in found} != {(p["route"], p["sha256"]) for p in pages}:
+        unreadable = set(effect.get("failed_routes", ()))  # reported, and not in the index
+        expected = {(p["route"], p["sha256"]) for p in pages if p["route"] not in unreadable}
+        if {(f[0], f[-1]) for f in found} != expected:
+            return False
+        if _gone_prefixes(ws.name, ctx).exists():
             return False
         if effect.get("pages_digest") != _pages_digest(pages):
             return False
@@ -267,11 +355,32 @@ class DocsIndex(Executor):
         stale = sorted(r for r in existing if r not in routes)
         beat = Beat(ctx)
         extracted = []
+        failed: list[dict[str, str]] = []
         for page in pages:
             beat()
             data = read_verified(ws, (page["path"], page["size"], page["sha256"], 0o644))
             fallback = PurePosixPath(page["path"]).stem.replace("-", " ").replace("_", " ")
-            extracted.append((page, extract(data.decode("utf-8", "replace"), fallback.title())))
+            try:
+                info = extract(
+                    data.decode("utf-8", "replace"),
+                    fallback.title(),
+                    page.get("format", MARKDOWN),  # manifests before reST have no format
+                )
+            except PageError as exc:
+                # One page that cannot be read does not stop its prefix; it is reported.
+                failed.append({"path": page["path"], "route": page["route"], "reason": str(exc)})
+                continue
+            extracted.append((page, info))
+        if not extracted:
+            raise ComponentError(
+                f"{prefix}: none of its {plural(len(pages), 'page')} could be read: "
+                + "; ".join(f"{f['path']}: {f['reason']}" for f in failed[:5]),
+                code=NO_READABLE_PAGE,
+                path="inputs.route",
+            )
+        # A page that cannot be read now is not left in the index with what it said before.
+        failed_routes = sorted(f["route"] for f in failed if f["route"] in existing)
+        gone = _gone_prefixes(ws.name, ctx)
         if ctx.dry_run:
             actions = [
                 {
@@ -288,17 +397,23 @@ class DocsIndex(Executor):
             ]
             changes = sum(a["action"] != "unchanged" for a in actions)
             return {
-                "summary": f"{prefix}: would index {plural(len(pages), 'page')} "
-                f"({changes} new or changed" + (f", {len(stale)} to remove" if stale else "") + ")",
+                "summary": f"{prefix}: would index {plural(len(extracted), 'page')} "
+                f"({changes} new or changed"
+                + (f", {len(stale)} to remove" if stale else "")
+                + (f", {len(failed)} unreadable" if failed else "")
+                + ")",
                 "pages": actions[:PREVIEW_PAGES],
                 "pages_truncated": len(actions) > PREVIEW_PAGES,
-                "to_remove": stale,
+                "to_remove": stale + failed_routes,
+                "failed_pages": failed,
+                "gone_prefixes": sorted(set(gone.values_list("prefix", flat=True))),
             }
         now = timezone.now()
         with transaction.atomic():
             removed, _ = DocPage.objects.filter(
-                workspace=ws.name, prefix=prefix, route__in=stale
+                workspace=ws.name, prefix=prefix, route__in=stale + failed_routes
             ).delete()
+            removed += gone.delete()[0]
             for page, info in extracted:
                 # update_or_create, not bulk upsert: the FTS5 triggers must see each change.
                 DocPage.objects.update_or_create(
@@ -326,6 +441,7 @@ class DocsIndex(Executor):
             "docs_indexed": len(extracted),
             "words": sum(info["words"] for _page, info in extracted),
             "removed": removed,
+            "failed_pages": failed,
             "effect": {
                 "database": database_identity(),
                 "table": DocPage._meta.db_table,
@@ -333,6 +449,7 @@ class DocsIndex(Executor):
                 "pages": len(pages),
                 "pages_digest": _pages_digest(pages),
                 "content_digest": content,
+                "failed_routes": sorted(f["route"] for f in failed),
             },
         }
 
@@ -348,6 +465,23 @@ def _pages(ctx: ExecutionContext) -> list[dict[str, Any]]:
             path="inputs.route",
         )
     return pages
+
+
+def _gone_prefixes(workspace: str, ctx: ExecutionContext) -> QuerySet[DocPage]:
+    """Rows of this stage's tree (its root, its base route) whose route prefix is no longer in
+    the tree: the manifest's `prefixes` are every prefix the partitioner saw, so a removed
+    directory's pages are found here. Every partition removes them, in its own transaction, so
+    whichever commits first does it and the others find nothing (idempotent). A manifest
+    without `prefixes` (written before it was recorded) removes nothing."""
+    prefixes = ctx.manifest.get("prefixes")
+    if not isinstance(prefixes, list):
+        return DocPage.objects.none()
+    base = require_manifest(ctx, "base_route")
+    root = require_manifest(ctx, "root")
+    rows = DocPage.objects.filter(workspace=workspace, prefix__startswith=base).exclude(
+        prefix__in=prefixes
+    )
+    return rows if root == "." else rows.filter(path__startswith=f"{root}/")
 
 
 PAGE_COLUMNS = ("route", "prefix", "path", "title", "headings", "body", "words", "size", "sha256")

@@ -99,3 +99,41 @@ def test_search_needs_the_view_capability(api_client_for, nobody, anonymous_clie
     response = anonymous_client.get(url, {"q": "otter"})
     assert response.status_code == 401
     assert response.json()["code"] == "not_authenticated"
+
+
+@pytest.mark.parametrize("url", [DOCS, ASSETS])
+def test_count_is_every_match_beyond_the_hits_limit(api_client_for, viewer, url):
+    now = timezone.now()
+    DocPage.objects.bulk_create(
+        DocPage(
+            workspace="demo",
+            route=f"/docs/many/p{i:03d}/",
+            prefix="/docs/many/",
+            path=f"docs/many/p{i:03d}.md",
+            title=f"Page {i}",
+            body="A lyrebird sings.",
+            sha256="0" * 64,
+            indexed_at=now,
+        )
+        for i in range(230)
+    )
+    AssetIndexEntry.objects.bulk_create(
+        AssetIndexEntry(
+            workspace="demo",
+            path=f"assets/lyrebird-{i:03d}.png",
+            name=f"lyrebird-{i:03d}.png",
+            bucket="images",
+            size=1,
+            sha256="1" * 64,
+            media_type="image/png",
+            indexed_at=now,
+        )
+        for i in range(230)
+    )
+
+    body = api_client_for(viewer).get(url, {"q": "lyrebird"}).json()
+
+    assert body["count"] == 230
+    assert body["results_available"] == body["hits_limit"] == 200
+    last = api_client_for(viewer).get(url, {"q": "lyrebird", "page": 10}).json()
+    assert len(last["results"]) == 20 and last["next"] is None

@@ -53,7 +53,7 @@ from runs_app.kinds.base import (
     storage_effect,
     stored_object_matches,
 )
-from runs_app.kinds.docs import INDEX_STEMS, PAGE_SUFFIXES, ByRouteMap
+from runs_app.kinds.docs import INDEX_STEMS, MARKDOWN, MARKDOWN_SUFFIXES, ByRouteMap
 from runs_app.kinds.files import Beat, pinned_workspace, read_verified
 from runs_app.workspaces import PATH_ESCAPE, Workspace, get_workspace
 
@@ -242,13 +242,13 @@ class Checker:
             return "page", bare
         if bare in self.files:
             return "file", bare
-        for stem in INDEX_STEMS:
+        for stem in INDEX_STEMS[MARKDOWN]:
             for name in {stem, stem.upper()}:
-                for suffix in PAGE_SUFFIXES:
+                for suffix in MARKDOWN_SUFFIXES:
                     candidate = f"{bare}/{name}{suffix}" if bare != "." else f"{name}{suffix}"
                     if candidate in self.pages:
                         return "page", candidate
-        for suffix in PAGE_SUFFIXES:
+        for suffix in MARKDOWN_SUFFIXES:
             if not path.endswith("/") and bare + suffix in self.pages:
                 return "page", bare + suffix
         if bare in self.dirs:
