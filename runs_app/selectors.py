@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
@@ -46,13 +47,17 @@ def stage_elapsed_ms(stage: RunStage) -> int | None:
     return int((end - stage.started_at).total_seconds() * 1000)
 
 
-def stage_errors(run: Run) -> dict[int, list[dict[str, Any]]]:
-    """Why the run's partitions failed, grouped per stage by error code, in one grouped query:
-    RunStage pk → [{"code", "count", "permanent", "example"}], most frequent first, where
-    `example` is one of the messages (the smallest) and `permanent` whether any of them was
-    permanent (failed at once, not retried). Stages without failed partitions are absent."""
+def stage_errors(stages: Iterable[RunStage]) -> dict[int, list[dict[str, Any]]]:
+    """Why the stages' partitions failed, grouped per stage by error code, in one grouped
+    query (none when no stage counts a failure): RunStage pk → [{"code", "count",
+    "permanent", "example"}], most frequent first, where `example` is one of the messages
+    (the smallest) and `permanent` whether any of them was permanent (failed at once, not
+    retried). Stages without failed partitions are absent."""
+    failing = [s.pk for s in stages if s.failed]
+    if not failing:
+        return {}
     rows = (
-        Partition.objects.filter(run=run, state=PartitionState.FAILED)
+        Partition.objects.filter(stage_id__in=failing, state=PartitionState.FAILED)
         .annotate(
             code=KT("error__code"), message=KT("error__message"), permanent=KT("error__permanent")
         )

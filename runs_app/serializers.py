@@ -179,10 +179,10 @@ class RunSerializer(serializers.ModelSerializer):
         ]
 
     def get_stages(self, obj: Run) -> list[dict[str, Any]]:
-        errors = selectors.stage_errors(obj)
+        stages = list(obj.run_stages.all())
+        errors = selectors.stage_errors(stages)
         return RunStageSerializer(
-            [selectors.stage_progress(s, errors.get(s.pk)) for s in obj.run_stages.all()],
-            many=True,
+            [selectors.stage_progress(s, errors.get(s.pk)) for s in stages], many=True
         ).data
 
     def get_created_by(self, obj: Run) -> str | None:

@@ -21,7 +21,7 @@ from django.urls import reverse
 from runs_app import services
 from runs_app.kinds.migrate import LEDGER_TABLES
 from runs_app.models import Partition, PartitionState, Run, RunState
-from runs_app.targets import classify_db_error, connect
+from runs_app.targets import DbErrorClass, classify_db_error, connect
 from tests.helpers import drain
 from tests.runs_app.kinds.test_kinds_migrate import seed
 
@@ -160,7 +160,7 @@ def pg_error(pg, sql: str) -> Exception:
 def test_postgresql_errors_that_trying_again_cannot_fix_are_permanent(pg, sql, sqlstate):
     exc = pg_error(pg, sql)
     assert exc.sqlstate == sqlstate
-    assert classify_db_error(exc) == classify_db_error(exc).__class__(True, sqlstate)
+    assert classify_db_error(exc) == DbErrorClass(permanent=True, driver_code=sqlstate)
 
 
 @pytest.mark.postgres
@@ -341,13 +341,14 @@ def test_postgresql_a_lock_timeout_is_retried(pg_target, operator, approver, set
     seed("pg", rows=20)
     plan, dry = approved_plan("pg", operator, approver)
 
+    run = services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk)
     # Another session holds the table for as long as the apply runs: every attempt waits
     # lock_timeout_ms and gives up, and each one is tried again while attempts are left.
     with connect("pg") as holder:
         holder.begin()
         holder.execute("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
         try:
-            run = drain(services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk))
+            drain(run)
         finally:
             holder.rollback()
 
