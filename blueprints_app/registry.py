@@ -23,13 +23,27 @@ if TYPE_CHECKING:
 
 
 class ComponentError(Exception):
-    """A partitioner or executor refused its work; `code` is a stable error code."""
+    """A partitioner or executor refused its work; `code` is a stable error code.
 
-    def __init__(self, message: str, *, code: str = "component_error", path: str = "") -> None:
+    `permanent`: trying again cannot help (the SQL does not parse, a column is missing, the
+    inputs are invalid, a file is not a regular file): the engine fails the partition at once
+    instead of retrying it. False (the default) means transient or unknown, retried with
+    backoff while attempts are left, as any other exception (see docs/exactly-once.md).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "component_error",
+        path: str = "",
+        permanent: bool = False,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.path = path
+        self.permanent = permanent
 
 
 @dataclasses.dataclass
@@ -157,6 +171,7 @@ class Partitioner:
         raise ComponentError(
             f"partitioner {self.name!r} is registered but has no implementation",
             code="not_implemented",
+            permanent=True,
         )
 
 
@@ -175,6 +190,7 @@ class Executor:
         raise ComponentError(
             f"executor {self.name!r} is registered but has no implementation",
             code="not_implemented",
+            permanent=True,
         )
 
     def effect_exists(self, ctx: ExecutionContext, output: dict[str, Any]) -> bool:

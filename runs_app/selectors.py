@@ -9,17 +9,27 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
-from django.db.models import F, Prefetch, Q, QuerySet
+from django.db.models import Count, F, Max, Min, Prefetch, Q, QuerySet
 from django.db.models.fields.json import KT
 from django.utils import timezone
 
 from hxo_site.models import AuditEvent
 from runs_app import hashing
 from runs_app.engine.receipts import check_effects, stage_leaves
-from runs_app.models import Partition, Plan, PlanRevision, Run, RunMode, RunStage, RunState
+from runs_app.models import (
+    Partition,
+    PartitionState,
+    Plan,
+    PlanRevision,
+    Run,
+    RunMode,
+    RunStage,
+    RunState,
+)
 
 
 def run_with_stages(run_id: int) -> Run:
@@ -37,7 +47,41 @@ def stage_elapsed_ms(stage: RunStage) -> int | None:
     return int((end - stage.started_at).total_seconds() * 1000)
 
 
-def stage_progress(stage: RunStage) -> dict[str, Any]:
+def stage_errors(stages: Iterable[RunStage]) -> dict[int, list[dict[str, Any]]]:
+    """Why the stages' partitions failed, grouped per stage by error code, in one grouped
+    query (none when no stage counts a failure): RunStage pk → [{"code", "count",
+    "permanent", "example"}], most frequent first, where `example` is one of the messages
+    (the smallest) and `permanent` whether any of them was permanent (failed at once, not
+    retried). Stages without failed partitions are absent."""
+    failing = [s.pk for s in stages if s.failed]
+    if not failing:
+        return {}
+    rows = (
+        Partition.objects.filter(stage_id__in=failing, state=PartitionState.FAILED)
+        .annotate(
+            code=KT("error__code"), message=KT("error__message"), permanent=KT("error__permanent")
+        )
+        .values("stage_id", "code")
+        .annotate(count=Count("id"), example=Min("message"), any_permanent=Max("permanent"))
+        .order_by("stage_id", "-count", "code")
+    )
+    out: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        out.setdefault(row["stage_id"], []).append(
+            {
+                "code": row["code"] or "unknown",
+                "count": row["count"],
+                # JSON true reads as 1 on SQLite and as the text 'true' on PostgreSQL.
+                "permanent": row["any_permanent"] in (1, True, "1", "true"),
+                "example": (row["example"] or "")[:500],
+            }
+        )
+    return out
+
+
+def stage_progress(stage: RunStage, errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One stage's progress as the run page and the API show it; `errors`: the stage's entry
+    of `stage_errors` (failed partitions grouped by error code), [] when not given."""
     elapsed = stage_elapsed_ms(stage)
     done = stage.succeeded + stage.failed + stage.reused + stage.cancelled
     return {
@@ -59,6 +103,7 @@ def stage_progress(stage: RunStage) -> dict[str, Any]:
         "slo_breached": stage.slo_breached or (elapsed is not None and elapsed > stage.slo_ms),
         "merkle_root": stage.merkle_root,
         "non_idempotent": stage.non_idempotent,
+        "errors_by_code": errors or [],
     }
 
 

@@ -120,6 +120,15 @@ class CountsSerializer(serializers.Serializer):
     cancelled = serializers.IntegerField()
 
 
+class StageErrorSerializer(serializers.Serializer):
+    """Failed partitions of a stage sharing one error code (`selectors.stage_errors`)."""
+
+    code = serializers.CharField()
+    count = serializers.IntegerField()
+    permanent = serializers.BooleanField()
+    example = serializers.CharField()
+
+
 class RunStageSerializer(serializers.Serializer):
     id = serializers.CharField()
     kind = serializers.CharField()
@@ -137,6 +146,7 @@ class RunStageSerializer(serializers.Serializer):
     slo_breached = serializers.BooleanField()
     merkle_root = serializers.CharField()
     non_idempotent = serializers.BooleanField()
+    errors_by_code = StageErrorSerializer(many=True)
 
 
 class RunSerializer(serializers.ModelSerializer):
@@ -169,8 +179,10 @@ class RunSerializer(serializers.ModelSerializer):
         ]
 
     def get_stages(self, obj: Run) -> list[dict[str, Any]]:
+        stages = list(obj.run_stages.all())
+        errors = selectors.stage_errors(stages)
         return RunStageSerializer(
-            [selectors.stage_progress(s) for s in obj.run_stages.all()], many=True
+            [selectors.stage_progress(s, errors.get(s.pk)) for s in stages], many=True
         ).data
 
     def get_created_by(self, obj: Run) -> str | None:

@@ -366,18 +366,23 @@ def item_errors(
             ComponentError(
                 f"the {_vendor_name(vendor)} parser cannot read this: {exc}",
                 code=INVALID_SQL,
+                permanent=True,
                 path=path,
             )
         ]
     errors: list[ComponentError] = []
     total = len(found.statements)
     if total == 0:
-        return [ComponentError("holds no SQL statement", code=INVALID_SQL, path=path)]
+        return [
+            ComponentError("holds no SQL statement", code=INVALID_SQL, permanent=True, path=path)
+        ]
     findings = [(i, f) for i, statement in enumerate(found.statements) for f in statement.findings]
     findings.sort(key=lambda pair: pair[1].rule != "transaction_control")
     for i, finding in findings:
         errors.append(
-            ComponentError(finding.message(i, total), code=FORBIDDEN_STATEMENT, path=path)
+            ComponentError(
+                finding.message(i, total), code=FORBIDDEN_STATEMENT, permanent=True, path=path
+            )
         )
     if total > 1:
         verbs = ", ".join(s.verb or "?" for s in found.statements)
@@ -387,6 +392,7 @@ def item_errors(
                 if backfill
                 else f"holds {total} statements ({verbs}); give exactly one statement per item",
                 code=FORBIDDEN_STATEMENT,
+                permanent=True,
                 path=path,
             )
         )
@@ -396,6 +402,7 @@ def item_errors(
                 f"uses parameters in a style plans do not take ({', '.join(found.other_params)})"
                 "; use :name",
                 code=INVALID_SQL,
+                permanent=True,
                 path=path,
             )
         )
@@ -405,6 +412,7 @@ def item_errors(
                 ComponentError(
                     f"a backfill is UPDATE, DELETE or INSERT, not {found.verb or 'this'}",
                     code=INVALID_SQL,
+                    permanent=True,
                     path=path,
                 )
             )
@@ -415,6 +423,7 @@ def item_errors(
                     ":start and :last (inclusive: reaches the largest 64-bit key), found "
                     f"{', '.join(sorted(set(found.params))) or 'none'}",
                     code=INVALID_SQL,
+                    permanent=True,
                     path=path,
                 )
             )
@@ -428,6 +437,7 @@ def item_errors(
                         f"... FROM {table}) whose WHERE is `{key_column} >= :start AND "
                         f"{key_column} < :end` (or `<= :last`) AND any other conditions",
                         code=BACKFILL_NOT_CONFINED,
+                        permanent=True,
                         path=path,
                     )
                 )
@@ -437,6 +447,7 @@ def item_errors(
                 f"uses parameters ({', '.join(found.params)}); a statement list takes none: "
                 "use the backfill form",
                 code=INVALID_SQL,
+                permanent=True,
                 path=path,
             )
         )
@@ -1325,12 +1336,16 @@ def statement_error(sql: str, vendor: str, *, path: str) -> ComponentError | Non
     for i, statement in enumerate(found.statements):
         for finding in statement.findings:
             return ComponentError(
-                finding.message(i, len(found.statements)), code=FORBIDDEN_STATEMENT, path=path
+                finding.message(i, len(found.statements)),
+                code=FORBIDDEN_STATEMENT,
+                permanent=True,
+                path=path,
             )
     if len(found.statements) > 1:
         return ComponentError(
             f"holds {len(found.statements)} statements; one per item",
             code=FORBIDDEN_STATEMENT,
+            permanent=True,
             path=path,
         )
     return None

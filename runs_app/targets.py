@@ -106,6 +106,7 @@ def get_target(name: object, *, path: str = "params.target") -> Target:
         raise ComponentError(
             f"{name!r} is not a registered database target (registered: {known})",
             code=UNKNOWN_TARGET,
+            permanent=True,
             path=path,
         )
     import dj_database_url
@@ -116,6 +117,7 @@ def get_target(name: object, *, path: str = "params.target") -> Target:
         raise ComponentError(
             f"target {name!r} has an invalid URL in settings: {exc}",
             code=UNSUPPORTED_TARGET,
+            permanent=True,
             path=path,
         ) from None
     engine = cfg.get("ENGINE", "")
@@ -138,6 +140,7 @@ def get_target(name: object, *, path: str = "params.target") -> Target:
         f"target {name!r} uses {engine or 'an unknown engine'}; "
         "SQLite and PostgreSQL are supported",
         code=UNSUPPORTED_TARGET,
+        permanent=True,
         path=path,
     )
 
@@ -365,6 +368,7 @@ class TargetConnection:
             f"a plan statement changed the session HXO set up ({changed}) in {sql[:80]!r}; "
             "the batch was stopped and rolled back",
             code=SESSION_CHANGED,
+            permanent=True,
             path="manifest",
         )
 
@@ -389,6 +393,7 @@ class TargetConnection:
         return ComponentError(
             f"the target refused {what} in a plan statement",
             code=FORBIDDEN_STATEMENT,
+            permanent=True,
             path="manifest",
         )
 
@@ -406,6 +411,7 @@ class TargetConnection:
                 "a plan statement ran outside the batch's transaction or ended it "
                 f"({sql[:80]!r}); the batch was stopped and rolled back",
                 code=TRANSACTION_ENDED,
+                permanent=True,
                 path="manifest",
             )
 
@@ -548,6 +554,88 @@ def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+# --- Permanent or transient: what a driver's error says about trying again -----------------
+
+# SQLSTATE classes (the first two characters) whose errors do not go away by themselves: 42
+# syntax error or access rule violation (undefined column/table/function, insufficient
+# privilege), 23 integrity constraint violation, 22 data exception, 0A feature not supported,
+# 21 cardinality violation, 25 invalid transaction state (e.g. a statement that cannot run in
+# a transaction block), 2B/2D dependent objects / transaction termination, 44 WITH CHECK
+# OPTION. Everything else (40 serialization failure/deadlock, 55P03 lock not available, 57
+# query cancelled or shutdown, 08 connection, 53 resources, 58/XX system) is transient.
+PG_PERMANENT_CLASSES = frozenset({"42", "23", "22", "0A", "21", "25", "2B", "2D", "44"})
+# SQLite result codes (`sqlite_errorname`, the primary code before any "_" suffix) whose
+# errors do not go away by themselves: SQLITE_ERROR is the generic code of a syntax error and
+# of "no such table/column/function"; CONSTRAINT covers NOT NULL, CHECK, UNIQUE and FOREIGN
+# KEY; MISMATCH a datatype mismatch; AUTH a refusal by the authorizer. BUSY/LOCKED ("database
+# is locked"), INTERRUPT (HXO's progress handler), IOERR, SCHEMA, FULL, NOMEM... are
+# transient.
+SQLITE_PERMANENT_NAMES = frozenset(
+    {
+        "SQLITE_ERROR",
+        "SQLITE_CONSTRAINT",
+        "SQLITE_MISMATCH",
+        "SQLITE_AUTH",
+        "SQLITE_TOOBIG",
+        "SQLITE_RANGE",
+        "SQLITE_READONLY",
+    }
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DbErrorClass:
+    """What a database driver's error says: `permanent` (trying again cannot help) and the
+    driver's own name for it (`sqlstate` on PostgreSQL, e.g. "42703"; `sqlite_errorname` on
+    SQLite, e.g. "SQLITE_CONSTRAINT_NOTNULL"; "" when the driver gives none)."""
+
+    permanent: bool
+    driver_code: str = ""
+
+
+def classify_db_error(exc: BaseException) -> DbErrorClass:
+    """Permanent or transient, from the driver's error class and code, never its message
+    (unless the driver gives nothing else: sqlite3 before Python 3.11).
+
+    PostgreSQL (psycopg 3): by SQLSTATE class (`PG_PERMANENT_CLASSES`); a client-side
+    `ProgrammingError`/`DataError`/`IntegrityError` without a SQLSTATE (e.g. a missing query
+    parameter) is permanent, a connection lost (`OperationalError` without one) transient.
+    SQLite (sqlite3): by `sqlite_errorname` (`SQLITE_PERMANENT_NAMES`); `IntegrityError`,
+    `DataError` and `ProgrammingError` are permanent. Any other exception is transient, as
+    before this classification existed: it is retried while attempts are left.
+    """
+    if isinstance(exc, sqlite3.Error):
+        name = getattr(exc, "sqlite_errorname", None) or ""
+        if name:
+            primary = "_".join(name.split("_")[:2])
+            return DbErrorClass(primary in SQLITE_PERMANENT_NAMES, name)
+        permanent = isinstance(
+            exc, sqlite3.IntegrityError | sqlite3.DataError | sqlite3.ProgrammingError
+        )
+        if not permanent and isinstance(exc, sqlite3.OperationalError):
+            # No result code (a driver-side error): only its text tells.
+            text = str(exc)
+            permanent = text.startswith(("no such ", "near ")) or "syntax error" in text
+        return DbErrorClass(permanent, "")
+    psycopg = _psycopg()
+    if psycopg is not None and isinstance(exc, psycopg.Error):
+        sqlstate = exc.sqlstate or ""
+        if sqlstate:
+            return DbErrorClass(sqlstate[:2] in PG_PERMANENT_CLASSES, sqlstate)
+        client_side = (psycopg.ProgrammingError, psycopg.DataError, psycopg.IntegrityError)
+        return DbErrorClass(isinstance(exc, client_side), "")
+    return DbErrorClass(False, "")
+
+
+def _psycopg() -> Any:
+    """The psycopg module, or None where it is not installed (SQLite-only installs)."""
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return None
+    return psycopg
+
+
 @contextlib.contextmanager
 def connect(
     name_or_target: str | Target,
@@ -621,6 +709,7 @@ def _open(target: Target, *, lock_timeout_ms: int, create: bool, path: str) -> T
             "only the rights its migrations need (or set HXO_ALLOW_SUPERUSER_TARGETS=1 on a "
             "throwaway server)",
             code=SUPERUSER_TARGET,
+            permanent=True,
             path=path,
         )
     return TargetConnection(target, raw)

@@ -80,25 +80,34 @@ class Workspace:
     def check_relative(self, rel: str, *, path: str) -> PurePosixPath:
         """`rel` as a normalised relative path, or ComponentError(path_escape)."""
         if not isinstance(rel, str):
-            raise ComponentError("a workspace path must be a string", code=PATH_ESCAPE, path=path)
+            raise ComponentError(
+                "a workspace path must be a string", code=PATH_ESCAPE, permanent=True, path=path
+            )
         if "\x00" in rel:
-            raise ComponentError("a path may not contain NUL bytes", code=PATH_ESCAPE, path=path)
+            raise ComponentError(
+                "a path may not contain NUL bytes", code=PATH_ESCAPE, permanent=True, path=path
+            )
         # Backslashes are separators on Windows; refusing them keeps one meaning everywhere.
         if "\\" in rel:
             raise ComponentError(
-                f"{rel!r}: use '/' as the path separator", code=PATH_ESCAPE, path=path
+                f"{rel!r}: use '/' as the path separator",
+                code=PATH_ESCAPE,
+                permanent=True,
+                path=path,
             )
         pure = PurePosixPath(rel)
         if pure.is_absolute() or (len(rel) > 1 and rel[1] == ":"):
             raise ComponentError(
                 f"{rel!r} is absolute; paths are relative to workspace {self.name!r}",
                 code=PATH_ESCAPE,
+                permanent=True,
                 path=path,
             )
         if ".." in pure.parts:
             raise ComponentError(
                 f"{rel!r} leaves workspace {self.name!r} ('..' is not allowed)",
                 code=PATH_ESCAPE,
+                permanent=True,
                 path=path,
             )
         return pure
@@ -116,6 +125,7 @@ class Workspace:
             raise ComponentError(
                 f"{rel!r} resolves outside workspace {self.name!r} (a symlink leaves it)",
                 code=PATH_ESCAPE,
+                permanent=True,
                 path=path,
             )
         if must_exist and not real.exists():
@@ -254,6 +264,7 @@ def get_workspace(name: object, *, path: str = "params.workspace") -> Workspace:
         raise ComponentError(
             f"{name!r} is not a registered workspace (registered: {known})",
             code=UNKNOWN_WORKSPACE,
+            permanent=True,
             path=path,
         )
     root = Path(os.path.realpath(registered[name]))
@@ -291,11 +302,17 @@ def open_regular(full: str | os.PathLike[str], *, rel: str, path: str) -> Binary
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise ComponentError(
-                f"{rel} became a symlink after it was checked", code=PATH_ESCAPE, path=path
+                f"{rel} became a symlink after it was checked",
+                code=PATH_ESCAPE,
+                permanent=True,
+                path=path,
             ) from None
         if exc.errno == errno.ENXIO:  # a socket (or a FIFO with no end to open)
             raise ComponentError(
-                f"{rel} is not a regular file (a socket)", code=NOT_A_REGULAR_FILE, path=path
+                f"{rel} is not a regular file (a socket)",
+                code=NOT_A_REGULAR_FILE,
+                permanent=True,
+                path=path,
             ) from None
         raise
     try:
@@ -324,6 +341,7 @@ def _not_regular(rel: str, mode: int, path: str) -> ComponentError:
     return ComponentError(
         f"{escaped_name(rel)} is {what}, not a regular file: HXO only reads regular files",
         code=NOT_A_REGULAR_FILE,
+        permanent=True,
         path=path,
     )
 
@@ -344,5 +362,6 @@ def check_file_name(rel: str, *, path: str) -> None:
         raise ComponentError(
             f"{escaped_name(rel)!r} is not a UTF-8 file name: rename it, or exclude it",
             code=UNDECODABLE_FILE_NAME,
+            permanent=True,
             path=path,
         ) from None

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sqlite3
 import time
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from blueprints_app.models import JobKind
-from blueprints_app.registry import ExecutionContext, LeaseLost, get_executor
+from blueprints_app.registry import ComponentError, ExecutionContext, LeaseLost, get_executor
 from blueprints_app.validation import schema_validator
 from hxo_site import codes
 from runs_app.engine.claims import COUNTER, TABLE, Claim, count_moves, prep_dt, prep_json
@@ -32,8 +34,13 @@ from runs_app.engine.receipts import kind_from_snapshot
 from runs_app.manifest import run_stage_document
 from runs_app.models import Partition, PartitionState, Run, RunMode, RunStage
 from runs_app.models.engine import PARTITION_COMPLETED, PARTITION_DONE
+from runs_app.targets import classify_db_error
 
 log = logging.getLogger(__name__)
+
+# The database drivers whose errors `classify_db_error` reads (raised as they are by an
+# executor that talks to a target directly).
+DB_DRIVER_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error)
 
 P = PartitionState
 
@@ -213,7 +220,8 @@ def execute_one(
         return Outcome(claim, P.FAILED, error={"code": "shard_timeout", "message": str(exc)})
     except Exception as exc:
         log.warning("partition %s failed: %s", claim.partition_id, exc, exc_info=True)
-        last = claim.non_idempotent or claim.attempt >= settings.HXO_MAX_ATTEMPTS
+        permanent = is_permanent(exc)
+        last = permanent or claim.non_idempotent or claim.attempt >= settings.HXO_MAX_ATTEMPTS
         recovered = recovered_output(rc.executor(stage.executor), ctx) if last else None
         if recovered is not None and output_problem(kind, recovered) is None:
             # The last attempt failed, yet the target records the effect (applied by an
@@ -226,19 +234,36 @@ def execute_one(
                 "code": getattr(exc, "code", "executor_error"),
                 "type": type(exc).__name__,
                 "message": str(exc)[:2000],
+                "permanent": permanent,
             },
         )
     duration_ms = int((time.monotonic() - started) * 1000)
+    # The same code given the same inputs returns the same wrong output: no retry.
     if not isinstance(result, dict):
-        error = {"code": codes.INVALID_OUTPUT, "message": "the executor returned no object"}
+        error = {
+            "code": codes.INVALID_OUTPUT,
+            "message": "the executor returned no object",
+            "permanent": True,
+        }
         return Outcome(claim, P.FAILED, error=error, duration_ms=duration_ms)
     if rc.dry_run:
         return Outcome(claim, P.SUCCEEDED, preview=result, duration_ms=duration_ms)
     problem = output_problem(kind, result)
     if problem:
-        error = {"code": codes.INVALID_OUTPUT, "message": problem}
+        error = {"code": codes.INVALID_OUTPUT, "message": problem, "permanent": True}
         return Outcome(claim, P.FAILED, error=error, duration_ms=duration_ms)
     return Outcome(claim, P.SUCCEEDED, output=result, duration_ms=duration_ms)
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether trying `exc`'s partition again cannot help: a `ComponentError` says so itself
+    (`permanent`), a database driver's error as `runs_app.targets.classify_db_error` reads
+    its SQLSTATE or SQLite result code. Anything else is transient (retried with backoff)."""
+    if isinstance(exc, ComponentError):
+        return exc.permanent
+    if isinstance(exc, DB_DRIVER_ERRORS):
+        return classify_db_error(exc).permanent
+    return False
 
 
 def reuse_candidates(
@@ -388,7 +413,8 @@ def record_outcomes(outcomes: list[Outcome]) -> None:
             c = o.claim
             mine = Partition.objects.filter(pk=c.partition_id, fence=c.fence, state=P.RUNNING)
             error = {**(o.error or {}), "attempt": c.attempt}
-            if not c.non_idempotent and c.attempt < settings.HXO_MAX_ATTEMPTS:
+            permanent = bool(error.get("permanent"))
+            if not (permanent or c.non_idempotent) and c.attempt < settings.HXO_MAX_ATTEMPTS:
                 backoff_ms = settings.HXO_RETRY_BACKOFF_MS * 2 ** (c.attempt - 1)
                 target = P.PENDING
                 changed = mine.update(

@@ -325,6 +325,7 @@ class IndexAssets(Executor):
         raise ComponentError(
             f"index_assets serves assets.index and assets.stage, not {kind}",
             code=UNSUPPORTED_KIND,
+            permanent=True,
             path="stage.kind",
         )
 

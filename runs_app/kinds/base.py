@@ -106,12 +106,14 @@ def resolve_params(partitioner: type[Partitioner], params: Any) -> dict[str, Any
     partitioner safe when called directly, or after settings changed (a workspace removed).
     """
     if not isinstance(params, dict):
-        raise ComponentError("params must be a JSON object", code=INVALID_PARAMS, path="params")
+        raise ComponentError(
+            "params must be a JSON object", code=INVALID_PARAMS, permanent=True, path="params"
+        )
     schema = partitioner.get_params_schema()
     errors = schema_errors(schema, params, "params")
     if errors:
         first = errors[0]
-        raise ComponentError(first.message, code=INVALID_PARAMS, path=first.path)
+        raise ComponentError(first.message, code=INVALID_PARAMS, permanent=True, path=first.path)
     resolved = python_values(params)
     for name, prop in schema.get("properties", {}).items():
         if name not in resolved and "default" in prop:
@@ -125,6 +127,7 @@ def require_input(ctx: ExecutionContext, name: str, typ: type) -> Any:
         raise ComponentError(
             f"partition input {name!r} must be {typ.__name__}",
             code=INVALID_INPUTS,
+            permanent=True,
             path=f"inputs.{name}",
         )
     return value
@@ -135,6 +138,7 @@ def require_manifest(ctx: ExecutionContext, name: str) -> Any:
         raise ComponentError(
             f"the stage manifest has no {name!r}: was it made by another partitioner?",
             code=INVALID_MANIFEST,
+            permanent=True,
             path=f"manifest.{name}",
         )
     return ctx.manifest[name]

@@ -462,6 +462,7 @@ def _pages(ctx: ExecutionContext) -> list[dict[str, Any]]:
         raise ComponentError(
             f"no page of the manifest has the route prefix {prefix!r}",
             code=INVALID_INPUTS,
+            permanent=True,
             path="inputs.route",
         )
     return pages

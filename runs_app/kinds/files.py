@@ -97,6 +97,7 @@ def pinned_range(ctx: ExecutionContext) -> list[Pinned]:
         raise ComponentError(
             f"file range [{start}, {end}) is outside the pinned list of {len(files)} files",
             code=INVALID_INPUTS,
+            permanent=True,
             path="inputs.file_range_end",
         )
     return files[start:end]

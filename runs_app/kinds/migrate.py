@@ -98,6 +98,7 @@ from runs_app.targets import (
     POSTGRESQL,
     SQLITE,
     TargetConnection,
+    classify_db_error,
     connect,
     get_target,
     quote_identifier,
@@ -327,6 +328,7 @@ class BySqlBatch(Partitioner):
                 raise ComponentError(
                     f"table {table!r} does not exist in target {target.name!r}",
                     code=UNKNOWN_TABLE,
+                    permanent=True,
                     path="params.backfill.table",
                 )
             columns = conn.columns(table)
@@ -334,6 +336,7 @@ class BySqlBatch(Partitioner):
                 raise ComponentError(
                     f"column {key!r} is not a column of {table!r}",
                     code=UNKNOWN_COLUMN,
+                    permanent=True,
                     path="params.backfill.key_column",
                 )
             problem = _key_type_problem(conn, table, key)
@@ -342,6 +345,7 @@ class BySqlBatch(Partitioner):
                     f"{table}.{key} {problem}; a backfill key must be an integer column "
                     "(at most 64 bits)",
                     code=UNSUPPORTED_KEY,
+                    permanent=True,
                     path="params.backfill.key_column",
                 )
             for error in errors[:1]:
@@ -361,6 +365,7 @@ class BySqlBatch(Partitioner):
                     "exclusive bound :end after it cannot be represented; write the backfill "
                     f"with :last (inclusive: {key} <= :last) instead of :end",
                     code=KEY_OUT_OF_RANGE,
+                    permanent=True,
                     path="params.backfill.sql",
                 )
             span = key_max - key_min + 1
@@ -527,12 +532,17 @@ def _batch(ctx: ExecutionContext) -> Batch:
     limit = require_input(ctx, "limit", int)
     mode = require_manifest(ctx, "mode")
     if offset < 0 or limit < 1:
-        raise ComponentError("offset >= 0 and limit >= 1", code="invalid_inputs", path="inputs")
+        raise ComponentError(
+            "offset >= 0 and limit >= 1", code="invalid_inputs", path="inputs", permanent=True
+        )
     if mode == "statements":
         statements = ctx.manifest["statements"][offset : offset + limit]
         if len(statements) != limit:
             raise ComponentError(
-                "the batch is outside the pinned statements", code="invalid_inputs", path="inputs"
+                "the batch is outside the pinned statements",
+                code="invalid_inputs",
+                path="inputs",
+                permanent=True,
             )
         return Batch(batch_id, mode, statements=list(statements))
     backfill = require_manifest(ctx, "backfill")
@@ -542,6 +552,7 @@ def _batch(ctx: ExecutionContext) -> Batch:
         raise ComponentError(
             f"keys [{first}, {last}] are outside 64-bit integers",
             code=KEY_OUT_OF_RANGE,
+            permanent=True,
             path="inputs",
         )
     return Batch(
@@ -636,6 +647,8 @@ def _watched(
 
 
 def _translate(exc: Exception, batch_id: int) -> ComponentError:
+    """The driver's error as the partition's: SQL_ERROR, or STATEMENT_TIMEOUT / LOCK_TIMEOUT;
+    `permanent` as `classify_db_error` says (a missing column is, a lock timeout is not)."""
     code = SQL_ERROR
     text = str(exc).strip()
     if isinstance(exc, sqlite3.OperationalError):
@@ -650,7 +663,10 @@ def _translate(exc: Exception, batch_id: int) -> ComponentError:
             code = STATEMENT_TIMEOUT
         elif isinstance(exc, psycopg.errors.LockNotAvailable):
             code = LOCK_TIMEOUT
-    return ComponentError(f"batch {batch_id}: {text}", code=code, path="manifest")
+    permanent = classify_db_error(exc).permanent
+    return ComponentError(
+        f"batch {batch_id}: {text}", code=code, path="manifest", permanent=permanent
+    )
 
 
 def _db_errors() -> tuple[type[Exception], ...]:

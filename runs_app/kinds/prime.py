@@ -116,6 +116,7 @@ def _group(ctx: ExecutionContext) -> list[tuple[str, dict[str, Any]]]:
         raise ComponentError(
             f"{module!r} is not a module group of this stage's manifest",
             code=INVALID_INPUTS,
+            permanent=True,
             path="inputs.module",
         )
     return [(name, modules[name]) for name in groups[module]]
@@ -136,6 +137,7 @@ def _parse(source: bytes, name: str, rel: str) -> ast.Module:
         raise ComponentError(
             f"{name} ({rel}) does not parse: {exc}",
             code=SYNTAX_ERROR,
+            permanent=True,
             path=f"manifest.modules.{name}",
         ) from None
 
@@ -283,7 +285,9 @@ def pyc_path(ws: str, rel: str) -> Path:
     """Where the bytecode of workspace file `rel` goes: the importlib layout, under our root."""
     tag = sys.implementation.cache_tag
     if tag is None:  # pragma: no cover (an interpreter without bytecode caching)
-        raise ComponentError("this interpreter writes no bytecode", code="unsupported")
+        raise ComponentError(
+            "this interpreter writes no bytecode", code="unsupported", permanent=True
+        )
     source = PurePosixPath(rel)
     return bytecode_root() / ws / source.parent / "__pycache__" / f"{source.stem}.{tag}.pyc"
 

@@ -143,7 +143,8 @@ def partitions_context(request: HttpRequest, run: Run) -> dict[str, Any]:
 
 def progress_context(run: Run) -> dict[str, Any]:
     stages = sorted(run.run_stages.all(), key=lambda s: s.position)
-    progress = [selectors.stage_progress(s) for s in stages]
+    errors = selectors.stage_errors(stages)
+    progress = [selectors.stage_progress(s, errors.get(s.pk)) for s in stages]
     totals = selectors.run_totals(run)
     done = totals.get("succeeded", 0) + totals.get("failed", 0) + totals.get("reused", 0)
     done += totals.get("cancelled", 0)
