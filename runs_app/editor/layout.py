@@ -87,6 +87,28 @@ def _component_options(
     return options
 
 
+def _component_field(
+    path: str,
+    label: str,
+    name: str,
+    allowed: list[str],
+    registry: Mapping[str, Any],
+    kind: JobKind | None,
+) -> Field:
+    """The select of a stage's partitioner or executor (`registry`: PARTITIONERS or
+    EXECUTORS; `allowed`: the kind's names for it), described by the chosen component."""
+    return Field(
+        path=path,
+        type="string",
+        widget="select",
+        label=label,
+        value=name,
+        options=_component_options(allowed, registry, name, kind),
+        required=True,
+        help=getattr(registry.get(name), "description", ""),
+    )
+
+
 def _alternatives(schema: Mapping[str, Any]) -> str:
     """`oneOf`/`anyOf` of required names, in words ("Give exactly one of: a, b.")."""
     for key, words in (("oneOf", "exactly one of"), ("anyOf", "at least one of")):
@@ -148,29 +170,21 @@ def stage_form(
             required=True,
             help=_kind_help(kind),
         ),
-        "partitioner": Field(
-            path=f"{path}.partitioner",
-            type="string",
-            widget="select",
-            label="Partitioner",
-            value=partitioner_name,
-            options=_component_options(
-                list(kind.partitioners) if kind else [], PARTITIONERS, partitioner_name, kind
-            ),
-            required=True,
-            help=getattr(PARTITIONERS.get(partitioner_name), "description", ""),
+        "partitioner": _component_field(
+            f"{path}.partitioner",
+            "Partitioner",
+            partitioner_name,
+            list(kind.partitioners) if kind else [],
+            PARTITIONERS,
+            kind,
         ),
-        "executor": Field(
-            path=f"{path}.executor",
-            type="string",
-            widget="select",
-            label="Executor",
-            value=executor_name,
-            options=_component_options(
-                list(kind.executors) if kind else [], EXECUTORS, executor_name, kind
-            ),
-            required=True,
-            help=getattr(EXECUTORS.get(executor_name), "description", ""),
+        "executor": _component_field(
+            f"{path}.executor",
+            "Executor",
+            executor_name,
+            list(kind.executors) if kind else [],
+            EXECUTORS,
+            kind,
         ),
     }
     others = [i for i in all_ids if i and i != stage.get("id")]

@@ -199,6 +199,26 @@ def _drain_in_background(run: Run) -> threading.Thread:
     return thread
 
 
+def _wait_for_long_statement(target: str, url: str | None) -> None:
+    """Until the LONG statement is running at the target. PostgreSQL shows it in
+    pg_stat_activity, so the test waits exactly that long. SQLite has no view of another
+    connection's statement: there the wait is a margin after the batch took its lock (the
+    assertions hold either way; the margin makes the cancellation hit a running statement
+    in practice)."""
+    if target == "pg":
+        _wait_until(
+            lambda: bool(
+                pg_scalar(
+                    url,
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                    f"AND query = '{LONG['pg']}'",
+                )
+            )
+        )
+    else:
+        time.sleep(0.5)
+
+
 def _wait_until(predicate, timeout_s: float = 20.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -273,7 +293,7 @@ def test_stopping_a_partition_cancels_its_target_statement_and_releases_the_lock
     drainer = _drain_in_background(run)
     try:
         _wait_until(locked)
-        time.sleep(0.5)  # the long statement is in flight
+        _wait_for_long_statement(target, url if target == "pg" else None)
         stopped = time.monotonic()
         if how == "abort":
             services.run_abort(run=run, actor=operator)
@@ -308,7 +328,7 @@ def test_an_apply_whose_partition_must_stop_is_cancelled_and_commits_nothing(
 ):
     """The apply path: the canceller the executor registers (`ctx.stop_with`) cancels the
     statement in flight; the batch is rolled back and no ledger row is written."""
-    request.getfixturevalue("demo" if target == "demo" else "pg_demo")
+    url = request.getfixturevalue("demo" if target == "demo" else "pg_demo")
     statements = ["DELETE FROM orders WHERE id <= 10", LONG["pg" if target == "pg" else "sqlite"]]
     ctx = crafted(driver, target, statements, dry_run=False)
     registered: list[Any] = []
@@ -324,7 +344,7 @@ def test_an_apply_whose_partition_must_stop_is_cancelled_and_commits_nothing(
     thread = threading.Thread(target=apply, daemon=True)
     thread.start()
     _wait_until(lambda: bool(registered) and registered[0] is not None)
-    time.sleep(1.0)  # the long statement is in flight
+    _wait_for_long_statement("pg" if target == "pg" else "sqlite", url)
     stopped = time.monotonic()
     registered[0]("the run was aborted")
     thread.join(20)
