@@ -310,31 +310,52 @@ def job_kind_delete(
 def user_set_role(
     *,
     username: str,
-    role: str,
+    role: str | None,
     password: str | None = None,
-    staff: bool = False,
+    staff: bool | None = None,
 ) -> tuple[AbstractUser, bool]:
-    """Create or update `username` so that it holds exactly the role group `role`.
+    """Create or update `username`, changing only what is asked for.
 
-    Groups that are not roles are kept. Admirals are staff (they edit the registry in the
-    admin); other roles are staff only when `staff` is set. A new user without a password gets
-    an unusable one (token-only). Returns the user and whether it was created.
+    `role` (one of `ROLES`) makes the user hold exactly that role group; groups that are not
+    roles are kept. `None` keeps an existing user's role and is refused for a new user (a user
+    without a role can do nothing). `staff` sets whether a non-admiral may log in to the admin;
+    `None` keeps it (new users: not staff). Admirals are always staff: they edit the registry in
+    the admin. `password` sets the password; `None` keeps it (new users get an unusable one:
+    token-only). Returns `(user, created)`.
+
+    Raises ValueError for an unknown role, a new user without a role, or a missing role group
+    (migrations not run).
     """
-    if role not in ROLES:
+    if role is not None and role not in ROLES:
         raise ValueError(f"unknown role {role!r}; choose one of: {', '.join(ROLES)}")
     User = get_user_model()
-    user, created = User.objects.get_or_create(username=username)
-    user.is_staff = role == "admiral" or staff
-    user.is_active = True
-    if password is not None:
-        user.set_password(password)
-    elif created:
-        user.set_unusable_password()
-    user.save()
-    others = Group.objects.filter(name__in=[r for r in ROLES if r != role])
-    user.groups.remove(*others)
-    try:
-        user.groups.add(Group.objects.get(name=role))
-    except Group.DoesNotExist:
-        raise ValueError(f"the {role!r} group is missing: run `manage.py migrate`") from None
+    with transaction.atomic():
+        user = User.objects.filter(username=username).first()
+        created = user is None
+        if created and role is None:
+            raise ValueError(f"user {username!r} does not exist: give --role to create it")
+        if created:
+            user = User(username=username)
+        if role is not None:
+            try:
+                group = Group.objects.get(name=role)
+            except Group.DoesNotExist:
+                missing = f"the {role!r} group is missing: run `manage.py migrate`"
+                raise ValueError(missing) from None
+        if staff is not None:
+            user.is_staff = staff
+        if role == "admiral":
+            user.is_staff = True
+        elif role is not None and staff is None and not created:
+            # Leaving the admiral role takes the admin away unless --staff says otherwise.
+            user.is_staff = user.is_staff and not user.groups.filter(name="admiral").exists()
+        user.is_active = True
+        if password is not None:
+            user.set_password(password)
+        elif created:
+            user.set_unusable_password()
+        user.save()
+        if role is not None:
+            user.groups.remove(*Group.objects.filter(name__in=[r for r in ROLES if r != role]))
+            user.groups.add(group)
     return user, created

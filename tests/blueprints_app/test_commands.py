@@ -210,3 +210,43 @@ def test_demo_users_keep_a_password_someone_changed():
     run("hxo_demo_users")
 
     assert User.objects.get(username="olivia").check_password("my-own-password")
+
+
+# --- hxo_user changes only what it is asked to (issue 15) ------------------------------------
+
+
+def test_hxo_user_token_alone_keeps_role_password_and_staff():
+    run("hxo_user", "ci", "--role", "approver", "--password", "first-pass", "--staff")
+    token_before = Token.objects.filter(user__username="ci").first()
+
+    out, err = run("hxo_user", "ci", "--token")
+
+    user = User.objects.get(username="ci")
+    assert roles_of("ci") == ["approver"]
+    assert user.check_password("first-pass")
+    assert user.is_staff is True
+    assert out.strip() == Token.objects.get(user=user).key
+    assert token_before is None or token_before.key == out.strip()
+    assert "with role approver" in err
+
+
+def test_hxo_user_role_change_keeps_the_staff_flag_unless_asked():
+    run("hxo_user", "sam", "--role", "operator", "--staff")
+
+    run("hxo_user", "sam", "--role", "approver")
+    assert User.objects.get(username="sam").is_staff is True
+
+    run("hxo_user", "sam", "--no-staff")
+    assert User.objects.get(username="sam").is_staff is False
+    assert roles_of("sam") == ["approver"]
+
+
+def test_hxo_user_new_user_needs_a_role():
+    with pytest.raises(CommandError, match="give --role"):
+        run("hxo_user", "nobody", "--token")
+    assert not User.objects.filter(username="nobody").exists()
+
+
+def test_an_admiral_stays_staff_even_with_no_staff():
+    run("hxo_user", "ada", "--role", "admiral", "--no-staff")
+    assert User.objects.get(username="ada").is_staff is True
