@@ -24,7 +24,7 @@ DEMO_COMMAND := runs_app/management/commands/hxo_demo.py
 
 .PHONY: setup run run-scaled test lint demo ci bench registry-docs
 
-setup: $(DEPS_STAMP) $(HTMX)
+setup: $(DEPS_STAMP) $(HTMX) .env
 	@$(MANAGE) migrate --noinput
 	@$(MANAGE) hxo_load_registry
 	@$(MANAGE) hxo_demo_users
@@ -32,6 +32,13 @@ setup: $(DEPS_STAMP) $(HTMX)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
+
+# A development .env, written once and never overwritten (no prerequisites): DEBUG=1 and a
+# random SECRET_KEY that the web server, the workers and every manage.py command of this
+# checkout read through settings (python-dotenv). Git-ignored; delete it to get a new key.
+.env: | $(PY)
+	@umask 077 && $(PY) -c "import secrets; print('# Written by make setup for development; never committed.'); print('DEBUG=1'); print('SECRET_KEY=' + secrets.token_urlsafe(50))" > $@
+	@echo "wrote .env (DEBUG=1, a random SECRET_KEY)"
 
 $(DEPS_STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --disable-pip-version-check -e ".[dev]"

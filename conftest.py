@@ -11,6 +11,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hxo_site.settings")
+# Tests do not read the developer's .env (DEBUG=1 there): they set what they need. A test of
+# the .env itself points HXO_ENV_FILE at its own file in a subprocess.
+os.environ.setdefault("HXO_ENV_FILE", "")
 os.environ.setdefault("SECRET_KEY", "hxo-tests-only-secret-key")
 os.environ.setdefault("HXO_SECURE_COOKIES", "0")
 # One test database per test session, so parallel sessions never share one.

@@ -14,8 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
+from dotenv import load_dotenv
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+# `.env` beside manage.py (HXO_ENV_FILE names another; empty: none): `make setup` writes one for
+# development with DEBUG=1 and a random SECRET_KEY, so a fresh shell's `manage.py ...` works and
+# shares the web server's and the workers' key (django-q2 drops tasks signed with another). The
+# process environment wins over the file, so production hosts set variables as before.
+ENV_FILE = os.environ.get("HXO_ENV_FILE", str(BASE_DIR / ".env"))
+if ENV_FILE:
+    load_dotenv(ENV_FILE, override=False)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -97,7 +106,13 @@ DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env_str("SECRET_KEY")
 if not SECRET_KEY:
     if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be set when DEBUG is off. In development run `make setup`, which "
+            f"writes {BASE_DIR / '.env'} with DEBUG=1 and a random SECRET_KEY (or set DEBUG=1). "
+            "In production set SECRET_KEY to a long random value (python -c 'import secrets; "
+            "print(secrets.token_urlsafe(50))'), the same on every web and worker host of a "
+            "cluster: workers drop tasks signed with another key."
+        )
     # A development-only key: every process of one checkout shares it, which django-q2 needs
     # (payloads signed with another key are dropped).
     SECRET_KEY = "hxo-development-only-key-not-for-production"
@@ -446,7 +461,12 @@ LOGGING = {
             "HXO_LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical")
         ).upper(),
     },
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "filters": {"bad_signature": {"()": "hxo_site.log_filters.BadSignatureHint"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # django-q2 logs a task it cannot verify as a bare traceback; this says why.
+        "django-q": {"filters": ["bad_signature"]},
+    },
 }
 
 # Extra modules that register partitioners and executors (custom job kinds).
