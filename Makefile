@@ -70,7 +70,7 @@ SCALED_ENV := DATABASE_URL=$(SCALED_DATABASE_URL) HXO_BROKER=redis REDIS_URL=$(S
 run-scaled: $(DEPS_STAMP) $(HTMX)
 	@$(SCALED_ENV) $(PY) bin/hxo-services
 	@$(SCALED_ENV) $(MAKE) --no-print-directory setup
-	@$(SCALED_ENV) DEBUG=1 $(PY) bin/hxo-run --clusters $(HXO_CLUSTERS) $(ADDR)
+	@$(SCALED_ENV) DEBUG=1 $(PY) bin/hxo-run --clusters $(HXO_CLUSTERS) --web gunicorn $(ADDR)
 
 test: setup
 	$(BIN)/pytest $(PYTEST_ARGS)

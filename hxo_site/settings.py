@@ -189,7 +189,14 @@ if DATABASE_URL:
     import dj_database_url
 
     try:
-        _db = dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
+        _db = dj_database_url.parse(
+            DATABASE_URL,
+            # Persistent connections suit one-thread-per-process servers (gunicorn's sync
+            # workers, qcluster workers). Under runserver every request thread would keep its
+            # own for this long: bin/hxo-run sets 0 for runserver.
+            conn_max_age=env_int("HXO_CONN_MAX_AGE", 60, minimum=0),
+            conn_health_checks=True,
+        )
     except Exception as exc:  # dj_database_url raises several types for bad URLs
         raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
     if _db["ENGINE"] == "django.db.backends.sqlite3":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.contrib.staticfiles.urls import staticfiles_urlpatterns
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
@@ -26,6 +27,9 @@ urlpatterns = [
     ),
     path("", include("runs_app.urls")),
 ]
+# With DEBUG on, static files are served by Django under any server (runserver does it by
+# itself; gunicorn in `make run-scaled` needs this). Empty with DEBUG off: the proxy serves them.
+urlpatterns += staticfiles_urlpatterns()
 
 # Under /api/ errors keep the API's shape, even for URLs that match no route.
 handler400 = "hxo_site.error_views.bad_request"
