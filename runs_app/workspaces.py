@@ -14,7 +14,10 @@ file whose `st_nlink` is above 1 is listed only when every one of its links (sam
 file is refused with code `hard_link_outside_workspace`. Hard links between files of one
 workspace (a vendored copy made with `cp -l`) stay allowed: nothing outside comes in. A tree
 whose files are hard links into a shared store outside it (pnpm's content-addressed store,
-`cp -al` snapshots) is refused file by file: copy it (`cp -r`) into the workspace.
+`cp -al` snapshots) is refused file by file: copy it (`cp -r`) into the workspace. Links are
+counted when files are listed (partitioning); an executor reads only pinned files and checks
+their SHA-256, so a file swapped for a hard link after the dry-run yields nothing but the
+approved bytes or fails with `workspace_changed`.
 """
 
 from __future__ import annotations
