@@ -2,9 +2,22 @@
 
 A plan names a workspace and paths relative to it, never a raw path. Every path an executor
 opens goes through `Workspace.resolve`, which refuses `..`, absolute paths, NUL bytes and
-symlinks whose target leaves the workspace (code `path_escape`). Listing files skips symlinks
-that leave the workspace, and never follows directory symlinks, so a link cannot smuggle an
-outside tree into an archive or an index.
+symlinks whose target leaves the workspace (code `path_escape`). Listing files never follows
+directory symlinks and refuses (leaves out, and records in `Workspace.refused`) file symlinks
+that leave the workspace and regular files hard-linked from outside it, so no link can smuggle
+an outside file into an archive, an index or the bytecode cache.
+
+Hard links: a directory entry has no "target", so a hard link to `/etc/passwd` placed inside
+a workspace looks like any regular file. What gives it away is its link count: a regular
+file whose `st_nlink` is above 1 is listed only when every one of its links (same
+`st_dev`/`st_ino`) was found inside the workspace; otherwise some link lives elsewhere and the
+file is refused with code `hard_link_outside_workspace`. Hard links between files of one
+workspace (a vendored copy made with `cp -l`) stay allowed: nothing outside comes in. A tree
+whose files are hard links into a shared store outside it (pnpm's content-addressed store,
+`cp -al` snapshots) is refused file by file: copy it (`cp -r`) into the workspace. Links are
+counted when files are listed (partitioning); an executor reads only pinned files and checks
+their SHA-256, so a file swapped for a hard link after the dry-run yields nothing but the
+approved bytes or fails with `workspace_changed`.
 """
 
 from __future__ import annotations
@@ -33,6 +46,10 @@ WORKSPACE_CHANGED = "workspace_changed"
 NOT_A_REGULAR_FILE = "not_a_regular_file"
 # A file name that is not UTF-8 (b"\xff.png"): it cannot go into JSON, hashes or indexes.
 UNDECODABLE_FILE_NAME = "undecodable_file_name"
+# Why a listing left a file out (Workspace.refused): not failures of the stage, but never silent.
+HARD_LINK_OUTSIDE = "hard_link_outside_workspace"
+SYMLINK_OUTSIDE = "symlink_outside_workspace"
+DANGLING_SYMLINK = "dangling_symlink"
 
 # O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer (fstat then says
 # what it is). O_NOFOLLOW: a final component swapped for a symlink after it was checked fails
@@ -67,6 +84,11 @@ class Workspace:
     # Workspace lives for one partitioning or one execution, so the cache does too.
     _dirs: dict[str, str] = dataclasses.field(
         default_factory=dict, compare=False, repr=False, hash=False
+    )
+    # What list_files left out and why: [{"path", "code", "reason"}], in walk order. Filled by
+    # every listing of this Workspace object (one partitioning).
+    refused: list[dict[str, str]] = dataclasses.field(
+        default_factory=list, compare=False, repr=False, hash=False
     )
 
     @property
@@ -152,7 +174,11 @@ class Workspace:
         `include`/`exclude` are globs matched against the path relative to `subdir`, the path
         relative to the workspace root, and the file name. Directory symlinks are not followed
         (os.walk's default); file symlinks are kept only when their target stays inside the
-        workspace.
+        workspace, and regular files with more than one link only when all their links are
+        inside it (`_outside_links`). What is left out for either reason is appended to
+        `self.refused` (`{"path", "code", "reason"}`) so the stage's output can report it.
+        Raises ComponentError for an odd file (`not_a_regular_file`) or name
+        (`undecodable_file_name`).
         """
         start = self.resolve(subdir, path=path)
         if not start.is_dir() and not start.is_file():
@@ -162,6 +188,9 @@ class Workspace:
         excluded = _glob_regex(exclude)
         included = _glob_regex(include)
         found = []
+        # (st_dev, st_ino) of files with st_nlink > 1 → (st_nlink, real paths seen): a file's
+        # links are all inside when as many distinct paths to it are found as it has links.
+        linked: dict[tuple[int, int], tuple[int, set[str]]] = {}
         # Plain strings rather than Path objects: this loop runs once per file of the tree.
         for full in [str(start)] if start.is_file() else _walk(str(start)):
             rel = full[len(root) + 1 :].replace(os.sep, "/")
@@ -175,22 +204,77 @@ class Workspace:
                 continue
             try:
                 st = os.lstat(full)
-                if stat.S_ISLNK(st.st_mode):
-                    target = os.path.realpath(full)
-                    if not _is_within(Path(target), self.root):
-                        continue  # a link out of the workspace is not part of it
-                    st = os.stat(target)
-                    full = target  # read through the resolved path (open_regular: O_NOFOLLOW)
             except OSError:
-                continue  # vanished, or a dangling link
+                continue  # vanished since the walk listed it
+            if stat.S_ISLNK(st.st_mode):
+                target = os.path.realpath(full)
+                if not _is_within(Path(target), self.root):
+                    self._refuse(rel, SYMLINK_OUTSIDE, "a symlink to a path outside the workspace")
+                    continue
+                try:
+                    st = os.stat(target)
+                except OSError:
+                    self._refuse(rel, DANGLING_SYMLINK, "a symlink to a file that does not exist")
+                    continue
+                full = target  # read through the resolved path (open_regular: O_NOFOLLOW)
             if stat.S_ISDIR(st.st_mode):
                 continue  # a link to a directory inside the workspace: walked as itself
             check_file_name(rel, path=path)
             if not stat.S_ISREG(st.st_mode):
                 raise _not_regular(rel, st.st_mode, path)
-            found.append(WorkspaceFile(rel=rel, path=Path(full), size=st.st_size, mode=st.st_mode))
-        found.sort(key=lambda f: f.rel)
-        return found
+            if st.st_nlink > 1:
+                linked.setdefault((st.st_dev, st.st_ino), (st.st_nlink, set()))[1].add(full)
+            found.append(
+                (
+                    WorkspaceFile(rel=rel, path=Path(full), size=st.st_size, mode=st.st_mode),
+                    (st.st_dev, st.st_ino) if st.st_nlink > 1 else None,
+                )
+            )
+        outside = self._outside_links(linked) if linked else {}
+        kept = []
+        for f, key in found:
+            if key is not None and key in outside:
+                nlink, inside = outside[key]
+                self._refuse(
+                    f.rel,
+                    HARD_LINK_OUTSIDE,
+                    f"a hard link: {nlink} links, {inside} of them inside the workspace",
+                )
+                continue
+            kept.append(f)
+        kept.sort(key=lambda f: f.rel)
+        return kept
+
+    def _refuse(self, rel: str, code: str, reason: str) -> None:
+        self.refused.append({"path": escaped_name(rel), "code": code, "reason": reason})
+
+    def _outside_links(
+        self, linked: dict[tuple[int, int], tuple[int, set[str]]]
+    ) -> dict[tuple[int, int], tuple[int, int]]:
+        """The inodes of `linked` with a link outside the workspace → (st_nlink, links inside).
+
+        A link not seen by the listing may still be inside the workspace: outside the listed
+        directory, filtered out by a glob, or under a pruned directory (`.git`). Only then is
+        the whole workspace walked once more (lstat only, no symlinks followed), looking for
+        those inodes alone; a tree without hard links never pays for it.
+        """
+        missing = {k: (n, set(paths)) for k, (n, paths) in linked.items() if len(paths) < n}
+        short = len(missing)
+        for dirpath, _dirnames, filenames in os.walk(self.root) if short else ():
+            for name in filenames:
+                full = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(full)
+                except OSError:
+                    continue
+                entry = missing.get((st.st_dev, st.st_ino))
+                if entry is None or not stat.S_ISREG(st.st_mode) or full in entry[1]:
+                    continue
+                entry[1].add(full)
+                short -= len(entry[1]) == entry[0]
+            if not short:
+                break  # every link of every such file found inside
+        return {k: (n, len(paths)) for k, (n, paths) in missing.items() if len(paths) < n}
 
     def open_pinned(self, rel: str, *, path: str = "inputs") -> Path:
         """Re-check a path pinned at partition time before an executor reads it.

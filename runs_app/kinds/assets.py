@@ -3,28 +3,34 @@
 One executor serves both kinds (the contract says staging "reuses indexing logic"), choosing
 by the stage's kind:
 
-- assets.index records path, size, SHA-256, media type and, for PNG/GIF/JPEG, pixel
-  dimensions read from the file header, in the `AssetIndexEntry` table (upsert by workspace
-  and path); a bucket partition also drops the rows of its bucket whose files are gone;
-- assets.stage copies each asset into the "staging" storage under a content-hashed name
-  (`images/logo.<hash16>.png`) and writes a manifest of what it staged, itself
-  content-addressed (`_manifests/<bucket>.<hash16>.json`). Existing names are never rewritten.
+- assets.index records path, size, SHA-256, media type and pixel dimensions (`image_size`:
+  PNG, JPEG, GIF, WebP, AVIF, ICO and BMP headers read by Pillow, SVG from its root element)
+  in the `AssetIndexEntry` table (upsert by workspace and path); a bucket partition also
+  drops the rows of its bucket whose files are gone;
+- assets.stage copies each asset into the "staging" storage under a content-hashed name in
+  the workspace's own folder (`<workspace>/images/logo.<hash16>.png`) and writes a manifest
+  of what it staged, itself content-addressed (`<workspace>/_manifests/<bucket>.<hash16>.json`).
+  Existing names are never rewritten; two workspaces never share a folder.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import mimetypes
-import struct
+import re
 from collections.abc import Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import ParseError, iterparse
 from django.core.files.storage import Storage, storages
 from django.db import connection, transaction
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
+from PIL import Image, UnidentifiedImageError
 
 from blueprints_app.registry import (
     ComponentError,
@@ -56,6 +62,7 @@ from runs_app.kinds.files import (
     pin,
     pinned_range,
     pinned_workspace,
+    refused_report,
     stream_verified,
 )
 from runs_app.kinds.workspace import WorkspacePartitioner
@@ -74,7 +81,9 @@ BUCKETS: dict[str, tuple[str, ...]] = {
 }
 BUCKET_NAMES = list(BUCKETS)
 
-# The platform's mime.types differs between hosts; these keep index rows identical everywhere.
+# The platform's mime.types differs between hosts (and Python 3.11's table lacks YAML, WebP,
+# AVIF, web manifests and source maps): these keep index rows identical everywhere. IANA
+# registrations where there is one (application/yaml: RFC 9512; font/*: RFC 8081).
 MEDIA_TYPES = {
     ".png": "image/png",
     ".jpg": "image/jpeg",
@@ -114,6 +123,17 @@ MEDIA_TYPES = {
     ".html": "text/html",
     ".xml": "application/xml",
     ".webmanifest": "application/manifest+json",
+    ".yml": "application/yaml",
+    ".yaml": "application/yaml",
+    ".toml": "application/toml",
+    ".csv": "text/csv",
+    ".wasm": "application/wasm",
+    ".apng": "image/apng",
+    ".svgz": "image/svg+xml",
+    ".pdf": "application/pdf",
+    ".htm": "text/html",
+    ".rst": "text/x-rst",
+    ".mdx": "text/markdown",
 }
 
 
@@ -133,41 +153,116 @@ def media_type(rel: str) -> str:
     return guessed or "application/octet-stream"
 
 
-def image_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG, GIF or JPEG header, or None (not an image we read)."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
-        return struct.unpack(">II", data[16:24])
-    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
-        return struct.unpack("<HH", data[6:10])
-    if data[:2] == b"\xff\xd8":
-        return _jpeg_size(data)
+# Formats Pillow measures here, whatever the file's suffix says (the content decides).
+PILLOW_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "AVIF", "ICO", "BMP")
+# Bytes of a file handed to the measuring: JPEG frame headers may sit after large EXIF blocks
+# and an SVG root element after a long comment; WebP, AVIF and ICO are parsed by their
+# libraries from the whole file, so a file of these up to WHOLE_FILE_MAX is given whole.
+HEAD_BYTES = 256 * 1024
+WHOLE_FILE_SUFFIXES = (".webp", ".avif", ".ico")
+WHOLE_FILE_MAX = 32 * 1024 * 1024
+
+
+def head_bytes(rel: str, size: int) -> int:
+    """How many leading bytes of the file `rel` (of `size` bytes) `image_size` needs."""
+    if PurePosixPath(rel).suffix.lower() in WHOLE_FILE_SUFFIXES and size <= WHOLE_FILE_MAX:
+        return size
+    return HEAD_BYTES
+
+
+def image_size(data: bytes, name: str = "") -> tuple[int, int] | None:
+    """(width, height) in pixels of an image given its first bytes, or None.
+
+    Raster formats (PILLOW_FORMATS) are recognised by content and measured by Pillow from
+    the header alone: `Image.open` is lazy and no pixel is decoded. A header claiming more
+    than twice Pillow's MAX_IMAGE_PIXELS is refused by Pillow (DecompressionBombError) and
+    gives None, as do truncated or unknown data. SVG (a `.svg` name, or data that starts
+    like XML) is measured by `svg_size`. An ICO's size is its largest entry's.
+    """
+    try:
+        with Image.open(io.BytesIO(data), formats=PILLOW_FORMATS) as im:
+            width, height = im.size
+        return (width, height) if width > 0 and height > 0 else None
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
+        pass
+    except Exception:
+        # A format plugin's parser on hostile bytes: the asset gets no size, the partition
+        # goes on (the bytes were verified against the pinned hash already).
+        return None
+    if name.lower().endswith(".svg") or b"<svg" in data[:4096]:
+        return svg_size(data)
     return None
 
 
-# Start-of-frame markers carry the dimensions; C4 (DHT), C8 (JPG) and CC (DAC) don't.
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+# CSS absolute units in CSS pixels (CSS Values 3, "absolute lengths"); no unit is user units,
+# which an SVG without a viewBox maps 1:1 to pixels. em, ex, % and viewport units depend on
+# where the image is shown: such a length falls back to the viewBox.
+_SVG_UNITS = {
+    "": 1.0,
+    "px": 1.0,
+    "pt": 96 / 72,
+    "pc": 16.0,
+    "in": 96.0,
+    "cm": 96 / 2.54,
+    "mm": 96 / 25.4,
+    "q": 96 / 101.6,
+}
+_SVG_LENGTH = re.compile(r"\s*\+?((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*([A-Za-z%]*)\s*")
+_SVG_NAMESPACE = "{http://www.w3.org/2000/svg}"
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    i = 2
-    while i + 4 <= len(data):
-        if data[i] != 0xFF:
+def _svg_length(value: str | None) -> float | None:
+    match = _SVG_LENGTH.fullmatch(value or "")
+    if match is None or match.group(2).lower() not in _SVG_UNITS:
+        return None
+    px = float(match.group(1)) * _SVG_UNITS[match.group(2).lower()]
+    return px if px > 0 else None
+
+
+def _svg_view_box(value: str | None) -> tuple[float, float] | None:
+    parts = re.split(r"[\s,]+", (value or "").strip())
+    try:
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        return None
+    if len(numbers) != 4 or numbers[2] <= 0 or numbers[3] <= 0:
+        return None
+    return numbers[2], numbers[3]
+
+
+def svg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of an SVG in CSS pixels, rounded, from its root `<svg>` element.
+
+    `width`/`height` with an absolute unit (px, pt, pc, in, cm, mm, Q, or none) win; a
+    missing or relative one (%, em...) comes from the `viewBox` (its aspect ratio scales the
+    other side when only one is given), as a browser sizes an SVG without a container
+    (SVG 2, "Intrinsic sizing properties of the viewport of SVG images"). None when the
+    root is not `svg`, has neither, or the XML is refused: parsed with defusedxml, so entity
+    declarations (billion laughs) and external references raise instead of expanding, and
+    parsing stops at the root element, so a large or truncated file costs no more.
+    """
+    try:
+        for _event, element in iterparse(io.BytesIO(data), events=("start",)):
+            root = element
+            break
+        else:
             return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
-            i += 2
-            continue
-        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
-        if marker in _SOF and i + 9 <= len(data):
-            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
-            return width, height
-        if marker == 0xDA:  # start of scan: no frame header before it
-            return None
-        i += 2 + length
-    return None
+    except (ParseError, DefusedXmlException, ValueError):
+        return None
+    if root.tag not in (f"{_SVG_NAMESPACE}svg", "svg"):
+        return None
+    width, height = _svg_length(root.get("width")), _svg_length(root.get("height"))
+    box = _svg_view_box(root.get("viewBox"))
+    if box is not None:
+        if width is None and height is None:
+            width, height = box
+        elif width is None:
+            width = height * box[0] / box[1]  # type: ignore[operator]
+        elif height is None:
+            height = width * box[1] / box[0]
+    if width is None or height is None:
+        return None
+    return max(1, round(width)), max(1, round(height))
 
 
 @register_partitioner
@@ -263,12 +358,36 @@ def _upsert(entries: Sequence[tuple[Any, ...]], now: Any, run_id: int, partition
         cursor.executemany(_UPSERT_SQL, [(*e, stamp, run_id, partition_id) for e in entries])
 
 
-def staged_name(root_rel: str, rel: str, sha: str) -> str:
-    """`<path under root>/<stem>.<first 16 hex of sha256><suffix>`: cache-busting names."""
+# A workspace name usable as one path segment of any storage (local or S3 key) as it is.
+_PLAIN_FOLDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def staging_folder(workspace: str) -> str:
+    """The folder of staging storage holding one workspace's copies and manifests.
+
+    The workspace's name when it is a plain path segment (letters, digits, `.`, `_`, `-`,
+    not starting with a dot), else `ws-<first 16 hex of its SHA-256>`: a name from settings
+    never becomes `..`, a separator or an absolute path. Per workspace, so two workspaces
+    with the same relative paths (`css/site.css`) never share a folder, while plans over one
+    workspace share its copies (a content-hashed name is the same bytes whoever staged it).
+    """
+    if _PLAIN_FOLDER.fullmatch(workspace):
+        return workspace
+    return f"ws-{hashlib.sha256(workspace.encode()).hexdigest()[:16]}"
+
+
+def staged_name(workspace: str, root_rel: str, rel: str, sha: str) -> str:
+    """`<workspace folder>/<path under root>/<stem>.<first 16 hex of sha256><suffix>`:
+    cache-busting names, one folder per workspace (`staging_folder`)."""
     path = PurePosixPath(rel)
     if root_rel != ".":
         path = path.relative_to(root_rel)
-    return str(path.with_name(f"{path.stem}.{sha[:16]}{path.suffix}"))
+    return f"{staging_folder(workspace)}/{path.with_name(f'{path.stem}.{sha[:16]}{path.suffix}')}"
+
+
+def manifest_name(workspace: str, bucket: str, digest: str) -> str:
+    """`<workspace folder>/_manifests/<bucket>.<first 16 hex of the manifest's sha256>.json`."""
+    return f"{staging_folder(workspace)}/_manifests/{bucket}.{digest[:16]}.json"
 
 
 STAGING = "staging"
@@ -364,7 +483,8 @@ class IndexAssets(Executor):
             if not storage_effect_matches(STAGING, effect.get("manifest"), thorough=ctx.thorough):
                 return False
             root_rel = str(ctx.manifest.get("root", "."))
-            names = [(staged_name(root_rel, r[0], r[2]), r) for r in rows]
+            workspace = str(ctx.manifest.get("workspace", ""))
+            names = [(staged_name(workspace, root_rel, r[0], r[2]), r) for r in rows]
             recorded = effect.get("copies_stat_digest")
             if (
                 not ctx.thorough
@@ -414,14 +534,15 @@ class IndexAssets(Executor):
                 "assets_count": len(rows),
                 "bytes": sum(r[1] for r in rows),
                 "to_remove": stale[:PREVIEW_ASSETS],
+                **refused_report(ctx),
             }
         beat = Beat(ctx)
         now = timezone.now()
         entries = []
         for rel, size, sha, _mode in rows:
             beat()
-            # JPEG frame headers may sit after large EXIF blocks: read a generous head.
-            dims = image_size(stream_verified(ws, (rel, size, sha, _mode), head=256 * 1024))
+            head = stream_verified(ws, (rel, size, sha, _mode), head=head_bytes(rel, size))
+            dims = image_size(head, rel)
             entries.append(
                 (
                     ws.name,
@@ -452,6 +573,7 @@ class IndexAssets(Executor):
             "bytes": sum(e[4] for e in entries),
             "images_measured": sum(e[7] is not None for e in entries),
             "removed": removed,
+            **refused_report(ctx),
             "effect": {
                 "database": database_identity(),
                 "table": AssetIndexEntry._meta.db_table,
@@ -478,7 +600,7 @@ class IndexAssets(Executor):
         bucket = require_input(ctx, "bucket", str)
         root_rel = str(ctx.manifest.get("root", "."))
         storage = _staging()
-        plan = [(r, staged_name(root_rel, r[0], r[2])) for r in rows]
+        plan = [(r, staged_name(ws.name, root_rel, r[0], r[2])) for r in rows]
         if ctx.dry_run:
             actions = [
                 {
@@ -498,6 +620,7 @@ class IndexAssets(Executor):
                 "assets_truncated": len(actions) > PREVIEW_ASSETS,
                 "assets_count": len(actions),
                 "bytes_to_copy": sum(a["bytes"] for a in to_copy),
+                **refused_report(ctx),
             }
         beat = Beat(ctx)
         copied = copied_bytes = 0
@@ -534,11 +657,11 @@ class IndexAssets(Executor):
             indent=1,
         ).encode()
         digest = hashlib.sha256(manifest).hexdigest()
-        manifest_name = f"_manifests/{bucket}.{digest[:16]}.json"
+        manifest_at = manifest_name(ws.name, bucket, digest)
         beat(force=True)
         publish(
             storage,
-            manifest_name,
+            manifest_at,
             ctx,
             lambda f: f.write(manifest),
             size=len(manifest),
@@ -548,13 +671,14 @@ class IndexAssets(Executor):
             "status": "staged",
             "bucket": bucket,
             "assets_staged": len(entries),
-            "manifest": manifest_name,
+            "manifest": manifest_at,
             "copied": copied,
             "bytes_copied": copied_bytes,
             "already_staged": len(entries) - copied,
+            **refused_report(ctx),
             "effect": {
                 "location": storage_identity(STAGING),
-                "manifest": storage_effect(STAGING, manifest_name, digest, len(manifest)),
+                "manifest": storage_effect(STAGING, manifest_at, digest, len(manifest)),
                 "assets": len(entries),
                 "assets_digest": digest_of([[e["staged"], e["sha256"]] for e in entries]),
                 # Every copy was just written or hash-verified: their stat identities vouch

@@ -48,7 +48,14 @@ from runs_app.kinds.base import (
     require_input,
     require_manifest,
 )
-from runs_app.kinds.files import Beat, fingerprints, pin, pinned_workspace, read_verified
+from runs_app.kinds.files import (
+    Beat,
+    fingerprints,
+    pin,
+    pinned_workspace,
+    read_verified,
+    refused_report,
+)
 from runs_app.kinds.rst import PageError, extract_rst
 from runs_app.kinds.workspace import WorkspacePartitioner
 from runs_app.models import DocPage
@@ -406,6 +413,7 @@ class DocsIndex(Executor):
                 "pages_truncated": len(actions) > PREVIEW_PAGES,
                 "to_remove": stale + failed_routes,
                 "failed_pages": failed,
+                **refused_report(ctx),
                 "gone_prefixes": sorted(set(gone.values_list("prefix", flat=True))),
             }
         now = timezone.now()
@@ -439,6 +447,7 @@ class DocsIndex(Executor):
             "status": "indexed",
             "route": prefix,
             "docs_indexed": len(extracted),
+            **refused_report(ctx),
             "words": sum(info["words"] for _page, info in extracted),
             "removed": removed,
             "failed_pages": failed,

@@ -18,6 +18,7 @@ from typing import IO, Any
 
 from blueprints_app.registry import ComponentError, ExecutionContext
 from runs_app.kinds.base import INVALID_INPUTS, require_input, require_manifest
+from runs_app.kinds.workspace import REFUSED_FILES
 from runs_app.workspaces import (
     WORKSPACE_CHANGED,
     Workspace,
@@ -86,6 +87,25 @@ def bins_by_size(
 
 def pinned_workspace(ctx: ExecutionContext) -> Workspace:
     return get_workspace(require_manifest(ctx, "workspace"), path="manifest.workspace")
+
+
+# At most this many refused files are named in one partition's output (the count is exact).
+REFUSED_SHOWN = 20
+
+
+def refused_report(ctx: ExecutionContext) -> dict[str, Any]:
+    """What the stage's file listing refused, for a partition's output (dry-run and apply).
+
+    `{"refused_files": [{"path", "code", "reason"}, ...] (at most REFUSED_SHOWN),
+    "refused_files_count": n}` when the manifest names refused files
+    (`runs_app.kinds.workspace.REFUSED_FILES`: symlinks and hard links to files outside the
+    workspace), else `{}`: a clean tree's outputs keep their shape. Every partition reports
+    the stage's list, so whichever output a reader opens says what the stage left out.
+    """
+    refused = ctx.manifest.get(REFUSED_FILES) or []
+    if not isinstance(refused, list) or not refused:
+        return {}
+    return {"refused_files": refused[:REFUSED_SHOWN], "refused_files_count": len(refused)}
 
 
 def pinned_range(ctx: ExecutionContext) -> list[Pinned]:

@@ -56,6 +56,7 @@ from runs_app.kinds.files import (
     pin,
     pinned_range,
     pinned_workspace,
+    refused_report,
 )
 from runs_app.kinds.workspace import WorkspacePartitioner
 from runs_app.workspaces import Workspace
@@ -298,6 +299,7 @@ class PackBackend(Executor):
                     f"into one archive"
                     + (" (already packed: nothing to write)" if existing else "")
                 ),
+                **refused_report(ctx),
                 "files_count": len(rows),
                 "bytes": source_bytes,
                 "files": [{"path": r[0], "bytes": r[1]} for r in rows[:PREVIEW_FILES]],
@@ -328,6 +330,7 @@ class PackBackend(Executor):
             "archive": existing["archive"],
             "digest": existing["sha256"],
             "bytes": existing["bytes"],
+            **refused_report(ctx),
             "source_bytes": source_bytes,
             "effect": storage_effect(
                 ARTIFACTS, existing["archive"], existing["sha256"], existing["bytes"]

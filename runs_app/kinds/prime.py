@@ -48,7 +48,14 @@ from runs_app.kinds.base import (
     require_input,
     require_manifest,
 )
-from runs_app.kinds.files import Beat, changed, fingerprints, pin, pinned_workspace
+from runs_app.kinds.files import (
+    Beat,
+    changed,
+    fingerprints,
+    pin,
+    pinned_workspace,
+    refused_report,
+)
 from runs_app.kinds.workspace import WorkspacePartitioner
 from runs_app.workspaces import Workspace
 
@@ -228,6 +235,7 @@ class WarmRegistry(Executor):
                     {"module": name, "key": key, "action": "up_to_date" if current else "write"}
                     for name, _row, key, current in plan
                 ],
+                **refused_report(ctx),
                 "entries_to_write": len(to_write),
                 "up_to_date": len(plan) - len(to_write),
             }
@@ -247,6 +255,7 @@ class WarmRegistry(Executor):
             "module": module,
             "cache_entries": len(plan),
             "written": len(entries),
+            **refused_report(ctx),
             "up_to_date": len(plan) - len(entries),
             "effect": {
                 "cache": REGISTRY_CACHE,
@@ -397,6 +406,7 @@ class PrimeCaches(Executor):
                     }
                     for name, _row, _src, target, _hdr, current in plan
                 ],
+                **refused_report(ctx),
                 "to_compile": len(todo),
                 "up_to_date": len(plan) - len(todo),
             }
@@ -434,6 +444,7 @@ class PrimeCaches(Executor):
             "cache_entries": len(plan),
             "compiled": len(compiled),
             "up_to_date": len(plan) - len(compiled),
+            **refused_report(ctx),
             "bytes": written,
             "summary": f"{module}: compiled {plural(len(compiled), 'module')} "
             f"({filesizeformat(written)})",

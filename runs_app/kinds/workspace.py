@@ -6,13 +6,21 @@ files of one directory of a registered workspace. Each takes the same first para
 plan editor lays fields out in schema order), followed by its own; each lists the files the
 same way. A subclass of `WorkspacePartitioner` says only what differs: the default and help
 of `root`, whether it takes file filters (`file_filters`), and its own params (`own_params`).
+
+What the listing refused (symlinks and hard links to files outside the workspace:
+`Workspace.list_files`) goes into the stage's manifest data as `refused_files`, added to the
+`partition()` of every subclass, and each partition's output reports it
+(`runs_app.kinds.files.refused_report`). A clean tree adds nothing, so its manifests and run
+digests stay as they were.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any, ClassVar
 
-from blueprints_app.registry import Partitioner
+from blueprints_app.registry import PartitionContext, Partitioner, StageManifest
 from runs_app.kinds.base import (
     GLOBS_PARAM,
     required_unless_default,
@@ -21,6 +29,26 @@ from runs_app.kinds.base import (
     workspace_param,
 )
 from runs_app.workspaces import Workspace, WorkspaceFile, get_workspace
+
+# The manifest data key of the files a listing refused: [{"path", "code", "reason"}].
+REFUSED_FILES = "refused_files"
+
+
+def _reporting_refused(
+    partition: Callable[[Any, PartitionContext], StageManifest],
+) -> Callable[[Any, PartitionContext], StageManifest]:
+    """`partition` with what `workspace_files` refused added to the manifest's data."""
+
+    @functools.wraps(partition)
+    def wrapped(self: WorkspacePartitioner, ctx: PartitionContext) -> StageManifest:
+        self._refused = []
+        manifest = partition(self, ctx)
+        if self._refused:
+            manifest.data = {**manifest.data, REFUSED_FILES: list(self._refused)}
+        return manifest
+
+    wrapped._reports_refused = True  # type: ignore[attr-defined]
+    return wrapped
 
 
 def workspace_params(
@@ -59,6 +87,15 @@ class WorkspacePartitioner(Partitioner):
     root_help: ClassVar[str] = "Directory of the workspace to split."
     # Whether the stage may narrow the file list with `include`/`exclude` globs.
     file_filters: ClassVar[bool] = True
+    # What workspace_files refused during the current partition() call.
+    _refused: list[dict[str, str]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Every subclass's own partition() reports refusals: no kind can forget to.
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("partition")
+        if own is not None and not getattr(own, "_reports_refused", False):
+            cls.partition = _reporting_refused(own)  # type: ignore[method-assign]
 
     @classmethod
     def own_params(cls) -> dict[str, Any]:
@@ -83,7 +120,8 @@ class WorkspacePartitioner(Partitioner):
         """(resolved params, workspace, `root` relative to the workspace, files under it).
 
         Files are sorted by path and filtered by `include`/`exclude` when the partitioner takes
-        them (Workspace.list_files).
+        them (Workspace.list_files); what the listing refused is kept for the manifest's
+        `refused_files`.
         Raises ComponentError for invalid params, an unknown workspace, or a `root` that
         leaves the workspace or does not exist.
         """
@@ -93,4 +131,7 @@ class WorkspacePartitioner(Partitioner):
             params["root"], include=params.get("include", ()), exclude=params.get("exclude", ())
         )
         root_rel = ws.relative(ws.resolve(params["root"]))
+        if not hasattr(self, "_refused"):
+            self._refused = []  # called outside partition()
+        self._refused.extend(ws.refused)
         return params, ws, root_rel, files

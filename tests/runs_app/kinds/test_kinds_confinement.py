@@ -78,12 +78,20 @@ def test_a_symlink_inside_the_workspace_is_followed_and_one_leaving_it_is_skippe
     (workspace / "app" / "inside-link.txt").symlink_to(workspace / "app" / "static" / "logo.txt")
     (workspace / "app" / "outside-link.txt").symlink_to(tmp_path / "outside.txt")
     (workspace / "app" / "dangling.txt").symlink_to(tmp_path / "missing.txt")
+    (workspace / "app" / "broken.txt").symlink_to(workspace / "app" / "missing.txt")
 
-    files = [f.rel for f in get_workspace("t").list_files("app")]
+    ws = get_workspace("t")
+    files = [f.rel for f in ws.list_files("app")]
 
     assert "app/inside-link.txt" in files
     assert "app/outside-link.txt" not in files
     assert "app/dangling.txt" not in files
+    # Left out, never silently: the listing says what and why.
+    assert sorted((r["path"], r["code"]) for r in ws.refused) == [
+        ("app/broken.txt", "dangling_symlink"),
+        ("app/dangling.txt", "symlink_outside_workspace"),  # its target would be outside
+        ("app/outside-link.txt", "symlink_outside_workspace"),
+    ]
 
 
 def test_a_pinned_file_that_became_an_escaping_symlink_is_refused_at_execution(

@@ -112,7 +112,7 @@ CASES: dict[str, Case] = {
         remove=lambda env: [
             p.unlink() for p in _files(env.scratch["staging"]) if "_manifests" not in p.parts
         ],
-        damage=lambda env: _zero_fill(_files(env.scratch["staging"] / "_manifests")),
+        damage=lambda env: _zero_fill(_files(env.scratch["staging"] / "demo" / "_manifests")),
     ),
     "docs_index": Case(
         stage=lambda env: _stage(

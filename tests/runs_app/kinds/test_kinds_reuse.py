@@ -309,7 +309,9 @@ DAMAGES = {
     # Archives overwritten in place (the input pointers still name them).
     "pack-backend-by-filesize": lambda s: list((s["artifacts"] / "pack").rglob("*.tar.gz")),
     # Stage manifests overwritten in place.
-    "assets-stage-by-filesize": lambda s: list((s["staging"] / "_manifests").glob("*.json")),
+    "assets-stage-by-filesize": lambda s: list(
+        (s["staging"] / "demo" / "_manifests").glob("*.json")
+    ),
 }
 
 
