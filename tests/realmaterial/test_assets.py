@@ -138,15 +138,16 @@ def test_svg_sizes_are_measured(workspace_of, scratch, engine):
     assert set(sizes.values()) == {(16, 16)}
 
 
-@pytest.mark.parametrize("partitioner", ["by_filesize", "by_asset_bucket"])
-def test_staged_copies_are_every_file_of_the_tree(workspace_of, scratch, engine, partitioner):
-    root = workspace_of("bootstrap")
+@pytest.mark.parametrize(
+    ("name", "partitioner"),
+    [("bootstrap", "by_filesize"), ("bootstrap", "by_asset_bucket"), ("click", "by_filesize")],
+)
+def test_staged_copies_are_every_file_of_the_tree(workspace_of, scratch, engine, name, partitioner):
+    root = workspace_of(name)
     params = {"chunk_size_mb": 1} if partitioner == "by_filesize" else {}
     document = plan_of(
-        "stage-bootstrap",
-        stage(
-            "assets.stage", partitioner, "index_assets", workspace="bootstrap", root=".", **params
-        ),
+        f"stage-{name}",
+        stage("assets.stage", partitioner, "index_assets", workspace=name, root=".", **params),
     )
 
     def nothing_written() -> None:

@@ -18,9 +18,8 @@ import types
 from pathlib import Path, PurePosixPath
 
 import pytest
-from django.core.cache import caches
 
-from runs_app.kinds.prime import REGISTRY_CACHE, pyc_path, registry_key
+from runs_app.kinds.prime import pyc_path, registry, registry_key
 from runs_app.models import Partition
 from tests.realmaterial.conftest import outputs_of, plan_of, stage
 from tests.realmaterial.material import find_files
@@ -67,7 +66,7 @@ def test_warm_registry_writes_an_entry_for_every_module(
 
     expected = modules_of(root)
     assert len(expected) >= 16  # click: 17 modules, requests: 18
-    cache = caches[REGISTRY_CACHE]
+    cache = registry()
     found = cache.get_many([registry_key(name, m) for m in expected])
     assert len(found) == len(expected)
     for module, rel in expected.items():
@@ -161,7 +160,7 @@ def test_a_src_layout_names_its_modules_as_python_imports_them(workspace_of, scr
     )
     engine.run(document)
 
-    cache = caches[REGISTRY_CACHE]
+    cache = registry()
     for module, rel in modules_of(root).items():
         entry = cache.get(registry_key("click", module))
         assert entry is not None, module
