@@ -28,35 +28,48 @@ from tests.realmaterial.material import CATALOGUE, MaterialError, fetch, unpack
 from tests.runs_app.conftest import _registry_rows  # noqa: F401
 from tests.runs_app.kinds.conftest import pg_target, scratch, sqlite_target  # noqa: F401
 
+_FOUND: dict[str, Path] = {}
+_MISSING: list[str] = []
 
-@pytest.fixture(scope="session")
-def _archives() -> dict[str, Path] | str:
-    """Every catalogue item's verified archive, or the reason one could not be had."""
-    found = {}
-    for item in CATALOGUE.values():
-        try:
-            found[item.name], _fetched = fetch(item)
-        except MaterialError as exc:
-            return str(exc)
-    return found
+
+def archives() -> dict[str, Path] | str:
+    """Every catalogue item's verified archive, or why one could not be had (tried once per
+    session)."""
+    if not _FOUND and not _MISSING:
+        for item in CATALOGUE.values():
+            try:
+                _FOUND[item.name], _fetched = fetch(item)
+            except MaterialError as exc:
+                _MISSING.append(str(exc))
+                break
+    return _MISSING[0] if _MISSING else _FOUND
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """The tier's gate, before any fixture: the material is there, or every test of the tier
+    is skipped (a laptop offline) or fails (CI=true).
+
+    Raised here rather than in a fixture, the skip keeps this file's location, so pytest's
+    summary shows one line for the whole tier instead of one per test."""
+    if item.get_closest_marker("real_material") is None:
+        return
+    found = archives()
+    if isinstance(found, str):
+        message = f"real material unavailable (offline?): {found}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true needs the real material: {message}", pytrace=False)
+        pytest.skip(f"{message}; deselect the tier with -m 'not real_material'")
 
 
 @pytest.fixture
-def material(_archives: dict[str, Path] | str, tmp_path: Path) -> Callable[[str], Path]:
+def material(tmp_path: Path) -> Callable[[str], Path]:
     """`material("click")`: the package unpacked into a fresh folder of tmp_path (its top
-    folder: `click-8.1.7/`, npm's `package/`).
-
-    When the archives cannot be had: a failure under CI=true, else a skip (one reason for
-    the whole tier, so the summary shows it once)."""
-    if isinstance(_archives, str):
-        message = f"real material unavailable (offline?): {_archives}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true needs the real material: {message}")
-        pytest.skip(f"{message}; deselect the tier with -m 'not real_material'")
-    archives = _archives
+    folder: `click-8.1.7/`, npm's `package/`)."""
+    found = archives()
+    assert not isinstance(found, str), found  # the gate above skipped or failed the test
 
     def make(name: str) -> Path:
-        return unpack(CATALOGUE[name], archives[name], tmp_path / "material" / name)
+        return unpack(CATALOGUE[name], found[name], tmp_path / "material" / name)
 
     return make
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.realmaterial.conftest import archives
 from tests.realmaterial.material import CATALOGUE, MaterialError, fetch, sha256_of
 
 pytestmark = pytest.mark.real_material
@@ -30,9 +31,10 @@ def cache(material, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
-def test_a_verified_cached_archive_is_used_as_it_is(_archives, cache):
+def test_a_verified_cached_archive_is_used_as_it_is(cache):
+    verified = archives()["requests"]  # type: ignore[index]  (the tier's gate passed)
     cache.mkdir(parents=True, exist_ok=True)
-    shutil.copy(_archives["requests"], cache / SMALL.filename)
+    shutil.copy(verified, cache / SMALL.filename)
     before = (cache / SMALL.filename).stat().st_mtime_ns
 
     path, fetched = fetch(SMALL)
@@ -62,8 +64,12 @@ def test_fetched_bytes_that_are_not_the_pin_are_refused(cache):
 def _run_tier_offline(tmp_path: Path, ci: str) -> subprocess.CompletedProcess[str]:
     """One test of the tier in a child pytest with an empty cache and registries that do
     not answer (a closed local port), as on a laptop without a network."""
+    # The child picks its own test database and queue names (conftest: from its pid).
+    inherited = {
+        k: v for k, v in os.environ.items() if k not in ("HXO_TEST_DB_SUFFIX", "HXO_CLUSTER_NAME")
+    }
     env = {
-        **os.environ,
+        **inherited,
         "HXO_REAL_MATERIAL_CACHE": str(tmp_path / "cache"),
         "PIP_INDEX_URL": "http://127.0.0.1:9/simple/",
         "PIP_RETRIES": "0",
@@ -88,6 +94,7 @@ def test_offline_the_tier_skips_with_one_message_and_under_ci_it_fails(tmp_path)
     laptop = _run_tier_offline(tmp_path, ci="false")
     assert laptop.returncode == 0, laptop.stdout
     assert "1 skipped" in laptop.stdout
+    assert "tests/realmaterial/conftest.py" in laptop.stdout  # one location for the tier
     assert "real material unavailable (offline?)" in laptop.stdout
     assert "-m 'not real_material'" in laptop.stdout
 
