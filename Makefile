@@ -22,7 +22,7 @@ MANAGE := DEBUG=$${DEBUG:-1} $(PY) manage.py
 # (a later issue); until then `make demo` is a no-op.
 DEMO_COMMAND := runs_app/management/commands/hxo_demo.py
 
-.PHONY: setup run run-scaled test lint demo ci bench registry-docs
+.PHONY: setup run run-scaled test test-real lint demo ci bench registry-docs
 
 setup: $(DEPS_STAMP) $(HTMX) .env
 	@$(MANAGE) migrate --noinput
@@ -72,8 +72,16 @@ run-scaled: $(DEPS_STAMP) $(HTMX)
 	@$(SCALED_ENV) $(MAKE) --no-print-directory setup
 	@$(SCALED_ENV) DEBUG=1 $(PY) bin/hxo-run --clusters $(HXO_CLUSTERS) --web gunicorn $(ADDR)
 
+# The whole suite, the real-material tier included (tests/realmaterial: offline it skips with
+# one message; `PYTEST_ARGS="-m 'not real_material'"` leaves it out).
 test: setup
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Only the real-material tier: fetches (or reuses from $$HXO_REAL_MATERIAL_CACHE) the pinned
+# packages, then runs every kind over them.
+test-real: $(DEPS_STAMP)
+	-$(PY) -m tests.realmaterial.material
+	$(BIN)/pytest -m real_material tests/realmaterial $(PYTEST_ARGS)
 
 # docs/registry.md from a freshly migrated registry (SQLite in a temporary HXO_VAR_DIR), so it
 # documents the registry as shipped rather than this machine's edits; a test fails when it is
