@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from runs_app.kinds.assets import staged_name
+from runs_app.kinds.assets import staged_name, staging_folder
 from runs_app.models import AssetIndexEntry
 from tests.realmaterial.conftest import outputs_of, plan_of, previews_of, stage
 from tests.realmaterial.material import find_files
@@ -111,7 +111,6 @@ def test_png_and_jpeg_sizes_are_measured(workspace_of, scratch, engine):
     assert measured == CLICK_PIXELS
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: asset dims (SVG width/height or viewBox)")
 def test_svg_sizes_are_measured(workspace_of, scratch, engine):
     """Every Bootstrap icon says width="16" height="16" (and viewBox="0 0 16 16")."""
     root = workspace_of("bootstrap-icons")
@@ -157,10 +156,12 @@ def test_staged_copies_are_every_file_of_the_tree(workspace_of, scratch, engine,
 
     expected = found_rows(root)
     staging = scratch["staging"]
-    copies = {p for p in tree_snapshot(staging) if not p.startswith("_manifests/")}
-    assert copies == {staged_name(".", rel, sha) for rel, _size, sha in expected}
+    # Copies live in the workspace's own folder (staging_folder), manifests beside them.
+    folder = staging_folder(name)
+    copies = {p for p in tree_snapshot(staging) if not p.startswith(f"{folder}/_manifests/")}
+    assert copies == {staged_name(name, ".", rel, sha) for rel, _size, sha in expected}
     for rel, size, sha in expected:
-        data = (staging / staged_name(".", rel, sha)).read_bytes()
+        data = (staging / staged_name(name, ".", rel, sha)).read_bytes()
         assert len(data) == size and hashlib.sha256(data).hexdigest() == sha, rel
     listed = set()
     for out in outputs_of(run):
