@@ -328,10 +328,17 @@ def _any_match(regex: re.Pattern[str], *candidates: str) -> bool:
 
 
 def _walk(start: str) -> Iterator[str]:
+    """Every file under `start`, and every symlink to a directory (os.walk lists those among
+    the directories and never follows them): list_files reports one that leaves the workspace
+    instead of skipping it silently, and skips one that stays inside (walked as itself)."""
     for dirpath, dirnames, filenames in os.walk(start):
         # Prune excluded directories here so we never descend into .git or __pycache__;
         # os.walk does not follow directory symlinks, so nothing outside comes in that way.
         dirnames[:] = [d for d in dirnames if not _DEFAULT_EXCLUDED.match(d)]
+        for name in dirnames:
+            full = os.path.join(dirpath, name)
+            if os.path.islink(full):
+                yield full
         for name in filenames:
             yield os.path.join(dirpath, name)
 

@@ -258,7 +258,15 @@ def test_a_symlink_inside_the_workspace_tree_is_never_packed(workspace, clients)
     partitions = clients["viewer"].get(f"/api/v1/runs/{run.pk}/partitions/").json()["results"]
     listed = str(partitions)  # inputs, fingerprints, label and the dry-run's preview
     assert "main.py" in listed
-    assert "id_rsa" not in listed and "escape" not in listed and "'key'" not in listed
+    # Nothing behind the links is read or named; the links themselves are reported as refused.
+    assert "id_rsa" not in listed and "secrets" not in listed and "PRIVATE" not in listed
+    (partition,) = partitions
+    refused = {(f["path"], f["code"]) for f in partition["preview"]["refused_files"]}
+    assert refused == {
+        ("key", "symlink_outside_workspace"),
+        ("app/escape", "symlink_outside_workspace"),
+    }
+    assert [f["path"] for f in partition["preview"]["files"]] == ["app/main.py"]
 
 
 @pytest.mark.parametrize(
