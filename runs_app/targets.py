@@ -340,6 +340,89 @@ class TargetConnection:
         self._require_not_cancelled()
         return rows
 
+    @property
+    def server_version(self) -> int | None:
+        """PostgreSQL's `server_version_num` (160002 for 16.2); None on SQLite."""
+        if self.vendor != POSTGRESQL:
+            return None
+        return int(self.raw.info.server_version)
+
+    def run_outside_transaction(
+        self, sql: str, *, statement_timeout_ms: int = 0, lock_timeout_ms: int = 0
+    ) -> int:
+        """Run one plan statement that cannot run in a transaction (CREATE INDEX
+        CONCURRENTLY, VACUUM...: `sqlpolicy.outside_transaction`) alone, in autocommit; rows
+        it changed (>= 0). Its effect is committed when it returns.
+
+        The same guards as `run_statement`, turned around: no transaction may be open before
+        it nor left open after it (a statement that opened one is rolled back:
+        TRANSACTION_ENDED); on PostgreSQL the timeouts are set for the session (there is no
+        transaction to SET LOCAL them in) and put back to the server's defaults afterwards,
+        and the session must still have them and its role after the statement
+        (SESSION_CHANGED); SQLite's authorizer and statement deadline (progress handler)
+        apply. Raises ComponentError(CANCELLED) after `cancel()`, the driver's error otherwise.
+        """
+        self._require_not_cancelled()
+        if self.in_transaction():
+            self.rollback()
+            raise ComponentError(
+                f"{sql[:80]!r} must run outside a transaction, and one is open",
+                code=TRANSACTION_ENDED,
+                permanent=True,
+                path="manifest",
+            )
+        if self.vendor == SQLITE:
+            self._deadline = (
+                time.monotonic() + statement_timeout_ms / 1000 if statement_timeout_ms else None
+            )
+        else:
+            for name, value in (
+                ("statement_timeout", statement_timeout_ms),
+                ("lock_timeout", lock_timeout_ms),
+            ):
+                if value:
+                    self.execute(
+                        "SELECT set_config(:n, :v, false)", {"n": name, "v": f"{int(value)}ms"}
+                    )
+            self.expect_session()
+        cursor = self.raw.cursor()
+        self._denied = None
+        self._plan = True
+        try:
+            if self.vendor == SQLITE:
+                cursor.execute(sql)
+            else:
+                # The extended protocol, as in `run_statement`: one statement per message.
+                # A single Parse/Bind/Execute/Sync is not a transaction block.
+                cursor.execute(sql, None, binary=True)
+        except Exception as exc:
+            refused = self._refusal(exc)
+            if refused is not None:
+                raise refused from None
+            raise
+        finally:
+            self._plan = False
+            self._deadline = None
+        rows = max(cursor.rowcount or 0, 0)
+        if self.in_transaction():
+            self.rollback()
+            raise ComponentError(
+                f"a statement run outside a transaction left one open ({sql[:80]!r}); it was "
+                "rolled back",
+                code=TRANSACTION_ENDED,
+                permanent=True,
+                path="manifest",
+            )
+        if self.vendor == POSTGRESQL:
+            try:
+                self.require_session(sql)
+            finally:
+                self._session = None
+                self.execute("SELECT set_config('statement_timeout', '0', false)")
+                self.execute("SELECT set_config('lock_timeout', '0', false)")
+        self._require_not_cancelled()
+        return rows
+
     def explain_statement(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
         """Check one plan statement without running it (PostgreSQL): `EXPLAIN <sql>`, which
         parses, analyses and plans it in the open transaction (tables, columns, functions
