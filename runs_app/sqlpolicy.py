@@ -1371,10 +1371,10 @@ def calls_sequence_functions(sql: str) -> bool:
     from pglast import ast
     from pglast.visitors import Visitor
 
-    _names, spans, _other = pg_params(sql)
     try:
+        _names, spans, _other = pg_params(sql)
         raw = pglast.parse_sql(_bind_positions(sql, spans))
-    except pglast.parser.ParseError:
+    except (SqlSyntaxError, pglast.parser.ParseError):
         return False
     found: list[str] = []
 
@@ -1441,17 +1441,21 @@ def outside_transaction(
             found = analyse(sql, vendor)
         except SqlSyntaxError:
             return None
-        if len(found.statements) == 1 and found.verb == "VACUUM":
-            return OutsideTransaction("VACUUM", idempotent=True)
+        if (
+            len(found.statements) == 1
+            and found.verb == "VACUUM"
+            and not found.statements[0].findings
+        ):
+            return OutsideTransaction("VACUUM", idempotent=True)  # not VACUUM INTO: refused
         return None
     import pglast
     from pglast import enums
     from pglast.stream import RawStream
 
-    _names, spans, _other = pg_params(sql)
     try:
+        _names, spans, _other = pg_params(sql)
         raw = pglast.parse_sql(_bind_positions(sql, spans))
-    except pglast.parser.ParseError:
+    except (SqlSyntaxError, pglast.parser.ParseError):
         return None
     if len(raw) != 1:
         return None

@@ -31,6 +31,7 @@ from runs_app.sqlpolicy import (
     LEDGER_TABLE_NAMES,
     POSTGRESQL,
     SQLITE,
+    outside_transaction,
     pg_params,
 )
 
@@ -262,6 +263,9 @@ class TargetConnection:
         self._control = False
         # True while a plan's statement runs (run_statement): the ledger guard applies.
         self._plan = False
+        # True while HXO runs a plan's VACUUM outside a transaction (SQLite): the
+        # authorizer lets VACUUM's own transaction and unnamed temporary database through.
+        self._vacuum = False
         self._denied: str | None = None
         # Why `cancel()` was called (set from another thread), else None.
         self.cancelled: str | None = None
@@ -388,6 +392,15 @@ class TargetConnection:
         cursor = self.raw.cursor()
         self._denied = None
         self._plan = True
+        if self.vendor == SQLITE and outside_transaction(sql, SQLITE) is None:
+            # SQLite refuses only VACUUM in a transaction; nothing else comes here.
+            raise ComponentError(
+                f"{sql[:80]!r} is not a statement that must run outside a transaction",
+                code=FORBIDDEN_STATEMENT,
+                permanent=True,
+                path="manifest",
+            )
+        self._vacuum = self.vendor == SQLITE
         try:
             if self.vendor == SQLITE:
                 cursor.execute(sql)
@@ -402,6 +415,7 @@ class TargetConnection:
             raise
         finally:
             self._plan = False
+            self._vacuum = False
             self._deadline = None
         rows = max(cursor.rowcount or 0, 0)
         if self.in_transaction():
@@ -571,8 +585,11 @@ class TargetConnection:
         """SQLite's authorizer callback: SQLITE_OK, or SQLITE_DENY with the reason kept."""
         denied = None
         if action in (sqlite3.SQLITE_TRANSACTION, sqlite3.SQLITE_SAVEPOINT):
-            if not self._control:
+            # VACUUM runs its own transaction inside (a BEGIN the authorizer sees).
+            if not self._control and not self._vacuum:
                 denied = f"transaction control ({arg1 or ''} {arg2 or ''})".replace(" )", ")")
+        elif action == sqlite3.SQLITE_ATTACH and self._vacuum and arg1 == "":
+            pass  # VACUUM's own temporary database: unnamed, no file a plan could pick
         elif action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
             denied = "ATTACH/DETACH (or VACUUM INTO, which attaches its output file)"
         elif action == sqlite3.SQLITE_PRAGMA:
@@ -592,7 +609,8 @@ class TargetConnection:
             and (arg1 or "").lower() in DENIED_SQLITE_TABLES
         ):
             denied = f"the table {arg1}"
-        elif self._plan and action in LEDGER_GUARDED_ACTIONS:
+        elif self._plan and not self._vacuum and action in LEDGER_GUARDED_ACTIONS:
+            # (VACUUM copies every table, the ledger's too, as it is: not a plan's write.)
             for name in (arg1, arg2):
                 if (name or "").lower() in LEDGER_TABLE_NAMES:
                     denied = f"HXO's ledger table {name}"
