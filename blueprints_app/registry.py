@@ -119,6 +119,11 @@ class ExecutionContext:
     heartbeat: Callable[[], None] = lambda: None
     check_fence: Callable[[], None] = lambda: None
     stop_with: Callable[[Callable[[str], None] | None], None] = lambda cancel: None
+    # The stages this one depends on, directly or through others, in the order they run:
+    # each its stage document (`id`, `kind`, `executor`, `params`, ...) with its pinned
+    # `manifest`. Loaded on call (one query per drainer); a dry-run that must see what the
+    # stages before it would have done (deploy.migrate on the same target) replays them.
+    upstream: Callable[[], list[dict[str, Any]]] = lambda: []
     # For `Executor.effect_exists`: False (a reuse check, the receipt's default) lets a check
     # trust what was recorded at write time while the file's stat identity is unchanged;
     # True (the receipt's `?thorough=1`) asks it to hash every byte again.
@@ -158,6 +163,15 @@ class Partitioner:
         checked (API validate, plan save, the editor's live validation) sees them; a
         partitioner should still refuse the same things when it partitions.
         """
+        return []
+
+    @classmethod
+    def non_idempotent_reasons(cls, params: dict[str, Any]) -> list[ComponentError]:
+        """Work in `params` that cannot be made safe to run twice (by_sql_batch: a statement
+        that must run outside a transaction and is not `IF NOT EXISTS`-safe), as
+        ComponentErrors with paths under `params.`. The validator requires such a stage to
+        declare `non_idempotent: true`, and so hxo:force-merge (the contract's rule 4).
+        Called once `params` passed the schema; the default finds none."""
         return []
 
     @classmethod

@@ -399,6 +399,17 @@ def validate_stage(
             "a non-idempotent stage needs the hxo:force-merge capability",
         )
     if (
+        not non_idempotent
+        and isinstance(params, dict)
+        and isinstance(partitioner, str)
+        and partitioner in PARTITIONERS
+        and not schema_errors(PARTITIONERS[partitioner].get_params_schema(), params, "")
+    ):
+        # Work the partitioner says cannot be repeated safely makes the stage non-idempotent.
+        for err in PARTITIONERS[partitioner].non_idempotent_reasons(params):
+            where = f"{path}.{err.path}" if err.path else f"{path}.params"
+            result.error(where, codes.NON_IDEMPOTENT_UNDECLARED, err.message)
+    if (
         isinstance(executor, str)
         and executor in EXECUTORS
         and not EXECUTORS[executor].idempotent

@@ -96,9 +96,9 @@ _RULES = [
     ),
     Rule(
         "vacuum",
-        "VACUUM",
-        "VACUUM cannot run inside a transaction and VACUUM INTO writes a copy of the database "
-        "to a file; ANALYZE is allowed.",
+        "VACUUM INTO",
+        "VACUUM INTO writes a copy of the database to a file; VACUUM itself is allowed and "
+        "runs alone, outside a transaction.",
     ),
     Rule(
         "pragma",
@@ -794,6 +794,8 @@ PG_ALLOWED = {
     "AlterTSDictionaryStmt",
     "ReindexStmt",
     "ClusterStmt",
+    # VACUUM and ANALYZE; VACUUM runs alone outside a transaction (`outside_transaction`).
+    "VacuumStmt",
     "SecLabelStmt",
 }
 PG_REFUSED = {
@@ -803,7 +805,6 @@ PG_REFUSED = {
     "DropTableSpaceStmt": "server_files",
     "AlterTableSpaceOptionsStmt": "server_files",
     "AlterTableMoveAllStmt": "server_files",
-    "VacuumStmt": "vacuum",
     "CreateExtensionStmt": "extensions",
     "AlterExtensionStmt": "extensions",
     "AlterExtensionContentsStmt": "extensions",
@@ -892,9 +893,6 @@ def _pg_findings(stmt: Any, words: str) -> Iterator[Finding]:
 
     name = type(stmt).__name__
     verb = words or name.removesuffix("Stmt")
-    if name == "VacuumStmt" and not stmt.is_vacuumcmd:
-        yield from _pg_walk(stmt)  # ANALYZE: transactional, and only updates statistics
-        return
     if name in PG_REFUSED:
         yield Finding(PG_REFUSED[name], _pg_what(stmt, verb))
         return
@@ -1204,7 +1202,6 @@ SQLITE_REFUSED = {
     "RELEASE": "transaction_control",
     "ATTACH": "other_databases",
     "DETACH": "other_databases",
-    "VACUUM": "vacuum",
     "PRAGMA": "pragma",
 }
 
@@ -1302,7 +1299,11 @@ def _analyse_sqlite(sql: str) -> Analysis:
             continue
         verb = tokens[0].text.upper()
         findings: list[Finding] = []
-        if verb in SQLITE_REFUSED:
+        if verb == "VACUUM":
+            # VACUUM runs alone outside a transaction; VACUUM INTO writes a file.
+            if any(t.text.upper() == "INTO" for t in tokens):
+                findings.append(Finding("vacuum", "VACUUM INTO"))
+        elif verb in SQLITE_REFUSED:
             findings.append(Finding(SQLITE_REFUSED[verb], verb))
         elif verb not in SQLITE_ALLOWED:
             findings.append(Finding("not_a_migration_statement", verb))
@@ -1370,10 +1371,10 @@ def calls_sequence_functions(sql: str) -> bool:
     from pglast import ast
     from pglast.visitors import Visitor
 
-    _names, spans, _other = pg_params(sql)
     try:
+        _names, spans, _other = pg_params(sql)
         raw = pglast.parse_sql(_bind_positions(sql, spans))
-    except pglast.parser.ParseError:
+    except (SqlSyntaxError, pglast.parser.ParseError):
         return False
     found: list[str] = []
 
@@ -1387,3 +1388,135 @@ def calls_sequence_functions(sql: str) -> bool:
         if type(r.stmt).__name__ in PG_EXPLAINABLE:
             Walk()(r.stmt)
     return bool(found)
+
+
+# --- Statements that cannot run inside a transaction --------------------------------------
+
+# PostgreSQL refuses these in a transaction block ("cannot run inside a transaction block");
+# SQLite refuses VACUUM in one. HXO runs such a statement alone, in autocommit
+# (runs_app.kinds.migrate). ALTER TYPE ... ADD VALUE joins them before PostgreSQL 12.
+PG_ADD_VALUE_IN_TRANSACTION = 120000
+
+
+@dataclasses.dataclass(frozen=True)
+class OutsideTransaction:
+    """A statement that must run outside a transaction, as its parser reads it.
+
+    `what`: how to name it ("CREATE INDEX CONCURRENTLY"). `idempotent`: running it twice has
+    the effect of running it once (`IF NOT EXISTS`/`IF EXISTS`, VACUUM, REINDEX, CLUSTER),
+    so a retry after a crash between the statement and its ledger row is harmless; otherwise
+    the stage must be declared non-idempotent. `equivalent`: the statement with the same
+    schema effect that can run inside a transaction (the non-concurrent form), which a
+    dry-run runs in its rolled-back transaction to validate the statement and so that later
+    statements see its effect; None when it has no schema effect (VACUUM, REINDEX, CLUSTER)
+    or none can run in a transaction (ADD VALUE before PostgreSQL 12). `relations`: relation
+    names (as written, qualified) that must exist, checked by a dry-run when there is no
+    equivalent to run; `types`: type names, likewise.
+    """
+
+    what: str
+    idempotent: bool
+    equivalent: str | None = None
+    relations: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
+
+
+def outside_transaction(
+    sql: str, vendor: str, *, server_version: int | None = None
+) -> OutsideTransaction | None:
+    """Whether one plan statement must run outside a transaction, and how (None: it runs in
+    the batch's transaction as any other).
+
+    Read by the target's parser, never by matching text: pglast on PostgreSQL (IndexStmt,
+    DropStmt and AlterTableStmt DETACH PARTITION with `concurrent`, ReindexStmt with
+    CONCURRENTLY or over a whole schema/database/system catalogue, VacuumStmt that vacuums,
+    ClusterStmt over every table, AlterEnumStmt ADD VALUE when `server_version` (PostgreSQL's
+    `server_version_num`) is below 120000 or unknown-and-given-as-0); the SQLite tokenizer on
+    SQLite (VACUUM; VACUUM INTO is refused by the policy). None for text the parser cannot
+    read (the policy reports it). Source of the list: PostgreSQL's PreventInTransactionBlock
+    callers (src/backend/commands), SQLite's "cannot VACUUM from within a transaction".
+    """
+    if vendor == SQLITE:
+        try:
+            found = analyse(sql, vendor)
+        except SqlSyntaxError:
+            return None
+        if (
+            len(found.statements) == 1
+            and found.verb == "VACUUM"
+            and not found.statements[0].findings
+        ):
+            return OutsideTransaction("VACUUM", idempotent=True)  # not VACUUM INTO: refused
+        return None
+    import pglast
+    from pglast import enums
+    from pglast.stream import RawStream
+
+    try:
+        _names, spans, _other = pg_params(sql)
+        raw = pglast.parse_sql(_bind_positions(sql, spans))
+    except (SqlSyntaxError, pglast.parser.ParseError):
+        return None
+    if len(raw) != 1:
+        return None
+    stmt = raw[0].stmt
+    name = type(stmt).__name__
+
+    def text(node: Any) -> str:
+        return RawStream()(node)
+
+    if name == "IndexStmt" and stmt.concurrent:
+        stmt.concurrent = False
+        return OutsideTransaction(
+            "CREATE INDEX CONCURRENTLY", bool(stmt.if_not_exists), equivalent=text(stmt)
+        )
+    if name == "DropStmt" and getattr(stmt, "concurrent", False):
+        stmt.concurrent = False
+        return OutsideTransaction(
+            "DROP INDEX CONCURRENTLY", bool(stmt.missing_ok), equivalent=text(stmt)
+        )
+    if name == "AlterTableStmt":
+        detach = [
+            c.def_
+            for c in stmt.cmds or ()
+            if c.subtype == enums.AlterTableType.AT_DetachPartition
+            and getattr(c.def_, "concurrent", False)
+        ]
+        if detach:
+            for cmd in detach:
+                cmd.concurrent = False
+            return OutsideTransaction(
+                "ALTER TABLE ... DETACH PARTITION CONCURRENTLY", False, equivalent=text(stmt)
+            )
+        return None
+    if name == "ReindexStmt":
+        concurrently = any(
+            (getattr(p, "defname", "") or "").lower() == "concurrently" for p in stmt.params or ()
+        )
+        whole = stmt.kind not in (
+            enums.ReindexObjectType.REINDEX_OBJECT_INDEX,
+            enums.ReindexObjectType.REINDEX_OBJECT_TABLE,
+        )
+        if not (concurrently or whole):
+            return None
+        relations = (text(stmt.relation),) if stmt.relation is not None else ()
+        what = "REINDEX ... CONCURRENTLY" if concurrently else "REINDEX SCHEMA/DATABASE/SYSTEM"
+        return OutsideTransaction(what, True, relations=relations)
+    if name == "VacuumStmt" and stmt.is_vacuumcmd:
+        relations = tuple(text(r.relation) for r in stmt.rels or () if r.relation is not None)
+        return OutsideTransaction("VACUUM", True, relations=relations)
+    if name == "ClusterStmt" and stmt.relation is None:
+        return OutsideTransaction("CLUSTER (every table)", True)
+    if (
+        name == "AlterEnumStmt"
+        and stmt.newVal is not None
+        and server_version is not None
+        and server_version < PG_ADD_VALUE_IN_TRANSACTION
+    ):
+        type_name = ".".join(n.sval for n in stmt.typeName)
+        return OutsideTransaction(
+            "ALTER TYPE ... ADD VALUE (before PostgreSQL 12)",
+            bool(stmt.skipIfNewValExists),
+            types=(type_name,),
+        )
+    return None

@@ -31,6 +31,7 @@ from runs_app.sqlpolicy import (
     LEDGER_TABLE_NAMES,
     POSTGRESQL,
     SQLITE,
+    outside_transaction,
     pg_params,
 )
 
@@ -262,6 +263,9 @@ class TargetConnection:
         self._control = False
         # True while a plan's statement runs (run_statement): the ledger guard applies.
         self._plan = False
+        # True while HXO runs a plan's VACUUM outside a transaction (SQLite): the
+        # authorizer lets VACUUM's own transaction and unnamed temporary database through.
+        self._vacuum = False
         self._denied: str | None = None
         # Why `cancel()` was called (set from another thread), else None.
         self.cancelled: str | None = None
@@ -337,6 +341,99 @@ class TargetConnection:
         rows = max(cursor.rowcount or 0, 0)  # DDL reports -1
         self.require_transaction(sql)
         self.require_session(sql)
+        self._require_not_cancelled()
+        return rows
+
+    @property
+    def server_version(self) -> int | None:
+        """PostgreSQL's `server_version_num` (160002 for 16.2); None on SQLite."""
+        if self.vendor != POSTGRESQL:
+            return None
+        return int(self.raw.info.server_version)
+
+    def run_outside_transaction(
+        self, sql: str, *, statement_timeout_ms: int = 0, lock_timeout_ms: int = 0
+    ) -> int:
+        """Run one plan statement that cannot run in a transaction (CREATE INDEX
+        CONCURRENTLY, VACUUM...: `sqlpolicy.outside_transaction`) alone, in autocommit; rows
+        it changed (>= 0). Its effect is committed when it returns.
+
+        The same guards as `run_statement`, turned around: no transaction may be open before
+        it nor left open after it (a statement that opened one is rolled back:
+        TRANSACTION_ENDED); on PostgreSQL the timeouts are set for the session (there is no
+        transaction to SET LOCAL them in) and put back to the server's defaults afterwards,
+        and the session must still have them and its role after the statement
+        (SESSION_CHANGED); SQLite's authorizer and statement deadline (progress handler)
+        apply. Raises ComponentError(CANCELLED) after `cancel()`, the driver's error otherwise.
+        """
+        self._require_not_cancelled()
+        if self.in_transaction():
+            self.rollback()
+            raise ComponentError(
+                f"{sql[:80]!r} must run outside a transaction, and one is open",
+                code=TRANSACTION_ENDED,
+                permanent=True,
+                path="manifest",
+            )
+        if self.vendor == SQLITE:
+            self._deadline = (
+                time.monotonic() + statement_timeout_ms / 1000 if statement_timeout_ms else None
+            )
+        else:
+            for name, value in (
+                ("statement_timeout", statement_timeout_ms),
+                ("lock_timeout", lock_timeout_ms),
+            ):
+                if value:
+                    self.execute(
+                        "SELECT set_config(:n, :v, false)", {"n": name, "v": f"{int(value)}ms"}
+                    )
+            self.expect_session()
+        cursor = self.raw.cursor()
+        self._denied = None
+        self._plan = True
+        if self.vendor == SQLITE and outside_transaction(sql, SQLITE) is None:
+            # SQLite refuses only VACUUM in a transaction; nothing else comes here.
+            raise ComponentError(
+                f"{sql[:80]!r} is not a statement that must run outside a transaction",
+                code=FORBIDDEN_STATEMENT,
+                permanent=True,
+                path="manifest",
+            )
+        self._vacuum = self.vendor == SQLITE
+        try:
+            if self.vendor == SQLITE:
+                cursor.execute(sql)
+            else:
+                # The extended protocol, as in `run_statement`: one statement per message.
+                # A single Parse/Bind/Execute/Sync is not a transaction block.
+                cursor.execute(sql, None, binary=True)
+        except Exception as exc:
+            refused = self._refusal(exc)
+            if refused is not None:
+                raise refused from None
+            raise
+        finally:
+            self._plan = False
+            self._vacuum = False
+            self._deadline = None
+        rows = max(cursor.rowcount or 0, 0)
+        if self.in_transaction():
+            self.rollback()
+            raise ComponentError(
+                f"a statement run outside a transaction left one open ({sql[:80]!r}); it was "
+                "rolled back",
+                code=TRANSACTION_ENDED,
+                permanent=True,
+                path="manifest",
+            )
+        if self.vendor == POSTGRESQL:
+            try:
+                self.require_session(sql)
+            finally:
+                self._session = None
+                self.execute("SELECT set_config('statement_timeout', '0', false)")
+                self.execute("SELECT set_config('lock_timeout', '0', false)")
         self._require_not_cancelled()
         return rows
 
@@ -488,8 +585,11 @@ class TargetConnection:
         """SQLite's authorizer callback: SQLITE_OK, or SQLITE_DENY with the reason kept."""
         denied = None
         if action in (sqlite3.SQLITE_TRANSACTION, sqlite3.SQLITE_SAVEPOINT):
-            if not self._control:
+            # VACUUM runs its own transaction inside (a BEGIN the authorizer sees).
+            if not self._control and not self._vacuum:
                 denied = f"transaction control ({arg1 or ''} {arg2 or ''})".replace(" )", ")")
+        elif action == sqlite3.SQLITE_ATTACH and self._vacuum and arg1 == "":
+            pass  # VACUUM's own temporary database: unnamed, no file a plan could pick
         elif action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
             denied = "ATTACH/DETACH (or VACUUM INTO, which attaches its output file)"
         elif action == sqlite3.SQLITE_PRAGMA:
@@ -509,7 +609,8 @@ class TargetConnection:
             and (arg1 or "").lower() in DENIED_SQLITE_TABLES
         ):
             denied = f"the table {arg1}"
-        elif self._plan and action in LEDGER_GUARDED_ACTIONS:
+        elif self._plan and not self._vacuum and action in LEDGER_GUARDED_ACTIONS:
+            # (VACUUM copies every table, the ledger's too, as it is: not a plan's write.)
             for name in (arg1, arg2):
                 if (name or "").lower() in LEDGER_TABLE_NAMES:
                     denied = f"HXO's ledger table {name}"

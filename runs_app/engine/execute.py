@@ -31,7 +31,7 @@ from runs_app.engine.errors import PartitionTimeout, RunAborted
 from runs_app.engine.heartbeat import Heartbeat, check_fence
 from runs_app.engine.progress import after_partition_change
 from runs_app.engine.receipts import kind_from_snapshot
-from runs_app.manifest import run_stage_document
+from runs_app.manifest import run_stage_document, topological_order
 from runs_app.models import Partition, PartitionState, Run, RunMode, RunStage
 from runs_app.models.engine import PARTITION_COMPLETED, PARTITION_DONE
 from runs_app.targets import classify_db_error
@@ -80,6 +80,7 @@ class RunContext:
         self.kinds = {k: kind_from_snapshot(v) for k, v in self.run.kind_snapshots.items()}
         self.stages: dict[int, RunStage] = {}
         self.executors: dict[str, Any] = {}
+        self._all_stages: list[RunStage] | None = None
         # Only a first apply reuses: a dry-run must look at the target itself, force_rerun
         # asks for no reuse, and a replay redoes exactly the partitions that failed.
         self.may_reuse = (
@@ -91,6 +92,27 @@ class RunContext:
         if stage_pk not in self.stages:
             self.stages[stage_pk] = RunStage.objects.get(pk=stage_pk)
         return self.stages[stage_pk]
+
+    def upstream(self, stage_pk: int) -> list[dict[str, Any]]:
+        """`ExecutionContext.upstream` of the stage `stage_pk`: the stages it depends on,
+        directly or not, in topological order, each its run stage document with its pinned
+        `manifest`. The run's stages are read once per drainer, on first call."""
+        if self._all_stages is None:
+            self._all_stages = list(RunStage.objects.filter(run=self.run).order_by("position"))
+        by_id = {s.stage_id: s for s in self._all_stages}
+        wanted: set[str] = set()
+        todo = [s for s in self._all_stages if s.pk == stage_pk]
+        while todo:
+            for dep in todo.pop().depends_on or []:
+                if dep in by_id and dep not in wanted:
+                    wanted.add(dep)
+                    todo.append(by_id[dep])
+        docs = [run_stage_document(s) for s in self._all_stages]
+        return [
+            {**docs[i], "manifest": self._all_stages[i].manifest}
+            for i in topological_order(docs)
+            if self._all_stages[i].stage_id in wanted
+        ]
 
     def executor(self, name: str) -> Any:
         """The registered executor instance, made once per drainer."""
@@ -192,6 +214,7 @@ def build_context(
         fence=claim.fence,
         heartbeat=heartbeat or (lambda: None),
         check_fence=lambda: check_fence(claim),
+        upstream=lambda: rc.upstream(claim.stage_pk),
     )
 
 

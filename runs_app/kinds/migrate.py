@@ -88,9 +88,11 @@ from runs_app.sqlpolicy import (
     INTERVALS_TABLE,
     INVALID_SQL,
     LEDGER_TABLE,
+    OutsideTransaction,
     analyse,
     calls_sequence_functions,
     item_errors,
+    outside_transaction,
     statement_error,
 )
 from runs_app.targets import (
@@ -268,20 +270,51 @@ class BySqlBatch(Partitioner):
             "lock_timeout_ms": params["lock_timeout_ms"],
         }
         if "statements" in params:
-            return self._statements(params, kind, data)
+            return self._statements(params, kind, data, ctx, target)
         return self._backfill(params, kind, data, target)
 
-    def _statements(self, params: dict[str, Any], kind: str, data: dict) -> StageManifest:
+    @classmethod
+    def non_idempotent_reasons(cls, params: dict[str, Any]) -> list[ComponentError]:
+        """Statements that run outside a transaction and are not safe to run twice (`CREATE
+        INDEX CONCURRENTLY` without `IF NOT EXISTS`, ...): their effect cannot commit with
+        its ledger row, so a crash between the two would run them again. The stage must
+        declare `non_idempotent: true` (and so needs hxo:force-merge). `ALTER TYPE ... ADD
+        VALUE` depends on the server's version and is judged when the stage is partitioned."""
+        try:
+            target = get_target(resolve_params(cls, params)["target"])
+        except ComponentError:
+            return []
+        return [
+            _undeclared(i, found)
+            for i, found in enumerate(_outside(params.get("statements", []), target.vendor))
+            if found is not None and not found.idempotent
+        ]
+
+    def _statements(
+        self, params: dict[str, Any], kind: str, data: dict, ctx: PartitionContext, target: Any
+    ) -> StageManifest:
         statements = params["statements"]
         # The validator refused these already; checked again for a plan saved before the
         # policy, or partitioned without the validator.
         for error in _sql_errors(params, data["vendor"])[:1]:
             raise error
         size = params["batch_size"]
+        outside = _outside(statements, target.vendor)
+        if any(found is not None and found.types for found in outside):
+            # ALTER TYPE ... ADD VALUE runs in a transaction from PostgreSQL 12 on: ask.
+            with connect(target, lock_timeout_ms=params["lock_timeout_ms"]) as conn:
+                version = conn.server_version
+            data["server_version"] = version
+            outside = _outside(statements, target.vendor, server_version=version)
+        if not ctx.stage.get("non_idempotent"):
+            for i, found in enumerate(outside):
+                if found is not None and not found.idempotent:
+                    raise _undeclared(i, found)
+        bounds = batch_bounds(len(statements), size, [i for i, f in enumerate(outside) if f])
         specs = []
         seen: dict[str, int] = {}
-        for batch_id, offset in enumerate(range(0, len(statements), size)):
-            chunk = statements[offset : offset + size]
+        for batch_id, (offset, limit) in enumerate(bounds):
+            chunk = statements[offset : offset + limit]
             # The ledger keys a batch by its content: a second identical batch would be
             # "already applied" by the first. Refuse it rather than apply it once silently.
             content = batch_sha256([(sql, None) for sql in chunk])
@@ -310,6 +343,10 @@ class BySqlBatch(Partitioner):
                 )
             )
         data.update({"mode": "statements", "statements": statements, "batch_size": size})
+        if any(outside):
+            # Batch boundaries differ from batch_size's: pinned, for the executor's replays.
+            data["batches"] = [list(b) for b in bounds]
+            data["outside_transaction"] = {str(i): f.what for i, f in enumerate(outside) if f}
         return StageManifest(partitions=specs, data=data)
 
     def _backfill(self, params: dict, kind: str, data: dict, target: Any) -> StageManifest:
@@ -438,6 +475,60 @@ def _sql_errors(params: dict[str, Any], vendor: str) -> list[ComponentError]:
     ]
 
 
+NON_IDEMPOTENT_UNDECLARED = codes.NON_IDEMPOTENT_UNDECLARED
+# A pinned batch mixes a statement that must run outside a transaction with others (a
+# manifest made before such statements got batches of their own).
+OUTSIDE_TRANSACTION_IN_BATCH = "outside_transaction_in_batch"
+
+
+def _outside(
+    statements: list[str], vendor: str, *, server_version: int | None = None
+) -> list[OutsideTransaction | None]:
+    """`sqlpolicy.outside_transaction` of each statement, in order."""
+    return [outside_transaction(s, vendor, server_version=server_version) for s in statements]
+
+
+def _undeclared(index: int, found: OutsideTransaction) -> ComponentError:
+    return ComponentError(
+        f"{found.what} cannot run inside a transaction, so HXO runs it alone in autocommit, "
+        "where its effect cannot commit together with its ledger row: run twice (a retry "
+        "after a crash) it would fail or act twice. Make it safe to repeat (IF NOT EXISTS / "
+        "IF EXISTS) or declare the stage non_idempotent: true (needs hxo:force-merge)",
+        code=NON_IDEMPOTENT_UNDECLARED,
+        permanent=True,
+        path=f"params.statements[{index}]",
+    )
+
+
+def batch_bounds(total: int, size: int, alone: list[int]) -> list[tuple[int, int]]:
+    """(offset, limit) of each batch of `total` statements: runs of at most `size`, except
+    that each index in `alone` (a statement that must run outside a transaction) is a batch
+    of its own, so it never shares a transaction with others. Decision: split, not refuse:
+    the plan's order is kept and a plain batch_size still means what it says elsewhere."""
+    bounds: list[tuple[int, int]] = []
+    single = set(alone)
+    start = 0
+    for i in range(total + 1):
+        if i == total or i in single or i - start == size:
+            if i > start:
+                bounds.append((start, i - start))
+            start = i
+        if i in single:
+            bounds.append((i, 1))
+            start = i + 1
+    return bounds
+
+
+def pinned_bounds(manifest: dict[str, Any]) -> list[tuple[int, int]]:
+    """The stage's batches as (offset, limit): pinned ones, else runs of batch_size (a
+    manifest made before batches were pinned)."""
+    if "batches" in manifest:
+        return [(int(a), int(b)) for a, b in manifest["batches"]]
+    size = int(manifest.get("batch_size", 1))
+    total = len(manifest.get("statements", []))
+    return [(o, min(size, total - o)) for o in range(0, total, size)]
+
+
 def _key_type_problem(conn: TargetConnection, table: str, key: str) -> str | None:
     """Why `table.key` can't be a backfill key, or None when it is an integer column.
 
@@ -501,6 +592,7 @@ class Batch:
     batch_id: int
     mode: str  # "statements" or "backfill"
     statements: list[str] = dataclasses.field(default_factory=list)
+    offset: int = 0  # statements: the first statement's index in the stage's list
     # Backfill: the template, which bound parameter ends the range, and the inclusive range.
     sql: str = ""
     end_param: str = "end"
@@ -544,7 +636,7 @@ def _batch(ctx: ExecutionContext) -> Batch:
                 path="inputs",
                 permanent=True,
             )
-        return Batch(batch_id, mode, statements=list(statements))
+        return Batch(batch_id, mode, statements=list(statements), offset=offset)
     backfill = require_manifest(ctx, "backfill")
     first = int(backfill["key_min"]) + offset
     last = first + limit - 1
@@ -586,11 +678,23 @@ def _run(
     appended to `checked`.
     """
     rows = 0
+    version = conn.server_version
     for i, (sql, bound) in enumerate(work):
         beat()
         refused = statement_error(sql, conn.vendor, path="manifest")
         if refused is not None:
             raise refused
+        found = outside_transaction(sql, conn.vendor, server_version=version)
+        if found is not None:
+            # The partitioner gives such a statement a batch of its own; a pinned manifest
+            # from before that is refused rather than failing inside the transaction.
+            raise ComponentError(
+                f"{found.what} cannot run inside a transaction and shares its batch with "
+                "other statements; re-run the dry-run so that it gets a batch of its own",
+                code=OUTSIDE_TRANSACTION_IN_BATCH,
+                permanent=True,
+                path="manifest",
+            )
         if checked is not None and conn.vendor == POSTGRESQL and calls_sequence_functions(sql):
             conn.explain_statement(sql, bound)
             checked.append(first + i)
@@ -797,26 +901,185 @@ def _waiting_for_the_same_work(conn: TargetConnection, timeouts: dict[str, int])
 
 def _replay_earlier_batches(
     conn: TargetConnection, ctx: ExecutionContext, batch: Batch, has_ledger: bool, beat: Beat
-) -> None:
+) -> dict[str, Any] | None:
     """In a dry-run of a statement list, first run the earlier batches the apply would run.
 
     Batches apply in order, so batch 3 may need the table batch 1 creates; in a dry-run
     nothing was applied, and without this every batch after a CREATE would fail. An earlier
     batch the ledger records (by content, as the apply checks it) is not run again. It all
-    happens inside the same transaction that is rolled back.
+    happens inside the same transaction that is rolled back. What was replayed, or None.
     """
     if batch.mode != "statements" or batch.batch_id == 0:
-        return
-    size = int(ctx.manifest.get("batch_size", 1))
-    statements = ctx.manifest["statements"]
-    for earlier in range(batch.batch_id):
-        chunk = statements[earlier * size : (earlier + 1) * size]
-        prior = Batch(earlier, "statements", statements=list(chunk))
-        if has_ledger and _ledgered_batch(conn, batch_sha256(prior.work)) is not None:
+        return None
+    bounds = pinned_bounds(ctx.manifest)[: batch.batch_id]
+    return _replay_statements(conn, ctx.manifest, bounds, has_ledger, beat, stage="")
+
+
+def _replay_statements(
+    conn: TargetConnection,
+    manifest: dict[str, Any],
+    bounds: list[tuple[int, int]],
+    has_ledger: bool,
+    beat: Beat,
+    *,
+    stage: str,
+) -> dict[str, Any]:
+    """Replay the statement batches `bounds` of a pinned statement-list `manifest` in the
+    open (rolled-back) transaction, skipping those the ledger records as the apply would.
+    Returns {"stage", "mode", "batches" (run), "already_applied", "rows_affected",
+    "notes"}."""
+    statements = manifest["statements"]
+    record: dict[str, Any] = {
+        "stage": stage,
+        "mode": "statements",
+        "batches": 0,
+        "already_applied": 0,
+        "rows_affected": 0,
+        "notes": [],
+    }
+    for i, (offset, limit) in enumerate(bounds):
+        prior = Batch(i, "statements", statements=list(statements[offset : offset + limit]))
+        if (
+            has_ledger and _ledgered_batch(conn, batch_sha256(prior.work)) is not None
+        ) or _legacy_rows(conn, prior) is not None:
+            record["already_applied"] += 1
             continue
-        if _legacy_rows(conn, prior) is not None:
+        record["batches"] += 1
+        record["rows_affected"] += _replay_work(conn, prior.work, beat, record["notes"], offset)
+    return record
+
+
+def _replay_work(
+    conn: TargetConnection, work: list, beat: Beat, notes: list[str], first: int
+) -> int:
+    """Run earlier work in the open transaction so later statements see its effect; rows.
+
+    A statement that must run outside a transaction runs as its transactional equivalent
+    (CREATE INDEX for CREATE INDEX CONCURRENTLY), or is left out when it has none (VACUUM,
+    REINDEX: no schema effect; ADD VALUE before PostgreSQL 12: none can run here); `notes`
+    says which. setval()/nextval() are only checked, as in the batch itself."""
+    rows = 0
+    version = conn.server_version
+    for i, (sql, bound) in enumerate(work):
+        found = outside_transaction(sql, conn.vendor, server_version=version)
+        if found is None:
+            rows += _run(conn, [(sql, bound)], beat, checked=[])
+        elif found.equivalent is not None:
+            _run(conn, [(found.equivalent, None)], beat, checked=[])
+            notes.append(f"#{first + i} {found.what} replayed as {found.equivalent!r}")
+        else:
+            notes.append(
+                f"#{first + i} {found.what} not replayed (no effect a later "
+                "statement can see, or none that can run in a transaction)"
+            )
+    return rows
+
+
+def _replay_upstream(
+    conn: TargetConnection, ctx: ExecutionContext, batch: Batch, has_ledger: bool, beat: Beat
+) -> list[dict[str, Any]]:
+    """In a dry-run, replay the earlier deploy.migrate stages on this same target first.
+
+    Stages run in order at apply, so a backfill may need the column the stage before it
+    adds; in a dry-run nothing was committed. Each stage this one depends on (directly or
+    not, `ExecutionContext.upstream`, in topological order) whose executor is sql_migrate
+    and whose pinned target has this target's identity is replayed in this partition's
+    transaction, which is rolled back:
+
+    - a statement list: every batch the ledger does not record, in order (statements that
+      must run outside a transaction as their transactional equivalents, `_replay_work`);
+    - a backfill: the part of its pinned key range the ledger does not record, one
+      statement per uncovered interval (a backfill is confined to its key range, so one
+      statement over [a, b] does what its batches over [a, b] do). When this batch is a
+      backfill of the same table and key column, only its own key range is replayed (a
+      row's new value comes from the same row's earlier one); otherwise the whole range.
+
+    Stages on other targets or of other executors are not replayed: they cannot change
+    this target. Returns one record per replayed stage for the preview.
+    """
+    records: list[dict[str, Any]] = []
+    identity = conn.target.identity
+    for up in ctx.upstream():
+        manifest = up.get("manifest") or {}
+        if up.get("executor") != SqlMigrate.name or not manifest.get("target"):
             continue
-        _run(conn, prior.work, beat, checked=[])  # setval/nextval: checked here too
+        try:
+            other = get_target(manifest["target"], path="manifest.target")
+        except ComponentError:
+            continue
+        if other.identity != identity:
+            continue
+        if manifest.get("mode") == "statements":
+            records.append(
+                _replay_statements(
+                    conn, manifest, pinned_bounds(manifest), has_ledger, beat, stage=up["id"]
+                )
+            )
+            continue
+        backfill = manifest.get("backfill") or {}
+        record: dict[str, Any] = {
+            "stage": up["id"],
+            "mode": "backfill",
+            "batches": 0,
+            "already_applied": 0,
+            "rows_affected": 0,
+            "keys": None,
+            "notes": [],
+        }
+        records.append(record)
+        if backfill.get("key_min") is None:
+            continue
+        first, last = int(backfill["key_min"]), int(backfill["key_max"])
+        same_rows = (
+            batch.mode == "backfill"
+            and backfill.get("table") == ctx.manifest["backfill"].get("table")
+            and backfill.get("key_column") == ctx.manifest["backfill"].get("key_column")
+        )
+        if same_rows:
+            first, last = max(first, batch.first), min(last, batch.last)
+        if first > last:
+            continue
+        record["keys"] = [first, last]
+        prior = Batch(
+            0,
+            "backfill",
+            sql=backfill["sql"],
+            end_param=backfill.get("end_param", "end"),
+            first=first,
+            last=last,
+        )
+        covered = _intervals(conn, _sha(prior.sql), first, last) if has_ledger else []
+        pieces = uncovered(first, last, covered)
+        record["already_applied"] = (last - first + 1) - sum(b - a + 1 for a, b in pieces)
+        for a, b in pieces:
+            record["batches"] += 1
+            record["rows_affected"] += _run(
+                conn, [(prior.sql, prior.bound(a, b))], beat, checked=[]
+            )
+    return records
+
+
+def _batches(n: int) -> str:
+    return f"{n} batch" if n == 1 else f"{n} batches"
+
+
+def _describe_replayed(records: list[dict[str, Any]]) -> str:
+    """The preview's words for what was replayed before the batch ("" when nothing)."""
+    parts = []
+    for r in records:
+        if r["stage"] == "":
+            what = f"earlier batches of this stage ({_batches(r['batches'])}"
+        elif r["mode"] == "backfill":
+            keys = f" keys {r['keys'][0]}..{r['keys'][1]}" if r["keys"] else " no keys"
+            what = f"stage {r['stage']} (backfill{keys}"
+        else:
+            what = f"stage {r['stage']} ({_batches(r['batches'])}"
+        what += f", {plural(r['rows_affected'], 'row')}"
+        if r["already_applied"]:
+            what += f", {r['already_applied']} already applied"
+        parts.append(what + ")")
+        parts.extend(r["notes"])
+    return "; replayed first: " + ", ".join(parts) if parts else ""
 
 
 def _idle_timeout_ms() -> int:
@@ -975,22 +1238,35 @@ class SqlMigrate(Executor):
         # Statements calling setval()/nextval() are checked (EXPLAIN), not run: a sequence
         # change survives the rollback. Indexes into the stage's statements (a backfill: 0).
         checked: list[int] = []
-        first = batch.batch_id * int(ctx.manifest.get("batch_size", 1))
+        outside = _outside_batch(conn, batch)
         with _watched(conn, ctx, batch.batch_id, settings.HXO_DRY_RUN_BATCH_TIMEOUT_MS):
             # idle_in_transaction: a paused worker's dry-run transaction (and its locks) is
             # ended by the server, as an apply's is.
             conn.begin(**timeouts, idle_timeout_ms=_idle_timeout_ms())
             try:
-                _replay_earlier_batches(conn, ctx, batch, has_ledger, beat)
-                rows = _run(
-                    conn,
-                    work,
-                    beat,
-                    checked=checked,
-                    first=first if batch.mode == "statements" else 0,
-                )
+                replayed = _replay_upstream(conn, ctx, batch, has_ledger, beat)
+                earlier = _replay_earlier_batches(conn, ctx, batch, has_ledger, beat)
+                if earlier is not None:
+                    replayed.append(earlier)
+                if outside is not None:
+                    rows = 0
+                    how = _check_outside(conn, outside, beat)
+                else:
+                    rows = _run(
+                        conn,
+                        work,
+                        beat,
+                        checked=checked,
+                        first=batch.offset if batch.mode == "statements" else 0,
+                    )
             finally:
                 conn.rollback()  # a dry-run never commits
+        if outside is not None:
+            what += (
+                f"; {outside.what} runs alone outside a transaction at apply (autocommit: its "
+                f"effect is committed when it finishes, not with the batch); {how}"
+            )
+        what += _describe_replayed(replayed)
         if checked:
             what += (
                 f"; {plural(len(checked), 'statement')} calling setval()/nextval() only checked, "
@@ -1003,6 +1279,8 @@ class SqlMigrate(Executor):
             "rows_affected": rows,
             "already_applied": False,
             "checked_not_executed": checked,
+            "replayed": replayed,
+            "outside_transaction": None if outside is None else outside.what,
         }
 
     # --- apply ----------------------------------------------------------------------------
@@ -1016,8 +1294,59 @@ class SqlMigrate(Executor):
         beat: Beat,
     ) -> dict[str, Any]:
         _ensure_ledger(conn)
+        outside = _outside_batch(conn, batch)
         with _watched(conn, ctx, batch.batch_id, None):
+            if outside is not None:
+                return self._apply_outside(conn, ctx, batch, outside, timeouts, beat)
             return self._apply_watched(conn, ctx, batch, timeouts, beat)
+
+    def _apply_outside(
+        self,
+        conn: TargetConnection,
+        ctx: ExecutionContext,
+        batch: Batch,
+        outside: OutsideTransaction,
+        timeouts: dict[str, int],
+        beat: Beat,
+    ) -> dict[str, Any]:
+        """A batch of one statement that cannot run in a transaction: it runs alone in
+        autocommit, then its ledger row is written in a transaction of its own.
+
+        Not atomic with the ledger, unlike every other batch: a worker that dies between
+        the two leaves the effect without its row, and the batch runs again when retried.
+        Hence the partitioner's rule: such a statement is idempotent (IF NOT EXISTS, VACUUM)
+        or its stage is non-idempotent (never retried automatically; a replay needs
+        hxo:force-merge). The fence is checked right before the statement, which is where
+        its effect commits. A CREATE INDEX CONCURRENTLY that failed or was cancelled leaves an
+        INVALID index behind, which IF NOT EXISTS would then skip: the index is checked
+        valid afterwards (`_require_valid_index`)."""
+        sha = batch_sha256(batch.work)
+        ledgered = _ledgered_batch(conn, sha)
+        if ledgered is None:
+            ledgered = _legacy_rows(conn, batch)
+        if ledgered is not None:
+            return self._output(batch, int(ledgered), "already_applied", conn.target.identity)
+        (sql,) = batch.statements
+        refused = statement_error(sql, conn.vendor, path="manifest")
+        if refused is not None:
+            raise refused
+        beat(force=True)
+        ctx.check_fence()
+        rows = conn.run_outside_transaction(sql, **timeouts)
+        _require_valid_index(conn, sql)
+        conn.begin(**timeouts, idle_timeout_ms=_idle_timeout_ms())
+        try:
+            conn.execute(
+                f"INSERT INTO {BATCHES_TABLE} (target, batch_sha256, statements, "
+                "rows_affected, run_id, partition_id, fence, applied_at) VALUES (:t, :h, 1, "
+                ":rows, :run_id, :partition_id, :fence, :applied_at) ON CONFLICT DO NOTHING",
+                {"t": conn.target.identity, "h": sha, "rows": rows, **self._stamp(ctx)},
+            )
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        return self._output(batch, rows, "applied", conn.target.identity)
 
     def _apply_watched(
         self,
@@ -1152,6 +1481,80 @@ class SqlMigrate(Executor):
             effect.update({"ledger": BATCHES_TABLE, "sha256": batch_sha256(batch.work)})
         out["effect"] = effect
         return out
+
+
+def _outside_batch(conn: TargetConnection, batch: Batch) -> OutsideTransaction | None:
+    """The batch's statement when it is a batch of one statement that must run outside a
+    transaction (`sqlpolicy.outside_transaction`, for this server's version), else None."""
+    if batch.mode != "statements" or len(batch.statements) != 1:
+        return None
+    return outside_transaction(batch.statements[0], conn.vendor, server_version=conn.server_version)
+
+
+def _check_outside(conn: TargetConnection, found: OutsideTransaction, beat: Beat) -> str:
+    """Validate a statement that must run outside a transaction without running it, inside
+    the dry-run's open transaction; the preview's words for how.
+
+    Its transactional equivalent runs when it has one (CREATE INDEX for CREATE INDEX
+    CONCURRENTLY: columns, expressions, uniqueness over the existing rows are checked, and
+    the index is there for what follows); otherwise the relations and types it names must
+    exist (`to_regclass`, `to_regtype`: PostgreSQL's own name resolution). ComponentError
+    (SQL_ERROR, permanent) names what is missing."""
+    if found.equivalent is not None:
+        _run(conn, [(found.equivalent, None)], beat, checked=[])
+        return f"validated by running {found.equivalent!r} in the rolled-back transaction"
+    if conn.vendor != POSTGRESQL:
+        return "nothing to validate beforehand on SQLite (it takes no object names)"
+    missing = [
+        name
+        for name, fn in [(r, "to_regclass") for r in found.relations]
+        + [(t, "to_regtype") for t in found.types]
+        if conn.scalar(f"SELECT {fn}(:n) IS NULL", {"n": name})
+    ]
+    if missing:
+        raise ComponentError(
+            f"{found.what}: {', '.join(missing)} does not exist in the target",
+            code=SQL_ERROR,
+            permanent=True,
+            path="manifest",
+        )
+    named = found.relations + found.types
+    return (
+        f"checked that {', '.join(named)} exist{'s' if len(named) == 1 else ''}, not run"
+        if named
+        else "not run (it names no object to check)"
+    )
+
+
+def _require_valid_index(conn: TargetConnection, sql: str) -> None:
+    """After CREATE INDEX CONCURRENTLY (PostgreSQL): the index must be valid. A build that
+    failed or was cancelled leaves an INVALID index that IF NOT EXISTS then skips, so a
+    retry would "succeed" without an index; this stops it with the way out."""
+    if conn.vendor != POSTGRESQL:
+        return
+    import pglast
+
+    stmt = pglast.parse_sql(sql)[0].stmt
+    if type(stmt).__name__ != "IndexStmt" or not stmt.idxname:
+        return
+    schema = stmt.relation.schemaname
+    name = f"{schema}.{stmt.idxname}" if schema else stmt.idxname
+    valid = conn.scalar(
+        "SELECT i.indisvalid FROM pg_catalog.pg_index i WHERE i.indexrelid = to_regclass(:n)",
+        {
+            "n": quote_identifier(schema) + "." + quote_identifier(stmt.idxname)
+            if schema
+            else quote_identifier(stmt.idxname)
+        },
+    )
+    if valid is False:
+        raise ComponentError(
+            f"index {name} exists but is INVALID (an earlier concurrent build failed or was "
+            f"cancelled); drop it (DROP INDEX CONCURRENTLY {name}) and run the batch again",
+            code=SQL_ERROR,
+            permanent=True,
+            path="manifest",
+        )
 
 
 def _rows_within(batch: Batch, covered: list[tuple[int, int, int]]) -> int:
