@@ -167,7 +167,11 @@ def allowed_executables() -> list[str]:
     configured = getattr(settings, "HXO_PYTHON_INTERPRETERS", None)
     if configured is None:
         found = [shutil.which(f"python3.{n}") for n in range(6, 20)]
-        configured = [p for p in found if p]
+        # pyenv's shims answer only for the versions selected in the caller's directory;
+        # the interpreters themselves are under $PYENV_ROOT/versions.
+        pyenv = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
+        found.extend(str(p) for p in sorted(pyenv.glob("3.*/bin/python3")))
+        configured = [p for p in found if p and "/shims/" not in p]
     paths = {os.path.realpath(p) for p in configured if p}
     paths.add(running().executable)
     return sorted(paths)

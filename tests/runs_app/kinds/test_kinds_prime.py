@@ -8,6 +8,7 @@ import time
 import types
 
 import pytest
+
 from blueprints_app.registry import EXECUTORS, ComponentError
 from runs_app.kinds import pygraph
 from runs_app.kinds.prime import registry_get
