@@ -165,6 +165,16 @@ def _project_package_dirs(project: Path) -> list[str]:
     return sorted(set(dirs)) or ["."]
 
 
+def _has_project(ws: Workspace, rel: str) -> bool:
+    """Whether workspace directory `rel` holds project metadata (a regular file, not a link
+    that could point out of the workspace)."""
+    for name in PROJECT_FILES:
+        path = ws.root / rel / name
+        if path.is_file() and not path.is_symlink():
+            return True
+    return False
+
+
 def import_roots(
     ws: Workspace, root_rel: str, files: list[WorkspaceFile], package_roots: list[str] | None
 ) -> list[str]:
@@ -172,28 +182,38 @@ def import_roots(
 
     `package_roots` when given. Else the projects found: every directory holding a
     pyproject.toml, setup.cfg or setup.py under `root_rel` (a monorepo), or the nearest one
-    above it, each contributing its package directories (`_project_package_dirs`). With no
+    above it, each contributing itself and its package directories
+    (`_project_package_dirs`: `src/` in a src layout). With no
     project at all, the directory above `root_rel`'s outermost regular package
     (`import_root`), as before.
     """
     if package_roots:
         return sorted({_norm(r) for r in package_roots})
-    projects = {
-        str(PurePosixPath(f.rel).parent)
-        for f in files
-        if PurePosixPath(f.rel).name in PROJECT_FILES
-    }
+    # Every directory holding a module, and those between it and `root_rel`, looked at on
+    # disk: a stage's include/exclude globs filter modules, not the projects' metadata.
+    top = _norm(root_rel)
+    dirs: set[str] = set()
+    for f in files:
+        parent = str(PurePosixPath(f.rel).parent)
+        while parent not in dirs and _under(parent, top):
+            dirs.add(parent)
+            if parent == top or parent == ".":
+                break
+            parent = str(PurePosixPath(parent).parent)
+    projects = {d for d in dirs if _has_project(ws, d)}
     parts = [p for p in PurePosixPath(root_rel).parts if p not in (".", "")]
-    while parts:
+    while parts and not _has_project(ws, top):
         parts.pop()
         here = "/".join(parts) or "."
-        if any((ws.root / here / name).is_file() for name in PROJECT_FILES):
+        if _has_project(ws, here):
             projects.add(here)
             break
     if not projects:
         base, _prefix = import_root(ws, root_rel)
         return [base]
-    roots = set()
+    # The project directory too: its tests, docs/conf.py and scripts are imported from it
+    # (pytest's rootdir, `python -m`); a file takes the deepest root that holds it.
+    roots = set(projects)
     for project in projects:
         for sub in _project_package_dirs(ws.root / project):
             roots.add(_norm(f"{project}/{sub}"))
@@ -216,18 +236,18 @@ def module_name(rel: str, base: str) -> tuple[str, bool]:
     return ".".join(parts), is_package
 
 
-def _why_not_importable(name: str, rel: str) -> str:
-    """Why a file's dotted name cannot be imported, or "" when it can."""
-    if not name:
-        return "an __init__.py directly in the import root belongs to no package"
-    *packages, last = name.split(".")
-    for part in packages:
+def _why_not_importable(rel: str, base: str) -> str:
+    """Why the file at `rel` cannot be imported from import root `base`, or "" when it can:
+    every directory on the way must be an identifier (the import statement reaches it);
+    the module's own name may be any word, as importlib imports `0001_initial`."""
+    path = PurePosixPath(rel) if base == "." else PurePosixPath(rel).relative_to(base)
+    for part in path.parts[:-1]:
         if not part.isidentifier():
             return f"directory {part!r} is not a Python identifier (no import reaches it)"
-    if not MODULE_STEM.match(PurePosixPath(rel).stem) and not rel.endswith("__init__.py"):
-        return f"file name {PurePosixPath(rel).name!r} is not an importable module name"
-    if not MODULE_STEM.match(last):
-        return f"{last!r} is not an importable module name"
+    if path.name == "__init__.py":
+        return "" if len(path.parts) > 1 else "an __init__.py directly in an import root"
+    if not MODULE_STEM.match(path.stem):
+        return f"file name {path.name!r} is not an importable module name"
     return ""
 
 
@@ -404,14 +424,15 @@ def discover_tree(
         if base is None:
             skipped.append({"file": f.rel, "reason": f"outside the import roots {roots}"})
             continue
-        name, is_package = module_name(f.rel, base)
-        why = _why_not_importable(name, f.rel)
+        why = _why_not_importable(f.rel, base)
         if why:
             skipped.append({"file": f.rel, "reason": why})
             continue
+        name, is_package = module_name(f.rel, base)
         if name in modules:
+            # Python's finder prefers the package; across two import roots, the first root.
             kept, lost = (f.rel, modules[name].rel) if is_package else (modules[name].rel, f.rel)
-            skipped.append({"file": lost, "reason": f"shadowed by {kept} (same module {name})"})
+            skipped.append({"file": lost, "reason": f"module {name} is already {kept}"})
             if not is_package:
                 continue
             del modules[name]
