@@ -258,7 +258,8 @@ def _fail_partition(module: str, failed: list[dict[str, Any]]) -> ComponentError
     """What `on_module_error: fail` raises: a permanent syntax_error naming the modules."""
     first = failed[0]
     return ComponentError(
-        f"{module}: {plural(len(failed), 'module')} do not compile: {_failures_text(failed)}",
+        f"{module}: {plural(len(failed), 'module')} "
+        f"{'does' if len(failed) == 1 else 'do'} not compile: {_failures_text(failed)}",
         code=SYNTAX_ERROR,
         permanent=True,
         path=f"manifest.modules.{first['module']}",

@@ -159,3 +159,63 @@ def test_module_level_imports_make_edges_and_deferred_ones_do_not(driver, worksp
     assert wave["app.a"] == wave["app.b"]
     labels = [p.label for p in manifest.partitions if p.inputs["module"] == "app.a"]
     assert "import cycle of 2" in labels[0]
+
+
+def _through_engine(operator, approver, **params):
+    from runs_app import services
+    from tests.helpers import drain
+    from tests.runs_app.kinds.test_kinds_engine import approve_if_needed
+
+    document = {
+        "name": "prime with a bad module",
+        "stages": [prime_stage("by_dag_depth", "prime_caches", **params)],
+    }
+    plan = services.plan_create(actor=operator, document=document)
+    dry = drain(services.run_start_dry_run(plan=plan, actor=operator))
+    approve_if_needed(dry, approver)
+    run = drain(services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk))
+    return dry, run
+
+
+def test_through_the_engine_a_bad_module_is_reported_once_on_the_review_page_never_retried(
+    workspace, scratch, operator, approver, viewer
+):
+    from django.test import Client
+
+    from runs_app.models import Partition, RunState
+
+    write_files(
+        workspace, {"app/returns.py": "x = 1\nreturn x\n", "app/newer.py": BAD["app/newer.py"]}
+    )
+
+    dry, run = _through_engine(operator, approver)
+
+    page = Client()
+    page.force_login(viewer)
+    shown = page.get(f"/runs/{dry.pk}/").content.decode()
+    assert "will fail" in shown and "app/newer.py:1" in shown
+    assert run.state == RunState.SUCCEEDED
+    parts = {p.inputs["module"]: p for p in Partition.objects.filter(run=run)}
+    assert all(p.attempts == 1 for p in parts.values())
+    assert parts["app.returns"].output["failed_modules"][0]["line"] == 2
+    assert parts["app.newer"].output["failed_modules"][0]["file"] == "app/newer.py"
+    assert pyc_path("t", "app/util.py").is_file()
+    detail = page.get(f"/runs/{run.pk}/partitions/{parts['app.returns'].pk}/").content.decode()
+    assert "Modules that failed" in detail
+    assert "<code>app/returns.py</code></td><td>2</td>" in detail and "outside function" in detail
+
+
+def test_through_the_engine_on_module_error_fail_fails_at_once_without_retries(
+    workspace, scratch, operator, approver
+):
+    from runs_app.models import Partition, PartitionState, RunState
+
+    write_files(workspace, {"app/returns.py": "x = 1\nreturn x\n"})
+
+    _dry, run = _through_engine(operator, approver, on_module_error="fail")
+
+    assert run.state == RunState.FAILED
+    bad = Partition.objects.get(run=run, inputs__module="app.returns")
+    assert bad.state == PartitionState.FAILED and bad.attempts == 1
+    assert bad.error["code"] == "syntax_error"
+    assert not pyc_path("t", "app/returns.py").exists()
