@@ -2,12 +2,18 @@
 
 `by_dag_depth` makes one partition per module, in wave = its depth in the workspace's import
 graph (leaves first), so a module is primed after everything it imports. `by_module` (in
-pack.py) also serves this kind, one partition per top-level package.
+pack.py) also serves this kind, one partition per top-level package. Both name modules as
+Python imports them (`pygraph.discover_tree`: PEP 420, src layouts, migration names) and pin
+in the manifest the files they skipped (`skipped`), the modules that will not compile for the
+target interpreter (`failed_modules`, with file and line) and the import cycles (`cycles`).
 
 `warm_registry` writes one registry entry per module (imports, public names, source hash) into
-the "hxo-registry" cache alias; `prime_caches` compiles modules to checked-hash bytecode
-(PEP 552) under `<HXO_BYTECODE_DIR>/<workspace>/` (default `VAR_DIR/cache/bytecode`), never into the
-workspace. Both skip modules whose entry or bytecode already matches the source hash. Neither
+the `RegistryEntry` table (a table because a cache evicts); `prime_caches` compiles modules to
+checked-hash bytecode (PEP 552) for the stage's target interpreter (`pyinterp`) under
+`<HXO_BYTECODE_DIR>/<workspace>/` (default `VAR_DIR/cache/bytecode`), never into the
+workspace. Both skip modules whose entry or bytecode already matches the source hash. A module
+that does not parse or compile is a per-module failure (`failed_modules` in the output); the
+partition succeeds for the others unless the stage says `on_module_error: "fail"`. Neither
 imports nor runs workspace code: `ast.parse` and `py_compile` only.
 """
 

@@ -44,8 +44,9 @@ ON_MODULE_ERROR = {
     "enum": ["skip", "fail"],
     "default": "skip",
     "title": "On a module that does not compile",
-    "description": "skip: the module is reported in the partition's failed_modules and the "
-    "others are compiled (as compileall does); fail: the partition fails and writes nothing.",
+    "description": "deploy.prime: a module that does not compile. skip: it is reported in "
+    "the partition's failed_modules and the others are compiled (as compileall does); "
+    "fail: the partition fails and writes nothing.",
 }
 
 
@@ -58,23 +59,23 @@ def prime_params() -> dict[str, Any]:
             "type": "string",
             "pattern": VERSION_RE.pattern,
             "title": "Target Python version",
-            "description": "Compile bytecode for this Python (e.g. 3.12), which must be "
-            "installed here; default: the Python running HXO.",
+            "description": "deploy.prime: compile bytecode for this Python (e.g. 3.12), "
+            "which must be installed here; default: the Python running HXO.",
         },
         "python_executable": {
             "type": "string",
             "minLength": 1,
             "maxLength": 500,
             "title": "Target Python executable",
-            "description": "Compile bytecode with this interpreter (an absolute path among "
-            "the interpreters HXO allows); exclusive with python_version.",
+            "description": "deploy.prime: compile bytecode with this interpreter (an absolute "
+            "path among the interpreters HXO allows); exclusive with python_version.",
         },
         "package_roots": {
             "type": "array",
             "items": {"type": "string", "minLength": 1, "maxLength": 500},
             "maxItems": 100,
             "title": "Package roots",
-            "description": "Directories (relative to the workspace) that are on sys.path: "
+            "description": "deploy.prime: directories (relative to the workspace) on sys.path: "
             "modules are named relative to them. Default: discovered from pyproject.toml, "
             "setup.cfg and setup.py (src/ layouts included), else the root's package.",
         },
