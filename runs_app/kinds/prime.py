@@ -486,7 +486,9 @@ def _interpreter(ctx: ExecutionContext) -> pyinterp.Interpreter:
     interp = pyinterp.Interpreter.from_json(pinned)
     if interp.is_running:
         return interp
-    now = pyinterp.probe(interp.executable)
+    # probe() is cached per process: an interpreter removed since must still be seen.
+    gone = not os.access(interp.executable, os.X_OK)
+    now = None if gone else pyinterp.probe(interp.executable)
     if now is None or now.magic != interp.magic or now.cache_tag != interp.cache_tag:
         raise ComponentError(
             f"Python {interp.label} is no longer installed as it was when the stage was "
@@ -574,7 +576,11 @@ def compile_foreign(
             f.write(source)
             f.close()
             batch.append((src, out, str(origin)))
-        verdicts = pyinterp.compile_batch(interp, batch)
+        try:
+            verdicts = pyinterp.compile_batch(interp, batch, ctx.stop_with)
+        except ComponentError:
+            ctx.heartbeat()  # a subprocess killed by stop_with: the reason, not its exit
+            raise
         for (name, _rel, _source, _origin, out), verdict in zip(jobs, verdicts, strict=True):
             results[name] = out.read_bytes() if verdict is None else verdict
     return results

@@ -23,6 +23,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -264,30 +265,52 @@ for src, cfile, dfile in jobs:
 
 
 def compile_batch(
-    interp: Interpreter, jobs: list[tuple[Path, Path | None, str]]
+    interp: Interpreter,
+    jobs: list[tuple[Path, Path | None, str]],
+    stop_with: Callable[[Callable[[str], None] | None], None] | None = None,
 ) -> list[dict[str, Any] | None]:
     """Compile (or, with cfile None, only check) each (source, cfile, dfile) with `interp`
     in one subprocess; per job None (compiled) or {"type", "line", "message"} (the
     compiler's error). The pyc is a checked-hash pyc (PEP 552) written by py_compile.
 
-    Raises ComponentError(INTERPRETER_FAILED, transient) when the interpreter dies or stops
-    answering: that is the machine, not the module.
+    `stop_with` (ExecutionContext.stop_with) registers a cancel that kills the subprocess
+    when the partition must stop (aborted run, lost lease, time budget); the caller's next
+    heartbeat then raises the reason. Raises ComponentError(INTERPRETER_NOT_FOUND, permanent)
+    when the interpreter is gone, ComponentError(INTERPRETER_FAILED, transient) when it dies
+    or stops answering: that is the machine, not the module.
     """
     if not jobs:
         return []
     payload = json.dumps([[str(s), str(c) if c else None, d] for s, c, d in jobs])
     try:
-        done = subprocess.run(
+        proc = subprocess.Popen(
             [interp.executable, "-I", "-S", "-c", _COMPILE_SCRIPT],
-            input=payload.encode(),
-            capture_output=True,
-            timeout=COMPILE_TIMEOUT_S,
-            check=False,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
-    except (OSError, subprocess.SubprocessError) as exc:
+    except OSError as exc:
         raise ComponentError(
-            f"Python {interp.label} could not compile: {exc}", code=INTERPRETER_FAILED
+            f"Python {interp.label} cannot be started: {exc}",
+            code=INTERPRETER_NOT_FOUND,
+            permanent=True,
+            path="manifest.interpreter",
         ) from None
+    if stop_with is not None:
+        stop_with(lambda _reason: proc.kill())
+    try:
+        stdout, stderr = proc.communicate(payload.encode(), timeout=COMPILE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise ComponentError(
+            f"Python {interp.label} did not finish compiling in {COMPILE_TIMEOUT_S} s",
+            code=INTERPRETER_FAILED,
+        ) from None
+    finally:
+        if stop_with is not None:
+            stop_with(None)
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     lines = done.stdout.decode(errors="replace").splitlines()
     if done.returncode != 0 or len(lines) != len(jobs):
         tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:]

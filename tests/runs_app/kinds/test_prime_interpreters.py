@@ -137,3 +137,34 @@ def test_an_interpreter_gone_since_partitioning_is_a_permanent_partition_error(
         EXECUTORS["prime_caches"]().execute(ctx)
 
     assert info.value.code == "interpreter_not_found" and info.value.permanent
+
+
+@needs_other
+def test_a_partition_told_to_stop_kills_the_compiling_interpreter_and_writes_nothing(
+    driver, workspace, scratch
+):
+    import dataclasses
+
+    from blueprints_app.registry import EXECUTORS, LeaseLost
+
+    stage = prime_stage(python_version="3.12")
+    kind, manifest, data = driver.partition(stage)
+    stopped: list[str] = []
+
+    def stop_with(cancel):
+        if cancel is not None:  # the lease is lost as soon as the interpreter runs
+            stopped.append("lease lost")
+            cancel("lease lost")
+
+    def heartbeat():
+        if stopped:
+            raise LeaseLost("lease lost")
+
+    ctx = driver.context(stage, kind, data, 0, manifest.partitions[0], dry_run=False)
+    ctx = dataclasses.replace(ctx, stop_with=stop_with, heartbeat=heartbeat)
+
+    with pytest.raises(LeaseLost):
+        EXECUTORS["prime_caches"]().execute(ctx)
+
+    assert stopped == ["lease lost"]
+    assert not [p for p in scratch["bytecode"].rglob("*") if p.is_file()]
