@@ -247,20 +247,16 @@ CACHES: dict[str, Any] = {
         "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
         "LOCATION": str(VAR_DIR / "cache" / "throttle"),
     },
-    # The module registry written by warm_registry (deploy.prime).
-    "hxo-registry": {
-        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
-        "LOCATION": str(VAR_DIR / "cache" / "registry"),
-        "TIMEOUT": None,
-    },
+    # The module registry written by warm_registry (deploy.prime) is a table
+    # (runs_app.RegistryEntry), not a cache: a cache evicts (the file cache culls at 300).
 }
 if HXO_BROKER == "redis":
-    for _alias in ("hxo-q", "hxo-registry", "hxo-throttle"):
+    for _alias in ("hxo-q", "hxo-throttle"):
         CACHES[_alias] = {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": _alias,
-            "TIMEOUT": None if _alias == "hxo-registry" else 300,
+            "TIMEOUT": 300,
         }
 
 # --- django-q2 (docs/architecture.md: the queue only wakes, our tables are the truth) ---
@@ -346,6 +342,13 @@ HXO_STAGING_DIR = Path(env_str("HXO_STAGING_DIR", str(VAR_DIR / "staging"))).res
 # deploy.prime's prime_caches writes bytecode here, one directory per workspace, so priming
 # never writes into a workspace.
 HXO_BYTECODE_DIR = Path(env_str("HXO_BYTECODE_DIR", str(VAR_DIR / "cache" / "bytecode"))).resolve()
+# Interpreters deploy.prime may compile bytecode with (runs_app.kinds.pyinterp): paths
+# separated by ":"; unset, every python3.N on PATH and under pyenv, and the running one.
+HXO_PYTHON_INTERPRETERS: list[str] | None = (
+    [p for p in env_str("HXO_PYTHON_INTERPRETERS").split(":") if p]
+    if env_str("HXO_PYTHON_INTERPRETERS")
+    else None
+)
 
 STORAGES: dict[str, Any] = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

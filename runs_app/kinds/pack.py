@@ -26,6 +26,7 @@ from django.core.files.storage import Storage, storages
 from django.template.defaultfilters import filesizeformat
 
 from blueprints_app.registry import (
+    ComponentError,
     ExecutionContext,
     Executor,
     PartitionContext,
@@ -34,6 +35,7 @@ from blueprints_app.registry import (
     register_executor,
     register_partitioner,
 )
+from runs_app.kinds import prime as prime_kind
 from runs_app.kinds import pygraph
 from runs_app.kinds.base import (
     atomic_local_file,
@@ -178,7 +180,13 @@ class ByModule(WorkspacePartitioner):
 
     @classmethod
     def own_params(cls) -> dict[str, Any]:
-        return {"compress_level": COMPRESS_LEVEL}
+        # deploy.prime's params (target interpreter, package roots, on_module_error) are
+        # read only when this partitioner serves deploy.prime.
+        return {"compress_level": COMPRESS_LEVEL, **prime_kind.prime_params()}
+
+    @classmethod
+    def validate_params(cls, params: dict[str, Any]) -> list[ComponentError]:
+        return prime_kind.validate_prime_params(cls, params)
 
     def partition(self, ctx: PartitionContext) -> StageManifest:
         params, ws, root_rel, files = self.workspace_files(ctx.params)
@@ -188,8 +196,14 @@ class ByModule(WorkspacePartitioner):
         ordered = [f for members in groups.values() for f in members]
         pinned = pin(ordered)
         by_rel = {row[0]: row for row in pinned}
-        modules = pygraph.discover(ws, root_rel, ordered)
-        depth = pygraph.depths({m.name: m.internal for m in modules.values()})
+        if prime:
+            discovery, depth, prime_data = prime_kind.prime_manifest(
+                ctx, params, ws, root_rel, ordered
+            )
+            modules = discovery.modules
+        else:
+            modules, prime_data = pygraph.discover(ws, root_rel, ordered), {}
+            depth = pygraph.depths({m.name: m.internal for m in modules.values()})
         module_rows = {m.name: m.row(by_rel[m.rel][2], depth[m.name]) for m in modules.values()}
         rel_to_module = {m.rel: m.name for m in modules.values()}
         specs, group_modules, start = [], {}, 0
@@ -225,6 +239,7 @@ class ByModule(WorkspacePartitioner):
                 "files": pinned,
                 "modules": module_rows,
                 "groups": group_modules,
+                **prime_data,
             },
         )
 

@@ -2,21 +2,27 @@
 
 `by_dag_depth` makes one partition per module, in wave = its depth in the workspace's import
 graph (leaves first), so a module is primed after everything it imports. `by_module` (in
-pack.py) also serves this kind, one partition per top-level package.
+pack.py) also serves this kind, one partition per top-level package. Both name modules as
+Python imports them (`pygraph.discover_tree`: PEP 420, src layouts, migration names) and pin
+in the manifest the files they skipped (`skipped`), the modules that will not compile for the
+target interpreter (`failed_modules`, with file and line) and the import cycles (`cycles`).
 
 `warm_registry` writes one registry entry per module (imports, public names, source hash) into
-the "hxo-registry" cache alias; `prime_caches` compiles modules to checked-hash bytecode
-(PEP 552) under `<HXO_BYTECODE_DIR>/<workspace>/` (default `VAR_DIR/cache/bytecode`), never into the
-workspace. Both skip modules whose entry or bytecode already matches the source hash. Neither
+the `RegistryEntry` table (a table because a cache evicts); `prime_caches` compiles modules to
+checked-hash bytecode (PEP 552) for the stage's target interpreter (`pyinterp`) under
+`<HXO_BYTECODE_DIR>/<workspace>/` (default `VAR_DIR/cache/bytecode`), never into the
+workspace. Both skip modules whose entry or bytecode already matches the source hash. A module
+that does not parse or compile is a per-module failure (`failed_modules` in the output); the
+partition succeeds for the others unless the stage says `on_module_error: "fail"`. Neither
 imports nor runs workspace code: `ast.parse` and `py_compile` only.
 """
 
 from __future__ import annotations
 
+import _imp
 import ast
 import contextlib
 import hashlib
-import importlib.util
 import os
 import py_compile
 import sys
@@ -24,8 +30,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from django.conf import settings
-from django.core.cache import BaseCache, caches
+from django.db import connections, transaction
 from django.template.defaultfilters import filesizeformat
+from django.utils import timezone
 
 from blueprints_app.registry import (
     ComponentError,
@@ -37,16 +44,16 @@ from blueprints_app.registry import (
     register_executor,
     register_partitioner,
 )
-from runs_app.kinds import pygraph
+from runs_app.kinds import pygraph, pyinterp
 from runs_app.kinds.base import (
     INVALID_INPUTS,
     atomic_local_file,
-    cache_identity,
     cleanup_tmp_files,
     digest_of,
     plural,
     require_input,
     require_manifest,
+    resolve_params,
 )
 from runs_app.kinds.files import (
     Beat,
@@ -57,13 +64,88 @@ from runs_app.kinds.files import (
     refused_report,
 )
 from runs_app.kinds.workspace import WorkspacePartitioner
+from runs_app.models import RegistryEntry
 from runs_app.workspaces import Workspace
 
 SYNTAX_ERROR = "syntax_error"
-REGISTRY_CACHE = "hxo-registry"
 REGISTRY_FORMAT = 1
 # Flags word of a PEP 552 pyc: bit 0 = hash-based, bit 1 = check the source hash on import.
 PYC_CHECKED_HASH = 0b11
+
+
+def prime_params() -> dict[str, Any]:
+    """The params deploy.prime's partitioners take after the workspace ones."""
+    return pyinterp.prime_params()
+
+
+def validate_prime_params(partitioner: type, params: dict[str, Any]) -> list[ComponentError]:
+    """Plan-time checks a schema cannot make: the target interpreter is installed here."""
+    try:
+        resolved = resolve_params(partitioner, params)
+    except ComponentError:
+        return []  # the schema errors are reported already
+    return pyinterp.validate(resolved)
+
+
+def failed_module(name: str, rel: str, error: dict[str, Any]) -> dict[str, Any]:
+    """One entry of `failed_modules`: {module, file, line, error, type}."""
+    return {
+        "module": name,
+        "file": rel,
+        "line": error.get("line"),
+        "error": error.get("message", ""),
+        "type": error.get("type", "SyntaxError"),
+    }
+
+
+def _target_check(interp: pyinterp.Interpreter, ws: Workspace, discovery: Any) -> None:
+    """For another interpreter, its own compiler decides which modules fail (HXO's parser
+    knows only its own grammar, and `feature_version` is best effort): one subprocess
+    compiles every module without writing. A module HXO cannot parse but the target can
+    keeps no error; its imports are unknown to the graph (`imports_unread`)."""
+    infos = list(discovery.modules.values())
+    verdicts = pyinterp.compile_batch(interp, [(ws.root / m.rel, None, m.rel) for m in infos])
+    for info, verdict in zip(infos, verdicts, strict=True):
+        if verdict is None and info.error:
+            info.imports_unread = info.parse_error
+            info.error, info.parse_error = None, ""
+        elif verdict is not None:
+            info.error = verdict
+            info.parse_error = f"{verdict['type']}: {verdict['message']} (line {verdict['line']})"
+
+
+def prime_manifest(
+    ctx: PartitionContext, params: dict[str, Any], ws: Workspace, root_rel: str, files: list
+) -> tuple[Any, dict[str, int], dict[str, Any]]:
+    """(discovery, depths, manifest data common to prime's partitioners) for a stage.
+
+    The target interpreter (`pyinterp.resolve`, permanent error when it is not installed)
+    gives the grammar modules are parsed with; modules that will not compile are in
+    `failed_modules`, files that are not modules in `skipped`, import cycles in `cycles`.
+    """
+    interp = pyinterp.resolve(params)
+    running = sys.version_info[:2]
+    discovery = pygraph.discover_tree(
+        ws,
+        root_rel,
+        files,
+        package_roots=params.get("package_roots") or None,
+        feature_version=interp.version if interp.version <= running else None,
+    )
+    if not interp.is_running:
+        _target_check(interp, ws, discovery)
+    graph = {m.name: m.internal for m in discovery.modules.values()}
+    depth = pygraph.depths(graph)
+    failed = [failed_module(m.name, m.rel, m.error) for m in discovery.modules.values() if m.error]
+    data = {
+        "interpreter": interp.as_json(),
+        "on_module_error": params.get("on_module_error", "skip"),
+        "import_roots": discovery.roots,
+        "skipped": discovery.skipped,
+        "failed_modules": sorted(failed, key=lambda f: f["module"]),
+        "cycles": pygraph.cycles(graph, depth),
+    }
+    return discovery, depth, data
 
 
 @register_partitioner
@@ -71,24 +153,37 @@ class ByDagDepth(WorkspacePartitioner):
     name = "by_dag_depth"
     description = (
         "One partition per Python module, in waves by depth in the import graph (leaves "
-        "first): a module runs after the modules it imports."
+        "first): a module runs after the modules it imports. Only imports that run when a "
+        "module is imported make edges; import cycles share one wave."
     )
     root_default = "backend"
     root_help = "Directory holding the Python packages (a package itself or not)."
 
+    @classmethod
+    def own_params(cls) -> dict[str, Any]:
+        return prime_params()
+
+    @classmethod
+    def validate_params(cls, params: dict[str, Any]) -> list[ComponentError]:
+        return validate_prime_params(cls, params)
+
     def partition(self, ctx: PartitionContext) -> StageManifest:
-        _params, ws, root_rel, files = self.workspace_files(ctx.params)
+        params, ws, root_rel, files = self.workspace_files(ctx.params)
         py_files = [f for f in files if f.rel.endswith(".py")]
-        modules = pygraph.discover(ws, root_rel, py_files)
+        discovery, depth, extra = prime_manifest(ctx, params, ws, root_rel, files)
+        modules = discovery.modules
         module_rels = {m.rel for m in modules.values()}
         pinned = {row[0]: row for row in pin(f for f in py_files if f.rel in module_rels)}
-        depth = pygraph.depths({m.name: m.internal for m in modules.values()})
+        cycle_of = {m: c["size"] for c in extra["cycles"] for m in c["modules"]}
         rows: dict[str, Any] = {}
         specs = []
         for name in sorted(modules, key=lambda n: (depth[n], n)):
             info = modules[name]
             row = pinned[info.rel]
             rows[name] = info.row(row[2], depth[name])
+            note = f", in an import cycle of {cycle_of[name]}" if name in cycle_of else ""
+            if info.error:
+                note = f", does not compile (line {info.error.get('line')})"
             specs.append(
                 PartitionSpec(
                     inputs={"module": name, "stage_kind": ctx.kind.kind},
@@ -96,7 +191,7 @@ class ByDagDepth(WorkspacePartitioner):
                     wave=depth[name],
                     weight=row[1],
                     label=f"depth {depth[name]}: {name} "
-                    f"({plural(len(info.internal), 'internal import')})",
+                    f"({plural(len(info.internal), 'internal import')}{note})",
                 )
             )
         return StageManifest(
@@ -108,6 +203,7 @@ class ByDagDepth(WorkspacePartitioner):
                 "modules": rows,
                 "groups": {name: [name] for name in rows},
                 "max_depth": max(depth.values(), default=0),
+                **extra,
             },
         )
 
@@ -138,41 +234,91 @@ def _source(ws: Workspace, name: str, row: dict[str, Any]) -> bytes:
 
 
 def _parse(source: bytes, name: str, rel: str) -> ast.Module:
+    """The module's syntax tree; ModuleFailed when it does not parse."""
     try:
-        return ast.parse(source, filename=rel)
-    except (SyntaxError, ValueError) as exc:
-        raise ComponentError(
-            f"{name} ({rel}) does not parse: {exc}",
-            code=SYNTAX_ERROR,
-            permanent=True,
-            path=f"manifest.modules.{name}",
-        ) from None
+        return pygraph.parse_module(source, rel)
+    except pygraph.PARSE_ERRORS as exc:
+        raise ModuleFailed(failed_module(name, rel, pygraph.error_record(exc))) from None
+
+
+class ModuleFailed(Exception):
+    """One module cannot be parsed or compiled: a per-module failure (`failed_modules`),
+    never an exception that leaves the executor (the engine would retry it as transient)."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        super().__init__(record["error"])
+        self.record = record
+
+
+def _known_failures(group: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The group's modules the partitioner found would not compile (their manifest `error`)."""
+    return [failed_module(n, r["path"], r["error"]) for n, r in group if r.get("error")]
+
+
+def _on_module_error(ctx: ExecutionContext) -> str:
+    value = ctx.manifest.get("on_module_error", "skip")
+    return value if value in ("skip", "fail") else "skip"
+
+
+def _failures_text(failed: list[dict[str, Any]], limit: int = 3) -> str:
+    """`a.py:12 invalid syntax; ...` for a summary line (the first `limit`)."""
+    shown = [f"{f['file']}:{f['line'] or '?'} {f['error']}" for f in failed[:limit]]
+    more = f" and {len(failed) - limit} more" if len(failed) > limit else ""
+    return "; ".join(s.replace("\n", " ") for s in shown) + more
+
+
+def _fail_partition(module: str, failed: list[dict[str, Any]]) -> ComponentError:
+    """What `on_module_error: fail` raises: a permanent syntax_error naming the modules."""
+    first = failed[0]
+    return ComponentError(
+        f"{module}: {plural(len(failed), 'module')} "
+        f"{'does' if len(failed) == 1 else 'do'} not compile: {_failures_text(failed)}",
+        code=SYNTAX_ERROR,
+        permanent=True,
+        path=f"manifest.modules.{first['module']}",
+    )
 
 
 # --- warm_registry ------------------------------------------------------------------------
 
 
-def registry_key(workspace: str, module: str) -> str:
-    return f"hxo.registry:{workspace}:{module}"
+def registry_location() -> str:
+    """Where registry entries live: the `RegistryEntry` table of HXO's default database
+    (vendor and name), recorded in an effect so a moved database is not taken as holding it."""
+    conn = connections[RegistryEntry.objects.db]
+    return f"table:{RegistryEntry._meta.db_table}@{conn.vendor}:{conn.settings_dict.get('NAME')}"
 
 
-def registry() -> BaseCache:
-    return caches[REGISTRY_CACHE]
+def registry_get(workspace: str, modules: list[str]) -> dict[str, dict[str, Any]]:
+    """module → stored entry document, for those of `modules` that have one."""
+    found: dict[str, dict[str, Any]] = {}
+    for i in range(0, len(modules), 500):  # bounded IN lists (SQLite's variable limit)
+        rows = RegistryEntry.objects.filter(workspace=workspace, module__in=modules[i : i + 500])
+        found.update(rows.values_list("module", "entry"))
+    return found
 
 
 def registry_entry(ws: str, name: str, row: dict[str, Any], source: bytes) -> dict[str, Any]:
     """The registry entry of one module, sealed with `entry_digest` (the digest of the rest
-    of it), so that an entry changed after it was written is not taken as current."""
+    of it), so that an entry changed after it was written is not taken as current.
+
+    `imports` are the imports that run when the module is imported; `deferred_imports` the
+    others (inside functions, `if TYPE_CHECKING:`). Raises ModuleFailed when the source
+    does not parse."""
     tree = _parse(source, name, row["path"])
     doc = ast.get_docstring(tree) or ""
+    is_pkg = row["is_package"]
     entry = {
         "format": REGISTRY_FORMAT,
         "workspace": ws,
         "module": name,
         "path": row["path"],
-        "is_package": row["is_package"],
+        "is_package": is_pkg,
         "source_sha256": row["sha256"],
-        "imports": pygraph.parse_imports(source, name, row["is_package"], row["path"]),
+        "imports": pygraph.flat_imports(pygraph.import_records(tree, name, is_pkg, row["path"])),
+        "deferred_imports": pygraph.flat_imports(
+            pygraph.import_records(tree, name, is_pkg, row["path"], deferred=True)
+        ),
         "internal_imports": list(row["internal"]),
         "public_names": pygraph.public_names(tree),
         "classes": sorted(n.name for n in tree.body if isinstance(n, ast.ClassDef)),
@@ -181,7 +327,7 @@ def registry_entry(ws: str, name: str, row: dict[str, Any], source: bytes) -> di
         ),
         "docstring": doc.strip().splitlines()[0] if doc.strip() else "",
         "lines": source.count(b"\n") + (0 if source.endswith(b"\n") or not source else 1),
-        "depth": row.get("depth", 0),
+        "depth": row.get("depth"),
     }
     entry["entry_digest"] = digest_of(entry)
     return entry
@@ -200,10 +346,9 @@ def _current(entry: Any, sha: str) -> bool:
     return entry.get("entry_digest") == digest_of(body)
 
 
-def _entries_digest(cache: BaseCache, keys: list[str], found: dict | None = None) -> str:
-    """Digest of the registry entries under `keys` as the cache holds them now."""
-    found = cache.get_many(keys) if found is None else found
-    return digest_of([[key, found.get(key)] for key in keys])
+def _entries_digest(found: dict[str, Any], modules: list[str]) -> str:
+    """Digest of the registry entries of `modules` as the table holds them now."""
+    return digest_of([[m, found.get(m)] for m in modules])
 
 
 @register_executor
@@ -211,7 +356,8 @@ class WarmRegistry(Executor):
     name = "warm_registry"
     description = (
         "Parses modules (never imports them) and writes one registry entry per module "
-        "(imports, public names, source hash) into the hxo-registry cache; skips current ones."
+        "(imports, public names, source hash) into HXO's registry table; skips current ones "
+        "and reports modules that do not parse in failed_modules."
     )
     idempotent = True
     supports_dry_run = True
@@ -220,68 +366,147 @@ class WarmRegistry(Executor):
         ws = pinned_workspace(ctx)
         module = require_input(ctx, "module", str)
         group = _group(ctx)
-        cache = registry()
         beat = Beat(ctx)
-        plan = []
-        for name, row in group:
-            key = registry_key(ws.name, name)
-            plan.append((name, row, key, _current(cache.get(key), row["sha256"])))
+        known = {f["module"]: f for f in _known_failures(group)}
+        stored = registry_get(ws.name, [name for name, _row in group])
+        plan = [
+            (name, row, _current(stored.get(name), row["sha256"]))
+            for name, row in group
+            if name not in known
+        ]
         if ctx.dry_run:
-            to_write = [name for name, _row, _key, current in plan if not current]
+            to_write = [name for name, _row, current in plan if not current]
+            failed = list(known.values())
+            fails = f"; {len(failed)} will fail: {_failures_text(failed)}" if failed else ""
             return {
                 "summary": f"{module}: would write {plural(len(to_write), 'registry entry')}"
-                f" ({len(plan) - len(to_write)} up to date)",
+                f" ({len(plan) - len(to_write)} up to date){fails}",
                 "modules": [
-                    {"module": name, "key": key, "action": "up_to_date" if current else "write"}
-                    for name, _row, key, current in plan
-                ],
+                    {"module": name, "action": "up_to_date" if current else "write"}
+                    for name, _row, current in plan
+                ]
+                + [{"module": name, "action": "fail"} for name in known],
                 **refused_report(ctx),
                 "entries_to_write": len(to_write),
                 "up_to_date": len(plan) - len(to_write),
+                "failed_modules": failed,
             }
-        entries = {}
-        for name, row, key, current in plan:
+        failed = list(known.values())
+        entries: dict[str, dict[str, Any]] = {}
+        for name, row, current in plan:
             beat()
             source = _source(ws, name, row)  # verified even when current: the entry must match
-            if not current:
-                entries[key] = registry_entry(ws.name, name, row, source)
+            if current:
+                continue
+            try:
+                entries[name] = registry_entry(ws.name, name, row, source)
+            except ModuleFailed as exc:
+                failed.append(exc.record)
+        if failed and _on_module_error(ctx) == "fail":
+            raise _fail_partition(module, failed)
         beat(force=True)
-        # One write at the end: a lost lease leaves no entry of this partition behind.
         if entries:
-            cache.set_many(entries, timeout=None)
-        keys = [key for _name, _row, key, _current in plan]
+            # One transaction at the end: a lost lease leaves no entry of this partition.
+            ctx.check_fence()
+            now = timezone.now()
+            objs = [
+                RegistryEntry(
+                    workspace=ws.name,
+                    module=name,
+                    path=entry["path"],
+                    source_sha256=entry["source_sha256"],
+                    entry=entry,
+                    entry_digest=entry["entry_digest"],
+                    written_at=now,
+                    run_id=ctx.run_id,
+                    partition_id=ctx.partition_id,
+                )
+                for name, entry in entries.items()
+            ]
+            with transaction.atomic(using=RegistryEntry.objects.db):
+                RegistryEntry.objects.bulk_create(
+                    objs,
+                    batch_size=500,
+                    update_conflicts=True,
+                    unique_fields=["workspace", "module"],
+                    update_fields=[
+                        "path",
+                        "source_sha256",
+                        "entry",
+                        "entry_digest",
+                        "written_at",
+                        "run_id",
+                        "partition_id",
+                    ],
+                )
+        names = [name for name, _row, _current in plan]
+        # Counted after writing: what the output reports is what the table holds.
+        found = registry_get(ws.name, names)
+        present = sum(_current(found.get(n), r["sha256"]) for n, r, _c in plan)
         return {
             "status": "warmed",
             "module": module,
-            "cache_entries": len(plan),
+            "cache_entries": present,
+            "modules": len(group),
             "written": len(entries),
             **refused_report(ctx),
             "up_to_date": len(plan) - len(entries),
+            "failed_modules": sorted(failed, key=lambda f: f["module"]),
+            "summary": f"{module}: {plural(present, 'registry entry')} current "
+            f"({len(entries)} written)"
+            + (f"; {len(failed)} failed: {_failures_text(failed)}" if failed else ""),
             "effect": {
-                "cache": REGISTRY_CACHE,
-                "location": cache_identity(REGISTRY_CACHE),
-                "keys": len(keys),
-                "entries_digest": _entries_digest(cache, keys),
+                "store": "registry",
+                "location": registry_location(),
+                "keys": len(names),
+                "modules_digest": digest_of(names),
+                "entries_digest": _entries_digest(found, names),
             },
         }
 
     def effect_exists(self, ctx: ExecutionContext, output: dict[str, Any]) -> bool:
-        """Every module of the group has its entry in the registry cache (at the recorded
-        location), current for the pinned source hash, and the entries are exactly the ones
-        recorded (their digest)."""
+        """Every module the apply registered has its entry in the registry table (at the
+        recorded location), current for the pinned source hash, and the entries are exactly
+        the ones recorded (their digest)."""
         effect = output.get("effect")
-        if not isinstance(effect, dict) or effect.get("location") != cache_identity(REGISTRY_CACHE):
+        if not isinstance(effect, dict) or effect.get("location") != registry_location():
             return False
         ws = pinned_workspace(ctx)
-        group = _group(ctx)
-        keys = [registry_key(ws.name, name) for name, _row in group]
-        found = registry().get_many(keys)
-        if not all(_current(found.get(registry_key(ws.name, n)), r["sha256"]) for n, r in group):
+        failed = {f.get("module") for f in output.get("failed_modules") or []}
+        group = [(n, r) for n, r in _group(ctx) if n not in failed]
+        names = [n for n, _r in group]
+        if digest_of(names) != effect.get("modules_digest"):
             return False
-        return _entries_digest(registry(), keys, found) == effect.get("entries_digest")
+        found = registry_get(ws.name, names)
+        if not all(_current(found.get(n), r["sha256"]) for n, r in group):
+            return False
+        return _entries_digest(found, names) == effect.get("entries_digest")
 
 
 # --- prime_caches -------------------------------------------------------------------------
+
+
+def _interpreter(ctx: ExecutionContext) -> pyinterp.Interpreter:
+    """The interpreter the manifest pinned (the running one for manifests made before
+    targets existed); a permanent error if it is no longer the one installed at its path."""
+    pinned = ctx.manifest.get("interpreter")
+    if pinned is None:
+        return pyinterp.running()
+    interp = pyinterp.Interpreter.from_json(pinned)
+    if interp.is_running:
+        return interp
+    # probe() is cached per process: an interpreter removed since must still be seen.
+    gone = not os.access(interp.executable, os.X_OK)
+    now = None if gone else pyinterp.probe(interp.executable)
+    if now is None or now.magic != interp.magic or now.cache_tag != interp.cache_tag:
+        raise ComponentError(
+            f"Python {interp.label} is no longer installed as it was when the stage was "
+            "partitioned: re-run the dry-run",
+            code=pyinterp.INTERPRETER_NOT_FOUND,
+            permanent=True,
+            path="manifest.interpreter",
+        )
+    return interp
 
 
 def bytecode_root() -> Path:
@@ -290,10 +515,11 @@ def bytecode_root() -> Path:
     return Path(settings.HXO_BYTECODE_DIR)
 
 
-def pyc_path(ws: str, rel: str) -> Path:
-    """Where the bytecode of workspace file `rel` goes: the importlib layout, under our root."""
-    tag = sys.implementation.cache_tag
-    if tag is None:  # pragma: no cover (an interpreter without bytecode caching)
+def pyc_path(ws: str, rel: str, interp: pyinterp.Interpreter | None = None) -> Path:
+    """Where the bytecode of workspace file `rel` goes: the importlib layout (with the
+    target interpreter's cache tag, default the running one), under our root."""
+    tag = (interp or pyinterp.running()).cache_tag
+    if not tag:  # pragma: no cover (an interpreter without bytecode caching)
         raise ComponentError(
             "this interpreter writes no bytecode", code="unsupported", permanent=True
         )
@@ -301,12 +527,14 @@ def pyc_path(ws: str, rel: str) -> Path:
     return bytecode_root() / ws / source.parent / "__pycache__" / f"{source.stem}.{tag}.pyc"
 
 
-def pyc_header(source: bytes) -> bytes:
-    return (
-        importlib.util.MAGIC_NUMBER
-        + PYC_CHECKED_HASH.to_bytes(4, "little")
-        + importlib.util.source_hash(source)
-    )
+def pyc_header(source: bytes, interp: pyinterp.Interpreter | None = None) -> bytes:
+    """The 16-byte header of a checked-hash pyc of `source` for `interp` (PEP 552): its
+    magic number, the flags, and the source hash keyed by that magic number (what
+    `importlib.util.source_hash` computes inside that interpreter; the keyed SipHash is the
+    same function in every CPython 3.7+, only the key differs)."""
+    magic = (interp or pyinterp.running()).magic
+    key = int.from_bytes(magic, "little")
+    return magic + PYC_CHECKED_HASH.to_bytes(4, "little") + _imp.source_hash(key, source)
 
 
 def compile_pyc(source: bytes, origin: Path, out: Path, ctx: ExecutionContext) -> bytes:
@@ -318,8 +546,8 @@ def compile_pyc(source: bytes, origin: Path, out: Path, ctx: ExecutionContext) -
     what was pinned, whatever happens to the workspace file meanwhile. `origin`, the
     module's path in the workspace, is the code's `co_filename`. py_compile writes `out`
     atomically (its own temporary name starts with `out`'s, which already carries ours, so
-    `cleanup_stale` finds it after a crash). Raises the compiler's SyntaxError (or
-    ValueError) when `source` parses but does not compile.
+    `cleanup_stale` finds it after a crash). Raises one of pygraph.PARSE_ERRORS when
+    `source` does not compile.
     """
     with atomic_local_file(out.with_name(f"{origin.name}.source"), ctx) as (src, f):
         f.write(source)
@@ -336,6 +564,35 @@ def compile_pyc(source: bytes, origin: Path, out: Path, ctx: ExecutionContext) -
         except py_compile.PyCompileError as exc:
             raise exc.exc_value from None
     return out.read_bytes()
+
+
+def compile_foreign(
+    interp: pyinterp.Interpreter,
+    jobs: list[tuple[str, str, bytes, Path, Path]],
+    ctx: ExecutionContext,
+) -> dict[str, dict[str, Any] | bytes]:
+    """Compile (name, rel, source, origin, out) jobs with another interpreter in one
+    subprocess (`pyinterp.compile_batch`): name → the pyc's bytes, or its error record.
+    The checked sources are written under this attempt's temporary names first, as in
+    `compile_pyc`."""
+    results: dict[str, dict[str, Any] | bytes] = {}
+    with contextlib.ExitStack() as stack:
+        batch = []
+        for _name, _rel, source, origin, out in jobs:
+            src, f = stack.enter_context(
+                atomic_local_file(out.with_name(f"{origin.name}.source"), ctx)
+            )
+            f.write(source)
+            f.close()
+            batch.append((src, out, str(origin)))
+        try:
+            verdicts = pyinterp.compile_batch(interp, batch, ctx.stop_with)
+        except ComponentError:
+            ctx.heartbeat()  # a subprocess killed by stop_with: the reason, not its exit
+            raise
+        for (name, _rel, _source, _origin, out), verdict in zip(jobs, verdicts, strict=True):
+            results[name] = out.read_bytes() if verdict is None else verdict
+    return results
 
 
 def pyc_sidecar(path: Path) -> Path:
@@ -375,8 +632,9 @@ def _bytecode_digest(root: Path, targets: list[Path]) -> str | None:
 class PrimeCaches(Executor):
     name = "prime_caches"
     description = (
-        "Compiles modules to checked-hash bytecode (PEP 552) in HXO's cache directory, never "
-        "into the workspace; skips modules whose bytecode matches the source."
+        "Compiles modules to checked-hash bytecode (PEP 552) for the stage's target Python "
+        "in HXO's cache directory, never into the workspace; skips modules whose bytecode "
+        "matches the source and reports modules that do not compile in failed_modules."
     )
     idempotent = True
     supports_dry_run = True
@@ -385,19 +643,26 @@ class PrimeCaches(Executor):
         ws = pinned_workspace(ctx)
         module = require_input(ctx, "module", str)
         group = _group(ctx)
+        interp = _interpreter(ctx)
         beat = Beat(ctx)
+        known = {f["module"]: f for f in _known_failures(group)}
         plan = []
         for name, row in group:
+            if name in known:
+                continue
             source = _source(ws, name, row)
-            target = pyc_path(ws.name, row["path"])
-            header = pyc_header(source)
+            target = pyc_path(ws.name, row["path"], interp)
+            header = pyc_header(source, interp)
             plan.append((name, row, source, target, header, _pyc_current(target, header)))
         root = bytecode_root()
+        failed = list(known.values())
         if ctx.dry_run:
             todo = [p for p in plan if not p[5]]
+            fails = f"; {len(failed)} will fail: {_failures_text(failed)}" if failed else ""
             return {
                 "summary": f"{module}: would compile {plural(len(todo), 'module')}"
-                f" ({len(plan) - len(todo)} up to date)",
+                f" ({len(plan) - len(todo)} up to date) for Python "
+                f"{interp.version[0]}.{interp.version[1]}{fails}",
                 "modules": [
                     {
                         "module": name,
@@ -405,27 +670,48 @@ class PrimeCaches(Executor):
                         "action": "up_to_date" if current else "compile",
                     }
                     for name, _row, _src, target, _hdr, current in plan
-                ],
+                ]
+                + [{"module": name, "action": "fail"} for name in known],
                 **refused_report(ctx),
                 "to_compile": len(todo),
                 "up_to_date": len(plan) - len(todo),
+                "failed_modules": failed,
+                "interpreter": interp.as_json(),
             }
         written = 0
         compiled: list[tuple[Path, Path, bytes]] = []
         with contextlib.ExitStack() as temporaries:
-            # Compile everything first: a syntax error fails the partition before any write.
+            # Compile everything first: a lost lease (or on_module_error: fail) writes nothing.
+            todo = []
             for name, row, source, target, _header, current in plan:
-                beat()
                 if current:
                     continue
-                _parse(source, name, row["path"])
                 # This attempt's name for the pyc, removed on the way out unless renamed;
-                # closed at once (py_compile replaces the file), so no descriptor is held
+                # closed at once (the compiler replaces the file), so no descriptor is held
                 # per module of a large package.
                 tmp, reserved = temporaries.enter_context(atomic_local_file(target, ctx))
                 reserved.close()
-                data = compile_pyc(source, ws.root / row["path"], tmp, ctx)
-                compiled.append((target, tmp, data))
+                todo.append((name, row, source, target, tmp))
+            if interp.is_running:
+                for name, row, source, target, tmp in todo:
+                    beat()
+                    try:
+                        data = compile_pyc(source, ws.root / row["path"], tmp, ctx)
+                    except pygraph.PARSE_ERRORS as exc:
+                        failed.append(failed_module(name, row["path"], pygraph.error_record(exc)))
+                        continue
+                    compiled.append((target, tmp, data))
+            else:
+                jobs = [(n, r["path"], s, ws.root / r["path"], t) for n, r, s, _g, t in todo]
+                results = compile_foreign(interp, jobs, ctx)
+                for name, row, _src, target, tmp in todo:
+                    result = results[name]
+                    if isinstance(result, bytes):
+                        compiled.append((target, tmp, result))
+                    else:
+                        failed.append(failed_module(name, row["path"], result))
+            if failed and _on_module_error(ctx) == "fail":
+                raise _fail_partition(module, failed)
             beat(force=True)
             for target, tmp, data in compiled:
                 os.replace(tmp, target)
@@ -437,17 +723,23 @@ class PrimeCaches(Executor):
                     f.close()
                     os.replace(side, pyc_sidecar(target))
                 written += len(data)
-        targets = [target for _n, _r, _s, target, _h, _c in plan]
+        failed_names = {f["module"] for f in failed}
+        targets = [p[3] for p in plan if p[0] not in failed_names]
+        present = sum(_pyc_current(p[3], p[4]) for p in plan if p[0] not in failed_names)
         return {
             "status": "warmed",
             "module": module,
-            "cache_entries": len(plan),
+            "cache_entries": present,
+            "modules": len(group),
             "compiled": len(compiled),
-            "up_to_date": len(plan) - len(compiled),
+            "up_to_date": len(plan) - len(compiled) - (len(failed) - len(known)),
             **refused_report(ctx),
             "bytes": written,
+            "failed_modules": sorted(failed, key=lambda f: f["module"]),
+            "interpreter": interp.as_json(),
             "summary": f"{module}: compiled {plural(len(compiled), 'module')} "
-            f"({filesizeformat(written)})",
+            f"({filesizeformat(written)}) for Python {interp.version[0]}.{interp.version[1]}"
+            + (f"; {len(failed)} failed: {_failures_text(failed)}" if failed else ""),
             "effect": {
                 "root": os.path.realpath(root),
                 "files": len(targets),
@@ -465,10 +757,14 @@ class PrimeCaches(Executor):
         if not isinstance(effect, dict) or effect.get("root") != os.path.realpath(root):
             return False
         ws = pinned_workspace(ctx)
+        interp = _interpreter(ctx)
+        failed = {f.get("module") for f in output.get("failed_modules") or []}
         targets = []
         for name, row in _group(ctx):
-            target = pyc_path(ws.name, row["path"])
-            if not _pyc_current(target, pyc_header(_source(ws, name, row))):
+            if name in failed:
+                continue
+            target = pyc_path(ws.name, row["path"], interp)
+            if not _pyc_current(target, pyc_header(_source(ws, name, row), interp)):
                 return False
             targets.append(target)
         return _bytecode_digest(root, targets) == effect.get("files_digest")

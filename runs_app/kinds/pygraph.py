@@ -10,12 +10,37 @@ every module of a cycle gets the same depth.
 from __future__ import annotations
 
 import ast
+import configparser
+import contextlib
 import dataclasses
+import re
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from runs_app.workspaces import Workspace, WorkspaceFile, open_regular
+
+# What a module that does not parse is recorded with; RecursionError is what CPython raises for
+# code nested too deeply to compile ("too many nested parentheses" is a SyntaxError already).
+PARSE_ERRORS = (SyntaxError, ValueError, UnicodeDecodeError, RecursionError, MemoryError)
+PROJECT_FILES = ("pyproject.toml", "setup.cfg", "setup.py")
+# A module's own name (the last part): what importlib can import. Migrations (`0001_initial`)
+# start with a digit and are still modules; a dot or a dash in a file name is not importable.
+MODULE_STEM = re.compile(r"^\w+$")
+
+
+def error_record(exc: BaseException) -> dict[str, Any]:
+    """{"type", "line", "message"} of a compiler error (SyntaxError's msg without its
+    "(file, line N)" tail; line None when the error has none, e.g. a null byte)."""
+    msg = getattr(exc, "msg", None) if isinstance(exc, SyntaxError) else None
+    if isinstance(exc, RecursionError):
+        msg = "too deeply nested to compile"
+    return {
+        "type": type(exc).__name__,
+        "line": getattr(exc, "lineno", None),
+        "message": str(msg or exc),
+    }
 
 
 @dataclasses.dataclass
@@ -23,22 +48,41 @@ class ModuleInfo:
     name: str
     rel: str
     is_package: bool
-    imports: list[str]  # every absolute import target, as written (relative ones resolved)
+    imports: list[str]  # module-level absolute import targets (relative ones resolved)
     parse_error: str = ""
     internal: list[str] = dataclasses.field(default_factory=list)  # targets in the workspace
+    error: dict[str, Any] | None = None  # error_record() when the module does not parse
+    root: str = "."  # the import root (on sys.path) the name is relative to
+    # Set when HXO's parser cannot read a module its target interpreter compiles (newer
+    # syntax): the module is compiled, but its imports are not in the graph.
+    imports_unread: str = ""
 
-    def row(self, sha256: str, depth: int) -> dict[str, Any]:
+    def row(self, sha256: str, depth: int | None) -> dict[str, Any]:
         """The module as a stage manifest pins it (`modules.<name>`), with its source's
-        SHA-256 and its depth in the import graph."""
+        SHA-256 and its depth in the import graph (None for a module that does not parse:
+        its imports, hence its depth, are unknown)."""
         return {
             "path": self.rel,
             "sha256": sha256,
             "is_package": self.is_package,
             "imports": self.imports,
             "internal": self.internal,
-            "depth": depth,
+            "depth": None if self.error else depth,
             "parse_error": self.parse_error,
+            "error": self.error,
+            "import_root": self.root,
+            "imports_unread": self.imports_unread,
         }
+
+
+@dataclasses.dataclass
+class Discovery:
+    """Modules found under a directory, what was not taken as a module and why, the import
+    roots names were made relative to, and the import cycles (size > 1)."""
+
+    modules: dict[str, ModuleInfo]
+    skipped: list[dict[str, str]]
+    roots: list[str]
 
 
 def import_root(ws: Workspace, root_rel: str) -> tuple[str, str]:
@@ -54,8 +98,134 @@ def import_root(ws: Workspace, root_rel: str) -> tuple[str, str]:
     return ("/".join(parts) or "."), ".".join(prefix)
 
 
+def _norm(rel: str) -> str:
+    parts = [p for p in PurePosixPath(rel).parts if p not in (".", "")]
+    return "/".join(parts) or "."
+
+
+def _under(rel: str, base: str) -> bool:
+    return base == "." or rel == base or rel.startswith(base + "/")
+
+
+def _project_package_dirs(project: Path) -> list[str]:
+    """Where a project's packages live, relative to its directory, from its metadata:
+    setuptools' `package-dir` / `packages.find.where` (pyproject.toml, setup.cfg) or
+    `package_dir={"": ...}` in setup.py, hatch's wheel `packages`; else `src` when it exists
+    (the src layout), else the project directory itself. Metadata that does not parse is
+    ignored (the layout rules still apply)."""
+    found: list[str] = []
+    pyproject = project / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            doc = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            doc = {}
+        tool = doc.get("tool", {}) if isinstance(doc.get("tool"), dict) else {}
+        st = tool.get("setuptools", {}) if isinstance(tool.get("setuptools"), dict) else {}
+        package_dir = st.get("package-dir", {})
+        if isinstance(package_dir, dict) and isinstance(package_dir.get(""), str):
+            found.append(package_dir[""])
+        packages = st.get("packages", {})
+        find = packages.get("find", {}) if isinstance(packages, dict) else {}
+        where = find.get("where", []) if isinstance(find, dict) else []
+        found.extend(w for w in where if isinstance(w, str))
+        hatch = tool.get("hatch", {}) if isinstance(tool.get("hatch"), dict) else {}
+        wheel = hatch.get("build", {}).get("targets", {}).get("wheel", {}) if hatch else {}
+        for pkg in wheel.get("packages", []) if isinstance(wheel, dict) else []:
+            if isinstance(pkg, str):
+                found.append(str(PurePosixPath(pkg).parent))
+    setup_cfg = project / "setup.cfg"
+    if setup_cfg.is_file():
+        cfg = configparser.ConfigParser()
+        with contextlib.suppress(configparser.Error, OSError, UnicodeDecodeError):
+            cfg.read(setup_cfg, encoding="utf-8")
+            for line in cfg.get("options", "package_dir", fallback="").splitlines():
+                key, _, value = line.partition("=")
+                if not key.strip() and value.strip():
+                    found.append(value.strip())
+            found.extend(cfg.get("options.packages.find", "where", fallback="").split())
+    setup_py = project / "setup.py"
+    if setup_py.is_file():
+        with contextlib.suppress(*PARSE_ERRORS, OSError):
+            for node in ast.walk(ast.parse(setup_py.read_bytes())):
+                if isinstance(node, ast.keyword) and node.arg == "package_dir":
+                    value = node.value
+                    if isinstance(value, ast.Dict):
+                        for k, v in zip(value.keys, value.values, strict=True):
+                            if (
+                                isinstance(k, ast.Constant)
+                                and k.value == ""
+                                and isinstance(v, ast.Constant)
+                                and isinstance(v.value, str)
+                            ):
+                                found.append(v.value)
+    dirs = [_norm(d) for d in found if d and not PurePosixPath(d).is_absolute() and ".." not in d]
+    if not dirs and (project / "src").is_dir():
+        dirs = ["src"]
+    return sorted(set(dirs)) or ["."]
+
+
+def _has_project(ws: Workspace, rel: str) -> bool:
+    """Whether workspace directory `rel` holds project metadata (a regular file, not a link
+    that could point out of the workspace)."""
+    for name in PROJECT_FILES:
+        path = ws.root / rel / name
+        if path.is_file() and not path.is_symlink():
+            return True
+    return False
+
+
+def import_roots(
+    ws: Workspace, root_rel: str, files: list[WorkspaceFile], package_roots: list[str] | None
+) -> list[str]:
+    """The directories (workspace-relative) on sys.path for the modules under `root_rel`.
+
+    `package_roots` when given. Else the projects found: every directory holding a
+    pyproject.toml, setup.cfg or setup.py under `root_rel` (a monorepo), or the nearest one
+    above it, each contributing itself and its package directories
+    (`_project_package_dirs`: `src/` in a src layout). With no
+    project at all, the directory above `root_rel`'s outermost regular package
+    (`import_root`), as before.
+    """
+    if package_roots:
+        return sorted({_norm(r) for r in package_roots})
+    # Every directory holding a module, and those between it and `root_rel`, looked at on
+    # disk: a stage's include/exclude globs filter modules, not the projects' metadata.
+    top = _norm(root_rel)
+    dirs: set[str] = set()
+    for f in files:
+        parent = str(PurePosixPath(f.rel).parent)
+        while parent not in dirs and _under(parent, top):
+            dirs.add(parent)
+            if parent == top or parent == ".":
+                break
+            parent = str(PurePosixPath(parent).parent)
+    projects = {d for d in dirs if _has_project(ws, d)}
+    parts = [p for p in PurePosixPath(root_rel).parts if p not in (".", "")]
+    while parts and not _has_project(ws, top):
+        parts.pop()
+        here = "/".join(parts) or "."
+        if _has_project(ws, here):
+            projects.add(here)
+            break
+    if not projects:
+        base, _prefix = import_root(ws, root_rel)
+        return [base]
+    # The project directory too: its tests, docs/conf.py and scripts are imported from it
+    # (pytest's rootdir, `python -m`); a file takes the deepest root that holds it.
+    roots = set(projects)
+    for project in projects:
+        for sub in _project_package_dirs(ws.root / project):
+            roots.add(_norm(f"{project}/{sub}"))
+    return sorted(roots)
+
+
 def module_name(rel: str, base: str) -> tuple[str, bool]:
-    """Dotted name of the module at `rel` (workspace-relative) under import root `base`."""
+    """Dotted name of the module at `rel` (workspace-relative) under import root `base`.
+
+    Every directory is a package (PEP 420: a directory without `__init__.py` is a namespace
+    package), so `google/cloud/storage/blob.py` under the root is `google.cloud.storage.blob`.
+    """
     path = PurePosixPath(rel)
     if base != ".":
         path = path.relative_to(base)
@@ -66,16 +236,61 @@ def module_name(rel: str, base: str) -> tuple[str, bool]:
     return ".".join(parts), is_package
 
 
-def import_records(
-    source: bytes, name: str, is_package: bool, filename: str
-) -> list[tuple[str, list[str]]]:
-    """(absolute module, names taken from it) per import statement; relative imports are
-    resolved against the module's package. `import a.b` gives ("a.b", []). Raises
-    SyntaxError when the module does not parse."""
-    tree = ast.parse(source, filename=filename)
+def _why_not_importable(rel: str, base: str) -> str:
+    """Why the file at `rel` cannot be imported from import root `base`, or "" when it can:
+    every directory on the way must be an identifier (the import statement reaches it);
+    the module's own name may be any word, as importlib imports `0001_initial`."""
+    path = PurePosixPath(rel) if base == "." else PurePosixPath(rel).relative_to(base)
+    for part in path.parts[:-1]:
+        if not part.isidentifier():
+            return f"directory {part!r} is not a Python identifier (no import reaches it)"
+    if path.name == "__init__.py":
+        return "" if len(path.parts) > 1 else "an __init__.py directly in an import root"
+    if not MODULE_STEM.match(path.stem):
+        return f"file name {path.name!r} is not an importable module name"
+    return ""
+
+
+def _type_checking(test: ast.expr) -> bool:
+    """`if TYPE_CHECKING:` or `if typing.TYPE_CHECKING:` (any module alias)."""
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _import_time_nodes(tree: ast.Module) -> tuple[list[ast.stmt], list[ast.stmt]]:
+    """(statements that run when the module is imported, statements that do not).
+
+    Import time: the module body, the bodies of its if/try/with/for/while/match blocks and
+    class bodies (a class body runs at import). Not: function bodies (they run when called)
+    and `if TYPE_CHECKING:` blocks (false at run time; their `else` runs).
+    """
+    now: list[ast.stmt] = []
+    later: list[ast.stmt] = []
+    todo: list[tuple[ast.stmt, bool]] = [(n, True) for n in tree.body]
+    while todo:
+        node, at_import = todo.pop()
+        (now if at_import else later).append(node)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            todo.extend((n, False) for n in node.body)
+            continue
+        if isinstance(node, ast.If) and _type_checking(node.test):
+            todo.extend((n, False) for n in node.body)
+            todo.extend((n, at_import) for n in node.orelse)
+            continue
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            for child in getattr(node, field, ()) or ():
+                if isinstance(child, ast.ExceptHandler | ast.match_case):
+                    todo.extend((n, at_import) for n in child.body)
+                elif isinstance(child, ast.stmt):
+                    todo.append((child, at_import))
+    return now, later
+
+
+def _records(nodes: list[ast.stmt], name: str, is_package: bool) -> list[tuple[str, list[str]]]:
     package = name if is_package else name.rpartition(".")[0]
     records: list[tuple[str, list[str]]] = []
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, ast.Import):
             records.extend((alias.name, []) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -90,17 +305,47 @@ def import_records(
                 target = node.module or ""
             if target:
                 records.append((target, [a.name for a in node.names if a.name != "*"]))
-    return records
+    return sorted(records)
 
 
-def parse_imports(source: bytes, name: str, is_package: bool, filename: str) -> list[str]:
-    """Every absolute name a module imports, `from m import x` giving both m and m.x (x may
-    be a submodule); raises SyntaxError when the module does not parse."""
+def parse_module(
+    source: bytes, filename: str, feature_version: tuple[int, int] | None = None
+) -> ast.Module:
+    """`ast.parse` with the target's grammar (`feature_version`, best effort for versions
+    older than the running one, see the ast docs); raises one of PARSE_ERRORS."""
+    return ast.parse(source, filename=filename, feature_version=feature_version)
+
+
+def import_records(
+    source: bytes | ast.Module,
+    name: str,
+    is_package: bool,
+    filename: str,
+    *,
+    deferred: bool = False,
+) -> list[tuple[str, list[str]]]:
+    """(absolute module, names taken from it) per import statement that runs when the module
+    is imported (`deferred=True`: per import that does not, in functions or TYPE_CHECKING
+    blocks); relative imports are resolved against the module's package. `import a.b` gives
+    ("a.b", []). Raises one of PARSE_ERRORS when the module does not parse."""
+    tree = source if isinstance(source, ast.Module) else parse_module(source, filename)
+    now, later = _import_time_nodes(tree)
+    return _records(later if deferred else now, name, is_package)
+
+
+def flat_imports(records: list[tuple[str, list[str]]]) -> list[str]:
+    """Every absolute name `records` import, `from m import x` giving both m and m.x."""
     found: set[str] = set()
-    for target, names in import_records(source, name, is_package, filename):
+    for target, names in records:
         found.add(target)
         found.update(f"{target}.{n}" for n in names)
     return sorted(found)
+
+
+def parse_imports(source: bytes, name: str, is_package: bool, filename: str) -> list[str]:
+    """Every absolute name a module imports at import time, `from m import x` giving both m
+    and m.x (x may be a submodule); raises one of PARSE_ERRORS when it does not parse."""
+    return flat_imports(import_records(source, name, is_package, filename))
 
 
 def internal_imports(
@@ -152,32 +397,66 @@ def public_names(tree: ast.Module) -> list[str]:
     return sorted({n for n in names if not n.startswith("_")})
 
 
-def discover(ws: Workspace, root_rel: str, files: list[WorkspaceFile]) -> dict[str, ModuleInfo]:
-    """Modules among `files` (already confined and sorted) with their resolved imports."""
-    base, _prefix = import_root(ws, root_rel)
+def discover_tree(
+    ws: Workspace,
+    root_rel: str,
+    files: list[WorkspaceFile],
+    *,
+    package_roots: list[str] | None = None,
+    feature_version: tuple[int, int] | None = None,
+) -> Discovery:
+    """Modules among `files` (already confined and sorted), named as Python imports them
+    from their import root (`import_roots`), with their import-time imports resolved.
+
+    A `.py` file that is not taken as a module is in `skipped` with its reason: outside
+    every import root, a name no import can reach, or shadowed by a package of the same name
+    (Python's finder prefers `pkg/__init__.py` to `pkg.py`). A module that does not parse
+    with the target grammar (`feature_version`) keeps its place with `error` set.
+    """
+    roots = import_roots(ws, root_rel, files, package_roots)
     modules: dict[str, ModuleInfo] = {}
     records: dict[str, list[tuple[str, list[str]]]] = {}
+    skipped: list[dict[str, str]] = []
     for f in files:
         if not f.rel.endswith(".py"):
             continue
+        base = max((r for r in roots if _under(f.rel, r)), key=len, default=None)
+        if base is None:
+            skipped.append({"file": f.rel, "reason": f"outside the import roots {roots}"})
+            continue
+        why = _why_not_importable(f.rel, base)
+        if why:
+            skipped.append({"file": f.rel, "reason": why})
+            continue
         name, is_package = module_name(f.rel, base)
-        if not name or not all(part.isidentifier() for part in name.split(".")):
-            continue  # not importable (a script like `0001-setup.py`): not a module
+        if name in modules:
+            # Python's finder prefers the package; across two import roots, the first root.
+            kept, lost = (f.rel, modules[name].rel) if is_package else (modules[name].rel, f.rel)
+            skipped.append({"file": lost, "reason": f"module {name} is already {kept}"})
+            if not is_package:
+                continue
+            del modules[name]
         with open_regular(f.path, rel=f.rel, path="params.root") as fh:
             source = fh.read()
+        error = None
         try:
-            found = import_records(source, name, is_package, f.rel)
-            error = ""
-        except (SyntaxError, ValueError) as exc:
-            found, error = [], f"{type(exc).__name__}: {exc}"
-        modules[name] = ModuleInfo(name, f.rel, is_package, [], error)
+            found = import_records(
+                parse_module(source, f.rel, feature_version), name, is_package, f.rel
+            )
+        except PARSE_ERRORS as exc:
+            found, error = [], error_record(exc)
+        text = f"{error['type']}: {error['message']} (line {error['line']})" if error else ""
+        modules[name] = ModuleInfo(name, f.rel, is_package, [], text, error=error, root=base)
         records[name] = found
     for name, info in modules.items():
-        info.imports = sorted(
-            {t for t, _ in records[name]} | {f"{t}.{n}" for t, ns in records[name] for n in ns}
-        )
+        info.imports = flat_imports(records[name])
         info.internal = internal_imports(records[name], modules, name)
-    return modules
+    return Discovery(modules, sorted(skipped, key=lambda s: s["file"]), roots)
+
+
+def discover(ws: Workspace, root_rel: str, files: list[WorkspaceFile]) -> dict[str, ModuleInfo]:
+    """The modules of `discover_tree` with its defaults (deploy.pack's `by_module`)."""
+    return discover_tree(ws, root_rel, files).modules
 
 
 def _longest_module(target: str, modules: Mapping[str, Any]) -> str | None:
@@ -250,6 +529,17 @@ def depths(graph: dict[str, list[str]]) -> dict[str, int]:
         for m in component:
             depth[m] = level
     return depth
+
+
+def cycles(graph: dict[str, list[str]], depth: Mapping[str, int]) -> list[dict[str, Any]]:
+    """Import cycles: the strongly connected components of more than one module, largest
+    first, each {"size", "depth", "modules"} (its members share one depth)."""
+    found = [
+        {"size": len(c), "depth": depth[c[0]], "modules": c}
+        for c in strongly_connected(graph)
+        if len(c) > 1
+    ]
+    return sorted(found, key=lambda c: (-c["size"], c["modules"][0]))
 
 
 def source_path(ws: Workspace, rel: str) -> Path:

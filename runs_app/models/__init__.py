@@ -1,4 +1,5 @@
-"""Plans, runs and partitions (engine.py) and the search indexes executors write (indexes.py)."""
+"""Plans, runs and partitions (engine.py) and the indexes executors write (indexes.py:
+assets, documentation pages, the module registry)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from runs_app.models.engine import (
     RunState,
     StageState,
 )
-from runs_app.models.indexes import AssetIndexEntry, DocPage
+from runs_app.models.indexes import AssetIndexEntry, DocPage, RegistryEntry
 
 __all__ = [
     "Approval",
@@ -28,6 +29,7 @@ __all__ = [
     "PartitionState",
     "Plan",
     "PlanRevision",
+    "RegistryEntry",
     "Run",
     "RunMode",
     "RunStage",

@@ -68,3 +68,33 @@ class DocPage(models.Model):
     @property
     def heading_list(self) -> list[str]:
         return [h for h in self.headings.splitlines() if h]
+
+
+class RegistryEntry(models.Model):
+    """One module's registry entry, written by deploy.prime's `warm_registry`.
+
+    A table, not a cache: a cache may evict (Django's file cache culls at 300 entries), and a
+    registry that silently loses entries reports work it no longer holds. `entry` is the
+    document `runs_app.kinds.prime.registry_entry` makes, sealed by `entry_digest`.
+    """
+
+    workspace = models.CharField(max_length=100)
+    module = models.CharField(max_length=500)
+    path = models.CharField(max_length=1000, help_text="Relative to the workspace root")
+    source_sha256 = models.CharField(max_length=64)
+    entry = models.JSONField()
+    entry_digest = models.CharField(max_length=64)
+    written_at = models.DateTimeField()
+    run_id = models.BigIntegerField(null=True, blank=True)
+    partition_id = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["workspace", "module"]
+        constraints = [
+            models.UniqueConstraint(fields=["workspace", "module"], name="registry_unique_module")
+        ]
+        verbose_name = "module registry entry"
+        verbose_name_plural = "module registry entries"
+
+    def __str__(self) -> str:
+        return f"{self.workspace}:{self.module}"

@@ -217,7 +217,6 @@ def test_a_key_range_backfill_changes_every_row_once(chinook, engine):
     assert dict(target.query("SELECT id, milliseconds FROM track")) == after
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: add-then-backfill under one dry-run")
 def test_add_a_column_then_backfill_it_under_one_dry_run(chinook, engine):
     target, tables = chinook
     add = stage(

@@ -149,7 +149,6 @@ def test_bytecode_of_a_real_module_runs(workspace_of, scratch, engine):
     assert module.get_current_context(silent=True) is None
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: module names follow src/ layouts (prime)")
 def test_a_src_layout_names_its_modules_as_python_imports_them(workspace_of, scratch, engine):
     """Primed from the sdist's root, click's modules are `click.*` (its pyproject/setup.cfg
     say the package lives in src/), not `src.click.*`."""

@@ -3,7 +3,7 @@ and a small driver that partitions a stage and executes its partitions the way t
 does (inputs and manifest through a JSON round trip, contexts built from the JobKind rows
 the migrations load).
 
-Nothing here writes under examples/ or var/: storages, caches, the bytecode directory and
+Nothing here writes under examples/ or var/: storages, the bytecode directory and
 database targets all point into the test's tmp_path.
 """
 
@@ -173,13 +173,13 @@ SMALL_BACKEND: dict[str, str | bytes] = {
 
 @pytest.fixture
 def scratch(tmp_path: Path, settings: Any) -> dict[str, Path]:
-    """Storages, registry cache, bytecode directory and VAR_DIR inside tmp_path."""
+    """Storages, bytecode directory and VAR_DIR inside tmp_path (the module registry is a
+    table of the test database)."""
     var = tmp_path / "var"
     dirs = {
         "var": var,
         "artifacts": var / "artifacts",
         "staging": var / "staging",
-        "registry": var / "cache" / "registry",
         "bytecode": var / "cache" / "bytecode",
     }
     settings.VAR_DIR = var
@@ -192,14 +192,6 @@ def scratch(tmp_path: Path, settings: Any) -> dict[str, Path]:
         "staging": {
             "BACKEND": "django.core.files.storage.FileSystemStorage",
             "OPTIONS": {"location": str(dirs["staging"])},
-        },
-    }
-    settings.CACHES = {
-        **settings.CACHES,
-        "hxo-registry": {
-            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
-            "LOCATION": str(dirs["registry"]),
-            "TIMEOUT": None,
         },
     }
     settings.HXO_BYTECODE_DIR = str(dirs["bytecode"])

@@ -10,6 +10,7 @@ id, SLO, failure budget), keep them.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import sys
@@ -62,12 +63,20 @@ OTHER: dict[str, dict[str, Any]] = {
         "include": ["*.py"],
         "exclude": ["*_test.py"],
         "compress_level": 9,
+        "on_module_error": "fail",
+        "python_version": f"{sys.version_info[0]}.{sys.version_info[1]}",
+        "python_executable": os.path.realpath(sys.executable),
+        "package_roots": ["."],
     },
     "by_dag_depth": {
         "workspace": "twin",
         "root": "backend/api",
         "include": ["*.py"],
         "exclude": ["*_test.py"],
+        "on_module_error": "fail",
+        "python_version": f"{sys.version_info[0]}.{sys.version_info[1]}",
+        "python_executable": os.path.realpath(sys.executable),
+        "package_roots": ["."],
     },
     "by_asset_bucket": {
         "workspace": "twin",

@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.core.cache import caches
 
 from blueprints_app.registry import EXECUTORS, load_plugin
 from blueprints_app.registry_io import registry_import
-from runs_app.models import AssetIndexEntry, DocPage
+from runs_app.models import AssetIndexEntry, DocPage, RegistryEntry
 from tests.runs_app import testkinds
 from tests.runs_app.kinds.conftest import EXAMPLES, Driver
 
@@ -89,7 +88,7 @@ CASES: dict[str, Case] = {
         stage=lambda env: _stage(
             "deploy.prime", "by_dag_depth", "warm_registry", workspace="demo", root="backend"
         ),
-        remove=lambda env: caches["hxo-registry"].clear(),
+        remove=lambda env: RegistryEntry.objects.all().delete(),
     ),
     "prime_caches": Case(
         stage=lambda env: _stage(

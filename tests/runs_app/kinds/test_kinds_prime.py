@@ -8,14 +8,19 @@ import time
 import types
 
 import pytest
-from django.core.cache import caches
 
 from blueprints_app.registry import EXECUTORS, ComponentError
 from runs_app.kinds import pygraph
-from runs_app.kinds.prime import registry_key
+from runs_app.kinds.prime import registry_get
+from runs_app.models import RegistryEntry
 from tests.runs_app.kinds.conftest import backdate, tree_snapshot, write_files
 
 pytestmark = pytest.mark.django_db
+
+
+def stored(workspace: str, module: str) -> dict | None:
+    """The registry entry of `module` as the registry table holds it."""
+    return registry_get(workspace, [module]).get(module)
 
 
 def prime_stage(partitioner: str = "by_dag_depth", executor: str = "warm_registry", **params):
@@ -95,30 +100,28 @@ def test_warm_registry_writes_one_entry_per_module_and_skips_current_ones(
 ):
     first = driver.run(prime_stage(), dry_run=False)
 
-    cache = caches["hxo-registry"]
-    entry = cache.get(registry_key("t", "app.models.item"))
+    entry = stored("t", "app.models.item")
     assert entry["public_names"] == ["Item"]
     assert entry["classes"] == ["Item"]
     assert entry["internal_imports"] == ["app.util"]
     assert entry["imports"] == ["app.util", "app.util.add"]
-    assert cache.get(registry_key("t", "app.util"))["public_names"] == ["add"]
-    assert cache.get(registry_key("t", "app.models"))["public_names"] == ["Item"]  # __all__
+    assert stored("t", "app.util")["public_names"] == ["add"]
+    assert stored("t", "app.models")["public_names"] == ["Item"]  # __all__
     assert sum(r["written"] for r in first.results) == len(first.results) == 8
-    backdate(scratch["registry"])
-    before = tree_snapshot(scratch["registry"])
+    before = dict(RegistryEntry.objects.values_list("module", "written_at"))
 
     second = driver.run(prime_stage(), dry_run=False)
 
     assert sum(r["written"] for r in second.results) == 0
     assert all(r["cache_entries"] == 1 for r in second.results)
-    assert tree_snapshot(scratch["registry"]) == before
+    assert dict(RegistryEntry.objects.values_list("module", "written_at")) == before
 
     (workspace / "app/util.py").write_text(
         "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n"
     )
     third = driver.run(prime_stage(), dry_run=False)
     assert sum(r["written"] for r in third.results) == 1
-    assert cache.get(registry_key("t", "app.util"))["public_names"] == ["add", "sub"]
+    assert stored("t", "app.util")["public_names"] == ["add", "sub"]
 
 
 def test_a_registry_dry_run_reports_entries_and_writes_no_cache_entry(driver, workspace, scratch):
@@ -126,7 +129,7 @@ def test_a_registry_dry_run_reports_entries_and_writes_no_cache_entry(driver, wo
 
     assert sum(r["entries_to_write"] for r in run.results) == 8
     assert all(m["action"] == "write" for r in run.results for m in r["modules"])
-    assert caches["hxo-registry"].get(registry_key("t", "app.util")) is None
+    assert not RegistryEntry.objects.exists()
     assert tree_snapshot(scratch["var"]) == {}
 
 
@@ -177,12 +180,14 @@ def test_workspace_code_is_never_imported_or_executed(driver, workspace, scratch
     driver.run(prime_stage("by_module", "prime_caches"), dry_run=False)
 
     assert not marker.exists()
-    assert caches["hxo-registry"].get(registry_key("t", "app.boom"))["lines"] == 2
+    assert stored("t", "app.boom")["lines"] == 2
 
 
-def test_a_module_that_does_not_parse_fails_its_partition_with_syntax_error(driver, workspace):
+def test_a_module_that_does_not_parse_fails_its_partition_only_when_the_stage_says_so(
+    driver, workspace
+):
     write_files(workspace, {"app/broken.py": "def oops(:\n"})
-    stage = prime_stage()
+    stage = prime_stage(on_module_error="fail")
     kind, manifest, data = driver.partition(stage)
     index = next(i for i, p in enumerate(manifest.partitions) if p.inputs["module"] == "app.broken")
     ctx = driver.context(stage, kind, data, index, manifest.partitions[index], dry_run=False)
@@ -190,8 +195,10 @@ def test_a_module_that_does_not_parse_fails_its_partition_with_syntax_error(driv
     with pytest.raises(ComponentError) as info:
         EXECUTORS["warm_registry"]().execute(ctx)
 
-    assert info.value.code == "syntax_error"
+    assert info.value.code == "syntax_error" and info.value.permanent
+    assert "app/broken.py:1" in str(info.value)
     assert data["modules"]["app.broken"]["parse_error"].startswith("SyntaxError")
+    assert stored("t", "app.broken") is None
 
 
 def test_cleanup_stale_removes_old_bytecode_temp_files(workspace, scratch):

@@ -15,13 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.core.cache import caches
 from django.template.loader import render_to_string
 
 from hxo_site import codes
 from hxo_site.errors import ServiceError
 from runs_app import selectors, services
-from runs_app.models import AssetIndexEntry, DocPage, Partition, PartitionState, Run, RunState
+from runs_app.models import (
+    AssetIndexEntry,
+    DocPage,
+    Partition,
+    PartitionState,
+    RegistryEntry,
+    Run,
+    RunState,
+)
 from tests.helpers import drain
 from tests.runs_app.kinds.conftest import EXAMPLES
 from tests.runs_app.kinds.test_kinds_engine import approve_if_needed, errors_of
@@ -147,15 +154,14 @@ def test_a_migration_applied_on_sqlite_then_on_postgresql_changes_postgresql(
 
 def registry_entries(workspace: str) -> int:
     """Registry entries present for `workspace`, of every module a warm_registry stage named."""
-    from runs_app.kinds.prime import registry, registry_key
+    from runs_app.kinds.prime import registry_get
 
     modules = set(
         Partition.objects.filter(stage__executor="warm_registry").values_list(
             "inputs__module", flat=True
         )
     )
-    cache = registry()
-    return sum(cache.get(registry_key(workspace, m)) is not None for m in modules)
+    return len(registry_get(workspace, sorted(modules)))
 
 
 def effect_count(example: str, workspace: str, scratch: dict[str, Path]) -> int:
@@ -216,7 +222,7 @@ def _clear_dir(path: Path) -> None:
 REMOVALS = {
     "pack-backend-by-filesize": lambda s: _clear_dir(s["artifacts"] / "pack"),
     "prime-bytecode-by-module": lambda s: _clear_dir(s["bytecode"]),
-    "prime-registry-by-dag-depth": lambda s: caches["hxo-registry"].clear(),
+    "prime-registry-by-dag-depth": lambda s: RegistryEntry.objects.all().delete(),
     "assets-stage-by-filesize": lambda s: _clear_dir(s["staging"]),
     "assets-index-by-bucket": lambda s: AssetIndexEntry.objects.all().delete(),
     "docs-index-by-route": lambda s: DocPage.objects.all().delete(),
@@ -398,20 +404,14 @@ def test_a_registry_entry_changed_in_place_is_not_reused_and_the_next_apply_rewr
     plan = services.plan_create(actor=operator, document=document)
     first = apply_through_review(plan, operator, approver)
     total = Partition.objects.filter(run=first).count()
-    cache = caches["hxo-registry"]
-    key = next(
-        k
-        for out in Partition.objects.filter(run=first).values_list("output", flat=True)
-        for k in [f"hxo.registry:demo:{out['module']}"]
-        if cache.get(k) is not None
-    )
-    good = cache.get(key)
-    cache.set(key, {**good, "public_names": ["forged"]}, timeout=None)
+    row = RegistryEntry.objects.filter(workspace="demo").order_by("module").first()
+    good = row.entry
+    RegistryEntry.objects.filter(pk=row.pk).update(entry={**good, "public_names": ["forged"]})
 
     again = apply_through_review(plan, operator, approver)
 
     found = states(again)
     assert found.get(PartitionState.SUCCEEDED, 0) >= 1, found
     assert sum(found.values()) == total
-    assert cache.get(key) == good
+    assert RegistryEntry.objects.get(pk=row.pk).entry == good
     assert selectors.receipt(again)["verified"] is True
