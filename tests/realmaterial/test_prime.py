@@ -19,8 +19,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from runs_app.kinds.prime import pyc_path, registry, registry_key
-from runs_app.models import Partition
+from runs_app.kinds.prime import pyc_path, registry_get
+from runs_app.models import Partition, RegistryEntry
 from tests.realmaterial.conftest import outputs_of, plan_of, stage
 from tests.realmaterial.material import find_files
 from tests.runs_app.kinds.conftest import tree_snapshot
@@ -60,17 +60,18 @@ def test_warm_registry_writes_an_entry_for_every_module(
     )
 
     def nothing_written() -> None:
-        assert tree_snapshot(scratch["registry"]) == {}
+        assert not RegistryEntry.objects.filter(workspace=name).exists()
 
     _dry, run = engine.run(document, unchanged=nothing_written)
 
     expected = modules_of(root)
     assert len(expected) >= 16  # click: 17 modules, requests: 18
-    cache = registry()
-    found = cache.get_many([registry_key(name, m) for m in expected])
+    # The registry is a table (RegistryEntry): exactly these modules, none more.
+    assert RegistryEntry.objects.filter(workspace=name).count() == len(expected)
+    found = registry_get(name, list(expected))
     assert len(found) == len(expected)
     for module, rel in expected.items():
-        entry = found[registry_key(name, module)]
+        entry = found[module]
         assert entry["module"] == module and entry["path"] == rel
         assert entry["source_sha256"] == sha256(root / rel)
     outputs = outputs_of(run)
@@ -159,8 +160,8 @@ def test_a_src_layout_names_its_modules_as_python_imports_them(workspace_of, scr
     )
     engine.run(document)
 
-    cache = registry()
+    found = registry_get("click", list(modules_of(root)))
     for module, rel in modules_of(root).items():
-        entry = cache.get(registry_key("click", module))
+        entry = found.get(module)
         assert entry is not None, module
         assert entry["path"] == rel
