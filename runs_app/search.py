@@ -7,7 +7,7 @@ Documentation pages use the database's full-text search, in every script:
   one token) and stems English (`porter`); its triggers fold Greek and Cyrillic accents
   (`fold`, the same table here for queries). BM25 ranks title over headings over body.
 - PostgreSQL: the GIN expression index over `to_tsvector('simple', hxo_unaccent(...))`,
-  queried with `websearch_to_tsquery('simple', ...)` and ranked by `ts_rank_cd` (whole
+  queried with `plainto_tsquery`/`phraseto_tsquery('simple', ...)` and ranked by `ts_rank_cd` (whole
   words: no stemming, so every language matches alike).
 - Scripts written without spaces (CJK, Thai, Lao, Khmer, Myanmar) are one "word" per
   sentence to both tokenizers, so their text is also kept apart (`DocPage.spaceless`) and
@@ -85,10 +85,10 @@ _CYRILLIC_FOLDED = "ЀЁЍѐёѝ"
 
 def _fold_table() -> dict[int, str]:
     """Accented letter → its base letter, one character each (so folding keeps offsets), as
-    NFD decomposes them: Latin (U+0080-U+024F, U+1E00-U+1EFF), Greek letters (U+0370-U+03FF:
-    tonos, dialytika) and the Cyrillic letters of _CYRILLIC_FOLDED."""
+    NFD decomposes them: Latin (U+0080-U+024F, U+1E00-U+1EFF), Greek letters (U+0386-U+03CE:
+    tonos, dialytika; final sigma as sigma) and the Cyrillic letters of _CYRILLIC_FOLDED."""
     table: dict[int, str] = {}
-    for c in [*range(0x80, 0x250), *range(0x1E00, 0x1F00), *range(0x370, 0x400)]:
+    for c in [*range(0x80, 0x250), *range(0x1E00, 0x1F00), *range(0x386, 0x3CF)]:
         if unicodedata.category(chr(c))[0] != "L":
             continue
         parts = unicodedata.normalize("NFD", chr(c))
@@ -97,6 +97,8 @@ def _fold_table() -> dict[int, str]:
             table[c] = base
     for ch in _CYRILLIC_FOLDED:
         table[ord(ch)] = unicodedata.normalize("NFD", ch)[0]
+    # Final sigma is sigma: "ΑΛΗΘΕΙΑΣ" lower-cases to a medial sigma, the text ends in a final.
+    table[0x3C2] = "\u03c3"
     return table
 
 
@@ -110,9 +112,11 @@ def fold(text: str) -> str:
 
 
 def greek_cyrillic_folds() -> list[tuple[str, str]]:
-    """The Greek and Cyrillic pairs of `fold`, in code point order: the pairs migration 0007's
-    SQLite triggers fold with replace()."""
-    return [(chr(c), b) for c, b in sorted(_FOLD.items()) if 0x370 <= c < 0x500]
+    """The Greek and Cyrillic pairs of `fold` but final sigma, in code point order: the pairs
+    migration 0007's SQLite triggers fold with replace()."""
+    # Not final sigma: SQLite's unicode61 already folds it, and the triggers' replace() chain
+    # is near the depth SQLite's parser allows.
+    return [(chr(c), b) for c, b in sorted(_FOLD.items()) if 0x370 <= c < 0x500 and c != 0x3C2]
 
 
 def spaceless(*texts: str) -> str:
@@ -210,14 +214,16 @@ def _mark_words(
     if not words:
         return text[:width] + ("…" if width and len(text) > width else "") if width else text
     needles = sorted({fold(w).lower() for w in words if w}, key=len, reverse=True)
-    pattern = re.compile("|".join(re.escape(w) for w in needles))
+    # A word matches at a word's start (its stem: "ledger" marks "ledgers", "or" does not mark
+    # "vectors"); a run of a script without spaces matches anywhere.
+    pattern = re.compile("|".join(_needle(w) for w in needles))
     haystack = fold(text).lower()
     if len(haystack) != len(text):
         haystack = text.lower() if len(text.lower()) == len(text) else text
     prefix = suffix = ""
     if width:
         first = (anchor.search(haystack) if anchor else None) or re.search(
-            re.escape(needles[0]), haystack
+            _needle(needles[0]), haystack
         )
         first = first or pattern.search(haystack)
         start = max(0, (first.start() if first else 0) - width // 3)
@@ -231,6 +237,10 @@ def _mark_words(
         last = m.end()
     out.append(text[last:])
     return prefix + "".join(out) + suffix
+
+
+def _needle(word: str) -> str:
+    return re.escape(word) if _SPACELESS_RUN.search(word) else r"(?<!\w)" + re.escape(word)
 
 
 def snippet(body: str, parsed: ParsedQuery) -> str:
@@ -457,8 +467,8 @@ def _pg_where(parsed: ParsedQuery, workspace: str | None) -> tuple[str, list[Any
     conds: list[str] = []
     params: list[Any] = []
     if parsed.words:
-        conds.append(f"({PG_DOCUMENT}) @@ websearch_to_tsquery('simple', hxo_unaccent(%s))")
-        params.append(_pg_words(parsed))
+        conds.append(f"({PG_DOCUMENT}) @@ {_pg_tsquery(parsed)}")
+        params.append(" ".join(parsed.words))
     for run in parsed.runs:
         conds.append("d.spaceless LIKE %s")  # the pg_trgm index serves 3 characters or more
         params.append(_like(run))
@@ -468,21 +478,19 @@ def _pg_where(parsed: ParsedQuery, workspace: str | None) -> tuple[str, list[Any
     return " AND ".join(conds), params
 
 
-def _pg_words(parsed: ParsedQuery) -> str:
-    words = " ".join(parsed.words)
-    return f'"{words}"' if parsed.phrase else words
+def _pg_tsquery(parsed: ParsedQuery) -> str:
+    """The tsquery of the words (one %s): every word (plainto_tsquery), or the phrase
+    (phraseto_tsquery); neither reads operators (`or`, `-`) in the user's words."""
+    function = "phraseto_tsquery" if parsed.phrase else "plainto_tsquery"
+    return f"{function}('simple', hxo_unaccent(%s))"
 
 
 def _docs_postgresql(
     parsed: ParsedQuery, limit: int, workspace: str | None
 ) -> list[dict[str, Any]]:
     where, params = _pg_where(parsed, workspace)
-    score = (
-        f"ts_rank_cd({PG_DOCUMENT}, websearch_to_tsquery('simple', hxo_unaccent(%s)))"
-        if parsed.words
-        else "0"
-    )
-    score_params = [_pg_words(parsed)] if parsed.words else []
+    score = f"ts_rank_cd({PG_DOCUMENT}, {_pg_tsquery(parsed)})" if parsed.words else "0"
+    score_params = [" ".join(parsed.words)] if parsed.words else []
     return _fetch(
         f"""
         SELECT d.workspace, d.route, d.path, d.title, left(d.body, %s) AS body,

@@ -465,6 +465,8 @@ class DocsIndex(Executor):
                 f"{prefix}: none of its {plural(len(pages), 'page')} could be read: "
                 + "; ".join(f"{f['path']}: {f['reason']}" for f in failed[:5]),
                 code=NO_READABLE_PAGE,
+                # The pages are pinned by SHA-256: a retry reads the same bytes and fails alike.
+                permanent=True,
                 path="inputs.route",
             )
         # A page that cannot be read now is not left in the index with what it said before.

@@ -48,11 +48,12 @@ def word_marks() -> str:
     )
 
 
-# Accented Greek letters (tonos, dialytika) and the Cyrillic letters whose accent is not a
-# letter of its own (ё, and the grave of Ѐ, Ѝ), each with its base letter. Other Cyrillic
-# marks make letters (й, ї, ѓ) and are kept, as PostgreSQL's unaccent keeps й. Few enough to
-# nest in replace() calls (SQLite's parser stops at about 35 levels).
-GREEK_CYRILLIC = "ΆΑΈΕΉΗΊΙΌΟΎΥΏΩΐιΪΙΫΥάαέεήηίιΰυϊιϋυόούυώωϓϒϔϒЀЕЁЕЍИѐеёеѝи"
+# Accented Greek letters (tonos, dialytika; the tokenizer folds final sigma itself) and the
+# Cyrillic letters whose accent is not a letter of its own (ё, and the grave of Ѐ, Ѝ), each
+# with its base letter. Other Cyrillic marks make letters (й, ї, ѓ) and are kept, as
+# PostgreSQL's unaccent keeps й. Few enough to nest in replace() calls (SQLite's parser
+# overflows at 29 levels inside a trigger).
+GREEK_CYRILLIC = "ΆΑΈΕΉΗΊΙΌΟΎΥΏΩΐιΪΙΫΥάαέεήηίιΰυϊιϋυόούυώωЀЕЁЕЍИѐеёеѝи"
 
 
 def greek_cyrillic_folds() -> list[tuple[str, str]]:
@@ -148,9 +149,11 @@ def _pg_forward(schema_editor) -> None:
                 "ON n.oid = e.extnamespace WHERE e.extname = 'unaccent'"
             )
             schema = cursor.fetchone()[0]
-        body = f"SELECT {schema}.unaccent('{schema}.unaccent'::regdictionary, $1)"
+        folded = f"{schema}.unaccent('{schema}.unaccent'::regdictionary, $1)"
     else:
-        body = "SELECT $1"  # no folding on this server (documented in docs/search.md)
+        folded = "$1"  # no accent folding on this server (documented in docs/search.md)
+    # Final sigma as sigma, as runs_app.search.fold does: lower() keeps them apart.
+    body = f"SELECT translate({folded}, '\u03c2', '\u03c3')"  # final sigma, sigma
     schema_editor.execute(
         "CREATE OR REPLACE FUNCTION hxo_unaccent(text) RETURNS text "
         f"LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$ {body} $$"
