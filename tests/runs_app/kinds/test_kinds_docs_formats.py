@@ -230,9 +230,7 @@ def test_removing_a_directory_and_reindexing_removes_its_pages(driver, workspace
     assert sum(r["removed"] for r in run.results) == 2
 
 
-def test_a_page_that_is_not_utf8_is_a_page_failure_not_replacement_characters(
-    driver, workspace
-):
+def test_a_page_that_is_not_utf8_is_a_page_failure_not_replacement_characters(driver, workspace):
     write_files(
         workspace,
         {
