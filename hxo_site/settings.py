@@ -296,6 +296,11 @@ HXO_PARTITION_TIMEOUT_MS = env_int_renamed(
     "HXO_PARTITION_TIMEOUT_MS", "HXO_SHARD_TIMEOUT_MS", 300_000, minimum=100
 )
 HXO_MAX_ATTEMPTS = env_int("HXO_MAX_ATTEMPTS", 3, minimum=1)
+# Docs search: the most characters of headings and body indexed per page (the rest of a
+# longer page is not searchable; DocPage.truncated records the cut), and the longest one
+# search request may query the database before it answers 503 search_timeout.
+HXO_DOCS_MAX_INDEXED_CHARS = env_int("HXO_DOCS_MAX_INDEXED_CHARS", 1_000_000, minimum=1_000)
+HXO_SEARCH_TIMEOUT_MS = env_int("HXO_SEARCH_TIMEOUT_MS", 2_000, minimum=1)
 HXO_RETRY_BACKOFF_MS = env_int("HXO_RETRY_BACKOFF_MS", 1_000, minimum=0)
 HXO_LEASE_MS = env_int("HXO_LEASE_MS", 30_000, minimum=500)
 HXO_DRAIN_BUDGET_S = env_int("HXO_DRAIN_BUDGET_S", 60, minimum=1)

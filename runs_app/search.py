@@ -1,10 +1,27 @@
 """Searching the indexes that assets.index and docs.index write.
 
-Documentation pages use the database's full-text search: SQLite FTS5 with BM25 ranking (title
-weighted over headings over body), or PostgreSQL `websearch_to_tsquery` against the GIN
-expression index of migration 0002, ranked by `ts_rank_cd`. Without either, a LIKE scan keeps
-search working, unranked but correct. Assets are searched by name and path substrings (a
-"logo" query should find `brand-logo@2x.png`), ranked by where the words match.
+Documentation pages use the database's full-text search, in every script:
+
+- SQLite: an FTS5 index (migration 0007) whose tokenizer folds Latin accents
+  (`unicode61 remove_diacritics 2`), keeps combining marks inside words (a Devanagari word is
+  one token) and stems English (`porter`); its triggers fold Greek and Cyrillic accents
+  (`fold`, the same table here for queries). BM25 ranks title over headings over body.
+- PostgreSQL: the GIN expression index over `to_tsvector('simple', hxo_unaccent(...))`,
+  queried with `plainto_tsquery`/`phraseto_tsquery('simple', ...)` and ranked by `ts_rank_cd` (whole
+  words: no stemming, so every language matches alike).
+- Scripts written without spaces (CJK, Thai, Lao, Khmer, Myanmar) are one "word" per
+  sentence to both tokenizers, so their text is also kept apart (`DocPage.spaceless`) and
+  matched as a substring: a trigram index (SQLite FTS5 `trigram`, PostgreSQL `pg_trgm`) for
+  runs of 3 characters or more; a run of 1 or 2 characters (`東京`) is a `LIKE` over that column
+  alone (usually small), bounded by the time limit like every query.
+- Without FTS5, a LIKE scan keeps search working, unranked but correct.
+
+Every query runs under a time limit (`HXO_SEARCH_TIMEOUT_MS`: an sqlite3 progress handler,
+PostgreSQL `SET LOCAL statement_timeout`); past it, SearchError `search_timeout`. Snippets are
+computed here, in Python, over at most SNIPPET_WINDOW characters of the stored text (SQLite's
+`snippet()` and PostgreSQL's `ts_headline` grow with the page and the matches, and SQLite's
+ignores interrupts). Assets are searched by name and path substrings (a "logo" query should
+find `brand-logo@2x.png`), ranked by where the words match.
 
 Hits carry a `snippet` (plain text) and a `snippet_html` (the same text HTML-escaped, with
 matches in `<mark>`), so a page can show highlights without trusting indexed content.
@@ -14,38 +31,128 @@ from __future__ import annotations
 
 import html
 import re
+import time
+import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import connection
+from django.conf import settings
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Q, QuerySet
 
 from runs_app.models import AssetIndexEntry, DocPage
 
 QUERY_REQUIRED = "query_required"
 QUERY_TOO_LONG = "query_too_long"
+SEARCH_TIMEOUT = "search_timeout"
 MAX_QUERY_LENGTH = 200
 MAX_HITS = 200
+# Characters of a page's stored text that a snippet looks at (its start): the work per hit
+# does not grow with the page.
+SNIPPET_WINDOW = 100_000
+SNIPPET_WIDTH = 200
+# sqlite3 calls the progress handler every this many virtual-machine instructions.
+PROGRESS_STEPS = 1_000
 
 FTS_TABLE = "runs_app_docpage_fts"
-# Must stay identical to the indexed expression in migration 0002, or PostgreSQL won't use it.
+SPACELESS_TABLE = "runs_app_docpage_spaceless"
+# Must stay identical to the indexed expression in migration 0007, or PostgreSQL won't use it.
 PG_DOCUMENT = (
-    "setweight(to_tsvector('english'::regconfig, title), 'A') || "
-    "setweight(to_tsvector('english'::regconfig, headings), 'B') || "
-    "setweight(to_tsvector('english'::regconfig, body), 'D')"
+    "setweight(to_tsvector('simple'::regconfig, hxo_unaccent(title)), 'A') || "
+    "setweight(to_tsvector('simple'::regconfig, hxo_unaccent(headings)), 'B') || "
+    "setweight(to_tsvector('simple'::regconfig, hxo_unaccent(body)), 'D')"
 )
-# Private-use characters mark matches inside the database; they can't occur in indexed text
-# that came from our extractor's output, and are turned into <mark> after escaping.
+# Scripts written without spaces between words: Thai, Lao, Myanmar, Khmer, the Japanese
+# iteration marks, kana, CJK ideographs (and their extensions and compatibility forms),
+# half-width katakana. Hangul is written with spaces and stays with the word index.
+SPACELESS_CLASS = (
+    "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3005-\u3007\u3040-\u30ff\u31f0-\u31ff"
+    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\U00020000-\U0002fa1f"
+)
+_SPACELESS_RUN = re.compile(f"[{SPACELESS_CLASS}]+")
+# Private-use characters mark matches; they can't occur in indexed text that came from our
+# extractor's output, and are turned into <mark> after escaping.
 _START, _STOP = "\ue000", "\ue001"
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
+# The Cyrillic letters folded: ё and the grave-accented Ѐ, Ѝ. Other Cyrillic marks make
+# letters of their own (й, ї, ѓ) and are kept, as PostgreSQL's unaccent keeps й.
+_CYRILLIC_FOLDED = "ЀЁЍѐёѝ"
+
+
+def _fold_table() -> dict[int, str]:
+    """Accented letter → its base letter, one character each (so folding keeps offsets), as
+    NFD decomposes them: Latin (U+0080-U+024F, U+1E00-U+1EFF), Greek letters (U+0386-U+03CE:
+    tonos, dialytika; final sigma as sigma) and the Cyrillic letters of _CYRILLIC_FOLDED."""
+    table: dict[int, str] = {}
+    for c in [*range(0x80, 0x250), *range(0x1E00, 0x1F00), *range(0x386, 0x3CF)]:
+        if unicodedata.category(chr(c))[0] != "L":
+            continue
+        parts = unicodedata.normalize("NFD", chr(c))
+        base = "".join(p for p in parts if not 0x300 <= ord(p) <= 0x36F)
+        if len(parts) > 1 and len(base) == 1:
+            table[c] = base
+    for ch in _CYRILLIC_FOLDED:
+        table[ord(ch)] = unicodedata.normalize("NFD", ch)[0]
+    # Final sigma is sigma: "ΑΛΗΘΕΙΑΣ" lower-cases to a medial sigma, the text ends in a final.
+    table[0x3C2] = "\u03c3"
+    return table
+
+
+_FOLD = _fold_table()
+
+
+def fold(text: str) -> str:
+    """`text` with accents folded (`Развёртывание` → `Развертывание`, `ώρα` → `ωρα`,
+    `café` → `cafe`); same length, character for character."""
+    return text.translate(_FOLD)
+
+
+def greek_cyrillic_folds() -> list[tuple[str, str]]:
+    """The Greek and Cyrillic pairs of `fold` but final sigma, in code point order: the pairs
+    migration 0007's SQLite triggers fold with replace()."""
+    # Not final sigma: SQLite's unicode61 already folds it, and the triggers' replace() chain
+    # is near the depth SQLite's parser allows.
+    return [(chr(c), b) for c, b in sorted(_FOLD.items()) if 0x370 <= c < 0x500 and c != 0x3C2]
+
+
+def spaceless(*texts: str) -> str:
+    """The runs of `texts` in scripts written without spaces, a space between runs and a line
+    per text; "" for text without any (the DocPage.spaceless column)."""
+    return "\n".join(" ".join(_SPACELESS_RUN.findall(t)) for t in texts).strip()
+
+
+def terms(q: str) -> list[str]:
+    """The words of `q`: runs of letters, digits and combining marks (a Devanagari vowel sign
+    is part of its word, as the index's tokenizer keeps it), everything else a separator."""
+    out: list[str] = []
+    current: list[str] = []
+    for ch in q:
+        if unicodedata.category(ch)[0] in "LNM" or unicodedata.category(ch) == "Co":
+            current.append(ch)
+        elif current:
+            out.append("".join(current))
+            current = []
+    if current:
+        out.append("".join(current))
+    return out
+
+
 class SearchError(ValueError):
+    """A search that cannot be answered; `code` says why (QUERY_REQUIRED, QUERY_TOO_LONG,
+    SEARCH_TIMEOUT)."""
+
     def __init__(self, message: str, *, code: str) -> None:
         super().__init__(message)
         self.code = code
 
 
 def clean_query(q: Any) -> str:
+    """`q` stripped; SearchError QUERY_REQUIRED when it is not a non-blank string,
+    QUERY_TOO_LONG past MAX_QUERY_LENGTH characters."""
     if not isinstance(q, str) or not q.strip():
         raise SearchError("a search needs a query: ?q=words", code=QUERY_REQUIRED)
     q = q.strip()
@@ -56,24 +163,156 @@ def clean_query(q: Any) -> str:
     return q
 
 
+@dataclass
+class ParsedQuery:
+    """A docs query split for the indexes: `words` for the word index (folded), `runs` of
+    scripts without spaces for the substring index, `phrase` when `q` was in double quotes."""
+
+    words: list[str] = field(default_factory=list)
+    runs: list[str] = field(default_factory=list)
+    phrase: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not self.words and not self.runs
+
+    @property
+    def needles(self) -> list[str]:
+        """What a snippet marks: every word and run, lower case."""
+        return [t.lower() for t in self.words + self.runs]
+
+
+def parse_query(q: str) -> ParsedQuery:
+    """Split a cleaned query. A word holding text of a script without spaces contributes its
+    runs of that script only (the word index keeps `Python入門` as one token, so its Latin part
+    alone would not match)."""
+    parsed = ParsedQuery(phrase=len(q) > 1 and q.startswith('"') and q.endswith('"'))
+    for term in terms(fold(q)):
+        runs = _SPACELESS_RUN.findall(term)
+        if runs:
+            parsed.runs.extend(r for r in runs if r not in parsed.runs)
+        else:
+            parsed.words.append(term)
+    return parsed
+
+
 def _snippets(marked: str) -> dict[str, str]:
     plain = marked.replace(_START, "").replace(_STOP, "")
     escaped = html.escape(marked).replace(_START, "<mark>").replace(_STOP, "</mark>")
     return {"snippet": plain, "snippet_html": escaped}
 
 
-def _mark_words(text: str, words: list[str], *, width: int = 0) -> str:
-    """`text` with each occurrence of `words` (case-insensitive) between the markers;
-    with `width`, cut to about that many characters around the first match."""
+def _mark_words(
+    text: str, words: list[str], *, width: int = 0, anchor: re.Pattern[str] | None = None
+) -> str:
+    """`text` with each occurrence of `words` (case- and accent-insensitive) between the
+    markers; with `width`, cut to about that many characters around the first match of
+    `anchor` (folded, lower case), else of the longest word (the most specific), else of any.
+
+    Matching runs on `fold(text).lower()`, which has the same length as `text` for all but a
+    few letters (İ): when lengths differ, matching falls back to `text.lower()`."""
     if not words:
-        return text[:width] if width else text
-    pattern = re.compile("|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)), re.I)
+        return text[:width] + ("…" if width and len(text) > width else "") if width else text
+    needles = sorted({fold(w).lower() for w in words if w}, key=len, reverse=True)
+    # A word matches at a word's start (its stem: "ledger" marks "ledgers", "or" does not mark
+    # "vectors"); a run of a script without spaces matches anywhere.
+    pattern = re.compile("|".join(_needle(w) for w in needles))
+    haystack = fold(text).lower()
+    if len(haystack) != len(text):
+        haystack = text.lower() if len(text.lower()) == len(text) else text
+    prefix = suffix = ""
     if width:
-        first = pattern.search(text)
+        first = (anchor.search(haystack) if anchor else None) or re.search(
+            _needle(needles[0]), haystack
+        )
+        first = first or pattern.search(haystack)
         start = max(0, (first.start() if first else 0) - width // 3)
-        cut = text[start : start + width]
-        text = ("…" if start else "") + cut + ("…" if start + width < len(text) else "")
-    return pattern.sub(lambda m: f"{_START}{m.group(0)}{_STOP}", text)
+        prefix = "…" if start else ""
+        suffix = "…" if start + width < len(text) else ""
+        text, haystack = text[start : start + width], haystack[start : start + width]
+    out, last = [], 0
+    for m in pattern.finditer(haystack):
+        out.append(text[last : m.start()])
+        out.append(f"{_START}{text[m.start() : m.end()]}{_STOP}")
+        last = m.end()
+    out.append(text[last:])
+    return prefix + "".join(out) + suffix
+
+
+def _needle(word: str) -> str:
+    return re.escape(word) if _SPACELESS_RUN.search(word) else r"(?<!\w)" + re.escape(word)
+
+
+def snippet(body: str, parsed: ParsedQuery) -> str:
+    """A marked snippet of about SNIPPET_WIDTH characters around the first match in the first
+    SNIPPET_WINDOW characters of `body` (the page's start when none matches there)."""
+    window = body[:SNIPPET_WINDOW]
+    anchor = None
+    if parsed.phrase and len(parsed.words) > 1:
+        anchor = re.compile(r"\W+".join(re.escape(w.lower()) for w in parsed.words))
+    marked = _mark_words(window, parsed.needles, width=SNIPPET_WIDTH, anchor=anchor)
+    if len(body) > SNIPPET_WINDOW and not marked.endswith("…"):
+        marked += "…"
+    return marked
+
+
+# --- The time limit -----------------------------------------------------------------------
+
+
+def _timeout_ms() -> int:
+    return int(getattr(settings, "HXO_SEARCH_TIMEOUT_MS", 2_000))
+
+
+def _timed_out() -> SearchError:
+    return SearchError(
+        f"the search took longer than {_timeout_ms()} ms and was stopped; try more specific words",
+        code=SEARCH_TIMEOUT,
+    )
+
+
+@contextmanager
+def bounded() -> Iterator[None]:
+    """Every query inside runs under HXO_SEARCH_TIMEOUT_MS, in total on SQLite (a progress
+    handler interrupts the statement: SQLite checks it every PROGRESS_STEPS instructions, so
+    even a statement scanning a huge page stops), per statement on PostgreSQL
+    (`SET LOCAL statement_timeout` in a transaction, restored after). Raises SearchError
+    SEARCH_TIMEOUT past it."""
+    limit = _timeout_ms()
+    if connection.vendor == "sqlite":
+        connection.ensure_connection()
+        raw = connection.connection
+        deadline = time.monotonic() + limit / 1000
+        raw.set_progress_handler(lambda: int(time.monotonic() > deadline), PROGRESS_STEPS)
+        try:
+            yield
+        except DatabaseError as exc:
+            if "interrupted" in str(exc):
+                raise _timed_out() from None
+            raise
+        finally:
+            raw.set_progress_handler(None, PROGRESS_STEPS)
+        return
+    if connection.vendor != "postgresql":
+        yield
+        return
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT current_setting('statement_timeout')")
+                before = cursor.fetchone()[0]
+                cursor.execute(f"SET LOCAL statement_timeout = {max(1, limit)}")
+            yield
+            with connection.cursor() as cursor:
+                # SET LOCAL lasts until the outermost transaction ends: put it back for
+                # whatever else runs in it (a test's transaction, an outer atomic block).
+                cursor.execute("SELECT set_config('statement_timeout', %s, true)", [before])
+    except DatabaseError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) == "57014":  # query_canceled
+            raise _timed_out() from None
+        raise
+
+
+# --- Documentation pages ------------------------------------------------------------------
 
 
 def _fts5_available() -> bool:
@@ -86,66 +325,62 @@ def _fts5_available() -> bool:
         return cursor.fetchone() is not None
 
 
-def _fts5_query(q: str) -> str:
-    """User words as an FTS5 query: each word quoted (no operator injection, no syntax
-    errors); a query in double quotes is a phrase, otherwise all words must match."""
-    words = _WORD.findall(q)
-    if not words:
+def _fts5_query(parsed: ParsedQuery) -> str:
+    """The words as an FTS5 query: each word quoted (no operator injection, no syntax errors);
+    a phrase in double quotes stays a phrase, otherwise all words must match."""
+    if not parsed.words:
         return ""
-    if len(q) > 1 and q.startswith('"') and q.endswith('"'):
-        return '"' + " ".join(words) + '"'
-    return " AND ".join(f'"{w}"' for w in words)
+    if parsed.phrase:
+        return '"' + " ".join(parsed.words) + '"'
+    return " AND ".join(f'"{w}"' for w in parsed.words)
 
 
 def search_docs(q: str, limit: int = 20, *, workspace: str | None = None) -> list[dict[str, Any]]:
-    """Documentation pages matching `q`, best first, each with a highlighted snippet."""
+    """Documentation pages matching `q`, best first (at most `limit`, at most MAX_HITS), each
+    {"workspace", "route", "path", "title", "score", "snippet", "snippet_html"}.
+
+    Raises SearchError for an empty or overlong query, and SEARCH_TIMEOUT past
+    HXO_SEARCH_TIMEOUT_MS."""
     q = clean_query(q)
+    parsed = parse_query(q)
     limit = max(1, min(int(limit), MAX_HITS))
-    if connection.vendor == "postgresql":
-        rows = _docs_postgresql(q, limit, workspace)
-    elif _fts5_available():
-        rows = _docs_sqlite(q, limit, workspace)
-    else:
-        rows = _docs_fallback(q, limit, workspace)
-    hits = []
-    for row in rows:
-        hits.append(
-            {
-                "workspace": row["workspace"],
-                "route": row["route"],
-                "path": row["path"],
-                "title": row["title"],
-                "score": round(float(row["score"]), 6),
-                **_snippets(row["snippet"]),
-            }
-        )
-    return hits
+    if parsed.empty:
+        return []
+    with bounded():
+        if connection.vendor == "postgresql":
+            rows = _docs_postgresql(parsed, limit, workspace)
+        elif _fts5_available():
+            rows = _docs_sqlite(parsed, limit, workspace)
+        else:
+            rows = _docs_fallback(parsed, limit, workspace)
+    return [
+        {
+            "workspace": row["workspace"],
+            "route": row["route"],
+            "path": row["path"],
+            "title": row["title"],
+            "score": round(float(row["score"]), 6),
+            **_snippets(snippet(row["body"], parsed)),
+        }
+        for row in rows
+    ]
 
 
 def count_docs(q: str, *, workspace: str | None = None) -> int:
     """How many documentation pages match `q` (the same match as search_docs, without its
-    MAX_HITS cap): one COUNT over the full-text index, no ranking and no snippets."""
-    q = clean_query(q)
-    if connection.vendor == "postgresql":
-        where = "" if workspace is None else " AND d.workspace = %s"
-        sql = (
-            "SELECT count(*) FROM runs_app_docpage d "
-            f"WHERE ({PG_DOCUMENT}) @@ websearch_to_tsquery('english', %s){where}"
-        )
-        return _count(sql, [q] + ([] if workspace is None else [workspace]))
-    if _fts5_available():
-        match = _fts5_query(q)
-        if not match:
-            return 0
-        if workspace is None:
-            return _count(f"SELECT count(*) FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH %s", [match])
-        return _count(
-            f"SELECT count(*) FROM {FTS_TABLE} JOIN runs_app_docpage w "
-            f"ON w.id = {FTS_TABLE}.rowid WHERE {FTS_TABLE} MATCH %s AND w.workspace = %s",
-            [match, workspace],
-        )
-    words = _WORD.findall(q)
-    return _docs_fallback_pages(words, workspace).count() if words else 0
+    MAX_HITS cap): one COUNT over the indexes, no ranking and no snippets. Raises as
+    search_docs does."""
+    parsed = parse_query(clean_query(q))
+    if parsed.empty:
+        return 0
+    with bounded():
+        if connection.vendor == "postgresql":
+            where, params = _pg_where(parsed, workspace)
+            return _count(f"SELECT count(*) FROM runs_app_docpage d WHERE {where}", params)
+        if _fts5_available():
+            sql, params = _sqlite_matches(parsed, workspace)
+            return _count(f"SELECT count(*) FROM ({sql})", params)
+        return _docs_fallback_pages(parsed, workspace).count()
 
 
 def count_assets(q: str, *, workspace: str | None = None) -> int:
@@ -166,86 +401,118 @@ def _fetch(sql: str, params: list[Any]) -> list[dict[str, Any]]:
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
-def _docs_sqlite(q: str, limit: int, workspace: str | None) -> list[dict[str, Any]]:
-    match = _fts5_query(q)
-    if not match:
-        return []
-    # Rank in a subquery that touches only the FTS index, then join and build snippets for
-    # the few rows kept: SQLite evaluates result columns before sorting, so a snippet in the
-    # ranking query would be made for every matching page (all 10,000 for a common word).
-    # `rank` is bm25 weighted title 10, headings 4, body 1 (set in migration 0002); lower is
-    # better.
-    if workspace is None:
-        ranked = (
-            f"SELECT rowid AS id, rank FROM {FTS_TABLE} "
-            f"WHERE {FTS_TABLE} MATCH %s ORDER BY rank LIMIT %s"
-        )
-        params: list[Any] = [match, limit]
+def _like(run: str) -> str:
+    # Runs hold only letters of the spaceless scripts: no LIKE wildcards to escape.
+    return f"%{run}%"
+
+
+def _sqlite_matches(parsed: ParsedQuery, workspace: str | None) -> tuple[str, list[Any]]:
+    """SQL selecting (id, rank) of the matching pages (lower rank is better), and its params.
+
+    The word index drives when there are words (BM25: title 10, headings 4, body 1, set in
+    migration 0007), else the trigram index when a run has 3 characters or more (BM25), else
+    the pages (rank 0); every other condition is a rowid set."""
+    conds: list[str] = []
+    params: list[Any] = []
+    long_runs = [r for r in parsed.runs if len(r) >= 3]
+    short_runs = [r for r in parsed.runs if len(r) < 3]
+    if parsed.words:
+        table, id_col, rank = FTS_TABLE, f"{FTS_TABLE}.rowid", f"{FTS_TABLE}.rank"
+        conds.append(f"{FTS_TABLE} MATCH %s")
+        params.append(_fts5_query(parsed))
+        if long_runs:
+            conds.append(
+                f"{id_col} IN (SELECT rowid FROM {SPACELESS_TABLE} "
+                f"WHERE {SPACELESS_TABLE} MATCH %s)"
+            )
+            params.append(" AND ".join(f'"{r}"' for r in long_runs))
+    elif long_runs:
+        table, id_col, rank = SPACELESS_TABLE, f"{SPACELESS_TABLE}.rowid", "rank"
+        conds.append(f"{SPACELESS_TABLE} MATCH %s")
+        params.append(" AND ".join(f'"{r}"' for r in long_runs))
     else:
-        ranked = (
-            f"SELECT {FTS_TABLE}.rowid AS id, {FTS_TABLE}.rank AS rank "
-            f"FROM {FTS_TABLE} JOIN runs_app_docpage w ON w.id = {FTS_TABLE}.rowid "
-            f"WHERE {FTS_TABLE} MATCH %s AND w.workspace = %s ORDER BY rank LIMIT %s"
-        )
-        params = [match, workspace, limit]
-    top = _fetch(ranked, params)
+        table, id_col, rank = "runs_app_docpage", "runs_app_docpage.id", "0"
+    for run in short_runs:
+        conds.append(f"{id_col} IN (SELECT id FROM runs_app_docpage WHERE spaceless LIKE %s)")
+        params.append(_like(run))
+    if workspace is not None:
+        conds.append(f"{id_col} IN (SELECT id FROM runs_app_docpage WHERE workspace = %s)")
+        params.append(workspace)
+    return (
+        f"SELECT {id_col} AS id, {rank} AS rank FROM {table} WHERE " + " AND ".join(conds),
+        params,
+    )
+
+
+def _docs_sqlite(parsed: ParsedQuery, limit: int, workspace: str | None) -> list[dict[str, Any]]:
+    # Rank over the indexes only, then read the few rows kept (their text's start only).
+    matches, params = _sqlite_matches(parsed, workspace)
+    top = _fetch(f"{matches} ORDER BY rank, id LIMIT %s", [*params, limit])
     if not top:
         return []
     rows = {
         r["id"]: r
         for r in _fetch(
-            "SELECT id, workspace, route, path, title FROM runs_app_docpage WHERE id IN ("
-            + ", ".join(["%s"] * len(top))
-            + ")",
-            [r["id"] for r in top],
+            "SELECT id, workspace, route, path, title, substr(body, 1, %s) AS body "
+            "FROM runs_app_docpage WHERE id IN (" + ", ".join(["%s"] * len(top)) + ")",
+            [SNIPPET_WINDOW, *(r["id"] for r in top)],
         )
     }
-    hits = []
-    with connection.cursor() as cursor:
-        for r in top:
-            # A rowid equality lets FTS5 seek to the one row instead of walking every match.
-            cursor.execute(
-                f"SELECT snippet({FTS_TABLE}, 2, '{_START}', '{_STOP}', '…', 24) "
-                f"FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH %s AND rowid = %s",
-                [match, r["id"]],
-            )
-            found = cursor.fetchone()
-            page = rows[r["id"]]
-            hits.append({**page, "score": -r["rank"], "snippet": found[0] if found else ""})
+    hits = [{**rows[r["id"]], "score": -float(r["rank"])} for r in top if r["id"] in rows]
     hits.sort(key=lambda h: (-h["score"], h["route"]))
     return hits
 
 
-def _docs_postgresql(q: str, limit: int, workspace: str | None) -> list[dict[str, Any]]:
-    where = "" if workspace is None else " AND d.workspace = %s"
-    params: list[Any] = [q] + ([] if workspace is None else [workspace]) + [limit]
-    options = f"StartSel={_START}, StopSel={_STOP}, MaxWords=35, MinWords=15, MaxFragments=1"
+def _pg_where(parsed: ParsedQuery, workspace: str | None) -> tuple[str, list[Any]]:
+    conds: list[str] = []
+    params: list[Any] = []
+    if parsed.words:
+        conds.append(f"({PG_DOCUMENT}) @@ {_pg_tsquery(parsed)}")
+        params.append(" ".join(parsed.words))
+    for run in parsed.runs:
+        conds.append("d.spaceless LIKE %s")  # the pg_trgm index serves 3 characters or more
+        params.append(_like(run))
+    if workspace is not None:
+        conds.append("d.workspace = %s")
+        params.append(workspace)
+    return " AND ".join(conds), params
+
+
+def _pg_tsquery(parsed: ParsedQuery) -> str:
+    """The tsquery of the words (one %s): every word (plainto_tsquery), or the phrase
+    (phraseto_tsquery); neither reads operators (`or`, `-`) in the user's words."""
+    function = "phraseto_tsquery" if parsed.phrase else "plainto_tsquery"
+    return f"{function}('simple', hxo_unaccent(%s))"
+
+
+def _docs_postgresql(
+    parsed: ParsedQuery, limit: int, workspace: str | None
+) -> list[dict[str, Any]]:
+    where, params = _pg_where(parsed, workspace)
+    score = f"ts_rank_cd({PG_DOCUMENT}, {_pg_tsquery(parsed)})" if parsed.words else "0"
+    score_params = [" ".join(parsed.words)] if parsed.words else []
     return _fetch(
         f"""
-        WITH query AS (SELECT websearch_to_tsquery('english', %s) AS tsq)
-        SELECT d.workspace, d.route, d.path, d.title,
-               ts_rank_cd({PG_DOCUMENT}, query.tsq) AS score,
-               ts_headline('english', d.body, query.tsq, '{options}') AS snippet
-        FROM runs_app_docpage d, query
-        WHERE ({PG_DOCUMENT}) @@ query.tsq{where}
+        SELECT d.workspace, d.route, d.path, d.title, left(d.body, %s) AS body,
+               {score} AS score
+        FROM runs_app_docpage d
+        WHERE {where}
         ORDER BY score DESC, d.route
         LIMIT %s
         """,
-        params,
+        [SNIPPET_WINDOW, *score_params, *params, limit],
     )
 
 
-def _docs_fallback(q: str, limit: int, workspace: str | None) -> list[dict[str, Any]]:
-    words = _WORD.findall(q)
-    if not words:
-        return []
+def _docs_fallback(parsed: ParsedQuery, limit: int, workspace: str | None) -> list[dict[str, Any]]:
     rows = []
-    for page in _docs_fallback_pages(words, workspace)[: MAX_HITS * 5]:
+    needles = parsed.needles
+    for page in _docs_fallback_pages(parsed, workspace)[: MAX_HITS * 5]:
         score = sum(
-            10 * page.title.lower().count(w.lower())
-            + 4 * page.headings.lower().count(w.lower())
-            + page.body.lower().count(w.lower())
-            for w in words
+            10 * page.title.lower().count(w)
+            + 4 * page.headings.lower().count(w)
+            + page.body[:SNIPPET_WINDOW].lower().count(w)
+            for w in needles
         )
         rows.append(
             {
@@ -254,16 +521,16 @@ def _docs_fallback(q: str, limit: int, workspace: str | None) -> list[dict[str, 
                 "path": page.path,
                 "title": page.title,
                 "score": score,
-                "snippet": _mark_words(page.body, words, width=200),
+                "body": page.body[:SNIPPET_WINDOW],
             }
         )
     rows.sort(key=lambda r: (-r["score"], r["route"]))
     return rows[:limit]
 
 
-def _docs_fallback_pages(words: list[str], workspace: str | None) -> QuerySet[DocPage]:
+def _docs_fallback_pages(parsed: ParsedQuery, workspace: str | None) -> QuerySet[DocPage]:
     qs = DocPage.objects.all() if workspace is None else DocPage.objects.filter(workspace=workspace)
-    for w in words:
+    for w in parsed.needles:
         qs = qs.filter(Q(title__icontains=w) | Q(headings__icontains=w) | Q(body__icontains=w))
     return qs
 

@@ -3,7 +3,8 @@
 Both need `hxo:view`, answer a missing or empty `q` with 400 `query_required`, and return the
 ranked hits of `runs_app.search` in pages (`count`, `next`, `previous`, `results`). Pages
 reach the best `hits_limit` (MAX_HITS) hits; `count` is every match all the same (counted apart
-when the hits reach the limit), and `results_available` says how many the pages hold.
+when the hits reach the limit), and `results_available` says how many the pages hold. A
+search that runs past HXO_SEARCH_TIMEOUT_MS is stopped and answered 503 `search_timeout`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ ERRORS = {
     400: OpenApiResponse(ErrorSerializer, description="`q` missing, empty or too long"),
     401: OpenApiResponse(ErrorSerializer, description="Not authenticated"),
     403: OpenApiResponse(ErrorSerializer, description="Missing hxo:view"),
+    503: OpenApiResponse(
+        ErrorSerializer,
+        description="`search_timeout`: the query ran past HXO_SEARCH_TIMEOUT_MS and was stopped",
+    ),
 }
 
 
@@ -60,15 +65,23 @@ class _SearchView(APIView):
         except search.SearchError as exc:
             raise ApiError(str(exc), code=exc.code) from None
         workspace = parameters.choice(request.query_params, "workspace", workspace_names())
-        hits = type(self).search(q, limit=search.MAX_HITS, workspace=workspace)
+        try:
+            hits = type(self).search(q, limit=search.MAX_HITS, workspace=workspace)
+            # Hits stop at MAX_HITS; below it they are every match, at it the true number is
+            # counted apart (a COUNT, no ranking nor snippets).
+            total = (
+                type(self).count(q, workspace=workspace)
+                if len(hits) >= search.MAX_HITS
+                else len(hits)
+            )
+        except search.SearchError as exc:
+            # Past HXO_SEARCH_TIMEOUT_MS: the worker is free again, the client may retry.
+            raise ApiError(str(exc), code=exc.code, status_code=503) from None
         paginator = SearchPagination()
         page = paginator.paginate_queryset(hits, request, view=self)  # type: ignore[arg-type]
         response = paginator.get_paginated_response(page)
         response.data["query"] = q
-        # Hits stop at MAX_HITS; below it they are every match, at it the true number is
-        # counted apart (a COUNT, no ranking nor snippets).
-        if len(hits) >= search.MAX_HITS:
-            response.data["count"] = type(self).count(q, workspace=workspace)
+        response.data["count"] = total
         response.data["results_available"] = len(hits)
         response.data["hits_limit"] = search.MAX_HITS
         return response

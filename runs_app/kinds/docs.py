@@ -16,12 +16,14 @@ none of whose pages could be read fails.
 
 from __future__ import annotations
 
+import codecs
 import html
 import re
 from pathlib import PurePosixPath
 from typing import Any
 
 import yaml
+from django.conf import settings
 from django.db import transaction
 from django.db.models import QuerySet
 from django.template.defaultfilters import filesizeformat
@@ -59,6 +61,7 @@ from runs_app.kinds.files import (
 from runs_app.kinds.rst import PageError, extract_rst
 from runs_app.kinds.workspace import WorkspacePartitioner
 from runs_app.models import DocPage
+from runs_app.search import spaceless
 
 MARKDOWN = "markdown"
 RST = "rst"
@@ -70,6 +73,79 @@ INDEX_STEMS = {MARKDOWN: ("index", "readme"), RST: ("index",)}
 PREVIEW_PAGES = 500
 # Error code of a partition none of whose pages could be read.
 NO_READABLE_PAGE = "no_readable_page"
+# Folders that are not documentation pages: a Sphinx build's output (`_build/`, default in
+# Sphinx's exclude_patterns), tool environments, dependencies. Hidden folders (`.git`,
+# `.venv`, `.tox`) are skipped too. Skipped folders are listed in the manifest.
+SKIPPED_DIRS = frozenset({"_build", "node_modules", "__pycache__", "site-packages"})
+# Source characters parsed per page, as a multiple of the indexed cap: markup is a fraction
+# of a page, so this is enough to fill the cap, and parsing stays bounded too.
+SOURCE_FACTOR = 4
+
+
+def skipped_dir(rel_to_root: str) -> str | None:
+    """The folder (relative to the root) that keeps a page out of the tree: the first of its
+    folders that is hidden (starts with ".") or in SKIPPED_DIRS; None for a page to index."""
+    parts = PurePosixPath(rel_to_root).parts[:-1]
+    for i, part in enumerate(parts):
+        if part.startswith(".") or part in SKIPPED_DIRS:
+            return "/".join(parts[: i + 1])
+    return None
+
+
+def decode_page(data: bytes) -> str:
+    """The text of a page's bytes: UTF-8 (with or without a BOM), or UTF-16 with its BOM.
+
+    Raises PageError (a per-page failure, never retried: the bytes will not change) for bytes
+    that are not text in those encodings, naming the first bad byte and its offset."""
+    try:
+        if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            return data.decode("utf-16")
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = data[exc.start : exc.start + 1].hex()
+        raise PageError(
+            f"not UTF-8 text: byte 0x{bad} at offset {exc.start} ({exc.encoding}: "
+            f"{exc.reason}); save the page as UTF-8"
+        ) from None
+
+
+def max_indexed_chars() -> int:
+    """HXO_DOCS_MAX_INDEXED_CHARS: the most characters of headings and body indexed per page."""
+    return int(getattr(settings, "HXO_DOCS_MAX_INDEXED_CHARS", 1_000_000))
+
+
+def read_page(data: bytes, fallback_title: str, fmt: str = MARKDOWN) -> dict[str, Any]:
+    """A page's bytes as its index row: `extract`'s {"title", "headings", "body", "words"}
+    plus "truncated" (the text was cut at max_indexed_chars(): at most SOURCE_FACTOR times it
+    of the source is parsed, at a line end, then headings and body are cut to the cap) and
+    "spaceless" (its text in scripts written without spaces, for the substring index).
+
+    Raises PageError for bytes that are not text (decode_page) or a page the parser rejects.
+    """
+    cap = max_indexed_chars()
+    text = decode_page(data)
+    truncated = False
+    if len(text) > cap * SOURCE_FACTOR:
+        cut = text.rfind("\n", 0, cap * SOURCE_FACTOR)
+        text = text[: cut if cut > 0 else cap * SOURCE_FACTOR]
+        truncated = True
+    info = extract(text, fallback_title, fmt)
+    headings, kept = [], 0
+    for heading in info["headings"]:
+        if kept + len(heading) + 1 > cap:
+            truncated = True
+            break
+        headings.append(heading)
+        kept += len(heading) + 1
+    room = max(0, cap - kept)
+    if len(info["body"]) > room:
+        info["body"] = info["body"][:room]
+        info["words"] = len(re.findall(r"\w+", info["body"]))
+        truncated = True
+    info["headings"] = headings
+    info["truncated"] = truncated
+    info["spaceless"] = spaceless(info["title"], "\n".join(headings), info["body"])
+    return info
 
 
 def page_format(rel_to_root: str, sphinx_dirs: set[str]) -> str | None:
@@ -170,7 +246,7 @@ def extract(source: str, fallback_title: str, fmt: str = MARKDOWN) -> dict[str, 
     too), without markup; blocks are separated by a blank line.
 
     Raises PageError when the page cannot be read: a NUL character (a binary file, not text),
-    or a reST page docutils reports as severe.
+    a reST page docutils reports as severe, or a parser failure on the page.
     """
     text = normalise(source)
     if "\x00" in text:
@@ -178,7 +254,10 @@ def extract(source: str, fallback_title: str, fmt: str = MARKDOWN) -> dict[str, 
     if fmt == RST:
         info = extract_rst(text, fallback_title)
     else:
-        info = _extract_markdown(text, fallback_title)
+        try:
+            info = _extract_markdown(text, fallback_title)
+        except Exception as exc:  # the parser's failure on this page (deep nesting...)
+            raise PageError(f"Markdown could not be parsed: {type(exc).__name__}: {exc}") from exc
     info["title"] = info["title"][:300]
     info["words"] = len(re.findall(r"\w+", info["body"]))
     return info
@@ -254,8 +333,16 @@ class ByRouteMap(WorkspacePartitioner):
             for f in listed
             if PurePosixPath(f.rel).name == SPHINX_CONF
         }
-        formats = {f.rel: page_format(inner(f.rel), sphinx_dirs) for f in listed}
-        files = [f for f in listed if formats[f.rel]]
+        skipped: dict[str, int] = {}
+        kept = []
+        for f in listed:
+            folder = skipped_dir(inner(f.rel))
+            if folder is None:
+                kept.append(f)
+            else:
+                skipped[folder] = skipped.get(folder, 0) + 1
+        formats = {f.rel: page_format(inner(f.rel), sphinx_dirs) for f in kept}
+        files = [f for f in kept if formats[f.rel]]
         if not files:
             # An empty success would hide a tree in a format HXO does not read.
             raise ComponentError(
@@ -313,6 +400,8 @@ class ByRouteMap(WorkspacePartitioner):
                 # Every prefix of the tree: pages of a prefix not in it are gone from the tree.
                 "prefixes": sorted(prefixes),
                 "shadowed": shadowed,
+                # Folders not indexed (build output, dependencies, hidden): files in each.
+                "skipped_dirs": dict(sorted(skipped.items())[:PREVIEW_PAGES]),
             },
         )
 
@@ -368,8 +457,8 @@ class DocsIndex(Executor):
             data = read_verified(ws, (page["path"], page["size"], page["sha256"], 0o644))
             fallback = PurePosixPath(page["path"]).stem.replace("-", " ").replace("_", " ")
             try:
-                info = extract(
-                    data.decode("utf-8", "replace"),
+                info = read_page(
+                    data,
                     fallback.title(),
                     page.get("format", MARKDOWN),  # manifests before reST have no format
                 )
@@ -383,6 +472,8 @@ class DocsIndex(Executor):
                 f"{prefix}: none of its {plural(len(pages), 'page')} could be read: "
                 + "; ".join(f"{f['path']}: {f['reason']}" for f in failed[:5]),
                 code=NO_READABLE_PAGE,
+                # The pages are pinned by SHA-256: a retry reads the same bytes and fails alike.
+                permanent=True,
                 path="inputs.route",
             )
         # A page that cannot be read now is not left in the index with what it said before.
@@ -396,6 +487,7 @@ class DocsIndex(Executor):
                     "title": info["title"],
                     "headings": len(info["headings"]),
                     "words": info["words"],
+                    "truncated": info["truncated"],
                     "action": "unchanged"
                     if existing.get(page["route"]) == page["sha256"]
                     else ("update" if page["route"] in existing else "add"),
@@ -434,6 +526,8 @@ class DocsIndex(Executor):
                         "headings": "\n".join(info["headings"]),
                         "body": info["body"],
                         "words": info["words"],
+                        "truncated": info["truncated"],
+                        "spaceless": info["spaceless"],
                         "size": page["size"],
                         "sha256": page["sha256"],
                         "indexed_at": now,
@@ -451,6 +545,8 @@ class DocsIndex(Executor):
             "words": sum(info["words"] for _page, info in extracted),
             "removed": removed,
             "failed_pages": failed,
+            # Pages whose text was cut at HXO_DOCS_MAX_INDEXED_CHARS (the rest is not found).
+            "truncated_pages": [page["path"] for page, info in extracted if info["truncated"]],
             "effect": {
                 "database": database_identity(),
                 "table": DocPage._meta.db_table,

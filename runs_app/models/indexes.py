@@ -50,6 +50,17 @@ class DocPage(models.Model):
     words = models.PositiveIntegerField(default=0)
     size = models.BigIntegerField(default=0)
     sha256 = models.CharField(max_length=64)
+    # Whether the text was cut at HXO_DOCS_MAX_INDEXED_CHARS (runs_app.kinds.docs).
+    truncated = models.BooleanField(
+        default=False, help_text="The page's text was cut at HXO_DOCS_MAX_INDEXED_CHARS"
+    )
+    # The runs of title, headings and body in scripts written without spaces (CJK, Thai...),
+    # one line each; a trigram index over it finds words inside them (runs_app.search).
+    spaceless = models.TextField(
+        blank=True,
+        default="",
+        help_text="Its text in scripts written without spaces (CJK, Thai...), for substring search",
+    )
     indexed_at = models.DateTimeField()
     run_id = models.BigIntegerField(null=True, blank=True)
     partition_id = models.BigIntegerField(null=True, blank=True)

@@ -228,3 +228,83 @@ def test_removing_a_directory_and_reindexing_removes_its_pages(driver, workspace
     assert search_docs("cassowary") == []
     assert [h["route"] for h in search_docs("emu")] == ["/docs/api/ref/"]
     assert sum(r["removed"] for r in run.results) == 2
+
+
+def test_a_page_that_is_not_utf8_is_a_page_failure_not_replacement_characters(driver, workspace):
+    write_files(
+        workspace,
+        {
+            "docs/latin1.md": "# Caf\u00e9\n\nCr\u00e8me br\u00fbl\u00e9e.\n".encode("latin-1"),
+            "docs/utf16.md": "\ufeff# Wide page\n\nSaved by Notepad.\n".encode("utf-16-le"),
+            "docs/good.md": "# Good\n\nA numbat.\n",
+        },
+    )
+
+    preview = driver.run(docs_stage("t"), dry_run=True)
+    run = driver.run(docs_stage("t"), dry_run=False)
+
+    for result in (preview.results[0], run.results[0]):
+        (failed,) = result["failed_pages"]
+        assert failed["path"] == "docs/latin1.md"
+        assert "not UTF-8" in failed["reason"] and "offset 5" in failed["reason"]
+    assert sorted(DocPage.objects.values_list("route", flat=True)) == [
+        "/docs/good/",
+        "/docs/utf16/",
+    ]
+    assert DocPage.objects.get(route="/docs/utf16/").title == "Wide page"
+    assert not DocPage.objects.filter(body__contains="\ufffd").exists()
+
+
+def test_a_partition_of_undecodable_pages_fails_permanently(driver, workspace):
+    write_files(workspace, {"docs/a.md": b"\xfd\xfe not text", "docs/b.md": b"\xc3\x28"})
+
+    with pytest.raises(ComponentError) as info:
+        driver.run(docs_stage("t"), dry_run=False)
+
+    # Permanent: the engine fails it at once instead of retrying bytes that cannot change.
+    assert info.value.code == NO_READABLE_PAGE and info.value.permanent
+    assert "not UTF-8" in info.value.message
+
+
+def test_a_parser_failure_on_one_markdown_page_is_that_pages_failure(driver, workspace):
+    # Deeply nested YAML in the front matter: PyYAML recurses past Python's limit.
+    nested = "---\ntitle: " + "[" * 5_000 + "]" * 5_000 + "\n---\n# Deep\n"
+    write_files(workspace, {"docs/deep.md": nested, "docs/ok.md": "# Ok\n\nFine.\n"})
+
+    run = driver.run(docs_stage("t"), dry_run=False)
+
+    (failed,) = run.results[0]["failed_pages"]
+    assert failed["path"] == "docs/deep.md" and "could not be parsed" in failed["reason"]
+    assert list(DocPage.objects.values_list("route", flat=True)) == ["/docs/ok/"]
+
+
+def test_build_output_dependencies_and_hidden_folders_are_not_pages(driver, workspace):
+    write_files(
+        workspace,
+        {
+            **{k: v for k, v in SPHINX_TREE.items() if k != "docs/_static/notes.txt"},
+            "docs/_build/html/_sources/usage.rst.txt": "Built copy\n==========\n",
+            "docs/_build/html/index.md": "# Built\n",
+            "docs/node_modules/pkg/README.md": "# A dependency\n",
+            "docs/.tox/py311/README.md": "# Tox\n",
+            "docs/.github/ISSUE_TEMPLATE.md": "# Issue\n",
+            "docs/topics/.hidden/page.md": "# Hidden\n",
+        },
+    )
+
+    _kind, _manifest, data = driver.partition(docs_stage("t"))
+
+    paths = sorted(p["path"] for p in data["pages"])
+    assert paths == [
+        "docs/index.rst",
+        "docs/topics/index.txt",
+        "docs/topics/install.txt",
+        "docs/usage.rst",
+    ]
+    assert data["skipped_dirs"] == {
+        ".github": 1,
+        ".tox": 1,
+        "_build": 2,
+        "node_modules": 1,
+        "topics/.hidden": 1,
+    }
