@@ -132,7 +132,7 @@ def test_spaceless_text_is_stored_apart_for_the_substring_index(indexed):
 
 
 def test_the_migration_and_the_queries_share_their_frozen_copies():
-    migration = importlib.import_module("runs_app.migrations.0007_docs_search_scripts")
+    migration = importlib.import_module("runs_app.migrations.0008_docs_search_scripts")
 
     assert migration.PG_DOCUMENT == search.PG_DOCUMENT
     assert migration.greek_cyrillic_folds() == search.greek_cyrillic_folds()

@@ -218,7 +218,7 @@ def reverse(apps, schema_editor) -> None:
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("runs_app", "0006_content_id"),
+        ("runs_app", "0007_registry_entries"),
     ]
 
     operations = [
