@@ -14,6 +14,10 @@
 - `RefusalAuditMiddleware`: a dashboard view refusing a signed-in user a state-changing
   request (PermissionDenied on POST...) writes an audit event; the API's exception handler
   does the same for API views.
+- `HtmxLoginRedirectMiddleware`: an htmx request redirected to the login page (its session
+  expired) gets `HX-Redirect` to the login page with `next` = the page the browser shows, so
+  the whole page goes there, instead of a 302 that htmx follows and swaps into the partial's
+  target (a second header and login form inside the run page, and polling stopped).
 """
 
 from __future__ import annotations
@@ -21,10 +25,16 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import resolve_url
+from django.utils.cache import patch_vary_headers
+from django.utils.http import url_has_allowed_host_and_scheme
+from django_htmx.http import HttpResponseClientRedirect
 
 from hxo_site import codes
 from hxo_site.audit import audit
@@ -178,6 +188,46 @@ class RefusalAuditMiddleware:
     def process_exception(self, request: HttpRequest, exception: Exception) -> None:
         if isinstance(exception, PermissionDenied):
             audit_refusal(request, reason=str(exception), surface="dashboard")
+
+
+def _is_login_redirect(response: HttpResponse) -> bool:
+    if response.status_code not in (301, 302, 303, 307, 308):
+        return False
+    location = urlsplit(response.headers.get("Location", ""))
+    return location.path == urlsplit(resolve_url(settings.LOGIN_URL)).path
+
+
+def _page_url(request: HttpRequest) -> str:
+    """The path and query of the page the browser shows (`HX-Current-URL`), when it is on
+    this site; else the partial's own path (better than nothing, and never off-site)."""
+    current = request.headers.get("HX-Current-URL", "")
+    if current and url_has_allowed_host_and_scheme(
+        current, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        parts = urlsplit(current)
+        if parts.path.startswith("/"):
+            return parts.path + (f"?{parts.query}" if parts.query else "")
+    return request.get_full_path()
+
+
+class HtmxLoginRedirectMiddleware:
+    """Every partial at once: a view, a decorator or a mixin that sends an anonymous htmx
+    request to the login page is answered with `HX-Redirect` (django-htmx's
+    `HttpResponseClientRedirect`); htmx then loads the login page as the whole page, whose
+    `next` brings the user back to the page they were on. Only the login redirect changes:
+    other redirects of htmx requests are the views' own business."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if request.headers.get("HX-Request") != "true" or not _is_login_redirect(response):
+            return response
+        login = redirect_to_login(_page_url(request))
+        redirect = HttpResponseClientRedirect(login["Location"])
+        patch_vary_headers(redirect, ["HX-Request"])  # the same URL answers 302 without htmx
+        return redirect
 
 
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:

@@ -163,6 +163,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "hxo_site.middleware.RefusalAuditMiddleware",
+    # Sees the response of every view: an htmx request sent to log in gets HX-Redirect.
+    "hxo_site.middleware.HtmxLoginRedirectMiddleware",
 ]
 
 ROOT_URLCONF = "hxo_site.urls"

@@ -96,6 +96,12 @@ def test_the_site_plumbing_imports_neither_app() -> None:
     assert offending(product_files("hxo_site"), ("blueprints_app", "runs_app")) == []
 
 
+def test_the_remote_cli_imports_neither_django_nor_the_apps() -> None:
+    # `hxo` runs on a CI machine without the app's settings: it speaks HTTP only.
+    forbidden = ("django", "rest_framework", "django_q", "hxo_site", "blueprints_app", "runs_app")
+    assert offending(product_files("hxo_cli"), forbidden) == []
+
+
 def test_the_registry_never_imports_runs() -> None:
     assert offending(product_files("blueprints_app"), ("runs_app",)) == []
 
