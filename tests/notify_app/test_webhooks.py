@@ -8,6 +8,7 @@ messages in Django's locmem outbox (its real test email backend)."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -422,3 +423,17 @@ def test_a_signature_verifies_only_for_its_body_secret_and_time() -> None:
     # A sender rolling its secret signs with both; either verifies.
     rolled = header + ",v1=" + signing.signature("new", now, body)
     assert signing.verify("new", rolled, body, now=now)
+
+
+def test_the_readmes_verification_snippet_accepts_hxo_signatures_and_nothing_else() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    snippet = re.search(r"```python\n(import hashlib, hmac, time\n.*?)```", readme, re.S)
+    assert snippet, "the README's Notifications section lost its verification snippet"
+    namespace: dict[str, object] = {}
+    exec(snippet.group(1), namespace)  # the documented code, as a receiver would paste it
+    genuine = namespace["hxo_request_is_genuine"]
+    body = b'{"event":"run.awaiting_approval"}'
+    assert genuine("k", signing.header("k", body), body)
+    assert not genuine("k", signing.header("k", body), body + b"x")
+    assert not genuine("k", signing.header("k", body, timestamp=1_000_000_000), body)
+    assert not genuine("k", signing.header("other", body), body)
