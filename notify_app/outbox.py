@@ -35,14 +35,13 @@ def emit(name: str, *, key: str, payload: dict[str, Any]) -> Event | None:
     """
     if name not in EVENTS:
         raise ValueError(f"unknown event {name!r}")
-    with transaction.atomic():
-        if Event.objects.filter(key=key).exists():
-            return None
+    # Joins the caller's transaction (no savepoint of its own); alone, it is one transaction.
+    with transaction.atomic(savepoint=False):
         try:
-            with transaction.atomic():
+            with transaction.atomic():  # the savepoint that survives a duplicate key
                 event = Event.objects.create(name=name, key=key, payload=payload)
         except IntegrityError:
-            return None  # a concurrent emit of the same change won
+            return None  # this change already emitted (a rerun, a concurrent caller)
         # The JSON list holds the subscription; filtered here rather than with a JSON
         # lookup, which SQLite and PostgreSQL spell differently. Webhooks are few.
         hooks = [h for h in Webhook.objects.filter(active=True) if name in (h.events or [])]

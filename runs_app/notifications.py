@@ -73,7 +73,10 @@ def run_moved(run: Run, target: str) -> None:
     name = RUN_EVENTS.get(target)
     if name is None:
         return
-    emit(name, key=f"run:{run.pk}:{target}", payload=run_payload(run))
+    # One read for the run with its plan, revision and requester (already moved: same
+    # transaction), rather than one per relation.
+    fresh = Run.objects.select_related("plan", "revision", "requested_by").get(pk=run.pk)
+    emit(name, key=f"run:{run.pk}:{target}", payload=run_payload(fresh))
 
 
 def slo_breached(stage: RunStage, elapsed_ms: int) -> None:

@@ -58,7 +58,8 @@ def move_run(run: Run, target: str) -> bool:
         fields["started_at"] = now
     if target in {R.SUCCEEDED, R.FAILED, R.ABORTED, R.AWAITING_APPROVAL}:
         fields["finished_at"] = now
-    with transaction.atomic():
+    # The caller's transaction when there is one (no savepoint); else one of its own.
+    with transaction.atomic(savepoint=False):
         changed = Run.objects.filter(pk=run.pk, state=current).update(**fields)
         if changed:
             for name, value in fields.items():
