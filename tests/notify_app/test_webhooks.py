@@ -437,3 +437,24 @@ def test_the_readmes_verification_snippet_accepts_hxo_signatures_and_nothing_els
     assert not genuine("k", signing.header("k", body), body + b"x")
     assert not genuine("k", signing.header("k", body, timestamp=1_000_000_000), body)
     assert not genuine("k", signing.header("other", body), body)
+
+
+def test_the_sweep_is_a_django_q2_schedule_after_migrate() -> None:
+    from django_q.models import Schedule
+
+    sweep = Schedule.objects.get(name=tasks.SWEEP_SCHEDULE)
+    assert sweep.func == "notify_app.tasks.sweep" and sweep.repeats == -1
+    assert sweep.schedule_type == Schedule.MINUTES and sweep.minutes == 1
+
+
+def test_an_attempt_whose_sender_died_is_taken_again_when_its_lease_ends(plan, operator, receiver):
+    hook(receiver.url)
+    dry_run(plan, operator)
+    delivery = Delivery.objects.get(channel=Channel.WEBHOOK)
+    assert tasks.delivery.claim(str(delivery.pk)) is not None  # a sender claims, then dies
+    tasks.sweep()
+    assert receiver.got == []  # its lease holds
+    Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
+    tasks.sweep()
+    delivery.refresh_from_db()
+    assert (delivery.state, delivery.attempts) == ("delivered", 2) and len(receiver.got) == 1
