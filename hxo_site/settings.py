@@ -145,6 +145,8 @@ INSTALLED_APPS = [
     # hxo_site first: the plumbing both apps import (audit log, errors, auth, middleware).
     "hxo_site",
     "blueprints_app",
+    # Below runs_app: it knows nothing of runs (runs_app.notifications emits into it).
+    "notify_app",
     "runs_app",
 ]
 
@@ -356,6 +358,34 @@ HXO_PYTHON_INTERPRETERS: list[str] | None = (
     if env_str("HXO_PYTHON_INTERPRETERS")
     else None
 )
+
+# --- Notifications (notify_app; README, "Notifications") ---------------------------------
+# The address people reach HXO at: links in webhooks and emails point under it.
+HXO_PUBLIC_URL = env_str("HXO_PUBLIC_URL", "http://localhost:8000").strip().rstrip("/")
+if not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", HXO_PUBLIC_URL):
+    raise ImproperlyConfigured(f"HXO_PUBLIC_URL must be an http(s) URL, got {HXO_PUBLIC_URL!r}")
+# Webhook hosts HXO may post to (comma-separated; ".example.com" admits its subdomains);
+# empty: any host an admin registers (webhooks are requests from inside the network).
+HXO_WEBHOOK_ALLOWED_HOSTS = [
+    h.strip().lower() for h in env_str("HXO_WEBHOOK_ALLOWED_HOSTS").split(",") if h.strip()
+]
+HXO_WEBHOOK_TIMEOUT_S = env_int("HXO_WEBHOOK_TIMEOUT_S", 5, minimum=1)
+HXO_WEBHOOK_MAX_ATTEMPTS = env_int("HXO_WEBHOOK_MAX_ATTEMPTS", 8, minimum=1)
+HXO_WEBHOOK_BACKOFF_S = env_int("HXO_WEBHOOK_BACKOFF_S", 30, minimum=0)
+HXO_NOTIFY_EVERY_MIN = env_int("HXO_NOTIFY_EVERY_MIN", 1, minimum=1)
+# Email the approvers when a dry-run waits for them.
+HXO_NOTIFY_EMAIL = env_bool("HXO_NOTIFY_EMAIL", True)
+# Django's email settings; the console backend prints messages (development). Production:
+# django.core.mail.backends.smtp.EmailBackend with EMAIL_HOST, EMAIL_PORT, EMAIL_HOST_USER,
+# EMAIL_HOST_PASSWORD, EMAIL_USE_TLS.
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10, minimum=1)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "HXO <hxo@localhost>")
 
 STORAGES: dict[str, Any] = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

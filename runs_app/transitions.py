@@ -5,8 +5,10 @@ machine is drawn in docs/architecture.md ("States")."""
 
 from __future__ import annotations
 
+from django.db import transaction
 from django.utils import timezone
 
+from runs_app import notifications
 from runs_app.models import Run, RunStage, RunState, StageState
 
 R = RunState
@@ -43,7 +45,9 @@ def move_run(run: Run, target: str) -> bool:
     """Move `run` to `target` with a compare-and-swap on its state.
 
     Returns False when another process moved it first (the caller re-reads); raises
-    IllegalTransition when the move is not in the state machine.
+    IllegalTransition when the move is not in the state machine. The move's event
+    (`runs_app.notifications.RUN_EVENTS`) is written in the same transaction: only the
+    process whose update won emits it, and a rollback takes it back.
     """
     current = run.state
     if target not in RUN_MOVES[current]:
@@ -54,10 +58,13 @@ def move_run(run: Run, target: str) -> bool:
         fields["started_at"] = now
     if target in {R.SUCCEEDED, R.FAILED, R.ABORTED, R.AWAITING_APPROVAL}:
         fields["finished_at"] = now
-    changed = Run.objects.filter(pk=run.pk, state=current).update(**fields)
-    if changed:
-        for name, value in fields.items():
-            setattr(run, name, value)
+    # The caller's transaction when there is one (no savepoint); else one of its own.
+    with transaction.atomic(savepoint=False):
+        changed = Run.objects.filter(pk=run.pk, state=current).update(**fields)
+        if changed:
+            for name, value in fields.items():
+                setattr(run, name, value)
+            notifications.run_moved(run, target)
     return bool(changed)
 
 

@@ -1,6 +1,7 @@
 """The import direction of the house (docs/architecture.md, "Apps and arrows").
 
     runs_app  ──▶  blueprints_app  ──▶  hxo_site
+        ├──────────▶  notify_app  ───────────▲
         └───────────────────────────────▲
 
 `hxo_site` (the site's plumbing: audit log, errors, capabilities, auth, middleware) imports
@@ -106,6 +107,12 @@ def test_the_registry_never_imports_runs() -> None:
     assert offending(product_files("blueprints_app"), ("runs_app",)) == []
 
 
+def test_the_notifier_imports_neither_the_runs_nor_the_registry() -> None:
+    # notify_app sits beside the registry: runs_app emits into it, it knows no run.
+    assert offending(product_files("notify_app"), ("runs_app", "blueprints_app")) == []
+    assert offending(product_files("hxo_site", "blueprints_app"), ("notify_app",)) == []
+
+
 def test_the_engine_never_imports_the_web_layer_the_services_or_the_tasks() -> None:
     assert product_files("runs_app/engine"), "the engine package moved: update ENGINE"
     assert offending(product_files(*ENGINE), WEB_LAYER) == []
@@ -146,6 +153,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "runs_app.search",
             "runs_app.transitions",
             "runs_app.hashing",
+            "runs_app.notifications",
             "runs_app.models",
             "runs_app.migrations",
         ),
@@ -216,7 +224,9 @@ def test_the_checker_sees_deferred_and_relative_imports(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.parametrize("module", ["runs_app.engine", "hxo_site.audit"])
+@pytest.mark.parametrize(
+    "module", ["runs_app.engine", "hxo_site.audit", "notify_app.outbox", "runs_app.notifications"]
+)
 def test_the_homes_named_in_the_map_exist(module: str) -> None:
     # docs/architecture.md names these; a move that forgets the map fails here.
     path = ROOT.joinpath(*module.split("."))

@@ -13,7 +13,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from hxo_site.audit import audit
-from runs_app import hashing
+from runs_app import hashing, notifications
 from runs_app.engine import wakeups
 from runs_app.engine.claims import COUNTER, count_moves
 from runs_app.engine.receipts import stage_merkle_root
@@ -129,6 +129,7 @@ def finish_stage(stage: RunStage) -> None:
             object_id=stage.run_id,
             detail={"stage": stage.stage_id, "elapsed_ms": elapsed_ms, "slo_ms": stage.slo_ms},
         )
+        notifications.slo_breached(stage, elapsed_ms)
 
 
 def _elapsed_ms(stage: RunStage) -> int:

@@ -165,6 +165,11 @@ def test_the_redis_broker_uses_redis_url(monkeypatch):
         ("HXO_MAX_STAGES", "0"),
         ("HXO_SECURE_COOKIES", "sometimes"),
         ("HXO_LOG_LEVEL", "loud"),
+        ("HXO_PUBLIC_URL", "ftp://hxo.example.com"),
+        ("HXO_WEBHOOK_TIMEOUT_S", "0"),
+        ("HXO_WEBHOOK_MAX_ATTEMPTS", "0"),
+        ("HXO_NOTIFY_EMAIL", "maybe"),
+        ("EMAIL_PORT", "smtp"),
     ],
 )
 def test_a_bad_value_stops_the_settings_naming_the_variable(monkeypatch, name, raw):
@@ -238,3 +243,13 @@ def test_the_old_timeout_name_is_checked_as_loudly_as_the_new_one(monkeypatch):
 
     with pytest.raises(ImproperlyConfigured, match="HXO_SHARD_TIMEOUT_MS must be an integer"):
         env_int_renamed("HXO_PARTITION_TIMEOUT_MS", "HXO_SHARD_TIMEOUT_MS", 300_000)
+
+
+def test_webhook_hosts_are_a_lower_case_list_and_the_public_url_loses_its_slash(monkeypatch):
+    monkeypatch.setenv("HXO_WEBHOOK_ALLOWED_HOSTS", " Hooks.Slack.com, .webhook.office.com ,")
+    monkeypatch.setenv("HXO_PUBLIC_URL", "https://hxo.example.com/")
+
+    loaded = load_settings()
+
+    assert loaded["HXO_WEBHOOK_ALLOWED_HOSTS"] == ["hooks.slack.com", ".webhook.office.com"]
+    assert loaded["HXO_PUBLIC_URL"] == "https://hxo.example.com"
