@@ -415,7 +415,7 @@ def run_partition(*, run_id: int, owner: str | None = None) -> Run | None:
             return partitioning.fail_partitioning(
                 run_id,
                 owner,
-                {"code": exc.code, "message": exc.detail, "errors": exc.errors or []},
+                {"code": exc.code, "message": exc.message, "errors": exc.errors or []},
             )
         except Exception as exc:  # a partitioner's bug must fail the run, not hang it
             log.exception("partitioning run %s failed", run_id)
