@@ -47,3 +47,15 @@ def drain(
             if current.is_finished:
                 return current
     raise AssertionError(f"run {current.pk} did not finish: {current.state}")
+
+
+def partitioned(run: Run | int) -> Run:
+    """Partition a run that is still `partitioning` here, in this thread (what the worker's
+    `tasks.partition` does), and return it refreshed: `running` with its partitions written
+    and its first wave claimable, or `failed` with its error. For tests that claim or read
+    partitions themselves instead of draining."""
+    from runs_app import services
+
+    pk = run.pk if isinstance(run, Run) else run
+    services.run_partition(run_id=pk)
+    return Run.objects.get(pk=pk)
