@@ -366,20 +366,20 @@ def _create_run(
     snapshots of the kinds its stages use. `consumed_dry_run` (an apply's approval lineage
     root) is unique among runs: the insert fails with IntegrityError when another apply
     already used that approval."""
-    used = {kinds[s["kind"]] for s in revision.stages if s["kind"] in kinds}
+    used = {s["kind"]: kinds[s["kind"]] for s in revision.stages if s["kind"] in kinds}
     run = Run.objects.create(
         plan=plan,
         revision=revision,
         mode=mode,
         state=RunState.PENDING,
-        kind_snapshots={k.kind: k.snapshot() for k in used},
+        kind_snapshots={name: k.snapshot() for name, k in used.items()},
         requested_by=actor,
         idempotency_key=idempotency_key or None,
         idempotency_fingerprint=fingerprint if idempotency_key else "",
         dry_run=dry_run,
         consumed_dry_run=consumed_dry_run,
         force_rerun=force_rerun,
-        required_approvals=max((k.required_approvals for k in used), default=1),
+        required_approvals=max((k.required_approvals for k in used.values()), default=1),
     )
     move_run(run, RunState.PARTITIONING)
     wakeups.wake_partitioner(run.pk)
