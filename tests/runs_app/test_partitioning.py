@@ -63,11 +63,15 @@ def test_the_start_request_writes_no_partition_and_the_worker_writes_them_all(
 
 
 def test_batches_are_bounded_and_nothing_is_claimable_before_the_last(
-    test_kinds, tmp_path: Path, operator, monkeypatch
+    test_kinds, tmp_path: Path, operator, monkeypatch, client
 ) -> None:
     monkeypatch.setattr(partitioning, "BATCH", 4)
     plan = plan_of(operator, stage("a", tmp_path, items=10, kind=TEST_KIND_NOAPPROVAL))
     run = services.run_apply(plan=plan, actor=operator)
+    client.force_login(operator)
+    page = client.get(f"/runs/{run.pk}/").content.decode()
+    assert 'data-testid="partitioning"' in page and "Resolving" in page
+    pages: list[str] = []
     seen: list[dict[str, Any]] = []
     original = partitioning._insert
 
@@ -84,6 +88,7 @@ def test_batches_are_bounded_and_nothing_is_claimable_before_the_last(
                 "progress": selectors.partitioning_progress(current, stages),
             }
         )
+        pages.append(client.get(f"/runs/{run.pk}/progress/").content.decode())
 
     monkeypatch.setattr(partitioning, "_insert", watching)
     partitioned = services.run_partition(run_id=run.pk)
@@ -95,6 +100,7 @@ def test_batches_are_bounded_and_nothing_is_claimable_before_the_last(
     assert not any(s["claimable"] or s["ready"] for s in seen)
     assert [s["progress"]["written"] for s in seen] == [4, 8, 10]
     assert all(s["progress"]["total"] == 10 for s in seen)
+    assert "4 of 10 partitions written" in pages[0] and "8 of 10" in pages[1]
     assert partitioned is not None and partitioned.state == RunState.RUNNING
     assert Partition.objects.filter(run=run, ready=True).count() == 10
     assert sorted(effects(tmp_path, "a")) == []
