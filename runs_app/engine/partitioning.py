@@ -40,7 +40,7 @@ from runs_app.transitions import move_run
 BATCH = 2000
 # How long a run may sit in `partitioning` without a lease before the reconciler re-sends it
 # (a request's own wake-up normally starts a worker well within this).
-GRACE = timedelta(seconds=30)
+GRACE = timedelta(seconds=10)
 
 
 class PartitioningLost(Exception):
