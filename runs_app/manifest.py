@@ -131,6 +131,9 @@ class ResolvedStage:
     data: dict[str, Any]
     content_ids: list[str]
     content_root: str
+    # False for a stage compared without running its partitioner (no specs, data only
+    # the identities): `stale_without_partitioning`.
+    partitioned: bool = True
 
     @property
     def stage_id(self) -> str:
@@ -370,8 +373,60 @@ def _fingerprint_diff(old: dict[str, str], new: dict[str, str]) -> dict[str, lis
     }
 
 
+def stale_without_partitioning(
+    run: Run, revision: PlanRevision, kinds: dict[str, JobKind]
+) -> dict[str, Any] | None:
+    """The diff between a dry-run and a revision as far as it is known without running any
+    partitioner, or None when nothing differs that far (the partitions may still differ).
+
+    Everything compared here enters the run digest, so a non-None answer means the digests
+    differ: the plan document (the revision's digest; then the stages' kind, partitioner,
+    executor, params, position, added and removed stages), the kinds' versions, a safety
+    policy changed since the dry-run, and where each stage acts (workspaces and targets by
+    identity: `identities`). A workspace or target that is no longer registered is left to
+    the partitioning, which fails the run with its error. Cost: a few queries, no file read.
+    """
+    stages: list[ResolvedStage] = []
+    for position, stage in enumerate(revision.stages):
+        kind = kinds.get(stage["kind"])
+        if kind is None:
+            return None  # refused by the validation before this is asked
+        places: dict[str, dict[str, str]] = {}
+        try:
+            effect_params(stage, places)
+        except ComponentError:
+            return None
+        stages.append(
+            ResolvedStage(
+                position=position,
+                stage=stage,
+                kind=kind,
+                specs=[],
+                data={IDENTITIES: places} if places else {},
+                content_ids=[],
+                content_root="",
+                partitioned=False,
+            )
+        )
+    head = ResolvedManifest(
+        revision=revision,
+        stages=stages,
+        kind_versions={rs.kind.kind: rs.kind.version for rs in stages},
+        digest="",
+    )
+    diff = diff_against_run(run, head)
+    if run.revision.digest == revision.digest:
+        diff.pop("revision", None)  # the same document saved again: not a change
+    return diff if any(diff.values()) else None
+
+
 def diff_against_run(run: Run, resolved: ResolvedManifest) -> dict[str, Any]:
-    """What differs between a stored run's manifest and a freshly resolved one."""
+    """What differs between a stored run's manifest and a freshly resolved one.
+
+    Out: `{"stages": [{"id", "change": "added"|"removed"|"changed", ...}], "revision"?,
+    "kind_versions"?, "policy"?, "digest"?}`. Stages of `resolved` that were not partitioned
+    (`ResolvedStage.partitioned` False: `stale_without_partitioning`) are compared by their
+    fields, params and identities only."""
     diff: dict[str, Any] = {"stages": []}
     if run.revision_id != resolved.revision.pk:
         diff["revision"] = {"from": run.revision.number, "to": resolved.revision.number}
@@ -399,7 +454,7 @@ def diff_against_run(run: Run, resolved: ResolvedManifest) -> dict[str, Any]:
             entry["position"] = {"from": old_stage.position, "to": new.position}
         if entry:
             diff["stages"].append({"id": sid, "change": "changed", **entry})
-    if run.digest != resolved.digest and not any(diff.values()):
+    if resolved.digest and run.digest != resolved.digest and not any(diff.values()):
         # Never an empty diff for a stale digest: say at least that the manifest differs.
         diff["digest"] = {"from": run.digest, "to": resolved.digest}
     return diff
@@ -435,12 +490,14 @@ def _stage_diff(old_stage: RunStage, new: ResolvedStage) -> dict[str, Any]:
             entry[field] = {"from": getattr(old_stage, field), "to": new.stage[field]}
     if old_stage.params != (new.stage.get("params") or {}):
         entry["params"] = {"from": old_stage.params, "to": new.stage.get("params") or {}}
-    if old_stage.manifest != new.data:
+    if new.partitioned and old_stage.manifest != new.data:
         entry["manifest_changed"] = True
     old_places = (old_stage.manifest or {}).get(IDENTITIES, {})
     new_places = new.data.get(IDENTITIES, {})
     if old_places != new_places:
         entry[IDENTITIES] = {"from": old_places, "to": new_places}
+    if not new.partitioned:
+        return entry
     old_parts = list(
         Partition.objects.filter(stage=old_stage)
         .order_by("index")

@@ -40,6 +40,20 @@ def run_with_stages(run_id: int) -> Run:
     )
 
 
+def partitioning_progress(run: Run, stages: Iterable[RunStage]) -> dict[str, Any] | None:
+    """How far the worker partitioning `run` got: `{"written", "total", "percent"}`, where
+    `written` is the partitions stored so far (the stages' totals, which each batch's
+    transaction raises) and `total` what the manifest resolved to (null while the worker is
+    still resolving it); None when the run is not `partitioning`. `stages`: the run's stage
+    rows the caller already has (no query here)."""
+    if run.state != RunState.PARTITIONING:
+        return None
+    written = sum(s.total for s in stages)
+    total = run.partition_total
+    percent = int(100 * written / total) if total else 0
+    return {"written": written, "total": total, "percent": min(percent, 100)}
+
+
 def stage_elapsed_ms(stage: RunStage) -> int | None:
     if stage.started_at is None:
         return None

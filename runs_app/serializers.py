@@ -154,6 +154,10 @@ class RunSerializer(serializers.ModelSerializer):
     stages = serializers.SerializerMethodField()
     approvals = ApprovalSerializer(many=True, read_only=True)
     created_by = serializers.SerializerMethodField()
+    # Added fields: while `partitioning`, how far the worker got; when the run failed before
+    # any partition ran (partitioning error, `stale_plan` with its `diff`), why.
+    partitioning = serializers.SerializerMethodField()
+    error = serializers.JSONField(read_only=True)
 
     class Meta:
         model = Run
@@ -176,7 +180,12 @@ class RunSerializer(serializers.ModelSerializer):
             "created_at",
             "started_at",
             "finished_at",
+            "partitioning",
+            "error",
         ]
+
+    def get_partitioning(self, obj: Run) -> dict[str, Any] | None:
+        return selectors.partitioning_progress(obj, obj.run_stages.all())
 
     def get_stages(self, obj: Run) -> list[dict[str, Any]]:
         stages = list(obj.run_stages.all())

@@ -7,6 +7,7 @@ actor's capabilities itself, so no caller can forget to.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -19,13 +20,13 @@ from hxo_site import codes
 from hxo_site.audit import audit
 from hxo_site.errors import ServiceError
 from runs_app import policies
-from runs_app.engine import progress
+from runs_app.engine import claims, partitioning, progress, wakeups
 from runs_app.hashing import canonical_json, document_digest, sha256_hex
 from runs_app.manifest import (
-    ResolvedManifest,
     diff_against_run,
     plan_document,
     resolve_manifest,
+    stale_without_partitioning,
 )
 from runs_app.models import (
     Approval,
@@ -42,6 +43,8 @@ from runs_app.models.engine import PARTITION_REDO, STAGE_TERMINAL
 from runs_app.transitions import move_run, move_stage
 
 BULK = 2000
+
+log = logging.getLogger(__name__)
 
 
 def _require(actor: Any, capability: str) -> None:
@@ -344,7 +347,8 @@ def _audit_force_merge(actor: Any, run: Run, revision: PlanRevision, client_ip: 
 def _create_run(
     *,
     plan: Plan,
-    resolved: ResolvedManifest,
+    revision: PlanRevision,
+    kinds: dict[str, Any],
     mode: str,
     actor: Any,
     idempotency_key: str | None,
@@ -353,73 +357,100 @@ def _create_run(
     consumed_dry_run: Run | None = None,
     fingerprint: str = "",
 ) -> Run:
-    """Persist a run with its stages and partitions and start it. Inside a transaction.
+    """Store a run in state `partitioning` and ask a worker to partition it (after the
+    commit). Inside a transaction. No stage or partition is written here: the worker
+    resolves the manifest and writes them in bounded transactions (`run_partition`), so the
+    request answers in milliseconds whatever the size of the manifest.
 
-    `consumed_dry_run` (an apply's approval lineage root) is unique among runs: the insert
-    fails with IntegrityError when another apply already used that approval."""
-    kinds = {rs.kind.kind: rs.kind for rs in resolved.stages}
+    `kinds`: the registry at the revision's pinned versions (`kinds_at`); the run pins the
+    snapshots of the kinds its stages use. `consumed_dry_run` (an apply's approval lineage
+    root) is unique among runs: the insert fails with IntegrityError when another apply
+    already used that approval."""
+    used = {s["kind"]: kinds[s["kind"]] for s in revision.stages if s["kind"] in kinds}
     run = Run.objects.create(
         plan=plan,
-        revision=resolved.revision,
+        revision=revision,
         mode=mode,
         state=RunState.PENDING,
-        digest=resolved.digest,
-        kind_snapshots={name: k.snapshot() for name, k in kinds.items()},
+        kind_snapshots={name: k.snapshot() for name, k in used.items()},
         requested_by=actor,
         idempotency_key=idempotency_key or None,
         idempotency_fingerprint=fingerprint if idempotency_key else "",
         dry_run=dry_run,
         consumed_dry_run=consumed_dry_run,
         force_rerun=force_rerun,
-        required_approvals=max((k.required_approvals for k in kinds.values()), default=1),
+        required_approvals=max((k.required_approvals for k in used.values()), default=1),
     )
     move_run(run, RunState.PARTITIONING)
-    for rs in resolved.stages:
-        stage_doc = rs.stage
-        non_idempotent = (
-            bool(stage_doc.get("non_idempotent")) or not EXECUTORS[stage_doc["executor"]].idempotent
-        )
-        stage = RunStage.objects.create(
-            run=run,
-            stage_id=rs.stage_id,
-            position=rs.position,
-            kind=rs.kind.kind,
-            kind_version=rs.kind.version,
-            partitioner=stage_doc["partitioner"],
-            executor=stage_doc["executor"],
-            depends_on=list(stage_doc.get("depends_on", [])),
-            params=stage_doc.get("params") or {},
-            non_idempotent=non_idempotent,
-            max_failed_partitions=stage_doc.get("max_failed_partitions") or 0,
-            slo_ms=stage_doc.get("slo_ms") or rs.kind.default_slo_ms,
-            manifest=rs.data,
-            content_root=rs.content_root,
-            total=len(rs.specs),
-            pending=len(rs.specs),
-            max_wave=max((s.wave for s in rs.specs), default=0),
-            weight=sum(s.weight for s in rs.specs),
-        )
-        Partition.objects.bulk_create(
-            (
-                Partition(
-                    run=run,
-                    stage=stage,
-                    index=i,
-                    wave=spec.wave,
-                    inputs=spec.inputs,
-                    fingerprints=spec.fingerprints,
-                    label=spec.label[:300],
-                    weight=spec.weight,
-                    content_id=rs.content_ids[i],
-                    non_idempotent=non_idempotent,
-                )
-                for i, spec in enumerate(rs.specs)
-            ),
-            batch_size=BULK,
-        )
-    move_run(run, RunState.RUNNING)
-    progress.advance_run(run.pk)
+    wakeups.wake_partitioner(run.pk)
     return run
+
+
+def run_partition(*, run_id: int, owner: str | None = None) -> Run | None:
+    """Resolve a `partitioning` run's manifest and write it; the worker's half of a start.
+
+    Takes the run's partitioning lease (None when another live worker holds it, or the run
+    is not `partitioning`), discards rows an interrupted worker left, resolves the revision
+    under its pinned kind versions (outside any transaction: partitioners read files and
+    databases), and then either fails the run with `error` = `{"code", "message",
+    "errors"?}` (a partitioning error: a workspace gone, a partitioner raising, too many
+    partitions...) or, for an apply that names a dry-run whose digest differs, `stale_plan`
+    with `diff` (`manifest.diff_against_run`), `dry_run_digest` and `digest`; or writes the
+    stages and partitions in bounded transactions and moves the run to `running`
+    (`engine.partitioning.write_manifest`). A stale apply keeps the approval it consumed:
+    one approval, one apply attempt, so an approval cannot be replayed after files changed
+    (its digest no longer matches anyway: a new dry-run is the way on).
+    """
+    owner = owner or claims.new_owner()
+    run = Run.objects.filter(pk=run_id).select_related("revision", "dry_run").first()
+    if run is None or run.state != RunState.PARTITIONING:
+        return None
+    if not partitioning.take_lease(run_id, owner):
+        return None
+    try:
+        partitioning.discard_partial(run_id, owner)
+        try:
+            resolved = resolve_manifest(run.revision, kinds_at(run.revision.kind_versions))
+        except ServiceError as exc:
+            return partitioning.fail_partitioning(
+                run_id,
+                owner,
+                {"code": exc.code, "message": exc.message, "errors": exc.errors or []},
+            )
+        except Exception as exc:  # a partitioner's bug must fail the run, not hang it
+            log.exception("partitioning run %s failed", run_id)
+            return partitioning.fail_partitioning(
+                run_id,
+                owner,
+                {
+                    "code": codes.PARTITIONING_FAILED,
+                    "message": f"partitioning failed: {type(exc).__name__}: {exc}",
+                    "errors": [],
+                },
+            )
+        dry_run = run.dry_run
+        if dry_run is not None and resolved.digest != dry_run.digest:
+            diff = diff_against_run(dry_run, resolved)
+            failed = partitioning.fail_partitioning(
+                run_id,
+                owner,
+                {
+                    "code": codes.STALE_PLAN,
+                    "message": "the plan, its files or its kinds changed since the dry-run "
+                    "was approved",
+                    "diff": diff,
+                    "dry_run": dry_run.pk,
+                    "dry_run_digest": dry_run.digest,
+                    "digest": resolved.digest,
+                },
+            )
+            return failed
+        idempotent = {name: cls.idempotent for name, cls in EXECUTORS.items()}
+        return partitioning.write_manifest(run_id, resolved, owner, idempotent)
+    except partitioning.PartitioningLost:
+        return None
+    finally:
+        partitioning.release_lease(run_id, owner)
 
 
 def run_start_dry_run(
@@ -429,6 +460,13 @@ def run_start_dry_run(
     idempotency_key: str | None = None,
     client_ip: str | None = None,
 ) -> Run:
+    """Start a dry-run of the plan's latest revision: the run in state `partitioning`,
+    stored at once; a worker partitions it (`run_partition`) and the engine runs it.
+
+    Refusals stay synchronous: hxo:submit, validity under the pinned kind versions
+    (`validation_failed`, 409 for a sunset kind or component), hxo:force-merge for a
+    non-idempotent stage (403); the same `idempotency_key` returns the run it made, and with
+    another request 422 `idempotency_key_reused`. A partitioning error fails the run."""
     fingerprint = request_fingerprint(
         method="POST", path=f"/api/v1/plans/{plan.pk}/dry-run/", body={}
     )
@@ -437,12 +475,13 @@ def run_start_dry_run(
         return existing
     revision = plan.latest_revision
     _check_submit(actor, revision)
-    resolved = resolve_manifest(revision)
+    kinds = kinds_at(revision.kind_versions)
     try:
         with transaction.atomic():
             run = _create_run(
                 plan=plan,
-                resolved=resolved,
+                revision=revision,
+                kinds=kinds,
                 mode=RunMode.DRY_RUN,
                 actor=actor,
                 idempotency_key=idempotency_key,
@@ -453,7 +492,7 @@ def run_start_dry_run(
                 action="run.dry_run",
                 obj=run,
                 client_ip=client_ip,
-                after={"state": run.state, "digest": run.digest, "revision": revision.number},
+                after={"state": run.state, "revision": revision.number},
             )
     except IntegrityError:
         existing = _existing_for_key(actor, idempotency_key, plan, RunMode.DRY_RUN, fingerprint)
@@ -480,8 +519,13 @@ def run_apply(
     apply is stored, so of concurrent applies of one approval exactly one is created.
     Refusals (409): `dry_run_required`, `dry_run_not_approved`, `approval_used` (extra
     `run`: the apply that used it), `approval_expired`, `approval_incomplete` (a replayed
-    dry-run whose approvals do not cover every partition), `stale_plan` (extra `diff`).
-    The same `idempotency_key` with another request: 422 `idempotency_key_reused`.
+    dry-run whose approvals do not cover every partition), `stale_plan` (extra `diff`) for
+    what is known without partitioning (`manifest.stale_without_partitioning`: the plan
+    edited, a kind version or policy moved, a workspace or target re-pointed). Files or rows
+    changed since the dry-run are found by the worker that partitions the apply: the run then
+    fails with `error.code` `stale_plan` and `error.diff` (`run_partition`), and the approval
+    stays consumed. The same `idempotency_key` with another request: 422
+    `idempotency_key_reused`. Returns the run in state `partitioning`.
     """
     fingerprint = request_fingerprint(
         method="POST",
@@ -524,16 +568,19 @@ def run_apply(
             _refuse(actor, plan, client_ip, applicable.code, detail)
             applicable.enforce()
         consumed = policies.lineage_root(dry_run)
-    resolved = resolve_manifest(revision, kinds)
-    if dry_run is not None and resolved.digest != dry_run.digest:
-        diff = diff_against_run(dry_run, resolved)
-        _refuse(actor, plan, client_ip, codes.STALE_PLAN, {"dry_run": dry_run.pk, "diff": diff})
-        raise ServiceError(
-            "the plan, its files or its kinds changed since the dry-run was approved",
-            code=codes.STALE_PLAN,
-            status=409,
-            extra={"diff": diff, "dry_run_digest": dry_run.digest, "digest": resolved.digest},
-        )
+    if dry_run is not None:
+        # What is cheap to know stays a synchronous 409: the plan was edited, a kind's version
+        # or policy moved, a workspace or target was re-pointed. Changed files and rows are
+        # only known once the worker has partitioned: that apply fails with `stale_plan`.
+        diff = stale_without_partitioning(dry_run, revision, kinds)
+        if diff is not None:
+            _refuse(actor, plan, client_ip, codes.STALE_PLAN, {"dry_run": dry_run.pk, "diff": diff})
+            raise ServiceError(
+                "the plan, its files or its kinds changed since the dry-run was approved",
+                code=codes.STALE_PLAN,
+                status=409,
+                extra={"diff": diff, "dry_run_digest": dry_run.digest},
+            )
     used: Run | None = None
     try:
         with transaction.atomic():
@@ -545,7 +592,8 @@ def run_apply(
                     raise _ApprovalUsed
             run = _create_run(
                 plan=plan,
-                resolved=resolved,
+                revision=revision,
+                kinds=kinds,
                 mode=RunMode.APPLY,
                 actor=actor,
                 idempotency_key=idempotency_key,
@@ -559,7 +607,7 @@ def run_apply(
                 action="run.apply",
                 obj=run,
                 client_ip=client_ip,
-                after={"state": run.state, "digest": run.digest, "dry_run": dry_run_id},
+                after={"state": run.state, "dry_run": dry_run_id},
             )
             _audit_force_merge(actor, run, revision, client_ip)
         return run

@@ -16,7 +16,8 @@ from django.conf import settings
 from django.db import IntegrityError, close_old_connections, transaction
 from django.utils import timezone
 
-from runs_app.engine import claims, execute, progress, wakeups
+from runs_app import services
+from runs_app.engine import claims, execute, partitioning, progress, wakeups
 from runs_app.engine.heartbeat import Heartbeat
 from runs_app.models import Lease, Run, RunState
 
@@ -27,6 +28,23 @@ RECONCILER_SCHEDULE = "hxo-reconciler"
 
 MAX_BATCH = 256
 BATCH_TARGET_S = 0.25
+
+
+def partition(run_id: int) -> dict[str, Any]:
+    """Resolve a `partitioning` run's manifest and write its stages and partitions
+    (`services.run_partition`): the run ends `running` (its drainers woken after the last
+    commit) or `failed` with its error. A duplicate or late delivery finds the run held or
+    no longer partitioning and does nothing. Never raises: a crash mid-way leaves the run
+    `partitioning`, and the reconciler sends it again (`partitioning.stuck_partitioning`)."""
+    state = None
+    try:
+        run = services.run_partition(run_id=run_id)
+        state = run.state if run is not None else None
+    except Exception:
+        log.exception("partitioning of run %s stopped", run_id)
+    finally:
+        close_old_connections()
+    return {"run": run_id, "state": state}
 
 
 def drain(run_id: int, budget_s: float | None = None) -> dict[str, Any]:
@@ -44,6 +62,12 @@ def drain(run_id: int, budget_s: float | None = None) -> dict[str, Any]:
     done = 0
     batch = 1
     try:
+        state = Run.objects.filter(pk=run_id).values_list("state", flat=True).first()
+        if state == RunState.PARTITIONING:
+            # Woken before its partitions exist (a wake-up of the reconciler's, or a caller
+            # that drains right after starting the run): partition it here first. A run
+            # another worker is partitioning is left to it (no lease: nothing happens).
+            services.run_partition(run_id=run_id, owner=owner)
         execute.expire_leases(run_id=run_id)
         rc = execute.RunContext(run_id)
         buffer = execute.OutcomeBuffer()
@@ -116,6 +140,12 @@ def reconcile() -> dict[str, Any]:
         for run_id in woken:
             wakeups.enqueue_drainers(run_id, settings.HXO_MAX_CONCURRENCY)
         report["runs_woken"] = woken
+        # A run left in `partitioning` by a dead worker (or a lost wake-up): send it again;
+        # the next worker discards the partial rows and partitions it from the start.
+        stuck = partitioning.stuck_partitioning()
+        for run_id in stuck:
+            wakeups.enqueue_partitioner(run_id)
+        report["runs_repartitioned"] = stuck
         report["temp_files_removed"] = _cleanup_temp_files()
         report["queue_rows_pruned"] = _prune_queue()
     finally:

@@ -22,9 +22,11 @@ def drain(
     deadline_s: float | None = None,
 ) -> Run:
     """Run the drainer in this thread until `run` (a Run or its id) is finished (awaiting
-    approval counts); returns it refreshed (a Run passed in is refreshed in place). Raises
-    AssertionError when it is still not finished after `rounds` drainer calls of at most
-    `budget_s` seconds each, or once `deadline_s` seconds have passed (checked before each call).
+    approval counts); a run still `partitioning` is partitioned first, here (the drainer
+    does that: `tasks.drain` → `services.run_partition`). Returns it refreshed (a Run
+    passed in is refreshed in place). Raises AssertionError when it is still not finished
+    after `rounds` drainer calls of at most `budget_s` seconds each, or once `deadline_s`
+    seconds have passed (checked before each call).
 
     Inside a test's transaction (`django_db` without `transaction=True`) the drainer's
     closing of old connections is switched off: it would end that transaction. Outside one
@@ -45,3 +47,15 @@ def drain(
             if current.is_finished:
                 return current
     raise AssertionError(f"run {current.pk} did not finish: {current.state}")
+
+
+def partitioned(run: Run | int) -> Run:
+    """Partition a run that is still `partitioning` here, in this thread (what the worker's
+    `tasks.partition` does), and return it refreshed: `running` with its partitions written
+    and its first wave claimable, or `failed` with its error. For tests that claim or read
+    partitions themselves instead of draining."""
+    from runs_app import services
+
+    pk = run.pk if isinstance(run, Run) else run
+    services.run_partition(run_id=pk)
+    return Run.objects.get(pk=pk)

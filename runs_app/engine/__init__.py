@@ -17,6 +17,8 @@ Modules, from the bottom up (each imports only those above it):
 - `heartbeat`: leases only: renewal, the cancellation watch, `check_fence`.
 - `progress`: waves, starting and finishing stages, advancing and finishing runs.
 - `execute`: running claimed partitions, reuse, recording outcomes, expiring leases.
+- `partitioning`: a resolved manifest written in bounded transactions under a per-run
+  lease, the switch of a run from `partitioning` to `running` (`write_manifest`).
 
 `runs_app.tasks` (the django-q2 entry points) imports the engine; the engine never imports
 `runs_app.tasks`, the views or the API.

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 # The drain task's dotted path for django-q2 (the function lives in runs_app.tasks).
 DRAIN_TASK = "runs_app.tasks.drain"
+# The task that resolves a run's manifest and writes its partitions (runs_app.tasks).
+PARTITION_TASK = "runs_app.tasks.partition"
 
 
 def enqueue_drainers(run_id: int, count: int = 1) -> None:
@@ -39,6 +41,27 @@ def enqueue_drainers(run_id: int, count: int = 1) -> None:
         log.warning(
             "could not enqueue a drainer for run %s; the reconciler will", run_id, exc_info=True
         )
+
+
+def enqueue_partitioner(run_id: int) -> None:
+    """Put one partition task for the run on the queue. Never raises: with the broker down
+    the reconciler re-sends it (`runs_app.engine.partitioning.stuck_partitioning`)."""
+    from django_q.tasks import async_task
+
+    try:
+        async_task(PARTITION_TASK, run_id, group=f"run-{run_id}")
+    except Exception:
+        log.warning(
+            "could not enqueue the partitioner of run %s; the reconciler will",
+            run_id,
+            exc_info=True,
+        )
+
+
+def wake_partitioner(run_id: int) -> None:
+    """Ask a worker to partition the run, after the transaction that stored it commits."""
+    # Looked up at call time, so a test can replace enqueue_partitioner on this module.
+    transaction.on_commit(lambda: enqueue_partitioner(run_id))
 
 
 def wake(run_id: int, ready: int = 1) -> None:

@@ -159,7 +159,12 @@ class Run(models.Model):
     required_approvals = models.PositiveSmallIntegerField(default=1)
     merkle_root = models.CharField(max_length=64, blank=True, default="")
     slo_breached = models.BooleanField(default=False)
+    # Why the run failed before any partition ran (`{"code", "message", ...}`: a partitioning
+    # error, or `stale_plan` with its `diff`), shown on the run page and in the API.
     error = models.JSONField(null=True, blank=True)
+    # Partitions the manifest resolved to, set by the worker that writes them (null until
+    # then): with the stages' totals, the progress of a run in `partitioning`.
+    partition_total = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

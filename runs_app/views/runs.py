@@ -155,6 +155,7 @@ def progress_context(run: Run) -> dict[str, Any]:
         "percent": int(100 * done / total) if total else (100 if run.is_finished else 0),
         "timeline": selectors.run_timeline(run),
         "polling": not run.is_finished,
+        "partitioning": selectors.partitioning_progress(run, stages),
     }
 
 

@@ -16,7 +16,7 @@ from django.test import Client
 
 from blueprints_app.models import JobKind
 from runs_app import services
-from runs_app.models import Plan, Run
+from runs_app.models import Partition, Plan, Run
 from tests.helpers import drain
 from tests.hostile.conftest import assert_refused, snapshot
 from tests.runs_app.testkinds import TEST_KIND, stage
@@ -240,14 +240,19 @@ def test_paths_leaving_the_workspace_are_refused_at_dry_run(root: str, workspace
         assert created.json()["errors"][0]["path"].startswith("stages[0].params")
         return
     assert created.status_code == 201, created.json()
-    before = snapshot()
 
     response = clients["operator"].post(f"/api/v1/plans/{created.json()['id']}/dry-run/")
 
-    body = assert_refused(response, 400, "partitioning_failed")
-    assert body["errors"][0]["code"] == "path_escape", body
-    assert body["errors"][0]["path"].startswith("stages[0].")
-    assert snapshot() == before
+    # The worker that partitions the run refuses the path: the run fails with the code and
+    # the field path, and nothing was listed or written.
+    assert response.status_code == 202, response.json()
+    run = drain(response.json()["id"])
+    body = clients["operator"].get(f"/api/v1/runs/{run.pk}/").json()
+    assert body["state"] == "failed"
+    assert body["error"]["code"] == "partitioning_failed"
+    assert body["error"]["errors"][0]["code"] == "path_escape", body
+    assert body["error"]["errors"][0]["path"].startswith("stages[0].")
+    assert not Partition.objects.filter(run=run).exists() and not run.run_stages.exists()
 
 
 def test_a_symlink_inside_the_workspace_tree_is_never_packed(workspace, clients) -> None:

@@ -126,13 +126,17 @@ def test_apply_refusals_are_409_with_codes_and_change_nothing(
     approve = clients["approver"].post(f"/api/v1/runs/{dry['id']}/approve/", {"comment": "ok"})
     assert approve.status_code == 200 and approve.json()["state"] == "approved"
     (tmp_path / "source.txt").write_text("changed")
-    before = snapshot()
+    # Changed files are found by the worker that partitions the apply: 202 at once, then
+    # the run fails with `stale_plan` and the diff in its `error`, and nothing ran.
     response = clients["operator"].post(apply_url, {"dry_run": dry["id"]}, format="json")
-    assert response.status_code == 409
-    body = response.json()
-    assert body["code"] == "stale_plan"
-    assert body["diff"]["stages"][0]["id"] == "a"
-    assert snapshot() == before
+    assert response.status_code == 202
+    assert response.json()["state"] == "partitioning"
+    drain(response.json()["id"])
+    run = clients["operator"].get(f"/api/v1/runs/{response.json()['id']}/").json()
+    assert run["state"] == "failed" and run["stages"] == []
+    assert run["error"]["code"] == "stale_plan"
+    assert run["error"]["diff"]["stages"][0]["id"] == "a"
+    assert not Partition.objects.filter(run_id=run["id"]).exists()
 
 
 def test_force_merge_is_required_for_a_non_idempotent_stage(test_kinds, clients, tmp_path) -> None:

@@ -69,3 +69,40 @@ def test_an_id_argument_goes_through_the_one_id_parser(operator, value: str) -> 
     message = str(caught.value)
     assert "argument run" in message
     assert "not a whole number" in message or "out of range" in message
+
+
+@pytest.mark.cluster
+def test_submit_wait_follows_the_run_through_partitioning(
+    test_kinds, tmp_path: Path, operator, settings
+) -> None:
+    from runs_app.models import RunState
+    from tests.runs_app.cluster import running_cluster
+
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps({"name": "cli", "stages": [stage("a", tmp_path, items=3)]}))
+    with running_cluster(WORKERS=2):
+        out = hxo("--user", operator.username, "submit", str(plan_file), "--dry-run", "--wait")
+    dry = Run.objects.get()
+    assert dry.state == RunState.AWAITING_APPROVAL
+    assert "partitioning" in out.splitlines()[1]  # the first status the request printed
+    assert f"run {dry.pk} (dry_run) awaiting_approval" in out
+    assert dry.partitions.count() == 3
+
+    # A partitioning error ends the wait with the run's error and a non-zero exit.
+    settings.HXO_MAX_PARTITIONS = 2
+    with running_cluster(WORKERS=2), pytest.raises(SystemExit) as exited:
+        call_command(
+            "hxo",
+            "--user",
+            operator.username,
+            "submit",
+            str(plan_file),
+            "--plan",
+            str(Plan.objects.get().pk),
+            "--dry-run",
+            "--wait",
+            stdout=(out2 := StringIO()),
+            stderr=StringIO(),
+        )
+    assert exited.value.code == 3
+    assert "error too_many_partitions" in out2.getvalue()

@@ -117,7 +117,12 @@ def test_two_applies_with_one_idempotency_key_make_one_run(test_kinds, tmp_path,
     runs = {r.pk for r in results if isinstance(r, Run)}
     assert len(runs) == 1, results
     assert Run.objects.filter(mode="apply").count() == 1
+    # Four workers woken for its partitioning at once: one holds the lease and writes.
+    [pk] = runs
+    in_threads([lambda: services.run_partition(run_id=pk)] * 4)
+    assert Run.objects.get(pk=pk).state == RunState.RUNNING
     assert Partition.objects.count() == 3
+    assert sorted(Partition.objects.values_list("index", flat=True)) == [0, 1, 2]
 
 
 def test_concurrent_plan_edits_become_ordered_revisions(test_kinds, tmp_path, operator) -> None:

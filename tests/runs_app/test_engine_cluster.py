@@ -12,6 +12,7 @@ import pytest
 from runs_app import services, tasks
 from runs_app.engine import wakeups
 from runs_app.models import ClaimLog, Partition, Run, RunState
+from tests.helpers import partitioned
 from tests.runs_app.cluster import running_cluster, wait_for
 from tests.runs_app.testkinds import TEST_KIND_NOAPPROVAL, effect_files, effects, stage
 
@@ -107,11 +108,41 @@ def test_a_lost_wake_up_is_repaired_by_the_reconciler(
     )
     with running_cluster(WORKERS=2):
         with monkeypatch.context() as m:
+            # Partitioned here, and the wake-up of its drainers lost.
+            m.setattr(wakeups, "enqueue_partitioner", lambda run_id: None)
             m.setattr(wakeups, "enqueue_drainers", lambda run_id, count=1: None)
-            run = services.run_apply(plan=plan, actor=operator)
+            run = partitioned(services.run_apply(plan=plan, actor=operator))
         assert Partition.objects.filter(run=run, state="pending").count() == 4
         report = tasks.reconcile()
         assert run.pk in report["runs_woken"]
+        wait_for(lambda: finished(run), "the run after the reconciler")
+    assert run.state == RunState.SUCCEEDED
+    assert sorted(effects(tmp_path, "a")) == [0, 1, 2, 3]
+
+
+def test_a_lost_partitioning_wake_up_is_repaired_by_the_reconciler(
+    test_kinds, tmp_path: Path, operator, monkeypatch
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    plan = services.plan_create(
+        actor=operator,
+        document={
+            "name": "lost partitioning",
+            "stages": [stage("a", tmp_path, items=4, kind=TEST_KIND_NOAPPROVAL)],
+        },
+    )
+    with running_cluster(WORKERS=2):
+        with monkeypatch.context() as m:
+            m.setattr(wakeups, "enqueue_partitioner", lambda run_id: None)
+            run = services.run_apply(plan=plan, actor=operator)
+        assert not Partition.objects.filter(run=run).exists()
+        assert tasks.reconcile()["runs_repartitioned"] == []  # too young to be lost
+        Run.objects.filter(pk=run.pk).update(created_at=timezone.now() - timedelta(minutes=1))
+        report = tasks.reconcile()
+        assert report["runs_repartitioned"] == [run.pk]
         wait_for(lambda: finished(run), "the run after the reconciler")
     assert run.state == RunState.SUCCEEDED
     assert sorted(effects(tmp_path, "a")) == [0, 1, 2, 3]

@@ -16,7 +16,7 @@ from runs_app import services
 from runs_app.engine import claims, execute, heartbeat
 from runs_app.kinds.migrate import SqlMigrate
 from runs_app.models import Partition, PartitionState, Run
-from tests.helpers import drain
+from tests.helpers import drain, partitioned
 from tests.runs_app.kinds.test_migrate_ledger import PRICES, batches, make_products, price
 from tests.runs_app.testkinds import TEST_KIND_NOAPPROVAL, stage
 
@@ -49,7 +49,7 @@ def migrate_apply(operator: Any, approver: Any, statements: list[str]) -> Run:
     )
     dry = drain(services.run_start_dry_run(plan=plan, actor=operator))
     services.run_approve(run=dry, actor=approver)
-    return services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk)
+    return partitioned(services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk))
 
 
 def claimed_context(run: Run, owner: str = "worker-a") -> tuple[claims.Claim, Any]:
@@ -72,7 +72,7 @@ def test_the_fence_check_asks_the_database_and_extends_the_lease(
 ) -> None:
     only = stage("a", tmp_path, items=1, kind=TEST_KIND_NOAPPROVAL)
     plan = services.plan_create(actor=operator, document={"name": "p", "stages": [only]})
-    run = services.run_apply(plan=plan, actor=operator)
+    run = partitioned(services.run_apply(plan=plan, actor=operator))
     [claim] = claims.claim_batch(run.pk, "worker-a", 1)
     expire(claim.partition_id)
 

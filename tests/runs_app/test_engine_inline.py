@@ -62,20 +62,50 @@ def test_self_approval_is_refused(test_kinds, tmp_path, admiral) -> None:
     assert refused.value.status == 403
 
 
-def test_apply_refuses_stale_plan_with_a_diff(test_kinds, tmp_path, operator, approver) -> None:
+def test_apply_of_changed_files_fails_as_stale_plan_with_a_diff(
+    test_kinds, tmp_path, operator, approver
+) -> None:
+    # Files are read by the partitioner, in the worker: the POST answers with the run, the
+    # worker fails it with `stale_plan` and the diff, and nothing runs.
     (tmp_path / "source.txt").write_text("v1")
     plan = plan_of(operator, stage("a", tmp_path, items=2))
     dry = drain(services.run_start_dry_run(plan=plan, actor=operator))
     services.run_approve(run=dry, actor=approver)
     (tmp_path / "source.txt").write_text("v2")
+
+    started = services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk)
+    assert started.state == RunState.PARTITIONING
+    run = drain(started)
+
+    assert run.state == RunState.FAILED
+    assert run.error["code"] == codes.STALE_PLAN
+    assert run.error["dry_run_digest"] == dry.digest != run.error["digest"]
+    changed = run.error["diff"]["stages"][0]
+    assert changed["id"] == "a"
+    assert changed["changed_partitions"][0]["fingerprints"]["changed"] == ["source.txt"]
+    assert not Partition.objects.filter(run=run).exists() and not run.run_stages.exists()
+    assert effects(tmp_path, "a") == []
+    # The approval was consumed by that attempt: one approval, one apply.
+    with pytest.raises(ServiceError) as again:
+        services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk)
+    assert again.value.code == codes.APPROVAL_USED
+
+
+def test_apply_of_an_edited_plan_is_refused_at_once(test_kinds, tmp_path, operator, approver):
+    # The plan edited since the dry-run is known without partitioning: a synchronous 409.
+    plan = plan_of(operator, stage("a", tmp_path, items=2))
+    dry = drain(services.run_start_dry_run(plan=plan, actor=operator))
+    services.run_approve(run=dry, actor=approver)
+    services.plan_update(
+        plan=plan, actor=operator, document={"name": "p", "stages": [stage("a", tmp_path, items=3)]}
+    )
     before = Run.objects.count()
     with pytest.raises(ServiceError) as refused:
         services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk)
-    assert refused.value.code == codes.STALE_PLAN
-    assert refused.value.status == 409
-    changed = refused.value.extra["diff"]["stages"][0]
-    assert changed["id"] == "a"
-    assert changed["changed_partitions"][0]["fingerprints"]["changed"] == ["source.txt"]
+    assert refused.value.code == codes.STALE_PLAN and refused.value.status == 409
+    assert refused.value.extra["diff"]["revision"] == {"from": 1, "to": 2}
+    [changed] = refused.value.extra["diff"]["stages"]
+    assert changed["params"]["to"]["items"] == 3
     assert Run.objects.count() == before
 
 
@@ -201,8 +231,9 @@ def test_effects_are_checked_by_the_worker_not_by_the_apply_request(
     (tmp_path / "effect-a-1").unlink()  # one effect gone since
 
     second = services.run_apply(plan=plan, actor=operator)
-    assert checked == []  # the request only inserted the run
-    assert set(Partition.objects.filter(run=second).values_list("state", flat=True)) == {"pending"}
+    assert checked == []  # the request only inserted the run, partitioned by a worker
+    assert second.state == RunState.PARTITIONING
+    assert not Partition.objects.filter(run=second).exists()
 
     second = drain(second)
     assert sorted(checked) == [0, 1, 2]

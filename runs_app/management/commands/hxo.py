@@ -200,6 +200,16 @@ class Command(BaseCommand):
                     f"  {p['id']} {p['state']} {done}/{c['total']} done, "
                     f"{c['failed']} failed, {c['running']} running"
                 )
+        partitioning = selectors.partitioning_progress(run, run.run_stages.all())
+        if partitioning is not None:
+            total = partitioning["total"]
+            lines.append(
+                "  partitioning: resolving the manifest"
+                if total is None
+                else f"  partitioning: {partitioning['written']}/{total} partitions written"
+            )
+        if run.error:
+            lines.append(f"  error {run.error.get('code')}: {run.error.get('message')}")
         if run.merkle_root:
             lines.append(f"  merkle root {run.merkle_root}")
         text = "\n".join(lines)

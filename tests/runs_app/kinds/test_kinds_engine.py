@@ -12,7 +12,6 @@ import pytest
 from django.core.management import call_command
 
 from hxo_site import codes
-from hxo_site.errors import ServiceError
 from runs_app import services
 from runs_app.models import AssetIndexEntry, DocPage, Partition, PartitionState, Run, RunState
 from runs_app.targets import connect
@@ -83,7 +82,7 @@ def test_each_example_plan_goes_from_dry_run_to_apply_through_the_engine(
     assert outputs and all(o["status"] for o in outputs)
 
 
-def test_a_pack_approved_then_changed_on_disk_is_refused_as_stale(
+def test_a_pack_approved_then_changed_on_disk_fails_as_stale(
     demo_copy, scratch, operator, approver
 ):
     document = json.loads((EXAMPLES / "plans" / "pack-backend-by-module.json").read_text())
@@ -93,10 +92,16 @@ def test_a_pack_approved_then_changed_on_disk_is_refused_as_stale(
     with (demo_copy / "backend" / "utils" / "money.py").open("a") as f:
         f.write("\n# a late change\n")
 
-    with pytest.raises(ServiceError) as refused:
-        services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk)
+    # The worker that partitions the apply sees the change: the run fails before packing.
+    run = drain(services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk))
 
-    assert refused.value.code == codes.STALE_PLAN
+    assert run.state == RunState.FAILED
+    assert run.error["code"] == codes.STALE_PLAN
+    [changed] = run.error["diff"]["stages"]
+    assert any(
+        "backend/utils/money.py" in p["fingerprints"]["changed"]
+        for p in changed["changed_partitions"]
+    )
     assert tree_snapshot(scratch["artifacts"]) == {}
 
 

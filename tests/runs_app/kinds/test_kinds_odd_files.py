@@ -21,9 +21,8 @@ from django.core.management import call_command
 
 from blueprints_app.models import JobKind
 from blueprints_app.registry import EXECUTORS, ComponentError, load_plugin
-from hxo_site.errors import ServiceError
 from runs_app import services
-from runs_app.models import Partition, PartitionState, Plan, PlanRevision, Run, RunState
+from runs_app.models import Partition, PartitionState, Run, RunState
 from tests.helpers import drain
 
 PLUGIN_DIR = Path(__file__).resolve().parents[3] / "examples" / "plugins" / "hxo_plugin_linkcheck"
@@ -186,9 +185,11 @@ def test_a_socket_in_a_workspace_is_refused_too(demo_copy, driver) -> None:
 @pytest.mark.parametrize(
     ("kind", "partitioner", "executor", "root", "rel", "text"), LISTING, ids=[r[1] for r in LISTING]
 )
-def test_a_dry_run_over_an_undecodable_name_is_a_400_never_a_500(
+def test_a_dry_run_over_an_undecodable_name_fails_with_its_code_never_a_500(
     demo_copy, linkcheck_kind, admiral, api_client_for, kind, partitioner, executor, root, rel, text
 ) -> None:
+    # Files are read by the worker that partitions the run: the POST answers 202, and the
+    # run fails with the partitioner's code and path, shown by the API; no partition exists.
     parent = os.fsencode(demo_copy / rel).rsplit(b"/", 1)[0]
     (Path(os.fsdecode(parent + b"/\xff.txt"))).write_text(text)
     client = api_client_for(admiral)
@@ -196,37 +197,39 @@ def test_a_dry_run_over_an_undecodable_name_is_a_400_never_a_500(
     plan = client.post("/api/v1/plans/", {"name": "odd", "stages": [stage]}, format="json")
     assert plan.status_code == 201, plan.json()
     response = client.post(f"/api/v1/plans/{plan.json()['id']}/dry-run/")
-    assert response.status_code == 400, response.content[:300]
-    error = response.json()["errors"][0]
+    assert response.status_code == 202, response.content[:300]
+    assert drain(response.json()["id"]).state == RunState.FAILED
+    run = client.get(f"/api/v1/runs/{response.json()['id']}/").json()
+    assert run["error"]["code"] == "partitioning_failed"
+    error = run["error"]["errors"][0]
     assert error["code"] == "undecodable_file_name"
     assert "\\xff.txt" in error["message"]
-    assert not Run.objects.exists()
+    assert not Partition.objects.exists()
 
 
 @pytest.mark.parametrize("flag", ["--dry-run", "--apply"])
-def test_the_cli_refused_over_an_odd_file_leaves_no_plan_behind(
+def test_the_cli_over_an_odd_file_ends_with_a_failed_run_and_its_code(
     demo_copy, admiral, tmp_path, flag
 ) -> None:
+    # The partitioner reads the files in the worker: `submit` stores the plan and the run
+    # (the plan stays, to be fixed and submitted again), the run fails with the code, and
+    # `status` says so with a non-zero exit.
     os.mkfifo(demo_copy / "backend" / "api" / "odd.py")
     plan_file = tmp_path / "plan.json"
     stage = _stage("deploy.pack", "by_filesize", "pack_backend", "backend")
     plan_file.write_text(json.dumps({"name": "odd", "stages": [stage]}))
-    err = StringIO()
+    out = StringIO()
+    call_command("hxo", "--user", admiral.username, "submit", str(plan_file), flag, stdout=out)
+    run = Run.objects.get()
+    assert "partitioning" in out.getvalue()
+    assert drain(run).state == RunState.FAILED
+    assert run.error["errors"][0]["code"] == "not_a_regular_file"
+    status = StringIO()
     with pytest.raises(SystemExit) as exited:
-        call_command(
-            "hxo",
-            "--user",
-            admiral.username,
-            "submit",
-            str(plan_file),
-            flag,
-            stderr=err,
-            stdout=StringIO(),
-        )
-    assert exited.value.code == 2
-    assert "not_a_regular_file" in err.getvalue()
-    assert not Plan.objects.exists() and not PlanRevision.objects.exists()
-    assert not Run.objects.exists()
+        call_command("hxo", "--user", admiral.username, "status", str(run.pk), stdout=status)
+    assert exited.value.code == 3
+    assert "error partitioning_failed" in status.getvalue()
+    assert not Partition.objects.exists()
 
 
 @pytest.mark.parametrize(
@@ -250,14 +253,19 @@ def test_an_apply_over_a_file_swapped_for_a_fifo_fails_fast_and_frees_the_worker
     assert dry.state in (RunState.AWAITING_APPROVAL, RunState.SUCCEEDED)
     path.unlink()
     os.mkfifo(path)
-    # Swapped before the apply: the apply resolves the manifest again and refuses at once.
-    refused = bounded(lambda: services.run_apply(plan=plan, actor=admiral), path).get("error")
-    assert isinstance(refused, ServiceError), refused
-    assert refused.errors[0]["code"] == "not_a_regular_file"
+    # Swapped before the apply: the worker resolves the manifest again and fails the run at
+    # once, without blocking on the FIFO.
+    early = services.run_apply(plan=plan, actor=admiral)
+    outcome = bounded(lambda: drain(early.pk, deadline_s=30), path)
+    assert "value" in outcome, outcome
+    assert outcome["value"].state == RunState.FAILED
+    assert outcome["value"].error["errors"][0]["code"] == "not_a_regular_file"
+    assert not Partition.objects.filter(run=early).exists()
     # Swapped after the apply was accepted: its partition fails fast, the worker goes on.
     path.unlink()
     path.write_text(text)
     run = services.run_apply(plan=plan, actor=admiral, force_rerun=True)
+    services.run_partition(run_id=run.pk)  # a worker partitions it while the file is regular
     path.unlink()
     os.mkfifo(path)
     outcome = bounded(lambda: drain(run.pk, deadline_s=30), path)

@@ -22,7 +22,7 @@ from runs_app import services
 from runs_app.kinds.migrate import LEDGER_TABLES
 from runs_app.models import Partition, PartitionState, Run, RunState
 from runs_app.targets import DbErrorClass, classify_db_error, connect
-from tests.helpers import drain
+from tests.helpers import drain, partitioned
 from tests.runs_app.kinds.test_kinds_migrate import seed
 
 # --- The classification, per class, with real driver errors ------------------------------
@@ -341,7 +341,9 @@ def test_postgresql_a_lock_timeout_is_retried(pg_target, operator, approver, set
     seed("pg", rows=20)
     plan, dry = approved_plan("pg", operator, approver)
 
-    run = services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk)
+    # Partitioned first (by a worker, here inline): the lock is on the batches, not on the
+    # partitioner's read of the key range.
+    run = partitioned(services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk))
     # Another session holds the table for as long as the apply runs: every attempt waits
     # lock_timeout_ms and gives up, and each one is tried again while attempts are left.
     with connect("pg") as holder:

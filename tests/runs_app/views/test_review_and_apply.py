@@ -10,7 +10,7 @@ import pytest
 
 from hxo_site import codes
 from runs_app import services
-from runs_app.models import Approval, Run, RunMode, RunState
+from runs_app.models import Approval, Partition, Run, RunMode, RunState
 from tests.helpers import drain
 from tests.runs_app.testkinds import TEST_KIND, stage
 from tests.runs_app.views.conftest import html
@@ -123,18 +123,37 @@ def test_apply_of_an_unapproved_dry_run_is_refused_in_plain_words(
     assert not Run.objects.filter(mode=RunMode.APPLY).exists()
 
 
-def test_a_stale_plan_is_refused_with_what_changed(
+def test_a_stale_plan_fails_the_apply_with_what_changed_on_the_run_page(
+    client_for, operator, approver, plan, dry_run, tmp_path: Path
+) -> None:
+    # Changed files are found by the worker that partitions the apply: the form starts the
+    # run, and its page says it failed as stale and what changed.
+    services.run_approve(run=dry_run, actor=approver)
+    (tmp_path / "source.txt").write_text("changed after the approval")
+    response = client_for(operator).post(f"/plans/{plan.pk}/apply/", {"dry_run": dry_run.pk})
+    assert response.status_code in (302, 303)
+    run = Run.objects.get(mode=RunMode.APPLY)
+    assert drain(run).state == RunState.FAILED
+    body = html(client_for(operator).get(f"/runs/{run.pk}/"))
+    assert f'data-code="{codes.STALE_PLAN}"' in body
+    assert "What changed since the dry-run" in body
+    assert "files changed: <code>source.txt</code>" in body
+    assert not Partition.objects.filter(run=run).exists()
+
+
+def test_an_edited_plan_is_refused_at_once_with_what_changed(
     client_for, operator, approver, plan, dry_run, tmp_path: Path
 ) -> None:
     services.run_approve(run=dry_run, actor=approver)
-    (tmp_path / "source.txt").write_text("changed after the approval")
+    document = plan.latest_revision.document
+    document["stages"][0]["params"]["items"] = 5
+    services.plan_update(plan=plan, actor=operator, document=document)
     response = client_for(operator).post(f"/plans/{plan.pk}/apply/", {"dry_run": dry_run.pk})
     body = html(response)
     assert response.status_code == 409
     assert f'data-code="{codes.STALE_PLAN}"' in body
     assert "Something changed since the dry-run was approved" in body
-    assert "What changed since the dry-run" in body
-    assert "files changed: <code>source.txt</code>" in body
+    assert "The plan moved from revision 1 to revision 2" in body
     assert not Run.objects.filter(mode=RunMode.APPLY).exists()
 
 

@@ -1,0 +1,265 @@
+"""Partitioning in a worker: a resolved manifest written as stages and partitions in bounded
+transactions, under a lease, and the switch of the run from `partitioning` to `running`.
+
+A run is created by the request in state `partitioning` with no stages; a worker resolves its
+manifest (`runs_app.services.run_partition`) and calls `write_manifest`. SQLite has one writer
+at a time, so one transaction that inserts 100,000 rows would block every other writer (plan
+saves, claims) for seconds: rows go in batches of at most `BATCH` per transaction instead, and
+other writers get the lock between them. Nothing written is claimable before the last batch:
+partitions are inserted with `ready=False`, and only `progress.start_stage` (called when the
+run is `running`) releases them; the last batch's transaction is the one that moves the run
+to `running`. So a crash leaves a run in `partitioning` with some rows and no claimable
+partition; the reconciler re-sends it (`stuck_partitioning`), and the next worker deletes the
+partial rows (`discard_partial`) and writes everything again: resolving is deterministic for
+unchanged inputs, and when inputs changed the new rows are what the digest then covers.
+
+Two workers never write one run's rows: each batch renews a per-run lease (`Lease` row
+`partitioning:<run id>`) with a compare-and-swap on its owner and re-reads the run's state
+under its row lock; a worker that lost the lease or whose run was aborted writes nothing more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from hxo_site.audit import audit
+from runs_app.engine import progress
+from runs_app.manifest import ResolvedManifest, ResolvedStage
+from runs_app.models import Lease, Partition, Run, RunStage, RunState
+from runs_app.transitions import move_run
+
+# Rows per transaction: ~2,000 partition rows take tens of milliseconds to insert on SQLite,
+# so no other writer waits longer than that for the database lock.
+BATCH = 2000
+# How long a run may sit in `partitioning` without a lease before the reconciler re-sends it
+# (a request's own wake-up normally starts a worker well within this).
+GRACE = timedelta(seconds=10)
+
+
+class PartitioningLost(Exception):
+    """The worker lost its lease, or the run left `partitioning` (aborted): stop writing."""
+
+
+def lease_name(run_id: int) -> str:
+    """The `Lease` row that says which worker partitions run `run_id`."""
+    return f"partitioning:{run_id}"
+
+
+def lease_ttl() -> timedelta:
+    """A partitioning lease lasts as long as django-q2 lets one task run (HXO_Q_TIMEOUT_S):
+    a worker still alive holds it; one killed by the guard has lost it by then."""
+    return timedelta(seconds=settings.HXO_Q_TIMEOUT_S)
+
+
+def take_lease(run_id: int, owner: str) -> bool:
+    """Take (or renew) run `run_id`'s partitioning lease for `owner`; False when another live
+    worker holds it. A compare-and-swap on the lease row: free, expired, or already ours."""
+    name = lease_name(run_id)
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            Lease.objects.get_or_create(name=name)
+    except IntegrityError:
+        pass  # made by a concurrent worker: the update below decides
+    with transaction.atomic():
+        return bool(
+            Lease.objects.filter(name=name)
+            .filter(Q(expires_at__isnull=True) | Q(expires_at__lt=now) | Q(owner=owner))
+            .update(owner=owner, expires_at=now + lease_ttl())
+        )
+
+
+def release_lease(run_id: int, owner: str) -> None:
+    """Drop the lease row if `owner` holds it (a finished or failed partitioning)."""
+    Lease.objects.filter(name=lease_name(run_id), owner=owner).delete()
+
+
+def _fenced(run_id: int, owner: str) -> Run:
+    """Inside a transaction: renew the lease (compare-and-swap on its owner) and lock the run,
+    which must still be `partitioning`; raises PartitioningLost otherwise."""
+    renewed = Lease.objects.filter(name=lease_name(run_id), owner=owner).update(
+        expires_at=timezone.now() + lease_ttl()
+    )
+    run = Run.objects.select_for_update().filter(pk=run_id).first()
+    if not renewed or run is None or run.state != RunState.PARTITIONING:
+        raise PartitioningLost(f"run {run_id}: partitioning lease lost or run not partitioning")
+    return run
+
+
+def discard_partial(run_id: int, owner: str) -> int:
+    """Delete what an earlier, interrupted worker wrote for the run (partitions, then stages),
+    `BATCH` partitions per transaction, each under the lease. Returns partitions deleted."""
+    deleted = 0
+    while True:
+        with transaction.atomic():
+            _fenced(run_id, owner)
+            pks = list(Partition.objects.filter(run_id=run_id).values_list("pk", flat=True)[:BATCH])
+            if not pks:
+                RunStage.objects.filter(run_id=run_id).delete()
+                Run.objects.filter(pk=run_id).update(partition_total=None)
+                return deleted
+            Partition.objects.filter(pk__in=pks).delete()
+            deleted += len(pks)
+
+
+def _stage_row(run: Run, rs: ResolvedStage, executors_idempotent: dict[str, bool]) -> RunStage:
+    doc = rs.stage
+    non_idempotent = bool(doc.get("non_idempotent")) or not executors_idempotent[doc["executor"]]
+    return RunStage(
+        run=run,
+        stage_id=rs.stage_id,
+        position=rs.position,
+        kind=rs.kind.kind,
+        kind_version=rs.kind.version,
+        partitioner=doc["partitioner"],
+        executor=doc["executor"],
+        depends_on=list(doc.get("depends_on", [])),
+        params=doc.get("params") or {},
+        non_idempotent=non_idempotent,
+        max_failed_partitions=doc.get("max_failed_partitions") or 0,
+        slo_ms=doc.get("slo_ms") or rs.kind.default_slo_ms,
+        manifest=rs.data,
+        content_root=rs.content_root,
+        # Counted up batch by batch, in the transactions that insert the rows.
+        total=0,
+        pending=0,
+        max_wave=max((s.wave for s in rs.specs), default=0),
+        weight=sum(s.weight for s in rs.specs),
+    )
+
+
+def _rows(
+    run_id: int, resolved: ResolvedManifest, stages: dict[str, RunStage]
+) -> Iterator[Partition]:
+    for rs in resolved.stages:
+        stage = stages[rs.stage_id]
+        for i, spec in enumerate(rs.specs):
+            yield Partition(
+                run_id=run_id,
+                stage=stage,
+                index=i,
+                wave=spec.wave,
+                inputs=spec.inputs,
+                fingerprints=spec.fingerprints,
+                label=spec.label[:300],
+                weight=spec.weight,
+                content_id=rs.content_ids[i],
+                non_idempotent=stage.non_idempotent,
+                ready=False,  # released by progress.start_stage once the run is running
+            )
+
+
+def _insert(rows: list[Partition]) -> None:
+    Partition.objects.bulk_create(rows, batch_size=BATCH)
+    added: dict[int, int] = {}
+    for row in rows:
+        added[row.stage.pk] = added.get(row.stage.pk, 0) + 1
+    for stage_pk, n in added.items():
+        RunStage.objects.filter(pk=stage_pk).update(total=F("total") + n, pending=F("pending") + n)
+
+
+def write_manifest(
+    run_id: int, resolved: ResolvedManifest, owner: str, executors_idempotent: dict[str, bool]
+) -> Run:
+    """Write `resolved` as the run's stages and partitions and move it to `running`.
+
+    The first transaction writes the stage rows (counters at 0) and the expected total
+    (`Run.partition_total`, the progress the pages show); then partitions go in batches of
+    `BATCH`, each transaction adding its rows to the stage counters; the last batch's
+    transaction also sets the run's digest, moves it to `running` and starts its first stages
+    (`progress.advance_run`, which wakes drainers after the commit). Every transaction renews
+    the lease and checks the run is still `partitioning` (PartitioningLost otherwise, and
+    what was written stays for the next worker's `discard_partial` or the abort's record).
+    `executors_idempotent`: executor name → whether it is idempotent (the registry's word).
+    """
+    with transaction.atomic():
+        run = _fenced(run_id, owner)
+        stages: dict[str, RunStage] = {}
+        for rs in resolved.stages:
+            stage = _stage_row(run, rs, executors_idempotent)
+            stage.save()
+            stages[rs.stage_id] = stage
+        Run.objects.filter(pk=run_id).update(partition_total=resolved.partition_count)
+    rows = _rows(run_id, resolved, stages)
+    batch: list[Partition] = []
+    last = False
+    while not last:
+        batch = []
+        for row in rows:
+            batch.append(row)
+            if len(batch) >= BATCH:
+                break
+        # The generator is exhausted when it gave fewer than BATCH rows; an exact multiple
+        # ends with one empty batch, which is the switch alone.
+        last = len(batch) < BATCH
+        with transaction.atomic():
+            run = _fenced(run_id, owner)
+            if batch:
+                _insert(batch)
+            if last:
+                Run.objects.filter(pk=run_id).update(digest=resolved.digest)
+                run.digest = resolved.digest
+                move_run(run, RunState.RUNNING)
+                progress.advance_run(run_id)
+                audit(
+                    actor=None,
+                    action="run.partitioned",
+                    obj=run,
+                    before={"state": RunState.PARTITIONING},
+                    after={
+                        "state": run.state,
+                        "digest": resolved.digest,
+                        "partitions": resolved.partition_count,
+                    },
+                )
+    return run
+
+
+def fail_partitioning(run_id: int, owner: str, error: dict[str, Any]) -> Run | None:
+    """Fail a `partitioning` run with `error` (`{"code", "message", ...}`: shown on the run
+    page and in the API); partial rows are deleted first, so a failed run holds none. Returns
+    the run, or None when the lease was lost or the run left `partitioning` meanwhile."""
+    try:
+        discard_partial(run_id, owner)
+        with transaction.atomic():
+            run = _fenced(run_id, owner)
+            Run.objects.filter(pk=run_id).update(error=error)
+            run.error = error
+            move_run(run, RunState.FAILED)
+            audit(
+                actor=None,
+                action="run.failed",
+                obj=run,
+                before={"state": RunState.PARTITIONING},
+                after={"state": run.state},
+                detail={"error": {k: v for k, v in error.items() if k != "diff"}},
+            )
+        return run
+    except PartitioningLost:
+        return None
+
+
+def stuck_partitioning() -> list[int]:
+    """Ids of runs in `partitioning` that no live worker holds and that are older than
+    GRACE: a worker died (or its wake-up was lost); the reconciler sends them again."""
+    now = timezone.now()
+    held = {
+        int(name.split(":", 1)[1])
+        for name in Lease.objects.filter(
+            name__startswith="partitioning:", expires_at__gte=now
+        ).values_list("name", flat=True)
+    }
+    return [
+        pk
+        for pk in Run.objects.filter(
+            state=RunState.PARTITIONING, created_at__lt=now - GRACE
+        ).values_list("pk", flat=True)
+        if pk not in held
+    ]
