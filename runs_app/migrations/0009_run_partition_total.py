@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("runs_app", "0006_content_id"),
+        ("runs_app", "0008_docs_search_scripts"),
     ]
 
     operations = [
