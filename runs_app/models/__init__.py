@@ -1,4 +1,5 @@
-"""Plans, runs and partitions (engine.py) and the search indexes executors write (indexes.py)."""
+"""Plans, runs and partitions (engine.py), the search indexes executors write (indexes.py)
+and what the metrics endpoint keeps (metrics.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from runs_app.models.engine import (
     StageState,
 )
 from runs_app.models.indexes import AssetIndexEntry, DocPage
+from runs_app.models.metrics import MetricCounter, StageRollup
 
 __all__ = [
     "Approval",
@@ -24,6 +26,7 @@ __all__ = [
     "ClaimLog",
     "DocPage",
     "Lease",
+    "MetricCounter",
     "Partition",
     "PartitionState",
     "Plan",
@@ -32,5 +35,6 @@ __all__ = [
     "RunMode",
     "RunStage",
     "RunState",
+    "StageRollup",
     "StageState",
 ]
