@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from django.http import Http404, HttpRequest, HttpResponse
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
 from hxo_site.metrics_access import FORBIDDEN, OFF, metrics_access
 from runs_app import metrics as hxo_metrics
@@ -15,7 +15,7 @@ REFUSED = (
 )
 
 
-@require_GET
+@require_safe
 def metrics(request: HttpRequest) -> HttpResponse:
     """The metrics in the format `Accept` asks for (OpenMetrics, or Prometheus text 0.0.4);
     404 while neither a token nor addresses are configured, 403 to anyone else, 405 for

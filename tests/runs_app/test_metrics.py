@@ -46,6 +46,17 @@ def value(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0)
 
 
+def waiting_in_queue(settings) -> int:
+    """Wake-ups waiting, read from the broker's own storage: OrmQ rows or the Redis list."""
+    from django_q.brokers import get_broker
+
+    if settings.HXO_BROKER == "redis":
+        import redis
+
+        return redis.Redis.from_url(settings.REDIS_URL).llen(get_broker().list_key)
+    return OrmQ.objects.filter(lock__lte=timezone.now()).count()
+
+
 def plan_of(operator, *stages: dict[str, Any]):
     return services.plan_create(actor=operator, document={"name": "m", "stages": list(stages)})
 
@@ -116,8 +127,7 @@ def test_counts_follow_a_run_with_a_retry_and_a_failure(
     pending = scrape()
     assert value(pending, "hxo_runs", state="running") == 1
     assert value(pending, "hxo_partitions", kind=QUICK, state="pending") == 7
-    # Wake-ups waiting in the ORM broker's queue (the rows django-q2 reads).
-    waiting = OrmQ.objects.filter(lock__lte=timezone.now()).count()
+    waiting = waiting_in_queue(settings)
     assert waiting >= 1 and value(pending, "hxo_queue_depth") == waiting
     assert value(pending, "hxo_queue_up") == 1
 
