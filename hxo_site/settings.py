@@ -6,6 +6,7 @@ variable, so a misconfigured host fails at start-up rather than at the first job
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -75,6 +76,22 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
+
+
+def env_networks(name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Addresses or networks (`10.0.0.5, 10.1.0.0/16, ::1`), comma-separated; empty: none."""
+    raw = os.environ.get(name, "")
+    networks = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{name} must be IP addresses or networks separated by commas, got {item!r}"
+            ) from None
+    return tuple(networks)
 
 
 def env_mapping(name: str, default: dict[str, str]) -> dict[str, str]:
@@ -325,6 +342,11 @@ if not re.fullmatch(r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)", HXO
         f"HXO_TOKEN_RATE must be <number>/<second|minute|hour|day>, got {HXO_TOKEN_RATE!r}"
     )
 HXO_BEHIND_PROXY = env_bool("HXO_BEHIND_PROXY", False)
+# GET /metrics (Prometheus): allowed with `Authorization: Bearer <HXO_METRICS_TOKEN>`, or from
+# an address in HXO_METRICS_ALLOWED_IPS (addresses or networks, comma-separated, read through
+# hxo_site.net.client_ip). Neither set: the endpoint is off (404). See hxo_site/metrics_access.py.
+HXO_METRICS_TOKEN = env_str("HXO_METRICS_TOKEN", "").strip()
+HXO_METRICS_ALLOWED_IPS = env_networks("HXO_METRICS_ALLOWED_IPS")
 HXO_WORKSPACES = {
     name: str(Path(path).resolve())
     for name, path in env_mapping(

@@ -22,6 +22,7 @@ from hxo_site import codes, parameters
 from hxo_site.errors import ApiError
 from hxo_site.models import AuditEvent
 from hxo_site.net import client_ip
+from hxo_site.pagination import AuditPagination, PartitionsPagination, RunsPagination
 from hxo_site.permissions import capability_required
 from hxo_site.serializers import ErrorSerializer
 from runs_app import selectors, services
@@ -315,6 +316,7 @@ class PlanApply(APIView):
 
 class RunList(generics.ListAPIView):
     serializer_class = RunSerializer
+    pagination_class = RunsPagination
     permission_classes = [capability_required("view")]
 
     def get_queryset(self) -> QuerySet[Run]:
@@ -353,6 +355,7 @@ class RunDetail(APIView):
 
 class RunPartitions(generics.ListAPIView):
     serializer_class = PartitionSerializer
+    pagination_class = PartitionsPagination
     permission_classes = [capability_required("view")]
 
     def get_queryset(self) -> QuerySet[Any]:
@@ -457,6 +460,7 @@ class RunDiff(APIView):
 
 class AuditList(generics.ListAPIView):
     serializer_class = AuditEventSerializer
+    pagination_class = AuditPagination
     permission_classes = [capability_required("audit")]
 
     def get_queryset(self) -> QuerySet[AuditEvent]:

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import IntegrityError, close_old_connections, transaction
 from django.utils import timezone
 
-from runs_app import services
+from runs_app import metrics, services
 from runs_app.engine import claims, execute, partitioning, progress, wakeups
 from runs_app.engine.heartbeat import Heartbeat
 from runs_app.models import Lease, Run, RunState
@@ -131,7 +131,9 @@ def reconcile() -> dict[str, Any]:
     """Repair what lost or late wake-ups and dead workers leave behind. Two never overlap."""
     owner = claims.new_owner()
     if not _take_lease("reconciler", owner, seconds=120):
-        return {"skipped": "another reconciler holds the lease"}
+        skipped = {"skipped": "another reconciler holds the lease"}
+        metrics.record_reconcile(skipped)
+        return skipped
     report: dict[str, Any] = {}
     try:
         report["leases_expired"] = execute.expire_leases()
@@ -148,6 +150,7 @@ def reconcile() -> dict[str, Any]:
         report["runs_repartitioned"] = stuck
         report["temp_files_removed"] = _cleanup_temp_files()
         report["queue_rows_pruned"] = _prune_queue()
+        metrics.record_reconcile(report)
     finally:
         _release_lease("reconciler", owner)
         close_old_connections()

@@ -6,7 +6,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from hxo_site.auth_views import ThrottledLoginView
-from runs_app.views import pages, plans, runs
+from runs_app.views import metrics, pages, plans, runs
 
 urlpatterns = [
     path("", pages.home, name="home"),
@@ -16,6 +16,8 @@ urlpatterns = [
         name="login",
     ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    # Prometheus scrapes it (runs_app/views/metrics.py decides who may).
+    path("metrics", metrics.metrics, name="metrics"),
     # Plans
     path("plans/", plans.plan_list, name="plans"),
     path("plans/new/", plans.plan_new, name="plan-new"),

@@ -140,7 +140,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("tasks", ("runs_app.tasks",)),
-    ("services and reads", ("runs_app.services", "runs_app.selectors", "runs_app.policies")),
+    (
+        "services and reads",
+        ("runs_app.services", "runs_app.selectors", "runs_app.policies", "runs_app.metrics"),
+    ),
     ("engine", ("runs_app.engine",)),
     (
         "below",

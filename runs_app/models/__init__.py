@@ -1,5 +1,6 @@
-"""Plans, runs and partitions (engine.py) and the indexes executors write (indexes.py:
-assets, documentation pages, the module registry)."""
+"""Plans, runs and partitions (engine.py), the indexes executors write (indexes.py:
+assets, documentation pages, the module registry) and what the metrics endpoint keeps
+(metrics.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from runs_app.models.engine import (
     StageState,
 )
 from runs_app.models.indexes import AssetIndexEntry, DocPage, RegistryEntry
+from runs_app.models.metrics import MetricCounter, StageRollup
 
 __all__ = [
     "Approval",
@@ -25,6 +27,7 @@ __all__ = [
     "ClaimLog",
     "DocPage",
     "Lease",
+    "MetricCounter",
     "Partition",
     "PartitionState",
     "Plan",
@@ -34,5 +37,6 @@ __all__ = [
     "RunMode",
     "RunStage",
     "RunState",
+    "StageRollup",
     "StageState",
 ]
