@@ -236,7 +236,9 @@ class Cli:
         return self._started(run, opts)
 
     def _started(self, run: dict[str, Any], opts: argparse.Namespace) -> int:
-        self.say(f"{run_line(run)} digest {run.get('digest')}")
+        # A run is partitioned by a worker after the request: its digest is known once the
+        # manifest is written ("pending" until then; `--wait` prints it when it is known).
+        self.say(f"{run_line(run)} digest {run.get('digest') or 'pending'}")
         return self.follow(run, opts) if opts.wait else EXIT_OK
 
     @staticmethod
@@ -262,7 +264,8 @@ class Cli:
 
     def do_replay(self, opts: argparse.Namespace) -> int:
         child = self._call(lambda: self.api.post(f"runs/{opts.run}/replay/"), "run", opts.run)
-        self.say(f"{run_line(child)} digest {child.get('digest')} (replay of run {opts.run})")
+        digest = child.get("digest") or "pending"
+        self.say(f"{run_line(child)} digest {digest} (replay of run {opts.run})")
         return self.follow(child, opts) if opts.wait else EXIT_OK
 
     def _act(self, run_id: int, action: str, body: Any, *, optional_endpoint: bool = False) -> int:
@@ -428,6 +431,8 @@ class Cli:
             follower.close(run)
             raise
         follower.close(run)
+        if run.get("digest"):
+            self.say(f"run {run.get('id')} digest {run['digest']}")
         return EXIT_RUN_FAILED if run.get("state") in UNSUCCESSFUL else EXIT_OK
 
     # --- errors ---------------------------------------------------------------------------

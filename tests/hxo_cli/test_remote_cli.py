@@ -26,7 +26,8 @@ from tests.runs_app.testkinds import TEST_KIND_NOAPPROVAL, effects, stage
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
-RUN_LINE = re.compile(r"^run (\d+) \((dry_run|apply)\) (\w+) digest ([0-9a-f]+)", re.M)
+# The digest is "pending" while a worker partitions the run; --wait prints it once known.
+RUN_LINE = re.compile(r"^run (\d+) \((dry_run|apply)\) (\w+) digest ([0-9a-f]+|pending)", re.M)
 
 
 def plan_file(tmp_path: Path, document: dict) -> Path:
@@ -60,6 +61,8 @@ def test_a_ci_job_dry_runs_approves_applies_and_verifies_the_receipt(
         dry = Run.objects.get(pk=dry_id)
         assert dry.mode == RunMode.DRY_RUN and dry.state == RunState.AWAITING_APPROVAL
         assert f"run {dry_id} (dry_run) awaiting_approval" in submitted.stdout
+        # Partitioned by a worker: the digest the approval binds is printed once known.
+        assert f"run {dry_id} digest {dry.digest}" in submitted.stdout and dry.digest
         assert "echo succeeded 6/6 done, 0 failed, 0 running" in submitted.stdout
         assert effects(work, "echo") == []  # a dry-run changes nothing
         assert "\x1b" not in submitted.stdout  # not a terminal: plain lines only

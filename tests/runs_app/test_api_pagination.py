@@ -14,6 +14,7 @@ from hxo_site.models import AuditEvent
 from runs_app import services
 from runs_app.engine import claims
 from runs_app.models import Partition, PartitionState, Run
+from tests.helpers import partitioned
 from tests.runs_app.testkinds import TEST_KIND_NOAPPROVAL, stage
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -106,7 +107,9 @@ def test_paging_a_running_runs_pending_partitions_skips_none(
 ) -> None:
     client = api_client_for(operator)
     items = 5 * PAGE
-    run = services.run_start_dry_run(plan=new_plan(operator, tmp_path, items=items), actor=operator)
+    run = partitioned(
+        services.run_start_dry_run(plan=new_plan(operator, tmp_path, items=items), actor=operator)
+    )
     url = f"/api/v1/runs/{run.pk}/partitions/?state=pending"
 
     def claim_next(n: int) -> list[int]:

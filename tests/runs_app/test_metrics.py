@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from runs_app import metrics, services, tasks
 from runs_app.models import Lease, Partition, PartitionState, RunState, StageRollup
-from tests.helpers import drain
+from tests.helpers import drain, partitioned
 from tests.runs_app.testkinds import TEST_KIND, TEST_KIND_NOAPPROVAL, effects, stage
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -123,7 +123,7 @@ def test_counts_follow_a_run_with_a_retry_and_a_failure(
         stage("a", tmp_path, items=4, kind=QUICK, fail={"1": 1}),
         stage("b", tmp_path, items=3, kind=QUICK, executor="test_append_once", fail={"2": 5}),
     )
-    run = services.run_apply(plan=plan, actor=admiral)
+    run = partitioned(services.run_apply(plan=plan, actor=admiral))
     pending = scrape()
     assert value(pending, "hxo_runs", state="running") == 1
     assert value(pending, "hxo_partitions", kind=QUICK, state="pending") == 7
@@ -177,7 +177,7 @@ def test_a_breached_slo_is_counted(test_kinds, tmp_path, operator, scrape) -> No
 def test_a_running_stage_past_its_slo_shows_now(test_kinds, tmp_path, operator, scrape) -> None:
     doc = stage("a", tmp_path, items=2, kind=QUICK)
     doc["slo_ms"] = 1
-    run = services.run_apply(plan=plan_of(operator, doc), actor=operator)
+    run = partitioned(services.run_apply(plan=plan_of(operator, doc), actor=operator))
     run.run_stages.update(started_at=timezone.now() - timezone.timedelta(seconds=5))
     assert value(scrape(), "hxo_stages_over_slo", kind=QUICK) == 1
 
@@ -200,8 +200,10 @@ def test_reconciler_passes_and_skips_are_counted(scrape) -> None:
 def test_an_expired_lease_repaired_by_the_reconciler_is_counted(
     test_kinds, tmp_path, operator, scrape
 ) -> None:
-    run = services.run_apply(
-        plan=plan_of(operator, stage("a", tmp_path, items=2, kind=QUICK)), actor=operator
+    run = partitioned(
+        services.run_apply(
+            plan=plan_of(operator, stage("a", tmp_path, items=2, kind=QUICK)), actor=operator
+        )
     )
     Partition.objects.filter(run=run, index=0).update(
         state=PartitionState.RUNNING,
