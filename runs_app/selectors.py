@@ -568,3 +568,66 @@ def document_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
             out["stages"].append({"id": sid, "change": "removed", "position": i, "stage": stage})
     out["changed"] = bool(out["fields"]) or any(s["change"] != "same" for s in out["stages"])
     return out
+
+
+# --- The plan page's history grid and stage graph --------------------------------------------
+
+HISTORY_RUNS = 25
+
+
+@dataclasses.dataclass
+class HistoryCell:
+    """One stage in one run: `state` is None when that run had no such stage."""
+
+    run: Run
+    stage_id: str
+    state: str | None
+
+
+@dataclasses.dataclass
+class PlanHistory:
+    """Recent runs by stages (Airflow's Grid view): `runs` oldest first (the newest at the
+    right), `rows` one per stage id (`(stage_id, [HistoryCell per run])`): the latest
+    revision's stages in plan order, then ids only older runs had."""
+
+    runs: list[Run]
+    rows: list[tuple[str, list[HistoryCell]]]
+
+    @property
+    def latest(self) -> Run | None:
+        return self.runs[-1] if self.runs else None
+
+    def latest_states(self) -> dict[str, str]:
+        """stage id → its state in the newest run (empty when the plan never ran)."""
+        if not self.runs:
+            return {}
+        return {stage_id: cells[-1].state for stage_id, cells in self.rows if cells[-1].state}
+
+
+def plan_history(plan: Plan, revision: PlanRevision, *, limit: int = HISTORY_RUNS) -> PlanHistory:
+    """The last `limit` runs of `plan` and each stage's state in each: two queries whatever
+    the number of runs or stages (the runs, then their stages' ids and states)."""
+    runs = list(
+        Run.objects.filter(plan=plan)
+        .only("id", "mode", "state", "created_at", "plan_id")
+        .order_by("-id")[:limit]
+    )
+    runs.reverse()
+    states: dict[tuple[int, str], str] = {}
+    seen: list[str] = []
+    if runs:
+        for run_id, stage_id, state in (
+            RunStage.objects.filter(run_id__in=[r.pk for r in runs])
+            .order_by("position")
+            .values_list("run_id", "stage_id", "state")
+        ):
+            states[(run_id, stage_id)] = state
+            if stage_id not in seen:
+                seen.append(stage_id)
+    order = [s["id"] for s in revision.stages]
+    order += [s for s in seen if s not in order]
+    rows = [
+        (stage_id, [HistoryCell(r, stage_id, states.get((r.pk, stage_id))) for r in runs])
+        for stage_id in order
+    ]
+    return PlanHistory(runs=runs, rows=rows)

@@ -156,6 +156,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "runs_app.search",
             "runs_app.transitions",
             "runs_app.hashing",
+            "runs_app.graph",
+            "runs_app.markup",
             "runs_app.notifications",
             "runs_app.models",
             "runs_app.migrations",

@@ -15,6 +15,7 @@ from django.utils.safestring import SafeString, mark_safe
 
 from blueprints_app.registry import PARTITIONERS, Partitioner
 from hxo_site.capabilities import has_capability, user_role
+from runs_app import graph, markup
 from runs_app.policies import runs_to_decide
 
 register = template.Library()
@@ -307,3 +308,59 @@ def gantt(timeline: Any, label: str = "Timeline of partitions per stage") -> Saf
         mark_safe(axis_svg),  # made by format_html
         mark_safe("".join(parts)),
     )
+
+
+# --- The stage graph, the history grid, Markdown -----------------------------------------------
+
+
+@register.simple_tag
+def stage_graph(stages: Any, label: str = "Stage graph", dom_id: str = "stage-graph") -> SafeString:
+    """`stages` (mappings with id, depends_on, state; a run page's `progress` items fit) as
+    the SVG stage graph of `runs_app.graph`."""
+    return graph.render_svg(stages or [], label=label, dom_id=dom_id)
+
+
+@register.filter
+def editor_stages(form: Any) -> list[dict[str, Any]]:
+    """The editor's stages as the stage graph draws them: "has errors" when a stage's fields
+    or the stage itself carry an error, else "planned"."""
+    return [
+        {
+            "id": s.stage.get("id") or "",
+            "depends_on": s.stage.get("depends_on") or [],
+            "state": "invalid" if s.error_count else "planned",
+        }
+        for s in form.stages
+    ]
+
+
+# A glyph per state so that a grid cell is legible without its colour.
+STATE_GLYPHS = {
+    "succeeded": "\u2713",
+    "failed": "\u2715",
+    "cancelled": "\u2298",
+    "running": "\u25b6",
+    "pending": "\u2026",
+    "partitioning": "\u2026",
+    "aborted": "\u2298",
+    "awaiting_approval": "?",
+    "approved": "\u2713",
+    "rejected": "\u2715",
+}
+
+
+@register.filter
+def state_glyph(state: str | None) -> str:
+    return STATE_GLYPHS.get(state or "", "\u2013")
+
+
+@register.filter
+def markdown(text: str | None) -> SafeString:
+    """A plan description as safe HTML (`runs_app.markup.render_markdown`)."""
+    return markup.render_markdown(text)
+
+
+@register.filter
+def markdown_summary(text: str | None, chars: int = 90) -> SafeString:
+    """The first paragraph of a description, inline and cut to `chars` characters."""
+    return markup.render_summary(text, int(chars))

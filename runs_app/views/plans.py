@@ -149,11 +149,23 @@ def plan_context(request: HttpRequest, plan: Plan) -> dict[str, Any]:
     lifecycle = [i for i in [*checked.errors, *checked.warnings] if i.code in LIFECYCLE_CODES]
     can_submit = has_capability(request.user, "submit")
     runs = list(plan.runs.select_related("requested_by", "revision").order_by("-id")[:20])
+    history = selectors.plan_history(plan, revision)
+    latest = history.latest_states()
+    graph_stages = [
+        {"id": s["id"], "depends_on": s.get("depends_on", []), "state": latest.get(s["id"])}
+        for s in revision.stages
+    ]
     return {
         "plan": plan,
         "revision": revision,
         "kinds": kinds,
         "runs": runs,
+        "history": history,
+        "graph_stages": graph_stages,
+        "graph_label": f"Stages of revision {revision.number}",
+        "graph_note": f"Colours and states: run #{history.latest.pk}."
+        if history.latest
+        else "The plan has not run yet.",
         "can_plan": has_capability(request.user, "plan"),
         "can_submit": can_submit,
         "apply": apply_option(plan, revision, kinds) if can_submit else None,
