@@ -82,6 +82,7 @@ class JobKindForm(forms.ModelForm):
             "allow_non_idempotent",
             "require_dry_run",
             "required_approvals",
+            "require_findings_ack",
             "default_slo_ms",
             "result_status",
             "input_schema",
@@ -138,7 +139,14 @@ class JobKindAdmin(admin.ModelAdmin):
         ("Components", {"fields": ["partitioners", "executors"]}),
         (
             "Safety policy",
-            {"fields": ["allow_non_idempotent", "require_dry_run", "required_approvals"]},
+            {
+                "fields": [
+                    "allow_non_idempotent",
+                    "require_dry_run",
+                    "required_approvals",
+                    "require_findings_ack",
+                ]
+            },
         ),
         ("Results", {"fields": ["default_slo_ms", "result_status"]}),
         ("Schemas", {"fields": ["input_schema", "output_schema"]}),

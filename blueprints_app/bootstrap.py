@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from blueprints_app.contract import contract_kinds
+from blueprints_app.contract import FINDINGS_ACK_KINDS, contract_kinds
 from blueprints_app.models import VERSIONED_FIELDS, contract_snapshot
 from hxo_site.capabilities import CAPABILITIES, ROLES
 
@@ -28,6 +28,11 @@ def _apps(apps: Any) -> Any:
 
         return live
     return apps
+
+
+def _has_field(model: Any, name: str) -> bool:
+    """Whether `model` (possibly a historical model in a migration) has field `name`."""
+    return any(f.name == name for f in model._meta.get_fields())
 
 
 def load_contract(apps: Any = None, *, reset: bool = False) -> list[str]:
@@ -52,6 +57,9 @@ def load_contract(apps: Any = None, *, reset: bool = False) -> list[str]:
         changed: list[str] = []
         if row is None:
             row = JobKind.objects.create(**entry, version=last.version + 1 if last else 1)
+            if name in FINDINGS_ACK_KINDS and _has_field(JobKind, "require_findings_ack"):
+                # HXO's addition to the contract's policy, as migration 0005 sets it.
+                JobKind.objects.filter(pk=row.pk).update(require_findings_ack=True)
             created.append(name)
         elif reset:
             changed = [f for f in VERSIONED_FIELDS if getattr(row, f) != entry[f]]

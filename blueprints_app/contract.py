@@ -130,3 +130,10 @@ CONTRACT_KINDS: list[dict[str, Any]] = [
 def contract_kinds() -> list[dict[str, Any]]:
     """A deep copy, so callers can't mutate the contract by accident."""
     return copy.deepcopy(CONTRACT_KINDS)
+
+
+# HXO's addition to the contract's safety policy (`JobKind.require_findings_ack`): kinds whose
+# approvers must acknowledge high-severity findings. The contract's policy has two fields and
+# says nothing against a stricter approval; the flag changes no plan's validity. Set by
+# migration 0005 for the seeded kinds.
+FINDINGS_ACK_KINDS = frozenset({"deploy.migrate"})

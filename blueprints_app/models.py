@@ -54,6 +54,13 @@ class JobKind(models.Model):
     sunset_at = models.DateTimeField(null=True, blank=True)
     replaced_by = models.CharField(max_length=100, blank=True, default="")
     required_approvals = models.PositiveSmallIntegerField(default=1)
+    # HXO's addition to the contract's safety policy: an approver must tick that they read
+    # the dry-run's high-severity findings (runs_app.sqllint) before approving. It asks more
+    # of the approver and nothing of a plan, so it is not a versioned field.
+    require_findings_ack = models.BooleanField(
+        default=False,
+        help_text="Approvers must acknowledge high-severity findings (e.g. risky SQL)",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -82,6 +89,7 @@ class JobKind(models.Model):
         return {
             "allow_non_idempotent": self.allow_non_idempotent,
             "require_dry_run": self.require_dry_run,
+            "require_findings_ack": self.require_findings_ack,
         }
 
     def snapshot(self) -> dict[str, Any]:

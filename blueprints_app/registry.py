@@ -38,12 +38,16 @@ class ComponentError(Exception):
         code: str = "component_error",
         path: str = "",
         permanent: bool = False,
+        detail: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.path = path
         self.permanent = permanent
+        # Structured facts beside the message (a lint finding's rule, severity, lock...),
+        # carried into a validation issue's JSON.
+        self.detail = detail
 
 
 @dataclasses.dataclass
@@ -163,6 +167,14 @@ class Partitioner:
         checked (API validate, plan save, the editor's live validation) sees them; a
         partitioner should still refuse the same things when it partitions.
         """
+        return []
+
+    @classmethod
+    def params_warnings(cls, params: dict[str, Any]) -> list[ComponentError]:
+        """Risks in valid `params` worth a warning but not a refusal (by_sql_batch: the SQL
+        lint findings of warning and high severity), as ComponentErrors with paths under
+        `params.` and their facts in `detail`. Called once `params` passed the schema and
+        `validate_params`; every way a plan is checked shows them. The default finds none."""
         return []
 
     @classmethod

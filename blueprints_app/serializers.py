@@ -41,6 +41,7 @@ def validation_error(result: ValidationResult) -> serializers.ValidationError:
 class SafetyPolicySerializer(serializers.Serializer):
     allow_non_idempotent = StrictBooleanField(default=False)
     require_dry_run = StrictBooleanField(default=False)
+    require_findings_ack = StrictBooleanField(default=False)
 
 
 class JobKindSerializer(serializers.ModelSerializer):

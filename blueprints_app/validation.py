@@ -102,9 +102,15 @@ class Issue:
     path: str
     code: str
     message: str
+    # Structured facts of a warning (a SQL lint finding: rule, severity, lock, safer form);
+    # added to the JSON beside path, code and message, never replacing them.
+    detail: Mapping[str, Any] | None = dataclasses.field(default=None, compare=False)
 
-    def as_dict(self) -> dict[str, str]:
-        return {"path": self.path, "code": self.code, "message": self.message}
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": self.path, "code": self.code, "message": self.message}
+        if self.detail:
+            out.update({k: v for k, v in self.detail.items() if k not in out})
+        return out
 
 
 @dataclasses.dataclass
@@ -375,9 +381,14 @@ def validate_stage(
             result.error(issue.path, codes.INVALID_PARAMS, issue.message)
         if not shape:
             # What only the component can judge (e.g. by_sql_batch's SQL policy).
-            for err in PARTITIONERS[partitioner].validate_params(params):
+            refused = PARTITIONERS[partitioner].validate_params(params)
+            for err in refused:
                 where = f"{path}.{err.path}" if err.path else f"{path}.params"
                 result.error(where, err.code, err.message)
+            # Its warnings (by_sql_batch: the SQL lint) only for SQL the policy accepts.
+            for err in [] if refused else PARTITIONERS[partitioner].params_warnings(params):
+                where = f"{path}.{err.path}" if err.path else f"{path}.params"
+                result.warnings.append(Issue(where, err.code, err.message, err.detail))
 
     # Rule 4: the safety policy.
     non_idempotent = stage.get("non_idempotent", False)

@@ -81,3 +81,7 @@ TOKEN_EXPIRED = "token_expired"
 INVALID_CREDENTIALS = "invalid_credentials"
 THROTTLED = "throttled"
 LOGIN_THROTTLED = "login_throttled"
+
+# Approvals.
+# A kind's policy requires the approver to acknowledge high-severity findings of the dry-run.
+FINDINGS_NOT_ACKNOWLEDGED = "findings_not_acknowledged"

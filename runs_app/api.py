@@ -29,6 +29,7 @@ from runs_app import selectors, services
 from runs_app.models import PartitionState, Plan, Run, RunMode, RunState
 from runs_app.serializers import (
     ApplySerializer,
+    ApproveSerializer,
     AuditEventSerializer,
     CommentSerializer,
     MigrateRequestSerializer,
@@ -379,13 +380,19 @@ class RunPartitions(generics.ListAPIView):
         return super().get(request, *args, **kwargs)
 
 
-def _action_view(capability: str, action: Any, summary: str, with_comment: bool) -> type[APIView]:
+def _action_view(
+    capability: str,
+    action: Any,
+    summary: str,
+    with_comment: bool,
+    body_serializer: type[CommentSerializer] = CommentSerializer,
+) -> type[APIView]:
     class ActionView(APIView):
         permission_classes = [capability_required(capability)]
 
         @extend_schema(
             summary=summary,
-            request=CommentSerializer if with_comment else None,
+            request=body_serializer if with_comment else None,
             responses={200: RunSerializer, 201: RunSerializer, **ERRORS, **CONFLICT},
         )
         def post(self, request: Request, pk: int) -> Response:
@@ -393,10 +400,10 @@ def _action_view(capability: str, action: Any, summary: str, with_comment: bool)
             kwargs: dict[str, Any] = {}
             if with_comment:
                 body = _object_body(request)
-                _refuse_unknown(body, {"comment"})
-                data = CommentSerializer(data=body)
+                _refuse_unknown(body, set(body_serializer().fields))
+                data = body_serializer(data=body)
                 data.is_valid(raise_exception=True)
-                kwargs["comment"] = data.validated_data["comment"]
+                kwargs.update(data.validated_data)
             else:
                 _refuse_unknown(_object_body(request), set())
             result = action(run=run, actor=request.user, client_ip=client_ip(request), **kwargs)
@@ -407,7 +414,9 @@ def _action_view(capability: str, action: Any, summary: str, with_comment: bool)
     return ActionView
 
 
-RunApprove = _action_view("approve", services.run_approve, "Approve a dry-run", True)
+RunApprove = _action_view(
+    "approve", services.run_approve, "Approve a dry-run", True, ApproveSerializer
+)
 RunReject = _action_view("approve", services.run_reject, "Reject a dry-run", True)
 RunAbort = _action_view("abort", services.run_abort, "Abort a run", False)
 RunReplay = _action_view(

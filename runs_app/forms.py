@@ -23,6 +23,10 @@ class DecisionForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 3}),
         help_text="Recorded with your decision and in the audit log.",
     )
+    acknowledge_findings = forms.BooleanField(
+        required=False,
+        label="I have read the high-severity findings and accept the risk",
+    )
 
 
 class ApplyForm(forms.Form):

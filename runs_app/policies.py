@@ -40,6 +40,7 @@ from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from blueprints_app.models import JobKind
 from hxo_site import codes
 from hxo_site.capabilities import has_capability
 from hxo_site.errors import ServiceError
@@ -54,7 +55,7 @@ from runs_app.models import (
     RunState,
 )
 from runs_app.models.engine import RUN_ACTIVE, RUN_REPLAYABLE
-from runs_app.selectors import runs_awaiting_decision
+from runs_app.selectors import run_findings, runs_awaiting_decision
 
 # How many uncovered partitions a refusal lists (the count is always complete).
 MAX_LISTED = 20
@@ -360,6 +361,51 @@ def may_decide(user: Any, run: Run, *, mine: Approval | None) -> Decision:
 
 
 # --- Lineage ------------------------------------------------------------------------------
+
+
+def findings_to_acknowledge(run: Run) -> list[dict[str, str]]:
+    """The high-severity findings of `run` (selectors.run_findings) in stages whose kind's
+    safety policy requires an approver to acknowledge them (`JobKind.require_findings_ack`,
+    read live: a policy tightened after the dry-run applies to its decision), as
+    {"stage", "path", "rule", "message"}."""
+    high = run_findings(run)["high"]
+    if not high:
+        return []
+    strict = set(
+        JobKind.objects.filter(
+            kind__in={kind for _, kind, _ in high}, require_findings_ack=True
+        ).values_list("kind", flat=True)
+    )
+    return [
+        {"stage": stage, "path": f.path, "rule": f.rule, "message": f.message}
+        for stage, kind, f in high
+        if kind in strict
+    ]
+
+
+def findings_acknowledged(required: list[dict[str, str]], *, acknowledged: bool) -> Decision:
+    """Approving needs `acknowledged` when `required` (findings_to_acknowledge) is not empty;
+    refused with 400 `findings_not_acknowledged` naming the field `acknowledge_findings`."""
+    if not required or acknowledged:
+        return ALLOWED
+    listed = "; ".join(f"{f['stage']} {f['path']}: {f['rule']}" for f in required[:MAX_LISTED])
+    return dataclasses.replace(
+        _refuse(
+            codes.FINDINGS_NOT_ACKNOWLEDGED,
+            f"this dry-run has {len(required)} high-severity finding"
+            f"{'s' if len(required) != 1 else ''} that the approver must acknowledge "
+            f"({listed})",
+            reason="Tick that you have read the high-severity findings.",
+            status=400,
+        ),
+        errors=[
+            {
+                "path": "acknowledge_findings",
+                "code": codes.FINDINGS_NOT_ACKNOWLEDGED,
+                "message": "acknowledge the high-severity findings to approve",
+            }
+        ],
+    )
 
 
 def lineage(run: Run) -> list[Run]:

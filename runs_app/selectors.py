@@ -17,9 +17,12 @@ from django.db.models import Count, F, Max, Min, Prefetch, Q, QuerySet
 from django.db.models.fields.json import KT
 from django.utils import timezone
 
+from blueprints_app.registry import ComponentError
 from hxo_site.models import AuditEvent
-from runs_app import hashing
+from runs_app import hashing, sqllint
 from runs_app.engine.receipts import check_effects, stage_leaves
+from runs_app.kinds.base import resolve_params
+from runs_app.kinds.migrate import BySqlBatch
 from runs_app.models import (
     Partition,
     PartitionState,
@@ -30,6 +33,7 @@ from runs_app.models import (
     RunStage,
     RunState,
 )
+from runs_app.targets import get_target
 
 
 def run_with_stages(run_id: int) -> Run:
@@ -415,6 +419,40 @@ def review_totals(run: Run) -> dict[str, Any]:
         "slo_breached": any(stage_progress(s)["slo_breached"] for s in stages),
         "counts": run_totals(run),
     }
+
+
+def run_findings(run: Run) -> dict[str, Any]:
+    """The SQL lint findings (runs_app.sqllint) of a run's `by_sql_batch` stages, read from
+    the params the run pinned and the vendor its manifest resolved (the target's, while the
+    run is still partitioning).
+
+    Shape: {"stages": [{"id", "kind", "vendor", "findings": [LintFinding, ...]}] (stages with
+    findings only, in plan order), "counts": {"high", "warning", "info"}, "highest": the
+    highest severity or None, "high": [(stage id, kind, LintFinding)]}.
+    """
+    stages: list[dict[str, Any]] = []
+    counts = dict.fromkeys(sqllint.SEVERITIES, 0)
+    high: list[tuple[str, str, sqllint.LintFinding]] = []
+    for stage in sorted(run.run_stages.all(), key=lambda s: s.position):
+        if stage.partitioner != BySqlBatch.name or not isinstance(stage.params, dict):
+            continue
+        vendor = (stage.manifest or {}).get("vendor")
+        if not vendor:
+            try:
+                vendor = get_target(resolve_params(BySqlBatch, stage.params)["target"]).vendor
+            except ComponentError:
+                continue  # the partitioner reports the unknown target
+        found = sqllint.lint_params(stage.params, vendor)
+        for f in found:
+            counts[f.severity] += 1
+            if f.severity == sqllint.HIGH:
+                high.append((stage.stage_id, stage.kind, f))
+        if found:
+            stages.append(
+                {"id": stage.stage_id, "kind": stage.kind, "vendor": vendor, "findings": found}
+            )
+    highest = next((s for s in reversed(sqllint.SEVERITIES) if counts[s]), None)
+    return {"stages": stages, "counts": counts, "highest": highest, "high": high}
 
 
 def runs_awaiting_decision(user: Any) -> list[Run]:

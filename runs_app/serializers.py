@@ -104,7 +104,7 @@ class ApprovalSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Approval
-        fields = ["user", "decision", "comment", "digest", "created_at"]
+        fields = ["user", "decision", "comment", "digest", "acknowledged_findings", "created_at"]
 
     def get_user(self, obj: Approval) -> str:
         return obj.user.get_username()
@@ -228,6 +228,11 @@ class PartitionSerializer(serializers.ModelSerializer):
 
 class CommentSerializer(StrictBodySerializer):
     comment = StrictCharField(required=False, allow_blank=True, max_length=5000, default="")
+
+
+class ApproveSerializer(CommentSerializer):
+    # Required by a kind whose policy asks approvers to acknowledge high-severity findings.
+    acknowledge_findings = StrictBooleanField(required=False, default=False)
 
 
 class ApplySerializer(StrictBodySerializer):

@@ -641,13 +641,24 @@ def _refuse(actor: Any, plan: Plan, client_ip: str | None, code: str, detail: An
     )
 
 
-def run_approve(*, run: Run, actor: Any, comment: str = "", client_ip: str | None = None) -> Run:
+def run_approve(
+    *,
+    run: Run,
+    actor: Any,
+    comment: str = "",
+    client_ip: str | None = None,
+    acknowledge_findings: bool = False,
+) -> Run:
+    """Approve a dry-run. Where a stage's kind requires it, `acknowledge_findings` must say
+    the approver read the high-severity SQL findings (400 `findings_not_acknowledged`); the
+    findings acknowledged are recorded with the approval and in the audit event."""
     return _decide(
         run=run,
         actor=actor,
         decision=Approval.Decision.APPROVE,
         comment=comment,
         client_ip=client_ip,
+        acknowledge_findings=acknowledge_findings,
     )
 
 
@@ -661,7 +672,15 @@ def run_reject(*, run: Run, actor: Any, comment: str = "", client_ip: str | None
     )
 
 
-def _decide(*, run: Run, actor: Any, decision: str, comment: str, client_ip: str | None) -> Run:
+def _decide(
+    *,
+    run: Run,
+    actor: Any,
+    decision: str,
+    comment: str,
+    client_ip: str | None,
+    acknowledge_findings: bool = False,
+) -> Run:
     _require(actor, "approve")
     if not isinstance(comment, str) or len(comment) > 5000 or "\x00" in comment:
         raise ServiceError(
@@ -674,6 +693,15 @@ def _decide(*, run: Run, actor: Any, decision: str, comment: str, client_ip: str
     if not eyes.allowed:
         _refuse(actor, run.plan, client_ip, eyes.code, {"run": run.pk})
         eyes.enforce()
+    acknowledged: list[dict[str, str]] = []
+    if decision == Approval.Decision.APPROVE:
+        # Linting is pure and the pinned params do not change: judged outside the lock.
+        required = policies.findings_to_acknowledge(run)
+        ack = policies.findings_acknowledged(required, acknowledged=acknowledge_findings is True)
+        if not ack.allowed:
+            _refuse(actor, run.plan, client_ip, ack.code, {"run": run.pk})
+            ack.enforce()
+        acknowledged = required if acknowledge_findings is True else []
     with transaction.atomic():
         locked = Run.objects.select_for_update().get(pk=run.pk)
         mine = Approval.objects.filter(run=locked, user=actor).first()
@@ -681,7 +709,12 @@ def _decide(*, run: Run, actor: Any, decision: str, comment: str, client_ip: str
         if mine is not None:
             return locked  # the same decision twice counts once
         Approval.objects.create(
-            run=locked, user=actor, decision=decision, comment=comment, digest=locked.digest
+            run=locked,
+            user=actor,
+            decision=decision,
+            comment=comment,
+            digest=locked.digest,
+            acknowledged_findings=acknowledged,
         )
         before = locked.state
         if decision == Approval.Decision.REJECT:
@@ -704,7 +737,9 @@ def _decide(*, run: Run, actor: Any, decision: str, comment: str, client_ip: str
             client_ip=client_ip,
             before={"state": before},
             after={"state": locked.state},
-            detail={"comment": comment},
+            detail={"comment": comment, "acknowledged_findings": acknowledged}
+            if acknowledged
+            else {"comment": comment},
         )
     return locked
 

@@ -153,6 +153,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "runs_app.targets",
             "runs_app.workspaces",
             "runs_app.sqlpolicy",
+            "runs_app.sqllint",
             "runs_app.search",
             "runs_app.transitions",
             "runs_app.hashing",

@@ -72,6 +72,7 @@ from blueprints_app.registry import (
     register_partitioner,
 )
 from hxo_site import codes
+from runs_app import sqllint
 from runs_app.kinds.base import (
     plural,
     require_input,
@@ -257,6 +258,20 @@ class BySqlBatch(Partitioner):
         except ComponentError:
             return []  # an unknown target is already a schema error (the enum)
         return _sql_errors(params, target.vendor)
+
+    @classmethod
+    def params_warnings(cls, params: dict[str, Any]) -> list[ComponentError]:
+        """The SQL lint (runs_app.sqllint) of every statement, warning and high severity,
+        read by the parser of the target's vendor; info findings (lock levels) are for the
+        review page only, so the editor's warnings stay worth reading."""
+        try:
+            target = get_target(resolve_params(cls, params)["target"])
+        except ComponentError:
+            return []
+        return [
+            ComponentError(f.sentence(), code=sqllint.SQL_FINDING, path=f.path, detail=f.as_dict())
+            for f in sqllint.lint_params(params, target.vendor, min_severity=sqllint.WARNING)
+        ]
 
     def partition(self, ctx: PartitionContext) -> StageManifest:
         params = resolve_params(type(self), ctx.params)

@@ -363,6 +363,9 @@ class Approval(models.Model):
     comment = models.TextField(blank=True, default="")
     # The dry-run digest the decision was made on; an approval never covers another digest.
     digest = models.CharField(max_length=64)
+    # The high-severity findings (runs_app.sqllint) the approver acknowledged, as
+    # {"stage", "path", "rule"}; empty when there were none or the kind needs no ack.
+    acknowledged_findings = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -177,6 +177,7 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "key": new_key(),
             "is_dry_run": run.mode == RunMode.DRY_RUN,
             "review": selectors.review_totals(run) if run.mode == RunMode.DRY_RUN else None,
+            "findings": selectors.run_findings(run) if run.mode == RunMode.DRY_RUN else None,
             "last_applied": services.last_applied_run(run.plan, before=run)
             if run.mode == RunMode.DRY_RUN
             else None,
@@ -279,10 +280,14 @@ def _back(run: Run) -> str:
 def run_decide(request: HttpRequest, pk: int, decision: str) -> HttpResponse:
     run = get_object_or_404(Run.objects.select_related("revision", "plan"), pk=pk)
     form = f.DecisionForm(request.POST)
-    comment = form.cleaned_data["comment"] if form.is_valid() else request.POST.get("comment", "")
+    valid = form.is_valid()
+    comment = form.cleaned_data["comment"] if valid else request.POST.get("comment", "")
+    kwargs: dict[str, Any] = {"comment": comment, "client_ip": client_ip(request)}
+    if decision == "approve":
+        kwargs["acknowledge_findings"] = valid and form.cleaned_data["acknowledge_findings"]
     service = services.run_approve if decision == "approve" else services.run_reject
     try:
-        run = service(run=run, actor=request.user, comment=comment, client_ip=client_ip(request))
+        run = service(run=run, actor=request.user, **kwargs)
     except ServiceError as exc:
         return refused(request, exc, back=_back(run), title="Decision refused")
     verb = "Approved" if decision == "approve" else "Rejected"

@@ -138,6 +138,8 @@ def test_every_appendix_row_and_slo_reads_back_through_the_api(client, name):
     assert kind["safety_policy"] == {
         "allow_non_idempotent": non_idempotent,
         "require_dry_run": dry_run,
+        # HXO's addition (docs/sql-lint.md): approvers acknowledge high-severity findings.
+        "require_findings_ack": name == "deploy.migrate",
     }
     assert kind["default_slo_ms"] == slo_ms
     assert kind["result_status"] == status
@@ -152,7 +154,12 @@ def test_a_kind_has_exactly_the_fields_of_the_api_contract(client, name):
     kind = client.get(f"/api/v1/job-kinds/{name}/").json()
 
     assert set(kind) == FIELDS
-    assert set(kind["safety_policy"]) == {"allow_non_idempotent", "require_dry_run"}
+    # The contract's two fields, and HXO's one addition (additive, docs/sql-lint.md).
+    assert set(kind["safety_policy"]) == {
+        "allow_non_idempotent",
+        "require_dry_run",
+        "require_findings_ack",
+    }
 
 
 @pytest.mark.parametrize("name", list(SCHEMAS))

@@ -55,7 +55,11 @@ def test_the_export_holds_every_kind_with_its_api_fields_and_versions():
         JobKind.objects.values_list("kind", flat=True)
     )
     pack = entry(data, "deploy.pack")
-    assert pack["safety_policy"] == {"allow_non_idempotent": False, "require_dry_run": False}
+    assert pack["safety_policy"] == {
+        "allow_non_idempotent": False,
+        "require_dry_run": False,
+        "require_findings_ack": False,
+    }
     assert [v["version"] for v in pack["versions"]] == [1]
     assert pack["versions"][0]["contract"]["partitioners"] == ["by_filesize", "by_module"]
 

@@ -11,7 +11,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from blueprints_app.contract import CONTRACT_VERSION, contract_kinds
+from blueprints_app.contract import CONTRACT_VERSION, FINDINGS_ACK_KINDS, contract_kinds
 from blueprints_app.models import JobKind
 from blueprints_app.services import JobKindInvalid, job_kind_save
 
@@ -34,6 +34,8 @@ class Command(BaseCommand):
             job_kind = JobKind.objects.filter(kind=name).first()
             if job_kind is None:
                 action, job_kind = "created", JobKind()
+                # HXO's addition to the contract's safety policy (not a contract field).
+                job_kind.require_findings_ack = name in FINDINGS_ACK_KINDS
             elif options["reset"]:
                 action = "reset"
             else:
