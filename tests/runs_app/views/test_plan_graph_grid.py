@@ -16,6 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from runs_app import graph, services
 from runs_app.markup import link_allowed, render_markdown, render_summary
 from runs_app.models import Plan, Run, RunStage
+from tests.helpers import partitioned
 from tests.runs_app.testkinds import TEST_KIND, stage
 from tests.runs_app.views.conftest import html
 from tests.runs_app.views.test_plan_editor import echo_stage, form, sig
@@ -166,7 +167,7 @@ def test_the_plan_page_draws_its_stage_graph(client_for, viewer, diamond) -> Non
 def test_the_plan_graph_takes_the_states_of_the_newest_run(
     client_for, viewer, diamond, operator
 ) -> None:
-    run = services.run_start_dry_run(plan=diamond, actor=operator)
+    run = partitioned(services.run_start_dry_run(plan=diamond, actor=operator))
     # Its stages' states as the engine left them, set here so that each node differs.
     for sid, state in (("root", "succeeded"), ("left", "failed"), ("right", "succeeded")):
         RunStage.objects.filter(run=run, stage_id=sid).update(state=state)
@@ -258,7 +259,7 @@ def grid_cells(body: str) -> list[tuple[str, str, str]]:
 def test_the_history_grid_shows_each_stage_state_per_run_with_links(
     client_for, viewer, diamond, operator
 ) -> None:
-    first = services.run_start_dry_run(plan=diamond, actor=operator)
+    first = partitioned(services.run_start_dry_run(plan=diamond, actor=operator))
     RunStage.objects.filter(run=first).update(state="succeeded")
     more = clone_runs(first, 2)
     RunStage.objects.filter(run=more[-1], stage_id="left").update(state="failed")
@@ -278,7 +279,7 @@ def test_the_history_grid_shows_each_stage_state_per_run_with_links(
 def test_a_stage_an_older_run_had_shows_as_its_own_row(
     client_for, viewer, diamond, operator, tmp_path
 ) -> None:
-    run = services.run_start_dry_run(plan=diamond, actor=operator)
+    run = partitioned(services.run_start_dry_run(plan=diamond, actor=operator))
     RunStage.objects.create(
         run=run, stage_id="retired", position=9, kind=TEST_KIND, partitioner="p",
         executor="e", slo_ms=1000, state="succeeded",
@@ -291,7 +292,7 @@ def test_the_plan_page_query_count_is_flat_in_the_number_of_runs(
     client_for, viewer, diamond, operator
 ) -> None:
     client = client_for(viewer)
-    first = services.run_start_dry_run(plan=diamond, actor=operator)
+    first = partitioned(services.run_start_dry_run(plan=diamond, actor=operator))
     clone_runs(first, 2)
     client.get(f"/plans/{diamond.pk}/")  # warm caches (session, registry)
     with CaptureQueriesContext(connection) as three:
