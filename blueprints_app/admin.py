@@ -126,15 +126,23 @@ class JobKindForm(forms.ModelForm):
             registry.executor_choices(), list(self.instance.executors or [])
         )
 
+    def _get_validation_exclusions(self) -> set[str]:
+        # The model's JSONField calls {} blank; here {} is a schema (it accepts anything), as
+        # in the API. The form field parsed it and the validator judges it.
+        return {*super()._get_validation_exclusions(), "input_schema", "output_schema"}
+
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
         data = job_kind_data(self.instance)
         data.update({f: cleaned[f] for f in JOB_KIND_CHECKED_FIELDS if f in cleaned})
+        own = set(self.errors)
         for issue in validate_job_kind(data).errors:
             field = issue.path.split("[", 1)[0].split(".", 1)[0]
-            if field in self.errors:
+            if field in own:
                 continue  # the field's own error already says what is wrong
-            if field in self.fields and field in cleaned:
+            if field in self.fields:
+                # Every finding on the field (add_error drops it from `cleaned`, so that
+                # cannot be the test).
                 self.add_error(field, issue.message)
             elif field not in self.fields:
                 self.add_error(None, f"{issue.path}: {issue.message}")

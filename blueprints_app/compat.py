@@ -185,8 +185,8 @@ def _executor_input_findings(
     executor: type[Executor],
 ) -> list[Finding]:
     reads = executor.inputs_schema
-    if not declared(reads):
-        return []
+    if not declared(reads) or not declared(partitioner.get_inputs_schema(kind)):
+        return []  # either side undeclared: trusted
     produced, typed_by = _produced(partitioner, kind, input_schema)
     found = []
     for field in _required(reads):

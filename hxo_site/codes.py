@@ -58,7 +58,6 @@ OUTPUT_NOT_PRODUCED = "output_not_produced"
 OUTPUT_TYPE_MISMATCH = "output_type_mismatch"
 EXECUTOR_UNSUPPORTED_KIND = "executor_unsupported_kind"
 DUPLICATE_KEY = "duplicate_key"  # a JSON object names a key twice
-NON_FINITE_NUMBER = "non_finite_number"  # NaN, Infinity or a number past a double (1e400)
 
 # Engine and API.
 DRY_RUN_REQUIRED = "dry_run_required"

@@ -65,14 +65,14 @@ def _finite(text: str) -> float:
     if not math.isfinite(value):
         raise JSONRefused(
             f"the number {text[:40]} is too large to store (past a double's range)",
-            code=codes.NON_FINITE_NUMBER,
+            code=codes.PARSE_ERROR,
         )
     return value
 
 
 def _constant(name: str) -> Any:
     # NaN and Infinity are not JSON (RFC 8259) and PostgreSQL's jsonb refuses them.
-    raise JSONRefused(f"{name} is not valid JSON", code=codes.NON_FINITE_NUMBER)
+    raise JSONRefused(f"{name} is not valid JSON", code=codes.PARSE_ERROR)
 
 
 def loads(text: str) -> Any:
@@ -82,7 +82,7 @@ def loads(text: str) -> Any:
     PostgreSQL's jsonb stores) are refused, as are NUL characters, lone surrogates and
     nesting deeper than MAX_DEPTH (`check_document`).
 
-    Raises JSONRefused (code `parse_error`, `duplicate_key`, `non_finite_number`,
+    Raises JSONRefused (code `parse_error` (non-finite numbers too, as ever), `duplicate_key`,
     `nesting_too_deep` or `invalid_characters`, with the path where it is known).
     """
     try:
