@@ -416,3 +416,15 @@ def test_a_version_constraint_is_a_field_error_in_words(db):
 
     assert list(caught.value.message_dict) == ["version"]
     assert "never reused" in caught.value.message_dict["version"][0]
+
+
+def test_the_components_api_shows_the_declarations(api_client_for, viewer):
+    client = api_client_for(viewer)
+
+    parts = {
+        r["name"]: r for r in client.get("/api/v1/partitioners/?page_size=100").json()["results"]
+    }
+    execs = {r["name"]: r for r in client.get("/api/v1/executors/?page_size=100").json()["results"]}
+
+    assert "partition_id" in parts["by_filesize"]["inputs_schema"]["required"]
+    assert execs["pack_backend"]["output_schema"]["properties"]["status"]["const"] == "packed"
