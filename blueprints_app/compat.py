@@ -96,18 +96,6 @@ def _show(types: set[str] | None) -> str:
     return " or ".join(sorted(types)) if types else "any"
 
 
-def _produced(
-    partitioner: type[Partitioner], kind: str, input_schema: Mapping[str, Any]
-) -> tuple[set[str], Mapping[str, Any]]:
-    """(fields every partition of `partitioner` carries, the schema that types them): the
-    partitioner's own declaration, or for an undeclared one the kind's input schema (which
-    the dry-run enforces on every partition)."""
-    schema = partitioner.get_inputs_schema(kind)
-    if declared(schema):
-        return set(_required(schema)), schema
-    return set(_required(input_schema)), input_schema
-
-
 def pair_findings(
     kind: str,
     input_schema: Mapping[str, Any],
@@ -187,7 +175,8 @@ def _executor_input_findings(
     reads = executor.inputs_schema
     if not declared(reads) or not declared(partitioner.get_inputs_schema(kind)):
         return []  # either side undeclared: trusted
-    produced, typed_by = _produced(partitioner, kind, input_schema)
+    typed_by = partitioner.get_inputs_schema(kind)
+    produced = set(_required(typed_by))
     found = []
     for field in _required(reads):
         if field not in produced:
@@ -327,7 +316,10 @@ def _placed(
         by_field.setdefault((f.blame, f.code, f.field), set()).add(f.name)
     for f in findings:
         names = partitioners if f.blame == "partitioner" else executors
-        everyone = bool(names) and by_field[(f.blame, f.code, f.field)] >= set(names)
+        registered = {
+            n for n in names if n in (PARTITIONERS if f.blame == "partitioner" else EXECUTORS)
+        }
+        everyone = bool(registered) and by_field[(f.blame, f.code, f.field)] >= registered
         schema_side = f.code in (codes.INPUT_NOT_PRODUCED, codes.INPUT_TYPE_MISMATCH) or (
             f.code in (codes.OUTPUT_NOT_PRODUCED, codes.OUTPUT_TYPE_MISMATCH)
         )
@@ -378,8 +370,10 @@ def registry_problems() -> list[str]:
                     lines.append(f"{row.kind}: {field}[{i}]: {name!r} is not registered")
         data = {
             "kind": row.kind,
-            "partitioners": [n for n in row.partitioners or [] if n in PARTITIONERS],
-            "executors": [n for n in row.executors or [] if n in EXECUTORS],
+            # As stored, so paths index the stored lists; unregistered names are skipped by
+            # kind_issues (reported above).
+            "partitioners": list(row.partitioners or []),
+            "executors": list(row.executors or []),
             "input_schema": row.input_schema if isinstance(row.input_schema, dict) else {},
             "output_schema": row.output_schema if isinstance(row.output_schema, dict) else {},
         }

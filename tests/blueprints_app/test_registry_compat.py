@@ -428,3 +428,81 @@ def test_the_components_api_shows_the_declarations(api_client_for, viewer):
 
     assert "partition_id" in parts["by_filesize"]["inputs_schema"]["required"]
     assert execs["pack_backend"]["output_schema"]["properties"]["status"]["const"] == "packed"
+
+
+# --- The structural rules, one by one -----------------------------------------------------
+
+
+class Yields(registry.Partitioner):
+    name = "t_yields"
+    inputs_schema = registry.fields_schema({"n": "integer", "s": "string"})
+
+
+class Reads(registry.Executor):
+    name = "t_reads"
+    inputs_schema = registry.fields_schema({"n": "number"})
+    output_schema = registry.fields_schema(
+        {"status": {"type": "string", "enum": ["ok", "done"]}, "count": "integer"}
+    )
+
+
+class Silent(registry.Partitioner):
+    name = "t_silent"  # declares nothing: trusted
+
+
+@pytest.fixture
+def fakes(monkeypatch):
+    for cls in (Yields, Silent):
+        monkeypatch.setitem(registry.PARTITIONERS, cls.name, cls)
+    monkeypatch.setitem(registry.EXECUTORS, Reads.name, Reads)
+
+
+def kind(**over):
+    return {
+        "kind": "t.kind",
+        "partitioners": ["t_yields"],
+        "executors": ["t_reads"],
+        "input_schema": {
+            "type": "object",
+            "required": ["n"],
+            "properties": {"n": {"type": "number"}},
+        },
+        "output_schema": {"required": ["count"], "properties": {"count": {"type": "number"}}},
+        **over,
+    }
+
+
+def found(data):
+    return [(path, code) for path, code, _m in compat.kind_issues(data)]
+
+
+def test_an_integer_fits_a_number_and_extra_fields_are_fine(fakes):
+    assert found(kind()) == []
+
+
+def test_a_type_the_schema_does_not_take_is_a_mismatch(fakes):
+    schema = {"required": ["s"], "properties": {"s": {"type": "integer"}}}
+
+    assert found(kind(input_schema=schema)) == [
+        ("input_schema.required[0]", codes.INPUT_TYPE_MISMATCH)
+    ]
+
+
+def test_additional_properties_false_refuses_fields_the_partitioner_adds(fakes):
+    schema = {"required": ["n"], "properties": {"n": {}}, "additionalProperties": False}
+
+    assert found(kind(input_schema=schema)) == [("partitioners[0]", codes.INPUT_NOT_ALLOWED)]
+
+
+def test_an_output_value_the_schema_does_not_allow_is_refused(fakes):
+    schema = {"required": ["status"], "properties": {"status": {"const": "ok"}}}
+
+    assert found(kind(output_schema=schema)) == [
+        ("output_schema.required[0]", codes.OUTPUT_TYPE_MISMATCH)
+    ]
+
+
+def test_an_undeclared_partitioner_is_trusted(fakes):
+    schema = {"required": ["anything"]}
+
+    assert found(kind(partitioners=["t_silent"], input_schema=schema)) == []

@@ -164,6 +164,7 @@ def test_live_validation_shows_a_missing_directory_as_a_warning(client_for, oper
     slot = root_slot(body)
     assert f'class="warning" data-code="{PATH_NOT_FOUND}"' in slot
     assert 'class="error"' not in slot
+    assert "The plan is valid, with 1 warning." in body
 
 
 # --- A refused dry-run links to the editor at the field ---------------------------------------
