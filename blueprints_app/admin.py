@@ -29,18 +29,43 @@ from blueprints_app.services import (
     job_kind_version_update,
 )
 from blueprints_app.validation import validate_job_kind
+from hxo_site import parsers
 from hxo_site.capabilities import can_edit_registry
 from hxo_site.net import client_ip
 
 
 class PrettyJSONField(forms.JSONField):
-    """JSON shown indented by two spaces, in a textarea tall enough to read a schema."""
+    """JSON shown indented by two spaces, in a textarea tall enough to read a schema.
+
+    Read with the API's parser (`hxo_site.parsers.loads`), so the admin takes what the API
+    takes and refuses what it refuses: `{}` and `[]` are values (Django's JSONField calls them
+    empty and "required"), duplicate keys, NaN, Infinity and `1e400` are field errors with
+    the parser's code (never a 500 from the database's JSON check).
+    """
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault(
             "widget", forms.Textarea(attrs={"rows": 16, "cols": 80, "class": "vLargeTextField"})
         )
         super().__init__(**kwargs)
+
+    def to_python(self, value: Any) -> Any:
+        if self.disabled or not isinstance(value, str):
+            return super().to_python(value)
+        if not value.strip():
+            return None
+        try:
+            return parsers.loads(value)
+        except parsers.JSONRefused as exc:
+            where = f" (at {exc.path})" if exc.path else ""
+            raise forms.ValidationError(
+                f"{exc.message}{where}", code=exc.code, params={"value": value}
+            ) from None
+
+    def validate(self, value: Any) -> None:
+        # Only a blank field is missing: {} is an object (an empty schema accepts anything).
+        if value is None and self.required:
+            raise forms.ValidationError(self.error_messages["required"], code="required")
 
     def prepare_value(self, value: Any) -> Any:
         if isinstance(value, InvalidJSONInput):
@@ -102,15 +127,23 @@ class JobKindForm(forms.ModelForm):
             registry.executor_choices(), list(self.instance.executors or [])
         )
 
+    def _get_validation_exclusions(self) -> set[str]:
+        # The model's JSONField calls {} blank; here {} is a schema (it accepts anything), as
+        # in the API. The form field parsed it and the validator judges it.
+        return {*super()._get_validation_exclusions(), "input_schema", "output_schema"}
+
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
         data = job_kind_data(self.instance)
         data.update({f: cleaned[f] for f in JOB_KIND_CHECKED_FIELDS if f in cleaned})
+        own = set(self.errors)
         for issue in validate_job_kind(data).errors:
             field = issue.path.split("[", 1)[0].split(".", 1)[0]
-            if field in self.errors:
+            if field in own:
                 continue  # the field's own error already says what is wrong
-            if field in self.fields and field in cleaned:
+            if field in self.fields:
+                # Every finding on the field (add_error drops it from `cleaned`, so that
+                # cannot be the test).
                 self.add_error(field, issue.message)
             elif field not in self.fields:
                 self.add_error(None, f"{issue.path}: {issue.message}")

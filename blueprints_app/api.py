@@ -160,6 +160,7 @@ def _partitioner_rows() -> list[dict[str, Any]]:
             "name": name,
             "description": cls.description,
             "params_schema": cls.get_params_schema(),
+            "inputs_schema": cls.inputs_schema,
             **_lifecycle(cls),
         }
         for name, cls in sorted(PARTITIONERS.items())
@@ -173,6 +174,8 @@ def _executor_rows() -> list[dict[str, Any]]:
             "description": cls.description,
             "idempotent": cls.idempotent,
             "supports_dry_run": cls.supports_dry_run,
+            "inputs_schema": cls.inputs_schema,
+            "output_schema": cls.output_schema,
             **_lifecycle(cls),
         }
         for name, cls in sorted(EXECUTORS.items())

@@ -7,6 +7,8 @@ from typing import Any
 from django.conf import settings
 from django.db import models
 
+from blueprints_app.constraints import FriendlyConstraints
+
 # The fields of a kind that plans are written against: a change to any of them is a new
 # version of the kind (blueprints_app.services.job_kind_save). Description and deprecation are
 # facts about the kind, not about what a plan may say, so they change without a new version.
@@ -32,7 +34,7 @@ def contract_snapshot(kind: Any) -> dict[str, Any]:
     return snap
 
 
-class JobKind(models.Model):
+class JobKind(FriendlyConstraints):
     """One registry entry of the contract.
 
     Single-row facts live here; rules that span a stage, a plan and a user live in
@@ -97,7 +99,7 @@ class JobKind(models.Model):
         return contract_snapshot(self)
 
 
-class JobKindVersion(models.Model):
+class JobKindVersion(FriendlyConstraints):
     """One version of a job kind's contract, kept so that plans pinned to it keep working.
 
     Every version has a row, the current one included, written by `job_kind_save` when the

@@ -39,6 +39,7 @@ class ComponentError(Exception):
         path: str = "",
         permanent: bool = False,
         detail: dict[str, Any] | None = None,
+        warning: bool = False,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -48,6 +49,9 @@ class ComponentError(Exception):
         # Structured facts beside the message (a lint finding's rule, severity, lock...),
         # carried into a validation issue's JSON.
         self.detail = detail
+        # From `Partitioner.validate_params` only: a finding that does not make the stage
+        # invalid (a directory that does not exist yet), reported as a validation warning.
+        self.warning = warning
 
 
 @dataclasses.dataclass
@@ -142,10 +146,37 @@ class LeaseLost(Exception):
     """Raised by heartbeat(): this worker no longer holds the partition; stop, write nothing."""
 
 
+# What a component declares about the data it hands on, as JSON Schema: the default says
+# nothing (no `properties`), and the registry's compatibility check
+# (`blueprints_app.compat`) then trusts the component instead of refusing it.
+UNDECLARED: dict[str, Any] = {"type": "object"}
+
+
+def fields_schema(
+    required: dict[str, Any], optional: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A component's declaration as JSON Schema: an object with the `required` fields and the
+    `optional` ones, each given as a JSON type name (`"integer"`) or a property schema
+    (`{"const": "packed", "type": "string"}`). Extra fields are allowed."""
+
+    def prop(value: Any) -> dict[str, Any]:
+        return {"type": value} if isinstance(value, str) else dict(value)
+
+    fields = {**required, **(optional or {})}
+    return {
+        "type": "object",
+        "properties": {name: prop(v) for name, v in fields.items()},
+        "required": list(required),
+    }
+
+
 class Partitioner:
     name: ClassVar[str]
     description: ClassVar[str] = ""
     params_schema: ClassVar[dict[str, Any]] = {"type": "object"}
+    # The inputs of every partition it yields: `required` lists the fields each partition
+    # always carries, `properties.*.type` their JSON types (blueprints_app.compat).
+    inputs_schema: ClassVar[dict[str, Any]] = UNDECLARED
     # Lifecycle (blueprints_app.versions.component_lifecycle): deprecated or with a future
     # sunset, stages using it validate with a warning; from `sunset_at` on (a date, an aware
     # datetime or an ISO string) they are refused. `replaced_by` names the successor.
@@ -159,9 +190,16 @@ class Partitioner:
         return cls.params_schema
 
     @classmethod
+    def get_inputs_schema(cls, kind: str) -> dict[str, Any]:
+        """The inputs schema of the partitions it yields for job kind `kind`; override when
+        they depend on the kind."""
+        return cls.inputs_schema
+
+    @classmethod
     def validate_params(cls, params: dict[str, Any]) -> list[ComponentError]:
         """Errors in `params` that a JSON Schema cannot express (the SQL a stage would run,
-        read by the target's parser...), as ComponentErrors with paths under `params.`.
+        read by the target's parser...), as ComponentErrors with paths under `params.`;
+        one made with `warning=True` is reported as a warning instead of an error.
 
         The validator calls it once `params` passed the schema, so every way a plan is
         checked (API validate, plan save, the editor's live validation) sees them; a
@@ -210,6 +248,17 @@ class Executor:
     deprecated: ClassVar[bool] = False
     sunset_at: ClassVar[Any] = None
     replaced_by: ClassVar[str] = ""
+    # The partition inputs it reads (`required`: it refuses a partition without them) and
+    # the output an apply returns (`required`: always present), as JSON Schema
+    # (blueprints_app.compat).
+    inputs_schema: ClassVar[dict[str, Any]] = UNDECLARED
+    output_schema: ClassVar[dict[str, Any]] = UNDECLARED
+
+    @classmethod
+    def get_output_schema(cls, kind: str) -> dict[str, Any] | None:
+        """The output of an apply for job kind `kind`, or None when the executor cannot
+        serve that kind at all; override when the output depends on the kind."""
+        return cls.output_schema
 
     def execute(self, ctx: ExecutionContext) -> dict[str, Any]:
         """Do the work (ctx.dry_run False) or report what it would do (True) with no effect."""

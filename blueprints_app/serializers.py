@@ -181,6 +181,10 @@ class PartitionerSerializer(serializers.Serializer):
     name = serializers.CharField()
     description = serializers.CharField()
     params_schema = serializers.JSONField()
+    inputs_schema = serializers.JSONField(
+        help_text="JSON Schema of the inputs of every partition it yields ({type: object}: "
+        "undeclared)"
+    )
     deprecated = serializers.BooleanField()
     sunset_at = serializers.DateTimeField(allow_null=True)
     replaced_by = serializers.CharField(allow_blank=True)
@@ -191,6 +195,11 @@ class ExecutorSerializer(serializers.Serializer):
     description = serializers.CharField()
     idempotent = serializers.BooleanField()
     supports_dry_run = serializers.BooleanField()
+    inputs_schema = serializers.JSONField(help_text="JSON Schema of the partition inputs it reads")
+    output_schema = serializers.JSONField(
+        help_text="JSON Schema of an apply's output (an executor serving several kinds may "
+        "return a different one per kind; the registry checks that one)"
+    )
     deprecated = serializers.BooleanField()
     sunset_at = serializers.DateTimeField(allow_null=True)
     replaced_by = serializers.CharField(allow_blank=True)

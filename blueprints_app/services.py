@@ -32,6 +32,8 @@ JOB_KIND_CHECKED_FIELDS = (
     "input_schema",
     "output_schema",
     "replaced_by",
+    "required_approvals",
+    "default_slo_ms",
 )
 
 

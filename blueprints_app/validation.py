@@ -19,6 +19,8 @@ import jsonschema
 from django.conf import settings
 from django.utils import timezone
 
+from blueprints_app import compat
+from blueprints_app.constraints import constraint_issues
 from blueprints_app.models import JobKind
 from blueprints_app.registry import EXECUTORS, PARTITIONERS
 from blueprints_app.versions import component_lifecycle, kinds_at
@@ -370,6 +372,14 @@ def validate_stage(
         else:
             _component_lifecycle(result, f"{path}.executor", "executor", EXECUTORS[executor])
 
+    # What the kind needs of its components (blueprints_app.compat): a stage that names a
+    # partitioner or executor that cannot serve the kind would fail at its dry-run.
+    if kind is not None and not result.errors_at(f"{path}.partitioner") + result.errors_at(
+        f"{path}.executor"
+    ):
+        for field, code, message in compat.stage_issues(kind, partitioner, executor):
+            result.error(f"{path}.{field}", code, message)
+
     # Params against the partitioner's declared schema.
     params = stage.get("params", {})
     if not isinstance(params, dict):
@@ -384,9 +394,10 @@ def validate_stage(
             refused = PARTITIONERS[partitioner].validate_params(params)
             for err in refused:
                 where = f"{path}.{err.path}" if err.path else f"{path}.params"
-                result.error(where, err.code, err.message)
+                (result.warn if err.warning else result.error)(where, err.code, err.message)
             # Its warnings (by_sql_batch: the SQL lint) only for SQL the policy accepts.
-            for err in [] if refused else PARTITIONERS[partitioner].params_warnings(params):
+            errors = [err for err in refused if not err.warning]
+            for err in [] if errors else PARTITIONERS[partitioner].params_warnings(params):
                 where = f"{path}.{err.path}" if err.path else f"{path}.params"
                 result.warnings.append(Issue(where, err.code, err.message, err.detail))
 
@@ -601,6 +612,12 @@ def validate_job_kind(data: Mapping[str, Any]) -> ValidationResult:
         problem = check_schema(data.get(field))
         if problem:
             result.error(field, codes.INVALID_SCHEMA, problem)
+    if not result.errors:
+        # Only a kind whose names and schemas are sound can be compared with its components.
+        for path, code, message in compat.kind_issues(data):
+            result.error(path, code, message)
+    for path, code, message in constraint_issues(JobKind, data):
+        result.error(path, code, message)
     replaced_by = data.get("replaced_by") or ""
     if replaced_by:
         if replaced_by == data.get("kind"):

@@ -46,6 +46,18 @@ UNKNOWN_VERSION = "unknown_version"
 # Registry entries (admin and API writes).
 INVALID_SCHEMA = "invalid_schema"
 UNKNOWN_REPLACEMENT = "unknown_replacement"
+# A partitioner does not produce a field the kind's input schema requires, or produces it
+# with another type (blueprints_app.compat).
+INPUT_NOT_PRODUCED = "input_not_produced"
+INPUT_TYPE_MISMATCH = "input_type_mismatch"
+INPUT_NOT_ALLOWED = "input_not_allowed"  # produced, but the schema says additionalProperties
+# An executor reads a field no allowed partitioner produces, returns an output that lacks a
+# field (or a value) the kind's output schema requires, or cannot serve the kind at all.
+EXECUTOR_INPUT_MISSING = "executor_input_missing"
+OUTPUT_NOT_PRODUCED = "output_not_produced"
+OUTPUT_TYPE_MISMATCH = "output_type_mismatch"
+EXECUTOR_UNSUPPORTED_KIND = "executor_unsupported_kind"
+DUPLICATE_KEY = "duplicate_key"  # a JSON object names a key twice
 
 # Engine and API.
 DRY_RUN_REQUIRED = "dry_run_required"

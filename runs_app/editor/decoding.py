@@ -19,7 +19,7 @@ from typing import Any
 from django.http import QueryDict
 
 from blueprints_app.validation import Issue
-from hxo_site import parameters
+from hxo_site import parameters, parsers
 from runs_app.manifest import stage_document
 
 INVALID_JSON = "invalid_json"
@@ -102,6 +102,12 @@ def _coerce(typ: str, values: list[str], path: str, problems: list[Issue]) -> tu
             problems.append(
                 Issue(path, INVALID_JSON, f"not valid JSON: {exc.msg} (line {exc.lineno})")
             )
+            return None, False
+        try:  # the API's rules on top of the syntax: no duplicate keys, NaN or 1e400
+            parsers.loads(value)
+        except parsers.JSONRefused as exc:
+            where = f" at {exc.path}" if exc.path else ""
+            problems.append(Issue(path, INVALID_JSON, f"not accepted{where}: {exc.message}"))
             return None, False
         if typ == "extra" and not isinstance(parsed, dict):
             problems.append(Issue(path, INVALID_JSON, "extra params must be a JSON object"))
@@ -200,13 +206,18 @@ def parse_json_document(text: str) -> tuple[Any, Issue | None]:
     if not text.strip():
         return None, Issue("plan", INVALID_JSON, "paste or import a plan document")
     try:
-        return json.loads(text), None
+        json.loads(text)
     except json.JSONDecodeError as exc:
         return None, Issue(
             "plan",
             INVALID_JSON,
             f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
         )
+    try:  # the API's rules on top of the syntax: no duplicate keys, NaN or 1e400
+        return parsers.loads(text), None
+    except parsers.JSONRefused as exc:
+        where = f" at {exc.path}" if exc.path else ""
+        return None, Issue("plan", INVALID_JSON, f"not accepted{where}: {exc.message}")
 
 
 def editable_document(document: Mapping[str, Any]) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from blueprints_app.registry import (
     PartitionContext,
     PartitionSpec,
     StageManifest,
+    fields_schema,
     register_executor,
     register_partitioner,
 )
@@ -268,6 +269,16 @@ def svg_size(data: bytes) -> tuple[int, int] | None:
 @register_partitioner
 class ByAssetBucket(WorkspacePartitioner):
     name = "by_asset_bucket"
+    inputs_schema = fields_schema(
+        {
+            "bucket": "string",
+            "stage_kind": "string",
+            "partition_id": "integer",
+            "file_range_start": "integer",
+            "file_range_end": "integer",
+            "owns_bucket": "boolean",
+        }
+    )
     description = (
         "One partition per asset bucket (images, styles, scripts, fonts, media, other) of a "
         "workspace directory, by file extension."
@@ -427,6 +438,32 @@ def _rows_digest(rows: Sequence[Sequence[Any]]) -> str:
 @register_executor
 class IndexAssets(Executor):
     name = "index_assets"
+    inputs_schema = fields_schema(
+        {"bucket": "string", "file_range_start": "integer", "file_range_end": "integer"},
+        {"owns_bucket": "boolean"},
+    )
+    # An apply's output per kind it serves (execute() refuses any other kind).
+    OUTPUTS = {
+        "assets.index": fields_schema(
+            {
+                "status": {"type": "string", "const": "indexed"},
+                "bucket": "string",
+                "assets_indexed": "integer",
+            }
+        ),
+        "assets.stage": fields_schema(
+            {
+                "status": {"type": "string", "const": "staged"},
+                "bucket": "string",
+                "assets_staged": "integer",
+            }
+        ),
+    }
+
+    @classmethod
+    def get_output_schema(cls, kind: str) -> dict[str, Any] | None:
+        return cls.OUTPUTS.get(kind)
+
     description = (
         "assets.index: records path, size, SHA-256, media type and image dimensions in the "
         "asset index. assets.stage: copies assets into staging storage under content-hashed "

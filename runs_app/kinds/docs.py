@@ -39,6 +39,7 @@ from blueprints_app.registry import (
     PartitionContext,
     PartitionSpec,
     StageManifest,
+    fields_schema,
     register_executor,
     register_partitioner,
 )
@@ -300,6 +301,7 @@ def _extract_markdown(source: str, fallback_title: str) -> dict[str, Any]:
 @register_partitioner
 class ByRouteMap(WorkspacePartitioner):
     name = "by_route_map"
+    inputs_schema = fields_schema({"route": "string", "stage_kind": "string"})
     description = (
         "Maps a documentation tree (Markdown, reStructuredText, Sphinx) to routes and makes one "
         "partition per top-level route prefix."
@@ -409,6 +411,14 @@ class ByRouteMap(WorkspacePartitioner):
 @register_executor
 class DocsIndex(Executor):
     name = "docs_index"
+    inputs_schema = fields_schema({"route": "string"})
+    output_schema = fields_schema(
+        {
+            "status": {"type": "string", "const": "indexed"},
+            "route": "string",
+            "docs_indexed": "integer",
+        }
+    )
     description = (
         "Extracts title, headings and text of Markdown and reStructuredText pages into the "
         "full-text index "

@@ -68,6 +68,7 @@ from blueprints_app.registry import (
     Partitioner,
     PartitionSpec,
     StageManifest,
+    fields_schema,
     register_executor,
     register_partitioner,
 )
@@ -168,6 +169,10 @@ def _sha(text: str) -> str:
 @register_partitioner
 class BySqlBatch(Partitioner):
     name = "by_sql_batch"
+    inputs_schema = fields_schema(
+        {"batch_id": "integer", "offset": "integer", "limit": "integer", "stage_kind": "string"},
+        {"key_start": "integer", "key_end": "integer", "key_last": "integer"},
+    )
     description = (
         "SQL batches on a registered database target: a statement list split into batches, "
         "or one parametrised backfill over a key range split into offset/limit batches."
@@ -1107,6 +1112,15 @@ def _idle_timeout_ms() -> int:
 @register_executor
 class SqlMigrate(Executor):
     name = "sql_migrate"
+    inputs_schema = fields_schema({"batch_id": "integer", "offset": "integer", "limit": "integer"})
+    output_schema = fields_schema(
+        {
+            "status": {"type": "string", "const": "migrated"},
+            "batch_id": "integer",
+            "rows_affected": "integer",
+            "ledger": "string",
+        }
+    )
     description = (
         "Runs one SQL batch per partition in a transaction with a ledger row in the target, "
         "keyed by the batch's content (a backfill: the key intervals applied); what the "

@@ -32,6 +32,7 @@ from blueprints_app.registry import (
     PartitionContext,
     PartitionSpec,
     StageManifest,
+    fields_schema,
     register_executor,
     register_partitioner,
 )
@@ -95,6 +96,16 @@ def _range_inputs(
 @register_partitioner
 class ByFilesize(WorkspacePartitioner):
     name = "by_filesize"
+    inputs_schema = fields_schema(
+        {
+            "partition_id": "integer",
+            "file_range_start": "integer",
+            "file_range_end": "integer",
+            "chunk_size_mb": "integer",
+            "bucket": "string",
+            "stage_kind": "string",
+        }
+    )
     description = (
         "Bins of about chunk_size_mb over the sorted file list of a workspace directory "
         "(deploy.pack, assets.index, assets.stage)."
@@ -171,6 +182,17 @@ def module_groups(ws: Workspace, root_rel: str, files: list) -> dict[str, list]:
 @register_partitioner
 class ByModule(WorkspacePartitioner):
     name = "by_module"
+    inputs_schema = fields_schema(
+        {
+            "partition_id": "integer",
+            "file_range_start": "integer",
+            "file_range_end": "integer",
+            "chunk_size_mb": "integer",
+            "bucket": "string",
+            "stage_kind": "string",
+            "module": "string",
+        }
+    )
     description = (
         "One partition per top-level package of a Python source tree (deploy.pack, "
         "deploy.prime); modules directly in the root form one more."
@@ -290,6 +312,21 @@ def _write_archive(ws: Workspace, rows: list, level: int, out: IO[bytes], beat: 
 @register_executor
 class PackBackend(Executor):
     name = "pack_backend"
+    inputs_schema = fields_schema(
+        {"partition_id": "integer", "file_range_start": "integer", "file_range_end": "integer"}
+    )
+    output_schema = fields_schema(
+        {
+            "status": {"type": "string", "const": "packed"},
+            "partition_id": "integer",
+            "files_processed": "integer",
+            "archive": "string",
+            "digest": "string",
+            "bytes": "integer",
+            "source_bytes": "integer",
+            "effect": "object",
+        }
+    )
     description = (
         "Writes one reproducible tar.gz per partition into artifact storage, named by its "
         "SHA-256; an identical archive is never rewritten."

@@ -41,6 +41,7 @@ from blueprints_app.registry import (
     PartitionContext,
     PartitionSpec,
     StageManifest,
+    fields_schema,
     register_executor,
     register_partitioner,
 )
@@ -151,6 +152,7 @@ def prime_manifest(
 @register_partitioner
 class ByDagDepth(WorkspacePartitioner):
     name = "by_dag_depth"
+    inputs_schema = fields_schema({"module": "string", "stage_kind": "string"})
     description = (
         "One partition per Python module, in waves by depth in the import graph (leaves "
         "first): a module runs after the modules it imports. Only imports that run when a "
@@ -354,6 +356,14 @@ def _entries_digest(found: dict[str, Any], modules: list[str]) -> str:
 @register_executor
 class WarmRegistry(Executor):
     name = "warm_registry"
+    inputs_schema = fields_schema({"module": "string"})
+    output_schema = fields_schema(
+        {
+            "status": {"type": "string", "const": "warmed"},
+            "module": "string",
+            "cache_entries": "integer",
+        }
+    )
     description = (
         "Parses modules (never imports them) and writes one registry entry per module "
         "(imports, public names, source hash) into HXO's registry table; skips current ones "
@@ -631,6 +641,14 @@ def _bytecode_digest(root: Path, targets: list[Path]) -> str | None:
 @register_executor
 class PrimeCaches(Executor):
     name = "prime_caches"
+    inputs_schema = fields_schema({"module": "string"})
+    output_schema = fields_schema(
+        {
+            "status": {"type": "string", "const": "warmed"},
+            "module": "string",
+            "cache_entries": "integer",
+        }
+    )
     description = (
         "Compiles modules to checked-hash bytecode (PEP 552) for the stage's target Python "
         "in HXO's cache directory, never into the workspace; skips modules whose bytecode "

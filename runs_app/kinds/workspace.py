@@ -20,7 +20,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from blueprints_app.registry import PartitionContext, Partitioner, StageManifest
+from blueprints_app.registry import ComponentError, PartitionContext, Partitioner, StageManifest
 from runs_app.kinds.base import (
     GLOBS_PARAM,
     required_unless_default,
@@ -28,7 +28,7 @@ from runs_app.kinds.base import (
     subdir_param,
     workspace_param,
 )
-from runs_app.workspaces import Workspace, WorkspaceFile, get_workspace
+from runs_app.workspaces import PATH_NOT_FOUND, Workspace, WorkspaceFile, get_workspace
 
 # The manifest data key of the files a listing refused: [{"path", "code", "reason"}].
 REFUSED_FILES = "refused_files"
@@ -76,6 +76,45 @@ def workspace_params(
     }
 
 
+def path_findings(partitioner: type[Partitioner], params: Any) -> list[ComponentError]:
+    """`WorkspacePartitioner.validate_params`' findings for `partitioner` (errors, and
+    warnings made with `warning=True`), with paths `params.root`, `params.package_roots[1]`."""
+    try:
+        resolved = resolve_params(partitioner, params)
+        ws = get_workspace(resolved["workspace"])
+    except ComponentError:
+        return []  # the schema (the workspace's enum) reports it already
+    found = []
+    for name in getattr(partitioner, "path_params", ()):
+        value = resolved.get(name)
+        if isinstance(value, str):
+            items = [(f"params.{name}", value)]
+        elif isinstance(value, list):
+            items = [(f"params.{name}[{i}]", v) for i, v in enumerate(value)]
+        else:
+            continue
+        for where, rel in items:
+            try:
+                ws.resolve(rel, path=where, must_exist=True)
+            except ComponentError as exc:
+                missing = exc.code == PATH_NOT_FOUND
+                found.append(
+                    ComponentError(exc.message, code=exc.code, path=where, warning=missing)
+                )
+    return found
+
+
+def _checking_paths(own: Callable[..., list[ComponentError]]) -> classmethod:
+    """A subclass's own `validate_params`, after the path checks of `path_findings`."""
+
+    def validate_params(cls: type[Partitioner], params: dict[str, Any]) -> list[ComponentError]:
+        return [*path_findings(cls, params), *own(cls, params)]
+
+    validate_params._paths = True  # type: ignore[attr-defined]
+    validate_params.__doc__ = own.__doc__
+    return classmethod(validate_params)
+
+
 class WorkspacePartitioner(Partitioner):
     """A partitioner over the files of one directory of a registered workspace.
 
@@ -90,12 +129,29 @@ class WorkspacePartitioner(Partitioner):
     # What workspace_files refused during the current partition() call.
     _refused: list[dict[str, str]]
 
+    # Params that name directories of the workspace (a string or a list of them), checked
+    # by `validate_params` as partitioning would resolve them.
+    path_params: ClassVar[tuple[str, ...]] = ("root", "package_roots")
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Every subclass's own partition() reports refusals: no kind can forget to.
         super().__init_subclass__(**kwargs)
         own = cls.__dict__.get("partition")
         if own is not None and not getattr(own, "_reports_refused", False):
             cls.partition = _reporting_refused(own)  # type: ignore[method-assign]
+        # And its own validate_params() checks the paths first: no kind can forget that.
+        checks = cls.__dict__.get("validate_params")
+        if isinstance(checks, classmethod) and not getattr(checks.__func__, "_paths", False):
+            cls.validate_params = _checking_paths(checks.__func__)  # type: ignore[method-assign]
+
+    @classmethod
+    def validate_params(cls, params: dict[str, Any]) -> list[ComponentError]:
+        """The workspace paths in `params` (`path_params`), resolved against the registered
+        workspace as partitioning will (`Workspace.resolve`): one that leaves it (`..`, an
+        absolute path, a symlink out) is an error, code `path_escape`; one that does not
+        exist is a warning, code `path_not_found` (it may be created before the run; a
+        dry-run then would refuse it)."""
+        return path_findings(cls, params)
 
     @classmethod
     def own_params(cls) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from hxo_site.errors import ServiceError
 from hxo_site.net import client_ip
 from runs_app import editor, policies, selectors, services
 from runs_app import forms as f
+from runs_app.editor.links import with_edit_links
 from runs_app.models import Plan, PlanRevision, Run, RunState
 from runs_app.views.common import (
     is_partial_request,
@@ -184,9 +185,17 @@ def plan_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return page(request, "hxo/plans/detail.html", plan_context(request, plan))
 
 
-def refused(request: HttpRequest, exc: ServiceError, *, back: str, title: str) -> HttpResponse:
-    """A refusal: the refusal page, or only its panel for htmx (swapped where the form is)."""
-    context = {"refusal": refusal(exc), "back": back, "title": title}
+def refused(
+    request: HttpRequest, exc: ServiceError, *, back: str, title: str, plan: Plan | None = None
+) -> HttpResponse:
+    """A refusal: the refusal page, or only its panel for htmx (swapped where the form is).
+
+    With `plan`, and for a user who may edit it, each error links to the editor at its field
+    and the page offers "Edit the plan" (runs_app.editor.links)."""
+    context: dict[str, Any] = {"refusal": refusal(exc), "back": back, "title": title}
+    if plan is not None and has_capability(request.user, "plan"):
+        context["refusal"]["errors"] = with_edit_links(plan.pk, exc.errors or [])
+        context["edit"] = reverse("plan-edit", args=[plan.pk])
     return page(request, "hxo/refusal.html", context, partial="refusal", status=exc.status)
 
 
@@ -208,7 +217,8 @@ def plan_dry_run(request: HttpRequest, pk: int) -> HttpResponse:
             client_ip=client_ip(request),
         )
     except ServiceError as exc:
-        return refused(request, exc, back=reverse("plan", args=[plan.pk]), title="Dry-run refused")
+        back = reverse("plan", args=[plan.pk])
+        return refused(request, exc, back=back, title="Dry-run refused", plan=plan)
     messages.success(request, f"Dry-run #{run.pk} started.")
     return done(request, reverse("run", args=[run.pk]))
 
@@ -236,7 +246,7 @@ def plan_apply(request: HttpRequest, pk: int) -> HttpResponse:
             client_ip=client_ip(request),
         )
     except ServiceError as exc:
-        return refused(request, exc, back=back, title="Apply refused")
+        return refused(request, exc, back=back, title="Apply refused", plan=plan)
     messages.success(request, f"Apply run #{run.pk} started.")
     return done(request, reverse("run", args=[run.pk]))
 

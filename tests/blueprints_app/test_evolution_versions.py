@@ -12,6 +12,7 @@ from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
 
+from blueprints_app import registry
 from blueprints_app.contract import contract_kinds
 from blueprints_app.models import VERSIONED_FIELDS, JobKind, JobKindVersion
 from blueprints_app.services import job_kind_delete, job_kind_save
@@ -60,7 +61,9 @@ def test_the_registry_load_gives_every_contract_kind_a_version_1_history_row():
     ("field", "value"),
     [
         ("partitioners", ["by_module"]),
-        ("executors", ["pack_backend", "warm_registry"]),
+        # A second executor that can serve deploy.pack (warm_registry cannot: it reads
+        # `module` and returns no `files_processed`, which saving now refuses).
+        ("executors", ["pack_backend", "bp_second_packer"]),
         ("allow_non_idempotent", True),
         ("require_dry_run", True),
         ("required_approvals", 2),
@@ -70,7 +73,13 @@ def test_the_registry_load_gives_every_contract_kind_a_version_1_history_row():
         ("result_status", "bundled"),
     ],
 )
-def test_a_change_to_a_contract_field_is_a_new_version_and_keeps_the_old_one(field, value):
+def test_a_change_to_a_contract_field_is_a_new_version_and_keeps_the_old_one(
+    field, value, monkeypatch
+):
+    class SecondPacker(registry.Executor):
+        name = "bp_second_packer"  # declares nothing: the compatibility check trusts it
+
+    monkeypatch.setitem(registry.EXECUTORS, SecondPacker.name, SecondPacker)
     before = pack().snapshot()
 
     after = edit(**{field: value})

@@ -13,7 +13,6 @@ already trusted with the database).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -30,6 +29,7 @@ from blueprints_app.registry_io import (
     registry_import,
     registry_markdown,
 )
+from hxo_site import parsers
 from hxo_site.capabilities import can_edit_registry
 
 DOCS_PATH = "docs/registry.md"
@@ -71,10 +71,14 @@ class Command(BaseCommand):
                 raise CommandError(f"{user} is not a registry admin")
         try:
             raw = sys.stdin.read() if opts["file"] == "-" else Path(opts["file"]).read_text()
-            data = json.loads(raw)
+            # The API's rules: duplicate keys, NaN and 1e400 are refused, not silently kept.
+            data = parsers.loads(raw)
         except FileNotFoundError:
             raise CommandError(f"{opts['file']}: no such file") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except parsers.JSONRefused as exc:
+            where = f" at {exc.path}" if exc.path else ""
+            raise CommandError(f"{opts['file']}: not valid JSON{where}: {exc.message}") from None
+        except UnicodeDecodeError as exc:
             raise CommandError(f"{opts['file']}: not valid JSON: {exc}") from None
         try:
             report = registry_import(data=data, user=user, dry_run=opts["dry_run"])
