@@ -23,6 +23,7 @@ from hxo_site.errors import ServiceError
 from hxo_site.net import client_ip
 from runs_app import forms as f
 from runs_app import policies, selectors, services
+from runs_app.editor.links import with_edit_links
 from runs_app.models import (
     Approval,
     Partition,
@@ -183,6 +184,11 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
             else None,
         }
     )
+    if run.error and has_capability(request.user, "plan"):
+        # A run that failed before anything ran (partitioning: a path, a param) links each
+        # error to the editor at its field, as a refused request does (runs_app.editor.links).
+        context["error_links"] = with_edit_links(run.plan_id, run.error.get("errors") or [])
+        context["edit_url"] = reverse("plan-edit", args=[run.plan_id])
     return page(request, DETAIL, context)
 
 

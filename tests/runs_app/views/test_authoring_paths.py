@@ -13,7 +13,9 @@ import pytest
 from hxo_site import codes
 from runs_app import services
 from runs_app.editor.links import field_anchor
+from runs_app.models import Run
 from runs_app.workspaces import PATH_ESCAPE, PATH_NOT_FOUND
+from tests.helpers import partitioned
 from tests.runs_app.views.conftest import html
 
 pytestmark = pytest.mark.django_db
@@ -186,10 +188,13 @@ def test_a_refused_dry_run_links_to_the_editor_at_the_field(client_for, operator
     response = client_for(operator).post(
         f"/plans/{plan.pk}/dry-run/", {"idempotency_key": "k-" + "1" * 30}
     )
-
-    body = html(response)
-    assert response.status_code >= 400
-    assert codes.PARTITIONING_FAILED in body
+    # The request only stores the run; the worker's partitioning fails it, and the run page
+    # links the failure to the editor at the field.
+    assert response.status_code == 302, response
+    run = partitioned(Run.objects.get(plan=plan))
+    assert run.state == "failed"
+    body = html(client_for(operator).get(f"/runs/{run.pk}/"))
+    assert run.error["code"] in body
     assert f'href="/plans/{plan.pk}/edit/#f-stages-0-params-root"' in body
     assert 'data-testid="edit-plan"' in body
     # The link lands on a field the editor draws.
