@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -26,10 +27,33 @@ PG_URL = os.environ.get("HXO_BENCH_PG", "postgres://postgres@127.0.0.1:5432/hxo_
 REDIS_URL = os.environ.get("HXO_BENCH_REDIS", "redis://127.0.0.1:6379/15")
 
 
+# A section's timings are judged only when other processes used at most this share of the
+# machine's CPU while it ran: on a shared 2-core machine a busy neighbour can halve either
+# side of a ratio, so a figure taken under load is kept and shown, not judged.
+LOADED_SHARE = 0.25
+
+
+def cpu_busy_s() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot (all cores; /proc/stat)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of every finished child process of this one and their descendants."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def section(script: str, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     full_env = {**os.environ, **(env or {})}
     started = time.monotonic()
     load_before = os.getloadavg()[0]
+    busy_before, own_before = cpu_busy_s(), children_cpu_s()
     proc = subprocess.run(
         [PY, str(ROOT / "bench" / script), *args],
         capture_output=True,
@@ -46,6 +70,10 @@ def section(script: str, *args: str, env: dict[str, str] | None = None) -> dict[
     # The machine is shared: the 1-minute load average around a section says whether its
     # figures were taken quiet (below ~1 on 2 cores) or under load.
     result["load_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    busy_after, wall = cpu_busy_s(), time.monotonic() - started
+    if busy_before is not None and busy_after is not None:
+        others = max(0.0, (busy_after - busy_before) - (children_cpu_s() - own_before))
+        result["others_cpu_share"] = round(others / (wall * (os.cpu_count() or 1)), 3)
     return result
 
 
@@ -159,8 +187,52 @@ def ratio_goal(section: dict[str, Any], key: str, target: float) -> dict[str, An
     return goal(row["ratio"], ">=", target)
 
 
-def goals(results: dict[str, Any]) -> dict[str, Any]:
-    """Every goal of the bench, judged on this run's figures (real workloads for executors)."""
+# Which section's timings each timed goal is judged on (for the load guard).
+TIMED_IN = {
+    "pack_django_vs_tar": "real",
+    "assets_fontawesome_vs_sha256sum": "real",
+    "assets_django_vs_sha256sum": "real",
+    "prime_caches_django_vs_compileall": "real",
+    "warm_registry_django_vs_ast_parse": "real",
+    "docs_index_django_vs_docutils": "real",
+    "hxo_vs_raw_django_q2": "orchestration",
+    "hxo_share_of_floor": "orchestration",
+    "planning_100k_vs_bulk_create": "orchestration",
+    "hxo_vs_raw_django_q2_scaled": "orchestration_scaled",
+    "run_page_time_ratio": "pages",
+    "progress_partial_time_ratio": "pages",
+    "run_api_time_ratio": "pages",
+    "live_validation_p95_ms_50_stages": "validation",
+    "docs_search_p95_ms": "executors",
+}
+
+
+def goals(results: dict[str, Any], judge_under_load: bool = False) -> dict[str, Any]:
+    """Every goal of the bench, judged on this run's figures (real workloads for executors).
+
+    A timed goal whose section ran while other processes used more than LOADED_SHARE of the
+    machine's CPU (`others_cpu_share`, written by `section`) is not_judged, its figure kept,
+    unless `judge_under_load` (`--judge-under-load`)."""
+    out = _judge(results)
+    if judge_under_load:
+        return out
+    for name, key in TIMED_IN.items():
+        g = out.get(name)
+        share = results.get(key, {}).get("others_cpu_share")
+        if g is None or g["status"] == "not_judged" or share is None or share <= LOADED_SHARE:
+            continue
+        out[name] = {
+            **g,
+            "met": None,
+            "status": "not_judged",
+            "why": f"taken under load: other processes used {share:.0%} of the machine's CPU "
+            f"while it ran (judged at most {LOADED_SHARE:.0%}); the figure would be "
+            f"{g['status']}",
+        }
+    return out
+
+
+def _judge(results: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     real = results.get("real", {"error": "not run"})
     out["pack_django_vs_tar"] = ratio_goal(real, "pack", 1.5)
@@ -289,12 +361,17 @@ def table(results: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--judge-under-load",
+        action="store_true",
+        help="judge timed goals even when other processes loaded the machine",
+    )
     args = parser.parse_args()
     quick = args.quick or os.environ.get("QUICK") == "1"
     # Orchestration is judged at 5,000 no-op partitions in quick mode (500 was too few: the
     # run's fixed costs dominated), 20,000 in a full run.
     n = "5000" if quick else "20000"
-    q2 = "1000" if quick else n
+    q2 = "500" if quick else n
     planning = "10000" if quick else "10000,100000"
     results: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -310,7 +387,9 @@ def main() -> None:
             "orchestration.py",
             n,
             "--q2",
-            q2,
+            "1000" if quick else n,
+            "--floor",
+            "1000" if quick else n,
             env={"DATABASE_URL": PG_URL, "HXO_BROKER": "redis", "REDIS_URL": REDIS_URL},
         )
     for name, script in (("pages", "pages.py"), ("validation", "validation.py")):
@@ -322,8 +401,8 @@ def main() -> None:
         )
     # Real trees (Django sdist, Font Awesome): the executor goals are judged on these, at the
     # same sizes in quick and full runs (the trees are what they are).
-    results["real"] = section("real.py", env=embedded_env)
-    results["goals"] = goals(results)
+    results["real"] = section("real.py", *(["--quick"] if quick else []), env=embedded_env)
+    results["goals"] = goals(results, args.judge_under_load)
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2, default=str))
