@@ -22,7 +22,7 @@ MANAGE := DEBUG=$${DEBUG:-1} $(PY) manage.py
 # (a later issue); until then `make demo` is a no-op.
 DEMO_COMMAND := runs_app/management/commands/hxo_demo.py
 
-.PHONY: setup run run-scaled test test-real lint demo ci bench registry-docs
+.PHONY: setup run run-scaled test test-real lint demo ci bench bench-readme registry-docs
 
 setup: $(DEPS_STAMP) $(HTMX) .env
 	@$(MANAGE) migrate --noinput
@@ -103,3 +103,7 @@ ci:
 # are the same); every goal is met, missed, or not_judged with why.
 bench: setup
 	$(PY) bench/run.py $(if $(filter 1,$(QUICK)),--quick,)
+
+# The README's Performance table, regenerated from bench/results/latest.json.
+bench-readme:
+	$(PY) bench/readme.py
