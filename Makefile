@@ -99,8 +99,8 @@ ci:
 	.ci/run
 
 # Benchmarks as ratios against baselines measured in the same run (bench/run.py);
-# QUICK=1 shrinks the generated workloads to finish within three minutes (the real trees
-# are the same); every goal is met, missed, or not_judged with why (JUDGE_UNDER_LOAD=1 judges
+# QUICK=1 shrinks the generated workloads and Django's docs (a third) to finish within three
+# minutes; every goal is met, missed, or not_judged with why (JUDGE_UNDER_LOAD=1 judges
 # timed goals even when other processes used more than 25% of the CPU).
 bench: setup
 	$(PY) bench/run.py $(if $(filter 1,$(QUICK)),--quick,) $(if $(filter 1,$(JUDGE_UNDER_LOAD)),--judge-under-load,)
