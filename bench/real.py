@@ -313,7 +313,7 @@ def main() -> None:
 
     from bench.harness import bench_user, cluster, setup_django
 
-    setup_django()
+    setup_django(str(work / "var"))  # removed with the trees at the end
     user = bench_user()
     result: dict[str, Any] = {
         "material": {
