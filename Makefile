@@ -22,7 +22,7 @@ MANAGE := DEBUG=$${DEBUG:-1} $(PY) manage.py
 # (a later issue); until then `make demo` is a no-op.
 DEMO_COMMAND := runs_app/management/commands/hxo_demo.py
 
-.PHONY: setup run run-scaled test test-real lint demo ci bench registry-docs
+.PHONY: setup run run-scaled test test-real lint demo ci bench bench-readme registry-docs
 
 setup: $(DEPS_STAMP) $(HTMX) .env
 	@$(MANAGE) migrate --noinput
@@ -99,6 +99,12 @@ ci:
 	.ci/run
 
 # Benchmarks as ratios against baselines measured in the same run (bench/run.py);
-# QUICK=1 shrinks every workload to finish within about two minutes.
+# QUICK=1 shrinks the generated workloads and Django's docs (a third) to finish within three
+# minutes; every goal is met, missed, or not_judged with why (JUDGE_UNDER_LOAD=1 judges
+# timed goals even when other processes used more than 25% of the CPU).
 bench: setup
-	$(PY) bench/run.py $(if $(filter 1,$(QUICK)),--quick,)
+	$(PY) bench/run.py $(if $(filter 1,$(QUICK)),--quick,) $(if $(filter 1,$(JUDGE_UNDER_LOAD)),--judge-under-load,)
+
+# The README's Performance table, regenerated from bench/results/latest.json.
+bench-readme:
+	$(PY) bench/readme.py

@@ -78,7 +78,7 @@ def main() -> None:
     client = Client(HTTP_HOST="localhost")
     client.force_login(user)
     sizes = [100, 10_000] if args.quick else [100, 10_000, 100_000]
-    rounds = 10 if args.quick else 30
+    rounds = 30  # medians of 10 rounds moved by 1.6x between runs at a few ms: too few
     runs = {n: make_run(user, n) for n in sizes}
     from django.db import connection
 

