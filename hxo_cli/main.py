@@ -376,26 +376,27 @@ class Cli:
         return EXIT_OK
 
     def _partition_log(self, run_id: int, stage: str, index: int) -> None:
+        """Print the partition's log from `GET /api/v1/runs/{id}/partitions/{index}/log/`:
+        what its executor logged on the worker, newest last, each line prefixed "  | "."""
         try:
             log = self.api.get(f"runs/{run_id}/partitions/{index}/log/", stage=stage)
         except ApiFailure as exc:
-            if exc.status in (404, 405):
+            if exc.status == 405:  # a server older than the endpoint
                 self.say("  (this server keeps no per-partition logs)")
                 return
             raise
-        lines = log.get("lines") if isinstance(log, dict) else log
-        if isinstance(lines, list):
-            for line in lines:
-                if isinstance(line, dict):
-                    text = " ".join(str(line.get(k, "")) for k in ("at", "level", "message"))
-                    self.say(f"  | {text.strip()}")
-                else:
-                    self.say(f"  | {line}")
-        elif isinstance(log, dict) and isinstance(log.get("text"), str):
-            for line in log["text"].splitlines():
-                self.say(f"  | {line}")
-        else:
-            self.say(f"  | {json.dumps(log)}")
+        lines = log.get("lines") if isinstance(log, dict) else None
+        if not isinstance(lines, list):
+            self.say(f"  log {json.dumps(log)[:500]}")
+            return
+        if not lines:
+            self.say("  log: nothing was logged")
+            return
+        dropped = int(log.get("dropped_lines") or 0)
+        more = f", {dropped} older dropped" if dropped else ""
+        self.say(f"  log: {len(lines)} line{'s' if len(lines) != 1 else ''}{more}")
+        for line in lines:
+            self.say(f"  | {line}")
 
     # --- following a run ------------------------------------------------------------------
 

@@ -26,13 +26,14 @@ from hxo_site.pagination import AuditPagination, PartitionsPagination, RunsPagin
 from hxo_site.permissions import capability_required
 from hxo_site.serializers import ErrorSerializer
 from runs_app import selectors, services
-from runs_app.models import PartitionState, Plan, Run, RunMode, RunState
+from runs_app.models import Partition, PartitionState, Plan, Run, RunMode, RunState
 from runs_app.serializers import (
     ApplySerializer,
     ApproveSerializer,
     AuditEventSerializer,
     CommentSerializer,
     MigrateRequestSerializer,
+    PartitionLogSerializer,
     PartitionSerializer,
     PlanMigrationSerializer,
     PlanSerializer,
@@ -378,6 +379,62 @@ class RunPartitions(generics.ListAPIView):
     )
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().get(request, *args, **kwargs)
+
+
+class RunPartitionLog(APIView):
+    """One partition's log: what its executor logged while it ran (engine.logs)."""
+
+    permission_classes = [capability_required("view")]
+
+    @extend_schema(
+        summary="A partition's log (the last 200 lines or 64 KiB of every attempt)",
+        description=(
+            "What the executor logged on the worker while it ran the partition, every attempt "
+            "under a header line, with tracebacks of unexpected errors: the newest "
+            "`max_lines` lines within `max_bytes` bytes; `dropped_lines` counts the older "
+            "ones let go. `lines` is empty when nothing was logged. Partition indexes count "
+            "per stage: `stage` is required when the run has more than one."
+        ),
+        parameters=[
+            OpenApiParameter("stage", str, description=f"A stage id of the run. {ONCE}"),
+        ],
+        responses={200: PartitionLogSerializer, **ERRORS},
+    )
+    def get(self, request: Request, pk: int, index: int) -> Response:
+        run = get_object_or_404(Run, pk=pk)
+        stage_ids = list(run.run_stages.values_list("stage_id", flat=True))
+        stage = parameters.choice(request.query_params, "stage", stage_ids)
+        if stage is None:
+            if len(stage_ids) != 1:
+                raise ApiError(
+                    "partition indexes count per stage: name one with ?stage=",
+                    code=codes.REQUIRED,
+                    errors=[
+                        {
+                            "path": "stage",
+                            "code": codes.REQUIRED,
+                            "message": f"one of: {', '.join(sorted(stage_ids)) or 'none'}",
+                        }
+                    ],
+                )
+            stage = stage_ids[0]
+        # A path integer past the column's range matches nothing (and would overflow the
+        # driver): not found, never a 500.
+        found = (
+            Partition.objects.select_related("stage")
+            .filter(run=run, stage__stage_id=stage, index=index)
+            .first()
+            if index <= parameters.INT64_MAX
+            else None
+        )
+        if found is None:
+            raise ApiError(
+                f"run {run.pk} has no partition {index} in stage {stage}",
+                code=codes.NOT_FOUND,
+                status_code=status.HTTP_404_NOT_FOUND,
+                errors=[{"path": "index", "code": codes.NOT_FOUND, "message": str(index)}],
+            )
+        return Response(PartitionLogSerializer(selectors.partition_log(found)).data)
 
 
 def _action_view(

@@ -16,6 +16,11 @@ urlpatterns = [
     path("runs/", api.RunList.as_view(), name="run-list"),
     path("runs/<int:pk>/", api.RunDetail.as_view(), name="run-detail"),
     path("runs/<int:pk>/partitions/", api.RunPartitions.as_view(), name="run-partitions"),
+    path(
+        "runs/<int:pk>/partitions/<int:index>/log/",
+        api.RunPartitionLog.as_view(),
+        name="run-partition-log",
+    ),
     path("runs/<int:pk>/approve/", api.RunApprove.as_view(), name="run-approve"),
     path("runs/<int:pk>/reject/", api.RunReject.as_view(), name="run-reject"),
     path("runs/<int:pk>/abort/", api.RunAbort.as_view(), name="run-abort"),

@@ -25,6 +25,7 @@ from runs_app.kinds.base import resolve_params
 from runs_app.kinds.migrate import BySqlBatch
 from runs_app.models import (
     Partition,
+    PartitionLog,
     PartitionState,
     Plan,
     PlanRevision,
@@ -33,6 +34,7 @@ from runs_app.models import (
     RunStage,
     RunState,
 )
+from runs_app.models.engine import PARTITION_LOG_MAX_BYTES, PARTITION_LOG_MAX_LINES
 from runs_app.targets import get_target
 
 
@@ -95,6 +97,28 @@ def stage_errors(stages: Iterable[RunStage]) -> dict[int, list[dict[str, Any]]]:
             }
         )
     return out
+
+
+def partition_log(partition: Partition) -> dict[str, Any]:
+    """A partition's log as the API and its page show it: `{"run", "stage", "index",
+    "partition", "state", "attempts", "lines": [str], "dropped_lines", "max_lines",
+    "max_bytes", "updated_at"}`; `lines` is empty (and `updated_at` null) when the executor
+    logged nothing. Each line is "<UTC time> <LEVEL> <logger>: <message>" or a traceback's
+    line; `dropped_lines` counts the oldest lines the bounds let go. One query."""
+    row = PartitionLog.objects.filter(partition_id=partition.pk).first()
+    return {
+        "run": partition.run_id,
+        "stage": partition.stage.stage_id,
+        "index": partition.index,
+        "partition": partition.pk,
+        "state": partition.state,
+        "attempts": partition.attempts,
+        "lines": row.lines if row else [],
+        "dropped_lines": row.dropped_lines if row else 0,
+        "max_lines": PARTITION_LOG_MAX_LINES,
+        "max_bytes": PARTITION_LOG_MAX_BYTES,
+        "updated_at": row.updated_at if row else None,
+    }
 
 
 def stage_progress(stage: RunStage, errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:

@@ -226,6 +226,24 @@ class PartitionSerializer(serializers.ModelSerializer):
         ]
 
 
+class PartitionLogSerializer(serializers.Serializer):
+    """`selectors.partition_log`: one partition's bounded log."""
+
+    run = serializers.IntegerField()
+    stage = serializers.CharField()
+    index = serializers.IntegerField()
+    partition = serializers.IntegerField()
+    state = serializers.CharField()
+    attempts = serializers.IntegerField()
+    lines = serializers.ListField(
+        child=serializers.CharField(allow_blank=True, trim_whitespace=False)
+    )
+    dropped_lines = serializers.IntegerField()
+    max_lines = serializers.IntegerField()
+    max_bytes = serializers.IntegerField()
+    updated_at = serializers.DateTimeField(allow_null=True)
+
+
 class CommentSerializer(StrictBodySerializer):
     comment = StrictCharField(required=False, allow_blank=True, max_length=5000, default="")
 

@@ -26,6 +26,7 @@ from blueprints_app.models import JobKind
 from blueprints_app.registry import ComponentError, ExecutionContext, LeaseLost, get_executor
 from blueprints_app.validation import schema_validator
 from hxo_site import codes
+from runs_app.engine import logs
 from runs_app.engine.claims import COUNTER, TABLE, Claim, count_moves, prep_dt, prep_json
 from runs_app.engine.errors import PartitionTimeout, RunAborted
 from runs_app.engine.heartbeat import Heartbeat, check_fence
@@ -69,6 +70,10 @@ class Outcome:
     error: dict[str, Any] | None = None
     duration_ms: int = 0
     reused_from: int | None = None  # the earlier partition whose effect this one reuses
+    # What the executor logged on the worker's thread while it ran (engine.logs), and how
+    # many older lines the capture's bounds dropped.
+    log_lines: list[str] = dataclasses.field(default_factory=list)
+    log_dropped: int = 0
 
 
 class RunContext:
@@ -224,7 +229,21 @@ def execute_one(
     """Run one claimed partition's executor and judge its result: succeeded (an output that
     matches the kind's output schema and result status; a dry-run's preview), failed (with
     an error code; `shard_timeout` past HXO_PARTITION_TIMEOUT_MS), or `lost`/`aborted` (not
-    recorded). A failing last attempt whose effect the target records succeeds with it."""
+    recorded). A failing last attempt whose effect the target records succeeds with it.
+
+    What is logged on this thread meanwhile (the executor's records, the traceback of an
+    unexpected error) rides on the outcome (`log_lines`), bounded by `engine.logs`, and is
+    stored with the partition when the outcome is."""
+    with logs.capture() as captured:
+        outcome = _execute_one(rc, claim, inputs, fingerprints, hb)
+    outcome.log_lines = captured.lines
+    outcome.log_dropped = captured.dropped
+    return outcome
+
+
+def _execute_one(
+    rc: RunContext, claim: Claim, inputs: Any, fingerprints: Any, hb: Heartbeat
+) -> Outcome:
     stage = rc.stage(claim.stage_pk)
     kind = rc.kinds[stage.kind]
     check = hb.checker(claim.partition_id)
@@ -380,8 +399,10 @@ def record_outcomes(outcomes: list[Outcome]) -> None:
     with transaction.atomic():
         moves: dict[int, dict[str, int]] = {}
         finals: set[int] = set()
+        written: set[int] = set()
 
         def moved(c: Claim, target: str) -> None:
+            written.add(c.partition_id)
             stage_moves = moves.setdefault(c.stage_pk, {})
             stage_moves["running"] = stage_moves.get("running", 0) - 1
             stage_moves[COUNTER[target]] = stage_moves.get(COUNTER[target], 0) + 1
@@ -463,6 +484,15 @@ def record_outcomes(outcomes: list[Outcome]) -> None:
                 moved(c, target)
         for stage_pk, delta in moves.items():
             count_moves(stage_pk, delta)
+        # Only the lines of outcomes written under their fence: a holder fenced out would
+        # otherwise mix its lines into the log of the attempt that replaced it.
+        logs.store(
+            [
+                (o.claim.partition_id, o.claim.attempt, o.log_lines, o.log_dropped)
+                for o in todo
+                if o.claim.partition_id in written
+            ]
+        )
         for stage_pk in finals:
             after_partition_change(stage_pk)
 

@@ -38,7 +38,7 @@ def after_partition_change(stage_pk: int) -> None:
     if stage.state != StageState.RUNNING:
         return
     if stage.failed > stage.max_failed_partitions and stage.pending:
-        cancel_partitions(Partition.objects.filter(stage_id=stage.pk, state=P.PENDING))
+        stop_pending(stage.pk)
         stage.refresh_from_db()
     if stage.pending == 0 and stage.running == 0:
         finish_stage(stage)
@@ -67,6 +67,24 @@ def _maybe_next_wave(stage: RunStage) -> None:
     released = Partition.objects.filter(stage_id=stage.pk, wave=nxt, ready=False).update(ready=True)
     if released:
         wakeups.wake(stage.run_id, released)
+
+
+def stop_pending(stage_pk: int) -> tuple[int, int]:
+    """A stage went over its failure budget: end its pending partitions by what happened to
+    each. One that was attempted and errored, waiting for its retry, **failed** (its error
+    stands, its retry is given up); one never attempted is **cancelled**. So a stage whose
+    five batches all met the same error says "5 failed", not "1 failed · 4 cancelled" (issue
+    15 §2). Returns (failed, cancelled); counters move in the caller's transaction."""
+    waiting = Partition.objects.filter(
+        stage_id=stage_pk, state=P.PENDING, attempts__gt=0, error__isnull=False
+    )
+    failed = waiting.update(
+        state=P.FAILED, fence=F("fence") + 1, lease_owner="", lease_expires_at=None
+    )
+    if failed:
+        count_moves(stage_pk, {"pending": -failed, "failed": failed})
+    cancelled = cancel_partitions(Partition.objects.filter(stage_id=stage_pk, state=P.PENDING))
+    return failed, cancelled
 
 
 def cancel_partitions(qs: Any) -> int:

@@ -335,6 +335,38 @@ class Partition(models.Model):
         return f"{self.stage_id}[{self.index}]"
 
 
+# The bounds of a partition's log (`PartitionLog`): what a page and an API answer can carry
+# whatever an executor prints. The newest lines are kept (the end of a log says why it
+# failed); the oldest are dropped first.
+PARTITION_LOG_MAX_LINES = 200
+PARTITION_LOG_MAX_BYTES = 64 * 1024
+
+
+class PartitionLog(models.Model):
+    """What an executor logged while it ran a partition (Python logging records of the worker
+    thread during `engine.execute.execute_one`, tracebacks of unexpected errors included), one
+    row per partition, every attempt appended under a header line, bounded to the last
+    PARTITION_LOG_MAX_LINES lines and PARTITION_LOG_MAX_BYTES bytes of UTF-8. Kept apart from
+    `Partition` so the claim and progress queries never read it; no row when nothing logged."""
+
+    partition = models.OneToOneField(
+        Partition, on_delete=models.CASCADE, primary_key=True, related_name="log"
+    )
+    # Lines joined by "\n", each "<ISO-8601 UTC time> <LEVEL> <logger>: <message>"; a
+    # traceback's lines follow its record's line.
+    text = models.TextField(default="", blank=True)
+    # Lines dropped (the oldest) to keep within the bounds, over every attempt.
+    dropped_lines = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"log of partition {self.partition_id}"
+
+    @property
+    def lines(self) -> list[str]:
+        return self.text.split("\n") if self.text else []
+
+
 class ClaimLog(models.Model):
     """Every claim with its fence: the history that shows no partition was claimed twice."""
 

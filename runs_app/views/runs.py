@@ -29,6 +29,8 @@ from runs_app.models import (
     Partition,
     Run,
     RunMode,
+    RunState,
+    StageState,
 )
 from runs_app.views.common import (
     filter_values,
@@ -160,6 +162,29 @@ def progress_context(run: Run) -> dict[str, Any]:
     }
 
 
+def failure_banner(
+    run: Run, progress: list[dict[str, Any]], actions: RunActions, may_edit: bool
+) -> dict[str, Any] | None:
+    """What the top of a failed run's page says (issue 15 §2): the stages that failed, each
+    with its errors grouped by code (count, permanent, the first message: `stage_progress`'s
+    `errors_by_code`), the stages cancelled because of them, and what to do: edit the plan
+    (when `may_edit`) and replay the failed partitions (when the policy allows it, the same
+    decision as the Actions section). None for a run that did not fail in its stages (one
+    that failed before any partition ran says so in its own alert, `run.error`)."""
+    if run.state != RunState.FAILED:
+        return None
+    failed = [s for s in progress if s["state"] == StageState.FAILED]
+    if not failed:
+        return None
+    return {
+        "failed": failed,
+        "cancelled": [s for s in progress if s["state"] == StageState.CANCELLED],
+        "edit_url": reverse("plan-edit", args=[run.plan_id]) if may_edit else "",
+        "replay": actions.replay,
+        "replay_blocked": actions.replay_blocked,
+    }
+
+
 @require("view")
 @require_GET
 def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
@@ -183,6 +208,9 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
             if run.mode == RunMode.DRY_RUN
             else None,
         }
+    )
+    context["failure"] = failure_banner(
+        run, context["progress"], context["actions"], has_capability(request.user, "plan")
     )
     if run.error and has_capability(request.user, "plan"):
         # A run that failed before anything ran (partitioning: a path, a param) links each
@@ -270,7 +298,7 @@ def partition_detail(request: HttpRequest, pk: int, partition_pk: int) -> HttpRe
         pk=partition_pk,
         run_id=pk,
     )
-    context = {"run": partition.run, "p": partition}
+    context = {"run": partition.run, "p": partition, "log": selectors.partition_log(partition)}
     return page(request, "hxo/runs/partition.html", context, partial="detail")
 
 

@@ -149,6 +149,11 @@ def test_a_failed_run_exits_3_its_logs_name_the_error_and_a_replay_heals_it(
         one = hxo("logs", run_id, "--stage", "load", "--partition", 2, token=op)
         assert one.returncode == 0, one
         assert one.stdout.startswith("load#2 failed"), one.stdout
+        # Its log, from the server's per-partition log endpoint: the error's traceback.
+        assert "no per-partition logs" not in one.stdout
+        assert re.search(r"^  log: \d+ lines", one.stdout, re.M), one.stdout
+        assert "--- attempt 1 ---" in one.stdout
+        assert re.search(r"^  \| .*RuntimeError: injected failure of item 2", one.stdout, re.M)
 
         # Aborting a finished run is refused by the server: exit 2 with its code.
         aborted = hxo("abort", run_id, token=op)

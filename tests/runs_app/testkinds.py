@@ -7,6 +7,7 @@ make a partition fail, or hold it while the test kills the worker.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from blueprints_app.registry import (
     register_executor,
     register_partitioner,
 )
+
+log = logging.getLogger("hxo.test_append")
 
 TEST_KIND = "test.echo"
 TEST_KIND_NOAPPROVAL = "test.quick"
@@ -42,6 +45,8 @@ class ItemsPartitioner(Partitioner):
                 "items": {"type": "integer", "minimum": 0, "maximum": 200000},
             },
             "salt": {"type": "string"},
+            # Lines each execution logs (INFO, on the worker's thread): a partition's log.
+            "log_lines": {"type": "integer", "minimum": 0, "maximum": 100000},
         },
         "required": ["items", "dir"],
         "additionalProperties": False,
@@ -81,6 +86,8 @@ class AppendExecutor(Executor):
 
     def execute(self, ctx: Any) -> dict[str, Any]:
         item = ctx.inputs["item"]
+        for n in range(int(ctx.params.get("log_lines") or 0)):
+            log.info("item %s attempt %s line %s", item, ctx.attempt, n)
         fails = int((ctx.params.get("fail") or {}).get(str(item), 0))
         if fails and not ctx.dry_run:
             # Count executions across runs in a file, so a replay sees the failure healed.
