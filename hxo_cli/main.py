@@ -286,7 +286,9 @@ class Cli:
                 raise
         else:
             run = self._call(lambda: self.api.post(f"runs/{run_id}/{action}/", body), "run", run_id)
-        self.say(f"run {run.get('id')} {run.get('state')}")
+        # `paused` is a flag beside the state (a paused run stays `running`): say it.
+        paused = " paused" if run.get("paused") else ""
+        self.say(f"run {run.get('id')} {run.get('state')}{paused}")
         return EXIT_OK
 
     # --- reading --------------------------------------------------------------------------

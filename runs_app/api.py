@@ -41,6 +41,7 @@ from runs_app.serializers import (
     ReceiptSerializer,
     RevisionSerializer,
     RunSerializer,
+    ThrottleSerializer,
 )
 
 ERRORS = {
@@ -476,6 +477,34 @@ RunApprove = _action_view(
 )
 RunReject = _action_view("approve", services.run_reject, "Reject a dry-run", True)
 RunAbort = _action_view("abort", services.run_abort, "Abort a run", False)
+# Pause and resume need hxo:abort (runs_app.policies.may_pause: whoever may stop a run may hold
+# it); the run's state does not change, its `paused` field does.
+RunPause = _action_view(
+    "abort", services.run_pause, "Pause a run: running partitions finish, none starts", False
+)
+RunResume = _action_view("abort", services.run_resume, "Resume a paused run", False)
+
+
+class RunThrottle(APIView):
+    """Change a running run's live throttle; the next claim obeys it."""
+
+    permission_classes = [capability_required("abort")]
+
+    @extend_schema(
+        summary="Throttle a run: concurrency and the least interval between partitions",
+        request=ThrottleSerializer,
+        responses={200: RunSerializer, **ERRORS, **CONFLICT},
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        run = get_object_or_404(Run, pk=pk)
+        data = ThrottleSerializer(data=_object_body(request))
+        data.is_valid(raise_exception=True)
+        run = services.run_throttle(
+            run=run, actor=request.user, client_ip=client_ip(request), **data.validated_data
+        )
+        return _run_response(run)
+
+
 RunReplay = _action_view(
     "replay", services.run_replay, "Replay failed partitions as a child run", False
 )

@@ -6,6 +6,9 @@ raise its refusal (`Decision.enforce`, with the API's error code and status), th
 plan pages render it (a button, or the sentence saying why not). The rules:
 
 - Abort (`may_abort`): hxo:abort, and the run has not finished (`RUN_ACTIVE`).
+- Pause, resume, throttle (`may_pause`, `may_resume`, `may_throttle`): hxo:abort (whoever
+  may stop a run may slow it or hold it; no new capability to grant), and the run has not
+  finished; a pause needs a run that is not paused, a resume one that is.
 - Replay (`may_replay`): hxo:replay, a finished run (`RUN_REPLAYABLE`) with failed or
   cancelled partitions, no replay of it yet, hxo:force-merge when one of them is
   non-idempotent, and hxo:submit (a replay is checked like a new run).
@@ -154,6 +157,48 @@ def may_abort(user: Any, run: Run) -> Decision:
             codes.INVALID_STATE, f"run {run.pk} is {run.state}: only a running run can be aborted"
         )
     return ALLOWED
+
+
+# --- Pause, resume, throttle ----------------------------------------------------------------
+
+
+def _operable(user: Any, run: Run, verb: str) -> Decision:
+    # hxo:abort: pausing and throttling are milder than aborting, and an operator who may
+    # abort a runaway run must be able to slow it down first (README, "Pausing and
+    # throttling a run").
+    decision = capability(user, "abort")
+    if not decision.allowed:
+        return decision
+    if run.state not in RUN_ACTIVE:
+        return _refuse(
+            codes.INVALID_STATE,
+            f"run {run.pk} is {run.state}: only a run that has not finished can be {verb}",
+        )
+    return ALLOWED
+
+
+def may_pause(user: Any, run: Run) -> Decision:
+    """hxo:abort (403), a run that has not finished (409 `invalid_state`) and is not paused
+    (409 `already_paused`). Asked again under the run's row lock by the service."""
+    decision = _operable(user, run, "paused")
+    if decision.allowed and run.paused_at is not None:
+        return _refuse(codes.ALREADY_PAUSED, f"run {run.pk} is already paused")
+    return decision
+
+
+def may_resume(user: Any, run: Run) -> Decision:
+    """hxo:abort (403), a run that has not finished (409 `invalid_state`) and is paused
+    (409 `not_paused`)."""
+    decision = _operable(user, run, "resumed")
+    if decision.allowed and run.paused_at is None:
+        return _refuse(codes.NOT_PAUSED, f"run {run.pk} is not paused")
+    return decision
+
+
+def may_throttle(user: Any, run: Run) -> Decision:
+    """hxo:abort (403) and a run that has not finished (409 `invalid_state`); a paused run
+    may be throttled (the throttle applies when it resumes)."""
+    return _operable(user, run, "throttled")
 
 
 # --- Replay ---------------------------------------------------------------------------------

@@ -61,10 +61,32 @@ def partitioning_progress(run: Run, stages: Iterable[RunStage]) -> dict[str, Any
 
 
 def stage_elapsed_ms(stage: RunStage) -> int | None:
-    if stage.started_at is None:
-        return None
-    end = stage.finished_at or timezone.now()
-    return int((end - stage.started_at).total_seconds() * 1000)
+    """The stage's SLO clock in ms: its running time less the time its run was paused
+    (`RunStage.active_ms`), None before it started."""
+    return stage.active_ms()
+
+
+def run_control(run: Run) -> dict[str, Any]:
+    """A run's pause and throttle as the run page and the API show them (no query):
+    {"paused": bool, "paused_at": datetime | None, "paused_ms": total ms paused so far
+    (the open interval counted to now), "pauses": [{"from", "to", "by"}],
+    "throttle": {"concurrency": the run's setting or None, "effective_concurrency": what
+    claims obey (capped by HXO_MAX_CONCURRENCY), "max_concurrency": that cap,
+    "min_interval_ms": int}}."""
+    cap = settings.HXO_MAX_CONCURRENCY
+    start = run.created_at or timezone.now()
+    return {
+        "paused": run.is_paused,
+        "paused_at": run.paused_at,
+        "paused_ms": run.paused_ms_between(start) if run.pauses else 0,
+        "pauses": list(run.pauses or []),
+        "throttle": {
+            "concurrency": run.max_concurrency,
+            "effective_concurrency": min(run.max_concurrency or cap, cap),
+            "max_concurrency": cap,
+            "min_interval_ms": run.min_interval_ms,
+        },
+    }
 
 
 def stage_errors(stages: Iterable[RunStage]) -> dict[int, list[dict[str, Any]]]:

@@ -158,6 +158,13 @@ class RunSerializer(serializers.ModelSerializer):
     # any partition ran (partitioning error, `stale_plan` with its `diff`), why.
     partitioning = serializers.SerializerMethodField()
     error = serializers.JSONField(read_only=True)
+    # Added fields: the pause flag and its intervals, and the live throttle
+    # (`selectors.run_control`).
+    paused = serializers.SerializerMethodField()
+    paused_at = serializers.DateTimeField(read_only=True)
+    pauses = serializers.JSONField(read_only=True)
+    paused_ms = serializers.SerializerMethodField()
+    throttle = serializers.SerializerMethodField()
 
     class Meta:
         model = Run
@@ -182,7 +189,21 @@ class RunSerializer(serializers.ModelSerializer):
             "finished_at",
             "partitioning",
             "error",
+            "paused",
+            "paused_at",
+            "pauses",
+            "paused_ms",
+            "throttle",
         ]
+
+    def get_paused(self, obj: Run) -> bool:
+        return obj.is_paused
+
+    def get_paused_ms(self, obj: Run) -> int:
+        return selectors.run_control(obj)["paused_ms"]
+
+    def get_throttle(self, obj: Run) -> dict[str, Any]:
+        return selectors.run_control(obj)["throttle"]
 
     def get_partitioning(self, obj: Run) -> dict[str, Any] | None:
         return selectors.partitioning_progress(obj, obj.run_stages.all())
@@ -256,6 +277,14 @@ class ApproveSerializer(CommentSerializer):
 class ApplySerializer(StrictBodySerializer):
     dry_run = StrictIntegerField(required=False, allow_null=True, min_value=1, max_value=INT64_MAX)
     force_rerun = StrictBooleanField(required=False, default=False)
+
+
+class ThrottleSerializer(StrictBodySerializer):
+    """`POST /api/v1/runs/{id}/throttle/`: JSON integers only; the bounds are the service's
+    (`services.run_throttle`), so the CLI and the API refuse the same values."""
+
+    concurrency = StrictIntegerField(required=False, allow_null=True)
+    min_interval_ms = StrictIntegerField(required=False)
 
 
 class EmptyBodySerializer(StrictBodySerializer):

@@ -10,7 +10,9 @@ import dataclasses
 import logging
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from blueprints_app.evolution import DocumentMigration, migrate_document
 from blueprints_app.registry import EXECUTORS
@@ -31,6 +33,7 @@ from runs_app.manifest import (
 from runs_app.models import (
     Approval,
     Partition,
+    PartitionState,
     Plan,
     PlanRevision,
     Run,
@@ -754,6 +757,7 @@ def run_abort(*, run: Run, actor: Any, client_ip: str | None = None) -> Run:
         locked = Run.objects.select_for_update().get(pk=run.pk)
         policies.may_abort(actor, locked).enforce()
         before = locked.state
+        # A paused run aborts as any other (move_run ends its pause interval).
         move_run(locked, RunState.ABORTED)
         cancelled = progress.cancel_partitions(Partition.objects.filter(run=locked))
         for stage in RunStage.objects.filter(run=locked).exclude(state__in=STAGE_TERMINAL):
@@ -766,6 +770,152 @@ def run_abort(*, run: Run, actor: Any, client_ip: str | None = None) -> Run:
             before={"state": before},
             after={"state": locked.state},
             detail={"cancelled_partitions": cancelled},
+        )
+    return locked
+
+
+def run_pause(*, run: Run, actor: Any, client_ip: str | None = None) -> Run:
+    """Pause a run that has not finished: it claims nothing new from the next claim on
+    (`claims.claim_batch` reads the flag in its transaction, and a claim that read the run
+    before the pause committed is taken back), while partitions already running finish and
+    are recorded as usual. The run stays in its state (`running`...): `paused_at` is a flag,
+    and the interval is opened in `Run.pauses` so SLO clocks leave it out.
+
+    Refusals (`policies.may_pause`): 403 without hxo:abort, 409 `invalid_state` for a finished
+    run, 409 `already_paused`. Audited as `run.pause`."""
+    policies.may_pause(actor, run).enforce()
+    with transaction.atomic():
+        locked = Run.objects.select_for_update().get(pk=run.pk)
+        policies.may_pause(actor, locked).enforce()
+        # Taken after the lock: later than every claim that committed before it (see
+        # claims._stamp_run), so "claimed after paused_at" means "claimed while paused".
+        now = timezone.now()
+        by = getattr(actor, "username", "") or ""
+        pauses = [*(locked.pauses or []), {"from": now.isoformat(), "to": None, "by": by}]
+        Run.objects.filter(pk=locked.pk).update(paused_at=now, pauses=pauses)
+        locked.paused_at, locked.pauses = now, pauses
+        running = Partition.objects.filter(run=locked, state=PartitionState.RUNNING).count()
+        audit(
+            actor=actor,
+            action="run.pause",
+            obj=locked,
+            client_ip=client_ip,
+            before={"paused": False},
+            after={"paused": True, "paused_at": now.isoformat()},
+            detail={"running_partitions": running},
+        )
+    return locked
+
+
+def run_resume(*, run: Run, actor: Any, client_ip: str | None = None) -> Run:
+    """Resume a paused run: close its pause interval and wake its drainers (after commit, as
+    many as its throttle allows and it has ready partitions). Refusals (`policies.may_resume`):
+    403 without hxo:abort, 409 `invalid_state` for a finished run, 409 `not_paused`. Audited as
+    `run.resume` with the paused milliseconds."""
+    policies.may_resume(actor, run).enforce()
+    with transaction.atomic():
+        locked = Run.objects.select_for_update().get(pk=run.pk)
+        policies.may_resume(actor, locked).enforce()
+        now = timezone.now()
+        paused_ms = int((now - locked.paused_at).total_seconds() * 1000)
+        pauses = locked.pauses_closed(now)
+        Run.objects.filter(pk=locked.pk).update(paused_at=None, pauses=pauses)
+        locked.paused_at, locked.pauses = None, pauses
+        ready = Partition.objects.filter(
+            run=locked, ready=True, state=PartitionState.PENDING
+        ).count()
+        wakeups.wake(locked.pk, ready, concurrency=locked.max_concurrency)
+        audit(
+            actor=actor,
+            action="run.resume",
+            obj=locked,
+            client_ip=client_ip,
+            before={"paused": True},
+            after={"paused": False},
+            detail={"paused_ms": paused_ms, "ready_partitions": ready},
+        )
+    return locked
+
+
+# Bounds of a live throttle. An interval longer than a drainer's budget (HXO_DRAIN_BUDGET_S,
+# 60 s by default) would leave each next claim to the reconciler's pass: a minute at most.
+MAX_MIN_INTERVAL_MS = 60_000
+UNSET: Any = object()
+
+
+def run_throttle(
+    *,
+    run: Run,
+    actor: Any,
+    concurrency: int | None = UNSET,
+    min_interval_ms: int = UNSET,
+    client_ip: str | None = None,
+) -> Run:
+    """Change a run's live throttle; the next claim of any drainer obeys it, nothing restarts.
+
+    `concurrency`: drainers executing the run at once, 1..HXO_MAX_CONCURRENCY (the global
+    cap), or None for the cap itself; `min_interval_ms`: least time between two claims of the
+    run, 0..MAX_MIN_INTERVAL_MS (0: none; with an interval each claim takes one partition).
+    Omitted arguments keep their value. Raising the concurrency wakes the extra drainers.
+
+    Refusals: 400 `validation_failed` with an `errors` entry per field (`path` the field name,
+    code `invalid_value`) when out of bounds or when neither is given; 403 without hxo:abort;
+    409 `invalid_state` for a finished run. Audited as `run.throttle` (before and after)."""
+    errors = []
+    if concurrency is UNSET and min_interval_ms is UNSET:
+        errors.append(
+            {
+                "path": "",
+                "code": codes.REQUIRED,
+                "message": "give concurrency, min_interval_ms or both",
+            }
+        )
+    cap = settings.HXO_MAX_CONCURRENCY
+    if concurrency is not UNSET and concurrency is not None and not 1 <= concurrency <= cap:
+        errors.append(
+            {
+                "path": "concurrency",
+                "code": codes.INVALID_VALUE,
+                "message": f"must be between 1 and {cap} (HXO_MAX_CONCURRENCY), or null",
+            }
+        )
+    if min_interval_ms is not UNSET and not 0 <= min_interval_ms <= MAX_MIN_INTERVAL_MS:
+        errors.append(
+            {
+                "path": "min_interval_ms",
+                "code": codes.INVALID_VALUE,
+                "message": f"must be between 0 and {MAX_MIN_INTERVAL_MS}",
+            }
+        )
+    if errors:
+        raise ServiceError(
+            "the throttle is not valid", code=codes.VALIDATION_FAILED, status=400, errors=errors
+        )
+    policies.may_throttle(actor, run).enforce()
+    with transaction.atomic():
+        locked = Run.objects.select_for_update().get(pk=run.pk)
+        policies.may_throttle(actor, locked).enforce()
+        before = {"concurrency": locked.max_concurrency, "min_interval_ms": locked.min_interval_ms}
+        if concurrency is not UNSET:
+            locked.max_concurrency = concurrency
+        if min_interval_ms is not UNSET:
+            locked.min_interval_ms = min_interval_ms
+        locked.save(update_fields=["max_concurrency", "min_interval_ms"])
+        after = {"concurrency": locked.max_concurrency, "min_interval_ms": locked.min_interval_ms}
+        if locked.paused_at is None and (locked.max_concurrency or cap) > (
+            before["concurrency"] or cap
+        ):
+            ready = Partition.objects.filter(
+                run=locked, ready=True, state=PartitionState.PENDING
+            ).count()
+            wakeups.wake(locked.pk, ready, concurrency=locked.max_concurrency)
+        audit(
+            actor=actor,
+            action="run.throttle",
+            obj=locked,
+            client_ip=client_ip,
+            before=before,
+            after=after,
         )
     return locked
 

@@ -62,10 +62,24 @@ def move_run(run: Run, target: str) -> bool:
     with transaction.atomic(savepoint=False):
         changed = Run.objects.filter(pk=run.pk, state=current).update(**fields)
         if changed:
+            if target in {R.SUCCEEDED, R.FAILED, R.ABORTED, R.AWAITING_APPROVAL}:
+                fields.update(_end_pause(run, now))
             for name, value in fields.items():
                 setattr(run, name, value)
             notifications.run_moved(run, target)
     return bool(changed)
+
+
+def _end_pause(run: Run, now: object) -> dict[str, object]:
+    """A run that stops executing while paused (aborted, or its last running partitions
+    finished) is no longer paused: its open pause interval ends now. Read again after the
+    move: a pause may have committed since `run` was read."""
+    fresh = Run.objects.filter(pk=run.pk, paused_at__isnull=False).first()
+    if fresh is None:
+        return {}
+    ended = {"paused_at": None, "pauses": fresh.pauses_closed(now)}  # type: ignore[arg-type]
+    Run.objects.filter(pk=run.pk).update(**ended)
+    return ended
 
 
 def move_stage(stage: RunStage, target: str) -> bool:

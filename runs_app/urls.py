@@ -53,6 +53,8 @@ urlpatterns = [
         "runs/<int:pk>/reject/", runs.run_decide, {"decision": "reject"}, name="run-decide-reject"
     ),
     path("runs/<int:pk>/abort/", runs.run_abort, name="run-abort-page"),
+    path("runs/<int:pk>/pause/", runs.run_pause, name="run-pause-page"),
+    path("runs/<int:pk>/resume/", runs.run_resume, name="run-resume-page"),
     path("runs/<int:pk>/replay/", runs.run_replay, name="run-replay-page"),
     path("approvals/", runs.approvals, name="approvals"),
     # Registry, search, audit

@@ -16,11 +16,11 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection, models, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from runs_app.models import ClaimLog, Partition, PartitionState, RunStage
+from runs_app.models import ClaimLog, Partition, PartitionState, Run, RunStage
 
 P = PartitionState
 # A partition state → the RunStage counter that counts it.
@@ -87,79 +87,176 @@ def _owners_in_run(run_id: int) -> set[str]:
     )
 
 
+class _Refused(Exception):
+    """Raised inside a claim's transaction to take its writes back: the run was paused, or
+    another drainer claimed within `min_interval_ms`, after this one read the run."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Throttle:
+    """What a run allows a claim now (`Run` fields read at each claim, so a pause or a new
+    throttle applies to the next claim without restarting anything)."""
+
+    paused: bool
+    concurrency: int  # drainers executing the run at once, within HXO_MAX_CONCURRENCY
+    min_interval: timedelta  # least time between two claims of the run
+    last_claim_at: Any  # datetime | None
+
+    @classmethod
+    def of(cls, run_id: int) -> Throttle | None:
+        """The run's throttle, or None when there is no such run."""
+        row = (
+            Run.objects.filter(pk=run_id)
+            .values_list("paused_at", "max_concurrency", "min_interval_ms", "last_claim_at")
+            .first()
+        )
+        if row is None:
+            return None
+        paused_at, concurrency, interval_ms, last = row
+        cap = settings.HXO_MAX_CONCURRENCY
+        return cls(
+            paused=paused_at is not None,
+            concurrency=min(concurrency or cap, cap),
+            min_interval=timedelta(milliseconds=interval_ms or 0),
+            last_claim_at=last,
+        )
+
+    def next_claim_at(self) -> Any:
+        """The earliest time the interval allows the next claim (None: any time)."""
+        if not self.min_interval or self.last_claim_at is None:
+            return None
+        return self.last_claim_at + self.min_interval
+
+
 def claim_batch(run_id: int, owner: str, limit: int = 1) -> list[Claim]:
     """Claim up to `limit` claimable partitions of the run in one short transaction.
 
-    HXO_MAX_CONCURRENCY bounds the drainers executing a run at once (each runs its claims one
-    after another). Returns [] when nothing is claimable now or the run is at its limit.
+    The run's live throttle bounds it (`Throttle`, read in the same transaction): a paused
+    run claims nothing; at most `concurrency` drainers (the run's `max_concurrency`, within
+    HXO_MAX_CONCURRENCY) execute a run at once, each running its claims one after another;
+    with `min_interval_ms` a claim takes one partition, and not before that long after the
+    run's previous claim. Returns [] when nothing is claimable now, the run is paused, at its
+    limit or inside its interval.
     """
+    try:
+        with transaction.atomic():
+            return _claim(run_id, owner, limit)
+    except _Refused:
+        return []
+
+
+def _claim(run_id: int, owner: str, limit: int) -> list[Claim]:
+    # Read inside the transaction: on SQLite its IMMEDIATE lock orders this claim wholly
+    # before or after a pause, so `now` is after every write that committed before.
     now = timezone.now()
-    with transaction.atomic():
-        owners = _owners_in_run(run_id)
-        if owner not in owners and len(owners) >= settings.HXO_MAX_CONCURRENCY:
-            return []
-        qs = Partition.objects.filter(
-            run_id=run_id, ready=True, state=P.PENDING, due_at__lte=now
-        ).order_by("due_at")
-        if connection.vendor == "postgresql":
-            # Lock the rows we pick and skip rows other workers hold: claimers never wait on
-            # each other. SQLite has no row locks: its IMMEDIATE transaction serialises.
-            qs = qs.select_for_update(skip_locked=True, of=("self",))
-        rows = list(qs.values_list("id", "fence", "non_idempotent")[:limit])
-        if not rows:
-            return []
-        # A non-idempotent partition is claimed alone: one that expires unstarted in a batch
-        # would be failed, never retried.
-        rows = rows[:1] if rows[0][2] else [r for r in rows if not r[2]]
-        # Compare-and-swap on the fences we read (raw SQL: the ORM's query building would
-        # cost more than the statement on this hot path). A row another claimer changed
-        # since is left alone; the read-back below keeps only what this owner holds.
-        expires, started = prep_dt(now + lease_delta()), prep_dt(now)
-        with connection.cursor() as cur:
-            cur.executemany(
-                f"UPDATE {TABLE} SET state = %s, fence = fence + 1, attempts = attempts + 1,"
-                " lease_owner = %s, lease_expires_at = %s, started_at = %s, finished_at = NULL"
-                " WHERE id = %s AND fence = %s AND state = %s",
-                [(P.RUNNING, owner, expires, started, pk, f, P.PENDING) for pk, f, _ in rows],
-            )
-        read = {pk: fence + 1 for pk, fence, _ in rows}
-        held = list(
-            Partition.objects.filter(
-                pk__in=list(read), lease_owner=owner, state=P.RUNNING
-            ).values_list("id", "fence", "stage_id", "attempts", "non_idempotent")
+    throttle = Throttle.of(run_id)
+    if throttle is None or throttle.paused:
+        return []
+    after = throttle.next_claim_at()
+    if after is not None and now < after:
+        return []
+    if throttle.min_interval:
+        limit = 1
+    owners = _owners_in_run(run_id)
+    if owner not in owners and len(owners) >= throttle.concurrency:
+        return []
+    qs = Partition.objects.filter(
+        run_id=run_id, ready=True, state=P.PENDING, due_at__lte=now
+    ).order_by("due_at")
+    if connection.vendor == "postgresql":
+        # Lock the rows we pick and skip rows other workers hold: claimers never wait on
+        # each other. SQLite has no row locks: its IMMEDIATE transaction serialises.
+        qs = qs.select_for_update(skip_locked=True, of=("self",))
+    rows = list(qs.values_list("id", "fence", "non_idempotent")[:limit])
+    if not rows:
+        return []
+    # A non-idempotent partition is claimed alone: one that expires unstarted in a batch
+    # would be failed, never retried.
+    rows = rows[:1] if rows[0][2] else [r for r in rows if not r[2]]
+    # Compare-and-swap on the fences we read (raw SQL: the ORM's query building would
+    # cost more than the statement on this hot path). A row another claimer changed
+    # since is left alone; the read-back below keeps only what this owner holds.
+    expires, started = prep_dt(now + lease_delta()), prep_dt(now)
+    with connection.cursor() as cur:
+        cur.executemany(
+            f"UPDATE {TABLE} SET state = %s, fence = fence + 1, attempts = attempts + 1,"
+            " lease_owner = %s, lease_expires_at = %s, started_at = %s, finished_at = NULL"
+            " WHERE id = %s AND fence = %s AND state = %s",
+            [(P.RUNNING, owner, expires, started, pk, f, P.PENDING) for pk, f, _ in rows],
         )
-        claims = [
-            Claim(pk, run_id, stage_pk, fence, attempts, owner, non_idempotent)
-            for pk, fence, stage_pk, attempts, non_idempotent in held
-            if read.get(pk) == fence
-        ]
-        per_stage: dict[int, int] = {}
-        for c in claims:
-            per_stage[c.stage_pk] = per_stage.get(c.stage_pk, 0) + 1
-        for stage_pk, n in per_stage.items():
-            count_moves(stage_pk, {"pending": -n, "running": n})
-        with connection.cursor() as cur:
-            cur.executemany(
-                f"INSERT INTO {ClaimLog._meta.db_table} (partition_id, fence, owner, claimed_at)"
-                " VALUES (%s, %s, %s, %s)",
-                [(c.partition_id, c.fence, owner, started) for c in claims],
-            )
+    read = {pk: fence + 1 for pk, fence, _ in rows}
+    held = list(
+        Partition.objects.filter(pk__in=list(read), lease_owner=owner, state=P.RUNNING).values_list(
+            "id", "fence", "stage_id", "attempts", "non_idempotent"
+        )
+    )
+    claims = [
+        Claim(pk, run_id, stage_pk, fence, attempts, owner, non_idempotent)
+        for pk, fence, stage_pk, attempts, non_idempotent in held
+        if read.get(pk) == fence
+    ]
+    if not claims:
+        return []
+    per_stage: dict[int, int] = {}
+    for c in claims:
+        per_stage[c.stage_pk] = per_stage.get(c.stage_pk, 0) + 1
+    for stage_pk, n in per_stage.items():
+        count_moves(stage_pk, {"pending": -n, "running": n})
+    _stamp_run(run_id, now, throttle)
+    with connection.cursor() as cur:
+        cur.executemany(
+            f"INSERT INTO {ClaimLog._meta.db_table} (partition_id, fence, owner, claimed_at)"
+            " VALUES (%s, %s, %s, %s)",
+            [(c.partition_id, c.fence, owner, started) for c in claims],
+        )
     return claims
 
 
+def _stamp_run(run_id: int, now: Any, throttle: Throttle) -> None:
+    """Record the claim on the run, by a compare-and-swap that also re-checks the pause and
+    the interval: a pause (or another drainer's claim) that committed after this claim read
+    the run takes this claim back (`_Refused`).
+
+    Why a write on every claim: on PostgreSQL (READ COMMITTED) the read above may predate a
+    pause committing meanwhile; this UPDATE waits for the pause's row lock and re-reads the
+    row, so no claim commits after a pause. It runs after the partitions and the stage
+    counters, the order completions lock them in (partitions, stages, then the run when it
+    finishes), so the two never deadlock."""
+    qs = Run.objects.filter(pk=run_id, paused_at__isnull=True)
+    if throttle.min_interval:
+        qs = qs.filter(
+            models.Q(last_claim_at__isnull=True)
+            | models.Q(last_claim_at__lte=now - throttle.min_interval)
+        )
+    if not qs.update(last_claim_at=now):
+        raise _Refused
+
+
 def has_claimable(run_id: int, *, due_within_s: float = 0) -> bool:
-    """Whether a ready pending partition of the run falls due within `due_within_s` seconds."""
+    """Whether a ready pending partition of the run falls due within `due_within_s` seconds
+    (never while the run is paused)."""
     horizon = timezone.now() + timedelta(seconds=due_within_s)
+    if Run.objects.filter(pk=run_id, paused_at__isnull=False).exists():
+        return False
     return Partition.objects.filter(
         run_id=run_id, ready=True, state=P.PENDING, due_at__lte=horizon
     ).exists()
 
 
 def next_due(run_id: int) -> Any:
-    """When the run's next ready pending partition falls due (a datetime), or None."""
-    return (
+    """When the run may next claim (a datetime): its next ready pending partition's due
+    time, or later when its `min_interval_ms` says so; None when nothing is pending or the
+    run is paused (a drainer stops; the resume wakes new ones)."""
+    throttle = Throttle.of(run_id)
+    if throttle is None or throttle.paused:
+        return None
+    due = (
         Partition.objects.filter(run_id=run_id, ready=True, state=P.PENDING)
         .order_by("due_at")
         .values_list("due_at", flat=True)
         .first()
     )
+    after = throttle.next_claim_at()
+    if due is None or after is None:
+        return due
+    return max(due, after)

@@ -64,21 +64,23 @@ def wake_partitioner(run_id: int) -> None:
     transaction.on_commit(lambda: enqueue_partitioner(run_id))
 
 
-def wake(run_id: int, ready: int = 1) -> None:
+def wake(run_id: int, ready: int = 1, *, concurrency: int | None = None) -> None:
     """Ask workers to drain the run, after the transaction commits: as many drainers as
-    partitions became ready (`ready`), at most HXO_MAX_CONCURRENCY; none when `ready` <= 0."""
+    partitions became ready (`ready`), at most the run's `concurrency` (when the caller
+    knows it: a resume, a throttle) and HXO_MAX_CONCURRENCY; none when `ready` <= 0."""
     if ready <= 0:
         return
-    count = min(settings.HXO_MAX_CONCURRENCY, ready)
+    count = min(settings.HXO_MAX_CONCURRENCY, concurrency or ready, ready)
     # Looked up at call time, so a test can replace enqueue_drainers on this module.
     transaction.on_commit(lambda: enqueue_drainers(run_id, count))
 
 
 def requeue_stuck() -> list[int]:
-    """Ids of running runs with something claimable now: the reconciler wakes them again."""
+    """Ids of running runs with something claimable now: the reconciler wakes them again.
+    A paused run is left alone (its resume wakes it)."""
     now = timezone.now()
     return list(
-        Run.objects.filter(state=RunState.RUNNING)
+        Run.objects.filter(state=RunState.RUNNING, paused_at__isnull=True)
         .filter(
             Q(
                 partitions__state=PartitionState.PENDING,

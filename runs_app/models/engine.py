@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from django.conf import settings
@@ -165,6 +166,19 @@ class Run(models.Model):
     # Partitions the manifest resolved to, set by the worker that writes them (null until
     # then): with the stages' totals, the progress of a run in `partitioning`.
     partition_total = models.PositiveIntegerField(null=True, blank=True)
+    # Pause (a flag beside the state, not a state: a paused run is still `running` to the
+    # state machine, the notifications and the metrics; it only claims nothing new). Set
+    # while paused; `pauses` keeps every interval, [{"from": iso, "to": iso | None, "by"}],
+    # so that SLO clocks can leave paused time out (`paused_ms_between`).
+    paused_at = models.DateTimeField(null=True, blank=True)
+    pauses = models.JSONField(default=list, blank=True)
+    # Live throttle, read by every claim (runs_app.engine.claims.claim_batch): drainers
+    # executing the run at once (null: HXO_MAX_CONCURRENCY, which also caps it), and the
+    # least time between two claims of the run (0: none).
+    max_concurrency = models.PositiveSmallIntegerField(null=True, blank=True)
+    min_interval_ms = models.PositiveIntegerField(default=0)
+    # When a partition of the run was last claimed: what `min_interval_ms` is measured from.
+    last_claim_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -174,6 +188,10 @@ class Run(models.Model):
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(state__in=RunState.values), name="run_state_valid"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(max_concurrency__isnull=True) | models.Q(max_concurrency__gte=1),
+                name="run_max_concurrency_positive",
             ),
             models.UniqueConstraint(
                 fields=["requested_by", "idempotency_key"],
@@ -208,6 +226,31 @@ class Run(models.Model):
         a reviewed dry-run: such a dry-run ends `awaiting_approval` instead of `succeeded`,
         and an apply from it needs its approval."""
         return any(snap.get("require_dry_run") for snap in self.kind_snapshots.values())
+
+    @property
+    def is_paused(self) -> bool:
+        return self.paused_at is not None
+
+    def paused_ms_between(self, start: dt.datetime, end: dt.datetime | None = None) -> int:
+        """Milliseconds of [start, end) (end: now) the run spent paused, from `pauses`; an
+        open interval (the run is paused now) counts up to `end`. What SLO clocks subtract
+        (the idea: GitLab's batched migrations and Shopify's maintenance_tasks report the
+        time a paused job did not run apart from its runtime)."""
+        end = end or timezone.now()
+        total = 0.0
+        for interval in self.pauses or []:
+            lo = max(start, dt.datetime.fromisoformat(interval["from"]))
+            hi = min(end, dt.datetime.fromisoformat(interval["to"]) if interval["to"] else end)
+            if hi > lo:
+                total += (hi - lo).total_seconds()
+        return int(total * 1000)
+
+    def pauses_closed(self, now: dt.datetime) -> list[dict[str, Any]]:
+        """`pauses` with the open interval (if any) ended at `now`: what a resume, an abort
+        or the end of the run stores."""
+        return [
+            {**interval, "to": interval["to"] or now.isoformat()} for interval in self.pauses or []
+        ]
 
 
 class RunStage(models.Model):
@@ -267,6 +310,16 @@ class RunStage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.run_id}/{self.stage_id}"
+
+    def active_ms(self) -> int | None:
+        """Milliseconds the stage has run (start to finish, or to now), less the time its
+        run was paused meanwhile (`Run.paused_ms_between`): what its SLO is measured on.
+        None before it started. Reads `self.run` (one query unless it is loaded)."""
+        if self.started_at is None:
+            return None
+        end = self.finished_at or timezone.now()
+        wall = int((end - self.started_at).total_seconds() * 1000)
+        return max(0, wall - self.run.paused_ms_between(self.started_at, end))
 
     @property
     def counts(self) -> dict[str, int]:

@@ -77,6 +77,8 @@ class RunActions:
     apply: bool = False
     apply_blocked: str = ""
     abort: bool = False
+    pause: bool = False
+    resume: bool = False
     replay: bool = False
     replay_blocked: str = ""
 
@@ -89,6 +91,8 @@ class RunActions:
                     self.apply,
                     self.apply_blocked,
                     self.abort,
+                    self.pause,
+                    self.resume,
                     self.replay,
                     self.replay_blocked,
                 )
@@ -116,6 +120,8 @@ def run_actions(user: Any, run: Run) -> RunActions:
         )
         actions.apply, actions.apply_blocked = apply.allowed, apply.reason
     actions.abort = policies.may_abort(user, run).allowed
+    actions.pause = policies.may_pause(user, run).allowed
+    actions.resume = policies.may_resume(user, run).allowed
     replay = policies.may_replay(user, run, policies.ReplayScope.of_stages(run.run_stages.all()))
     actions.replay, actions.replay_blocked = replay.allowed, replay.reason
     return actions
@@ -159,6 +165,7 @@ def progress_context(run: Run) -> dict[str, Any]:
         "timeline": selectors.run_timeline(run),
         "polling": not run.is_finished,
         "partitioning": selectors.partitioning_progress(run, stages),
+        "control": selectors.run_control(run),
     }
 
 
@@ -338,6 +345,32 @@ def run_abort(request: HttpRequest, pk: int) -> HttpResponse:
     except ServiceError as exc:
         return refused(request, exc, back=_back(run), title="Abort refused")
     messages.success(request, f"Run #{run.pk} aborted.")
+    return done(request, _back(run))
+
+
+@require("abort")
+@require_POST
+def run_pause(request: HttpRequest, pk: int) -> HttpResponse:
+    run = get_object_or_404(Run, pk=pk)
+    try:
+        services.run_pause(run=run, actor=request.user, client_ip=client_ip(request))
+    except ServiceError as exc:
+        return refused(request, exc, back=_back(run), title="Pause refused")
+    messages.success(
+        request, f"Run #{run.pk} paused: running partitions finish, no new one starts."
+    )
+    return done(request, _back(run))
+
+
+@require("abort")
+@require_POST
+def run_resume(request: HttpRequest, pk: int) -> HttpResponse:
+    run = get_object_or_404(Run, pk=pk)
+    try:
+        services.run_resume(run=run, actor=request.user, client_ip=client_ip(request))
+    except ServiceError as exc:
+        return refused(request, exc, back=_back(run), title="Resume refused")
+    messages.success(request, f"Run #{run.pk} resumed.")
     return done(request, _back(run))
 
 

@@ -275,3 +275,40 @@ def test_a_terminal_gets_bars_drawn_in_place_never_a_cleared_screen(
     assert "\x1b[2J" not in text  # no screen clearing
     assert "bars" in text and "100%" in text and "━" in text  # rich's bar
     assert f"run {run.pk} (dry_run) awaiting_approval" in text
+
+
+def test_pause_and_resume_a_running_run_from_ci_and_refusals_exit_2(
+    hxo, tokens, operator, tmp_path: Path
+) -> None:
+    from hxo_site.models import AuditEvent
+    from runs_app import services
+    from runs_app.engine import claims
+    from tests.helpers import drain, partitioned
+
+    plan = services.plan_create(
+        actor=operator,
+        document={
+            "name": "p",
+            "stages": [stage("s", tmp_path, items=3, kind=TEST_KIND_NOAPPROVAL)],
+        },
+    )
+    run = partitioned(services.run_apply(plan=plan, actor=operator))
+    op = tokens["operator"]
+    paused = hxo("pause", run.pk, token=op)
+    assert (paused.returncode, paused.stdout.strip()) == (0, f"run {run.pk} running paused"), paused
+    run.refresh_from_db()
+    assert run.is_paused and claims.claim_batch(run.pk, "w", 3) == []
+    again = hxo("pause", run.pk, token=op)
+    assert again.returncode == 2 and again.stderr.startswith("refused (already_paused)"), again
+    viewer = hxo("resume", run.pk, token=tokens["viewer"])
+    assert viewer.returncode == 2 and "permission_denied" in viewer.stderr, viewer
+    resumed = hxo("resume", run.pk, token=op)
+    assert (resumed.returncode, resumed.stdout.strip()) == (0, f"run {run.pk} running"), resumed
+    run = drain(run)
+    assert sorted(effects(tmp_path, "s")) == [0, 1, 2]
+    finished = hxo("pause", run.pk, token=op)
+    assert finished.returncode == 2 and finished.stderr.startswith("refused (invalid_state)")
+    actions = AuditEvent.objects.filter(
+        object_id=str(run.pk), action__in=["run.pause", "run.resume"]
+    )
+    assert sorted(actions.values_list("action", flat=True)) == ["run.pause", "run.resume"]

@@ -33,6 +33,16 @@ def object_id(text: str) -> int:
         raise argparse.ArgumentTypeError(exc.message) from None
 
 
+def _concurrency(text: str) -> int | str:
+    """--concurrency: a number, or `default` (HXO_MAX_CONCURRENCY)."""
+    if text == "default":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a number, or 'default'") from None
+
+
 EXIT_REFUSED = 2
 EXIT_RUN_FAILED = 3
 
@@ -68,6 +78,18 @@ class Command(BaseCommand):
         status.add_argument("--json", action="store_true", help="print the run as JSON")
         abort = sub.add_parser("abort", help="abort a run")
         abort.add_argument("run", type=object_id)
+        pause = sub.add_parser("pause", help="pause a run (running partitions finish)")
+        pause.add_argument("run", type=object_id)
+        resume = sub.add_parser("resume", help="resume a paused run")
+        resume.add_argument("run", type=object_id)
+        throttle = sub.add_parser("throttle", help="change a run's concurrency or interval")
+        throttle.add_argument("run", type=object_id)
+        throttle.add_argument(
+            "--concurrency", type=_concurrency, help="drainers at once, or 'default'"
+        )
+        throttle.add_argument(
+            "--min-interval-ms", type=int, help="least milliseconds between two partitions"
+        )
 
     def handle(self, *args: Any, **opts: Any) -> None:
         self.actor = self._user(opts["user"])
@@ -158,6 +180,26 @@ class Command(BaseCommand):
         run = services.run_abort(run=self._run(opts["run"]), actor=self.actor)
         self.stdout.write(f"run {run.pk} {run.state}")
 
+    def do_pause(self, opts: dict[str, Any]) -> None:
+        run = services.run_pause(run=self._run(opts["run"]), actor=self.actor)
+        self.stdout.write(f"run {run.pk} {run.state} paused")
+
+    def do_resume(self, opts: dict[str, Any]) -> None:
+        run = services.run_resume(run=self._run(opts["run"]), actor=self.actor)
+        self.stdout.write(f"run {run.pk} {run.state} resumed")
+
+    def do_throttle(self, opts: dict[str, Any]) -> None:
+        given: dict[str, Any] = {}
+        if opts["concurrency"] is not None:
+            given["concurrency"] = None if opts["concurrency"] == "default" else opts["concurrency"]
+        if opts["min_interval_ms"] is not None:
+            given["min_interval_ms"] = opts["min_interval_ms"]
+        run = services.run_throttle(run=self._run(opts["run"]), actor=self.actor, **given)
+        self.stdout.write(
+            f"run {run.pk} concurrency {run.max_concurrency or 'default'}"
+            f" min_interval_ms {run.min_interval_ms}"
+        )
+
     def do_status(self, opts: dict[str, Any]) -> None:
         run = self._run(opts["run"])
         if opts["json"]:
@@ -185,7 +227,8 @@ class Command(BaseCommand):
             sys.exit(EXIT_RUN_FAILED)
 
     def _print_status(self, run: Run, *, tty: bool) -> None:
-        lines = [f"run {run.pk} ({run.mode}) {run.state}"]
+        paused = " paused" if run.is_paused else ""
+        lines = [f"run {run.pk} ({run.mode}) {run.state}{paused}"]
         for stage in run.run_stages.all():
             p = selectors.stage_progress(stage)
             c = p["counts"]
