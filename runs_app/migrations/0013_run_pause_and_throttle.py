@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("runs_app", "0011_approval_acknowledged_findings"),
+        ("runs_app", "0012_partition_log"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
