@@ -121,7 +121,7 @@ def laundering_plan(path: Path, admiral, operator, *, reviewed_by=None) -> Any:
     saved = services.plan_create(actor=admiral, document=document)
     if reviewed_by is not None:
         dry = drain(services.run_start_dry_run(plan=saved, actor=operator))
-        services.run_approve(run=dry, actor=reviewed_by)
+        services.run_approve(run=dry, actor=reviewed_by, acknowledge_findings=True)
         applied = services.run_apply(plan=saved, actor=operator, dry_run_id=dry.pk)
         assert drain(applied).state == RunState.SUCCEEDED
         assert marked(path) == 1
@@ -188,6 +188,6 @@ def test_sql_applied_under_someone_elses_review_may_come_back_for_its_author_to_
     assert refused.value.code == codes.SELF_APPROVAL_FORBIDDEN
     assert "revision 3" in refused.value.message
 
-    services.run_approve(run=dry, actor=admiral)
+    services.run_approve(run=dry, actor=admiral, acknowledge_findings=True)
     dry.refresh_from_db()
     assert dry.state == RunState.APPROVED

@@ -35,7 +35,8 @@ def approve_if_needed(dry: Run, approver) -> None:
     """Kinds with require_dry_run wait for an approval; the others' dry-runs just succeed."""
     assert dry.state in (RunState.AWAITING_APPROVAL, RunState.SUCCEEDED), errors_of(dry)
     if dry.state == RunState.AWAITING_APPROVAL:
-        services.run_approve(run=dry, actor=approver, comment="reviewed")
+        # The approver read the evidence, SQL findings included (deploy.migrate asks).
+        services.run_approve(run=dry, actor=approver, comment="reviewed", acknowledge_findings=True)
 
 
 def through_the_engine(document: dict, operator, approver) -> tuple[Run, Run]:

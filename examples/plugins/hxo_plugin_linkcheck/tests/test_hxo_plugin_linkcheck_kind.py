@@ -217,7 +217,6 @@ def test_a_page_changed_after_the_dry_run_makes_the_approval_stale(
     docs_workspace: Path, admiral, operator, approver
 ):
     from hxo_site import codes
-    from hxo_site.errors import ServiceError
 
     create_kind_in_the_admin(admiral, require_dry_run=True)
     plan = linkcheck_plan(operator)
@@ -225,10 +224,13 @@ def test_a_page_changed_after_the_dry_run_makes_the_approval_stale(
     services.run_approve(run=dry, actor=approver)
     (docs_workspace / "docs" / "api" / "orders.md").write_text("# Orders\n")
 
-    with pytest.raises(ServiceError) as refused:
-        services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk)
+    # A changed file is found when the worker partitions the apply: the run fails as stale,
+    # with the diff, and nothing runs.
+    run = drain(services.run_apply(plan=plan, actor=operator, dry_run_id=dry.pk))
 
-    assert refused.value.code == codes.STALE_PLAN
+    assert run.state == RunState.FAILED
+    assert run.error["code"] == codes.STALE_PLAN
+    assert not run.partitions.exists()
 
 
 def test_the_demo_documentation_has_no_broken_link(admiral, operator):
