@@ -284,6 +284,10 @@ class Workspace:
         per file otherwise); the file itself is checked every time, and a file that is a
         symlink goes through the full resolution.
         """
+        return Path(self._pinned(rel, path=path))
+
+    def _pinned(self, rel: str, *, path: str) -> str | Path:
+        """`open_pinned` without making a Path of a plain answer (open_file needs none)."""
         parts = _plain_parts(rel)
         if parts is None:  # anything unusual: the full check, with its precise error
             pure = self.check_relative(rel, path=path)
@@ -297,7 +301,7 @@ class Workspace:
             return self.resolve(rel, path=path)  # raises the precise error
         if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
             return self.resolve(rel, path=path)
-        return Path(full)
+        return full
 
     def _real_dir(self, parts: list[str], *, path: str) -> str:
         """The real path of the directory `parts` (segments under the root), confined.
@@ -329,7 +333,7 @@ class Workspace:
     def open_file(self, rel: str, *, path: str = "inputs") -> BinaryIO:
         """A pinned file opened for reading: confined (`open_pinned`), never blocking, and
         refused unless it is a regular file (`open_regular`). The caller closes it."""
-        return open_regular(self.open_pinned(rel, path=path), rel=rel, path=path)
+        return open_regular(self._pinned(rel, path=path), rel=rel, path=path)
 
     def read_file(self, rel: str, *, path: str = "inputs") -> bytes:
         """The bytes of a pinned file, read through `open_file`."""
