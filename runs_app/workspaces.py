@@ -284,32 +284,78 @@ class Workspace:
         per file otherwise); the file itself is checked every time, and a file that is a
         symlink goes through the full resolution.
         """
-        pure = self.check_relative(rel, path=path)
-        if not pure.parts:
-            return self.resolve(rel, path=path)
-        parent = "/".join(pure.parts[:-1]) or "."
-        real_parent = self._dirs.get(parent)
-        if real_parent is None:
-            real_parent = str(self.resolve(parent, path=path))
-            self._dirs[parent] = real_parent
-        full = os.path.join(real_parent, pure.name)
+        return Path(self._pinned(rel, path=path))
+
+    def _pinned(self, rel: str, *, path: str) -> str | Path:
+        """`open_pinned` without making a Path of a plain answer (open_file needs none)."""
+        parts = _plain_parts(rel)
+        if parts is None:  # anything unusual: the full check, with its precise error
+            pure = self.check_relative(rel, path=path)
+            if not pure.parts:
+                return self.resolve(rel, path=path)
+            parts = list(pure.parts)
+        full = os.path.join(self._real_dir(parts[:-1], path=path), parts[-1])
         try:
             st = os.lstat(full)
         except OSError:
             return self.resolve(rel, path=path)  # raises the precise error
         if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
             return self.resolve(rel, path=path)
-        return Path(full)
+        return full
+
+    def _real_dir(self, parts: list[str], *, path: str) -> str:
+        """The real path of the directory `parts` (segments under the root), confined.
+
+        Cached per Workspace. A directory whose parent is known costs one lstat: a real
+        directory (not a symlink) inside a confined parent is confined. Anything else (a
+        symlink, a missing entry) goes through `resolve`, which follows it and refuses one
+        that leaves. Resolving each directory from the root instead stats every component
+        of its path: 38,000 lstat calls for the 6,869 files of Django's sdist."""
+        key = "/".join(parts) or "."
+        known = self._dirs.get(key)
+        if known is not None:
+            return known
+        if not parts:
+            real = str(self.resolve(".", path=path))
+        else:
+            candidate = os.path.join(self._real_dir(parts[:-1], path=path), parts[-1])
+            try:
+                st = os.lstat(candidate)
+            except OSError:
+                st = None
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                real = candidate
+            else:
+                real = str(self.resolve(key, path=path))
+        self._dirs[key] = real
+        return real
 
     def open_file(self, rel: str, *, path: str = "inputs") -> BinaryIO:
         """A pinned file opened for reading: confined (`open_pinned`), never blocking, and
         refused unless it is a regular file (`open_regular`). The caller closes it."""
-        return open_regular(self.open_pinned(rel, path=path), rel=rel, path=path)
+        return open_regular(self._pinned(rel, path=path), rel=rel, path=path)
 
     def read_file(self, rel: str, *, path: str = "inputs") -> bytes:
         """The bytes of a pinned file, read through `open_file`."""
         with self.open_file(rel, path=path) as f:
             return f.read()
+
+
+def _plain_parts(rel: object) -> list[str] | None:
+    """The segments of `rel` when it is already a normalised relative POSIX path that
+    `check_relative` would accept as it is (no NUL, no backslash, not absolute, no drive, no
+    empty, `.` or `..` segment), else None. A string split instead of a PurePosixPath per file:
+    executors open every pinned file through `open_pinned`, and pathlib's parsing was a fifth
+    of deploy.pack's per-file cost on Django's sdist."""
+    if not isinstance(rel, str) or not rel or "\x00" in rel or "\\" in rel:
+        return None
+    if rel[0] == "/" or (len(rel) > 1 and rel[1] == ":"):
+        return None
+    parts = rel.split("/")
+    for part in parts:
+        if part in ("", ".", ".."):
+            return None
+    return parts
 
 
 def _glob_regex(patterns: Sequence[str]) -> re.Pattern[str] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,30 @@ def test_staging_a_file_changed_since_partitioning_fails_and_leaves_no_copy(
     assert info.value.code == "workspace_changed"
     assert not [k for k in tree_snapshot(scratch["staging"]) if "error" in k or ".tmp-" in k]
     assert not [k for k in tree_snapshot(scratch["staging"]) if "_manifests" in k]
+
+
+def test_indexing_a_same_size_rewrite_with_its_mtime_restored_fails_and_writes_no_row(
+    driver, demo_copy
+):
+    """The apply reads each pinned file and checks its SHA-256: a file rewritten after
+    partitioning with the same size and its mtime put back (what a size + mtime shortcut
+    would trust) still fails the partition, and no index row is written."""
+    from blueprints_app.registry import EXECUTORS, ComponentError
+
+    stage = assets_stage(buckets=["styles"])
+    kind, manifest, data = driver.partition(stage)
+    target = next(p for p in demo_assets(demo_copy) if p.suffix == ".css")
+    before = target.stat()
+    original = target.read_bytes()
+    target.write_bytes(bytes(b ^ 0x20 if 0x61 <= b <= 0x7A else b for b in original))
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = target.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert target.read_bytes() != original
+    ctx = driver.context(stage, kind, data, 0, manifest.partitions[0], dry_run=False)
+
+    with pytest.raises(ComponentError) as info:
+        EXECUTORS["index_assets"]().execute(ctx)
+
+    assert info.value.code == "workspace_changed"
+    assert AssetIndexEntry.objects.count() == 0

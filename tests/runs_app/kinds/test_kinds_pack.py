@@ -198,6 +198,28 @@ def test_a_file_changed_after_partitioning_is_refused_and_leaves_nothing(
     assert not [k for k in tree_snapshot(scratch["artifacts"]) if ".tmp-" in k]
 
 
+def test_a_same_size_rewrite_with_its_mtime_restored_is_still_refused(driver, workspace, scratch):
+    """What a stat-based shortcut (size + mtime) would miss: the bytes are what decides."""
+    stage = pack_stage()
+    kind, manifest, data = driver.partition(stage)
+    target = workspace / "app/util.py"
+    before = target.stat()
+    original = target.read_bytes()
+    target.write_bytes(original.replace(b"a + b", b"a - b"))
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = target.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert target.read_bytes() != original
+    ctx = driver.context(stage, kind, data, 0, manifest.partitions[0], dry_run=False)
+
+    with pytest.raises(ComponentError) as info:
+        EXECUTORS["pack_backend"]().execute(ctx)
+
+    assert info.value.code == "workspace_changed"
+    assert "app/util.py" in info.value.message
+    assert [k for k in tree_snapshot(scratch["artifacts"]) if k.endswith(".tar.gz")] == []
+
+
 def test_a_lost_lease_stops_packing_and_leaves_no_visible_archive(driver, workspace, scratch):
     stage = pack_stage()
     kind, manifest, data = driver.partition(stage)
