@@ -40,10 +40,9 @@ from runs_app.models import (
     RunMode,
     RunStage,
     RunState,
-    StageState,
 )
-from runs_app.models.engine import PARTITION_REDO, STAGE_TERMINAL
-from runs_app.transitions import move_run, move_stage
+from runs_app.models.engine import PARTITION_REDO
+from runs_app.transitions import move_run
 
 BULK = 2000
 
@@ -759,9 +758,12 @@ def run_abort(*, run: Run, actor: Any, client_ip: str | None = None) -> Run:
         before = locked.state
         # A paused run aborts as any other (move_run ends its pause interval).
         move_run(locked, RunState.ABORTED)
-        cancelled = progress.cancel_partitions(Partition.objects.filter(run=locked))
-        for stage in RunStage.objects.filter(run=locked).exclude(state__in=STAGE_TERMINAL):
-            move_stage(stage, StageState.CANCELLED)
+        # Running partitions are fenced out here, at once (at most the run's concurrency);
+        # pending ones are cancelled below in bounded transactions: no claim takes them, the
+        # run is no longer running.
+        fenced = progress.cancel_partitions(
+            Partition.objects.filter(run=locked, state=PartitionState.RUNNING)
+        )
         audit(
             actor=actor,
             action="run.abort",
@@ -769,8 +771,13 @@ def run_abort(*, run: Run, actor: Any, client_ip: str | None = None) -> Run:
             client_ip=client_ip,
             before={"state": before},
             after={"state": locked.state},
-            detail={"cancelled_partitions": cancelled},
+            detail={
+                "cancelled_partitions": fenced
+                + Partition.objects.filter(run=locked, state=PartitionState.PENDING).count()
+            },
         )
+    progress.finish_abort(locked.pk)
+    locked.refresh_from_db()
     return locked
 
 

@@ -148,6 +148,11 @@ def reconcile() -> dict[str, Any]:
         for run_id in stuck:
             wakeups.enqueue_partitioner(run_id)
         report["runs_repartitioned"] = stuck
+        # An abort whose request died between its bounded transactions: finish cancelling.
+        aborted = progress.aborted_unfinished()
+        for run_id in aborted:
+            progress.finish_abort(run_id)
+        report["aborts_finished"] = aborted
         report["temp_files_removed"] = _cleanup_temp_files()
         report["queue_rows_pruned"] = _prune_queue()
         metrics.record_reconcile(report)

@@ -20,7 +20,7 @@ from django.db import connection, models, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from runs_app.models import ClaimLog, Partition, PartitionState, Run, RunStage
+from runs_app.models import ClaimLog, Partition, PartitionState, Run, RunStage, RunState
 
 P = PartitionState
 # A partition state → the RunStage counter that counts it.
@@ -98,6 +98,9 @@ class Throttle:
     throttle applies to the next claim without restarting anything)."""
 
     paused: bool
+    # Claims only for a running run: an aborted one's pending partitions are cancelled in
+    # bounded transactions after the abort (progress.finish_abort), never claimed between.
+    running: bool
     concurrency: int  # drainers executing the run at once, within HXO_MAX_CONCURRENCY
     min_interval: timedelta  # least time between two claims of the run
     last_claim_at: Any  # datetime | None
@@ -107,15 +110,18 @@ class Throttle:
         """The run's throttle, or None when there is no such run."""
         row = (
             Run.objects.filter(pk=run_id)
-            .values_list("paused_at", "max_concurrency", "min_interval_ms", "last_claim_at")
+            .values_list(
+                "paused_at", "max_concurrency", "min_interval_ms", "last_claim_at", "state"
+            )
             .first()
         )
         if row is None:
             return None
-        paused_at, concurrency, interval_ms, last = row
+        paused_at, concurrency, interval_ms, last, state = row
         cap = settings.HXO_MAX_CONCURRENCY
         return cls(
             paused=paused_at is not None,
+            running=state == RunState.RUNNING,
             concurrency=min(concurrency or cap, cap),
             min_interval=timedelta(milliseconds=interval_ms or 0),
             last_claim_at=last,
@@ -150,7 +156,7 @@ def _claim(run_id: int, owner: str, limit: int) -> list[Claim]:
     # before or after a pause, so `now` is after every write that committed before.
     now = timezone.now()
     throttle = Throttle.of(run_id)
-    if throttle is None or throttle.paused:
+    if throttle is None or throttle.paused or not throttle.running:
         return []
     after = throttle.next_claim_at()
     if after is not None and now < after:

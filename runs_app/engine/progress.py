@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -105,6 +106,49 @@ def cancel_partitions(qs: Any) -> int:
             count_moves(stage_pk, {COUNTER[state]: -n, "cancelled": n})
             total += n
     return total
+
+
+# Rows one transaction of an abort cancels: a 100,000-partition abort in one UPDATE held
+# SQLite's write lock for 30-37 s and concurrent plan saves got "database is locked".
+CANCEL_BATCH = 2000
+
+
+def finish_abort(run_id: int, *, batch: int | None = None) -> int:
+    """Cancel the active partitions of an aborted run in transactions of at most `batch`
+    rows, then cancel its unfinished stages; the number of partitions cancelled.
+
+    The run is already `aborted` (services.run_abort moved it, and fenced out its running
+    partitions, in the request's own transaction), so no claim takes a pending partition in
+    between (claims.claim_batch claims only for running runs). Called again after a crash by
+    the reconciler (`aborted_unfinished`): it picks up where it stopped. Counters move in the
+    same transaction as their partitions, as everywhere. `batch` defaults to CANCEL_BATCH."""
+    batch = batch or CANCEL_BATCH
+    total = 0
+    while True:
+        with transaction.atomic():
+            ids = list(
+                Partition.objects.filter(run_id=run_id, state__in=PARTITION_ACTIVE)
+                .order_by("pk")
+                .values_list("pk", flat=True)[:batch]
+            )
+            if not ids:
+                break
+            total += cancel_partitions(Partition.objects.filter(pk__in=ids))
+    with transaction.atomic():
+        for stage in RunStage.objects.filter(run_id=run_id).exclude(state__in=STAGE_TERMINAL):
+            move_stage(stage, StageState.CANCELLED)
+    return total
+
+
+def aborted_unfinished() -> list[int]:
+    """Aborted runs with partitions or stages still active (an abort whose request or worker
+    died between its transactions): the reconciler finishes them (finish_abort)."""
+    partitions = Partition.objects.filter(run__state=RunState.ABORTED, state__in=PARTITION_ACTIVE)
+    stages = RunStage.objects.filter(run__state=RunState.ABORTED).exclude(state__in=STAGE_TERMINAL)
+    return sorted(
+        set(partitions.values_list("run_id", flat=True).distinct())
+        | set(stages.values_list("run_id", flat=True).distinct())
+    )
 
 
 def start_stage(stage: RunStage) -> None:

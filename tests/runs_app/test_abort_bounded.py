@@ -1,0 +1,88 @@
+"""Aborting a large run (issue 13's "runs start in milliseconds", the same fault on the way
+out): the partitions are cancelled in bounded transactions, nothing is claimed in between, and
+an abort interrupted between them is finished by the reconciler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from runs_app import services, tasks
+from runs_app.engine import claims, progress
+from runs_app.models import Partition, PartitionState, Run, RunStage, RunState, StageState
+from tests.helpers import partitioned
+from tests.runs_app.testkinds import TEST_KIND_NOAPPROVAL, effect_files, stage
+
+pytestmark = pytest.mark.django_db
+
+ITEMS = 1000
+
+
+def started(operator: Any, tmp_path: Path) -> Run:
+    plan = services.plan_create(
+        actor=operator,
+        document={
+            "name": "big",
+            "stages": [
+                stage("a", tmp_path, items=ITEMS, kind=TEST_KIND_NOAPPROVAL),
+                stage("b", tmp_path, items=3, kind=TEST_KIND_NOAPPROVAL, depends_on=["a"]),
+            ],
+        },
+    )
+    return partitioned(services.run_apply(plan=plan, actor=operator))
+
+
+def test_an_abort_cancels_in_bounded_transactions_with_exact_counters(
+    test_kinds, operator, tmp_path, monkeypatch
+) -> None:
+    run = started(operator, tmp_path)
+    claims.claim_batch(run.pk, "worker-1", limit=2)  # two running, fenced out at once
+    monkeypatch.setattr(progress, "CANCEL_BATCH", 100)
+    cancelled_per_statement: list[int] = []
+
+    def record(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if sql.lstrip().upper().startswith('UPDATE "RUNS_APP_PARTITION"') and any(
+            p == PartitionState.CANCELLED for p in params or ()
+        ):
+            cancelled_per_statement.append(context["cursor"].rowcount)
+        return result
+
+    with connection.execute_wrapper(record):
+        aborted = services.run_abort(run=run, actor=operator)
+
+    assert aborted.state == RunState.ABORTED
+    assert max(cancelled_per_statement) <= 100
+    assert sum(cancelled_per_statement) == ITEMS + 3
+    assert not Partition.objects.filter(run=run, state=PartitionState.PENDING).exists()
+    a, b = RunStage.objects.filter(run=run).order_by("position")
+    assert (a.state, a.pending, a.running, a.cancelled) == (StageState.CANCELLED, 0, 0, ITEMS)
+    assert (b.state, b.cancelled) == (StageState.CANCELLED, 3)
+    assert effect_files(tmp_path, "a") == []
+
+
+def test_nothing_is_claimed_for_an_aborted_run(test_kinds, operator, tmp_path) -> None:
+    run = started(operator, tmp_path)
+    # The abort's first transaction has committed, its bounded cancelling has not run yet.
+    Run.objects.filter(pk=run.pk).update(state=RunState.ABORTED)
+
+    assert claims.claim_batch(run.pk, "worker-1", limit=50) == []
+    assert Partition.objects.filter(run=run, state=PartitionState.RUNNING).count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_reconciler_finishes_an_interrupted_abort(test_kinds, operator, tmp_path) -> None:
+    run = started(operator, tmp_path)
+    Run.objects.filter(pk=run.pk).update(state=RunState.ABORTED)  # died before cancelling
+
+    report = tasks.reconcile()
+
+    assert report["aborts_finished"] == [run.pk]
+    assert not Partition.objects.filter(run=run, state=PartitionState.PENDING).exists()
+    assert set(RunStage.objects.filter(run=run).values_list("state", flat=True)) == {
+        StageState.CANCELLED
+    }
+    assert tasks.reconcile()["aborts_finished"] == []
