@@ -8,6 +8,7 @@ make a partition fail, or hold it while the test kills the worker.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ class ItemsPartitioner(Partitioner):
     }
 
     @classmethod
-    def describe_weight(cls, weight: int) -> str:
+    def describe_weight(cls, weight: int, params: Mapping[str, Any] | None = None) -> str:
         return f"{int(weight or 0):,}"  # one per item, not bytes
 
     def partition(self, ctx: PartitionContext) -> StageManifest:
