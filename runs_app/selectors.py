@@ -13,8 +13,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, F, Max, Min, Prefetch, Q, QuerySet
+from django.db.models import Case, Count, F, Max, Min, Prefetch, Q, QuerySet, TextField, Value, When
 from django.db.models.fields.json import KT
+from django.db.models.functions import Concat
 from django.utils import timezone
 
 from blueprints_app.registry import ComponentError, describe_weight
@@ -400,7 +401,22 @@ def partition_rows(run: Run, *, stage: str | None = None, state: str | None = No
         "inputs", "fingerprints", "output", "preview", "error", "stage__manifest"
     ).annotate(
         preview_summary=KT("preview__summary"),
-        output_status=KT("output__status"),
+        # An output that counts rows (sql_migrate) says how many: "migrated" alone told the
+        # operator nothing (issue 15 §7). Built in the database like the other columns.
+        output_status=Case(
+            When(
+                output__has_key="rows_affected",
+                then=Concat(
+                    KT("output__status"),
+                    Value(" (rows affected: "),
+                    KT("output__rows_affected"),
+                    Value(")"),
+                    output_field=TextField(),
+                ),
+            ),
+            default=KT("output__status"),
+            output_field=TextField(),
+        ),
         error_code=KT("error__code"),
         error_message=KT("error__message"),
     )
