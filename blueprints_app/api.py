@@ -91,12 +91,20 @@ class JobKindViewSet(viewsets.ModelViewSet):
         summary="Versions of a job kind, oldest first, the current one included",
         responses={200: JobKindVersionSerializer(many=True), 404: ErrorSerializer, **READ_ERRORS},
     )
-    @action(detail=True, methods=["get"], url_path="versions", pagination_class=None)
+    @action(detail=True, methods=["get"], url_path="versions")
     def versions(self, request: Request, kind: str) -> Response:
+        """Paginated like every list (`count`, `next`, `previous`, `results`; issue 15 §7:
+        it was a bare list although the API contract says lists paginate)."""
         job_kind = self.get_object()
-        rows = JobKindVersion.objects.filter(kind=job_kind.kind).select_related("created_by")
+        rows = (
+            JobKindVersion.objects.filter(kind=job_kind.kind)
+            .select_related("created_by")
+            .order_by("version")
+        )
         context = {"current_version": job_kind.version}
-        return Response(JobKindVersionSerializer(rows, many=True, context=context).data)
+        page = self.paginate_queryset(rows)
+        data = JobKindVersionSerializer(page, many=True, context=context).data
+        return self.get_paginated_response(data)
 
     @extend_schema(
         methods=["GET"],

@@ -13,7 +13,7 @@ built-in components it reuses or replaces.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from django.template.defaultfilters import filesizeformat
@@ -225,10 +225,11 @@ class Partitioner:
         return []
 
     @classmethod
-    def describe_weight(cls, weight: int) -> str:
+    def describe_weight(cls, weight: int, params: Mapping[str, Any] | None = None) -> str:
         """A stage's or partition's `weight` (PartitionSpec.weight) as the run page shows
-        it. The default reads it as bytes ("1.2 MB"); a partitioner that weighs something
-        else (rows, items) overrides this."""
+        it; `params`: the stage's params when known, for a partitioner whose unit depends on
+        them (by_sql_batch: statements or a backfill's rows). The default reads it as bytes
+        ("1.2 MB"); a partitioner that weighs something else (rows, items) overrides this."""
         return filesizeformat(weight)
 
     def partition(self, ctx: PartitionContext) -> StageManifest:
@@ -331,6 +332,16 @@ def get_partitioner(name: str) -> Partitioner:
 
 def get_executor(name: str) -> Executor:
     return EXECUTORS[name]()
+
+
+def describe_weight(partitioner: str, weight: Any, params: Mapping[str, Any] | None = None) -> str:
+    """`weight` (a stage's or partition's PartitionSpec.weight) in the unit of `partitioner`
+    (`Partitioner.describe_weight`), e.g. "1.2 MB", "6 statements", "20,000 rows"; a plain
+    number when no partitioner is named. A partitioner no longer registered (a plugin
+    removed) keeps the default reading, bytes."""
+    if not partitioner:
+        return f"{int(weight or 0):,}"
+    return PARTITIONERS.get(partitioner, Partitioner).describe_weight(weight, params)
 
 
 def partitioner_choices() -> list[tuple[str, str]]:

@@ -56,6 +56,11 @@ STAGE_INTEGERS: dict[str, dict[str, Any]] = {
 }
 
 
+def _article(word: str) -> str:
+    """ "a" or "an" before `word`, by its first letter ("an executor", "a kind")."""
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
 def python_values(value: Any) -> Any:
     """`value` (parsed JSON) with every integral float made an `int`, recursively.
 
@@ -319,7 +324,9 @@ def validate_stage(
     for field in ("kind", "partitioner", "executor"):
         value = stage.get(field)
         if value is None:
-            result.error(f"{path}.{field}", codes.REQUIRED, f"a stage needs a {field}")
+            result.error(
+                f"{path}.{field}", codes.REQUIRED, f"a stage needs {_article(field)} {field}"
+            )
         elif not isinstance(value, str):
             result.error(f"{path}.{field}", codes.INVALID_TYPE, f"{field} must be a string")
 

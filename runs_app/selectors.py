@@ -13,11 +13,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, F, Max, Min, Prefetch, Q, QuerySet
+from django.db.models import Case, Count, F, Max, Min, Prefetch, Q, QuerySet, TextField, Value, When
 from django.db.models.fields.json import KT
+from django.db.models.functions import Concat
 from django.utils import timezone
 
-from blueprints_app.registry import ComponentError
+from blueprints_app.registry import ComponentError, describe_weight
 from hxo_site.models import AuditEvent
 from runs_app import hashing, sqllint
 from runs_app.engine.receipts import check_effects, stage_leaves
@@ -159,6 +160,7 @@ def stage_progress(stage: RunStage, errors: list[dict[str, Any]] | None = None) 
         "counts": stage.counts,
         "percent": int(100 * done / stage.total) if stage.total else 100,
         "weight": stage.weight,
+        "weight_label": describe_weight(stage.partitioner, stage.weight, stage.params),
         "started_at": stage.started_at,
         "finished_at": stage.finished_at,
         "elapsed_ms": elapsed,
@@ -445,7 +447,22 @@ def partition_rows(run: Run, *, stage: str | None = None, state: str | None = No
         "inputs", "fingerprints", "output", "preview", "error", "stage__manifest"
     ).annotate(
         preview_summary=KT("preview__summary"),
-        output_status=KT("output__status"),
+        # An output that counts rows (sql_migrate) says how many: "migrated" alone told the
+        # operator nothing (issue 15 §7). Built in the database like the other columns.
+        output_status=Case(
+            When(
+                output__has_key="rows_affected",
+                then=Concat(
+                    KT("output__status"),
+                    Value(" (rows affected: "),
+                    KT("output__rows_affected"),
+                    Value(")"),
+                    output_field=TextField(),
+                ),
+            ),
+            default=KT("output__status"),
+            output_field=TextField(),
+        ),
         error_code=KT("error__code"),
         error_message=KT("error__message"),
     )
@@ -611,6 +628,17 @@ def audit_events(
     if until is not None:
         qs = qs.filter(at__lte=until)
     return qs.order_by("-at", "-id")
+
+
+def audit_filter_choices() -> tuple[list[str], list[str]]:
+    """The audit page's Action and Object type options: each distinct value once, sorted.
+
+    `order_by()` first: AuditEvent's default ordering (`-at`, `-id`) would otherwise join the
+    SELECT DISTINCT and make every event distinct (issue 15 §7: 51 options for 12 actions)."""
+    events = AuditEvent.objects.order_by()
+    actions = list(events.values_list("action", flat=True).distinct().order_by("action"))
+    types = list(events.values_list("object_type", flat=True).distinct().order_by("object_type"))
+    return actions, types
 
 
 def document_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

@@ -956,9 +956,21 @@ def run_replay(*, run: Run, actor: Any, client_ip: str | None = None) -> Run:
 
 
 def _create_replay(run: Run, parts: Any, actor: Any, client_ip: str | None) -> Run:
+    """Store the replay of `run` holding `parts` (its failed and cancelled partitions).
+
+    In bounded transactions, as the partitioning worker writes a manifest
+    (runs_app.engine.partitioning): SQLite has one writer, and one transaction copying
+    20,000 partitions held every other writer (plan saves, claims) for seconds (issue 13).
+    The first transaction stores the child `pending` with its stages (counters at 0) under
+    the parent's row lock, which with the unique `Run.parent` keeps replays one per run;
+    then `partitioning.BATCH` partitions per transaction (not claimable: `ready` is False
+    until the run starts); the last one moves the child to `running` and audits. A child in
+    `pending` is touched by no worker or reconciler; when copying fails, what was written is
+    deleted again (batch by batch) and the error raised."""
     with transaction.atomic():
         Run.objects.select_for_update().filter(pk=run.pk).first()
         policies.replay_conflict(run).enforce()
+        total = parts.count()
         child = Run.objects.create(
             plan=run.plan,
             revision=run.revision,
@@ -970,15 +982,13 @@ def _create_replay(run: Run, parts: Any, actor: Any, client_ip: str | None) -> R
             dry_run=run.dry_run,
             requested_by=actor,
             required_approvals=run.required_approvals,
+            partition_total=total,
         )
-        move_run(child, RunState.PARTITIONING)
         stage_pks = set(parts.values_list("stage_id", flat=True))
         old_stages = list(RunStage.objects.filter(pk__in=stage_pks).order_by("position"))
         kept = {s.stage_id for s in old_stages}
-        new_stage_by_old: dict[int, RunStage] = {}
-        for old in old_stages:
-            count = parts.filter(stage=old).count()
-            new_stage_by_old[old.pk] = RunStage.objects.create(
+        new_stage_by_old = {
+            old.pk: RunStage.objects.create(
                 run=child,
                 stage_id=old.stage_id,
                 position=old.position,
@@ -993,49 +1003,79 @@ def _create_replay(run: Run, parts: Any, actor: Any, client_ip: str | None) -> R
                 slo_ms=old.slo_ms,
                 manifest=old.manifest,
                 content_root=old.content_root,
-                total=count,
-                pending=count,
+                # Counted up by partitioning.insert_partitions, batch by batch.
+                total=0,
+                pending=0,
                 max_wave=old.max_wave,
             )
-        Partition.objects.bulk_create(
-            (
-                Partition(
-                    run=child,
-                    stage=new_stage_by_old[p.stage_id],
-                    index=p.index,
-                    wave=p.wave,
-                    inputs=p.inputs,
-                    fingerprints=p.fingerprints,
-                    label=p.label,
-                    weight=p.weight,
-                    content_id=p.content_id,
-                    non_idempotent=p.non_idempotent,
+            for old in old_stages
+        }
+    try:
+        last_pk = 0
+        while True:
+            with transaction.atomic():
+                # Keyset paging on the parent's ids: each batch reads what it copies.
+                batch = list(parts.filter(pk__gt=last_pk).order_by("pk")[: partitioning.BATCH])
+                if not batch:
+                    break
+                partitioning.insert_partitions(
+                    [
+                        Partition(
+                            run=child,
+                            stage=new_stage_by_old[p.stage_id],
+                            index=p.index,
+                            wave=p.wave,
+                            inputs=p.inputs,
+                            fingerprints=p.fingerprints,
+                            label=p.label,
+                            weight=p.weight,
+                            content_id=p.content_id,
+                            non_idempotent=p.non_idempotent,
+                        )
+                        for p in batch
+                    ]
                 )
-                for p in parts.iterator(chunk_size=BULK)
-            ),
-            batch_size=BULK,
-        )
-        move_run(child, RunState.RUNNING)
-        progress.advance_run(child.pk)
-        audit(
-            actor=actor,
-            action="run.replay",
-            obj=child,
-            client_ip=client_ip,
-            detail={
-                "parent": run.pk,
-                "partitions": sum(s.total for s in new_stage_by_old.values()),
-            },
-        )
-        if parts.filter(non_idempotent=True).exists():
+                last_pk = batch[-1].pk
+        with transaction.atomic():
+            child = Run.objects.select_for_update().get(pk=child.pk)
+            move_run(child, RunState.PARTITIONING)
+            move_run(child, RunState.RUNNING)
+            progress.advance_run(child.pk)
             audit(
                 actor=actor,
-                action="run.force_merge",
+                action="run.replay",
                 obj=child,
                 client_ip=client_ip,
-                detail={"replay_of": run.pk},
+                detail={"parent": run.pk, "partitions": total},
             )
+            if parts.filter(non_idempotent=True).exists():
+                audit(
+                    actor=actor,
+                    action="run.force_merge",
+                    obj=child,
+                    client_ip=client_ip,
+                    detail={"replay_of": run.pk},
+                )
+    except BaseException:
+        _discard_replay(child.pk)
+        raise
     return child
+
+
+def _discard_replay(child_pk: int) -> None:
+    """Delete a replay whose copying failed: its partitions `partitioning.BATCH` per
+    transaction, then the run (its stages cascade), so a new replay may be asked for."""
+    while True:
+        with transaction.atomic():
+            pks = list(
+                Partition.objects.filter(run_id=child_pk).values_list("pk", flat=True)[
+                    : partitioning.BATCH
+                ]
+            )
+            if not pks:
+                break
+            Partition.objects.filter(pk__in=pks).delete()
+    Run.objects.filter(pk=child_pk, state=RunState.PENDING).delete()
 
 
 def last_applied_run(plan: Plan, *, before: Run | None = None) -> Run | None:

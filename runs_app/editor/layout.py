@@ -241,6 +241,7 @@ def stage_form(
     params = stage.get("params") if isinstance(stage.get("params"), dict) else {}
     partitioner = PARTITIONERS.get(partitioner_name)
     schema = partitioner.get_params_schema() if partitioner else {}
+    schema = schema_for_kind(schema, stage.get("kind"))
     known = schema.get("properties") or {}
     children = schema_fields(schema, params, f"{path}.params") if partitioner else []
     extra = {k: v for k, v in params.items() if k not in known}
@@ -280,6 +281,26 @@ def stage_form(
         executor_idempotent=executor.idempotent if executor else True,
         count=count,
     )
+
+
+def schema_for_kind(schema: dict[str, Any], kind: Any) -> dict[str, Any]:
+    """`schema` without the properties that say they serve other kinds (`x-hxo-kinds`, a
+    list of kind names, e.g. by_filesize's `compress_level` for deploy.pack only): a
+    partitioner shared by several kinds offers each kind only the fields it reads (issue 15
+    §7: "gzip level" appeared for assets.index). A value given anyway stays, under "Other
+    params", and validates as before."""
+    properties = schema.get("properties")
+    if not isinstance(properties, dict):
+        return schema
+    kept = {
+        name: prop
+        for name, prop in properties.items()
+        if not isinstance(prop, dict) or kind in prop.get("x-hxo-kinds", [kind])
+    }
+    if len(kept) == len(properties):
+        return schema
+    required = [name for name in schema.get("required", []) if name in kept]
+    return {**schema, "properties": kept, "required": required}
 
 
 @dataclasses.dataclass

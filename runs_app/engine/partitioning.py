@@ -156,7 +156,9 @@ def _rows(
             )
 
 
-def _insert(rows: list[Partition]) -> None:
+def insert_partitions(rows: list[Partition]) -> None:
+    """Insert `rows` (at most BATCH: call it once per transaction) and add them to their
+    stages' `total` and `pending` counters in the same transaction."""
     Partition.objects.bulk_create(rows, batch_size=BATCH)
     added: dict[int, int] = {}
     for row in rows:
@@ -202,7 +204,7 @@ def write_manifest(
         with transaction.atomic():
             run = _fenced(run_id, owner)
             if batch:
-                _insert(batch)
+                insert_partitions(batch)
             if last:
                 Run.objects.filter(pk=run_id).update(digest=resolved.digest)
                 run.digest = resolved.digest

@@ -55,7 +55,7 @@ import hashlib
 import json
 import math
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from django.conf import settings
@@ -250,9 +250,14 @@ class BySqlBatch(Partitioner):
         }
 
     @classmethod
-    def describe_weight(cls, weight: int) -> str:
-        """Weights are rows (a backfill's keys) or statements, not bytes."""
-        return f"{int(weight or 0):,} rows"
+    def describe_weight(cls, weight: int, params: Mapping[str, Any] | None = None) -> str:
+        """Weights are a backfill's keys (rows) or, for statement batches, statements (issue
+        15: a 6-statement migration read "6 rows"); a plain number when `params` is unknown."""
+        n = int(weight or 0)
+        if params is None:
+            return f"{n:,}"
+        unit = "row" if params.get("backfill") else "statement"
+        return f"{n:,} {unit}" if n == 1 else f"{n:,} {unit}s"
 
     @classmethod
     def validate_params(cls, params: dict[str, Any]) -> list[ComponentError]:

@@ -83,6 +83,9 @@ COMPRESS_LEVEL = {
     "default": 5,
     "title": "gzip level",
     "description": "Compression level of deploy.pack archives (1 fastest, 9 smallest).",
+    # by_filesize also partitions assets.index and assets.stage, which archive nothing: the
+    # editor shows this field for deploy.pack only (runs_app.editor.layout.schema_for_kind).
+    "x-hxo-kinds": ["deploy.pack"],
 }
 
 

@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
-from blueprints_app.registry import PARTITIONERS, Partitioner
+from blueprints_app.registry import describe_weight
 from hxo_site.capabilities import has_capability, user_role
 from runs_app import graph, markup
 from runs_app.policies import runs_to_decide
@@ -107,11 +107,9 @@ def short(value: Any, n: int = 12) -> str:
 def weight(value: Any, partitioner: str = "") -> str:
     """A stage's or partition's weight as its partitioner describes it
     (`Partitioner.describe_weight`: bytes unless the partitioner says otherwise); a plain
-    number when no partitioner is named."""
-    if not partitioner:
-        return f"{int(value or 0):,}"
-    # A partitioner no longer registered (a plugin removed) keeps the default reading.
-    return PARTITIONERS.get(partitioner, Partitioner).describe_weight(value)
+    number when no partitioner is named. A stage's own label, which knows its params, is
+    `selectors.stage_progress(...)["weight_label"]`."""
+    return describe_weight(partitioner, value)
 
 
 @register.filter

@@ -15,7 +15,6 @@ from blueprints_app import selectors as registry_selectors
 from blueprints_app.models import JobKind
 from blueprints_app.registry import EXECUTORS, PARTITIONERS
 from hxo_site.capabilities import can_edit_registry, has_capability, user_capabilities
-from hxo_site.models import AuditEvent
 from runs_app import forms as f
 from runs_app import policies, selectors
 from runs_app import search as search_index
@@ -173,8 +172,7 @@ def search(request: HttpRequest, index: str = "docs") -> HttpResponse:
 @require("audit")
 @require_GET
 def audit(request: HttpRequest) -> HttpResponse:
-    actions = sorted(AuditEvent.objects.values_list("action", flat=True).distinct())
-    types = sorted(AuditEvent.objects.values_list("object_type", flat=True).distinct())
+    actions, types = selectors.audit_filter_choices()
     form = f.AuditFilterForm(request.GET or None, actions=actions, object_types=types)
     filters = {k: v for k, v in filter_values(form).items() if v not in (None, "")}
     events = selectors.audit_events(**filters).select_related("actor")

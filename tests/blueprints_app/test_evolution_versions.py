@@ -19,6 +19,7 @@ from blueprints_app.services import job_kind_delete, job_kind_save
 from blueprints_app.validation import validate_plan
 from blueprints_app.versions import kinds_at
 from hxo_site import codes
+from hxo_site.pagination import StrictPageNumberPagination
 from tests.blueprints_app.test_admin import CHANGE_URL, form_data
 
 pytestmark = pytest.mark.django_db
@@ -154,7 +155,9 @@ def test_the_api_lists_the_versions_of_a_kind(api_client_for, admiral, viewer):
     response = api_client_for(viewer).get("/api/v1/job-kinds/deploy.pack/versions/")
 
     assert response.status_code == 200
-    rows = response.json()
+    body = response.json()
+    assert (body["count"], body["next"], body["previous"]) == (2, None, None)
+    rows = body["results"]
     assert [(r["version"], r["current"], r["changed_fields"]) for r in rows] == [
         (1, False, []),
         (2, True, ["default_slo_ms"]),
@@ -316,3 +319,21 @@ def test_a_kind_sunset_refuses_every_version():
     result = validate_plan({"name": "p", "stages": [STAGE]}, pinned_versions={"deploy.pack": 1})
 
     assert [e.code for e in result.errors] == [codes.KIND_SUNSET]
+
+
+def test_the_versions_list_pages_like_every_list(api_client_for, admiral, viewer, monkeypatch):
+    # Issue 15 §7: the README and the API contract say lists paginate; this one did not.
+    for slo in range(1, 4):
+        api_client_for(admiral).patch(
+            "/api/v1/job-kinds/deploy.pack/", {"default_slo_ms": slo}, format="json"
+        )
+    monkeypatch.setattr(StrictPageNumberPagination, "page_size", 3)
+    client = api_client_for(viewer)
+
+    body = client.get("/api/v1/job-kinds/deploy.pack/versions/").json()
+    assert (body["count"], len(body["results"])) == (4, 3)
+    seen = [r["version"] for r in body["results"]]
+    body = client.get(body["next"]).json()
+    seen += [r["version"] for r in body["results"]]
+    assert (seen, body["next"]) == ([1, 2, 3, 4], None)
+    assert client.get("/api/v1/job-kinds/deploy.pack/versions/", {"page": 9}).status_code == 404

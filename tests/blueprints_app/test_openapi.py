@@ -50,7 +50,10 @@ def test_the_docs_page_references_no_external_host(client):
     assert "http://" not in html
     assert "https://" not in html
     assert not re.search(r"""(src|href)=["']//""", html)
-    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html)
+    # What the page loads (scripts, style sheets, icons); <a> links are navigation.
+    assets = re.findall(r"""src=["']([^"']+)["']""", html) + re.findall(
+        r"""<link[^>]*href=["']([^"']+)["']""", html
+    )
     assert assets
     for asset in assets:
         if asset == "/api/docs/?script=":
@@ -63,3 +66,20 @@ def test_the_docs_page_references_no_external_host(client):
         assert asset.startswith("/static/"), asset
         assert finders.find(asset.removeprefix("/static/")), f"{asset} is not a local file"
     assert "<script>" not in html and "<style>" not in html
+
+
+def test_the_docs_page_links_the_schema_as_json_a_browser_shows(client):
+    # Issue 15 §7: /api/schema/ answers YAML (application/vnd.oai.openapi), which a browser
+    # downloads; the docs page links the JSON form.
+    html = client.get("/api/docs/").content.decode()
+    link = re.search(r'<a href="([^"]+)" data-testid="schema-json">JSON</a>', html)
+    assert link and link.group(1) == "/api/schema/?format=json"
+
+    response = client.get(link.group(1))
+
+    assert response.status_code == 200
+    assert response["Content-Type"].split(";")[0] in {
+        "application/json",
+        "application/vnd.oai.openapi+json",
+    }
+    assert response.json()["openapi"].startswith("3.")

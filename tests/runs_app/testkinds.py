@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ class ItemsPartitioner(Partitioner):
     }
 
     @classmethod
-    def describe_weight(cls, weight: int) -> str:
+    def describe_weight(cls, weight: int, params: Mapping[str, Any] | None = None) -> str:
         return f"{int(weight or 0):,}"  # one per item, not bytes
 
     def partition(self, ctx: PartitionContext) -> StageManifest:
