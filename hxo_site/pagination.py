@@ -12,7 +12,9 @@ parameters (`parameters`): given at most once, a bad value is a 400 naming the p
 
 from __future__ import annotations
 
+from base64 import b64decode
 from typing import Any
+from urllib.parse import parse_qs
 
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import BasePagination, CursorPagination, PageNumberPagination
@@ -52,13 +54,29 @@ class StrictCursorPagination(CursorPagination):
     page numbers' (`PAGE_SIZE`)."""
 
     def decode_cursor(self, request: Any) -> Any:
-        parameters.one(request.query_params, self.cursor_query_param)
+        """DRF's cursor, or ParameterError (400 on `cursor`) for anything this API did not
+        give: DRF decodes any base64 (`AAAA` read as the first page) and takes any position
+        (`p=abc` reached the database as a non-integer id: a 500)."""
+        raw = parameters.one(request.query_params, self.cursor_query_param)
+        refused = parameters.ParameterError(
+            self.cursor_query_param, "not a cursor this API gave (use a `next` link)"
+        )
         try:
-            return super().decode_cursor(request)
+            cursor = super().decode_cursor(request)
         except NotFound:
-            raise parameters.ParameterError(
-                self.cursor_query_param, "not a cursor this API gave (use a `next` link)"
-            ) from None
+            raise refused from None
+        if cursor is None:
+            return None
+        try:
+            fields = parse_qs(b64decode(raw.encode("ascii")).decode("ascii"), strict_parsing=True)
+        except (ValueError, UnicodeError):
+            raise refused from None
+        if not fields or set(fields) - {"o", "r", "p"}:
+            raise refused
+        # The one ordering field is an integer id: its position must read as one.
+        if cursor.position is not None and not str(cursor.position).lstrip("-").isdigit():
+            raise refused
+        return cursor
 
 
 class PagesOrCursor(BasePagination):

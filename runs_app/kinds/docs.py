@@ -131,6 +131,9 @@ def read_page(data: bytes, fallback_title: str, fmt: str = MARKDOWN) -> dict[str
         text = text[: cut if cut > 0 else cap * SOURCE_FACTOR]
         truncated = True
     info = extract(text, fallback_title, fmt)
+    # Markdown nested deeper than the parser goes (markdown-it's maxNesting) loses what is
+    # inside: the page is indexed with what could be read and reported as truncated.
+    truncated = info.pop("nesting_cut", False) or truncated
     headings, kept = [], 0
     for heading in info["headings"]:
         if kept + len(heading) + 1 > cap:
@@ -269,7 +272,9 @@ def _extract_markdown(source: str, fallback_title: str) -> dict[str, Any]:
     headings: list[tuple[int, str]] = []
     lines: list[str] = []
     level = 0  # inside a heading of this level
-    for token in _MARKDOWN.parse(page):
+    tokens = _MARKDOWN.parse(page)
+    deepest = _MARKDOWN.options.maxNesting - 1
+    for token in tokens:
         if token.type == "heading_open":
             level = int(token.tag[1])
         elif token.type == "heading_close":
@@ -295,6 +300,8 @@ def _extract_markdown(source: str, fallback_title: str) -> dict[str, Any]:
         "title": title,
         "headings": [text for _level, text in headings if text],
         "body": re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip(),
+        # The parser stops nesting at maxNesting and drops what is deeper (silently).
+        "nesting_cut": any(token.level >= deepest for token in tokens),
     }
 
 

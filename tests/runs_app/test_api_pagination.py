@@ -173,6 +173,12 @@ def test_cursor_pages_of_audit_events_repeat_none(
         ("pagination=cursor&pagination=cursor", "pagination"),
         ("pagination=cursor&page=2", "page"),
         ("pagination=pages&cursor=cD0x", "cursor"),
+        # Forged by the tryout: "p=abc" reached the database as an id (a 500), and "AAAA"
+        # (three NUL bytes) was read as the first page.
+        ("pagination=cursor&cursor=cD1hYmM%3D", "cursor"),
+        ("pagination=cursor&cursor=AAAA", "cursor"),
+        ("pagination=cursor&cursor=%3D%3D%3D", "cursor"),
+        ("pagination=cursor&cursor=eD0x", "cursor"),  # "x=1": no field of a cursor
     ],
 )
 def test_bad_pagination_parameters_are_a_400_naming_the_parameter(

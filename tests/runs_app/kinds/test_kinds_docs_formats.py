@@ -308,3 +308,16 @@ def test_build_output_dependencies_and_hidden_folders_are_not_pages(driver, work
         "node_modules": 1,
         "topics/.hidden": 1,
     }
+
+
+def test_markdown_nested_deeper_than_the_parser_goes_is_reported_truncated() -> None:
+    """Found by the tryout: 20,000 `> ` then a word was indexed with an empty body and reported
+    nowhere (markdown-it stops nesting at maxNesting and drops what is deeper)."""
+    from runs_app.kinds.docs import read_page
+
+    deep = read_page(("> " * 20_000 + "deepquote\n").encode(), "Deep")
+    shallow = read_page(("> " * 5 + "deepquote\n").encode(), "Shallow")
+
+    assert deep["truncated"] is True
+    assert shallow["truncated"] is False and "deepquote" in shallow["body"]
+    assert "nesting_cut" not in deep
