@@ -106,3 +106,30 @@ def test_submit_wait_follows_the_run_through_partitioning(
         )
     assert exited.value.code == 3
     assert "error too_many_partitions" in out2.getvalue()
+
+
+class Terminal(StringIO):
+    """A stdout that says it is a terminal, as a user's shell is."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_following_a_run_on_a_terminal_never_clears_the_screen(
+    test_kinds, tmp_path: Path, operator
+) -> None:
+    """Issue 15 §5: progress on a terminal without screen clearing; the scrollback (and a
+    `tee`d CI log) keeps every state the run went through."""
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps({"name": "cli", "stages": [stage("a", tmp_path, items=2)]}))
+    hxo("--user", operator.username, "submit", str(plan_file), "--dry-run")
+    dry = Run.objects.get()
+    tasks.drain(dry.pk, budget_s=30)
+    out = Terminal()
+
+    call_command("hxo", "--user", operator.username, "status", str(dry.pk), "--wait", stdout=out)
+
+    text = out.getvalue()
+    assert "\x1b" not in text
+    assert f"run {dry.pk} (dry_run) awaiting_approval" in text
+    assert "█" in text  # bars on a terminal

@@ -217,16 +217,21 @@ class Command(BaseCommand):
 
     def _follow(self, run: Run) -> None:
         tty = self.stdout.isatty()
+        shown = None
         while True:
             run = selectors.run_with_stages(run.pk)
-            self._print_status(run, tty=tty)
+            # Printed again only when it changed: the terminal's scrollback is never cleared
+            # (a CI log or a `tee` keeps every state the run went through).
+            shown = self._print_status(run, tty=tty, unless=shown)
             if run.is_finished:
                 break
             time.sleep(1)  # a terminal's refresh interval, not a test wait
         if run.state in RUN_UNSUCCESSFUL:
             sys.exit(EXIT_RUN_FAILED)
 
-    def _print_status(self, run: Run, *, tty: bool) -> None:
+    def _print_status(self, run: Run, *, tty: bool, unless: str | None = None) -> str:
+        """Write the run's status (bars on a terminal, plain counts otherwise) unless it is
+        `unless`, the text written last; returns the text."""
         paused = " paused" if run.is_paused else ""
         lines = [f"run {run.pk} ({run.mode}) {run.state}{paused}"]
         for stage in run.run_stages.all():
@@ -256,7 +261,6 @@ class Command(BaseCommand):
         if run.merkle_root:
             lines.append(f"  merkle root {run.merkle_root}")
         text = "\n".join(lines)
-        if tty:
-            self.stdout.write("\x1b[2J\x1b[H" + text)
-        else:
+        if text != unless:
             self.stdout.write(text)
+        return text
