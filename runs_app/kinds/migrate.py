@@ -684,8 +684,12 @@ def _run(
     *,
     checked: list[int] | None = None,
     first: int = 0,
+    per_statement: list[int | None] | None = None,
 ) -> int:
     """Run a batch's statements inside the open transaction; rows changed in total.
+
+    `per_statement` (a dry-run): each statement's row count is appended to it, None for a
+    statement only checked, so the review can say what each statement would change.
 
     Each statement is checked against the SQL policy once more (the manifest is pinned data:
     it may predate the policy), then runs through `run_statement`, whose guards (SQLite
@@ -718,8 +722,13 @@ def _run(
         if checked is not None and conn.vendor == POSTGRESQL and calls_sequence_functions(sql):
             conn.explain_statement(sql, bound)
             checked.append(first + i)
+            if per_statement is not None:
+                per_statement.append(None)
             continue
-        rows += conn.run_statement(sql, bound)
+        changed = conn.run_statement(sql, bound)
+        if per_statement is not None:
+            per_statement.append(changed)
+        rows += changed
     return rows
 
 
@@ -1267,6 +1276,7 @@ class SqlMigrate(Executor):
         # Statements calling setval()/nextval() are checked (EXPLAIN), not run: a sequence
         # change survives the rollback. Indexes into the stage's statements (a backfill: 0).
         checked: list[int] = []
+        per_statement: list[int | None] = []
         outside = _outside_batch(conn, batch)
         with _watched(conn, ctx, batch.batch_id, settings.HXO_DRY_RUN_BATCH_TIMEOUT_MS):
             # idle_in_transaction: a paused worker's dry-run transaction (and its locks) is
@@ -1287,6 +1297,7 @@ class SqlMigrate(Executor):
                         beat,
                         checked=checked,
                         first=batch.offset if batch.mode == "statements" else 0,
+                        per_statement=per_statement,
                     )
             finally:
                 conn.rollback()  # a dry-run never commits
@@ -1308,6 +1319,9 @@ class SqlMigrate(Executor):
             "rows_affected": rows,
             "already_applied": False,
             "checked_not_executed": checked,
+            # Statements: one count per statement of the batch; a backfill: one per key
+            # interval still to apply (runs_app.selectors.change_summary adds them up).
+            "rows_per_statement": per_statement,
             "replayed": replayed,
             "outside_transaction": None if outside is None else outside.what,
         }
