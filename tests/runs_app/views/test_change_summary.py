@@ -123,7 +123,9 @@ def pack_stage() -> dict[str, Any]:
 
 
 def test_a_pack_summary_compares_files_with_the_last_applied_run(
-    operator, approver, demo_copy  # noqa: F811
+    operator,
+    approver,
+    demo_copy,  # noqa: F811
 ):
     backend = demo_copy / "backend"
     files = sorted(p for p in backend.rglob("*") if p.is_file())
@@ -155,7 +157,8 @@ def test_a_pack_summary_compares_files_with_the_last_applied_run(
 
 
 def test_prime_summaries_count_modules_to_register_and_compile_and_the_failing_ones(
-    operator, demo_copy  # noqa: F811
+    operator,
+    demo_copy,  # noqa: F811
 ):
     (demo_copy / "backend" / "broken.py").write_text("def oops(:\n")
     modules = [p for p in (demo_copy / "backend").rglob("*.py")]
@@ -189,7 +192,9 @@ def test_prime_summaries_count_modules_to_register_and_compile_and_the_failing_o
 
 
 def test_assets_and_docs_summaries_count_new_changed_and_removed(
-    operator, approver, demo_copy  # noqa: F811
+    operator,
+    approver,
+    demo_copy,  # noqa: F811
 ):
     assets = {
         "id": "assets",
@@ -255,9 +260,7 @@ def grown(run: Run, n: int) -> Run:
 
 
 @pytest.mark.parametrize("n", [10, 1000])
-def test_the_change_summary_costs_the_same_queries_at_10_and_1000_partitions(
-    operator, target, n
-):
+def test_the_change_summary_costs_the_same_queries_at_10_and_1000_partitions(operator, target, n):
     statements = [f"UPDATE items SET note = 'n{i}' WHERE id = {i + 1}" for i in range(10)]
     run = grown(dry_run(operator, [migrate({"statements": statements, "batch_size": 1})]), n)
 
