@@ -760,8 +760,19 @@ def _migrate_summary(stage: RunStage) -> dict[str, Any]:
             "batch_size": backfill.get("batch_size"),
         }
         rows, complete = _previews(stage, "rows_affected", "to_apply")
+        end_param = backfill.get("end_param", "end")
+        out["backfill"]["end_param"] = end_param
+        # The bound parameters each key interval runs with (migrate.Batch.bound's rule).
         out["batches"] = [
-            {"index": r["index"], "to_apply": r["to_apply"] or [], "rows": r["rows_affected"]}
+            {
+                "index": r["index"],
+                "to_apply": r["to_apply"] or [],
+                "params": [
+                    {"start": a, end_param: b if end_param == "last" else b + 1}
+                    for a, b in (r["to_apply"] or [])
+                ],
+                "rows": r["rows_affected"],
+            }
             for r in rows
         ]
         out["tables"] = [backfill["table"]] if backfill.get("table") else []

@@ -94,6 +94,12 @@ class RunActions:
             or self.my_decision is not None
         )
 
+    @property
+    def besides_decision(self) -> bool:
+        """Anything but the decision to show: the decision has its own card after the
+        review's evidence (templates/hxo/runs/detail.html, `#decision`)."""
+        return dataclasses.replace(self, decide=False, decide_blocked="", my_decision=None).any
+
 
 def run_actions(user: Any, run: Run) -> RunActions:
     """What `user` may do on `run`, as the policies decide it (the services refuse the same).
@@ -179,6 +185,7 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "is_dry_run": run.mode == RunMode.DRY_RUN,
             "review": selectors.review_totals(run) if run.mode == RunMode.DRY_RUN else None,
             "findings": selectors.run_findings(run) if run.mode == RunMode.DRY_RUN else None,
+            "change_summary": selectors.change_summary(run),
             "last_applied": services.last_applied_run(run.plan, before=run)
             if run.mode == RunMode.DRY_RUN
             else None,
@@ -288,7 +295,13 @@ def run_decide(request: HttpRequest, pk: int, decision: str) -> HttpResponse:
     form = f.DecisionForm(request.POST)
     valid = form.is_valid()
     comment = form.cleaned_data["comment"] if valid else request.POST.get("comment", "")
-    kwargs: dict[str, Any] = {"comment": comment, "client_ip": client_ip(request)}
+    # The page's form always carries the digest it was rendered for: a form without one is
+    # not the review's (the API may leave it out; the page may not).
+    kwargs: dict[str, Any] = {
+        "comment": comment,
+        "client_ip": client_ip(request),
+        "digest": request.POST.get("digest") or "-",
+    }
     if decision == "approve":
         kwargs["acknowledge_findings"] = valid and form.cleaned_data["acknowledge_findings"]
     service = services.run_approve if decision == "approve" else services.run_reject

@@ -102,11 +102,17 @@ def test_a_backfill_summary_has_its_template_key_range_and_batch_size(operator, 
         "key_column": "id",
         "key_range": [1, 10],
         "batch_size": 4,
+        "end_param": "end",
     }
     assert [(b["to_apply"], b["rows"]) for b in stage["batches"]] == [
         ([[1, 4]], 2),
         ([[5, 8]], 2),
         ([[9, 10]], 1),
+    ]
+    assert [b["params"] for b in stage["batches"]] == [
+        [{"start": 1, "end": 5}],
+        [{"start": 5, "end": 9}],
+        [{"start": 9, "end": 11}],
     ]
     assert stage["rows"] == 5
     assert stage["tables"] == ["items"]
