@@ -13,7 +13,18 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
-from django.db.models import BigIntegerField, Count, F, Max, Min, Prefetch, Q, QuerySet, Sum
+from django.db.models import (
+    BigIntegerField,
+    Count,
+    F,
+    Max,
+    Min,
+    Prefetch,
+    Q,
+    QuerySet,
+    Sum,
+    prefetch_related_objects,
+)
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce
 from django.template.defaultfilters import filesizeformat
@@ -1023,3 +1034,47 @@ def change_summary(run: Run) -> dict[str, Any] | None:
         "line": line or "nothing to change",
         "complete": all(s["complete"] for s in out_stages),
     }
+
+
+@dataclasses.dataclass
+class InboxRow:
+    """One dry-run of the approvals inbox: who asked, since when it waits, what it would
+    change (`change_summary`'s line) and its SQL findings' highest severity."""
+
+    run: Run
+    reason: str | None  # why the four-eyes rule keeps the user from deciding, or None
+    kinds: list[str]
+    waiting_since: datetime.datetime | None
+    change_line: str
+    highest_finding: str | None
+
+
+def approvals_inbox(
+    waiting: list[tuple[Run, str | None]], *, kind: str | None = None
+) -> list[InboxRow]:
+    """`policies.runs_to_decide`'s runs as inbox rows, only those with a stage of `kind` when
+    given. The stages of all the runs are read in one query; each run's change summary then
+    costs two queries per stage (flat in partitions), its findings none (the linter is pure).
+    Waiting since: when the dry-run finished, i.e. started waiting for a decision."""
+    runs = [run for run, _reason in waiting]
+    # One query for every run's stages; change_summary and run_findings read them from here.
+    prefetch_related_objects(
+        runs, Prefetch("run_stages", queryset=RunStage.objects.order_by("position"))
+    )
+    rows = []
+    for run, reason in waiting:
+        kinds = sorted({s.kind for s in run.run_stages.all()})
+        if kind is not None and kind not in kinds:
+            continue
+        summary = change_summary(run)
+        rows.append(
+            InboxRow(
+                run=run,
+                reason=reason,
+                kinds=kinds,
+                waiting_since=run.finished_at,
+                change_line=summary["line"] if summary else "",
+                highest_finding=run_findings(run)["highest"],
+            )
+        )
+    return rows

@@ -17,6 +17,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
+from blueprints_app.models import JobKind
 from hxo_site import parameters
 from hxo_site.capabilities import has_capability
 from hxo_site.errors import ServiceError
@@ -346,5 +347,16 @@ def run_replay(request: HttpRequest, pk: int) -> HttpResponse:
 @require("approve")
 @require_GET
 def approvals(request: HttpRequest) -> HttpResponse:
+    """The inbox: dry-runs waiting for the user's decision with how long they waited, who
+    asked, what they would change and their highest SQL finding; `?kind=` keeps those with a
+    stage of that kind (a registered kind, else 400 naming the parameter)."""
+    kinds = sorted(JobKind.objects.values_list("kind", flat=True))
+    kind = parameters.choice(request.GET, "kind", kinds)
     mine, others = policies.runs_to_decide(request.user)
-    return page(request, "hxo/approvals.html", {"mine": mine, "others": others})
+    context = {
+        "mine": selectors.approvals_inbox(mine, kind=kind),
+        "others": selectors.approvals_inbox(others, kind=kind),
+        "kinds": kinds,
+        "kind": kind,
+    }
+    return page(request, "hxo/approvals.html", context)

@@ -5,6 +5,7 @@ bound to the digest it was rendered for (a stale one is refused), and `change_su
 
 from __future__ import annotations
 
+import datetime
 import re
 import sqlite3
 from pathlib import Path
@@ -152,3 +153,37 @@ def test_an_apply_run_has_no_change_summary_in_the_api(
     assert body["change_summary"] is None
     listed = api_client_for(operator).get("/api/v1/runs/").json()
     assert "change_summary" not in listed["results"][0]
+
+
+def test_the_inbox_shows_waiting_time_requester_change_and_highest_finding_by_kind(
+    client_for, operator, approver, target, test_kinds, tmp_path
+) -> None:
+    from tests.runs_app.testkinds import TEST_KIND, stage
+
+    risky = migrate_dry_run(operator, ["UPDATE items SET note = 'x'"])  # no WHERE: high
+    Run.objects.filter(pk=risky.pk).update(
+        finished_at=risky.finished_at - datetime.timedelta(hours=3)
+    )
+    other_plan = services.plan_create(
+        actor=operator,
+        document={"name": "other", "stages": [stage("a", tmp_path, items=2, kind=TEST_KIND)]},
+    )
+    other = drain(services.run_start_dry_run(plan=other_plan, actor=operator))
+    assert other.state == RunState.AWAITING_APPROVAL
+    client = client_for(approver)
+
+    body = html(client.get("/approvals/"))
+    row = body[body.index(f'data-run="{risky.pk}"') :]
+    row = row[: row.index("</tr>")]
+    assert "5 rows changed" in row
+    assert 'data-testid="inbox-highest">high<' in row
+    assert "3\xa0hours" in row
+    assert f"<td>{operator}</td>" in row
+    assert f'data-run="{other.pk}"' in body
+
+    only = html(client.get("/approvals/?kind=deploy.migrate"))
+    assert f'data-run="{risky.pk}"' in only and f'data-run="{other.pk}"' not in only
+    assert f'data-run="{risky.pk}"' not in html(client.get(f"/approvals/?kind={TEST_KIND}"))
+    bad = client.get("/approvals/?kind=no.such.kind")
+    assert bad.status_code == 400
+    assert "kind" in html(bad)
