@@ -1,0 +1,83 @@
+"""An approver reviews a deploy.migrate dry-run (issue 14 §1): the sticky digest, what will
+change, the SQL highlighted under the CSP, then the decision. Screenshots of the review are
+kept in test-results/ for the eye."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect
+
+from runs_app import services
+from runs_app.models import Approval, RunState
+from tests.browser.conftest import RESULTS, log_in
+from tests.helpers import drain
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_an_approver_reads_the_change_set_and_the_sql_before_deciding(
+    open_page, operator, approver, tmp_path: Path, settings: Any
+) -> None:
+    path = tmp_path / "shop.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE customers (id INTEGER PRIMARY KEY, email TEXT, domain TEXT, status TEXT)"
+        )
+        conn.executemany(
+            "INSERT INTO customers VALUES (?, ?, NULL, ?)",
+            [(i, f"user{i}@example.test", "active" if i % 4 else "closed") for i in range(1, 41)],
+        )
+        conn.execute("CREATE TABLE archive (id INTEGER PRIMARY KEY, customer INTEGER)")
+    conn.close()
+    settings.HXO_DATABASE_TARGETS = {**settings.HXO_DATABASE_TARGETS, "t": f"sqlite:///{path}"}
+    statements = [
+        "UPDATE customers SET domain = substr(email, instr(email, '@') + 1) "
+        "WHERE domain IS NULL AND status = 'active'",
+        "INSERT INTO archive (customer) SELECT id FROM customers WHERE status = 'closed'",
+        "DELETE FROM customers WHERE status = 'closed' AND id > 30",
+    ]
+    document = {
+        "name": "customer domains",
+        "stages": [
+            {
+                "id": "migrate",
+                "kind": "deploy.migrate",
+                "partitioner": "by_sql_batch",
+                "executor": "sql_migrate",
+                "params": {"target": "t", "statements": statements, "batch_size": 2},
+            }
+        ],
+    }
+    plan = services.plan_create(actor=operator, document=document)
+    run = drain(services.run_start_dry_run(plan=plan, actor=operator))
+    assert run.state == RunState.AWAITING_APPROVAL
+
+    page = open_page(height=1000)
+    log_in(page, "april")
+    page.goto(f"/runs/{run.pk}/")
+    expect(page.get_by_test_id("change-total")).to_have_text("43 rows changed")
+    expect(page.get_by_test_id("statement-rows")).to_have_text(["30", "10", "3"])
+    sql = page.get_by_test_id("sql-migrate")
+    # Highlighted with classes, and the stylesheet applies under the CSP: keywords are coloured.
+    keyword = sql.locator(".sql .k").first
+    expect(keyword).to_have_text("UPDATE")
+    assert keyword.evaluate("e => getComputedStyle(e).color") != "rgb(28, 35, 48)"
+    RESULTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(RESULTS / "review-migrate.png"), full_page=True)
+
+    # Scrolled down to the decision, the digest bar is still at the top of the window.
+    page.locator("#decision").scroll_into_view_if_needed()
+    box = page.get_by_test_id("review-digest").bounding_box()
+    assert box is not None and box["y"] <= 1
+    page.screenshot(path=str(RESULTS / "review-migrate-decision.png"))
+
+    page.get_by_test_id("approve").click()
+    page.wait_for_url(f"**/runs/{run.pk}/")
+    assert Approval.objects.get().digest == run.digest
+    run.refresh_from_db()
+    assert run.state == RunState.APPROVED
+    assert page.console_errors == []
