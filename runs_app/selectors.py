@@ -747,6 +747,46 @@ def _tally(rows: list[dict[str, Any]], key: str, field: str = "action") -> dict[
     return counts
 
 
+def sample_table(sample: dict[str, Any]) -> dict[str, Any]:
+    """A dry-run's sample rows of one statement (`runs_app.kinds.samples.record`) as the
+    review's diff table: {"verb", "table", "key" (names), "columns", "masked", "reason",
+    "rows": [{"key", "state": changed/unchanged/deleted/inserted, "cells": [{"text",
+    "changed", "masked"}]}]}; a changed cell's text is "before → after"."""
+    masked = set(sample.get("masked") or [])
+    columns = list(sample.get("columns") or [])
+    table_rows = []
+    for row in sample.get("rows") or []:
+        before, after = row.get("before"), row.get("after")
+        cells = []
+        for i, name in enumerate(columns):
+            old = before[i] if before is not None and i < len(before) else None
+            new = after[i] if after is not None and i < len(after) else None
+            changed = before is not None and after is not None and old != new
+            shown = new if before is None else old
+            text = f"{_cell(old)} → {_cell(new)}" if changed else _cell(shown)
+            cells.append({"text": text, "changed": changed, "masked": name in masked})
+        if before is None:
+            state = "inserted"
+        elif after is None:
+            state = "deleted"
+        else:
+            state = "changed" if any(c["changed"] for c in cells) else "unchanged"
+        table_rows.append({"key": row.get("key"), "state": state, "cells": cells})
+    return {
+        "verb": sample.get("verb"),
+        "table": sample.get("table"),
+        "key": sample.get("key") or [],
+        "columns": columns,
+        "masked": sorted(masked),
+        "reason": sample.get("reason") or "",
+        "rows": table_rows,
+    }
+
+
+def _cell(value: Any) -> str:
+    return "NULL" if value is None else str(value)
+
+
 def _migrate_summary(stage: RunStage) -> dict[str, Any]:
     manifest = stage.manifest or {}
     vendor = str(manifest.get("vendor") or "")
@@ -770,7 +810,7 @@ def _migrate_summary(stage: RunStage) -> dict[str, Any]:
             "key_range": [backfill.get("key_min"), backfill.get("key_max")],
             "batch_size": backfill.get("batch_size"),
         }
-        rows, complete = _previews(stage, "rows_affected", "to_apply")
+        rows, complete = _previews(stage, "rows_affected", "to_apply", "samples")
         end_param = backfill.get("end_param", "end")
         out["backfill"]["end_param"] = end_param
         # The bound parameters each key interval runs with (migrate.Batch.bound's rule).
@@ -783,6 +823,7 @@ def _migrate_summary(stage: RunStage) -> dict[str, Any]:
                     for a, b in (r["to_apply"] or [])
                 ],
                 "rows": r["rows_affected"],
+                "samples": [sample_table(x) for x in r.get("samples") or [] if isinstance(x, dict)],
             }
             for r in rows
         ]
@@ -791,7 +832,8 @@ def _migrate_summary(stage: RunStage) -> dict[str, Any]:
         statements = list(manifest.get("statements") or [])
         per: list[int | None] = [None] * len(statements)
         batch_of: list[int | None] = [None] * len(statements)
-        rows, complete = _previews(stage, "rows_per_statement", "already_applied")
+        sampled: dict[int, dict[str, Any]] = {}
+        rows, complete = _previews(stage, "rows_per_statement", "already_applied", "samples")
         for r in rows:
             offset = r.get("inputs__offset")
             if not isinstance(offset, int):
@@ -800,8 +842,17 @@ def _migrate_summary(stage: RunStage) -> dict[str, Any]:
                 if 0 <= offset + i < len(statements):
                     per[offset + i] = n
                     batch_of[offset + i] = r["index"]
+            for sample in r.get("samples") or []:
+                if isinstance(sample, dict) and isinstance(sample.get("statement"), int):
+                    sampled[sample["statement"]] = sample_table(sample)
         out["statements"] = [
-            {"index": i, "sql": sql, "rows": per[i], "batch": batch_of[i]}
+            {
+                "index": i,
+                "sql": sql,
+                "rows": per[i],
+                "batch": batch_of[i],
+                "samples": sampled.get(i),
+            }
             for i, sql in enumerate(statements)
         ]
         out["tables"] = _tables(statements, vendor)
