@@ -14,6 +14,7 @@ from runs_app import selectors, services
 from runs_app.kinds.samples import MASK, SAMPLE_ROWS
 from runs_app.models import Run, RunState
 from tests.helpers import drain
+from tests.runs_app.kinds.conftest import pg_target  # noqa: F401 (fixture)
 from tests.runs_app.views.conftest import html
 
 pytestmark = pytest.mark.django_db
@@ -129,9 +130,7 @@ def test_forms_that_cannot_be_sampled_say_why(operator, target):
     assert selectors.change_summary(run)["stages"][0]["statements"][0]["sql"].startswith("WITH")
 
 
-def test_the_review_shows_the_sample_rows_as_a_diff_table(
-    client_for, operator, approver, target
-):
+def test_the_review_shows_the_sample_rows_as_a_diff_table(client_for, operator, approver, target):
     run = dry_run(operator, ["UPDATE customers SET plan = 'pro' WHERE id <= 2"])
 
     body = html(client_for(approver).get(f"/runs/{run.pk}/"))
@@ -140,3 +139,68 @@ def test_the_review_shows_the_sample_rows_as_a_diff_table(
     assert '<td class="changed">free → pro</td>' in table
     assert f'<td class="masked">{MASK}</td>' in table
     assert "user1@example.test" not in body
+
+
+def test_postgresql_samples_by_primary_key_and_masks_sensitive_columns(
+    operator,
+    pg_target,
+    settings,  # noqa: F811
+):
+    import psycopg
+
+    with psycopg.connect(pg_target, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE customers (id bigint PRIMARY KEY, email text, plan text, blob bytea)"
+        )
+        conn.execute(
+            "INSERT INTO customers SELECT g, 'u' || g || '@example.test', 'free', "
+            "decode('00ff', 'hex') FROM generate_series(1, 8) g"
+        )
+        conn.execute("CREATE TABLE archive (id serial PRIMARY KEY, customer bigint)")
+        conn.execute("CREATE TABLE nokey (a int)")
+    settings.HXO_DATABASE_TARGETS = {
+        **settings.HXO_DATABASE_TARGETS,
+        "pg": {"url": pg_target, "sensitive": ["email"]},
+    }
+    plan = services.plan_create(
+        actor=operator,
+        document={
+            "name": "pg samples",
+            "stages": [
+                {
+                    "id": "migrate",
+                    "kind": "deploy.migrate",
+                    "partitioner": "by_sql_batch",
+                    "executor": "sql_migrate",
+                    "params": {
+                        "target": "pg",
+                        "batch_size": 10,
+                        "statements": [
+                            "UPDATE customers AS c SET plan = 'pro' WHERE c.id > 5",
+                            "DELETE FROM customers WHERE id = 1",
+                            "INSERT INTO archive (customer) SELECT id FROM customers WHERE id < 4",
+                            "UPDATE nokey SET a = 1 WHERE a = 0",
+                        ],
+                    },
+                }
+            ],
+        },
+    )
+    run = drain(services.run_start_dry_run(plan=plan, actor=operator))
+    assert run.state == RunState.AWAITING_APPROVAL, run.error
+
+    update, delete, insert, nokey = samples(run)
+    assert update["key"] == ["id"] and update["masked"] == ["email"]
+    assert [(r["key"], r["before"][2], r["after"][2]) for r in update["rows"]] == [
+        ([6], "free", "pro"),
+        ([7], "free", "pro"),
+        ([8], "free", "pro"),
+    ]
+    assert update["rows"][0]["before"][1] == MASK
+    assert update["rows"][0]["before"][3] == "<2 bytes>"
+    assert delete["rows"][0]["key"] == [1] and delete["rows"][0]["after"] is None
+    assert [r["after"][1] for r in insert["rows"]] == [2, 3]
+    assert nokey["reason"] == "nokey has no primary key"
+    with psycopg.connect(pg_target) as conn:
+        assert conn.execute("SELECT count(*) FROM archive").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM customers WHERE plan = 'pro'").fetchone()[0] == 0
