@@ -144,8 +144,7 @@ def env_targets(name: str, default: dict[str, str]) -> dict[str, Any]:
         )
         if not ok:
             raise ImproperlyConfigured(
-                f"{name}[{key!r}] must be a URL or {{\"url\": \"...\", \"sensitive\": "
-                "[column names]}"
+                f'{name}[{key!r}] must be a URL or {{"url": "...", "sensitive": [column names]}}'
             )
     return parsed
 

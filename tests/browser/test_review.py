@@ -33,7 +33,10 @@ def test_an_approver_reads_the_change_set_and_the_sql_before_deciding(
         )
         conn.execute("CREATE TABLE archive (id INTEGER PRIMARY KEY, customer INTEGER)")
     conn.close()
-    settings.HXO_DATABASE_TARGETS = {**settings.HXO_DATABASE_TARGETS, "t": f"sqlite:///{path}"}
+    settings.HXO_DATABASE_TARGETS = {
+        **settings.HXO_DATABASE_TARGETS,
+        "t": {"url": f"sqlite:///{path}", "sensitive": ["email"]},
+    }
     statements = [
         "UPDATE customers SET domain = substr(email, instr(email, '@') + 1) "
         "WHERE domain IS NULL AND status = 'active'",
@@ -66,6 +69,12 @@ def test_an_approver_reads_the_change_set_and_the_sql_before_deciding(
     keyword = sql.locator(".sql .k").first
     expect(keyword).to_have_text("UPDATE")
     assert keyword.evaluate("e => getComputedStyle(e).color") != "rgb(28, 35, 48)"
+    # Sample rows before → after under the UPDATE, the email column masked by the target.
+    samples = page.get_by_test_id("samples-0")
+    expect(samples.locator("td.changed").first).to_have_text("NULL → example.test")
+    expect(samples.locator("td.masked").first).to_have_text("•••")
+    expect(page.get_by_test_id("samples-2").locator("tr.sample-deleted")).to_have_count(3)
+    assert "user1@example.test" not in page.content()
     RESULTS.mkdir(exist_ok=True)
     page.screenshot(path=str(RESULTS / "review-migrate.png"), full_page=True)
 

@@ -143,8 +143,8 @@ def test_the_review_shows_the_sample_rows_as_a_diff_table(client_for, operator, 
 
 def test_postgresql_samples_by_primary_key_and_masks_sensitive_columns(
     operator,
-    pg_target,
-    settings,  # noqa: F811
+    pg_target,  # noqa: F811
+    settings,
 ):
     import psycopg
 
