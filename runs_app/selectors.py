@@ -1069,7 +1069,7 @@ def change_summary(run: Run) -> dict[str, Any] | None:
         "files_removed": "files removed",
         "archives": "archives to write",
         "modules_to_write": "modules to compile or register",
-        "modules_failing": "modules failing",
+        "modules_failing": "module failures (per stage)",
         "assets_new": "assets new",
         "assets_changed": "assets changed",
         "assets_removed": "assets removed",

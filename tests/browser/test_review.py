@@ -15,6 +15,7 @@ from runs_app import services
 from runs_app.models import Approval, RunState
 from tests.browser.conftest import RESULTS, log_in
 from tests.helpers import drain
+from tests.runs_app.kinds.conftest import EXAMPLES, demo_copy, scratch  # noqa: F401
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -89,4 +90,67 @@ def test_an_approver_reads_the_change_set_and_the_sql_before_deciding(
     assert Approval.objects.get().digest == run.digest
     run.refresh_from_db()
     assert run.state == RunState.APPROVED
+    assert page.console_errors == []
+
+
+def test_the_release_review_and_the_inbox_show_each_kinds_change_set(
+    open_page,
+    operator,
+    approver,
+    demo_copy,  # noqa: F811
+    tmp_path: Path,
+    settings: Any,
+) -> None:
+    import json
+
+    document = json.loads((EXAMPLES / "plans" / "release-demo.json").read_text())
+    (demo_copy / "backend" / "broken.py").write_text("def oops(:\n")
+    plan = services.plan_create(actor=operator, document=document)
+    run = drain(services.run_start_dry_run(plan=plan, actor=operator))
+    assert run.state in (RunState.AWAITING_APPROVAL, RunState.SUCCEEDED), run.error
+    path = tmp_path / "t.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, note TEXT)")
+        conn.executemany("INSERT INTO items VALUES (?, '')", [(i,) for i in range(1, 6)])
+    conn.close()
+    settings.HXO_DATABASE_TARGETS = {**settings.HXO_DATABASE_TARGETS, "t": f"sqlite:///{path}"}
+    migrate = services.plan_create(
+        actor=operator,
+        document={
+            "name": "notes",
+            "stages": [
+                {
+                    "id": "migrate",
+                    "kind": "deploy.migrate",
+                    "partitioner": "by_sql_batch",
+                    "executor": "sql_migrate",
+                    "params": {"target": "t", "statements": ["UPDATE items SET note = 'x'"]},
+                }
+            ],
+        },
+    )
+    waiting = drain(services.run_start_dry_run(plan=migrate, actor=operator))
+    assert waiting.state == RunState.AWAITING_APPROVAL
+
+    page = open_page(height=1000)
+    log_in(page, "april")
+    page.goto(f"/runs/{run.pk}/")
+    summary = page.get_by_test_id("change-summary")
+    expect(summary.locator("tr[data-stage=registry]")).to_contain_text("1 will fail")
+    expect(summary.locator("tr[data-stage=registry]")).to_contain_text("backend.broken")
+    expect(summary.locator("tr[data-stage=pack]")).to_contain_text("archives to write")
+    expect(summary.locator("tr[data-stage=docs]")).to_contain_text("pages new")
+    expect(summary.locator("tr[data-stage=assets]")).to_contain_text("assets to copy")
+    RESULTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(RESULTS / "review-release.png"), full_page=True)
+
+    page.goto("/approvals/")
+    row = page.locator(f"tr[data-run='{waiting.pk}']")
+    expect(row.get_by_test_id("inbox-change")).to_have_text("5 rows changed")
+    expect(row.get_by_test_id("inbox-highest")).to_have_text("high")
+    page.get_by_label("Kind").select_option("deploy.migrate")
+    page.get_by_role("button", name="Filter").click()
+    page.wait_for_url("**/approvals/?kind=deploy.migrate")
+    expect(page.locator(f"tr[data-run='{waiting.pk}']")).to_be_visible()
+    page.screenshot(path=str(RESULTS / "approvals-inbox.png"), full_page=True)
     assert page.console_errors == []
