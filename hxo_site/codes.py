@@ -71,6 +71,9 @@ REPLAY_IN_PROGRESS = "replay_in_progress"  # the run's replay has not finished y
 ALREADY_REPLAYED = "already_replayed"  # the run was replayed: replay that replay (409)
 NOTHING_TO_REPLAY = "nothing_to_replay"
 ALREADY_DECIDED = "already_decided"
+# A decision posted with the digest of a review other than the run's (409): the form was
+# rendered for another digest, or the client names one it did not review.
+STALE_REVIEW = "stale_review"
 INVALID_STATE = "invalid_state"
 ALREADY_PAUSED = "already_paused"  # pause of a paused run (409)
 NOT_PAUSED = "not_paused"  # resume of a run that is not paused (409)

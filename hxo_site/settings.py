@@ -119,6 +119,36 @@ def env_mapping(name: str, default: dict[str, str]) -> dict[str, str]:
     return result
 
 
+def env_targets(name: str, default: dict[str, str]) -> dict[str, Any]:
+    """Database targets: `env_mapping`'s two forms, and in JSON a target may also be an
+    object `{"url": "...", "sensitive": ["email"]}` (columns whose values a review masks)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw.startswith("{"):
+        return env_mapping(name, default)
+    try:
+        parsed = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ImproperlyConfigured(f"{name} is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise ImproperlyConfigured(f"{name} must map names to URLs or objects")
+    for key, value in parsed.items():
+        if isinstance(value, str):
+            continue
+        ok = (
+            isinstance(value, dict)
+            and set(value) <= {"url", "sensitive"}
+            and isinstance(value.get("url"), str)
+            and bool(value["url"])
+            and isinstance(value.get("sensitive", []), list)
+            and all(isinstance(c, str) and c for c in value.get("sensitive", []))
+        )
+        if not ok:
+            raise ImproperlyConfigured(
+                f'{name}[{key!r}] must be a URL or {{"url": "...", "sensitive": [column names]}}'
+            )
+    return parsed
+
+
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env_str("SECRET_KEY")
 if not SECRET_KEY:
@@ -353,7 +383,7 @@ HXO_WORKSPACES = {
         "HXO_WORKSPACES", {"demo": str(BASE_DIR / "examples" / "workspace")}
     ).items()
 }
-HXO_DATABASE_TARGETS = env_mapping(
+HXO_DATABASE_TARGETS = env_targets(
     "HXO_DATABASE_TARGETS", {"demo": f"sqlite:///{VAR_DIR / 'demo_target.sqlite3'}"}
 )
 # A target whose role is a PostgreSQL superuser is refused (`superuser_target`): a superuser
@@ -481,6 +511,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # A run's state is in two components (a run, and a run with its change summary): named
+    # here, or drf-spectacular names the shared enum by a hash and warns.
+    "ENUM_NAME_OVERRIDES": {"RunStateEnum": "runs_app.models.RunState"},
 }
 
 # --- Auth, static, i18n --------------------------------------------------------------------

@@ -40,6 +40,7 @@ from runs_app.serializers import (
     PlanWriteSerializer,
     ReceiptSerializer,
     RevisionSerializer,
+    RunDetailSerializer,
     RunSerializer,
     ThrottleSerializer,
 )
@@ -349,11 +350,13 @@ class RunDetail(APIView):
     permission_classes = [capability_required("view")]
 
     @extend_schema(
-        summary="A run with per-stage progress", responses={200: RunSerializer, **ERRORS}
+        summary="A run with per-stage progress and, for a dry-run, its change summary",
+        responses={200: RunDetailSerializer, **ERRORS},
     )
     def get(self, request: Request, pk: int) -> Response:
         get_object_or_404(Run, pk=pk)
-        return _run_response(Run(pk=pk))
+        run = selectors.run_with_stages(pk)
+        return Response(RunDetailSerializer(run).data)
 
 
 class RunPartitions(generics.ListAPIView):

@@ -389,6 +389,23 @@ def decision_open(run: Run, *, mine: Approval | None, decision: str | None = Non
     return ALLOWED
 
 
+def review_current(run: Run, digest: str | None) -> Decision:
+    """A decision names the digest of the review it was made on, or none (the API's older
+    clients): another digest than the run's is refused, 409 `stale_review` with
+    `extra["digest"]` the run's, so the approver opens the review again."""
+    if digest is None or digest == run.digest:
+        return ALLOWED
+    return Decision(
+        allowed=False,
+        code=codes.STALE_REVIEW,
+        message=f"this decision was made on a review of digest {digest[:12]}, not on run "
+        f"{run.pk}'s digest {run.digest[:12]}: open the review again",
+        status=409,
+        errors=[{"path": "digest", "code": codes.STALE_REVIEW, "message": "stale"}],
+        extra={"digest": run.digest},
+    )
+
+
 def may_decide(user: Any, run: Run, *, mine: Approval | None) -> Decision:
     """May `user` approve or reject `run`? hxo:approve, `decision_open`, then `four_eyes`
     (queried only for a dry-run the user could otherwise decide on). `mine`: the user's own

@@ -13,9 +13,25 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Case, Count, F, Max, Min, Prefetch, Q, QuerySet, TextField, Value, When
+from django.db.models import (
+    BigIntegerField,
+    Case,
+    Count,
+    F,
+    Max,
+    Min,
+    Prefetch,
+    Q,
+    QuerySet,
+    Sum,
+    TextField,
+    Value,
+    When,
+    prefetch_related_objects,
+)
 from django.db.models.fields.json import KT
-from django.db.models.functions import Concat
+from django.db.models.functions import Cast, Coalesce, Concat
+from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
 from blueprints_app.registry import ComponentError, describe_weight
@@ -743,3 +759,450 @@ def plan_history(plan: Plan, revision: PlanRevision, *, limit: int = HISTORY_RUN
         for stage_id in order
     ]
     return PlanHistory(runs=runs, rows=rows)
+
+
+# --- The change set of a dry-run (issue 14 §1) ---------------------------------------------
+# What the apply would change, per stage and in total, in each kind's own terms, read from the
+# previews the dry-run's executors returned (runs_app/kinds/*: `_dry_run`/`ctx.dry_run`).
+# Numbers that every preview carries are summed in SQL (exact whatever the partition count);
+# lists inside previews (assets, pages, modules, per-statement rows) are read from at most
+# CHANGE_SUMMARY_PREVIEWS partitions per stage, and `complete` says when that cap was hit.
+# Queries: one for the stages, two per stage, and two for the last applied run when a stage
+# packs files: flat in partitions (tests/runs_app/views/test_change_summary.py counts them).
+
+CHANGE_SUMMARY_PREVIEWS = 2000
+CHANGE_SUMMARY_NAMES = 20  # failing modules, tables... listed by name per stage
+
+
+def _sum(path: str) -> Any:
+    """SUM of an integer preview field, cast in SQL (KT reads it as text), 0 when none."""
+    return Coalesce(Sum(Cast(KT(path), BigIntegerField())), 0)
+
+
+def _tables(statements: list[str], vendor: str) -> list[str]:
+    """Tables the statements name (read with sqlglot, in the target's dialect), sorted; a
+    statement sqlglot cannot read adds nothing (the SQL policy has already accepted it)."""
+    import sqlglot
+    from sqlglot import exp
+
+    dialect = "postgres" if vendor == "postgresql" else "sqlite"
+    found: set[str] = set()
+    for sql in statements:
+        try:
+            for tree in sqlglot.parse(sql, read=dialect):
+                if tree is None:
+                    continue
+                for table in tree.find_all(exp.Table):
+                    if table.name:
+                        found.add(".".join(p for p in (table.db, table.name) if p))
+        except sqlglot.errors.SqlglotError:
+            continue
+    return sorted(found)
+
+
+def _previews(stage: RunStage, *fields: str) -> tuple[list[dict[str, Any]], bool]:
+    """Up to CHANGE_SUMMARY_PREVIEWS partitions' `fields` (keys of the preview, decoded), in
+    index order; and whether that was all of the stage's partitions."""
+    values = {f.replace(".", "__"): f"preview__{f.replace('.', '__')}" for f in fields}
+    qs = (
+        Partition.objects.filter(stage=stage, preview__isnull=False)
+        .order_by("index")
+        .values("index", "inputs__offset", **{k: F(v) for k, v in values.items()})
+    )
+    rows = list(qs[: CHANGE_SUMMARY_PREVIEWS + 1])
+    complete = len(rows) <= CHANGE_SUMMARY_PREVIEWS
+    return rows[:CHANGE_SUMMARY_PREVIEWS], complete
+
+
+def _tally(rows: list[dict[str, Any]], key: str, field: str = "action") -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in rows:
+        for item in row.get(key) or []:
+            if isinstance(item, dict):
+                name = str(item.get(field))
+                counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def sample_table(sample: dict[str, Any]) -> dict[str, Any]:
+    """A dry-run's sample rows of one statement (`runs_app.kinds.samples.record`) as the
+    review's diff table: {"verb", "table", "key" (names), "columns", "masked", "reason",
+    "rows": [{"key", "state": changed/unchanged/deleted/inserted, "cells": [{"text",
+    "changed", "masked"}]}]}; a changed cell's text is "before → after"."""
+    masked = set(sample.get("masked") or [])
+    columns = list(sample.get("columns") or [])
+    table_rows = []
+    for row in sample.get("rows") or []:
+        before, after = row.get("before"), row.get("after")
+        cells = []
+        for i, name in enumerate(columns):
+            old = before[i] if before is not None and i < len(before) else None
+            new = after[i] if after is not None and i < len(after) else None
+            changed = before is not None and after is not None and old != new
+            shown = new if before is None else old
+            text = f"{_cell(old)} → {_cell(new)}" if changed else _cell(shown)
+            cells.append({"text": text, "changed": changed, "masked": name in masked})
+        if before is None:
+            state = "inserted"
+        elif after is None:
+            state = "deleted"
+        else:
+            state = "changed" if any(c["changed"] for c in cells) else "unchanged"
+        table_rows.append({"key": row.get("key"), "state": state, "cells": cells})
+    return {
+        "verb": sample.get("verb"),
+        "table": sample.get("table"),
+        "key": sample.get("key") or [],
+        "columns": columns,
+        "masked": sorted(masked),
+        "reason": sample.get("reason") or "",
+        "rows": table_rows,
+    }
+
+
+def _cell(value: Any) -> str:
+    return "NULL" if value is None else str(value)
+
+
+def _migrate_summary(stage: RunStage) -> dict[str, Any]:
+    manifest = stage.manifest or {}
+    vendor = str(manifest.get("vendor") or "")
+    sums = Partition.objects.filter(stage=stage).aggregate(
+        rows=_sum("preview__rows_affected"),
+        already=Count("pk", filter=Q(preview__already_applied=True)),
+    )
+    out: dict[str, Any] = {
+        "unit": "rows",
+        "rows": sums["rows"],
+        "batches_already_applied": sums["already"],
+        "vendor": vendor,
+        "mode": manifest.get("mode"),
+    }
+    if manifest.get("mode") == "backfill":
+        backfill = manifest.get("backfill") or {}
+        out["backfill"] = {
+            "sql": backfill.get("sql", ""),
+            "table": backfill.get("table"),
+            "key_column": backfill.get("key_column"),
+            "key_range": [backfill.get("key_min"), backfill.get("key_max")],
+            "batch_size": backfill.get("batch_size"),
+        }
+        rows, complete = _previews(stage, "rows_affected", "to_apply", "samples")
+        end_param = backfill.get("end_param", "end")
+        out["backfill"]["end_param"] = end_param
+        # The bound parameters each key interval runs with (migrate.Batch.bound's rule).
+        out["batches"] = [
+            {
+                "index": r["index"],
+                "to_apply": r["to_apply"] or [],
+                "params": [
+                    {"start": a, end_param: b if end_param == "last" else b + 1}
+                    for a, b in (r["to_apply"] or [])
+                ],
+                "rows": r["rows_affected"],
+                "samples": [sample_table(x) for x in r.get("samples") or [] if isinstance(x, dict)],
+            }
+            for r in rows
+        ]
+        out["tables"] = [backfill["table"]] if backfill.get("table") else []
+    else:
+        statements = list(manifest.get("statements") or [])
+        per: list[int | None] = [None] * len(statements)
+        batch_of: list[int | None] = [None] * len(statements)
+        sampled: dict[int, dict[str, Any]] = {}
+        rows, complete = _previews(stage, "rows_per_statement", "already_applied", "samples")
+        for r in rows:
+            offset = r.get("inputs__offset")
+            if not isinstance(offset, int):
+                continue
+            for i, n in enumerate(r.get("rows_per_statement") or []):
+                if 0 <= offset + i < len(statements):
+                    per[offset + i] = n
+                    batch_of[offset + i] = r["index"]
+            for sample in r.get("samples") or []:
+                if isinstance(sample, dict) and isinstance(sample.get("statement"), int):
+                    sampled[sample["statement"]] = sample_table(sample)
+        out["statements"] = [
+            {
+                "index": i,
+                "sql": sql,
+                "rows": per[i],
+                "batch": batch_of[i],
+                "samples": sampled.get(i),
+            }
+            for i, sql in enumerate(statements)
+        ]
+        out["tables"] = _tables(statements, vendor)
+    out["complete"] = complete
+    tables = ", ".join(out["tables"][:CHANGE_SUMMARY_NAMES]) or "no table"
+    out["line"] = f"would change {out['rows']} row{'s' if out['rows'] != 1 else ''} in {tables}"
+    return out
+
+
+def _pack_summary(stage: RunStage, against: RunStage | None) -> dict[str, Any]:
+    """Files against the same stage of the last applied run, by path and SHA-256 (the
+    manifest's pinned rows are `[path, bytes, sha256, mode]`); archives to write: partitions
+    whose archive is not in artifact storage yet."""
+    sums = Partition.objects.filter(stage=stage).aggregate(
+        to_write=Count("pk", filter=Q(preview__archive_exists=False)),
+        exists=Count("pk", filter=Q(preview__archive_exists=True)),
+    )
+    mine = {r[0]: (r[1], r[2]) for r in (stage.manifest or {}).get("files") or []}
+    theirs = (
+        {r[0]: (r[1], r[2]) for r in (against.manifest or {}).get("files") or []}
+        if against is not None
+        else {}
+    )
+    files: dict[str, dict[str, int]] = {
+        k: {"count": 0, "bytes": 0} for k in ("added", "changed", "removed", "unchanged")
+    }
+    for path, (size, sha) in mine.items():
+        old = theirs.get(path)
+        key = "added" if old is None else ("unchanged" if old[1] == sha else "changed")
+        files[key]["count"] += 1
+        files[key]["bytes"] += int(size)
+    for path, (size, _sha) in theirs.items():
+        if path not in mine:
+            files["removed"]["count"] += 1
+            files["removed"]["bytes"] += int(size)
+    f = files
+    line = (
+        f"{f['added']['count']} files added ({filesizeformat(f['added']['bytes'])}), "
+        f"{f['changed']['count']} changed ({filesizeformat(f['changed']['bytes'])}), "
+        f"{f['removed']['count']} removed; {sums['to_write']} archive"
+        f"{'s' if sums['to_write'] != 1 else ''} to write"
+    )
+    return {
+        "unit": "files",
+        "files": files,
+        "against_run": against.run_id if against is not None else None,
+        "archives_to_write": sums["to_write"],
+        "archives_existing": sums["exists"],
+        "complete": True,
+        "line": line,
+    }
+
+
+def _prime_summary(stage: RunStage) -> dict[str, Any]:
+    compile_key = "to_compile" if stage.executor == "prime_caches" else "entries_to_write"
+    verb = "compile" if stage.executor == "prime_caches" else "register"
+    sums = Partition.objects.filter(stage=stage).aggregate(
+        todo=_sum(f"preview__{compile_key}"), up_to_date=_sum("preview__up_to_date")
+    )
+    rows, complete = _previews(stage, "failed_modules")
+    failed = [
+        str(m.get("module"))
+        for r in rows
+        for m in (r.get("failed_modules") or [])
+        if isinstance(m, dict)
+    ]
+    return {
+        "unit": "modules",
+        "verb": verb,
+        "modules": {verb: sums["todo"], "up_to_date": sums["up_to_date"], "fail": len(failed)},
+        "failing": failed[:CHANGE_SUMMARY_NAMES],
+        "complete": complete,
+        "line": f"{sums['todo']} modules to {verb}, {sums['up_to_date']} up to date, "
+        f"{len(failed)} will fail",
+    }
+
+
+def _assets_summary(stage: RunStage) -> dict[str, Any]:
+    if stage.kind == "assets.stage":
+        sums = Partition.objects.filter(stage=stage).aggregate(
+            bytes=_sum("preview__bytes_to_copy"), count=_sum("preview__assets_count")
+        )
+        rows, complete = _previews(stage, "assets", "assets_truncated")
+        tally = _tally(rows, "assets")
+        return {
+            "unit": "assets",
+            "assets": {
+                "copy": tally.get("copy", 0),
+                "already_staged": tally.get("already_staged", 0),
+            },
+            "bytes": sums["bytes"],
+            "complete": complete and not any(r.get("assets_truncated") for r in rows),
+            "line": f"{tally.get('copy', 0)} assets to copy ({filesizeformat(sums['bytes'])}), "
+            f"{tally.get('already_staged', 0)} already staged",
+        }
+    sums = Partition.objects.filter(stage=stage).aggregate(
+        bytes=_sum("preview__bytes"), count=_sum("preview__assets_count")
+    )
+    rows, complete = _previews(stage, "assets", "assets_truncated", "to_remove")
+    tally = _tally(rows, "assets")
+    removed = sum(len(r.get("to_remove") or []) for r in rows)
+    counts = {
+        "new": tally.get("add", 0),
+        "changed": tally.get("update", 0),
+        "unchanged": tally.get("unchanged", 0),
+        "removed": removed,
+    }
+    return {
+        "unit": "assets",
+        "assets": counts,
+        "bytes": sums["bytes"],
+        "complete": complete and not any(r.get("assets_truncated") for r in rows),
+        "line": f"{counts['new']} assets new, {counts['changed']} changed, "
+        f"{counts['removed']} removed ({filesizeformat(sums['bytes'])} indexed)",
+    }
+
+
+def _docs_summary(stage: RunStage) -> dict[str, Any]:
+    rows, complete = _previews(stage, "pages", "pages_truncated", "to_remove", "failed_pages")
+    tally = _tally(rows, "pages")
+    counts = {
+        "new": tally.get("add", 0),
+        "changed": tally.get("update", 0),
+        "unchanged": tally.get("unchanged", 0),
+        "removed": sum(len(r.get("to_remove") or []) for r in rows),
+        "unreadable": sum(len(r.get("failed_pages") or []) for r in rows),
+    }
+    return {
+        "unit": "pages",
+        "pages": counts,
+        "complete": complete and not any(r.get("pages_truncated") for r in rows),
+        "line": f"{counts['new']} pages new, {counts['changed']} changed, "
+        f"{counts['removed']} removed",
+    }
+
+
+def change_summary(run: Run) -> dict[str, Any] | None:
+    """What the apply of this dry-run would change, per stage and in total.
+
+    None for an apply run, or a dry-run still partitioning. Shape: {"stages": [{"id", "kind",
+    "executor", "unit", "line" (one sentence), "complete", ...the kind's own figures}],
+    "totals": {"rows", "files_added", "files_changed", "files_removed", "archives",
+    "modules_to_write", "modules_failing", "assets_new", "assets_changed", "assets_removed",
+    "pages_new", "pages_changed", "pages_removed"}, "line": the totals in one sentence,
+    "complete": False when a stage had more previews than CHANGE_SUMMARY_PREVIEWS or a
+    preview listed only part of its items}. Kind terms by executor: `sql_migrate` rows per
+    statement (`statements[].rows`, None where a statement was only checked) or a backfill's
+    template, key range and batch size, and `tables`; `pack_backend` files and bytes
+    added/changed/removed against the last applied run's same stage (`services.last_applied_run`'s
+    rule: the newest succeeded apply of the plan), `archives_to_write`; `warm_registry` /
+    `prime_caches` modules to register or compile and `failing`; `index_assets` assets
+    new/changed/removed and bytes; `docs_index` pages new/changed/removed/unreadable.
+    """
+    if run.mode != RunMode.DRY_RUN or run.state in (RunState.PENDING, RunState.PARTITIONING):
+        return None
+    stages = sorted(run.run_stages.all(), key=lambda s: s.position)
+    against: dict[str, RunStage] | None = None
+    out_stages: list[dict[str, Any]] = []
+    totals: dict[str, int] = {}
+
+    def add(key: str, n: int | None) -> None:
+        totals[key] = totals.get(key, 0) + int(n or 0)
+
+    for stage in stages:
+        if stage.executor == "sql_migrate":
+            body = _migrate_summary(stage)
+            add("rows", body["rows"])
+        elif stage.executor == "pack_backend":
+            if against is None:
+                last = (
+                    Run.objects.filter(
+                        plan_id=run.plan_id, mode=RunMode.APPLY, state=RunState.SUCCEEDED
+                    )
+                    .exclude(pk=run.pk)
+                    .order_by("-id")
+                    .first()
+                )
+                against = (
+                    {s.stage_id: s for s in RunStage.objects.filter(run=last)}
+                    if last is not None
+                    else {}
+                )
+            body = _pack_summary(stage, against.get(stage.stage_id))
+            for k in ("added", "changed", "removed"):
+                add(f"files_{k}", body["files"][k]["count"])
+            add("archives", body["archives_to_write"])
+        elif stage.executor in ("warm_registry", "prime_caches"):
+            body = _prime_summary(stage)
+            add("modules_to_write", body["modules"][body["verb"]])
+            add("modules_failing", body["modules"]["fail"])
+        elif stage.executor == "index_assets":
+            body = _assets_summary(stage)
+            for k in ("new", "changed", "removed"):
+                if k in body["assets"]:
+                    add(f"assets_{k}", body["assets"][k])
+            add("assets_to_copy", body["assets"].get("copy"))
+        elif stage.executor == "docs_index":
+            body = _docs_summary(stage)
+            for k in ("new", "changed", "removed"):
+                add(f"pages_{k}", body["pages"][k])
+        else:
+            # A plugin's executor: its previews' own sentences are in the partition table.
+            body = {"unit": None, "complete": True, "line": f"{stage.total} partitions"}
+        failed = stage.failed
+        if failed:
+            body["line"] += f" ({failed} partition{'s' if failed != 1 else ''} failed to preview)"
+        out_stages.append(
+            {"id": stage.stage_id, "kind": stage.kind, "executor": stage.executor, **body}
+        )
+    words = {
+        "rows": "rows changed",
+        "files_added": "files added",
+        "files_changed": "files changed",
+        "files_removed": "files removed",
+        "archives": "archives to write",
+        "modules_to_write": "modules to compile or register",
+        "modules_failing": "module failures (per stage)",
+        "assets_new": "assets new",
+        "assets_changed": "assets changed",
+        "assets_removed": "assets removed",
+        "assets_to_copy": "assets to copy",
+        "pages_new": "pages new",
+        "pages_changed": "pages changed",
+        "pages_removed": "pages removed",
+    }
+    line = ", ".join(f"{totals[k]} {w}" for k, w in words.items() if k in totals)
+    return {
+        "stages": out_stages,
+        "totals": totals,
+        "line": line or "nothing to change",
+        "complete": all(s["complete"] for s in out_stages),
+    }
+
+
+@dataclasses.dataclass
+class InboxRow:
+    """One dry-run of the approvals inbox: who asked, since when it waits, what it would
+    change (`change_summary`'s line) and its SQL findings' highest severity."""
+
+    run: Run
+    reason: str | None  # why the four-eyes rule keeps the user from deciding, or None
+    kinds: list[str]
+    waiting_since: datetime.datetime | None
+    change_line: str
+    highest_finding: str | None
+
+
+def approvals_inbox(
+    waiting: list[tuple[Run, str | None]], *, kind: str | None = None
+) -> list[InboxRow]:
+    """`policies.runs_to_decide`'s runs as inbox rows, only those with a stage of `kind` when
+    given. The stages of all the runs are read in one query; each run's change summary then
+    costs two queries per stage (flat in partitions), its findings none (the linter is pure).
+    Waiting since: when the dry-run finished, i.e. started waiting for a decision."""
+    runs = [run for run, _reason in waiting]
+    # One query for every run's stages; change_summary and run_findings read them from here.
+    prefetch_related_objects(
+        runs, Prefetch("run_stages", queryset=RunStage.objects.order_by("position"))
+    )
+    rows = []
+    for run, reason in waiting:
+        kinds = sorted({s.kind for s in run.run_stages.all()})
+        if kind is not None and kind not in kinds:
+            continue
+        summary = change_summary(run)
+        rows.append(
+            InboxRow(
+                run=run,
+                reason=reason,
+                kinds=kinds,
+                waiting_since=run.finished_at,
+                change_line=summary["line"] if summary else "",
+                highest_finding=run_findings(run)["highest"],
+            )
+        )
+    return rows

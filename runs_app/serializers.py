@@ -219,6 +219,21 @@ class RunSerializer(serializers.ModelSerializer):
         return _username(obj.requested_by)
 
 
+class RunDetailSerializer(RunSerializer):
+    """`GET /api/v1/runs/{id}/`: the run, and (added) a dry-run's `change_summary`, what its
+    apply would change per stage and in total (`selectors.change_summary`; null for an apply
+    or a dry-run still partitioning). Lists keep `RunSerializer`: a summary costs queries
+    per stage, not to be paid per row of a page."""
+
+    change_summary = serializers.SerializerMethodField()
+
+    class Meta(RunSerializer.Meta):
+        fields = [*RunSerializer.Meta.fields, "change_summary"]
+
+    def get_change_summary(self, obj: Run) -> dict[str, Any] | None:
+        return selectors.change_summary(obj)
+
+
 class PartitionSerializer(serializers.ModelSerializer):
     stage = serializers.CharField(source="stage.stage_id")
     # The content id keeps its API name `cas_id` (clients rely on it).
@@ -272,6 +287,9 @@ class CommentSerializer(StrictBodySerializer):
 class ApproveSerializer(CommentSerializer):
     # Required by a kind whose policy asks approvers to acknowledge high-severity findings.
     acknowledge_findings = StrictBooleanField(required=False, default=False)
+    # Added: the run digest the approver reviewed; another digest is refused (409
+    # `stale_review`). Left out, the approval binds to the run's digest as before.
+    digest = StrictCharField(required=False, max_length=64, min_length=1)
 
 
 class ApplySerializer(StrictBodySerializer):

@@ -650,10 +650,13 @@ def run_approve(
     comment: str = "",
     client_ip: str | None = None,
     acknowledge_findings: bool = False,
+    digest: str | None = None,
 ) -> Run:
     """Approve a dry-run. Where a stage's kind requires it, `acknowledge_findings` must say
     the approver read the high-severity SQL findings (400 `findings_not_acknowledged`); the
-    findings acknowledged are recorded with the approval and in the audit event."""
+    findings acknowledged are recorded with the approval and in the audit event. `digest`,
+    when given, is the run digest the approver reviewed: another one is refused (409
+    `stale_review`), so a decision form rendered for another review cannot approve this."""
     return _decide(
         run=run,
         actor=actor,
@@ -661,16 +664,26 @@ def run_approve(
         comment=comment,
         client_ip=client_ip,
         acknowledge_findings=acknowledge_findings,
+        digest=digest,
     )
 
 
-def run_reject(*, run: Run, actor: Any, comment: str = "", client_ip: str | None = None) -> Run:
+def run_reject(
+    *,
+    run: Run,
+    actor: Any,
+    comment: str = "",
+    client_ip: str | None = None,
+    digest: str | None = None,
+) -> Run:
+    """Reject a dry-run; `digest` as for `run_approve`."""
     return _decide(
         run=run,
         actor=actor,
         decision=Approval.Decision.REJECT,
         comment=comment,
         client_ip=client_ip,
+        digest=digest,
     )
 
 
@@ -682,6 +695,7 @@ def _decide(
     comment: str,
     client_ip: str | None,
     acknowledge_findings: bool = False,
+    digest: str | None = None,
 ) -> Run:
     _require(actor, "approve")
     if not isinstance(comment, str) or len(comment) > 5000 or "\x00" in comment:
@@ -708,6 +722,8 @@ def _decide(
         locked = Run.objects.select_for_update().get(pk=run.pk)
         mine = Approval.objects.filter(run=locked, user=actor).first()
         policies.decision_open(locked, mine=mine, decision=decision).enforce()
+        # Judged under the lock: the digest the decision binds to is the one read here.
+        policies.review_current(locked, digest).enforce()
         if mine is not None:
             return locked  # the same decision twice counts once
         Approval.objects.create(

@@ -76,6 +76,8 @@ class Target:
     # sqlite: the database file; postgresql: psycopg connect() keyword arguments.
     sqlite_path: Path | None = None
     pg_kwargs: tuple[tuple[str, Any], ...] = ()
+    # Column names (lower case) whose values a review never shows: masked in sample rows.
+    sensitive: frozenset[str] = frozenset()
 
     @property
     def display(self) -> str:
@@ -99,6 +101,42 @@ class Target:
         return f"postgresql://{host}:{kw.get('port') or 5432}/{kw.get('dbname', '')}"
 
 
+def target_entry(entry: object, *, path: str, name: str) -> tuple[str, frozenset[str]]:
+    """One HXO_DATABASE_TARGETS value: a URL (the form since the start), or an object
+    `{"url": "...", "sensitive": ["email", ...]}` naming the columns whose values reviews
+    mask. Returns (url, sensitive column names in lower case); ComponentError
+    (unsupported_target) for another shape (settings also refuse it at start-up)."""
+    if isinstance(entry, str):
+        return entry, frozenset()
+    problem = target_entry_problem(entry)
+    if problem is not None:
+        raise ComponentError(
+            f"target {name!r} in settings: {problem}",
+            code=UNSUPPORTED_TARGET,
+            permanent=True,
+            path=path,
+        )
+    assert isinstance(entry, dict)
+    return entry["url"], frozenset(c.lower() for c in entry.get("sensitive", []))
+
+
+def target_entry_problem(entry: object) -> str | None:
+    """Why `entry` is not a target's value (a URL string, or {"url", "sensitive"}), or None."""
+    if isinstance(entry, str):
+        return None
+    if not isinstance(entry, dict):
+        return "must be a URL or an object with url and sensitive"
+    unknown = set(entry) - {"url", "sensitive"}
+    if unknown:
+        return f"unknown keys {sorted(unknown)} (allowed: url, sensitive)"
+    if not isinstance(entry.get("url"), str) or not entry["url"]:
+        return "url must be a non-empty string"
+    sensitive = entry.get("sensitive", [])
+    if not isinstance(sensitive, list) or not all(isinstance(c, str) and c for c in sensitive):
+        return "sensitive must be a list of column names"
+    return None
+
+
 def get_target(name: object, *, path: str = "params.target") -> Target:
     """The registered target `name`, or ComponentError(unknown_target)."""
     registered = settings.HXO_DATABASE_TARGETS
@@ -112,8 +150,9 @@ def get_target(name: object, *, path: str = "params.target") -> Target:
         )
     import dj_database_url
 
+    url, sensitive = target_entry(registered[name], path=path, name=name)
     try:
-        cfg = dj_database_url.parse(registered[name])
+        cfg = dj_database_url.parse(url)
     except Exception as exc:  # dj_database_url raises several types for bad URLs
         raise ComponentError(
             f"target {name!r} has an invalid URL in settings: {exc}",
@@ -126,7 +165,7 @@ def get_target(name: object, *, path: str = "params.target") -> Target:
         db_path = Path(str(cfg["NAME"]))
         if not db_path.is_absolute():
             db_path = Path(settings.BASE_DIR) / db_path
-        return Target(name=name, vendor=SQLITE, sqlite_path=db_path)
+        return Target(name=name, vendor=SQLITE, sqlite_path=db_path, sensitive=sensitive)
     if engine.endswith("postgresql"):
         kwargs: dict[str, Any] = {"dbname": cfg["NAME"]}
         for key, arg in (("HOST", "host"), ("PORT", "port"), ("USER", "user")):
@@ -136,7 +175,12 @@ def get_target(name: object, *, path: str = "params.target") -> Target:
             kwargs["password"] = cfg["PASSWORD"]
         for key, value in (cfg.get("OPTIONS") or {}).items():
             kwargs[key] = value
-        return Target(name=name, vendor=POSTGRESQL, pg_kwargs=tuple(sorted(kwargs.items())))
+        return Target(
+            name=name,
+            vendor=POSTGRESQL,
+            pg_kwargs=tuple(sorted(kwargs.items())),
+            sensitive=sensitive,
+        )
     raise ComponentError(
         f"target {name!r} uses {engine or 'an unknown engine'}; "
         "SQLite and PostgreSQL are supported",
@@ -343,6 +387,62 @@ class TargetConnection:
         self.require_session(sql)
         self._require_not_cancelled()
         return rows
+
+    def sample_rows(
+        self, sql: str, params: Mapping[str, Any] | None = None
+    ) -> tuple[list[str], list[tuple[Any, ...]]] | None:
+        """A SELECT built from a plan statement (a dry-run's sample rows: the statement's own
+        WHERE), run inside the open transaction with `run_statement`'s guards, in a savepoint
+        so that its failure (a column the rewrite cannot name) leaves the batch as it was.
+        Returns (column names, rows), or None when it failed; the caller checked `sql`
+        against the SQL policy first. Never for an apply: only dry-runs sample."""
+        self._require_not_cancelled()
+        self.require_transaction(sql)
+        cursor = self.raw.cursor()
+        with self._own_control():
+            self.raw.execute("SAVEPOINT hxo_sample")
+        self._denied = None
+        self._plan = True
+        try:
+            if self.vendor == SQLITE:
+                cursor.execute(sql, dict(params or {}))
+            else:
+                query = sql if params is None else to_driver_sql(sql, self.vendor)
+                cursor.execute(query, None if params is None else dict(params), binary=True)
+            names = [d[0] for d in cursor.description or []]
+            rows = [tuple(r) for r in cursor.fetchall()]
+        except Exception:
+            self._plan = False
+            with self._own_control():
+                self.raw.execute("ROLLBACK TO SAVEPOINT hxo_sample")
+                self.raw.execute("RELEASE SAVEPOINT hxo_sample")
+            self.require_transaction(sql)
+            self._require_not_cancelled()
+            return None
+        finally:
+            self._plan = False
+        with self._own_control():
+            self.raw.execute("RELEASE SAVEPOINT hxo_sample")
+        self.require_transaction(sql)
+        self.require_session(sql)
+        self._require_not_cancelled()
+        return names, rows
+
+    def primary_key(self, table: str) -> list[str]:
+        """The primary key's columns of `table` in key order ([] when it has none)."""
+        if self.vendor == SQLITE:
+            rows = self.execute(
+                "SELECT name FROM pragma_table_info(:t) WHERE pk > 0 ORDER BY pk", {"t": table}
+            ).fetchall()
+        else:
+            rows = self.execute(
+                "SELECT a.attname FROM pg_index i JOIN pg_attribute a "
+                "ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+                "WHERE i.indrelid = to_regclass(:t) AND i.indisprimary "
+                "ORDER BY array_position(i.indkey::int2[], a.attnum)",
+                {"t": quote_identifier(table)},
+            ).fetchall()
+        return [r[0] for r in rows]
 
     @property
     def server_version(self) -> int | None:

@@ -74,6 +74,7 @@ from blueprints_app.registry import (
 )
 from hxo_site import codes
 from runs_app import sqllint
+from runs_app.kinds import samples as samples_of
 from runs_app.kinds.base import (
     plural,
     require_input,
@@ -689,8 +690,15 @@ def _run(
     *,
     checked: list[int] | None = None,
     first: int = 0,
+    per_statement: list[int | None] | None = None,
+    samples: list[dict[str, Any]] | None = None,
 ) -> int:
     """Run a batch's statements inside the open transaction; rows changed in total.
+
+    `per_statement` (a dry-run): each statement's row count is appended to it, None for a
+    statement only checked, so the review can say what each statement would change.
+    `samples` (a dry-run): each DML statement's sample rows before and after it
+    (`runs_app.kinds.samples`), read in the same transaction.
 
     Each statement is checked against the SQL policy once more (the manifest is pinned data:
     it may predate the policy), then runs through `run_statement`, whose guards (SQLite
@@ -723,8 +731,17 @@ def _run(
         if checked is not None and conn.vendor == POSTGRESQL and calls_sequence_functions(sql):
             conn.explain_statement(sql, bound)
             checked.append(first + i)
+            if per_statement is not None:
+                per_statement.append(None)
             continue
-        rows += conn.run_statement(sql, bound)
+        probe = samples_of.before(conn, sql, bound, first + i) if samples is not None else None
+        changed = conn.run_statement(sql, bound)
+        if probe is not None and samples is not None:
+            after = samples_of.after(conn, probe)
+            samples.append(samples_of.record(probe, after, conn.target.sensitive))
+        if per_statement is not None:
+            per_statement.append(changed)
+        rows += changed
     return rows
 
 
@@ -1272,6 +1289,8 @@ class SqlMigrate(Executor):
         # Statements calling setval()/nextval() are checked (EXPLAIN), not run: a sequence
         # change survives the rollback. Indexes into the stage's statements (a backfill: 0).
         checked: list[int] = []
+        per_statement: list[int | None] = []
+        samples: list[dict[str, Any]] = []
         outside = _outside_batch(conn, batch)
         with _watched(conn, ctx, batch.batch_id, settings.HXO_DRY_RUN_BATCH_TIMEOUT_MS):
             # idle_in_transaction: a paused worker's dry-run transaction (and its locks) is
@@ -1292,6 +1311,8 @@ class SqlMigrate(Executor):
                         beat,
                         checked=checked,
                         first=batch.offset if batch.mode == "statements" else 0,
+                        per_statement=per_statement,
+                        samples=samples,
                     )
             finally:
                 conn.rollback()  # a dry-run never commits
@@ -1313,6 +1334,12 @@ class SqlMigrate(Executor):
             "rows_affected": rows,
             "already_applied": False,
             "checked_not_executed": checked,
+            # Statements: one count per statement of the batch; a backfill: one per key
+            # interval still to apply (runs_app.selectors.change_summary adds them up).
+            "rows_per_statement": per_statement,
+            # Up to samples.SAMPLE_ROWS rows before/after each DML statement, values cut and
+            # the target's sensitive columns masked.
+            "samples": samples,
             "replayed": replayed,
             "outside_transaction": None if outside is None else outside.what,
         }

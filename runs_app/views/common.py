@@ -138,6 +138,11 @@ PLAIN: dict[str, str] = {
     codes.PERMISSION_DENIED: "You do not have the capability this needs.",
     codes.INVALID_STATE: "The run is not in a state that allows this any more.",
     codes.ALREADY_DECIDED: "You have already decided on this dry-run.",
+    codes.STALE_REVIEW: (
+        "Your decision was made on a review that is not this dry-run's current one (the form "
+        "was opened for another digest). Nothing was recorded: open the review again, read "
+        "it, and decide there."
+    ),
     codes.VALIDATION_FAILED: "The plan is not valid: fix the errors shown.",
     codes.NOTHING_TO_REPLAY: "There is nothing to replay: no partition failed or was cancelled.",
 }

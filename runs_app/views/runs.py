@@ -17,6 +17,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
+from blueprints_app.models import JobKind
 from hxo_site import parameters
 from hxo_site.capabilities import has_capability
 from hxo_site.errors import ServiceError
@@ -99,6 +100,12 @@ class RunActions:
             )
             or self.my_decision is not None
         )
+
+    @property
+    def besides_decision(self) -> bool:
+        """Anything but the decision to show: the decision has its own card after the
+        review's evidence (templates/hxo/runs/detail.html, `#decision`)."""
+        return dataclasses.replace(self, decide=False, decide_blocked="", my_decision=None).any
 
 
 def run_actions(user: Any, run: Run) -> RunActions:
@@ -211,6 +218,7 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "is_dry_run": run.mode == RunMode.DRY_RUN,
             "review": selectors.review_totals(run) if run.mode == RunMode.DRY_RUN else None,
             "findings": selectors.run_findings(run) if run.mode == RunMode.DRY_RUN else None,
+            "change_summary": selectors.change_summary(run),
             "last_applied": services.last_applied_run(run.plan, before=run)
             if run.mode == RunMode.DRY_RUN
             else None,
@@ -323,7 +331,13 @@ def run_decide(request: HttpRequest, pk: int, decision: str) -> HttpResponse:
     form = f.DecisionForm(request.POST)
     valid = form.is_valid()
     comment = form.cleaned_data["comment"] if valid else request.POST.get("comment", "")
-    kwargs: dict[str, Any] = {"comment": comment, "client_ip": client_ip(request)}
+    # The page's form always carries the digest it was rendered for: a form without one is
+    # not the review's (the API may leave it out; the page may not).
+    kwargs: dict[str, Any] = {
+        "comment": comment,
+        "client_ip": client_ip(request),
+        "digest": request.POST.get("digest") or "-",
+    }
     if decision == "approve":
         kwargs["acknowledge_findings"] = valid and form.cleaned_data["acknowledge_findings"]
     service = services.run_approve if decision == "approve" else services.run_reject
@@ -394,5 +408,16 @@ def run_replay(request: HttpRequest, pk: int) -> HttpResponse:
 @require("approve")
 @require_GET
 def approvals(request: HttpRequest) -> HttpResponse:
+    """The inbox: dry-runs waiting for the user's decision with how long they waited, who
+    asked, what they would change and their highest SQL finding; `?kind=` keeps those with a
+    stage of that kind (a registered kind, else 400 naming the parameter)."""
+    kinds = sorted(JobKind.objects.values_list("kind", flat=True))
+    kind = parameters.choice(request.GET, "kind", kinds)
     mine, others = policies.runs_to_decide(request.user)
-    return page(request, "hxo/approvals.html", {"mine": mine, "others": others})
+    context = {
+        "mine": selectors.approvals_inbox(mine, kind=kind),
+        "others": selectors.approvals_inbox(others, kind=kind),
+        "kinds": kinds,
+        "kind": kind,
+    }
+    return page(request, "hxo/approvals.html", context)

@@ -78,7 +78,10 @@ def test_approving_with_a_comment_and_then_applying(
     client_for, approver, operator, plan, dry_run
 ) -> None:
     ap, op = client_for(approver), client_for(operator)
-    response = ap.post(f"/runs/{dry_run.pk}/approve/", {"comment": "checked the previews"})
+    response = ap.post(
+        f"/runs/{dry_run.pk}/approve/",
+        {"comment": "checked the previews", "digest": dry_run.digest},
+    )
     assert response.status_code == 302
     dry_run.refresh_from_db()
     assert dry_run.state == RunState.APPROVED
@@ -94,7 +97,9 @@ def test_approving_with_a_comment_and_then_applying(
 
 
 def test_rejecting_closes_the_dry_run(client_for, approver, operator, dry_run) -> None:
-    client_for(approver).post(f"/runs/{dry_run.pk}/reject/", {"comment": "wrong items"})
+    client_for(approver).post(
+        f"/runs/{dry_run.pk}/reject/", {"comment": "wrong items", "digest": dry_run.digest}
+    )
     dry_run.refresh_from_db()
     assert dry_run.state == RunState.REJECTED
     body = html(client_for(operator).get(f"/runs/{dry_run.pk}/"))

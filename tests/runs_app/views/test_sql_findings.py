@@ -102,7 +102,8 @@ def test_approving_on_the_page_without_the_acknowledgement_is_refused(
     assert AuditEvent.objects.filter(action=f"refused.{codes.FINDINGS_NOT_ACKNOWLEDGED}").exists()
 
     response = client_for(approver).post(
-        f"/runs/{run.pk}/approve/", {"comment": "ok", "acknowledge_findings": "on"}
+        f"/runs/{run.pk}/approve/",
+        {"comment": "ok", "acknowledge_findings": "on", "digest": run.digest},
     )
     assert response.status_code == 302
     approval = Approval.objects.get()

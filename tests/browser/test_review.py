@@ -1,0 +1,156 @@
+"""An approver reviews a deploy.migrate dry-run (issue 14 §1): the sticky digest, what will
+change, the SQL highlighted under the CSP, then the decision. Screenshots of the review are
+kept in test-results/ for the eye."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect
+
+from runs_app import services
+from runs_app.models import Approval, RunState
+from tests.browser.conftest import RESULTS, log_in
+from tests.helpers import drain
+from tests.runs_app.kinds.conftest import EXAMPLES, demo_copy, scratch  # noqa: F401
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_an_approver_reads_the_change_set_and_the_sql_before_deciding(
+    open_page, operator, approver, tmp_path: Path, settings: Any
+) -> None:
+    path = tmp_path / "shop.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE customers (id INTEGER PRIMARY KEY, email TEXT, domain TEXT, status TEXT)"
+        )
+        conn.executemany(
+            "INSERT INTO customers VALUES (?, ?, NULL, ?)",
+            [(i, f"user{i}@example.test", "active" if i % 4 else "closed") for i in range(1, 41)],
+        )
+        conn.execute("CREATE TABLE archive (id INTEGER PRIMARY KEY, customer INTEGER)")
+    conn.close()
+    settings.HXO_DATABASE_TARGETS = {
+        **settings.HXO_DATABASE_TARGETS,
+        "t": {"url": f"sqlite:///{path}", "sensitive": ["email"]},
+    }
+    statements = [
+        "UPDATE customers SET domain = substr(email, instr(email, '@') + 1) "
+        "WHERE domain IS NULL AND status = 'active'",
+        "INSERT INTO archive (customer) SELECT id FROM customers WHERE status = 'closed'",
+        "DELETE FROM customers WHERE status = 'closed' AND id > 30",
+    ]
+    document = {
+        "name": "customer domains",
+        "stages": [
+            {
+                "id": "migrate",
+                "kind": "deploy.migrate",
+                "partitioner": "by_sql_batch",
+                "executor": "sql_migrate",
+                "params": {"target": "t", "statements": statements, "batch_size": 2},
+            }
+        ],
+    }
+    plan = services.plan_create(actor=operator, document=document)
+    run = drain(services.run_start_dry_run(plan=plan, actor=operator))
+    assert run.state == RunState.AWAITING_APPROVAL
+
+    page = open_page(height=1000)
+    log_in(page, "april")
+    page.goto(f"/runs/{run.pk}/")
+    expect(page.get_by_test_id("change-total")).to_have_text("43 rows changed")
+    expect(page.get_by_test_id("statement-rows")).to_have_text(["30", "10", "3"])
+    sql = page.get_by_test_id("sql-migrate")
+    # Highlighted with classes, and the stylesheet applies under the CSP: keywords are coloured.
+    keyword = sql.locator(".sql .k").first
+    expect(keyword).to_have_text("UPDATE")
+    assert keyword.evaluate("e => getComputedStyle(e).color") != "rgb(28, 35, 48)"
+    # Sample rows before → after under the UPDATE, the email column masked by the target.
+    samples = page.get_by_test_id("samples-0")
+    expect(samples.locator("td.changed").first).to_have_text("NULL → example.test")
+    expect(samples.locator("td.masked").first).to_have_text("•••")
+    expect(page.get_by_test_id("samples-2").locator("tr.sample-deleted")).to_have_count(3)
+    assert "user1@example.test" not in page.content()
+    RESULTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(RESULTS / "review-migrate.png"), full_page=True)
+
+    # Scrolled down to the decision, the digest bar is still at the top of the window.
+    page.locator("#decision").scroll_into_view_if_needed()
+    box = page.get_by_test_id("review-digest").bounding_box()
+    assert box is not None and box["y"] <= 1
+    page.screenshot(path=str(RESULTS / "review-migrate-decision.png"))
+
+    page.get_by_test_id("approve").click()
+    page.wait_for_url(f"**/runs/{run.pk}/")
+    assert Approval.objects.get().digest == run.digest
+    run.refresh_from_db()
+    assert run.state == RunState.APPROVED
+    assert page.console_errors == []
+
+
+def test_the_release_review_and_the_inbox_show_each_kinds_change_set(
+    open_page,
+    operator,
+    approver,
+    demo_copy,  # noqa: F811
+    tmp_path: Path,
+    settings: Any,
+) -> None:
+    import json
+
+    document = json.loads((EXAMPLES / "plans" / "release-demo.json").read_text())
+    (demo_copy / "backend" / "broken.py").write_text("def oops(:\n")
+    plan = services.plan_create(actor=operator, document=document)
+    run = drain(services.run_start_dry_run(plan=plan, actor=operator))
+    assert run.state in (RunState.AWAITING_APPROVAL, RunState.SUCCEEDED), run.error
+    path = tmp_path / "t.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, note TEXT)")
+        conn.executemany("INSERT INTO items VALUES (?, '')", [(i,) for i in range(1, 6)])
+    conn.close()
+    settings.HXO_DATABASE_TARGETS = {**settings.HXO_DATABASE_TARGETS, "t": f"sqlite:///{path}"}
+    migrate = services.plan_create(
+        actor=operator,
+        document={
+            "name": "notes",
+            "stages": [
+                {
+                    "id": "migrate",
+                    "kind": "deploy.migrate",
+                    "partitioner": "by_sql_batch",
+                    "executor": "sql_migrate",
+                    "params": {"target": "t", "statements": ["UPDATE items SET note = 'x'"]},
+                }
+            ],
+        },
+    )
+    waiting = drain(services.run_start_dry_run(plan=migrate, actor=operator))
+    assert waiting.state == RunState.AWAITING_APPROVAL
+
+    page = open_page(height=1000)
+    log_in(page, "april")
+    page.goto(f"/runs/{run.pk}/")
+    summary = page.get_by_test_id("change-summary")
+    expect(summary.locator("tr[data-stage=registry]")).to_contain_text("1 will fail")
+    expect(summary.locator("tr[data-stage=registry]")).to_contain_text("backend.broken")
+    expect(summary.locator("tr[data-stage=pack]")).to_contain_text("archives to write")
+    expect(summary.locator("tr[data-stage=docs]")).to_contain_text("pages new")
+    expect(summary.locator("tr[data-stage=assets]")).to_contain_text("assets to copy")
+    RESULTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(RESULTS / "review-release.png"), full_page=True)
+
+    page.goto("/approvals/")
+    row = page.locator(f"tr[data-run='{waiting.pk}']")
+    expect(row.get_by_test_id("inbox-change")).to_have_text("5 rows changed")
+    expect(row.get_by_test_id("inbox-highest")).to_have_text("high")
+    page.get_by_label("Kind").select_option("deploy.migrate")
+    page.get_by_role("button", name="Filter").click()
+    page.wait_for_url("**/approvals/?kind=deploy.migrate")
+    expect(page.locator(f"tr[data-run='{waiting.pk}']")).to_be_visible()
+    page.screenshot(path=str(RESULTS / "approvals-inbox.png"), full_page=True)
+    assert page.console_errors == []
