@@ -161,7 +161,7 @@ class RunSerializer(serializers.ModelSerializer):
     # Added fields: the pause flag and its intervals, and the live throttle
     # (`selectors.run_control`).
     paused = serializers.SerializerMethodField()
-    paused_at = serializers.DateTimeField(read_only=True)
+    paused_at = serializers.DateTimeField(read_only=True, allow_null=True)
     pauses = serializers.JSONField(read_only=True)
     paused_ms = serializers.SerializerMethodField()
     throttle = serializers.SerializerMethodField()

@@ -350,42 +350,50 @@ def run_decide(request: HttpRequest, pk: int, decision: str) -> HttpResponse:
     return done(request, _back(run))
 
 
+def _run_action(
+    request: HttpRequest, pk: int, service: Any, *, refused_title: str, success: str
+) -> HttpResponse:
+    """POST of a run button: `service(run=, actor=, client_ip=)`, then back to the run with
+    `success` (formatted with the run's pk), or the refusal page titled `refused_title`."""
+    run = get_object_or_404(Run, pk=pk)
+    try:
+        service(run=run, actor=request.user, client_ip=client_ip(request))
+    except ServiceError as exc:
+        return refused(request, exc, back=_back(run), title=refused_title)
+    messages.success(request, success.format(pk=run.pk))
+    return done(request, _back(run))
+
+
 @require("abort")
 @require_POST
 def run_abort(request: HttpRequest, pk: int) -> HttpResponse:
-    run = get_object_or_404(Run, pk=pk)
-    try:
-        services.run_abort(run=run, actor=request.user, client_ip=client_ip(request))
-    except ServiceError as exc:
-        return refused(request, exc, back=_back(run), title="Abort refused")
-    messages.success(request, f"Run #{run.pk} aborted.")
-    return done(request, _back(run))
+    return _run_action(
+        request, pk, services.run_abort, refused_title="Abort refused", success="Run #{pk} aborted."
+    )
 
 
 @require("abort")
 @require_POST
 def run_pause(request: HttpRequest, pk: int) -> HttpResponse:
-    run = get_object_or_404(Run, pk=pk)
-    try:
-        services.run_pause(run=run, actor=request.user, client_ip=client_ip(request))
-    except ServiceError as exc:
-        return refused(request, exc, back=_back(run), title="Pause refused")
-    messages.success(
-        request, f"Run #{run.pk} paused: running partitions finish, no new one starts."
+    return _run_action(
+        request,
+        pk,
+        services.run_pause,
+        refused_title="Pause refused",
+        success="Run #{pk} paused: running partitions finish, no new one starts.",
     )
-    return done(request, _back(run))
 
 
 @require("abort")
 @require_POST
 def run_resume(request: HttpRequest, pk: int) -> HttpResponse:
-    run = get_object_or_404(Run, pk=pk)
-    try:
-        services.run_resume(run=run, actor=request.user, client_ip=client_ip(request))
-    except ServiceError as exc:
-        return refused(request, exc, back=_back(run), title="Resume refused")
-    messages.success(request, f"Run #{run.pk} resumed.")
-    return done(request, _back(run))
+    return _run_action(
+        request,
+        pk,
+        services.run_resume,
+        refused_title="Resume refused",
+        success="Run #{pk} resumed.",
+    )
 
 
 @require("replay")
