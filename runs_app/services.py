@@ -792,7 +792,10 @@ def run_abort(*, run: Run, actor: Any, client_ip: str | None = None) -> Run:
                 + Partition.objects.filter(run=locked, state=PartitionState.PENDING).count()
             },
         )
-    progress.finish_abort(locked.pk)
+    # One bounded batch here (a run of up to 2,000 partitions ends in this request); a larger
+    # one is finished by a worker, so the request answers at once.
+    if not progress.finish_abort(locked.pk, max_batches=1):
+        wakeups.enqueue_abort(locked.pk)
     locked.refresh_from_db()
     return locked
 

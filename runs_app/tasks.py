@@ -47,6 +47,19 @@ def partition(run_id: int) -> dict[str, Any]:
     return {"run": run_id, "state": state}
 
 
+def finish_abort(run_id: int) -> dict[str, Any]:
+    """Cancel what is left of an aborted run, 2,000 partitions per transaction
+    (`progress.finish_abort`). Never raises: a crash leaves the rest to the reconciler."""
+    done = False
+    try:
+        done = progress.finish_abort(run_id)
+    except Exception:
+        log.exception("finishing the abort of run %s stopped", run_id)
+    finally:
+        close_old_connections()
+    return {"run": run_id, "done": done}
+
+
 def drain(run_id: int, budget_s: float | None = None) -> dict[str, Any]:
     """Claim and execute partitions of one run until none is claimable or the budget is spent.
 

@@ -113,18 +113,24 @@ def cancel_partitions(qs: Any) -> int:
 CANCEL_BATCH = 2000
 
 
-def finish_abort(run_id: int, *, batch: int | None = None) -> int:
+def finish_abort(run_id: int, *, batch: int | None = None, max_batches: int | None = None) -> bool:
     """Cancel the active partitions of an aborted run in transactions of at most `batch`
-    rows, then cancel its unfinished stages; the number of partitions cancelled.
+    rows, then cancel its unfinished stages.
 
     The run is already `aborted` (services.run_abort moved it, and fenced out its running
     partitions, in the request's own transaction), so no claim takes a pending partition in
     between (claims.claim_batch claims only for running runs). Called again after a crash by
     the reconciler (`aborted_unfinished`): it picks up where it stopped. Counters move in the
-    same transaction as their partitions, as everywhere. `batch` defaults to CANCEL_BATCH."""
+    same transaction as their partitions, as everywhere. `batch` defaults to CANCEL_BATCH.
+
+    With `max_batches`, stops after that many transactions; returns whether the abort is
+    complete (every partition and stage ended)."""
     batch = batch or CANCEL_BATCH
-    total = 0
+    done = 0
     while True:
+        if max_batches is not None and done >= max_batches:
+            return False
+        done += 1
         with transaction.atomic():
             ids = list(
                 Partition.objects.filter(run_id=run_id, state__in=PARTITION_ACTIVE)
@@ -133,11 +139,11 @@ def finish_abort(run_id: int, *, batch: int | None = None) -> int:
             )
             if not ids:
                 break
-            total += cancel_partitions(Partition.objects.filter(pk__in=ids))
+            cancel_partitions(Partition.objects.filter(pk__in=ids))
     with transaction.atomic():
         for stage in RunStage.objects.filter(run_id=run_id).exclude(state__in=STAGE_TERMINAL):
             move_stage(stage, StageState.CANCELLED)
-    return total
+    return True
 
 
 def aborted_unfinished() -> list[int]:

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 DRAIN_TASK = "runs_app.tasks.drain"
 # The task that resolves a run's manifest and writes its partitions (runs_app.tasks).
 PARTITION_TASK = "runs_app.tasks.partition"
+ABORT_TASK = "runs_app.tasks.finish_abort"
 
 
 def enqueue_drainers(run_id: int, count: int = 1) -> None:
@@ -55,6 +56,19 @@ def enqueue_partitioner(run_id: int) -> None:
             "could not enqueue the partitioner of run %s; the reconciler will",
             run_id,
             exc_info=True,
+        )
+
+
+def enqueue_abort(run_id: int) -> None:
+    """Put a task that finishes cancelling an aborted run on the queue. Never raises: with
+    the broker down the reconciler finishes it (`progress.aborted_unfinished`)."""
+    from django_q.tasks import async_task
+
+    try:
+        async_task(ABORT_TASK, run_id, group=f"run-{run_id}")
+    except Exception:
+        log.warning(
+            "could not enqueue the abort of run %s; the reconciler will", run_id, exc_info=True
         )
 
 

@@ -48,6 +48,11 @@ CAPABILITY: dict[tuple[str, str], str] = {
     ("run-reject", "POST"): "approve",
     ("run-abort", "POST"): "abort",
     ("run-replay", "POST"): "replay",
+    # Pausing or slowing a run is milder than aborting it: the same capability.
+    ("run-pause", "POST"): "abort",
+    ("run-resume", "POST"): "abort",
+    ("run-throttle", "POST"): "abort",
+    ("run-partition-log", "GET"): "view",
     ("run-receipt", "GET"): "view",
     ("run-diff", "GET"): "view",
     ("audit-list", "GET"): "audit",
@@ -161,6 +166,8 @@ def url_for(endpoint: Endpoint, ctx: dict[str, Any]) -> str:
             kwargs[param] = TEST_KIND_NOAPPROVAL
         elif param == "version":
             kwargs[param] = JobKind.objects.get(kind=TEST_KIND_NOAPPROVAL).version
+        elif param == "index":
+            kwargs[param] = 0
         elif endpoint.name.startswith("plan-"):
             kwargs[param] = ctx["plan"].pk
         elif endpoint.name in ("run-approve", "run-reject"):

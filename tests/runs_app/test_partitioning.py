@@ -73,7 +73,7 @@ def test_batches_are_bounded_and_nothing_is_claimable_before_the_last(
     assert 'data-testid="partitioning"' in page and "Resolving" in page
     pages: list[str] = []
     seen: list[dict[str, Any]] = []
-    original = partitioning._insert
+    original = partitioning.insert_partitions
 
     def watching(rows: list[Partition]) -> None:
         original(rows)
@@ -90,7 +90,7 @@ def test_batches_are_bounded_and_nothing_is_claimable_before_the_last(
         )
         pages.append(client.get(f"/runs/{run.pk}/progress/").content.decode())
 
-    monkeypatch.setattr(partitioning, "_insert", watching)
+    monkeypatch.setattr(partitioning, "insert_partitions", watching)
     partitioned = services.run_partition(run_id=run.pk)
 
     assert [s["rows"] for s in seen] == [4, 4, 2]
@@ -114,7 +114,7 @@ def test_a_crash_mid_partitioning_is_rescued_and_each_partition_is_written_once(
     monkeypatch.setattr(partitioning, "BATCH", 3)
     plan = plan_of(operator, stage("a", tmp_path, items=10, kind=TEST_KIND_NOAPPROVAL))
     run = services.run_apply(plan=plan, actor=operator)
-    original = partitioning._insert
+    original = partitioning.insert_partitions
     calls = {"n": 0}
 
     def dying(rows: list[Partition]) -> None:
@@ -123,12 +123,12 @@ def test_a_crash_mid_partitioning_is_rescued_and_each_partition_is_written_once(
             raise SystemExit("worker killed")  # not an Exception: nothing catches it
         original(rows)
 
-    monkeypatch.setattr(partitioning, "_insert", dying)
+    monkeypatch.setattr(partitioning, "insert_partitions", dying)
     # A killed worker never releases its lease: it expires.
     monkeypatch.setattr(partitioning, "release_lease", lambda run_id, owner: None)
     with pytest.raises(SystemExit):
         services.run_partition(run_id=run.pk)
-    monkeypatch.setattr(partitioning, "_insert", original)
+    monkeypatch.setattr(partitioning, "insert_partitions", original)
 
     run.refresh_from_db()
     assert run.state == RunState.PARTITIONING
@@ -221,7 +221,7 @@ def test_an_abort_while_partitioning_stops_the_worker(
     monkeypatch.setattr(partitioning, "BATCH", 2)
     plan = plan_of(operator, stage("a", tmp_path, items=9, kind=TEST_KIND_NOAPPROVAL))
     run = services.run_apply(plan=plan, actor=operator)
-    original = partitioning._insert
+    original = partitioning.insert_partitions
     calls = {"n": 0}
 
     def aborting(rows: list[Partition]) -> None:
@@ -230,7 +230,7 @@ def test_an_abort_while_partitioning_stops_the_worker(
         if calls["n"] == 2:
             services.run_abort(run=Run.objects.get(pk=run.pk), actor=operator)
 
-    monkeypatch.setattr(partitioning, "_insert", aborting)
+    monkeypatch.setattr(partitioning, "insert_partitions", aborting)
     assert services.run_partition(run_id=run.pk) is None
 
     run.refresh_from_db()
