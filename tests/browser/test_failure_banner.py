@@ -39,7 +39,7 @@ def plan_of(operator, *stages):
 def dark_share(png: bytes) -> float:
     """The share of a bar's pixels darker than mid-grey."""
     img = Image.open(io.BytesIO(png)).convert("L")
-    pixels = list(img.getdata())
+    pixels = list(img.get_flattened_data())
     return sum(1 for p in pixels if p < 110) / len(pixels)
 
 

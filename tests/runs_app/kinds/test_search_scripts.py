@@ -32,6 +32,9 @@ PAGES = {
     "docs/hindi.md": "# हिन्दी\n\nहिन्दी भारत की एक भाषा है। नमस्ते दुनिया।\n",
     "docs/cafe.md": "# Café crème\n\nLe café de Ñandú est prêt.\n",
     "docs/plain.md": "# Plain\n\nNothing but ASCII text here, a ledger of words.\n",
+    # Dotted and slashed names: PostgreSQL's parser read each as one token (a host, a file).
+    "docs/dotted.md": "# Names\n\nRun deploy.pack over django.db.models and docs/api, "
+    "mail ops@example.org.\n",
 }
 
 
@@ -74,6 +77,14 @@ def test_each_script_finds_its_page(indexed, query, route):
     hits = search_docs(query)
 
     assert [h["route"] for h in hits] == [route]
+    assert "<mark>" in hits[0]["snippet_html"], hits[0]
+
+
+@pytest.mark.parametrize("word", ["deploy", "pack", "models", "api", "ops"])
+def test_a_word_inside_a_dotted_or_slashed_name_finds_its_page(indexed, word):
+    hits = search_docs(word)
+
+    assert [h["route"] for h in hits] == ["/docs/dotted/"]
     assert "<mark>" in hits[0]["snippet_html"], hits[0]
 
 
