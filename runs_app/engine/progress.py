@@ -128,18 +128,19 @@ def finish_abort(run_id: int, *, batch: int | None = None, max_batches: int | No
     batch = batch or CANCEL_BATCH
     done = 0
     while True:
-        if max_batches is not None and done >= max_batches:
-            return False
-        done += 1
         with transaction.atomic():
             ids = list(
                 Partition.objects.filter(run_id=run_id, state__in=PARTITION_ACTIVE)
                 .order_by("pk")
                 .values_list("pk", flat=True)[:batch]
             )
-            if not ids:
-                break
-            cancel_partitions(Partition.objects.filter(pk__in=ids))
+            if ids:
+                cancel_partitions(Partition.objects.filter(pk__in=ids))
+        done += 1
+        if len(ids) < batch:
+            break  # that was the last of them: end the stages now, in this call
+        if max_batches is not None and done >= max_batches:
+            return False
     with transaction.atomic():
         for stage in RunStage.objects.filter(run_id=run_id).exclude(state__in=STAGE_TERMINAL):
             move_stage(stage, StageState.CANCELLED)

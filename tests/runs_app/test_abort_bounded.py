@@ -88,3 +88,24 @@ def test_the_reconciler_finishes_an_interrupted_abort(test_kinds, operator, tmp_
         StageState.CANCELLED
     }
     assert tasks.reconcile()["aborts_finished"] == []
+
+
+def test_a_small_run_is_wholly_aborted_in_the_request(test_kinds, operator, tmp_path) -> None:
+    """Up to one batch of partitions, the request ends the abort itself: every partition and
+    stage cancelled when it answers, no worker needed."""
+    plan = services.plan_create(
+        actor=operator,
+        document={
+            "name": "small",
+            "stages": [stage("a", tmp_path, items=3, kind=TEST_KIND_NOAPPROVAL)],
+        },
+    )
+    run = partitioned(services.run_apply(plan=plan, actor=operator))
+
+    services.run_abort(run=run, actor=operator)
+
+    assert not Partition.objects.filter(run=run, state=PartitionState.PENDING).exists()
+    assert list(RunStage.objects.filter(run=run).values_list("state", flat=True)) == [
+        StageState.CANCELLED
+    ]
+    assert progress.aborted_unfinished() == []
