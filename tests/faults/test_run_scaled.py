@@ -15,6 +15,7 @@ import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -27,6 +28,25 @@ from tests.runs_app.cluster import wait_for
 from tests.runs_app.testkinds import TEST_KIND_NOAPPROVAL, effect_files, stage
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cluster]
+
+
+def apply_once_serving(
+    deployment: Deployment, plan: Any, tokens: dict[str, str], run: Any, output: Any
+) -> dict[str, Any]:
+    """POST the plan's apply until the server `run` started answers 202 (polled with a 60 s
+    deadline); the run it returns. `output()` gives the server's output for a failure."""
+    deadline = time.monotonic() + 60
+    while True:
+        status, body = (0, None)
+        with contextlib.suppress(OSError):  # not listening yet
+            status, body = deployment.api(
+                "POST", f"/api/v1/plans/{plan.pk}/apply/", token=tokens["operator"], body={}
+            )
+        if status == 202:
+            return body
+        assert run.poll() is None, output()
+        assert time.monotonic() < deadline, "the web server did not come up"
+        time.sleep(0.2)  # polling a port with a deadline, not waiting for work
 
 
 @pytest.mark.skipif(not Path("/proc").exists(), reason="reads the process table from /proc")
@@ -53,18 +73,7 @@ def test_hxo_run_starts_n_clusters_on_one_queue_that_drain_on_ctrl_c(
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            status, body = (0, None)
-            with contextlib.suppress(OSError):  # not listening yet
-                status, body = deployment.api(
-                    "POST", f"/api/v1/plans/{plan.pk}/apply/", token=tokens["operator"], body={}
-                )
-            if status == 202:
-                break
-            assert run.poll() is None, run.communicate()[0]
-            assert time.monotonic() < deadline, "the web server did not come up"
-            time.sleep(0.2)
+        body = apply_once_serving(deployment, plan, tokens, run, lambda: run.communicate()[0])
         wait_for(lambda: Run.objects.get(pk=body["id"]).is_finished, "the run")
         children = children_of(run.pid)
         assert len(children) == 4  # runserver and three qcluster main processes
@@ -144,19 +153,8 @@ def test_run_scaled_web_server_serves_20_clients_without_a_5xx(
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            status, body = (0, None)
-            with contextlib.suppress(OSError):
-                status, body = deployment.api(
-                    "POST", f"/api/v1/plans/{plan.pk}/apply/", token=tokens["operator"], body={}
-                )
-            if status == 202:
-                break
-            assert run.poll() is None, (tmp_path / "hxo-run.log").read_text()
-            assert time.monotonic() < deadline, "the web server did not come up"
-            time.sleep(0.2)
-        run_id = body["id"]
+        log = tmp_path / "hxo-run.log"
+        run_id = apply_once_serving(deployment, plan, tokens, run, log.read_text)["id"]
         paths = [
             f"/runs/{run_id}/",
             f"/api/v1/runs/{run_id}/",

@@ -3,6 +3,7 @@ made through the services (runs executed inline by the drainer)."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -80,3 +81,15 @@ def applied(plan: Plan, dry_run: Run, operator, approver) -> Run:
 
 def html(response: Any) -> str:
     return response.content.decode()
+
+
+@pytest.fixture
+def target(tmp_path: Path, settings: Any) -> Path:
+    """A registered SQLite target `t` with a table `items` of 5 rows (ids 1-5)."""
+    path = tmp_path / "t.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, note TEXT)")
+        conn.executemany("INSERT INTO items VALUES (?, '')", [(i,) for i in range(1, 6)])
+    conn.close()
+    settings.HXO_DATABASE_TARGETS = {**settings.HXO_DATABASE_TARGETS, "t": f"sqlite:///{path}"}
+    return path

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime
 import re
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from runs_app.models import Approval, Run, RunState
 from runs_app.templatetags.sql import highlight_sql, stylesheet
 from tests.helpers import drain
 from tests.runs_app.views.conftest import html
+from tests.runs_app.views.test_sql_findings import risky_dry_run
 
 pytestmark = pytest.mark.django_db
 
@@ -28,34 +28,9 @@ HOSTILE = "UPDATE items SET note = '<script>alert(1)</script>' WHERE id <= 2"
 STATEMENTS = [HOSTILE, "DELETE FROM items WHERE id = 5"]
 
 
-@pytest.fixture
-def target(tmp_path: Path, settings: Any) -> Path:
-    path = tmp_path / "t.sqlite3"
-    with sqlite3.connect(path) as conn:
-        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, note TEXT)")
-        conn.executemany("INSERT INTO items VALUES (?, '')", [(i,) for i in range(1, 6)])
-    conn.close()
-    settings.HXO_DATABASE_TARGETS = {**settings.HXO_DATABASE_TARGETS, "t": f"sqlite:///{path}"}
-    return path
-
-
 def migrate_dry_run(operator: Any, statements: list[str] = STATEMENTS) -> Run:
-    document = {
-        "name": "review",
-        "stages": [
-            {
-                "id": "migrate",
-                "kind": "deploy.migrate",
-                "partitioner": "by_sql_batch",
-                "executor": "sql_migrate",
-                "params": {"target": "t", "statements": statements},
-            }
-        ],
-    }
-    plan = services.plan_create(actor=operator, document=document)
-    run = drain(services.run_start_dry_run(plan=plan, actor=operator))
-    assert run.state == RunState.AWAITING_APPROVAL
-    return run
+    """A dry-run of `statements` on the `target` SQLite database, awaiting approval."""
+    return risky_dry_run(operator, statements)
 
 
 def test_highlighted_sql_escapes_markup_and_carries_classes_not_styles() -> None:

@@ -24,17 +24,6 @@ pytestmark = pytest.mark.django_db
 RISKY = ["UPDATE items SET note = 'x' WHERE id = 1", "DELETE FROM items"]
 
 
-@pytest.fixture
-def target(tmp_path: Path, settings: Any) -> Path:
-    path = tmp_path / "t.sqlite3"
-    with sqlite3.connect(path) as conn:
-        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, note TEXT)")
-        conn.executemany("INSERT INTO items VALUES (?, '')", [(i,) for i in range(1, 6)])
-    conn.close()
-    settings.HXO_DATABASE_TARGETS = {**settings.HXO_DATABASE_TARGETS, "t": f"sqlite:///{path}"}
-    return path
-
-
 def risky_dry_run(operator: Any, statements: list[str] = RISKY) -> Run:
     document = {
         "name": "risky",
