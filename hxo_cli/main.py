@@ -286,8 +286,10 @@ class Cli:
                 raise
         else:
             run = self._call(lambda: self.api.post(f"runs/{run_id}/{action}/", body), "run", run_id)
-        # `paused` is a flag beside the state (a paused run stays `running`): say it.
-        paused = " paused" if run.get("paused") else ""
+        # A paused running run reads `paused`; one paused before it ran (`pending`,
+        # `partitioning`) keeps its state, with the flag: say it. An older server said
+        # `running` with the flag.
+        paused = " paused" if run.get("paused") and run.get("state") != "paused" else ""
         self.say(f"run {run.get('id')} {run.get('state')}{paused}")
         return EXIT_OK
 

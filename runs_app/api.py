@@ -26,7 +26,14 @@ from hxo_site.pagination import AuditPagination, PartitionsPagination, RunsPagin
 from hxo_site.permissions import capability_required
 from hxo_site.serializers import ErrorSerializer
 from runs_app import selectors, services
-from runs_app.models import Partition, PartitionState, Plan, Run, RunMode, RunState
+from runs_app.models import (
+    RUN_PUBLIC_STATES,
+    Partition,
+    PartitionState,
+    Plan,
+    Run,
+    RunMode,
+)
 from runs_app.serializers import (
     ApplySerializer,
     ApproveSerializer,
@@ -327,7 +334,7 @@ class RunList(generics.ListAPIView):
         params = self.request.query_params
         runs = selectors.runs(
             plan=parameters.optional_id(params, "plan"),
-            state=parameters.choice(params, "state", RunState.values),
+            state=parameters.choice(params, "state", RUN_PUBLIC_STATES),
             mode=parameters.choice(params, "mode", RunMode.values),
         )
         return runs.select_related("revision", "requested_by").prefetch_related(
@@ -338,7 +345,7 @@ class RunList(generics.ListAPIView):
         summary="Runs",
         parameters=[
             OpenApiParameter("plan", int, description=f"A plan id. {ONCE}"),
-            OpenApiParameter("state", str, enum=RunState.values, description=ONCE),
+            OpenApiParameter("state", str, enum=RUN_PUBLIC_STATES, description=ONCE),
             OpenApiParameter("mode", str, enum=RunMode.values, description=ONCE),
         ],
     )

@@ -12,7 +12,7 @@ from django import forms
 from django.conf import settings
 
 from hxo_site import parameters
-from runs_app.models import PartitionState, RunMode, RunState
+from runs_app.models import RUN_PUBLIC_STATES, PartitionState, RunMode, RunState
 
 
 class DecisionForm(forms.Form):
@@ -87,8 +87,14 @@ class IdField(forms.CharField):
 
 
 class RunFilterForm(forms.Form):
+    # The public states (`paused` included: a running run whose pause flag is set).
     state = forms.ChoiceField(
-        label="State", required=False, choices=[("", "Any state"), *RunState.choices]
+        label="State",
+        required=False,
+        choices=[
+            ("", "Any state"),
+            *((s, dict(RunState.choices).get(s, "Paused")) for s in RUN_PUBLIC_STATES),
+        ],
     )
     mode = forms.ChoiceField(
         label="Mode", required=False, choices=[("", "Dry-runs and applies"), *RunMode.choices]

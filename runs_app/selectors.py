@@ -41,6 +41,7 @@ from runs_app.engine.receipts import check_effects, stage_leaves
 from runs_app.kinds.base import resolve_params
 from runs_app.kinds.migrate import BySqlBatch
 from runs_app.models import (
+    PAUSED,
     Partition,
     PartitionLog,
     PartitionState,
@@ -600,13 +601,19 @@ def plans_with_latest_revision() -> QuerySet[Plan]:
 def runs(
     *, plan: int | None = None, state: str | None = None, mode: str | None = None
 ) -> QuerySet[Run]:
-    """Runs newest first, optionally of one plan (its id), in one `RunState` and one `RunMode`.
+    """Runs newest first, optionally of one plan (its id), in one public state (a `RunState`
+    or `paused`, as `Run.public_state` names them) and one `RunMode`.
 
-    Values are exact; an empty or None value does not filter."""
+    Values are exact: `running` lists running runs that are not paused, `paused` the running
+    runs that are; an empty or None value does not filter."""
     qs = Run.objects.all()
     if plan is not None:
         qs = qs.filter(plan__pk=plan)
-    if state:
+    if state == PAUSED:
+        qs = qs.filter(state=RunState.RUNNING, paused_at__isnull=False)
+    elif state == RunState.RUNNING:
+        qs = qs.filter(state=state, paused_at__isnull=True)
+    elif state:
         qs = qs.filter(state=state)
     if mode:
         qs = qs.filter(mode=mode)

@@ -17,7 +17,7 @@ from hxo_site.serializers import (
 )
 from runs_app import selectors
 from runs_app.engine import receipts
-from runs_app.models import Approval, Partition, Plan, PlanRevision, Run
+from runs_app.models import RUN_PUBLIC_STATES, Approval, Partition, Plan, PlanRevision, Run
 
 
 def _username(user: Any) -> str | None:
@@ -158,6 +158,11 @@ class RunSerializer(serializers.ModelSerializer):
     # any partition ran (partitioning error, `stale_plan` with its `diff`), why.
     partitioning = serializers.SerializerMethodField()
     error = serializers.JSONField(read_only=True)
+    # PRODUCT.md's run states: `running (⇄ paused)`. A running run whose pause flag is set
+    # reads `paused` (`Run.public_state`); the stored state stays `running`.
+    state = serializers.ChoiceField(
+        source="public_state", choices=RUN_PUBLIC_STATES, read_only=True
+    )
     # Added fields: the pause flag and its intervals, and the live throttle
     # (`selectors.run_control`).
     paused = serializers.SerializerMethodField()

@@ -5,6 +5,8 @@ assets, documentation pages, the module registry) and what the metrics endpoint 
 from __future__ import annotations
 
 from runs_app.models.engine import (
+    PAUSED,
+    RUN_PUBLIC_STATES,
     Approval,
     ClaimLog,
     Lease,
@@ -23,6 +25,8 @@ from runs_app.models.indexes import AssetIndexEntry, DocPage, RegistryEntry
 from runs_app.models.metrics import MetricCounter, StageRollup
 
 __all__ = [
+    "PAUSED",
+    "RUN_PUBLIC_STATES",
     "Approval",
     "AssetIndexEntry",
     "ClaimLog",

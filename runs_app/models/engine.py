@@ -40,6 +40,13 @@ RUN_FINISHED = RUN_TERMINAL | {RunState.AWAITING_APPROVAL}
 # Not finished yet: may still claim partitions, so an abort applies (the rest of the states
 # are RUN_FINISHED).
 RUN_ACTIVE = {RunState.PENDING, RunState.PARTITIONING, RunState.RUNNING}
+# The state PRODUCT.md's run states name beside `running` ("running (⇄ paused)"): what the API,
+# the dashboard and the CLI show for a running run whose pause flag is set (`Run.public_state`).
+# It is not a stored state: the engine, the state machine, notifications and /metrics keep
+# seeing `running`, so an abort, a resume or a claim of a paused run needs no transition.
+PAUSED = "paused"
+# Every value `Run.public_state` takes: the filter choices of the API and the dashboard.
+RUN_PUBLIC_STATES = [*RunState.values[:3], PAUSED, *RunState.values[3:]]
 # Finished executing without waiting on a decision: a replay may start from these.
 RUN_REPLAYABLE = {RunState.SUCCEEDED, RunState.FAILED, RunState.ABORTED}
 # Ended without the change it asked for (the CLI's exit status).
@@ -230,6 +237,15 @@ class Run(models.Model):
     @property
     def is_paused(self) -> bool:
         return self.paused_at is not None
+
+    @property
+    def public_state(self) -> str:
+        """The run's state as PRODUCT.md names it: `paused` for a `running` run whose pause
+        flag is set, else the stored state. A run paused while `pending` or `partitioning`
+        shows that state (it turns `paused` once it is running), with `paused: true`."""
+        if self.state == RunState.RUNNING and self.paused_at is not None:
+            return PAUSED
+        return self.state
 
     def paused_ms_between(self, start: dt.datetime, end: dt.datetime | None = None) -> int:
         """Milliseconds of [start, end) (end: now) the run spent paused, from `pauses`; an

@@ -11,7 +11,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import OuterRef, Subquery
+from django.db.models import Case, F, OuterRef, Subquery, Value, When
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -29,7 +29,7 @@ from hxo_site.net import client_ip
 from runs_app import editor, policies, selectors, services
 from runs_app import forms as f
 from runs_app.editor.links import with_edit_links
-from runs_app.models import Plan, PlanRevision, Run, RunState
+from runs_app.models import PAUSED, Plan, PlanRevision, Run, RunState
 from runs_app.views.common import (
     is_partial_request,
     page,
@@ -54,7 +54,16 @@ def plan_list(request: HttpRequest) -> HttpResponse:
         Plan.objects.select_related("created_by")
         .annotate(
             last_run_id=Subquery(last.values("id")[:1]),
-            last_run_state=Subquery(last.values("state")[:1]),
+            # The public state (`Run.public_state`): `paused` for a running run whose
+            # pause flag is set.
+            last_run_state=Subquery(
+                last.annotate(
+                    public=Case(
+                        When(state=RunState.RUNNING, paused_at__isnull=False, then=Value(PAUSED)),
+                        default=F("state"),
+                    )
+                ).values("public")[:1]
+            ),
             last_run_mode=Subquery(last.values("mode")[:1]),
         )
         .order_by("-updated_at", "-id")

@@ -295,7 +295,7 @@ def test_pause_and_resume_a_running_run_from_ci_and_refusals_exit_2(
     run = partitioned(services.run_apply(plan=plan, actor=operator))
     op = tokens["operator"]
     paused = hxo("pause", run.pk, token=op)
-    assert (paused.returncode, paused.stdout.strip()) == (0, f"run {run.pk} running paused"), paused
+    assert (paused.returncode, paused.stdout.strip()) == (0, f"run {run.pk} paused"), paused
     run.refresh_from_db()
     assert run.is_paused and claims.claim_batch(run.pk, "w", 3) == []
     again = hxo("pause", run.pk, token=op)

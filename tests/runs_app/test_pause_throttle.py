@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
+from django.test import Client
 from django.utils import timezone
 
 from hxo_site.models import AuditEvent
@@ -200,7 +201,9 @@ def test_api_pause_resume_and_throttle_answer_the_run(
     paused = api.post(f"/api/v1/runs/{run.pk}/pause/")
     assert paused.status_code == 200, paused.json()
     body = paused.json()
-    assert body["state"] == "running" and body["paused"] is True and body["paused_at"]
+    # PRODUCT.md: `running (⇄ paused)`: the API names the state; the stored one stays running.
+    assert body["state"] == "paused" and body["paused"] is True and body["paused_at"]
+    assert Run.objects.get(pk=run.pk).state == "running"
     assert body["pauses"][0]["by"] == operator.username
     again = api.post(f"/api/v1/runs/{run.pk}/pause/")
     assert again.status_code == 409 and again.json()["code"] == "already_paused"
@@ -218,6 +221,7 @@ def test_api_pause_resume_and_throttle_answer_the_run(
     }
     resumed = api.post(f"/api/v1/runs/{run.pk}/resume/")
     assert resumed.status_code == 200 and resumed.json()["paused"] is False
+    assert resumed.json()["state"] == "running"
     assert resumed.json()["paused_ms"] >= 0
     not_paused = api.post(f"/api/v1/runs/{run.pk}/resume/")
     assert not_paused.status_code == 409 and not_paused.json()["code"] == "not_paused"
@@ -291,14 +295,14 @@ def test_api_rejects_a_body_that_is_not_an_object(test_kinds, clients, operator,
 def test_manage_py_hxo_pauses_throttles_and_resumes(test_kinds, operator, tmp_path, capsys):
     run = running_run(operator, tmp_path)
     call_command("hxo", "--user", operator.username, "pause", str(run.pk))
-    assert capsys.readouterr().out.strip() == f"run {run.pk} running paused"
+    assert capsys.readouterr().out.strip() == f"run {run.pk} paused"
     call_command(
         "hxo", "--user", operator.username, "throttle", str(run.pk), "--concurrency", "1",
         "--min-interval-ms", "100",
     )  # fmt: skip
     assert "concurrency 1 min_interval_ms 100" in capsys.readouterr().out
     call_command("hxo", "--user", operator.username, "status", str(run.pk))
-    assert f"run {run.pk} (apply) running paused" in capsys.readouterr().out
+    assert f"run {run.pk} (apply) paused" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_:
         call_command("hxo", "--user", operator.username, "pause", str(run.pk))
     assert exit_.value.code == 2
@@ -307,3 +311,31 @@ def test_manage_py_hxo_pauses_throttles_and_resumes(test_kinds, operator, tmp_pa
     assert capsys.readouterr().out.strip() == f"run {run.pk} running resumed"
     run.refresh_from_db()
     assert run.paused_at is None and run.max_concurrency == 1 and run.min_interval_ms == 100
+
+
+def test_runs_are_listed_by_their_public_state_paused_apart_from_running(
+    test_kinds, clients, operator, tmp_path
+) -> None:
+    """`?state=paused` lists the paused running runs and `?state=running` the others, in the API
+    and on the dashboard's run list, which shows the paused badge."""
+    paused_run = running_run(operator, tmp_path / "a")
+    other = running_run(operator, tmp_path / "b")
+    api = clients["operator"]
+    assert api.post(f"/api/v1/runs/{paused_run.pk}/pause/").status_code == 200
+
+    def ids(state: str) -> set[int]:
+        answer = api.get(f"/api/v1/runs/?state={state}")
+        assert answer.status_code == 200, answer.json()
+        return {r["id"] for r in answer.json()["results"]}
+
+    assert ids("paused") == {paused_run.pk}
+    assert ids("running") == {other.pk}
+    browser = Client()
+    browser.force_login(operator)
+    page = browser.get("/runs/?state=paused")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert f"#{paused_run.pk}" in html and f"#{other.pk}" not in html
+    assert 'class="badge state-paused"' in html
+    unknown = api.get("/api/v1/runs/?state=sleeping")
+    assert unknown.status_code == 400 and "paused" in str(unknown.json())

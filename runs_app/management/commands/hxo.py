@@ -21,7 +21,7 @@ from django.db import transaction
 from hxo_site import parameters
 from hxo_site.errors import ServiceError
 from runs_app import selectors, services
-from runs_app.models import Plan, Run, RunState
+from runs_app.models import PAUSED, Plan, Run, RunState
 from runs_app.models.engine import RUN_UNSUCCESSFUL
 
 
@@ -182,11 +182,11 @@ class Command(BaseCommand):
 
     def do_pause(self, opts: dict[str, Any]) -> None:
         run = services.run_pause(run=self._run(opts["run"]), actor=self.actor)
-        self.stdout.write(f"run {run.pk} {run.state} paused")
+        self.stdout.write(f"run {run.pk} {_shown(run)}")
 
     def do_resume(self, opts: dict[str, Any]) -> None:
         run = services.run_resume(run=self._run(opts["run"]), actor=self.actor)
-        self.stdout.write(f"run {run.pk} {run.state} resumed")
+        self.stdout.write(f"run {run.pk} {_shown(run)} resumed")
 
     def do_throttle(self, opts: dict[str, Any]) -> None:
         given: dict[str, Any] = {}
@@ -232,8 +232,7 @@ class Command(BaseCommand):
     def _print_status(self, run: Run, *, tty: bool, unless: str | None = None) -> str:
         """Write the run's status (bars on a terminal, plain counts otherwise) unless it is
         `unless`, the text written last; returns the text."""
-        paused = " paused" if run.is_paused else ""
-        lines = [f"run {run.pk} ({run.mode}) {run.state}{paused}"]
+        lines = [f"run {run.pk} ({run.mode}) {_shown(run)}"]
         for stage in run.run_stages.all():
             p = selectors.stage_progress(stage)
             c = p["counts"]
@@ -264,3 +263,10 @@ class Command(BaseCommand):
         if text != unless:
             self.stdout.write(text)
         return text
+
+
+def _shown(run: Run) -> str:
+    """The run's public state (`paused` for a paused running run), and ` paused` after a
+    state that a pause does not rename (a run paused while pending or partitioning)."""
+    state = run.public_state
+    return f"{state} paused" if run.is_paused and state != PAUSED else state
