@@ -68,6 +68,8 @@ APPROVAL_USED = "approval_used"  # the approved dry-run was already applied (409
 APPROVAL_EXPIRED = "approval_expired"  # approvals older than HXO_APPROVAL_TTL_HOURS (409)
 APPROVAL_INCOMPLETE = "approval_incomplete"  # approvals cover only part of the manifest (409)
 REPLAY_IN_PROGRESS = "replay_in_progress"  # the run's replay has not finished yet (409)
+# The replay's copy stalled past its lease and the reconciler discarded it (503): ask again.
+REPLAY_ABANDONED = "replay_abandoned"
 ALREADY_REPLAYED = "already_replayed"  # the run was replayed: replay that replay (409)
 NOTHING_TO_REPLAY = "nothing_to_replay"
 ALREADY_DECIDED = "already_decided"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import uuid
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -32,6 +34,7 @@ from runs_app.manifest import (
 )
 from runs_app.models import (
     Approval,
+    Lease,
     Partition,
     PartitionState,
     Plan,
@@ -968,6 +971,14 @@ def run_replay(*, run: Run, actor: Any, client_ip: str | None = None) -> Run:
     _check_submit(actor, run.revision)
     try:
         return _create_replay(run, parts, actor, client_ip)
+    except ReplayAbandoned:
+        # The copy stalled past its lease and the reconciler discarded it: nothing is left.
+        raise ServiceError(
+            "The replay took too long to store and was discarded; ask for it again.",
+            code=codes.REPLAY_ABANDONED,
+            status=503,
+            extra={"run": run.pk},
+        ) from None
     except IntegrityError:
         # The unique parent: another replay was stored first.
         policies.replay_conflict(run).enforce()
@@ -984,8 +995,12 @@ def _create_replay(run: Run, parts: Any, actor: Any, client_ip: str | None) -> R
     the parent's row lock, which with the unique `Run.parent` keeps replays one per run;
     then `partitioning.BATCH` partitions per transaction (not claimable: `ready` is False
     until the run starts); the last one moves the child to `running` and audits. A child in
-    `pending` is touched by no worker or reconciler; when copying fails, what was written is
-    deleted again (batch by batch) and the error raised."""
+    `pending` is touched by no worker; when copying fails, what was written is deleted again
+    (batch by batch) and the error raised. When the process copying dies (a killed web
+    worker), nothing raises: the copy holds a lease (`replay_lease_name`, renewed by every
+    batch, dropped when the child starts) and the reconciler discards a pending replay whose
+    lease lapsed (`discard_abandoned_replays`), so its parent may be replayed again."""
+    owner = f"replay-copy:{uuid.uuid4().hex}"
     with transaction.atomic():
         Run.objects.select_for_update().filter(pk=run.pk).first()
         policies.replay_conflict(run).enforce()
@@ -1029,10 +1044,16 @@ def _create_replay(run: Run, parts: Any, actor: Any, client_ip: str | None) -> R
             )
             for old in old_stages
         }
+        Lease.objects.create(
+            name=replay_lease_name(child.pk),
+            owner=owner,
+            expires_at=timezone.now() + REPLAY_LEASE,
+        )
     try:
         last_pk = 0
         while True:
             with transaction.atomic():
+                _renew_replay_lease(child.pk, owner)
                 # Keyset paging on the parent's ids: each batch reads what it copies.
                 batch = list(parts.filter(pk__gt=last_pk).order_by("pk")[: partitioning.BATCH])
                 if not batch:
@@ -1056,6 +1077,8 @@ def _create_replay(run: Run, parts: Any, actor: Any, client_ip: str | None) -> R
                 )
                 last_pk = batch[-1].pk
         with transaction.atomic():
+            _renew_replay_lease(child.pk, owner)
+            Lease.objects.filter(name=replay_lease_name(child.pk)).delete()
             child = Run.objects.select_for_update().get(pk=child.pk)
             move_run(child, RunState.PARTITIONING)
             move_run(child, RunState.RUNNING)
@@ -1079,6 +1102,66 @@ def _create_replay(run: Run, parts: Any, actor: Any, client_ip: str | None) -> R
         _discard_replay(child.pk)
         raise
     return child
+
+
+# How long a replay's copy may go without finishing a batch (each takes well under a second)
+# before the reconciler takes its process for dead and discards the pending child.
+REPLAY_LEASE = timedelta(seconds=60)
+
+
+class ReplayAbandoned(Exception):
+    """The replay's copy lease lapsed and the reconciler discarded the child: stop copying."""
+
+
+def replay_lease_name(child_pk: int) -> str:
+    """The `Lease` row held while a replay's partitions are copied into child `child_pk`."""
+    return f"replay-copy:{child_pk}"
+
+
+def _renew_replay_lease(child_pk: int, owner: str) -> None:
+    """Inside a transaction: renew the copy's lease (compare-and-swap on its owner); raises
+    ReplayAbandoned when it is gone (the reconciler discarded the child meanwhile)."""
+    renewed = Lease.objects.filter(name=replay_lease_name(child_pk), owner=owner).update(
+        expires_at=timezone.now() + REPLAY_LEASE
+    )
+    if not renewed:
+        raise ReplayAbandoned(f"replay {child_pk}: the copy's lease lapsed")
+
+
+def discard_abandoned_replays() -> list[int]:
+    """The reconciler's repair of replays whose copying process died: every `pending` child
+    run (it has a parent) whose copy lease (`replay_lease_name`) lapsed or is missing is
+    deleted with what was copied (`_discard_replay`), its lease row too, and audited as
+    `run.replay_discarded` on the parent, so the parent can be replayed again (the unique
+    `Run.parent` had kept that refused with `replay_in_progress`). Returns the children's ids.
+
+    A copy in progress renews its lease with every batch, so only a dead one is touched; a
+    copy that comes back after its lease lapsed finds the lease gone and stops
+    (ReplayAbandoned) before it writes again."""
+    now = timezone.now()
+    live = {
+        name.split(":", 1)[1]
+        for name in Lease.objects.filter(
+            name__startswith="replay-copy:", expires_at__gte=now
+        ).values_list("name", flat=True)
+    }
+    discarded = []
+    for child_pk, parent_pk in Run.objects.filter(
+        state=RunState.PENDING, parent__isnull=False
+    ).values_list("pk", "parent_id"):
+        if str(child_pk) in live:
+            continue
+        Lease.objects.filter(name=replay_lease_name(child_pk)).delete()
+        copied = Partition.objects.filter(run_id=child_pk).count()
+        _discard_replay(child_pk)
+        audit(
+            actor=None,
+            action="run.replay_discarded",
+            obj=Run.objects.get(pk=parent_pk),
+            detail={"replay": child_pk, "partitions_copied": copied, "why": "copy abandoned"},
+        )
+        discarded.append(child_pk)
+    return discarded
 
 
 def _discard_replay(child_pk: int) -> None:

@@ -166,6 +166,9 @@ def reconcile() -> dict[str, Any]:
         for run_id in aborted:
             progress.finish_abort(run_id)
         report["aborts_finished"] = aborted
+        # A replay whose copying request died (its copy lease lapsed): discard the pending
+        # child so the parent may be replayed again.
+        report["replays_discarded"] = services.discard_abandoned_replays()
         report["temp_files_removed"] = _cleanup_temp_files()
         report["queue_rows_pruned"] = _prune_queue()
         metrics.record_reconcile(report)
