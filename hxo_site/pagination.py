@@ -25,11 +25,19 @@ from hxo_site import parameters
 # `?pagination=` values: page numbers (the default) or cursors.
 PAGES = "pages"
 CURSOR = "cursor"
+# `?page_size=`: rows per page for either kind, 1 to MAX_PAGE_SIZE (a larger value is capped,
+# as DRF does); absent, the API's PAGE_SIZE (50).
+PAGE_SIZE_PARAM = "page_size"
+MAX_PAGE_SIZE = 500
 
 
 class StrictPageNumberPagination(PageNumberPagination):
     """DRF's page-number pagination, with `?page=` given at most once and in ASCII digits:
-    DRF reads it with `int()`, so "٣" would be page 3 (and a repeated page its last value)."""
+    DRF reads it with `int()`, so "٣" would be page 3 (and a repeated page its last value).
+    `?page_size=` (1 to MAX_PAGE_SIZE) sets the rows per page, read the same way."""
+
+    page_size_query_param = PAGE_SIZE_PARAM
+    max_page_size = MAX_PAGE_SIZE
 
     def get_page_number(self, request: Any, paginator: Any) -> Any:
         raw = parameters.one(request.query_params, self.page_query_param)
@@ -51,7 +59,13 @@ class StrictCursorPagination(CursorPagination):
     position never ties: with a non-unique first field DRF counts an offset among the ties,
     which shifts exactly as page numbers do. A cursor that does not decode is a 400 on
     `cursor` (DRF answers 404), and `?cursor=` is read at most once. Pages are as long as
-    page numbers' (`PAGE_SIZE`)."""
+    page numbers' (`PAGE_SIZE`, or `?page_size=` up to MAX_PAGE_SIZE, read strictly)."""
+
+    page_size_query_param = PAGE_SIZE_PARAM
+    max_page_size = MAX_PAGE_SIZE
+
+    def get_page_size(self, request: Any) -> int | None:
+        return StrictPageNumberPagination.get_page_size(self, request)  # type: ignore[arg-type]
 
     def decode_cursor(self, request: Any) -> Any:
         """DRF's cursor, or ParameterError (400 on `cursor`) for anything this API did not
@@ -126,7 +140,7 @@ class PagesOrCursor(BasePagination):
         return shape
 
     def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
-        """`page` as today, plus `pagination` and `cursor`."""
+        """`page` and `page_size` as today, plus `pagination` and `cursor`."""
         params = StrictPageNumberPagination().get_schema_operation_parameters(view)
         params += [
             {

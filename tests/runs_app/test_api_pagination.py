@@ -199,3 +199,26 @@ def test_the_schema_documents_cursor_pagination(api_client_for, admiral) -> None
         params = {p["name"] for p in schema["paths"][path]["get"]["parameters"]}
         assert {"page", "pagination", "cursor"} <= params, path
     assert Run.objects.count() == 0
+
+
+@pytest.mark.parametrize("mode", ["", "&pagination=cursor"])
+def test_page_size_sets_the_rows_per_page_with_either_pagination(
+    test_kinds, api_client_for, operator, tmp_path, monkeypatch, mode
+) -> None:
+    """`?page_size=` was silently ignored; now it sets the rows per page, is capped at
+    MAX_PAGE_SIZE, and a bad or repeated value is a 400 naming it."""
+    monkeypatch.setattr(pagination, "MAX_PAGE_SIZE", 3)
+    monkeypatch.setattr(pagination.StrictPageNumberPagination, "max_page_size", 3)
+    monkeypatch.setattr(pagination.StrictCursorPagination, "max_page_size", 3)
+    plan = new_plan(operator, tmp_path)
+    start_runs(plan, operator, 5)
+    client = api_client_for(operator)
+    assert len(follow(client, f"/api/v1/runs/?page_size=2{mode}")["results"]) == 2
+    capped = follow(client, f"/api/v1/runs/?page_size=50{mode}")
+    assert len(capped["results"]) == 3
+    second = follow(client, capped["next"])
+    assert len(second["results"]) == 2 and not set(ids(second)) & set(ids(capped))
+    for bad in ("0", "two", "2&page_size=3"):
+        answer = client.get(f"/api/v1/runs/?page_size={bad}{mode}")
+        assert answer.status_code == 400, answer.content
+        assert "page_size" in str(answer.json()["errors"])
