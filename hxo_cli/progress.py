@@ -82,7 +82,12 @@ class Follower:
             self._draw_bars(run)
             self._progress.stop()
             self._progress = None
-        for line in status_lines(run):
+        lines = status_lines(run)
+        # The run's line was printed by `update` when the run reached this state: once is
+        # enough (a finished run's line used to be printed twice in a row).
+        if self._last_run_state == run.get("state") and lines and lines[0] == run_line(run):
+            lines = lines[1:]
+        for line in lines:
             self._print(line)
 
     def _print(self, line: str) -> None:
