@@ -60,6 +60,19 @@ def finish_abort(run_id: int) -> dict[str, Any]:
     return {"run": run_id, "done": done}
 
 
+def finish_stop(stage_pk: int) -> dict[str, Any]:
+    """Cancel what is left of a stopped stage, 2,000 partitions per transaction, and end it
+    (`progress.finish_stop`). Never raises: a crash leaves the rest to the reconciler."""
+    done = False
+    try:
+        done = progress.finish_stop(stage_pk)
+    except Exception:
+        log.exception("finishing the stop of stage %s stopped", stage_pk)
+    finally:
+        close_old_connections()
+    return {"stage": stage_pk, "done": done}
+
+
 def drain(run_id: int, budget_s: float | None = None) -> dict[str, Any]:
     """Claim and execute partitions of one run until none is claimable or the budget is spent.
 
@@ -166,6 +179,12 @@ def reconcile() -> dict[str, Any]:
         for run_id in aborted:
             progress.finish_abort(run_id)
         report["aborts_finished"] = aborted
+        # A stage stopped with more pending partitions than one transaction cancels, whose
+        # worker died or whose task was lost: finish cancelling and end it.
+        stopped = progress.stopped_unfinished()
+        for stage_pk in stopped:
+            progress.finish_stop(stage_pk)
+        report["stops_finished"] = stopped
         # A replay whose copying request died (its copy lease lapsed): discard the pending
         # child so the parent may be replayed again.
         report["replays_discarded"] = services.discard_abandoned_replays()

@@ -79,6 +79,20 @@ def prep_json(field: str, value: Any) -> Any:
     return Partition._meta.get_field(field).get_db_prep_save(value, connection)
 
 
+def claimable(run_id: int) -> Any:
+    """The run's ready pending partitions (a QuerySet), less those of stopped stages
+    (`RunStage.stopped_at`: over their failure budget or after a failed dependency, their
+    pending partitions are being cancelled in bounded transactions and must not run).
+    One small query for the stopped stages, and no join on the hot path when there are none."""
+    qs = Partition.objects.filter(run_id=run_id, ready=True, state=P.PENDING)
+    stopped = list(
+        RunStage.objects.filter(run_id=run_id, stopped_at__isnull=False).values_list(
+            "pk", flat=True
+        )
+    )
+    return qs.exclude(stage_id__in=stopped) if stopped else qs
+
+
 def _owners_in_run(run_id: int) -> set[str]:
     return set(
         Partition.objects.filter(run_id=run_id, state=P.RUNNING)
@@ -166,9 +180,7 @@ def _claim(run_id: int, owner: str, limit: int) -> list[Claim]:
     owners = _owners_in_run(run_id)
     if owner not in owners and len(owners) >= throttle.concurrency:
         return []
-    qs = Partition.objects.filter(
-        run_id=run_id, ready=True, state=P.PENDING, due_at__lte=now
-    ).order_by("due_at")
+    qs = claimable(run_id).filter(due_at__lte=now).order_by("due_at")
     if connection.vendor == "postgresql":
         # Lock the rows we pick and skip rows other workers hold: claimers never wait on
         # each other. SQLite has no row locks: its IMMEDIATE transaction serialises.
@@ -244,9 +256,7 @@ def has_claimable(run_id: int, *, due_within_s: float = 0) -> bool:
     horizon = timezone.now() + timedelta(seconds=due_within_s)
     if Run.objects.filter(pk=run_id, paused_at__isnull=False).exists():
         return False
-    return Partition.objects.filter(
-        run_id=run_id, ready=True, state=P.PENDING, due_at__lte=horizon
-    ).exists()
+    return claimable(run_id).filter(due_at__lte=horizon).exists()
 
 
 def next_due(run_id: int) -> Any:
@@ -256,12 +266,7 @@ def next_due(run_id: int) -> Any:
     throttle = Throttle.of(run_id)
     if throttle is None or throttle.paused:
         return None
-    due = (
-        Partition.objects.filter(run_id=run_id, ready=True, state=P.PENDING)
-        .order_by("due_at")
-        .values_list("due_at", flat=True)
-        .first()
-    )
+    due = claimable(run_id).order_by("due_at").values_list("due_at", flat=True).first()
     after = throttle.next_claim_at()
     if due is None or after is None:
         return due

@@ -77,7 +77,11 @@ def stop_pending(stage_pk: int) -> tuple[int, int]:
     each. One that was attempted and errored, waiting for its retry, **failed** (its error
     stands, its retry is given up); one never attempted is **cancelled**. So a stage whose
     five batches all met the same error says "5 failed", not "1 failed · 4 cancelled" (issue
-    15 §2). Returns (failed, cancelled); counters move in the caller's transaction."""
+    15 §2). Returns (failed, cancelled now); counters move in the caller's transaction.
+
+    At most CANCEL_BATCH are cancelled in the caller's transaction (`_stop_bounded`): more
+    would hold SQLite's write lock for seconds, as a 100,000-partition abort did. The rest
+    are left to a worker, the stage marked stopped so nothing of it is claimed meanwhile."""
     waiting = Partition.objects.filter(
         stage_id=stage_pk, state=P.PENDING, attempts__gt=0, error__isnull=False
     )
@@ -86,8 +90,74 @@ def stop_pending(stage_pk: int) -> tuple[int, int]:
     )
     if failed:
         count_moves(stage_pk, {"pending": -failed, "failed": failed})
-    cancelled = cancel_partitions(Partition.objects.filter(stage_id=stage_pk, state=P.PENDING))
-    return failed, cancelled
+    return failed, _stop_bounded(stage_pk)
+
+
+def _stop_bounded(stage_pk: int) -> int:
+    """Cancel the stage's pending partitions if they fit one batch (CANCEL_BATCH); else mark
+    the stage stopped (`RunStage.stopped_at`: `claims.claim_batch` skips it from this
+    transaction on), cancel one batch, and have a worker cancel the rest after the commit
+    (`finish_stop`). Returns how many were cancelled here."""
+    ids = list(
+        Partition.objects.filter(stage_id=stage_pk, state=P.PENDING)
+        .order_by("pk")
+        .values_list("pk", flat=True)[: CANCEL_BATCH + 1]
+    )
+    if len(ids) > CANCEL_BATCH:
+        if RunStage.objects.filter(pk=stage_pk, stopped_at__isnull=True).update(
+            stopped_at=timezone.now()
+        ):
+            wakeups.enqueue_stop(stage_pk)
+        ids = ids[:CANCEL_BATCH]
+    return cancel_partitions(Partition.objects.filter(pk__in=ids)) if ids else 0
+
+
+def finish_stop(stage_pk: int, *, batch: int | None = None) -> bool:
+    """Cancel what is left of a stopped stage (`_stop_bounded`), `batch` (CANCEL_BATCH)
+    pending partitions per transaction, then end it as its transaction would have: a running
+    stage over its budget ends `failed` once nothing of it runs (a partition still running
+    ends it when it finishes, `after_partition_change`); a stage that never started (its
+    dependency failed) ends `cancelled`; then the run advances. Idempotent, and called again
+    by the reconciler after a crash (`stopped_unfinished`). Returns whether the stage ended."""
+    batch = batch or CANCEL_BATCH
+    while True:
+        with transaction.atomic():
+            ids = list(
+                Partition.objects.filter(stage_id=stage_pk, state=P.PENDING)
+                .order_by("pk")
+                .values_list("pk", flat=True)[:batch]
+            )
+            if ids:
+                cancel_partitions(Partition.objects.filter(pk__in=ids))
+        if len(ids) < batch:
+            break
+    with transaction.atomic():
+        stage = RunStage.objects.select_for_update().defer("manifest").get(pk=stage_pk)
+        if stage.state == StageState.PENDING:
+            _cancel_stage(stage)
+        elif stage.state == StageState.RUNNING and stage.pending == 0 and stage.running == 0:
+            finish_stage(stage)
+        else:
+            return stage.state in STAGE_TERMINAL
+        advance_run(stage.run_id)
+        return True
+
+
+def stopped_unfinished() -> list[int]:
+    """Stopped stages (`RunStage.stopped_at`) not ended yet whose pending partitions a worker
+    has not cancelled (its task was lost, or it died): the reconciler finishes them."""
+    return list(
+        RunStage.objects.filter(stopped_at__isnull=False, state__in=_STOPPABLE, pending__gt=0)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+
+
+def _cancel_stage(stage: RunStage) -> None:
+    """End a stage that never started (a dependency of it failed) as `cancelled`, with its
+    Merkle root (its partitions were cancelled: none has a leaf)."""
+    move_stage(stage, StageState.CANCELLED)
+    RunStage.objects.filter(pk=stage.pk).update(merkle_root=stage_merkle_root(stage))
 
 
 def cancel_partitions(qs: Any) -> int:
@@ -108,9 +178,12 @@ def cancel_partitions(qs: Any) -> int:
     return total
 
 
-# Rows one transaction of an abort cancels: a 100,000-partition abort in one UPDATE held
-# SQLite's write lock for 30-37 s and concurrent plan saves got "database is locked".
+# Rows one transaction of an abort, or of stopping a stage, cancels: a 100,000-partition
+# abort in one UPDATE held SQLite's write lock for 30-37 s and concurrent plan saves got
+# "database is locked".
 CANCEL_BATCH = 2000
+# Stage states a stop applies to: a running stage over its budget, or one never started.
+_STOPPABLE = (StageState.PENDING, StageState.RUNNING)
 
 
 def finish_abort(run_id: int, *, batch: int | None = None, max_batches: int | None = None) -> bool:
@@ -221,12 +294,17 @@ def advance_run(run_id: int) -> None:
         for s in stages:
             if s.state != StageState.PENDING:
                 continue
+            if s.stopped_at is not None:
+                continue  # being cancelled by a worker (finish_stop), which ends it
             deps = [by_id[d] for d in s.depends_on if d in by_id]
             if any(d.state in STAGE_UNSUCCESSFUL for d in deps):
-                cancel_partitions(Partition.objects.filter(stage_id=s.pk))
+                # Bounded: a stage of more than CANCEL_BATCH partitions is stopped here and
+                # cancelled by a worker, which ends it and advances the run again.
+                _stop_bounded(s.pk)
                 s.refresh_from_db()
-                move_stage(s, StageState.CANCELLED)
-                RunStage.objects.filter(pk=s.pk).update(merkle_root=stage_merkle_root(s))
+                if s.stopped_at is not None:
+                    continue
+                _cancel_stage(s)
                 changed = True
             elif all(d.state == StageState.SUCCEEDED for d in deps):
                 start_stage(s)

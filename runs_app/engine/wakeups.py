@@ -25,6 +25,7 @@ DRAIN_TASK = "runs_app.tasks.drain"
 # The task that resolves a run's manifest and writes its partitions (runs_app.tasks).
 PARTITION_TASK = "runs_app.tasks.partition"
 ABORT_TASK = "runs_app.tasks.finish_abort"
+STOP_TASK = "runs_app.tasks.finish_stop"
 
 
 def enqueue_drainers(run_id: int, count: int = 1) -> None:
@@ -70,6 +71,25 @@ def enqueue_abort(run_id: int) -> None:
         log.warning(
             "could not enqueue the abort of run %s; the reconciler will", run_id, exc_info=True
         )
+
+
+def enqueue_stop(stage_pk: int) -> None:
+    """After the current transaction commits, put a task that cancels the rest of a stopped
+    stage's pending partitions on the queue. Never raises: with the broker down the reconciler
+    finishes it (`progress.stopped_unfinished`)."""
+    from django_q.tasks import async_task
+
+    def send() -> None:
+        try:
+            async_task(STOP_TASK, stage_pk)
+        except Exception:
+            log.warning(
+                "could not enqueue the stop of stage %s; the reconciler will",
+                stage_pk,
+                exc_info=True,
+            )
+
+    transaction.on_commit(send)
 
 
 def wake_partitioner(run_id: int) -> None:

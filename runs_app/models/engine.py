@@ -303,6 +303,10 @@ class RunStage(models.Model):
     slo_breached = models.BooleanField(default=False)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # When the stage was stopped with more pending partitions than one transaction cancels
+    # (over its failure budget, or a dependency failed): from then on nothing of it is
+    # claimed, and a worker cancels the rest in bounded transactions (progress.finish_stop).
+    stopped_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["run", "position"]
