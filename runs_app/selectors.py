@@ -886,6 +886,8 @@ def _migrate_summary(stage: RunStage) -> dict[str, Any]:
             "key_column": backfill.get("key_column"),
             "key_range": [backfill.get("key_min"), backfill.get("key_max")],
             "batch_size": backfill.get("batch_size"),
+            # Adaptive sub-batches (kinds.adaptive): bounds the approval covers, or None.
+            "adaptive": backfill.get("adaptive"),
         }
         rows, complete = _previews(stage, "rows_affected", "to_apply", "samples")
         end_param = backfill.get("end_param", "end")
