@@ -361,5 +361,9 @@ def test_an_approved_adaptive_backfill_applies_once_and_shows_its_sub_batches(
     subs = [s for p in listed["results"] for s in p["output"]["sub_batches"]]
     assert_exactly_once("db", 600, sorted(subs))
     assert Partition.objects.filter(stage__run=run).count() == 2  # the approved partitions
+    first = Partition.objects.filter(stage__run=run).order_by("index").first()
+    detail = review.get(f"/runs/{run.pk}/partitions/{first.pk}/").content.decode()
+    assert 'data-testid="sub-batches"' in detail
+    assert f"<code>1..{first.output['sub_batches'][0][1]}</code>" in detail
     receipt = api_client_for(operator).get(f"/api/v1/runs/{run.pk}/receipt/").json()
     assert receipt["verified"] is True
