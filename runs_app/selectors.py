@@ -894,6 +894,9 @@ def _migrate_summary(stage: RunStage) -> dict[str, Any]:
             "key_range": [backfill.get("key_min"), backfill.get("key_max")],
             "batch_size": backfill.get("batch_size"),
         }
+        if backfill.get("adaptive"):
+            # Adaptive sub-batches (kinds.adaptive): the bounds the approval covers.
+            out["backfill"]["adaptive"] = backfill["adaptive"]
         rows, complete = _previews(stage, "rows_affected", "to_apply", "samples")
         end_param = backfill.get("end_param", "end")
         out["backfill"]["end_param"] = end_param

@@ -74,6 +74,7 @@ from blueprints_app.registry import (
 )
 from hxo_site import codes
 from runs_app import sqllint
+from runs_app.kinds import adaptive
 from runs_app.kinds import samples as samples_of
 from runs_app.kinds.base import (
     plural,
@@ -231,6 +232,8 @@ class BySqlBatch(Partitioner):
                             "default": 1000,
                             "title": "Keys per batch",
                         },
+                        # Optional adaptive sub-batches inside each batch (kinds.adaptive).
+                        **adaptive.PARAMS,
                     },
                 },
                 "statement_timeout_ms": {
@@ -263,12 +266,14 @@ class BySqlBatch(Partitioner):
     @classmethod
     def validate_params(cls, params: dict[str, Any]) -> list[ComponentError]:
         """The SQL policy (runs_app.sqlpolicy) for every statement, read by the parser of the
-        target's vendor: forbidden statements, one statement per item, parameters."""
+        target's vendor: forbidden statements, one statement per item, parameters; a
+        backfill's adaptive sub-batch bounds (`adaptive.params_errors`)."""
+        bounds = adaptive.params_errors(params)
         try:
             target = get_target(resolve_params(cls, params)["target"])
         except ComponentError:
-            return []  # an unknown target is already a schema error (the enum)
-        return _sql_errors(params, target.vendor)
+            return bounds  # an unknown target is already a schema error (the enum)
+        return _sql_errors(params, target.vendor) + bounds
 
     @classmethod
     def params_warnings(cls, params: dict[str, Any]) -> list[ComponentError]:
@@ -380,6 +385,8 @@ class BySqlBatch(Partitioner):
         sql, table, key = backfill["sql"], backfill["table"], backfill["key_column"]
         size = backfill.get("batch_size", 1000)
         errors = _sql_errors(params, target.vendor)
+        for error in [e for e in adaptive.params_errors(params) if not e.warning][:1]:
+            raise error
         # Confinement is checked against the table and key column named here: those are
         # checked against the target's catalogue first, for the more precise error.
         for error in [e for e in errors if e.code != BACKFILL_NOT_CONFINED][:1]:
@@ -479,6 +486,10 @@ class BySqlBatch(Partitioner):
                 },
             }
         )
+        plan = adaptive.Adaptive.resolve(backfill)
+        if plan is not None:
+            # Pinned, so the digest (the approval) covers the bounds, not the sub-ranges.
+            data["backfill"]["adaptive"] = plan.as_dict()
         return StageManifest(partitions=specs, data=data)
 
 
@@ -1286,6 +1297,9 @@ class SqlMigrate(Executor):
                 }
             work = [(batch.sql, batch.bound(a, b)) for a, b in pieces]
             what = _describe_pieces(batch, pieces, done)
+            plan = adaptive.Adaptive.of(ctx.manifest)
+            if plan is not None:
+                what += f"; previewed in one pass, applied in {plan.sentence()}"
         # Statements calling setval()/nextval() are checked (EXPLAIN), not run: a sequence
         # change survives the rollback. Indexes into the stage's statements (a backfill: 0).
         checked: list[int] = []
@@ -1359,7 +1373,47 @@ class SqlMigrate(Executor):
         with _watched(conn, ctx, batch.batch_id, None):
             if outside is not None:
                 return self._apply_outside(conn, ctx, batch, outside, timeouts, beat)
+            plan = adaptive.Adaptive.of(ctx.manifest) if batch.mode == "backfill" else None
+            if plan is not None:
+                return self._apply_adaptive(conn, ctx, batch, plan, timeouts, beat)
             return self._apply_watched(conn, ctx, batch, timeouts, beat)
+
+    def _apply_adaptive(
+        self,
+        conn: TargetConnection,
+        ctx: ExecutionContext,
+        batch: Batch,
+        plan: adaptive.Adaptive,
+        timeouts: dict[str, int],
+        beat: Beat,
+    ) -> dict[str, Any]:
+        """A backfill batch as adaptive sub-batches (`kinds.adaptive.run`): each is this
+        batch narrowed to its keys, applied by `_apply_watched` (its own transaction, ledger
+        interval, fence check). Only the keys the ledger does not cover are walked; each
+        sub-batch re-reads the ledger under the template's lock, so exactness does not rest
+        on this first read."""
+        covered = _intervals(conn, _sha(batch.sql), batch.first, batch.last)
+        pieces = uncovered(batch.first, batch.last, covered)
+        legacy = _legacy_rows(conn, batch) if pieces == [(batch.first, batch.last)] else None
+        if legacy is not None:  # the version-1 ledger records exactly this batch
+            return self._output(batch, int(legacy), "already_applied", conn.target.identity)
+
+        def step(first: int, last: int) -> tuple[int, str]:
+            sub = dataclasses.replace(batch, first=first, last=last)
+            try:
+                out = self._apply_watched(conn, ctx, sub, timeouts, beat)
+            except _db_errors() as exc:
+                raise _translate(exc, batch.batch_id) from None
+            return out["rows_affected"], out["ledger"]
+
+        done = adaptive.run(plan, pieces, step, between=beat)
+        if done["applied"]:
+            out = self._output(batch, done["rows_affected"], "applied", conn.target.identity)
+        else:
+            rows = _rows_within(batch, covered) + done["rows_affected"]
+            out = self._output(batch, rows, "already_applied", conn.target.identity)
+        out.update({"adaptive": plan.as_dict(), "sub_batches": done["sub_batches"]})
+        return out
 
     def _apply_outside(
         self,
