@@ -1189,7 +1189,9 @@ def change_summary(run: Run) -> dict[str, Any] | None:
             for k in ("new", "changed", "removed"):
                 if k in body["assets"]:
                     add(f"assets_{k}", body["assets"][k])
-            add("assets_to_copy", body["assets"].get("copy"))
+            if "copy" in body["assets"]:
+                # Only assets.stage copies: an index-only review must not say "0 to copy".
+                add("assets_to_copy", body["assets"]["copy"])
         elif stage.executor == "docs_index":
             body = _docs_summary(stage)
             for k in ("new", "changed", "removed"):
