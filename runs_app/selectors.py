@@ -501,10 +501,12 @@ def review_totals(run: Run) -> dict[str, Any]:
     }
 
 
-def run_findings(run: Run) -> dict[str, Any]:
+def run_findings(run: Run, summary: dict[str, Any] | None = None) -> dict[str, Any]:
     """The SQL lint findings (runs_app.sqllint) of a run's `by_sql_batch` stages, read from
     the params the run pinned and the vendor its manifest resolved (the target's, while the
-    run is still partitioning).
+    run is still partitioning). With the run's `change_summary` (which read the previews),
+    each stage also gets its PostgreSQL row estimates as `row_estimate` findings
+    (`sqllint.estimate_findings`), at no extra query.
 
     Shape: {"stages": [{"id", "kind", "vendor", "findings": [LintFinding, ...]}] (stages with
     findings only, in plan order), "counts": {"high", "warning", "info"}, "highest": the
@@ -523,6 +525,8 @@ def run_findings(run: Run) -> dict[str, Any]:
             except ComponentError:
                 continue  # the partitioner reports the unknown target
         found = sqllint.lint_params(stage.params, vendor)
+        if summary is not None:
+            found.extend(_estimate_findings(stage.stage_id, summary))
         for f in found:
             counts[f.severity] += 1
             if f.severity == sqllint.HIGH:
@@ -533,6 +537,27 @@ def run_findings(run: Run) -> dict[str, Any]:
             )
     highest = next((s for s in reversed(sqllint.SEVERITIES) if counts[s]), None)
     return {"stages": stages, "counts": counts, "highest": highest, "high": high}
+
+
+def _estimate_findings(stage_id: str, summary: dict[str, Any]) -> list[sqllint.LintFinding]:
+    """`row_estimate` findings of one migrate stage from its change summary."""
+    for s in summary.get("stages") or []:
+        if s.get("id") != stage_id or s.get("unit") != "rows":
+            continue
+        if s.get("mode") == "backfill":
+            estimates = [e for b in s.get("batches") or [] for e in b["estimates"]]
+            return sqllint.estimate_findings(
+                estimates, sql=s["backfill"]["sql"], path="params.backfill.sql", backfill=True
+            )
+        statements = [st for st in s.get("statements") or [] if st.get("estimate")]
+        return [
+            f
+            for st in statements
+            for f in sqllint.estimate_findings(
+                [st["estimate"]], sql=st["sql"], path=f"params.statements[{st['index']}]"
+            )
+        ]
+    return []
 
 
 def runs_awaiting_decision(user: Any) -> list[Run]:
@@ -897,7 +922,7 @@ def _migrate_summary(stage: RunStage) -> dict[str, Any]:
         if backfill.get("adaptive"):
             # Adaptive sub-batches (kinds.adaptive): the bounds the approval covers.
             out["backfill"]["adaptive"] = backfill["adaptive"]
-        rows, complete = _previews(stage, "rows_affected", "to_apply", "samples")
+        rows, complete = _previews(stage, "rows_affected", "to_apply", "samples", "row_estimates")
         end_param = backfill.get("end_param", "end")
         out["backfill"]["end_param"] = end_param
         # The bound parameters each key interval runs with (migrate.Batch.bound's rule).
@@ -911,16 +936,21 @@ def _migrate_summary(stage: RunStage) -> dict[str, Any]:
                 ],
                 "rows": r["rows_affected"],
                 "samples": [sample_table(x) for x in r.get("samples") or [] if isinstance(x, dict)],
+                "estimates": _estimates(r.get("row_estimates")),
             }
             for r in rows
         ]
+        estimated = [e for b in out["batches"] for e in b["estimates"]]
         out["tables"] = [backfill["table"]] if backfill.get("table") else []
     else:
         statements = list(manifest.get("statements") or [])
         per: list[int | None] = [None] * len(statements)
         batch_of: list[int | None] = [None] * len(statements)
         sampled: dict[int, dict[str, Any]] = {}
-        rows, complete = _previews(stage, "rows_per_statement", "already_applied", "samples")
+        rows, complete = _previews(
+            stage, "rows_per_statement", "already_applied", "samples", "row_estimates"
+        )
+        estimate_of: dict[int, dict[str, Any]] = {}
         for r in rows:
             offset = r.get("inputs__offset")
             if not isinstance(offset, int):
@@ -932,6 +962,8 @@ def _migrate_summary(stage: RunStage) -> dict[str, Any]:
             for sample in r.get("samples") or []:
                 if isinstance(sample, dict) and isinstance(sample.get("statement"), int):
                     sampled[sample["statement"]] = sample_table(sample)
+            for e in _estimates(r.get("row_estimates")):
+                estimate_of[e["statement"]] = e
         out["statements"] = [
             {
                 "index": i,
@@ -939,13 +971,45 @@ def _migrate_summary(stage: RunStage) -> dict[str, Any]:
                 "rows": per[i],
                 "batch": batch_of[i],
                 "samples": sampled.get(i),
+                "estimate": estimate_of.get(i),
             }
             for i, sql in enumerate(statements)
         ]
+        estimated = list(estimate_of.values())
         out["tables"] = _tables(statements, vendor)
     out["complete"] = complete
+    # PostgreSQL: the planner's estimates summed over the statements (or key intervals) it
+    # could estimate; None when there are none (SQLite, no DML, nothing left to apply).
+    known = [e["estimated_rows"] for e in estimated if e["estimated_rows"] is not None]
+    out["estimated_rows"] = sum(known) if known else None
+    out["estimate_errors"] = sum(1 for e in estimated if e["error"])
     tables = ", ".join(out["tables"][:CHANGE_SUMMARY_NAMES]) or "no table"
     out["line"] = f"would change {out['rows']} row{'s' if out['rows'] != 1 else ''} in {tables}"
+    if out["estimated_rows"] is not None:
+        out["line"] += f" (the planner estimated {out['estimated_rows']})"
+    return out
+
+
+def _estimates(stored: Any) -> list[dict[str, Any]]:
+    """A preview's `row_estimates` (`migrate._run`) as the review shows them: each
+    {"statement", "verb", "params", "estimated_rows", "rows", "error"}, entries of another
+    shape (a preview from before estimates, hand-edited JSON) left out."""
+    out = []
+    for e in stored if isinstance(stored, list) else []:
+        if not isinstance(e, dict) or not isinstance(e.get("statement"), int):
+            continue
+        estimated = e.get("estimated_rows")
+        rows = e.get("rows")
+        out.append(
+            {
+                "statement": e["statement"],
+                "verb": str(e.get("verb") or ""),
+                "params": e.get("params") if isinstance(e.get("params"), dict) else None,
+                "estimated_rows": estimated if isinstance(estimated, int) else None,
+                "rows": rows if isinstance(rows, int) else None,
+                "error": str(e["error"]) if e.get("error") else None,
+            }
+        )
     return out
 
 
@@ -1135,7 +1199,9 @@ def change_summary(run: Run) -> dict[str, Any] | None:
             for k in ("new", "changed", "removed"):
                 if k in body["assets"]:
                     add(f"assets_{k}", body["assets"][k])
-            add("assets_to_copy", body["assets"].get("copy"))
+            if "copy" in body["assets"]:
+                # Only assets.stage copies: an index-only review must not say "0 to copy".
+                add("assets_to_copy", body["assets"]["copy"])
         elif stage.executor == "docs_index":
             body = _docs_summary(stage)
             for k in ("new", "changed", "removed"):
@@ -1212,7 +1278,7 @@ def approvals_inbox(
                 kinds=kinds,
                 waiting_since=run.finished_at,
                 change_line=summary["line"] if summary else "",
-                highest_finding=run_findings(run)["highest"],
+                highest_finding=run_findings(run, summary)["highest"],
             )
         )
     return rows

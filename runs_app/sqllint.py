@@ -744,3 +744,87 @@ def highest(severities: Any) -> str | None:
     """The highest of `severities` (strings), or None when there are none."""
     ranked = sorted(severities, key=SEVERITY_RANK.__getitem__)
     return ranked[-1] if ranked else None
+
+
+# --- row estimates (context from a PostgreSQL dry-run) -----------------------------------
+
+# One statement (or one backfill batch) the planner expects to change this many rows or more
+# is a warning: its row locks are held until the batch commits, and WAL and replication lag
+# grow with it (strong_migrations' "backfilling data" advice: batch large changes).
+LARGE_ESTIMATE_ROWS = 100_000
+
+# Not a check over the statement's text: the planner's estimate comes from the target, read
+# by a PostgreSQL dry-run (`TargetConnection.estimate_rows`, EXPLAIN without ANALYZE) and
+# turned into findings by `estimate_findings`. Documented with RULES in docs/sql-lint.md.
+ESTIMATE_RULE = LintRule(
+    "row_estimate",
+    INFO,
+    PG,
+    "Rows the planner estimates (dry-run)",
+    "PostgreSQL's planner estimate (EXPLAIN, from the table's statistics) of the rows the "
+    "statement changes, beside the rows it really changed in the rolled-back dry-run; a "
+    f"warning at {LARGE_ESTIMATE_ROWS:,} rows or more in one batch, or when the estimate "
+    "failed. Far from the real count means stale statistics: the apply's plan may differ.",
+    "Run large changes as a backfill in key-range batches; ANALYZE the table when the "
+    "estimate and the real count disagree.",
+    lambda p, ctx: iter(()),
+)
+
+
+def estimate_findings(
+    estimates: list[dict[str, Any]], *, sql: str, path: str, backfill: bool = False
+) -> list[LintFinding]:
+    """`row_estimate` findings from a dry-run's row estimates of one plan item.
+
+    `estimates`: entries {"statement", "verb", "params", "estimated_rows", "rows", "error"}
+    (`selectors.change_summary`'s shape of the previews' `row_estimates`): one for a
+    statement, one per key interval of a backfill (`backfill=True`: one finding for the
+    template, totals and the largest batch). Severity: info; warning when one batch is
+    estimated at LARGE_ESTIMATE_ROWS or more, or when EXPLAIN failed (its error is the
+    message). [] when `estimates` is empty."""
+    if not estimates:
+        return []
+    rule = ESTIMATE_RULE
+    statement = estimates[0]["statement"] if not backfill else 0
+    errors = [e for e in estimates if e["error"]]
+    known = [e for e in estimates if e["estimated_rows"] is not None]
+    real = [e["rows"] for e in estimates if e["rows"] is not None]
+    found: list[LintFinding] = []
+
+    def finding(severity: str, message: str) -> LintFinding:
+        return LintFinding(
+            rule=rule.name,
+            severity=severity,
+            path=path,
+            statement=statement,
+            message=message,
+            why=rule.why,
+            safer=rule.safer,
+            lock=None,
+            sql=sql if len(sql) <= 2000 else sql[:2000] + "…",
+        )
+
+    if known:
+        total = sum(e["estimated_rows"] for e in known)
+        largest = max(e["estimated_rows"] for e in known)
+        verb = known[0]["verb"] or "statement"
+        if backfill:
+            message = (
+                f"estimated {total:,} rows over {len(known)} key interval"
+                f"{'s' if len(known) != 1 else ''} (at most {largest:,} in one batch)"
+            )
+        else:
+            message = f"estimated {total:,} rows for this {verb}"
+        if real:
+            message += f"; the rolled-back dry-run changed {sum(real):,}"
+        severity = WARNING if largest >= LARGE_ESTIMATE_ROWS else INFO
+        found.append(finding(severity, message))
+    if errors:
+        found.append(
+            finding(
+                WARNING,
+                f"no row estimate for {len(errors)} of {len(estimates)} "
+                f"{'key intervals' if backfill else 'statements'}: {errors[0]['error']}",
+            )
+        )
+    return found

@@ -1390,6 +1390,31 @@ def calls_sequence_functions(sql: str) -> bool:
     return bool(found)
 
 
+# Statements whose row count the planner estimates for a dry-run's review (EXPLAIN).
+PG_DML_VERBS = {
+    "UpdateStmt": "UPDATE",
+    "DeleteStmt": "DELETE",
+    "InsertStmt": "INSERT",
+    "MergeStmt": "MERGE",
+}
+
+
+def pg_dml_verb(sql: str) -> str | None:
+    """ "UPDATE", "DELETE", "INSERT" or "MERGE" when one PostgreSQL statement is DML (a WITH
+    ... UPDATE too), else None (DDL, SELECT, text the parser cannot read). A dry-run asks
+    the planner for such a statement's row estimate (`TargetConnection.estimate_rows`)."""
+    import pglast
+
+    try:
+        _names, spans, _other = pg_params(sql)
+        raw = pglast.parse_sql(_bind_positions(sql, spans))
+    except (SqlSyntaxError, pglast.parser.ParseError):
+        return None
+    if len(raw) != 1:
+        return None
+    return PG_DML_VERBS.get(type(raw[0].stmt).__name__)
+
+
 # --- Statements that cannot run inside a transaction --------------------------------------
 
 # PostgreSQL refuses these in a transaction block ("cannot run inside a transaction block");

@@ -269,6 +269,27 @@ LEDGER_GUARDED_ACTIONS = frozenset(
 )
 
 
+def estimated_rows(explained: Any) -> int:
+    """Rows the planner expects a DML statement to change, from PostgreSQL's
+    `EXPLAIN (FORMAT JSON)` output (a list of one {"Plan": {...}}, or its JSON text).
+
+    A DML statement's top node is `ModifyTable`, whose "Plan Rows" is 0 without RETURNING;
+    the rows it would change are those of its "Outer" child (the scan that finds them, or
+    the SELECT/VALUES an INSERT reads). Any other top node's own "Plan Rows". Raises
+    KeyError/IndexError/TypeError/ValueError on output of another shape."""
+    import json
+
+    if isinstance(explained, str | bytes):
+        explained = json.loads(explained)
+    plan = explained[0]["Plan"]
+    if plan.get("Node Type") == "ModifyTable":
+        children = plan.get("Plans") or []
+        outer = [c for c in children if c.get("Parent Relationship") in ("Outer", "Member")]
+        if outer or children:
+            plan = (outer or children)[0]
+    return round(float(plan["Plan Rows"]))
+
+
 class TargetConnection:
     """One DB-API connection in autocommit mode; transactions are explicit (begin/commit).
 
@@ -396,6 +417,37 @@ class TargetConnection:
         so that its failure (a column the rewrite cannot name) leaves the batch as it was.
         Returns (column names, rows), or None when it failed; the caller checked `sql`
         against the SQL policy first. Never for an apply: only dry-runs sample."""
+        read = self._read_in_savepoint(sql, params)
+        return None if isinstance(read, str) else read
+
+    def estimate_rows(
+        self, sql: str, params: Mapping[str, Any] | None = None
+    ) -> tuple[int | None, str | None]:
+        """The planner's estimate of the rows one plan DML statement would change
+        (PostgreSQL): `EXPLAIN (FORMAT JSON) <sql>`, which plans the statement and evaluates
+        nothing (never ANALYZE: the statement itself runs next, in the dry-run's rolled-back
+        transaction, and gives the real count). Run inside the open transaction with
+        `run_statement`'s guards, in a savepoint, under the batch's `statement_timeout`.
+
+        Returns (rows, None), or (None, the error's first line) when EXPLAIN failed (a
+        timeout, an object the statement names that does not exist yet): an estimate is
+        context for the review and never fails the batch. The rows are those of the plan node
+        under `ModifyTable` (PostgreSQL reports `rows=0` on ModifyTable itself unless the
+        statement has RETURNING); `estimated_rows` reads them."""
+        read = self._read_in_savepoint("EXPLAIN (FORMAT JSON) " + sql, params)
+        if isinstance(read, str):
+            return None, read
+        _names, rows = read
+        try:
+            return estimated_rows(rows[0][0]), None
+        except (IndexError, KeyError, TypeError, ValueError) as exc:
+            return None, f"unreadable EXPLAIN output: {exc}"
+
+    def _read_in_savepoint(
+        self, sql: str, params: Mapping[str, Any] | None
+    ) -> tuple[list[str], list[tuple[Any, ...]]] | str:
+        """`sql` run as a plan statement in a savepoint: (column names, rows), or the
+        error's first line with the savepoint rolled back (the batch goes on as it was)."""
         self._require_not_cancelled()
         self.require_transaction(sql)
         cursor = self.raw.cursor()
@@ -411,14 +463,14 @@ class TargetConnection:
                 cursor.execute(query, None if params is None else dict(params), binary=True)
             names = [d[0] for d in cursor.description or []]
             rows = [tuple(r) for r in cursor.fetchall()]
-        except Exception:
+        except Exception as exc:
             self._plan = False
             with self._own_control():
                 self.raw.execute("ROLLBACK TO SAVEPOINT hxo_sample")
                 self.raw.execute("RELEASE SAVEPOINT hxo_sample")
             self.require_transaction(sql)
             self._require_not_cancelled()
-            return None
+            return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         finally:
             self._plan = False
         with self._own_control():

@@ -97,6 +97,7 @@ from runs_app.sqlpolicy import (
     calls_sequence_functions,
     item_errors,
     outside_transaction,
+    pg_dml_verb,
     statement_error,
 )
 from runs_app.targets import (
@@ -703,6 +704,7 @@ def _run(
     first: int = 0,
     per_statement: list[int | None] | None = None,
     samples: list[dict[str, Any]] | None = None,
+    estimates: list[dict[str, Any]] | None = None,
 ) -> int:
     """Run a batch's statements inside the open transaction; rows changed in total.
 
@@ -710,6 +712,10 @@ def _run(
     statement only checked, so the review can say what each statement would change.
     `samples` (a dry-run): each DML statement's sample rows before and after it
     (`runs_app.kinds.samples`), read in the same transaction.
+    `estimates` (a dry-run on PostgreSQL): for each DML statement, the planner's row estimate
+    (`TargetConnection.estimate_rows`: EXPLAIN, never ANALYZE) taken just before it runs, so
+    the review shows it beside the rows it really changed: {"statement", "verb", "params"
+    (the bound parameters: a backfill's key interval), "estimated_rows", "rows", "error"}.
 
     Each statement is checked against the SQL policy once more (the manifest is pinned data:
     it may predate the policy), then runs through `run_statement`, whose guards (SQLite
@@ -745,8 +751,17 @@ def _run(
             if per_statement is not None:
                 per_statement.append(None)
             continue
+        estimate = (
+            _estimate(conn, sql, bound, first + (0 if bound is not None else i))
+            if estimates is not None
+            else None
+        )
+        if estimate is not None and estimates is not None:
+            estimates.append(estimate)
         probe = samples_of.before(conn, sql, bound, first + i) if samples is not None else None
         changed = conn.run_statement(sql, bound)
+        if estimate is not None:
+            estimate["rows"] = changed
         if probe is not None and samples is not None:
             after = samples_of.after(conn, probe)
             samples.append(samples_of.record(probe, after, conn.target.sensitive))
@@ -754,6 +769,28 @@ def _run(
             per_statement.append(changed)
         rows += changed
     return rows
+
+
+def _estimate(
+    conn: TargetConnection, sql: str, bound: dict[str, Any] | None, statement: int
+) -> dict[str, Any] | None:
+    """The planner's row estimate of one plan statement on PostgreSQL, as a dry-run's preview
+    keeps it: {"statement", "verb", "params", "estimated_rows", "rows" (None: the caller sets
+    what it really changed), "error"}; None on SQLite or for a statement that is not DML."""
+    if conn.vendor != POSTGRESQL:
+        return None
+    verb = pg_dml_verb(sql)
+    if verb is None:
+        return None
+    estimated, error = conn.estimate_rows(sql, bound)
+    return {
+        "statement": statement,
+        "verb": verb,
+        "params": bound,
+        "estimated_rows": estimated,
+        "rows": None,
+        "error": error,
+    }
 
 
 @contextlib.contextmanager
@@ -1305,6 +1342,7 @@ class SqlMigrate(Executor):
         checked: list[int] = []
         per_statement: list[int | None] = []
         samples: list[dict[str, Any]] = []
+        estimates: list[dict[str, Any]] = []
         outside = _outside_batch(conn, batch)
         with _watched(conn, ctx, batch.batch_id, settings.HXO_DRY_RUN_BATCH_TIMEOUT_MS):
             # idle_in_transaction: a paused worker's dry-run transaction (and its locks) is
@@ -1312,6 +1350,15 @@ class SqlMigrate(Executor):
             conn.begin(**timeouts, idle_timeout_ms=_idle_timeout_ms())
             try:
                 replayed = _replay_upstream(conn, ctx, batch, has_ledger, beat)
+                if batch.mode == "backfill" and outside is None:
+                    # A backfill's key intervals are estimated before the earlier batches
+                    # are replayed: their new row versions would grow the table's pages,
+                    # which the planner scales its row counts by (dead tuples the apply's
+                    # autovacuum removes), and they touch other keys anyway.
+                    for a, b in pieces:
+                        found = _estimate(conn, batch.sql, batch.bound(a, b), 0)
+                        if found is not None:
+                            estimates.append(found)
                 earlier = _replay_earlier_batches(conn, ctx, batch, has_ledger, beat)
                 if earlier is not None:
                     replayed.append(earlier)
@@ -1327,7 +1374,11 @@ class SqlMigrate(Executor):
                         first=batch.offset if batch.mode == "statements" else 0,
                         per_statement=per_statement,
                         samples=samples,
+                        estimates=estimates if batch.mode == "statements" else None,
                     )
+                    if batch.mode == "backfill":
+                        for estimate, changed in zip(estimates, per_statement, strict=False):
+                            estimate["rows"] = changed
             finally:
                 conn.rollback()  # a dry-run never commits
         if outside is not None:
@@ -1354,6 +1405,9 @@ class SqlMigrate(Executor):
             # Up to samples.SAMPLE_ROWS rows before/after each DML statement, values cut and
             # the target's sensitive columns masked.
             "samples": samples,
+            # PostgreSQL: the planner's estimate (EXPLAIN, FORMAT JSON) beside the rows each
+            # DML statement really changed, per statement or per backfill key interval.
+            "row_estimates": estimates,
             "replayed": replayed,
             "outside_transaction": None if outside is None else outside.what,
         }

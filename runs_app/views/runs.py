@@ -217,12 +217,17 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "key": new_key(),
             "is_dry_run": run.mode == RunMode.DRY_RUN,
             "review": selectors.review_totals(run) if run.mode == RunMode.DRY_RUN else None,
-            "findings": selectors.run_findings(run) if run.mode == RunMode.DRY_RUN else None,
             "change_summary": selectors.change_summary(run),
             "last_applied": services.last_applied_run(run.plan, before=run)
             if run.mode == RunMode.DRY_RUN
             else None,
         }
+    )
+    # The findings include the PostgreSQL row estimates the change summary read.
+    context["findings"] = (
+        selectors.run_findings(run, context["change_summary"])
+        if run.mode == RunMode.DRY_RUN
+        else None
     )
     context["failure"] = failure_banner(
         run, context["progress"], context["actions"], has_capability(request.user, "plan")

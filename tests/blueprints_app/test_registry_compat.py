@@ -281,6 +281,25 @@ def test_admin_refuses_an_executor_whose_output_the_kind_refuses(admin):
     assert unchanged(before)
 
 
+def test_admin_refuses_an_executor_that_cannot_serve_the_kind(admin):
+    # The admin's twin of test_api_refuses_an_executor_that_cannot_serve_the_kind.
+    before = JobKind.objects.get(kind="docs.index")
+
+    response = admin.post(
+        CHANGE_URL.format(pk=before.pk),
+        form_data(before, executors=["docs_index", "index_assets"]),
+    )
+
+    assert response.status_code == 200
+    errors = form_errors(response)
+    assert any(
+        "index_assets" in m and "cannot serve job kind 'docs.index'" in m
+        for m in errors["executors"]
+    ), errors
+    after = JobKind.objects.get(kind="docs.index")
+    assert after.snapshot() == before.snapshot() and after.version == before.version
+
+
 @pytest.mark.parametrize(
     ("field", "words"),
     [("required_approvals", "at least 1 approval"), ("default_slo_ms", "at least 1 millisecond")],

@@ -76,3 +76,56 @@ def test_an_approver_must_acknowledge_a_high_finding_to_approve(
     assert run.state == RunState.APPROVED
     # The refused approval's 400 is the only error the browser saw.
     assert all("status of 400" in e for e in page.console_errors), page.console_errors
+
+
+def test_an_operator_sees_a_risky_statement_s_finding_live_before_saving(
+    open_page, operator, tmp_path: Path, settings: Any
+) -> None:
+    """Typing an UPDATE without WHERE into the editor shows the high-severity finding at the
+    statements field while nothing is saved; adding the WHERE clears it, and the plan saves."""
+    import re
+
+    from runs_app.models import Plan
+
+    path = tmp_path / "t.sqlite3"
+    settings.HXO_DATABASE_TARGETS = {**settings.HXO_DATABASE_TARGETS, "t": f"sqlite:///{path}"}
+    page = open_page(height=1000)
+    log_in(page, "otto")
+    page.goto("/plans/new/")
+    page.wait_for_load_state("load")
+    page.get_by_label("Name").fill("risky live")
+    page.locator("#f-stages-0-id").fill("migrate")
+    page.locator("#f-stages-0-kind").select_option("deploy.migrate")
+    expect(page.locator("#f-stages-0-partitioner")).to_have_value("by_sql_batch")
+    expect(page.locator("#f-stages-0-executor")).to_have_value("sql_migrate")
+    page.locator("#f-stages-0-params-target").select_option("t")
+    statements = page.locator("#f-stages-0-params-statements")
+    statements.fill("UPDATE items SET note = 'x' WHERE id = 1")
+    expect(page.get_by_test_id("validation-status")).to_contain_text("The plan is valid")
+    slot = page.locator("#err-stages-0-params-statements")
+    expect(slot.locator("[data-code=sql_finding]")).to_have_count(0)
+
+    # A risky statement typed as a second paragraph: the finding shows, nothing is saved.
+    statements.press("End")
+    statements.type("\n\nDELETE FROM items")
+    finding = slot.locator("[data-code=sql_finding]")
+    expect(finding).to_contain_text("high: DELETE of items has no WHERE")
+    expect(finding).to_contain_text("Safer:")
+    expect(page.get_by_test_id("validation-status")).to_contain_text("1 warning")
+    # Live validation never rewrote what is being typed.
+    expect(statements).to_have_value(
+        "UPDATE items SET note = 'x' WHERE id = 1\n\nDELETE FROM items"
+    )
+    assert not Plan.objects.exists()
+    RESULTS.mkdir(exist_ok=True)
+    # caret="initial": Playwright hides the caret of the focused field with an injected
+    # <style>, which the CSP refuses (a console error).
+    page.screenshot(path=str(RESULTS / "editor-live-finding.png"), full_page=True, caret="initial")
+
+    statements.type(" WHERE id > 100")
+    expect(finding).to_have_count(0)
+    page.get_by_test_id("save-plan").click()
+    page.wait_for_url(re.compile(r".*/plans/\d+/$"))
+    saved = Plan.objects.get(name="risky live").latest_revision.stages[0]["params"]
+    assert saved["statements"][1] == "DELETE FROM items WHERE id > 100"
+    assert page.console_errors == []

@@ -4,6 +4,7 @@ kept in test-results/ for the eye."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -154,3 +155,118 @@ def test_the_release_review_and_the_inbox_show_each_kinds_change_set(
     expect(page.locator(f"tr[data-run='{waiting.pk}']")).to_be_visible()
     page.screenshot(path=str(RESULTS / "approvals-inbox.png"), full_page=True)
     assert page.console_errors == []
+
+
+def test_an_approver_walks_a_migrate_review_in_order_and_the_apply_changes_the_rows(
+    open_page, operator, approver, tmp_path: Path, settings: Any
+) -> None:
+    """Issue 14's "Done when", in one path: the SQL, the sample rows, a high-severity finding
+    that must be acknowledged, the decision (each below the one before on the page), then the
+    operator's apply and its rows at the target."""
+    from runs_app.models import Run, RunMode
+
+    path = tmp_path / "crm.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE customers (id INTEGER PRIMARY KEY, email TEXT, domain TEXT, status TEXT)"
+        )
+        conn.executemany(
+            "INSERT INTO customers VALUES (?, ?, NULL, ?)",
+            [(i, f"user{i}@example.test", "active" if i % 4 else "closed") for i in range(1, 41)],
+        )
+    conn.close()
+    settings.HXO_DATABASE_TARGETS = {
+        **settings.HXO_DATABASE_TARGETS,
+        "crm": {"url": f"sqlite:///{path}", "sensitive": ["email"]},
+    }
+    statements = [
+        "UPDATE customers SET domain = substr(email, instr(email, '@') + 1) "
+        "WHERE domain IS NULL AND status = 'active'",
+        "UPDATE customers SET status = upper(status)",  # no WHERE: a high-severity finding
+    ]
+    plan = services.plan_create(
+        actor=operator,
+        document={
+            "name": "crm domains",
+            "stages": [
+                {
+                    "id": "migrate",
+                    "kind": "deploy.migrate",
+                    "partitioner": "by_sql_batch",
+                    "executor": "sql_migrate",
+                    "params": {"target": "crm", "statements": statements, "batch_size": 2},
+                }
+            ],
+        },
+    )
+    dry = drain(services.run_start_dry_run(plan=plan, actor=operator))
+    assert dry.state == RunState.AWAITING_APPROVAL
+
+    page = open_page(height=1000)
+    log_in(page, "april")
+    page.goto(f"/runs/{dry.pk}/")
+    # 1. What will change, then the SQL, highlighted, with each statement's rows.
+    expect(page.get_by_test_id("change-total")).to_have_text("70 rows changed")
+    sql = page.get_by_test_id("sql-migrate")
+    expect(sql.locator(".sql .k").first).to_have_text("UPDATE")
+    expect(page.get_by_test_id("statement-rows")).to_have_text(["30", "40"])
+    # 2. The sample rows of the first UPDATE, before → after, the email masked.
+    samples = page.get_by_test_id("samples-0")
+    expect(samples.locator("td.changed").first).to_have_text("NULL → example.test")
+    expect(samples.locator("td.masked").first).to_have_text("•••")
+    # 3. The high-severity finding, with its safer form.
+    high = page.locator("#findings [data-severity=high]")
+    expect(high).to_contain_text("UPDATE of customers has no WHERE")
+    expect(high).to_contain_text("backfill form")
+    # The evidence comes in that order, and the decision after all of it.
+    tops = [
+        loc.bounding_box()["y"]
+        for loc in (
+            page.get_by_test_id("change-summary"),
+            sql,
+            samples,
+            page.locator("#findings"),
+            page.locator("#decision"),
+        )
+    ]
+    assert tops == sorted(tops), tops
+    RESULTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(RESULTS / "review-deploy.migrate.png"), full_page=True)
+
+    # 4. The decision: refused without the acknowledgement, given with it.
+    page.get_by_test_id("approve").click()
+    expect(page.get_by_text("findings_not_acknowledged")).to_be_visible()
+    assert not Approval.objects.exists()
+    page.goto(f"/runs/{dry.pk}/")
+    page.get_by_test_id("acknowledge-findings").check()
+    page.get_by_label("Comment on your decision").fill(
+        "domains only; status upper-cased on purpose"
+    )
+    page.get_by_test_id("approve").click()
+    page.wait_for_url(f"**/runs/{dry.pk}/")
+    expect(page.locator("h1 .state-approved")).to_be_visible()
+    approval = Approval.objects.get()
+    assert approval.digest == dry.digest
+    assert [f["rule"] for f in approval.acknowledged_findings] == ["update_without_where"]
+
+    # 5. The operator applies what was approved; the rows change at the target, once.
+    op = open_page(height=1000)
+    log_in(op, "otto")
+    op.goto(f"/runs/{dry.pk}/")
+    op.get_by_test_id("apply").click()
+    op.wait_for_url(re.compile(rf".*/runs/(?!{dry.pk}/)\d+/$"))
+    applied = Run.objects.get(mode=RunMode.APPLY, dry_run=dry)
+    drain(applied)
+    assert applied.state == RunState.SUCCEEDED, applied.error
+    with sqlite3.connect(path) as conn:
+        domains = conn.execute(
+            "SELECT COUNT(*) FROM customers WHERE domain = 'example.test'"
+        ).fetchone()[0]
+        statuses = dict(conn.execute("SELECT status, COUNT(*) FROM customers GROUP BY status"))
+    conn.close()
+    assert domains == 30 and statuses == {"ACTIVE": 30, "CLOSED": 10}
+    op.reload()
+    expect(op.locator("h1 .state-succeeded")).to_be_visible()
+    # The refused approval's 400 is the only error either browser saw.
+    assert all("status of 400" in e for e in page.console_errors), page.console_errors
+    assert op.console_errors == []
