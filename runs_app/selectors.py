@@ -186,6 +186,9 @@ def stage_progress(stage: RunStage, errors: list[dict[str, Any]] | None = None) 
         "merkle_root": stage.merkle_root,
         "non_idempotent": stage.non_idempotent,
         "errors_by_code": errors or [],
+        # While the stage waits for its target's health checks (engine.health): the reason,
+        # since when, the checks that failed; None otherwise.
+        "health_wait": stage.health_wait,
     }
 
 

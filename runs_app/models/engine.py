@@ -287,6 +287,10 @@ class RunStage(models.Model):
     slo_breached = models.BooleanField(default=False)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # While the stage waits for its target to be healthy (runs_app.engine.health):
+    # {"reason", "since" (ISO 8601), "target", "checks": [...], "retry_after_ms"}; null when
+    # it does not wait. Written on enter, cleared when a partition passes the gate again.
+    health_wait = models.JSONField(null=True, blank=True, default=None)
 
     class Meta:
         ordering = ["run", "position"]
