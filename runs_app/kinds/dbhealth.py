@@ -55,6 +55,8 @@ HEALTH_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "title": "Database health checks (PostgreSQL)",
     "description": "Before each batch: wait while the target is unhealthy (no attempt spent).",
+    # When a batch runs, never what it does: out of content ids (runs_app.manifest).
+    "x-hxo-no-effect": True,
     "properties": {
         "max_replication_lag_ms": {
             "type": "integer",
