@@ -208,6 +208,44 @@ def test_a_lock_wait_holds_the_stage_until_it_clears(items, operator, approver, 
 
 
 @pytest.mark.postgres
+def test_an_aborted_waiting_stage_shows_no_wait_and_changed_nothing(
+    items, operator, approver, api_client_for
+):
+    doc = document("pg", {"max_lock_waits": 0, "recheck_ms": 60_000})
+    _dry, run = approved_apply(doc, operator, approver)
+    holder = psycopg.connect(items)
+    holder.execute("SELECT * FROM items WHERE id = 1 FOR UPDATE")
+    waiter = psycopg.connect(items, autocommit=True)
+    blocked = threading.Thread(
+        target=lambda: waiter.execute("UPDATE items SET n = n WHERE id = 1"), daemon=True
+    )
+    blocked.start()
+    try:
+        with psycopg.connect(items, autocommit=True) as probe:
+            deadline_poll(
+                lambda: probe.execute(
+                    "SELECT 1 FROM pg_locks WHERE pid = %s AND NOT granted",
+                    (waiter.info.backend_pid,),
+                ).fetchone(),
+                "the waiter waits for the row lock",
+            )
+        tasks.drain(run.pk, budget_s=1)
+        assert RunStage.objects.get(run=run).health_wait is not None
+        services.run_abort(run=run, actor=operator)
+        drain(run, deadline_s=30)
+    finally:
+        holder.rollback()
+        holder.close()
+        blocked.join(timeout=20)
+        waiter.close()
+    assert run.state == RunState.ABORTED
+    stage = api_client_for(operator).get(f"/api/v1/runs/{run.pk}/").json()["stages"][0]
+    assert stage["health_wait"] is None
+    assert stage["counts"]["cancelled"] == ROWS // BATCH
+    assert counts_at_target(items) == dict.fromkeys(range(1, ROWS + 1), 0)
+
+
+@pytest.mark.postgres
 def test_replication_lag_is_measured_and_a_primary_without_replicas_is_healthy(pg_target):
     config = {"max_replication_lag_ms": 0, "max_replication_lag_bytes": 0}
     with connect("pg") as conn:
