@@ -136,6 +136,9 @@ class ExecutionContext:
     # trust what was recorded at write time while the file's stat identity is unchanged;
     # True (the receipt's `?thorough=1`) asks it to hash every byte again.
     thorough: bool = False
+    # Called by an executor whose gate (`Throttled`) let this partition through: the engine
+    # ends the stage's wait, if it was waiting, with its audit event and a log line.
+    throttle_passed: Callable[[], None] = lambda: None
 
     @property
     def params(self) -> dict[str, Any]:
@@ -144,6 +147,21 @@ class ExecutionContext:
 
 class LeaseLost(Exception):
     """Raised by heartbeat(): this worker no longer holds the partition; stop, write nothing."""
+
+
+class Throttled(Exception):
+    """Raised by an executor BEFORE it has had any effect, when its target is not healthy
+    enough for more work now (e.g. `runs_app.kinds.dbhealth`: long transactions, lock waits,
+    replication lag). Not a failure: the engine puts the partition back to pending without
+    spending an attempt, holds the stage's other pending partitions until `retry_after_ms`
+    from now, and shows `reason` on the stage until a partition passes the gate again
+    (`ExecutionContext.throttle_passed`). `detail` is JSON kept with the stage's wait."""
+
+    def __init__(self, reason: str, *, retry_after_ms: int, detail: Any = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_ms = max(1, int(retry_after_ms))
+        self.detail = detail
 
 
 # What a component declares about the data it hands on, as JSON Schema: the default says

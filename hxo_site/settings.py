@@ -121,7 +121,8 @@ def env_mapping(name: str, default: dict[str, str]) -> dict[str, str]:
 
 def env_targets(name: str, default: dict[str, str]) -> dict[str, Any]:
     """Database targets: `env_mapping`'s two forms, and in JSON a target may also be an
-    object `{"url": "...", "sensitive": ["email"]}` (columns whose values a review masks)."""
+    object `{"url": "...", "sensitive": ["email"], "health": {...}}` (columns whose values a
+    review masks; database health checks, whose keys `runs_app.targets.get_target` checks)."""
     raw = os.environ.get(name, "").strip()
     if not raw.startswith("{"):
         return env_mapping(name, default)
@@ -136,7 +137,8 @@ def env_targets(name: str, default: dict[str, str]) -> dict[str, Any]:
             continue
         ok = (
             isinstance(value, dict)
-            and set(value) <= {"url", "sensitive"}
+            and set(value) <= {"url", "sensitive", "health"}
+            and isinstance(value.get("health", {}), dict)
             and isinstance(value.get("url"), str)
             and bool(value["url"])
             and isinstance(value.get("sensitive", []), list)
@@ -144,7 +146,8 @@ def env_targets(name: str, default: dict[str, str]) -> dict[str, Any]:
         )
         if not ok:
             raise ImproperlyConfigured(
-                f'{name}[{key!r}] must be a URL or {{"url": "...", "sensitive": [column names]}}'
+                f'{name}[{key!r}] must be a URL or {{"url": "...", "sensitive": [column names], '
+                '"health": {checks}}'
             )
     return parsed
 

@@ -199,7 +199,9 @@ def effect_params(
     (`"x-hxo-widget": "workspace" | "target"`) becomes `{"name": ..., "identity": ...}`: the
     real path of the workspace, the target's database (runs_app.targets.Target.identity). The
     name stays in as well, because effects are keyed on it (index rows and archive folders
-    are per workspace name). Raises ComponentError when a named place is not registered.
+    are per workspace name). A param the schema marks `"x-hxo-no-effect": true` decides only
+    when the work runs, never what it does (deploy.migrate's `health` checks), and is left
+    out. Raises ComponentError when a named place is not registered.
     `places`, when given, receives each place found by its path (`params.target` → {...}).
     """
     partitioner = PARTITIONERS.get(stage.get("partitioner", ""))
@@ -212,8 +214,14 @@ def _resolved(schema: Any, value: Any, path: str, places: dict[str, dict[str, st
     schema = schema if isinstance(schema, dict) else {}
     if isinstance(value, dict):
         props = schema.get("properties") or {}
-        out = {k: _resolved(props.get(k), v, f"{path}.{k}", places) for k, v in value.items()}
+        out = {
+            k: _resolved(props.get(k), v, f"{path}.{k}", places)
+            for k, v in value.items()
+            if not (isinstance(props.get(k), dict) and props[k].get("x-hxo-no-effect"))
+        }
         for name, prop in props.items():
+            if prop.get("x-hxo-no-effect") if isinstance(prop, dict) else False:
+                continue
             if name not in out and isinstance(prop, dict) and "default" in prop:
                 default = copy.deepcopy(prop["default"])
                 out[name] = _resolved(prop, default, f"{path}.{name}", places)

@@ -187,6 +187,10 @@ def stage_progress(stage: RunStage, errors: list[dict[str, Any]] | None = None) 
         "merkle_root": stage.merkle_root,
         "non_idempotent": stage.non_idempotent,
         "errors_by_code": errors or [],
+        # While the stage waits for its target's health checks (engine.health): the reason,
+        # since when, the checks that failed; None otherwise (a stage that ended while it
+        # waited, aborted say, waits no more).
+        "health_wait": stage.health_wait if stage.state == "running" else None,
     }
 
 

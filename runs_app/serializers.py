@@ -147,6 +147,10 @@ class RunStageSerializer(serializers.Serializer):
     merkle_root = serializers.CharField()
     non_idempotent = serializers.BooleanField()
     errors_by_code = StageErrorSerializer(many=True)
+    # Added field: {"reason", "since", "checked_at", "retry_after_ms", "target", "checks":
+    # [{"check", "value", "limit", "message"}]} while the stage waits for its target's
+    # database health checks (runs_app.kinds.dbhealth), else null.
+    health_wait = serializers.JSONField(allow_null=True, required=False)
 
 
 class RunSerializer(serializers.ModelSerializer):

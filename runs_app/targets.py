@@ -78,6 +78,9 @@ class Target:
     pg_kwargs: tuple[tuple[str, Any], ...] = ()
     # Column names (lower case) whose values a review never shows: masked in sample rows.
     sensitive: frozenset[str] = frozenset()
+    # Database health checks every deploy.migrate stage on this target runs before a batch
+    # (runs_app.kinds.dbhealth; a stage's `health` param overrides key by key), as items.
+    health: tuple[tuple[str, Any], ...] = ()
 
     @property
     def display(self) -> str:
@@ -101,13 +104,17 @@ class Target:
         return f"postgresql://{host}:{kw.get('port') or 5432}/{kw.get('dbname', '')}"
 
 
-def target_entry(entry: object, *, path: str, name: str) -> tuple[str, frozenset[str]]:
+def target_entry(
+    entry: object, *, path: str, name: str
+) -> tuple[str, frozenset[str], dict[str, Any]]:
     """One HXO_DATABASE_TARGETS value: a URL (the form since the start), or an object
-    `{"url": "...", "sensitive": ["email", ...]}` naming the columns whose values reviews
-    mask. Returns (url, sensitive column names in lower case); ComponentError
-    (unsupported_target) for another shape (settings also refuse it at start-up)."""
+    `{"url": "...", "sensitive": ["email", ...], "health": {...}}` naming the columns whose
+    values reviews mask and the database health checks of its migrations
+    (runs_app.kinds.dbhealth). Returns (url, sensitive column names in lower case, health);
+    ComponentError (unsupported_target) for another shape (settings also refuse a wrong
+    shape at start-up)."""
     if isinstance(entry, str):
-        return entry, frozenset()
+        return entry, frozenset(), {}
     problem = target_entry_problem(entry)
     if problem is not None:
         raise ComponentError(
@@ -117,18 +124,29 @@ def target_entry(entry: object, *, path: str, name: str) -> tuple[str, frozenset
             path=path,
         )
     assert isinstance(entry, dict)
-    return entry["url"], frozenset(c.lower() for c in entry.get("sensitive", []))
+    return (
+        entry["url"],
+        frozenset(c.lower() for c in entry.get("sensitive", [])),
+        dict(entry.get("health") or {}),
+    )
 
 
 def target_entry_problem(entry: object) -> str | None:
-    """Why `entry` is not a target's value (a URL string, or {"url", "sensitive"}), or None."""
+    """Why `entry` is not a target's value (a URL string, or {"url", "sensitive", "health"}),
+    or None."""
     if isinstance(entry, str):
         return None
     if not isinstance(entry, dict):
-        return "must be a URL or an object with url and sensitive"
-    unknown = set(entry) - {"url", "sensitive"}
+        return "must be a URL or an object with url, sensitive and health"
+    unknown = set(entry) - {"url", "sensitive", "health"}
     if unknown:
-        return f"unknown keys {sorted(unknown)} (allowed: url, sensitive)"
+        return f"unknown keys {sorted(unknown)} (allowed: url, sensitive, health)"
+    if "health" in entry:
+        from runs_app.kinds.dbhealth import schema_problems  # the checks' own schema
+
+        found = schema_problems(entry["health"], "health")
+        if found:
+            return f"{found[0].path}: {found[0].message}"
     if not isinstance(entry.get("url"), str) or not entry["url"]:
         return "url must be a non-empty string"
     sensitive = entry.get("sensitive", [])
@@ -150,7 +168,7 @@ def get_target(name: object, *, path: str = "params.target") -> Target:
         )
     import dj_database_url
 
-    url, sensitive = target_entry(registered[name], path=path, name=name)
+    url, sensitive, health = target_entry(registered[name], path=path, name=name)
     try:
         cfg = dj_database_url.parse(url)
     except Exception as exc:  # dj_database_url raises several types for bad URLs
@@ -165,6 +183,14 @@ def get_target(name: object, *, path: str = "params.target") -> Target:
         db_path = Path(str(cfg["NAME"]))
         if not db_path.is_absolute():
             db_path = Path(settings.BASE_DIR) / db_path
+        if health:
+            raise ComponentError(
+                f"target {name!r} in settings: health checks need a PostgreSQL target, "
+                "and this one is SQLite",
+                code=UNSUPPORTED_TARGET,
+                permanent=True,
+                path=path,
+            )
         return Target(name=name, vendor=SQLITE, sqlite_path=db_path, sensitive=sensitive)
     if engine.endswith("postgresql"):
         kwargs: dict[str, Any] = {"dbname": cfg["NAME"]}
@@ -180,6 +206,7 @@ def get_target(name: object, *, path: str = "params.target") -> Target:
             vendor=POSTGRESQL,
             pg_kwargs=tuple(sorted(kwargs.items())),
             sensitive=sensitive,
+            health=tuple(sorted(health.items())),
         )
     raise ComponentError(
         f"target {name!r} uses {engine or 'an unknown engine'}; "

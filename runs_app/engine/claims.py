@@ -82,15 +82,28 @@ def prep_json(field: str, value: Any) -> Any:
 def claimable(run_id: int) -> Any:
     """The run's ready pending partitions (a QuerySet), less those of stopped stages
     (`RunStage.stopped_at`: over their failure budget or after a failed dependency, their
-    pending partitions are being cancelled in bounded transactions and must not run).
-    One small query for the stopped stages, and no join on the hot path when there are none."""
+    pending partitions are being cancelled in bounded transactions and must not run) and of
+    held ones (`RunStage.held_until` in the future: waiting for their target's health).
+    One small query for those stages, and no join on the hot path when there are none."""
     qs = Partition.objects.filter(run_id=run_id, ready=True, state=P.PENDING)
-    stopped = list(
-        RunStage.objects.filter(run_id=run_id, stopped_at__isnull=False).values_list(
-            "pk", flat=True
-        )
+    left_out = list(
+        RunStage.objects.filter(run_id=run_id)
+        .filter(models.Q(stopped_at__isnull=False) | models.Q(held_until__gt=timezone.now()))
+        .values_list("pk", flat=True)
     )
-    return qs.exclude(stage_id__in=stopped) if stopped else qs
+    return qs.exclude(stage_id__in=left_out) if left_out else qs
+
+
+def _held_until(run_id: int) -> Any:
+    """The earliest end of a hold on a stage of the run that has pending partitions (a
+    datetime), or None: when a drainer should look again."""
+    return (
+        RunStage.objects.filter(run_id=run_id, held_until__gt=timezone.now(), pending__gt=0)
+        .filter(stopped_at__isnull=True)
+        .order_by("held_until")
+        .values_list("held_until", flat=True)
+        .first()
+    )
 
 
 def _owners_in_run(run_id: int) -> set[str]:
@@ -267,6 +280,9 @@ def next_due(run_id: int) -> Any:
     if throttle is None or throttle.paused:
         return None
     due = claimable(run_id).order_by("due_at").values_list("due_at", flat=True).first()
+    held = _held_until(run_id)
+    if held is not None and (due is None or held < due):
+        due = held  # a held stage's partitions are claimable again then
     after = throttle.next_claim_at()
     if due is None or after is None:
         return due

@@ -23,10 +23,16 @@ from django.db.models import F
 from django.utils import timezone
 
 from blueprints_app.models import JobKind
-from blueprints_app.registry import ComponentError, ExecutionContext, LeaseLost, get_executor
+from blueprints_app.registry import (
+    ComponentError,
+    ExecutionContext,
+    LeaseLost,
+    Throttled,
+    get_executor,
+)
 from blueprints_app.validation import schema_validator
 from hxo_site import codes
-from runs_app.engine import logs
+from runs_app.engine import health, logs
 from runs_app.engine.claims import COUNTER, TABLE, Claim, count_moves, prep_dt, prep_json
 from runs_app.engine.errors import PartitionTimeout, RunAborted
 from runs_app.engine.heartbeat import Heartbeat, check_fence
@@ -64,7 +70,7 @@ class Outcome:
     """What executing (or reusing) one claimed partition came to, before it is recorded."""
 
     claim: Claim
-    state: str  # succeeded, reused, failed, lost, aborted
+    state: str  # succeeded, reused, failed, lost, aborted, throttled
     output: Any = None
     preview: Any = None
     error: dict[str, Any] | None = None
@@ -74,6 +80,8 @@ class Outcome:
     # many older lines the capture's bounds dropped.
     log_lines: list[str] = dataclasses.field(default_factory=list)
     log_dropped: int = 0
+    # A `throttled` outcome's reason: released by `engine.health`, never recorded as an end.
+    throttled: Throttled | None = None
 
 
 class RunContext:
@@ -187,7 +195,18 @@ def execute_claims(
             outcome = try_reuse(rc, claim, inputs, fingerprints, hb, *earlier[claim.partition_id])
         if outcome is None:
             outcome = execute_one(rc, claim, inputs, fingerprints, hb)
-        if outcome.state in PARTITION_COMPLETED:
+        if outcome.throttled is not None:
+            buffer.flush()
+            t = outcome.throttled
+            health.release(
+                claim,
+                reason=t.reason,
+                retry_after_ms=t.retry_after_ms,
+                detail=t.detail,
+                log_lines=outcome.log_lines,
+                log_dropped=outcome.log_dropped,
+            )
+        elif outcome.state in PARTITION_COMPLETED:
             if claim.non_idempotent:
                 buffer.flush()
                 record_outcomes([outcome])
@@ -220,6 +239,7 @@ def build_context(
         heartbeat=heartbeat or (lambda: None),
         check_fence=lambda: check_fence(claim),
         upstream=lambda: rc.upstream(claim.stage_pk),
+        throttle_passed=lambda: health.passed(claim.stage_pk, rc.run.pk),
     )
 
 
@@ -258,6 +278,8 @@ def _execute_one(
         return Outcome(claim, "lost")
     except RunAborted:
         return Outcome(claim, "aborted")
+    except Throttled as exc:  # before any effect: not a failure, no attempt spent
+        return Outcome(claim, "throttled", throttled=exc)
     except PartitionTimeout as exc:
         return Outcome(claim, P.FAILED, error={"code": "shard_timeout", "message": str(exc)})
     except Exception as exc:

@@ -74,7 +74,7 @@ from blueprints_app.registry import (
 )
 from hxo_site import codes
 from runs_app import sqllint
-from runs_app.kinds import adaptive
+from runs_app.kinds import adaptive, dbhealth
 from runs_app.kinds import samples as samples_of
 from runs_app.kinds.base import (
     plural,
@@ -251,6 +251,7 @@ class BySqlBatch(Partitioner):
                     "default": 5_000,
                     "title": "Lock timeout (ms)",
                 },
+                "health": dbhealth.HEALTH_SCHEMA,
             },
         }
 
@@ -274,7 +275,7 @@ class BySqlBatch(Partitioner):
             target = get_target(resolve_params(cls, params)["target"])
         except ComponentError:
             return bounds  # an unknown target is already a schema error (the enum)
-        return _sql_errors(params, target.vendor) + bounds
+        return _sql_errors(params, target.vendor) + dbhealth.stage_problems(params, target) + bounds
 
     @classmethod
     def params_warnings(cls, params: dict[str, Any]) -> list[ComponentError]:
@@ -1218,6 +1219,8 @@ class SqlMigrate(Executor):
                 timeouts["statement_timeout_ms"], settings.HXO_DRY_RUN_STATEMENT_TIMEOUT_MS
             )
         beat = Beat(ctx)
+        # Before any effect and outside any transaction: an unhealthy target raises Throttled.
+        dbhealth.gate(ctx, target)
         with connect(target, lock_timeout_ms=timeouts["lock_timeout_ms"]) as conn:
             if ctx.dry_run:
                 return self._dry_run(conn, ctx, batch, timeouts, beat)

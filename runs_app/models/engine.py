@@ -307,6 +307,13 @@ class RunStage(models.Model):
     # (over its failure budget, or a dependency failed): from then on nothing of it is
     # claimed, and a worker cancels the rest in bounded transactions (progress.finish_stop).
     stopped_at = models.DateTimeField(null=True, blank=True)
+    # While the stage waits for its target to be healthy (runs_app.engine.health):
+    # {"reason", "since" (ISO 8601), "target", "checks": [...], "retry_after_ms"}; null when
+    # it does not wait. Written on enter, cleared when a partition passes the gate again.
+    health_wait = models.JSONField(null=True, blank=True, default=None)
+    # Until when nothing of the stage is claimed (a health wait's next check): one row,
+    # read by `claims.claimable`, instead of moving every pending partition's `due_at`.
+    held_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["run", "position"]

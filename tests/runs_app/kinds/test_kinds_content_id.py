@@ -106,6 +106,7 @@ OTHER: dict[str, dict[str, Any]] = {
         },
         "statement_timeout_ms": 1000,
         "lock_timeout_ms": 100,
+        "health": {"max_lock_waits": 0},
     },
     "test_items": {
         "items": 4,
@@ -172,11 +173,25 @@ def test_every_partitioner_and_every_param_has_a_case():
         assert set(cls.get_params_schema().get("properties", {})) == set(OTHER[name]), name
 
 
+# Params that decide when the work runs, never what it does ("x-hxo-no-effect" in the schema).
+NO_EFFECT = {("by_sql_batch", "health")}
+
 PARAM_CASES = [
     pytest.param(partitioner, param, id=f"{partitioner}.{param}")
     for partitioner in sorted(OTHER)
     for param in sorted(OTHER[partitioner])
+    if (partitioner, param) not in NO_EFFECT
 ]
+
+
+@pytest.mark.parametrize(("partitioner", "param"), sorted(NO_EFFECT))
+def test_a_param_that_changes_no_effect_keeps_every_content_id(partitioner, param, places):
+    base = stage_of(partitioner, places["tmp"])
+    changed = stage_of(partitioner, places["tmp"], **{param: OTHER[partitioner][param]})
+    assert changed["params"] != base["params"]
+    assert PARTITIONERS[partitioner].get_params_schema()["properties"][param]["x-hxo-no-effect"]
+
+    assert content_ids(base) == content_ids(changed)
 
 
 @pytest.mark.parametrize(("partitioner", "param"), PARAM_CASES)
