@@ -44,6 +44,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -131,11 +132,28 @@ def claim_stats(lines: list[str], since: float, until: float) -> dict[str, Any]:
     }
 
 
-def wait_stats(samples: list[list[tuple[str, str | None, str | None, int]]]) -> dict[str, Any]:
+TABLE_NAME = re.compile(r'"?((?:runs_app|notify_app|django_q|hxo_site|blueprints_app)_\w+)"?')
+
+
+def statement_kind(sql: str) -> str:
+    """A statement as its verb and the first HXO or django-q2 table it names
+    (`UPDATE runs_app_runstage`): what a lock waiter was trying to do, without its values."""
+    words = sql.split()
+    verb = words[0].upper() if words else "?"
+    table = TABLE_NAME.search(sql)
+    return f"{verb} {table.group(1)}" if table else verb
+
+
+def wait_stats(
+    samples: list[list[tuple[str, str | None, str | None, int]]],
+    waiting: list[list[str]] | None = None,
+) -> dict[str, Any]:
     """pg_stat_activity samples (each a list of (state, wait_event_type, wait_event, count)
     rows) → per-sample means: backends, active, waiting on a heavyweight lock, on WAL
     (LWLock/IO while active), idle in transaction; the peak backend count; and each wait
-    event's mean, largest first. `lock_share` is lock waiters over active backends."""
+    event's mean, largest first. `lock_share` is lock waiters over active backends. With
+    `waiting` (each sample's statements of the backends waiting on a lock),
+    `lock_waits_by_statement` is each statement kind's mean number of waiters."""
     n = len(samples)
     if not n:
         return {"samples": 0}
@@ -168,6 +186,10 @@ def wait_stats(samples: list[list[tuple[str, str | None, str | None, int]]]) -> 
         "mean_idle_in_transaction": round(idle_tx / n, 2),
         "lock_share": round(lock / active, 3) if active else 0.0,
         "events": {k: round(v / n, 3) for k, v in events.most_common(6)},
+        "lock_waits_by_statement": {
+            k: round(v / n, 3)
+            for k, v in Counter(statement_kind(q) for w in waiting or [] for q in w).most_common(6)
+        },
     }
 
 
@@ -347,6 +369,7 @@ class Sampler:
 
     def __init__(self) -> None:
         self.samples: list[list[tuple[str, str | None, str | None, int]]] = []
+        self.waiting: list[list[str]] = []  # per sample: the statements waiting on a lock
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="pg-sampler", daemon=True)
 
@@ -368,6 +391,16 @@ class Sampler:
                     [DB_NAME],
                 ).fetchall()
                 self.samples.append([tuple(r) for r in rows])
+                self.waiting.append(
+                    [
+                        q
+                        for (q,) in conn.execute(
+                            "SELECT left(query, 200) FROM pg_stat_activity WHERE datname = %s"
+                            " AND state = 'active' AND wait_event_type = 'Lock'",
+                            [DB_NAME],
+                        )
+                    ]
+                )
 
 
 class Clusters:
@@ -581,7 +614,7 @@ def measure(
         )
         if total
         else None,
-        "waits": wait_stats(sampler.samples),
+        "waits": wait_stats(sampler.samples, sampler.waiting),
         # The whole point, clusters' start and stop included: what it costs the bench.
         "point_s": round(time.monotonic() - began, 1),
     }
@@ -652,6 +685,7 @@ def anatomy() -> dict[str, Any]:
             for size in (1, 64):
                 phase: dict[str, Any] = {}
                 counts.update(statements=0, transactions=0)
+                # The drainer reads the run's state before each claim: counted with it.
                 Run.objects.filter(pk=run.pk).values_list("state", flat=True).first()
                 held = claims.claim_batch(run.pk, owner, size)
                 phase["claim"] = dict(counts)
@@ -666,9 +700,6 @@ def anatomy() -> dict[str, Any]:
                 phase["complete"] = dict(counts)
                 for c in held:
                     hb.release(c.partition_id)
-                # The run-state read before each claim is the drainer's too.
-                phase["claim"]["statements"] += 1
-                phase["claim"]["transactions"] += 1
                 phase["per_partition"] = {
                     k: round(sum(phase[p][k] for p in ("claim", "execute", "complete")) / size, 3)
                     for k in ("statements", "transactions")
@@ -754,6 +785,7 @@ def main() -> None:
             result["points"].append(point)
     result["curve"] = summarize(result["points"])
     finish(result)
+    shutil.rmtree(var, ignore_errors=True)
 
 
 def finish(result: dict[str, Any]) -> None:

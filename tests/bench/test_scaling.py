@@ -12,6 +12,7 @@ from bench.scaling import (
     CLUSTERS_FULL,
     claim_stats,
     judge,
+    statement_kind,
     summarize,
     table_lines,
     wait_stats,
@@ -165,3 +166,26 @@ def test_the_table_has_a_row_per_point_and_names_what_was_not_measured():
     assert "1.80x" in rows[2]  # noop at 2 clusters
     assert any("noop: flattens at 4 clusters" in line for line in lines)
     assert table_lines({}) == []
+
+
+def test_lock_waiters_are_named_by_statement_and_table_without_values():
+    assert (
+        statement_kind('UPDATE "runs_app_runstage" SET "pending" = ("runs_app_runstage"."pending"')
+        == "UPDATE runs_app_runstage"
+    )
+    assert statement_kind("INSERT INTO runs_app_claimlog (partition_id) VALUES ($1)") == (
+        "INSERT runs_app_claimlog"
+    )
+    assert statement_kind("  select 1") == "SELECT"
+    assert statement_kind("") == "?"
+    out = wait_stats(
+        [[("active", "Lock", "transactionid", 2)], [("active", "Lock", "transactionid", 1)]],
+        [
+            ['UPDATE "runs_app_run" SET "last_claim_at" = 1', 'UPDATE "runs_app_runstage" SET x'],
+            ['UPDATE "runs_app_runstage" SET y'],
+        ],
+    )
+    assert out["lock_waits_by_statement"] == {
+        "UPDATE runs_app_runstage": 1.0,
+        "UPDATE runs_app_run": 0.5,
+    }
