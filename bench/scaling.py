@@ -745,7 +745,12 @@ def main() -> None:
     from tests.realmaterial.material import CATALOGUE, fetch, unpack
 
     item = CATALOGUE["fontawesome"]
-    tree = unpack(item, fetch(item)[0], var / "fontawesome")
+    try:
+        tree = unpack(item, fetch(item)[0], var / "fontawesome")
+    except Exception as exc:
+        result["error"] = f"Font Awesome 6.5.2 could not be fetched: {exc}"
+        finish(result)
+        return
     os.environ.update(
         {
             "DATABASE_URL": PG_URL,
@@ -785,7 +790,9 @@ def main() -> None:
             result["points"].append(point)
     result["curve"] = summarize(result["points"])
     finish(result)
-    shutil.rmtree(var, ignore_errors=True)
+    if not any("error" in p for p in result["points"]):
+        # Kept when a point failed: the clusters' logs are there.
+        shutil.rmtree(var, ignore_errors=True)
 
 
 def finish(result: dict[str, Any]) -> None:

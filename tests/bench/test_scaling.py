@@ -189,3 +189,10 @@ def test_lock_waiters_are_named_by_statement_and_table_without_values():
         "UPDATE runs_app_runstage": 1.0,
         "UPDATE runs_app_run": 0.5,
     }
+
+
+def test_make_bench_prints_the_sections_table_lines_as_they_are():
+    from bench.run import table
+
+    out = table({"scaling": {"table": ["scaling (PostgreSQL + Redis): measured"]}, "goals": {}})
+    assert "scaling (PostgreSQL + Redis): measured" in out.splitlines()
