@@ -348,6 +348,7 @@ def table(results: dict[str, Any]) -> str:
     for name, row in ex.items():
         if isinstance(row, dict) and "summary" in row:
             lines.append(f"{name:<12} {row['summary']}")
+    lines.extend(results.get("scaling", {}).get("table", []))  # bench/scaling.py table_lines
     lines.append("goals:")
     for name, g in results.get("goals", {}).items():
         mark = {"met": "met", "missed": "MISSED", "not_judged": "not judged"}[g["status"]]
@@ -399,6 +400,9 @@ def main() -> None:
         results["executors"] = section(
             "executors.py", *(["--quick"] if quick else []), env=embedded_env
         )
+    # How it scales past this machine (PostgreSQL + Redis, 1 to 8 clusters; its own database
+    # and Redis db): a curve with no target, so no goal; quick mode runs a reduced one.
+    results["scaling"] = section("scaling.py", *(["--quick"] if quick else []))
     # Real trees (Django sdist, Font Awesome): the executor goals are judged on these, at the
     # same sizes in quick and full runs (the trees are what they are).
     results["real"] = section("real.py", *(["--quick"] if quick else []), env=embedded_env)
