@@ -115,11 +115,15 @@ def drain(run_id: int, budget_s: float | None = None) -> dict[str, Any]:
                 hb.hold(held)
                 started = time.monotonic()
                 execute.execute_claims(rc, held, hb, buffer)
+                # Sized by the executors' time only: the completion below may wait for the
+                # stage's counter row behind other hosts' claims, and counting that wait
+                # shrank batches under contention (159 rows per claim at 1 cluster, 10 at 8:
+                # docs/scaling.md), which made more transactions and more contention.
+                per = (time.monotonic() - started) / len(held)
                 buffer.flush()  # the drainer writes its outcomes; the heartbeat only renews
                 for c in held:
                     hb.release(c.partition_id)
                 done += len(held)
-                per = (time.monotonic() - started) / len(held)
                 batch = max(1, min(MAX_BATCH, int(BATCH_TARGET_S / max(per, 1e-4))))
             else:
                 if claims.has_claimable(run_id):
