@@ -84,9 +84,20 @@ class PartitionContext:
         return self.stage.get("params") or {}
 
 
+# Manifest data keys left out of the run digest and of manifest diffs (StageManifest).
+FILE_STATS = "file_stats"
+UNPINNED_DATA = frozenset({FILE_STATS})
+
+
 @dataclasses.dataclass
 class StageManifest:
-    """A partitioner's result: the partitions and stage-level data pinned for execution."""
+    """A partitioner's result: the partitions and stage-level data pinned for execution.
+
+    `data` is stored with the run's stage and enters the run digest, except the keys in
+    UNPINNED_DATA: hints an executor may use to save work (the stat tokens of
+    `runs_app.kinds.files.pin`), which depend on the host and the moment, not on what the
+    run does. An executor must stay correct whatever such a key holds.
+    """
 
     partitions: list[PartitionSpec]
     data: dict[str, Any] = dataclasses.field(default_factory=dict)

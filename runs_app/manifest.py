@@ -34,6 +34,7 @@ from django.conf import settings
 from blueprints_app.models import JobKind
 from blueprints_app.registry import (
     PARTITIONERS,
+    UNPINNED_DATA,
     ComponentError,
     PartitionContext,
     PartitionSpec,
@@ -236,9 +237,17 @@ def _resolved(schema: Any, value: Any, path: str, places: dict[str, dict[str, st
     return value
 
 
+def pinned_data(data: dict[str, Any] | None) -> dict[str, Any]:
+    """A stage manifest's data as the digest and diffs see it: without UNPINNED_DATA."""
+    data = data or {}
+    if UNPINNED_DATA.isdisjoint(data):
+        return data
+    return {k: v for k, v in data.items() if k not in UNPINNED_DATA}
+
+
 def _stage_digest_lines(stage_id: str, data: dict[str, Any], specs: list[PartitionSpec]) -> bytes:
     h = hashlib.sha256()
-    h.update(hashing.canonical_json([stage_id, data]).encode())
+    h.update(hashing.canonical_json([stage_id, pinned_data(data)]).encode())
     for i, spec in enumerate(specs):
         h.update(hashing.canonical_json([i, spec.wave, spec.inputs, spec.fingerprints]).encode())
     return h.digest()
@@ -498,7 +507,7 @@ def _stage_diff(old_stage: RunStage, new: ResolvedStage) -> dict[str, Any]:
             entry[field] = {"from": getattr(old_stage, field), "to": new.stage[field]}
     if old_stage.params != (new.stage.get("params") or {}):
         entry["params"] = {"from": old_stage.params, "to": new.stage.get("params") or {}}
-    if new.partitioned and old_stage.manifest != new.data:
+    if new.partitioned and pinned_data(old_stage.manifest) != pinned_data(new.data):
         entry["manifest_changed"] = True
     old_places = (old_stage.manifest or {}).get(IDENTITIES, {})
     new_places = new.data.get(IDENTITIES, {})

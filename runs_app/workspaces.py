@@ -68,10 +68,12 @@ def workspace_names() -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class WorkspaceFile:
-    """A regular file of a workspace: `rel` is its POSIX path relative to the workspace root."""
+    """A regular file of a workspace: `rel` is its POSIX path relative to the workspace root,
+    `path` the path to open it by (`open_regular`): a plain string from `list_files`, which
+    makes one per file (a Path per file was a tenth of listing Django's sdist)."""
 
     rel: str
-    path: Path
+    path: str | Path
     size: int
     mode: int = 0o100644
 
@@ -226,7 +228,7 @@ class Workspace:
                 linked.setdefault((st.st_dev, st.st_ino), (st.st_nlink, set()))[1].add(full)
             found.append(
                 (
-                    WorkspaceFile(rel=rel, path=Path(full), size=st.st_size, mode=st.st_mode),
+                    WorkspaceFile(rel=rel, path=full, size=st.st_size, mode=st.st_mode),
                     (st.st_dev, st.st_ino) if st.st_nlink > 1 else None,
                 )
             )
@@ -288,20 +290,42 @@ class Workspace:
 
     def _pinned(self, rel: str, *, path: str) -> str | Path:
         """`open_pinned` without making a Path of a plain answer (open_file needs none)."""
+        return self._pinned_stat(rel, path=path)[0]
+
+    def _pinned_stat(self, rel: str, *, path: str) -> tuple[str | Path, os.stat_result | None]:
+        """(`_pinned`'s answer, its lstat when that showed a regular file, else None)."""
         parts = _plain_parts(rel)
         if parts is None:  # anything unusual: the full check, with its precise error
             pure = self.check_relative(rel, path=path)
             if not pure.parts:
-                return self.resolve(rel, path=path)
+                return self.resolve(rel, path=path), None
             parts = list(pure.parts)
         full = os.path.join(self._real_dir(parts[:-1], path=path), parts[-1])
         try:
             st = os.lstat(full)
         except OSError:
-            return self.resolve(rel, path=path)  # raises the precise error
+            return self.resolve(rel, path=path), None  # raises the precise error
         if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
-            return self.resolve(rel, path=path)
-        return full
+            return self.resolve(rel, path=path), None
+        return full, st
+
+    def stat_file(self, rel: str, *, path: str = "inputs") -> os.stat_result:
+        """The stat of a pinned file, confined as `open_file` confines it (a symlink is
+        followed only inside the workspace), without opening it: what an executor compares
+        with the stat token recorded when the file was hashed (runs_app.kinds.files).
+        Raises ComponentError: `workspace_changed` when it is gone, `path_escape`,
+        `not_a_regular_file`."""
+        full, st = self._pinned_stat(rel, path=path)
+        if st is None:
+            try:
+                st = os.stat(full)
+            except FileNotFoundError:
+                raise ComponentError(
+                    f"{rel} no longer exists; re-run the dry-run", code=WORKSPACE_CHANGED, path=path
+                ) from None
+            if not stat.S_ISREG(st.st_mode):
+                raise _not_regular(rel, st.st_mode, path)
+        return st
 
     def _real_dir(self, parts: list[str], *, path: str) -> str:
         """The real path of the directory `parts` (segments under the root), confined.

@@ -5,6 +5,18 @@ rows (sorted, paths relative to the workspace root); partitions address it by in
 `[file_range_start, file_range_end)`. The executor re-reads each file through the workspace
 (so a file that became an escaping symlink is refused) and checks its hash while streaming it,
 so what is applied is exactly what the dry-run saw and the approver approved.
+
+An executor that needs no file's bytes beyond a header (assets.index) may verify by stat
+instead (`verify_pinned`): `pin` also records, for each file it hashed, a stat token
+(`stat_token`: device, inode, size, mtime_ns and ctime_ns of the descriptor it read, the
+same before and after the read), kept in the manifest as `file_stats` (`FILE_STATS`), which
+the run digest leaves out (`runs_app.manifest.UNPINNED_DATA`). A file whose stat still
+gives its token is the file that was hashed; any other is hashed again. The idea and its
+limits are git's index ("racy git", Documentation/technical/racy-git.txt): a write in the
+same clock tick as the hashing keeps the timestamps, so a file changed less than
+`RACY_WINDOW_NS` before it was hashed gets no token (it is always hashed again). What stat
+cannot see: a rewrite that also puts back ctime, which only a change of the system clock
+(or a file system that does not keep ctime) allows; `utime` restoring the mtime moves ctime.
 """
 
 from __future__ import annotations
@@ -16,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
-from blueprints_app.registry import ComponentError, ExecutionContext
+from blueprints_app.registry import FILE_STATS, ComponentError, ExecutionContext
 from runs_app.kinds.base import INVALID_INPUTS, require_input, require_manifest
 from runs_app.kinds.workspace import REFUSED_FILES
 from runs_app.workspaces import (
@@ -24,7 +36,7 @@ from runs_app.workspaces import (
     Workspace,
     WorkspaceFile,
     get_workspace,
-    sha256_file,
+    open_regular,
 )
 
 MODE_FILE = 0o644
@@ -34,13 +46,51 @@ MODE_EXEC = 0o755
 Pinned = list[Any]
 
 
-def _pin_one(f: WorkspaceFile) -> Pinned:
-    digest = sha256_file(f.path, rel=f.rel)
-    return [f.rel, f.size, digest, MODE_EXEC if f.mode & 0o111 else MODE_FILE]
+# A file changed less than this before it was hashed gets no stat token: a later write in
+# the same timestamp tick would leave its stat as it was (coarse kernel clocks tick every few
+# milliseconds; FAT keeps 2 s mtimes, NFS the server's clock). Tests lower it (a module
+# constant), as the files they write are always younger.
+RACY_WINDOW_NS = 3_000_000_000
 
 
-def pin(files: Iterable[WorkspaceFile]) -> list[Pinned]:
-    """Hash every file once, at partition time: the hashes are the content fingerprints.
+class PinnedFiles(list):
+    """`pin`'s rows (a plain list of `[rel, size, sha256, mode]`), with `stats`: the stat
+    token of each row (`stat_token`) or None where the file's stat cannot vouch for it.
+    A workspace partitioner that puts these rows into its manifest as `files` gets the
+    tokens added as `file_stats` (runs_app.kinds.workspace)."""
+
+    stats: list[str | None]
+
+
+def stat_token(st: os.stat_result) -> str:
+    """A short digest of what identifies a file's content to its file system: device, inode,
+    size, mtime_ns and ctime_ns (16 hex; compared for equality only)."""
+    key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+    return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+
+
+def _pin_one(f: WorkspaceFile) -> tuple[Pinned, str | None]:
+    """(row, stat token or None) of one file, hashed through one descriptor: the stat before
+    and after the read must agree, and the file must be older than RACY_WINDOW_NS, for the
+    token to stand for the bytes hashed."""
+    started = time.time_ns()
+    with open_regular(f.path, rel=f.rel, path="params.root") as fh:
+        before = os.fstat(fh.fileno())
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        after = os.fstat(fh.fileno())
+    token: str | None = stat_token(before)
+    if (
+        token != stat_token(after)
+        or before.st_size != f.size  # changed since the listing: the row's size is stale
+        or max(before.st_mtime_ns, before.st_ctime_ns) >= started - RACY_WINDOW_NS
+    ):
+        token = None
+    return [f.rel, f.size, digest, MODE_EXEC if f.mode & 0o111 else MODE_FILE], token
+
+
+def pin(files: Iterable[WorkspaceFile]) -> PinnedFiles:
+    """Hash every file once, at partition time: the hashes are the content fingerprints; the
+    rows carry their stat tokens (`PinnedFiles.stats`).
 
     Threads, because hashlib releases the GIL on large buffers: partitioning a big tree is
     bound by hashing, and it happens before any partition can start.
@@ -48,15 +98,19 @@ def pin(files: Iterable[WorkspaceFile]) -> list[Pinned]:
     files = list(files)
     workers = min(4, os.cpu_count() or 1)
     if len(files) < 64 or workers == 1:
-        return [_pin_one(f) for f in files]
-    # A few slices per thread, not a future per file: most files are small.
-    step = max(1, len(files) // (workers * 4))
-    slices = [files[i : i + step] for i in range(0, len(files), step)]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return [row for rows in pool.map(_pin_slice, slices) for row in rows]
+        pairs = [_pin_one(f) for f in files]
+    else:
+        # A few slices per thread, not a future per file: most files are small.
+        step = max(1, len(files) // (workers * 4))
+        slices = [files[i : i + step] for i in range(0, len(files), step)]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            pairs = [pair for pairs in pool.map(_pin_slice, slices) for pair in pairs]
+    rows = PinnedFiles(row for row, _token in pairs)
+    rows.stats = [token for _row, token in pairs]
+    return rows
 
 
-def _pin_slice(files: list[WorkspaceFile]) -> list[Pinned]:
+def _pin_slice(files: list[WorkspaceFile]) -> list[tuple[Pinned, str | None]]:
     return [_pin_one(f) for f in files]
 
 
@@ -194,6 +248,47 @@ def stream_verified(
     if size != entry[1] or digest.hexdigest() != entry[2]:
         raise changed(entry[0])
     return first
+
+
+def verify_pinned(
+    ws: Workspace, entry: Sequence[Any], token: str | None, *, head: int = 0
+) -> bytes:
+    """A pinned file's first `head` bytes, after checking it is still the file that was
+    hashed: by its stat when `token` (its stat token from `pin`) is given and still matches,
+    reading only the header (nothing at all for `head` 0); otherwise by reading it whole and
+    checking its size and SHA-256 (`stream_verified`). Raises `workspace_changed` on any
+    difference, `path_escape` for a file that became a symlink out of the workspace.
+
+    The trade-off (module docstring): a rewrite that restores both mtime and ctime is not
+    seen; one that changes either is, and so is a file swapped for another (inode).
+    """
+    if token is not None:
+        if head <= 0:
+            if stat_token(ws.stat_file(entry[0], path="manifest.files")) == token:
+                return b""
+        else:
+            with ws.open_file(entry[0], path="manifest.files") as f:
+                # The descriptor's stat, not the name's: what is read is what was checked.
+                if stat_token(os.fstat(f.fileno())) == token:
+                    return f.read(head)
+    return stream_verified(ws, entry, head=head)
+
+
+def pinned_stats(ctx: ExecutionContext, rows: Sequence[Pinned]) -> list[str | None]:
+    """The stat tokens of `rows` (this partition's `pinned_range`), in their order; None for
+    every row when the manifest holds none that line up with its files (a manifest made
+    before tokens, or by a partitioner that records none): each file is then hashed."""
+    files = ctx.manifest.get("files")
+    stats = ctx.manifest.get(FILE_STATS)
+    start = ctx.inputs.get("file_range_start")
+    if (
+        isinstance(stats, list)
+        and isinstance(files, list)
+        and len(stats) == len(files)
+        and isinstance(start, int)
+    ):
+        return [s if isinstance(s, str) else None for s in stats[start : start + len(rows)]]
+    return [None] * len(rows)
 
 
 class Beat:

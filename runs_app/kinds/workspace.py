@@ -11,7 +11,8 @@ What the listing refused (symlinks and hard links to files outside the workspace
 `Workspace.list_files`) goes into the stage's manifest data as `refused_files`, added to the
 `partition()` of every subclass, and each partition's output reports it
 (`runs_app.kinds.files.refused_report`). A clean tree adds nothing, so its manifests and run
-digests stay as they were.
+digests stay as they were. Likewise the stat tokens of the pinned files go in as
+`file_stats`, which the run digest leaves out (`blueprints_app.registry.UNPINNED_DATA`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ import functools
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from blueprints_app.registry import ComponentError, PartitionContext, Partitioner, StageManifest
+from blueprints_app.registry import (
+    FILE_STATS,
+    ComponentError,
+    PartitionContext,
+    Partitioner,
+    StageManifest,
+)
 from runs_app.kinds.base import (
     GLOBS_PARAM,
     required_unless_default,
@@ -45,6 +52,11 @@ def _reporting_refused(
         manifest = partition(self, ctx)
         if self._refused:
             manifest.data = {**manifest.data, REFUSED_FILES: list(self._refused)}
+        # The stat tokens of the pinned rows (runs_app.kinds.files.PinnedFiles), beside them:
+        # outside the run digest (UNPINNED_DATA), so they never make an approval stale.
+        stats = getattr(manifest.data.get("files"), "stats", None)
+        if isinstance(stats, list) and FILE_STATS not in manifest.data:
+            manifest.data = {**manifest.data, FILE_STATS: stats}
         return manifest
 
     wrapped._reports_refused = True  # type: ignore[attr-defined]
