@@ -5,7 +5,13 @@ Each section runs in its own process (settings such as DATABASE_URL and HXO_BROK
 start-up), on a private var dir, and prints one JSON object. `--quick` (QUICK=1) shrinks every
 generated workload so the whole bench finishes within three minutes; the real trees are
 the same in both modes. Every goal is written with a status: met, missed, or not_judged with
-why (a size too small to mean anything, a service not reachable, a figure not measured yet).
+why (a size too small to mean anything, a service not reachable, a figure taken under load).
+
+Sections: orchestration.py (embedded, and scaled on PostgreSQL + Redis when reachable, then
+celery_side.py on the same N: Celery's group on 2 prefork workers), serving.py (run start p95
+of POST dry-run/apply at 10, 10,000 and 100,000 partitions; peak RSS of a worker draining and
+of the web process serving a 100,000-partition run, 20,000 and not judged in quick mode),
+pages.py, validation.py, executors.py, real.py.
 """
 
 from __future__ import annotations
