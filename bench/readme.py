@@ -93,6 +93,34 @@ def table(res: dict[str, Any]) -> str:
                 f"{mark(g.get('planning_100k_vs_bulk_create')) if p is o['planning'][-1] else ''}"
                 f" | |"
             )
+    celery, scaled = res.get("celery", {}), res.get("orchestration_scaled", {})
+    if "per_second" in celery and "hxo" in scaled:
+        hxo = scaled["hxo"]["per_second"]
+        lines.append(
+            f"| same, against Celery {celery['celery']} (one `group`, 2 prefork workers) | | "
+            f"{celery['tasks']:,} tasks: {celery['per_second']:,.0f}/s | "
+            f"{hxo / celery['per_second']:.1f}{TIMES} | {mark(g.get('hxo_vs_celery_scaled'))} | "
+            f"{load(celery)} |"
+        )
+    serving = res.get("serving", {})
+    starts = serving.get("run_start", {})
+    if starts:
+        sizes = " / ".join(f"{int(n):,}" for n in starts)
+        ms = " / ".join(f"{r['p95_ms']:.0f}" for r in starts.values())
+        lines.append(
+            f"| run start: `POST` dry-run and apply at {sizes} partitions | p95 {ms} ms | | | "
+            f"{mark(g.get('run_start_p95_ms'))} | {load(serving)} |"
+        )
+    for key, goal_name, label in (
+        ("worker_memory", "worker_peak_rss_mb_100k", "a worker partitioning and draining"),
+        ("web_memory", "web_peak_rss_mb_100k", "the web process serving the run page of"),
+    ):
+        row = serving.get(key)
+        if row:
+            lines.append(
+                f"| peak RSS of {label} {row['partitions']:,} partitions | "
+                f"{row['peak_rss_mb']:.0f} MB | | | {mark(g.get(goal_name))} | |"
+            )
     pages = res.get("pages", {})
     for name, row in pages.get("views", {}).items():
         sizes = " / ".join(f"{int(n):,}" for n in row["by_size"])

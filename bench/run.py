@@ -5,7 +5,13 @@ Each section runs in its own process (settings such as DATABASE_URL and HXO_BROK
 start-up), on a private var dir, and prints one JSON object. `--quick` (QUICK=1) shrinks every
 generated workload so the whole bench finishes within three minutes; the real trees are
 the same in both modes. Every goal is written with a status: met, missed, or not_judged with
-why (a size too small to mean anything, a service not reachable, a figure not measured yet).
+why (a size too small to mean anything, a service not reachable, a figure taken under load).
+
+Sections: orchestration.py (embedded, and scaled on PostgreSQL + Redis when reachable, then
+celery_side.py on the same N: Celery's group on 2 prefork workers), serving.py (run start p95
+of POST dry-run/apply at 10, 10,000 and 100,000 partitions; peak RSS of a worker draining and
+of the web process serving a 100,000-partition run, 20,000 and not judged in quick mode),
+pages.py, validation.py, executors.py, real.py.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 PG_URL = os.environ.get("HXO_BENCH_PG", "postgres://postgres@127.0.0.1:5432/hxo_bench")
 REDIS_URL = os.environ.get("HXO_BENCH_REDIS", "redis://127.0.0.1:6379/15")
+CELERY_BROKER = os.environ.get("HXO_BENCH_CELERY_BROKER", "redis://127.0.0.1:6379/13")
 
 
 # A section's timings are judged only when other processes used at most this share of the
@@ -122,37 +129,16 @@ def machine() -> dict[str, Any]:
 
 
 # Goals this bench does not measure yet, and why: listed so that no run reads as if it had
-# judged them (issue 16 item 2 names them; the measurements are other work).
-NOT_MEASURED = {
-    "run_start_p95_ms": (
-        "<=",
-        100,
-        "POST dry-run/apply p95 at 10, 10,000 and 100,000 partitions "
-        "is not measured by this bench yet (needs partitioning in a worker)",
-    ),
-    "hxo_vs_celery_scaled": (
-        ">=",
-        3,
-        "Celery side by side (Redis broker, 2 prefork workers, one "
-        "group of N no-op tasks) is not run by this bench yet",
-    ),
-    "worker_peak_rss_mb_100k": (
-        "<=",
-        250,
-        "peak RSS of a worker draining 100,000 partitions is not measured by this bench yet",
-    ),
-    "web_peak_rss_mb_100k": (
-        "<=",
-        150,
-        "peak RSS of the web process serving the run page at "
-        "100,000 partitions is not measured by this bench yet",
-    ),
-}
+# judged them. Empty now: run start, Celery and memory are measured (bench/serving.py,
+# bench/celery_side.py); kept so that a goal added before its measurement says so.
+NOT_MEASURED: dict[str, tuple[str, float, str]] = {}
 
 # Sizes at which a goal means something: below them a figure is reported but not judged.
 ORCHESTRATION_MIN = 5_000
 PLANNING_AT = 100_000
 DOCS_SEARCH_PAGES = 10_000
+RUN_START_SIZES = (10, 10_000, 100_000)
+MEMORY_AT = 100_000
 
 
 def goal(value: float | None, op: str, target: float, why_not: str | None = None) -> dict[str, Any]:
@@ -188,7 +174,7 @@ def ratio_goal(section: dict[str, Any], key: str, target: float) -> dict[str, An
 
 
 # Which section's timings each timed goal is judged on (for the load guard).
-TIMED_IN = {
+TIMED_IN: dict[str, str | tuple[str, ...]] = {
     "pack_django_vs_tar": "real",
     "assets_fontawesome_vs_sha256sum": "real",
     "assets_django_vs_sha256sum": "real",
@@ -199,6 +185,9 @@ TIMED_IN = {
     "hxo_share_of_floor": "orchestration",
     "planning_100k_vs_bulk_create": "orchestration",
     "hxo_vs_raw_django_q2_scaled": "orchestration_scaled",
+    # A ratio of two sections' figures: judged when both ran quiet.
+    "hxo_vs_celery_scaled": ("orchestration_scaled", "celery"),
+    "run_start_p95_ms": "serving",
     "run_page_time_ratio": "pages",
     "progress_partial_time_ratio": "pages",
     "run_api_time_ratio": "pages",
@@ -218,7 +207,11 @@ def goals(results: dict[str, Any], judge_under_load: bool = False) -> dict[str, 
         return out
     for name, key in TIMED_IN.items():
         g = out.get(name)
-        share = results.get(key, {}).get("others_cpu_share")
+        shares = [
+            results.get(k, {}).get("others_cpu_share")
+            for k in ((key,) if isinstance(key, str) else key)
+        ]
+        share = max((x for x in shares if x is not None), default=None)
         if g is None or g["status"] == "not_judged" or share is None or share <= LOADED_SHARE:
             continue
         out[name] = {
@@ -284,6 +277,8 @@ def _judge(results: dict[str, Any]) -> dict[str, Any]:
     else:
         why = (scaled or {}).get("error") or "PostgreSQL or Redis not reachable"
         out["hxo_vs_raw_django_q2_scaled"] = goal(None, ">=", 5, f"scaled mode not run: {why}")
+    out["hxo_vs_celery_scaled"] = celery_goal(scaled, results.get("celery"))
+    out.update(serving_goals(results.get("serving")))
     for name, (op, target, why) in NOT_MEASURED.items():
         out[name] = goal(None, op, target, why)
 
@@ -308,6 +303,67 @@ def _judge(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def celery_goal(scaled: dict[str, Any] | None, celery: dict[str, Any] | None) -> dict[str, Any]:
+    """HXO scaled (orchestration_scaled) / Celery (bench/celery_side.py) >= 3, both on N no-op
+    units by 2 workers on Redis; not judged unless both ran on the same N."""
+    if not scaled or "hxo" not in scaled:
+        why = (scaled or {}).get("error") or "PostgreSQL or Redis not reachable"
+        return goal(None, ">=", 3, f"scaled mode not run: {why}")
+    if not celery or "per_second" not in celery:
+        why = (celery or {}).get("error") or "not run"
+        return goal(None, ">=", 3, f"Celery side by side not measured: {why}")
+    ratio = scaled["hxo"]["per_second"] / celery["per_second"]
+    n, tasks = scaled["hxo"]["partitions"], celery["tasks"]
+    if n != tasks:
+        return goal(ratio, ">=", 3, f"HXO ran {n} partitions and Celery {tasks} tasks")
+    if n < ORCHESTRATION_MIN:
+        return goal(ratio, ">=", 3, f"{n} is below {ORCHESTRATION_MIN}, too few to compare")
+    return goal(ratio, ">=", 3)
+
+
+def serving_goals(serving: dict[str, Any] | None) -> dict[str, Any]:
+    """Run start p95 (the worst size's; every size of RUN_START_SIZES must be measured) and
+    the peak RSS of a worker and of the web process at MEMORY_AT partitions, from
+    bench/serving.py. A smaller memory run shows its figure, not judged."""
+    if not serving or "run_start" not in serving:
+        why = f"bench/serving.py failed: {(serving or {}).get('error', 'not run')}"
+        return {
+            "run_start_p95_ms": goal(None, "<=", 100, why),
+            "worker_peak_rss_mb_100k": goal(None, "<=", 250, why),
+            "web_peak_rss_mb_100k": goal(None, "<=", 150, why),
+        }
+    starts = serving["run_start"]
+    worst = max((row["p95_ms"] for row in starts.values()), default=None)
+    missing = [n for n in RUN_START_SIZES if str(n) not in starts]
+    out = {
+        "run_start_p95_ms": goal(
+            worst,
+            "<=",
+            100,
+            f"judged at {', '.join(map(str, RUN_START_SIZES))} partitions; "
+            f"{', '.join(map(str, missing))} not measured"
+            if missing
+            else None,
+        )
+    }
+    for name, key, target in (
+        ("worker_peak_rss_mb_100k", "worker_memory", 250),
+        ("web_peak_rss_mb_100k", "web_memory", 150),
+    ):
+        row = serving.get(key, {})
+        n = row.get("partitions", 0)
+        out[name] = goal(
+            row.get("peak_rss_mb"),
+            "<=",
+            target,
+            None
+            if n >= MEMORY_AT
+            else f"judged at {MEMORY_AT} partitions; this run measured {n} (value shown is "
+            "at that size: a quick run has no time for 100,000)",
+        )
+    return out
+
+
 def table(results: dict[str, Any]) -> str:
     lines = []
     emb = results.get("orchestration", {})
@@ -328,6 +384,24 @@ def table(results: dict[str, Any]) -> str:
             lines.append(
                 f"  planning {p['partitions']:>7}: HXO {p['hxo_s']:.2f}s, bulk_create "
                 f"{p['bulk_create_s']:.2f}s ({p['ratio']:.2f}x)"
+            )
+    celery = results.get("celery", {})
+    if "per_second" in celery:
+        lines.append(
+            f"Celery {celery['celery']} ({celery['tasks']} no-op tasks, one group, Redis, "
+            f"{celery['workers']} prefork workers) {celery['per_second']:10.0f} tasks/s"
+        )
+    serving = results.get("serving", {})
+    for n, row in serving.get("run_start", {}).items():
+        lines.append(
+            f"run start at {n:>6} partitions: POST dry-run/apply p50 {row['p50_ms']:.1f} ms, "
+            f"p95 {row['p95_ms']:.1f} ms ({row['samples']} POSTs)"
+        )
+    for key, label in (("worker_memory", "worker"), ("web_memory", "web process")):
+        if key in serving:
+            row = serving[key]
+            lines.append(
+                f"peak RSS, {label} at {row['partitions']} partitions: {row['peak_rss_mb']} MB"
             )
     pages = results.get("pages", {})
     for name, row in pages.get("views", {}).items():
@@ -393,6 +467,13 @@ def main() -> None:
             "1000" if quick else n,
             env={"DATABASE_URL": PG_URL, "HXO_BROKER": "redis", "REDIS_URL": REDIS_URL},
         )
+        # Celery on the same N, Redis broker (its own db), 2 prefork workers.
+        results["celery"] = section(
+            "celery_side.py", n, env={"HXO_BENCH_CELERY_BROKER": CELERY_BROKER}
+        )
+    # Run start p95 and peak RSS (worker, web) under a real cluster; memory at 100,000
+    # partitions in a full run, 20,000 in quick (not judged there).
+    results["serving"] = section("serving.py", *(["--quick"] if quick else []), env=embedded_env)
     for name, script in (("pages", "pages.py"), ("validation", "validation.py")):
         if (ROOT / "bench" / script).exists():
             results[name] = section(script, *(["--quick"] if quick else []), env=embedded_env)

@@ -3,7 +3,7 @@ workloads first, every figure with its goal's status and the load it was taken u
 
 from __future__ import annotations
 
-from bench.readme import END, START, table
+from bench.readme import END, START, TIMES, table
 from bench.run import goals
 
 
@@ -40,3 +40,23 @@ def test_the_readme_has_the_generated_block():
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert readme.index(START) < readme.index(END)
+
+
+def test_run_start_celery_and_memory_rows():
+    res = results()
+    res["orchestration_scaled"] = {
+        "hxo": {"partitions": 5000, "per_second": 3000.0},
+        "raw_django_q2": {"tasks": 1000, "per_second": 300.0},
+        "floor": {"per_second": 1000.0},
+    }
+    res["celery"] = {"celery": "5.7.0", "tasks": 5000, "per_second": 750.0}
+    res["serving"] = {
+        "run_start": {"10": {"p95_ms": 40.0}, "10000": {"p95_ms": 45.0}},
+        "worker_memory": {"partitions": 20000, "peak_rss_mb": 120.4},
+        "web_memory": {"partitions": 20000, "peak_rss_mb": 101.0},
+    }
+    res["goals"] = goals(res)
+    text = table(res)
+    assert "against Celery 5.7.0" in text and f"| 4.0{TIMES}" in text
+    assert "p95 40 / 45 ms" in text and "≤ 100 not judged" in text  # 100,000 not measured
+    assert "20,000 partitions | 120 MB" in text
