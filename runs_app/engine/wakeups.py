@@ -115,7 +115,7 @@ def enqueue_stop(stage_pk: int) -> None:
 
     def send() -> None:
         try:
-            async_task(STOP_TASK, stage_pk)
+            async_task(STOP_TASK, stage_pk, broker=_broker())
         except Exception:
             log.warning(
                 "could not enqueue the stop of stage %s; the reconciler will",
