@@ -213,9 +213,7 @@ def test_cleanup_stale_removes_old_bytecode_temp_files(workspace, scratch):
     assert not old.exists()
 
 
-def test_registry_entries_from_the_partitioners_parse_equal_entries_parsed_again(
-    driver, demo_copy
-):
+def test_registry_entries_from_the_partitioners_parse_equal_entries_parsed_again(driver, demo_copy):
     """warm_registry reads what the partitioner parsed (`registry_facts`) instead of parsing
     every module again: the entries are the same, field for field, seal included."""
     from runs_app.kinds.prime import registry_entry
