@@ -15,6 +15,8 @@ import contextlib
 import dataclasses
 import gc
 import hashlib
+import marshal
+import os
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -472,8 +474,9 @@ def discover_tree(
     the digest of the very bytes parsed) from the same parse: files are parsed once.
     """
     roots = import_roots(ws, root_rel, files, package_roots)
-    modules: dict[str, ModuleInfo] = {}
-    records: dict[str, list[tuple[str, list[str]]]] = {}
+    # name → (rel, is_package, import root, source): read here, where a file that is not a
+    # regular file inside the workspace is refused; parsed below, on both cores when large.
+    pending: dict[str, tuple[str, bool, str, bytes]] = {}
     skipped: list[dict[str, str]] = []
     for f in files:
         if not f.rel.endswith(".py"):
@@ -487,35 +490,126 @@ def discover_tree(
             skipped.append({"file": f.rel, "reason": why})
             continue
         name, is_package = module_name(f.rel, base)
-        if name in modules:
+        if name in pending:
             # Python's finder prefers the package; across two import roots, the first root.
-            kept, lost = (f.rel, modules[name].rel) if is_package else (modules[name].rel, f.rel)
+            held = pending[name][0]
+            kept, lost = (f.rel, held) if is_package else (held, f.rel)
             skipped.append({"file": lost, "reason": f"module {name} is already {kept}"})
             if not is_package:
                 continue
-            del modules[name]
+            del pending[name]
         with open_regular(f.path, rel=f.rel, path="params.root") as fh:
-            source = fh.read()
-        error, summary = None, None
-        try:
-            with gc_paused():
-                tree = parse_module(source, f.rel, feature_version)
-                found = import_records(tree, name, is_package, f.rel)
-                if summaries:
-                    summary = summarize(tree, name, is_package, f.rel)
-                    summary["sha256"] = hashlib.sha256(source).hexdigest()
-                del tree  # freed here, while the collector is paused
-        except PARSE_ERRORS as exc:
-            found, error = [], error_record(exc)
+            pending[name] = (f.rel, is_package, base, fh.read())
+    jobs = [(src, name, pkg, rel) for name, (rel, pkg, _base, src) in pending.items()]
+    parsed = parse_many(jobs, feature_version, summaries)
+    modules: dict[str, ModuleInfo] = {}
+    records: dict[str, list[tuple[str, list[str]]]] = {}
+    for (name, (rel, is_package, base, _src)), (found, error, summary) in zip(
+        pending.items(), parsed, strict=True
+    ):
         text = f"{error['type']}: {error['message']} (line {error['line']})" if error else ""
         modules[name] = ModuleInfo(
-            name, f.rel, is_package, [], text, error=error, root=base, summary=summary
+            name, rel, is_package, [], text, error=error, root=base, summary=summary
         )
         records[name] = found
     for name, info in modules.items():
         info.imports = flat_imports(records[name])
         info.internal = internal_imports(records[name], modules, name)
     return Discovery(modules, sorted(skipped, key=lambda s: s["file"]), roots)
+
+
+# (import-time import records, error_record or None, summary or None) of one module.
+Parsed = tuple[list[tuple[str, list[str]]], dict[str, Any] | None, dict[str, Any] | None]
+# Below this many bytes of source, parsing in one process costs less than a fork.
+PARALLEL_MIN_BYTES = 1 << 20
+
+
+def parse_one(
+    source: bytes,
+    name: str,
+    is_package: bool,
+    rel: str,
+    feature_version: tuple[int, int] | None = None,
+    summaries: bool = False,
+) -> Parsed:
+    """Parse one module (`feature_version`: the target's grammar): its import-time import
+    records, its `error_record` when it does not parse, and with `summaries` its
+    `summarize` plus `sha256`, the digest of the very bytes parsed."""
+    try:
+        with gc_paused():
+            tree = parse_module(source, rel, feature_version)
+            found = import_records(tree, name, is_package, rel)
+            summary = None
+            if summaries:
+                summary = summarize(tree, name, is_package, rel)
+                summary["sha256"] = hashlib.sha256(source).hexdigest()
+            del tree  # freed here, while the collector is paused
+    except PARSE_ERRORS as exc:
+        return [], error_record(exc), None
+    return found, None, summary
+
+
+def parse_many(
+    jobs: list[tuple[bytes, str, bool, str]],
+    feature_version: tuple[int, int] | None = None,
+    summaries: bool = False,
+) -> list[Parsed]:
+    """`parse_one` of each (source, name, is_package, rel), in order, on two cores when the
+    sources are large (`PARALLEL_MIN_BYTES`) and the machine has them.
+
+    Parsing is CPU-bound and holds the GIL, and the partitioning task runs in one worker
+    while the other waits for its partitions: a forked child parses the second half (by
+    bytes) and sends its results back through a pipe (`marshal`: lists, tuples, dicts and
+    strings only), while this process parses the first. `multiprocessing` refuses children
+    in django-q's daemonic workers, hence `os.fork`; the child only parses (no database, no
+    imports, no logging) and leaves with `os._exit`. If the child fails for any reason its
+    half is parsed here: the result is the same either way, only slower.
+    """
+
+    def serial(part: list[tuple[bytes, str, bool, str]]) -> list[Parsed]:
+        return [parse_one(*job, feature_version, summaries) for job in part]
+
+    total = sum(len(job[0]) for job in jobs)
+    if total < PARALLEL_MIN_BYTES or (os.cpu_count() or 1) < 2 or not hasattr(os, "fork"):
+        return serial(jobs)
+    cut, acc = len(jobs), 0
+    for i, job in enumerate(jobs):
+        acc += len(job[0])
+        if acc * 2 >= total:
+            cut = i + 1
+            break
+    mine, theirs = jobs[:cut], jobs[cut:]
+    read_fd, write_fd = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read_fd)
+        os.close(write_fd)
+        return serial(jobs)
+    if pid == 0:  # pragma: no cover (the child; its results are checked by the parent's test)
+        status = 1
+        try:
+            os.close(read_fd)
+            data = marshal.dumps(serial(theirs))
+            with os.fdopen(write_fd, "wb") as out:
+                out.write(data)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    try:
+        first = serial(mine)
+    finally:
+        with os.fdopen(read_fd, "rb") as pipe:
+            data = pipe.read()  # until the child exits (the pipe closes)
+        _pid, status = os.waitpid(pid, 0)
+    second: list[Parsed] | None = None
+    if status == 0:
+        with contextlib.suppress(ValueError, EOFError, TypeError):
+            second = marshal.loads(data)
+    if not isinstance(second, list) or len(second) != len(theirs):
+        second = serial(theirs)
+    return first + second
 
 
 def discover(ws: Workspace, root_rel: str, files: list[WorkspaceFile]) -> dict[str, ModuleInfo]:

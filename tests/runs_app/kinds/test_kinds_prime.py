@@ -253,3 +253,44 @@ def test_only_a_warm_registry_stage_pins_registry_facts(driver, workspace):
     _kind, _manifest, data = driver.partition(prime_stage("by_dag_depth", "prime_caches"))
 
     assert "registry_facts" not in data
+
+
+def _demo_jobs() -> list[tuple[bytes, str, bool, str]]:
+    from tests.runs_app.kinds.conftest import DEMO_WORKSPACE
+
+    paths = sorted(DEMO_WORKSPACE.rglob("*.py"))
+    jobs = [(p.read_bytes(), f"m{i}", p.name == "__init__.py", p.name) for i, p in enumerate(paths)]
+    return [*jobs, (b"def oops(:\n", "broken", False, "broken.py")]
+
+
+@pytest.mark.parametrize("summaries", [False, True])
+def test_parsing_on_two_cores_gives_what_parsing_in_one_gives(monkeypatch, summaries):
+    """parse_many forks a child for half the sources (here forced on a small tree): the
+    results, failures included, are those of parsing every module in this process."""
+    monkeypatch.setattr(pygraph, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(pygraph.os, "cpu_count", lambda: 2)
+    jobs = _demo_jobs()
+
+    both = pygraph.parse_many(jobs, None, summaries)
+
+    assert both == [pygraph.parse_one(*job, None, summaries) for job in jobs]
+    assert both[-1][1]["type"] == "SyntaxError" and both[-1][0] == []
+    assert all((r[2] is not None) == summaries for r in both[:-1])
+
+
+def test_a_parsing_child_that_fails_leaves_its_half_to_the_parent(monkeypatch):
+    """A child that cannot send its results exits non-zero: the parent parses its half."""
+    import marshal as real_marshal
+    import types as pytypes
+
+    def refuse(_value):
+        raise ValueError("the child cannot marshal")
+
+    monkeypatch.setattr(pygraph, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(pygraph.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(
+        pygraph, "marshal", pytypes.SimpleNamespace(dumps=refuse, loads=real_marshal.loads)
+    )
+    jobs = _demo_jobs()
+
+    assert pygraph.parse_many(jobs) == [pygraph.parse_one(*job) for job in jobs]
