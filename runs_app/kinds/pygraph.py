@@ -602,7 +602,11 @@ def parse_many(
     finally:
         with os.fdopen(read_fd, "rb") as pipe:
             data = pipe.read()  # until the child exits (the pipe closes)
-        _pid, status = os.waitpid(pid, 0)
+        try:
+            _pid, status = os.waitpid(pid, 0)
+        except ChildProcessError:
+            # Reaped by someone else (a SIGCHLD handler): the data alone says if it is whole.
+            status = 0
     second: list[Parsed] | None = None
     if status == 0:
         with contextlib.suppress(ValueError, EOFError, TypeError):
