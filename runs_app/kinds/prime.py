@@ -14,7 +14,8 @@ checked-hash bytecode (PEP 552) for the stage's target interpreter (`pyinterp`) 
 workspace. Both skip modules whose entry or bytecode already matches the source hash. A module
 that does not parse or compile is a per-module failure (`failed_modules` in the output); the
 partition succeeds for the others unless the stage says `on_module_error: "fail"`. Neither
-imports nor runs workspace code: `ast.parse` and `py_compile` only.
+imports nor runs workspace code: `ast.parse` and `compile` only (in a subprocess of the target
+interpreter, `py_compile`).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import _imp
 import ast
 import contextlib
 import hashlib
+import marshal
 import os
-import py_compile
 import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -55,6 +56,7 @@ from runs_app.kinds.base import (
     require_input,
     require_manifest,
     resolve_params,
+    tmp_suffix,
 )
 from runs_app.kinds.files import (
     Beat,
@@ -126,12 +128,16 @@ def prime_manifest(
     """
     interp = pyinterp.resolve(params)
     running = sys.version_info[:2]
+    # warm_registry's entries are read from the same parse as the graph (`registry_facts`):
+    # a module is parsed once per run, not once here and again by the executor.
+    facts = ctx.stage.get("executor") == WarmRegistry.name
     discovery = pygraph.discover_tree(
         ws,
         root_rel,
         files,
         package_roots=params.get("package_roots") or None,
         feature_version=interp.version if interp.version <= running else None,
+        summaries=facts,
     )
     if not interp.is_running:
         _target_check(interp, ws, discovery)
@@ -146,6 +152,10 @@ def prime_manifest(
         "failed_modules": sorted(failed, key=lambda f: f["module"]),
         "cycles": pygraph.cycles(graph, depth),
     }
+    if facts:
+        data["registry_facts"] = {
+            m.name: m.summary for m in discovery.modules.values() if m.summary and not m.error
+        }
     return discovery, depth, data
 
 
@@ -300,39 +310,68 @@ def registry_get(workspace: str, modules: list[str]) -> dict[str, dict[str, Any]
     return found
 
 
-def registry_entry(ws: str, name: str, row: dict[str, Any], source: bytes) -> dict[str, Any]:
+def registry_entry(
+    ws: str,
+    name: str,
+    row: dict[str, Any],
+    source: bytes,
+    facts: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The registry entry of one module, sealed with `entry_digest` (the digest of the rest
     of it), so that an entry changed after it was written is not taken as current.
 
     `imports` are the imports that run when the module is imported; `deferred_imports` the
-    others (inside functions, `if TYPE_CHECKING:`). Raises ModuleFailed when the source
-    does not parse."""
-    tree = _parse(source, name, row["path"])
-    doc = ast.get_docstring(tree) or ""
-    is_pkg = row["is_package"]
+    others (inside functions, `if TYPE_CHECKING:`). `facts` is the partitioner's
+    `registry_facts` entry for the module (`pygraph.summarize` of its parse at partition
+    time, with the SHA-256 of the bytes parsed): used when it is of `source` (the pinned
+    hash), so the module is not parsed again; else the source is parsed here. Raises
+    ModuleFailed when the source does not parse."""
+    if _facts_of(facts, row["sha256"]):
+        summary, imports = facts, list(row["imports"])
+    else:
+        with pygraph.gc_paused():
+            tree = _parse(source, name, row["path"])
+            summary = pygraph.summarize(tree, name, row["is_package"], row["path"])
+            imports = pygraph.flat_imports(
+                pygraph.import_records(tree, name, row["is_package"], row["path"])
+            )
+            del tree
     entry = {
         "format": REGISTRY_FORMAT,
         "workspace": ws,
         "module": name,
         "path": row["path"],
-        "is_package": is_pkg,
+        "is_package": row["is_package"],
         "source_sha256": row["sha256"],
-        "imports": pygraph.flat_imports(pygraph.import_records(tree, name, is_pkg, row["path"])),
-        "deferred_imports": pygraph.flat_imports(
-            pygraph.import_records(tree, name, is_pkg, row["path"], deferred=True)
-        ),
+        "imports": imports,
+        "deferred_imports": list(summary["deferred_imports"]),
         "internal_imports": list(row["internal"]),
-        "public_names": pygraph.public_names(tree),
-        "classes": sorted(n.name for n in tree.body if isinstance(n, ast.ClassDef)),
-        "functions": sorted(
-            n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
-        ),
-        "docstring": doc.strip().splitlines()[0] if doc.strip() else "",
+        "public_names": list(summary["public_names"]),
+        "classes": list(summary["classes"]),
+        "functions": list(summary["functions"]),
+        "docstring": summary["docstring"],
         "lines": source.count(b"\n") + (0 if source.endswith(b"\n") or not source else 1),
         "depth": row.get("depth"),
     }
     entry["entry_digest"] = digest_of(entry)
     return entry
+
+
+FACT_KEYS = ("sha256", "deferred_imports", "public_names", "classes", "functions", "docstring")
+
+
+def _facts_of(facts: Any, sha: str) -> bool:
+    """Whether `facts` (a manifest's `registry_facts` entry) is usable for source `sha`:
+    every key present, taken from the same bytes (the digest of what was parsed), the
+    lists lists of strings. Anything else (an older manifest, another source) is parsed."""
+    if not isinstance(facts, dict) or facts.get("sha256") != sha:
+        return False
+    if not all(k in facts for k in FACT_KEYS) or not isinstance(facts["docstring"], str):
+        return False
+    return all(
+        isinstance(facts[k], list) and all(isinstance(x, str) for x in facts[k])
+        for k in ("deferred_imports", "public_names", "classes", "functions")
+    )
 
 
 def _current(entry: Any, sha: str) -> bool:
@@ -403,13 +442,15 @@ class WarmRegistry(Executor):
             }
         failed = list(known.values())
         entries: dict[str, dict[str, Any]] = {}
+        facts = ctx.manifest.get("registry_facts")
+        facts = facts if isinstance(facts, dict) else {}
         for name, row, current in plan:
             beat()
             source = _source(ws, name, row)  # verified even when current: the entry must match
             if current:
                 continue
             try:
-                entries[name] = registry_entry(ws.name, name, row, source)
+                entries[name] = registry_entry(ws.name, name, row, source, facts.get(name))
             except ModuleFailed as exc:
                 failed.append(exc.record)
         if failed and _on_module_error(ctx) == "fail":
@@ -547,33 +588,35 @@ def pyc_header(source: bytes, interp: pyinterp.Interpreter | None = None) -> byt
     return magic + PYC_CHECKED_HASH.to_bytes(4, "little") + _imp.source_hash(key, source)
 
 
-def compile_pyc(source: bytes, origin: Path, out: Path, ctx: ExecutionContext) -> bytes:
-    """Compile `source` (already checked against its pinned hash) into the checked-hash pyc
-    `out` (PEP 552) with py_compile, and return the pyc's bytes.
+def compile_pyc(source: bytes, origin: Path, header: bytes) -> bytes:
+    """The checked-hash pyc (PEP 552) of `source` (already checked against its pinned hash)
+    for the running interpreter, in memory: `header` (`pyc_header`) and the marshalled code.
 
-    py_compile reads its source from a path: the checked bytes are written beside `out`
-    under this attempt's temporary name (removed on return), so what is compiled is exactly
-    what was pinned, whatever happens to the workspace file meanwhile. `origin`, the
-    module's path in the workspace, is the code's `co_filename`. py_compile writes `out`
-    atomically (its own temporary name starts with `out`'s, which already carries ours, so
-    `cleanup_stale` finds it after a crash). Raises one of pygraph.PARSE_ERRORS when
-    `source` does not compile.
+    This is what `py_compile.compile` writes (`compile(..., dont_inherit=True)` at
+    optimization 0, then `importlib._bootstrap_external._code_to_hash_pyc`: magic, flags,
+    source hash, `marshal.dumps(code)`), without its files: py_compile reads its source
+    from a path and writes the pyc itself, which cost a temporary copy of the source, a
+    temporary pyc and a read-back per module, more than the compiling (profile in
+    bench/profiles/prime.md). `origin`, the module's path in the workspace, is the code's
+    `co_filename`. Raises one of pygraph.PARSE_ERRORS when `source` does not compile.
     """
-    with atomic_local_file(out.with_name(f"{origin.name}.source"), ctx) as (src, f):
-        f.write(source)
-        f.close()
-        try:
-            py_compile.compile(
-                str(src),
-                cfile=str(out),
-                dfile=str(origin),
-                doraise=True,
-                optimize=0,
-                invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH,
-            )
-        except py_compile.PyCompileError as exc:
-            raise exc.exc_value from None
-    return out.read_bytes()
+    code = compile(source, str(origin), "exec", dont_inherit=True, optimize=0)
+    return header + marshal.dumps(code)
+
+
+def write_replacing(final: Path, data: bytes, ctx: ExecutionContext) -> None:
+    """Write `data` to `final` atomically: under this attempt's temporary name beside it
+    (`tmp_suffix`, which `cleanup_stale` finds after a crash), then `os.replace`. The
+    temporary file is removed on any error. The directory must exist."""
+    tmp = final.with_name(final.name + tmp_suffix(ctx))
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
 
 
 def compile_foreign(
@@ -581,26 +624,31 @@ def compile_foreign(
     jobs: list[tuple[str, str, bytes, Path, Path]],
     ctx: ExecutionContext,
 ) -> dict[str, dict[str, Any] | bytes]:
-    """Compile (name, rel, source, origin, out) jobs with another interpreter in one
+    """Compile (name, rel, source, origin, target) jobs with another interpreter in one
     subprocess (`pyinterp.compile_batch`): name → the pyc's bytes, or its error record.
-    The checked sources are written under this attempt's temporary names first, as in
-    `compile_pyc`."""
+    The checked sources are written beside `target` under this attempt's temporary names,
+    and the interpreter writes each pyc under another; both are removed on return (the
+    caller writes the bytes to `target`, as for the running interpreter)."""
     results: dict[str, dict[str, Any] | bytes] = {}
     with contextlib.ExitStack() as stack:
-        batch = []
-        for _name, _rel, source, origin, out in jobs:
+        batch, outs = [], []
+        for _name, _rel, source, origin, target in jobs:
             src, f = stack.enter_context(
-                atomic_local_file(out.with_name(f"{origin.name}.source"), ctx)
+                atomic_local_file(target.with_name(f"{origin.name}.source"), ctx)
             )
             f.write(source)
             f.close()
+            # Closed at once (the compiler replaces the file): no descriptor held per module.
+            out, reserved = stack.enter_context(atomic_local_file(target, ctx))
+            reserved.close()
             batch.append((src, out, str(origin)))
+            outs.append(out)
         try:
             verdicts = pyinterp.compile_batch(interp, batch, ctx.stop_with)
         except ComponentError:
             ctx.heartbeat()  # a subprocess killed by stop_with: the reason, not its exit
             raise
-        for (name, _rel, _source, _origin, out), verdict in zip(jobs, verdicts, strict=True):
+        for (name, *_rest), out, verdict in zip(jobs, outs, verdicts, strict=True):
             results[name] = out.read_bytes() if verdict is None else verdict
     return results
 
@@ -623,6 +671,26 @@ def _pyc_current(path: Path, header: bytes) -> bool:
     except (OSError, UnicodeDecodeError):
         return False
     return data[: len(header)] == header and hashlib.sha256(data).hexdigest() == recorded
+
+
+def _bytecode_state(root: Path, kept: list[tuple[Path, bytes]]) -> tuple[int, str | None]:
+    """(how many of the (bytecode file, expected header) pairs are current, as
+    `_pyc_current` says, and `_bytecode_digest` of the files), reading each file once."""
+    present, rows = 0, []
+    for target, header in kept:
+        try:
+            data = target.read_bytes()
+        except OSError:
+            data = None
+        if data is not None:
+            digest = hashlib.sha256(data).hexdigest()
+            rows.append([str(target.relative_to(root)), digest])
+            try:
+                recorded = pyc_sidecar(target).read_text().strip()
+            except (OSError, UnicodeDecodeError):
+                recorded = None
+            present += data[: len(header)] == header and digest == recorded
+    return present, (digest_of(rows) if len(rows) == len(kept) else None)
 
 
 def _bytecode_digest(root: Path, targets: list[Path]) -> str | None:
@@ -697,53 +765,46 @@ class PrimeCaches(Executor):
                 "interpreter": interp.as_json(),
             }
         written = 0
-        compiled: list[tuple[Path, Path, bytes]] = []
-        with contextlib.ExitStack() as temporaries:
-            # Compile everything first: a lost lease (or on_module_error: fail) writes nothing.
-            todo = []
-            for name, row, source, target, _header, current in plan:
-                if current:
+        compiled: list[tuple[Path, bytes]] = []
+        # Compile everything in memory first: a lost lease (or on_module_error: fail) writes
+        # nothing.
+        todo = [(n, r, s, t, h) for n, r, s, t, h, current in plan if not current]
+        if interp.is_running:
+            for name, row, source, target, header in todo:
+                beat()
+                try:
+                    data = compile_pyc(source, ws.root / row["path"], header)
+                except pygraph.PARSE_ERRORS as exc:
+                    failed.append(failed_module(name, row["path"], pygraph.error_record(exc)))
                     continue
-                # This attempt's name for the pyc, removed on the way out unless renamed;
-                # closed at once (the compiler replaces the file), so no descriptor is held
-                # per module of a large package.
-                tmp, reserved = temporaries.enter_context(atomic_local_file(target, ctx))
-                reserved.close()
-                todo.append((name, row, source, target, tmp))
-            if interp.is_running:
-                for name, row, source, target, tmp in todo:
-                    beat()
-                    try:
-                        data = compile_pyc(source, ws.root / row["path"], tmp, ctx)
-                    except pygraph.PARSE_ERRORS as exc:
-                        failed.append(failed_module(name, row["path"], pygraph.error_record(exc)))
-                        continue
-                    compiled.append((target, tmp, data))
-            else:
-                jobs = [(n, r["path"], s, ws.root / r["path"], t) for n, r, s, _g, t in todo]
-                results = compile_foreign(interp, jobs, ctx)
-                for name, row, _src, target, tmp in todo:
-                    result = results[name]
-                    if isinstance(result, bytes):
-                        compiled.append((target, tmp, result))
-                    else:
-                        failed.append(failed_module(name, row["path"], result))
-            if failed and _on_module_error(ctx) == "fail":
-                raise _fail_partition(module, failed)
-            beat(force=True)
-            for target, tmp, data in compiled:
-                os.replace(tmp, target)
-                # The digest after the file: a crash between the two leaves a digest that
-                # does not match, so the module is compiled again, never trusted.
-                digest = hashlib.sha256(data).hexdigest().encode()
-                with atomic_local_file(pyc_sidecar(target), ctx) as (side, f):
-                    f.write(digest)
-                    f.close()
-                    os.replace(side, pyc_sidecar(target))
-                written += len(data)
+                compiled.append((target, data))
+        else:
+            jobs = [(n, r["path"], s, ws.root / r["path"], t) for n, r, s, t, _h in todo]
+            results = compile_foreign(interp, jobs, ctx)
+            for name, row, _src, target, _header in todo:
+                result = results[name]
+                if isinstance(result, bytes):
+                    compiled.append((target, result))
+                else:
+                    failed.append(failed_module(name, row["path"], result))
+        if failed and _on_module_error(ctx) == "fail":
+            raise _fail_partition(module, failed)
+        beat(force=True)
+        made: set[Path] = set()
+        for target, data in compiled:
+            if target.parent not in made:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                made.add(target.parent)
+            write_replacing(target, data, ctx)
+            # The digest after the file: a crash between the two leaves a digest that does
+            # not match, so the module is compiled again, never trusted.
+            write_replacing(pyc_sidecar(target), hashlib.sha256(data).hexdigest().encode(), ctx)
+            written += len(data)
         failed_names = {f["module"] for f in failed}
-        targets = [p[3] for p in plan if p[0] not in failed_names]
-        present = sum(_pyc_current(p[3], p[4]) for p in plan if p[0] not in failed_names)
+        kept = [(p[3], p[4]) for p in plan if p[0] not in failed_names]
+        targets = [target for target, _header in kept]
+        # Counted from the files (one read each): what the output reports is what is there.
+        present, files_digest = _bytecode_state(root, kept)
         return {
             "status": "warmed",
             "module": module,
@@ -761,7 +822,7 @@ class PrimeCaches(Executor):
             "effect": {
                 "root": os.path.realpath(root),
                 "files": len(targets),
-                "files_digest": _bytecode_digest(root, targets),
+                "files_digest": files_digest,
             },
         }
 

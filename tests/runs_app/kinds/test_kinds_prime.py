@@ -211,3 +211,86 @@ def test_cleanup_stale_removes_old_bytecode_temp_files(workspace, scratch):
 
     assert EXECUTORS["prime_caches"]().cleanup_stale() == 1
     assert not old.exists()
+
+
+def test_registry_entries_from_the_partitioners_parse_equal_entries_parsed_again(driver, demo_copy):
+    """warm_registry reads what the partitioner parsed (`registry_facts`) instead of parsing
+    every module again: the entries are the same, field for field, seal included."""
+    from runs_app.kinds.prime import registry_entry
+
+    stage = {**prime_stage(), "params": {"workspace": "demo", "root": "backend"}}
+    _kind, _manifest, data = driver.partition(stage)
+    facts = data["registry_facts"]
+
+    assert set(facts) == set(data["modules"]) and len(facts) >= 40
+    for name, row in data["modules"].items():
+        source = (demo_copy / row["path"]).read_bytes()
+        assert registry_entry("demo", name, row, source, facts[name]) == registry_entry(
+            "demo", name, row, source
+        )
+
+
+def test_registry_facts_of_other_bytes_are_not_used(driver, workspace, scratch):
+    """Facts serve only the bytes they were parsed from: facts whose digest is not the
+    pinned source's (a file changed between the parse and the pin) or that lack a field are
+    ignored, and the executor parses the source itself."""
+    from runs_app.kinds.prime import registry_entry
+
+    _kind, _manifest, data = driver.partition(prime_stage())
+    row = data["modules"]["app.util"]
+    source = (workspace / "app/util.py").read_bytes()
+    wrong = {**data["registry_facts"]["app.util"], "public_names": ["forged"]}
+
+    assert registry_entry("t", "app.util", row, source, wrong)["public_names"] == ["forged"]
+    stale = {**wrong, "sha256": "0" * 64}
+    assert registry_entry("t", "app.util", row, source, stale)["public_names"] == ["add"]
+    assert registry_entry("t", "app.util", row, source, {"sha256": row["sha256"]}) == (
+        registry_entry("t", "app.util", row, source)
+    )
+
+
+def test_only_a_warm_registry_stage_pins_registry_facts(driver, workspace):
+    _kind, _manifest, data = driver.partition(prime_stage("by_dag_depth", "prime_caches"))
+
+    assert "registry_facts" not in data
+
+
+def _demo_jobs() -> list[tuple[bytes, str, bool, str]]:
+    from tests.runs_app.kinds.conftest import DEMO_WORKSPACE
+
+    paths = sorted(DEMO_WORKSPACE.rglob("*.py"))
+    jobs = [(p.read_bytes(), f"m{i}", p.name == "__init__.py", p.name) for i, p in enumerate(paths)]
+    return [*jobs, (b"def oops(:\n", "broken", False, "broken.py")]
+
+
+@pytest.mark.parametrize("summaries", [False, True])
+def test_parsing_on_two_cores_gives_what_parsing_in_one_gives(monkeypatch, summaries):
+    """parse_many forks a child for half the sources (here forced on a small tree): the
+    results, failures included, are those of parsing every module in this process."""
+    monkeypatch.setattr(pygraph, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(pygraph.os, "cpu_count", lambda: 2)
+    jobs = _demo_jobs()
+
+    both = pygraph.parse_many(jobs, None, summaries)
+
+    assert both == [pygraph.parse_one(*job, None, summaries) for job in jobs]
+    assert both[-1][1]["type"] == "SyntaxError" and both[-1][0] == []
+    assert all((r[2] is not None) == summaries for r in both[:-1])
+
+
+def test_a_parsing_child_that_fails_leaves_its_half_to_the_parent(monkeypatch):
+    """A child that cannot send its results exits non-zero: the parent parses its half."""
+    import marshal as real_marshal
+    import types as pytypes
+
+    def refuse(_value):
+        raise ValueError("the child cannot marshal")
+
+    monkeypatch.setattr(pygraph, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(pygraph.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(
+        pygraph, "marshal", pytypes.SimpleNamespace(dumps=refuse, loads=real_marshal.loads)
+    )
+    jobs = _demo_jobs()
+
+    assert pygraph.parse_many(jobs) == [pygraph.parse_one(*job) for job in jobs]
