@@ -18,6 +18,9 @@ import hashlib
 import marshal
 import os
 import re
+import select
+import signal
+import time
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
@@ -549,6 +552,28 @@ def parse_one(
     return found, None, summary
 
 
+# Seconds a parsing child is given beyond four times its parent's own parsing time.
+CHILD_GRACE_S = 10.0
+
+
+def _read_until(fd: int, deadline: float) -> tuple[bytes, bool]:
+    """Everything written to pipe `fd` until its writer closes it (bytes, True), or what
+    arrived by `deadline` (a `time.monotonic()` value) if it is still open then (bytes,
+    False). Closes `fd`."""
+    chunks: list[bytes] = []
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return b"".join(chunks), False
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                return b"".join(chunks), True
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+
+
 def parse_many(
     jobs: list[tuple[bytes, str, bool, str]],
     feature_version: tuple[int, int] | None = None,
@@ -597,16 +622,26 @@ def parse_many(
         finally:
             os._exit(status)
     os.close(write_fd)
+    started = time.monotonic()
     try:
         first = serial(mine)
     finally:
-        with os.fdopen(read_fd, "rb") as pipe:
-            data = pipe.read()  # until the child exits (the pipe closes)
+        # The child parses as much as this process did; it is given several times as long
+        # before it is killed and its half parsed here. A child forked from a threaded
+        # process can in principle block on a lock another thread held at the fork: it must
+        # never hang the partitioning task (nor its retries) on the pipe.
+        deadline = time.monotonic() + CHILD_GRACE_S + 4 * (time.monotonic() - started)
+        data, whole = _read_until(read_fd, deadline)
+        if not whole:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         try:
             _pid, status = os.waitpid(pid, 0)
         except ChildProcessError:
             # Reaped by someone else (a SIGCHLD handler): the data alone says if it is whole.
             status = 0
+        if not whole:
+            status = 1
     second: list[Parsed] | None = None
     if status == 0:
         with contextlib.suppress(ValueError, EOFError, TypeError):

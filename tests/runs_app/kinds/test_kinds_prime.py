@@ -294,3 +294,28 @@ def test_a_parsing_child_that_fails_leaves_its_half_to_the_parent(monkeypatch):
     jobs = _demo_jobs()
 
     assert pygraph.parse_many(jobs) == [pygraph.parse_one(*job) for job in jobs]
+
+
+def test_a_parsing_child_that_hangs_is_killed_and_its_half_parsed_here(monkeypatch):
+    """A child that never answers (as one forked from a threaded worker could, blocked on a
+    lock another thread held at the fork) is killed after its grace time and its half parsed
+    here: the partitioning task never hangs on the pipe."""
+    import os as real_os
+    import time as real_time
+
+    parent = real_os.getpid()
+    parse = pygraph.parse_one
+
+    def hang_in_child(*args):
+        if real_os.getpid() != parent:
+            real_time.sleep(600)  # the hang being tested: the parent must not wait for it
+        return parse(*args)
+
+    monkeypatch.setattr(pygraph, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(pygraph, "CHILD_GRACE_S", 0.5)
+    monkeypatch.setattr(pygraph.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(pygraph, "parse_one", hang_in_child)
+    jobs = _demo_jobs()
+
+    # Returns (a hang would block here for ten minutes), with the child's half parsed here.
+    assert pygraph.parse_many(jobs) == [parse(*job) for job in jobs]
