@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import itertools
 import os
 import tarfile
@@ -117,6 +118,72 @@ def test_archives_reopen_and_match_the_source_files_byte_for_byte(driver, worksp
         str(p.relative_to(workspace)) for p in (workspace / "app").rglob("*") if p.is_file()
     )
     assert sorted(seen) == source
+
+
+def tarfile_bytes(workspace: Path, names: list[str]) -> bytes:
+    """The uncompressed tar tarfile writes for `names` normalised as deploy.pack pins them."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in names:
+            path = workspace / name
+            info = tarfile.TarInfo(name)
+            info.size = path.stat().st_size
+            info.mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            with path.open("rb") as f:
+                tar.addfile(info, f)
+    return buf.getvalue()
+
+
+def test_archives_hold_the_bytes_tarfile_writes_for_odd_names_and_sizes(driver, workspace, scratch):
+    """pack_backend writes ustar headers itself for plain members and asks tarfile for the
+    rest (pax records): the tar inside every archive is exactly tarfile's, byte for byte."""
+    long_dir = "app/" + "/".join(["a_rather_long_directory_name"] * 4)
+    write_files(
+        workspace,
+        {
+            f"{long_dir}/and_a_long_file_name.py": "x = 1\n",  # > 100 bytes: a pax record
+            "app/donn\u00e9es/\u00e9t\u00e9.txt": "\u00e9t\u00e9\n",  # non-ASCII name
+            "app/" + "n" * 96: "exactly 100 bytes of name\n",  # ustar's limit itself
+            "app/empty.txt": b"",
+            "app/block.bin": os.urandom(512),  # no padding
+            "app/big.bin": os.urandom((1 << 20) + 3),  # read in two chunks
+            "app/bin/run.sh": "#!/bin/sh\necho hi\n",
+        },
+    )
+    os.chmod(workspace / "app/bin/run.sh", 0o755)
+
+    run = driver.run(pack_stage(max_files=4), dry_run=False)
+
+    packed = []
+    for out in run.results:
+        raw = gzip.decompress((scratch["artifacts"] / out["archive"]).read_bytes())
+        with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+            names = tar.getnames()
+        assert raw == tarfile_bytes(workspace, names)
+        packed += names
+    source = sorted(
+        str(p.relative_to(workspace)) for p in (workspace / "app").rglob("*") if p.is_file()
+    )
+    assert sorted(packed) == source
+    assert f"{long_dir}/and_a_long_file_name.py" in packed
+
+
+@pytest.mark.parametrize(
+    "content", [b"def add(a, b):\n", b"def add(a, b):\n    return a + b\n\n\n_HIDDEN = 12\n"]
+)
+def test_a_file_shorter_or_longer_than_pinned_is_refused(driver, workspace, scratch, content):
+    stage = pack_stage()
+    kind, manifest, data = driver.partition(stage)
+    (workspace / "app/util.py").write_bytes(content)
+    ctx = driver.context(stage, kind, data, 0, manifest.partitions[0], dry_run=False)
+
+    with pytest.raises(ComponentError) as info:
+        EXECUTORS["pack_backend"]().execute(ctx)
+
+    assert info.value.code == "workspace_changed"
+    assert "app/util.py" in info.value.message
+    assert [k for k in tree_snapshot(scratch["artifacts"]) if k.endswith(".tar.gz")] == []
 
 
 def test_packing_twice_gives_the_same_archives_and_writes_nothing_the_second_time(
