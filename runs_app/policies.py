@@ -156,6 +156,19 @@ def may_abort(user: Any, run: Run) -> Decision:
         return _refuse(
             codes.INVALID_STATE, f"run {run.pk} is {run.state}: only a running run can be aborted"
         )
+    return _not_copying(run)
+
+
+def _not_copying(run: Run) -> Decision:
+    """409 `replay_in_progress` for a replay whose partitions are still being copied (a
+    child run still `pending`): it is not whole yet. Aborting it would have made a partial
+    copy final (its parent then `already_replayed`, the rest never replayable); its copy
+    either finishes and starts it, or dies and the reconciler discards it."""
+    if run.parent_id is not None and run.state == RunState.PENDING:
+        return _refuse(
+            codes.REPLAY_IN_PROGRESS,
+            f"run {run.pk} is a replay still being stored: act on it once it runs",
+        )
     return ALLOWED
 
 
@@ -174,7 +187,7 @@ def _operable(user: Any, run: Run, verb: str) -> Decision:
             codes.INVALID_STATE,
             f"run {run.pk} is {run.state}: only a run that has not finished can be {verb}",
         )
-    return ALLOWED
+    return _not_copying(run)
 
 
 def may_pause(user: Any, run: Run) -> Decision:

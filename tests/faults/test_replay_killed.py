@@ -87,6 +87,12 @@ def test_a_replay_killed_mid_copy_is_discarded_and_can_be_asked_for_again(
     assert 0 < copied < FAILED, copied  # killed mid-copy, not before or after
     assert "finished" not in copier.output()
 
+    # A half-copied replay is not whole: aborting, pausing or throttling it is refused
+    # (aborting it made the partial copy final, its parent `already_replayed`).
+    for act in (services.run_abort, services.run_pause):
+        with pytest.raises(ServiceError) as refused:
+            act(run=orphan, actor=operator)
+        assert refused.value.code == codes.REPLAY_IN_PROGRESS
     # Until the reconciler repairs it, the parent's replay is held by the dead copy.
     with pytest.raises(ServiceError) as held:
         services.run_replay(run=parent, actor=operator)
