@@ -87,8 +87,11 @@ class StrictCursorPagination(CursorPagination):
             raise refused from None
         if not fields or set(fields) - {"o", "r", "p"}:
             raise refused
-        # The one ordering field is an integer id: its position must read as one.
-        if cursor.position is not None and not str(cursor.position).lstrip("-").isdigit():
+        # The one ordering field is a positive integer id: its position must read as one
+        # (`p=-1` named no row this API gave, and answered an empty page).
+        if cursor.position is not None and not (
+            str(cursor.position).isascii() and str(cursor.position).isdigit()
+        ):
             raise refused
         return cursor
 
@@ -140,8 +143,11 @@ class PagesOrCursor(BasePagination):
         return shape
 
     def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
-        """`page` and `page_size` as today, plus `pagination` and `cursor`."""
+        """`page` and `page_size` (with its bounds) as today, plus `pagination` and `cursor`."""
         params = StrictPageNumberPagination().get_schema_operation_parameters(view)
+        for param in params:
+            if param.get("name") == PAGE_SIZE_PARAM:
+                param["schema"] = {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE}
         params += [
             {
                 "name": "pagination",

@@ -179,6 +179,8 @@ def test_cursor_pages_of_audit_events_repeat_none(
         ("pagination=cursor&cursor=AAAA", "cursor"),
         ("pagination=cursor&cursor=%3D%3D%3D", "cursor"),
         ("pagination=cursor&cursor=eD0x", "cursor"),  # "x=1": no field of a cursor
+        ("pagination=cursor&cursor=cD0tMQ%3D%3D", "cursor"),  # "p=-1": no id is negative
+        ("pagination=cursor&cursor=cD0rMQ%3D%3D", "cursor"),  # "p=+1"
     ],
 )
 def test_bad_pagination_parameters_are_a_400_naming_the_parameter(
@@ -197,7 +199,9 @@ def test_the_schema_documents_cursor_pagination(api_client_for, admiral) -> None
     schema = api_client_for(admiral).get("/api/schema/?format=json").json()
     for path in ("/api/v1/runs/", "/api/v1/runs/{id}/partitions/", "/api/v1/audit/"):
         params = {p["name"] for p in schema["paths"][path]["get"]["parameters"]}
-        assert {"page", "pagination", "cursor"} <= params, path
+        assert {"page", "pagination", "cursor", "page_size"} <= params, path
+        [size] = [p for p in schema["paths"][path]["get"]["parameters"] if p["name"] == "page_size"]
+        assert (size["schema"]["minimum"], size["schema"]["maximum"]) == (1, 500)
     assert Run.objects.count() == 0
 
 
