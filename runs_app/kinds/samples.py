@@ -32,6 +32,9 @@ from runs_app.targets import TargetConnection, quote_identifier
 SAMPLE_ROWS = 5
 VALUE_CHARS = 80
 MASK = "•••"
+# A sensitive value this long or longer found inside another cell masks that cell too
+# (shorter ones, "1" or "no", would mask half the table by chance).
+MIN_SECRET_CHARS = 4
 KEY_PREFIX = "hxo_key_"
 
 
@@ -48,10 +51,36 @@ class Probe:
     before: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
     max_key: Any = None
     reason: str = ""  # why no rows were sampled
+    # Columns the statement writes from an expression naming these columns (lowercase), as
+    # the parser reads it: {"fax": {"email", "phone"}}; "*" for every column an INSERT ...
+    # SELECT writes. A sensitive column copied into another taints it (`record`).
+    feeds: dict[str, set[str]] = dataclasses.field(default_factory=dict)
 
 
-def _plan(sql: str, vendor: str) -> tuple[str, str, str | None, str | None] | str:
-    """(verb, table, alias, WHERE text) of a sampleable statement, or why it is not."""
+def _feeds(tree: Any, verb: str) -> dict[str, set[str]]:
+    """What each written column is computed from (see Probe.feeds), from sqlglot's tree."""
+    from sqlglot import exp
+
+    def named(node: Any) -> set[str]:
+        return {c.name.lower() for c in node.find_all(exp.Column) if c.name}
+
+    if verb == "update":
+        feeds: dict[str, set[str]] = {}
+        for assignment in tree.expressions:
+            if isinstance(assignment, exp.EQ) and isinstance(assignment.this, exp.Column):
+                column = assignment.this.name.lower()
+                feeds[column] = feeds.get(column, set()) | named(assignment.expression)
+        return feeds
+    if verb == "insert":
+        source = tree.expression
+        return {"*": named(source)} if source is not None else {}
+    return {}
+
+
+def _plan(
+    sql: str, vendor: str
+) -> tuple[str, str, str | None, str | None, dict[str, set[str]]] | str:
+    """(verb, table, alias, WHERE text, feeds) of a sampleable statement, or why it is not."""
     import sqlglot
     from sqlglot import exp
 
@@ -86,7 +115,20 @@ def _plan(sql: str, vendor: str) -> tuple[str, str, str | None, str | None] | st
         return "only an unqualified table is sampled"
     where = tree.args.get("where")
     alias = table.alias or None
-    return verb, table.name, alias, where.this.sql(dialect=dialect) if where else None
+    feeds = _feeds(tree, verb)
+    if where is None:
+        return verb, table.name, alias, None, feeds
+    # Named parameters stay `:name`, as the target connection binds them: sqlglot's
+    # PostgreSQL writer renders them `%(name)s`, which no backfill batch's WHERE then read
+    # (every PostgreSQL backfill had "its WHERE could not be read on its own").
+    kept = where.this.transform(
+        lambda node: (
+            exp.Var(this=f":{node.name}")
+            if isinstance(node, exp.Placeholder) and node.name.isidentifier()
+            else node
+        )
+    )
+    return verb, table.name, alias, kept.sql(dialect=dialect), feeds
 
 
 def before(
@@ -99,7 +141,7 @@ def before(
         return None
     if isinstance(planned, str):
         return Probe(index, "", "", [], "", reason=planned)
-    verb, table, alias, where = planned
+    verb, table, alias, where, feeds = planned
     if not conn.table_exists(table):
         return Probe(index, verb, table, [], "", reason=f"{table} is not a table of the target")
     if conn.vendor == POSTGRESQL:
@@ -111,7 +153,7 @@ def before(
     ref = quote_identifier(alias or table)
     source = quote_identifier(table) + (f" AS {ref}" if alias else "")
     keys = ", ".join(f"{ref}.{quote_identifier(k)} AS {KEY_PREFIX}{i}" for i, k in enumerate(key))
-    probe = Probe(index, verb, table, key, ref)
+    probe = Probe(index, verb, table, key, ref, feeds=feeds)
     if verb == "insert":
         if len(key) != 1:
             probe.reason = f"{table} has a composite key: new rows are not told apart"
@@ -200,14 +242,40 @@ def record(probe: Probe, after_rows: list[tuple[Any, ...]], sensitive: frozenset
     """The probe as the preview stores it: {"statement", "verb", "table", "key", "columns",
     "masked", "rows": [{"key": [...], "before": [...] | None, "after": [...] | None}],
     "reason"}. Sensitive columns' values are MASK before and after, so a masked cell never
-    shows whether it changed."""
+    shows whether it changed; so are the columns a sensitive one flows into:
+
+    - by the parser (`Probe.feeds`): a column the statement sets from an expression naming a
+      sensitive column (`SET fax = email || phone`), and every column an INSERT ... SELECT
+      writes when its SELECT names one;
+    - by value: a cell of the sampled rows that contains a sensitive value of those rows
+      (at least MIN_SECRET_CHARS long, case folded), whatever the SQL did to put it there.
+    """
     n = len(probe.key)
     columns = probe.columns[n:]
-    masked = sorted(c for c in columns if c.lower() in sensitive)
+    lowered = [c.lower() for c in columns]
+    hidden = {c for c in lowered if c in sensitive}
+    for column, sources in probe.feeds.items():
+        if sources & sensitive:
+            hidden |= set(lowered) if column == "*" else {column}
+    secret_at = [i for i, c in enumerate(lowered) if c in sensitive]
+    secrets = {
+        str(row[n + i]).casefold()
+        for row in [*probe.before, *after_rows]
+        for i in secret_at
+        if n + i < len(row) and row[n + i] is not None and len(str(row[n + i])) >= MIN_SECRET_CHARS
+    }
+    if secrets:
+        for row in [*probe.before, *after_rows]:
+            for i, value in enumerate(row[n:]):
+                if i < len(lowered) and isinstance(value, str):
+                    text = value.casefold()
+                    if any(secret in text for secret in secrets):
+                        hidden.add(lowered[i])
+    masked = sorted(c for c in columns if c.lower() in hidden)
 
     def cells(row: tuple[Any, ...]) -> list[Any]:
         return [
-            MASK if name.lower() in sensitive else _show(value)
+            MASK if name.lower() in hidden else _show(value)
             for name, value in zip(columns, row[n:], strict=False)
         ]
 

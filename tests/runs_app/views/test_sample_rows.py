@@ -208,3 +208,78 @@ def test_postgresql_samples_by_primary_key_and_masks_sensitive_columns(
     with psycopg.connect(pg_target) as conn:
         assert conn.execute("SELECT count(*) FROM archive").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM customers WHERE plan = 'pro'").fetchone()[0] == 0
+
+
+def test_a_sensitive_value_copied_into_another_column_is_masked_there(operator, target):
+    """Masking follows the value: a column set from an expression naming a sensitive column
+    (read by the parser), an INSERT ... SELECT of one, and a cell that holds a sensitive
+    value of the sampled rows, however it got there, are masked too (found by a tryout:
+    `SET fax = email || ' / ' || phone` showed the email in `fax`)."""
+    run = dry_run(
+        operator,
+        [
+            "UPDATE customers SET note = email || ' / ' || plan WHERE id <= 2",
+            "UPDATE customers SET plan = (SELECT upper(c2.email) FROM customers c2 "
+            "WHERE c2.id = customers.id) WHERE id = 3",
+            "UPDATE customers SET note = 'contact user4@example.test' WHERE id = 4",
+            "INSERT INTO archive (customer) SELECT length(email) FROM customers WHERE id = 5",
+            "UPDATE customers SET plan = 'pro' WHERE id = 6",
+        ],
+    )
+    derived, subquery, literal, insert, plain = samples(run)
+    assert derived["masked"] == ["email", "note"]
+    assert derived["rows"][0]["after"] == [1, MASK, MASK, "free"]
+    assert subquery["masked"] == ["email", "plan"]
+    assert literal["masked"] == ["email", "note"]  # by value: the row's own email
+    assert insert["masked"] == ["customer", "id"]  # an INSERT ... SELECT naming email
+    assert plain["masked"] == ["email"] and plain["rows"][0]["after"][3] == "pro"
+    shown = str([s["rows"] for s in samples(run)]).casefold()
+    assert not any(f"user{i}@example.test" in shown for i in range(1, 9))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_postgresql_backfill_batches_are_sampled(
+    operator,
+    pg_target,  # noqa: F811
+    settings,
+):
+    """A backfill's WHERE keeps its named parameters when the sample SELECT is built: on
+    PostgreSQL every batch said "its WHERE could not be read on its own" (sqlglot wrote
+    `%(start)s`), on SQLite it worked."""
+    import psycopg
+
+    with psycopg.connect(pg_target, autocommit=True) as conn:
+        conn.execute("CREATE TABLE customers (id bigint PRIMARY KEY, email text, plan text)")
+        conn.execute(
+            "INSERT INTO customers SELECT g, 'u' || g || '@example.test', 'free' "
+            "FROM generate_series(1, 12) g"
+        )
+    settings.HXO_DATABASE_TARGETS = {
+        **settings.HXO_DATABASE_TARGETS,
+        "pg": {"url": pg_target, "sensitive": ["email"]},
+    }
+    stage = {
+        "id": "backfill",
+        "kind": "deploy.migrate",
+        "partitioner": "by_sql_batch",
+        "executor": "sql_migrate",
+        "params": {
+            "target": "pg",
+            "backfill": {
+                "sql": "UPDATE customers SET plan = 'pro' WHERE id >= :start AND id < :end",
+                "table": "customers",
+                "key_column": "id",
+                "batch_size": 6,
+            },
+        },
+    }
+    plan = services.plan_create(actor=operator, document={"name": "bf", "stages": [stage]})
+    run = drain(services.run_start_dry_run(plan=plan, actor=operator))
+    assert run.state == RunState.AWAITING_APPROVAL, run.error
+    for partition in run.partitions.order_by("index"):
+        [sample] = partition.preview["samples"]
+        assert sample["reason"] == "", sample
+        assert len(sample["rows"]) == 5 and sample["masked"] == ["email"]
+        assert all(r["before"][2] == "free" and r["after"][2] == "pro" for r in sample["rows"])
+    with psycopg.connect(pg_target) as conn:
+        assert conn.execute("SELECT count(*) FROM customers WHERE plan = 'pro'").fetchone()[0] == 0
