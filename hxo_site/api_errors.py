@@ -16,7 +16,13 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from hxo_site import codes
-from hxo_site.errors import ApiError, ServiceError
+from hxo_site.errors import (
+    BUSY_MESSAGE,
+    BUSY_RETRY_AFTER_S,
+    ApiError,
+    ServiceError,
+    is_database_busy,
+)
 from hxo_site.middleware import audit_refusal
 from hxo_site.parameters import ParameterError
 
@@ -90,6 +96,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
+    if is_database_busy(exc):
+        return Response(
+            {"detail": BUSY_MESSAGE, "code": codes.DATABASE_BUSY, "errors": []},
+            status=503,
+            headers={"Retry-After": str(BUSY_RETRY_AFTER_S)},
+        )
     if isinstance(exc, ParameterError):
         exc = ApiError(str(exc), code=exc.code, errors=[exc.as_dict()])
     elif isinstance(exc, ServiceError):

@@ -99,6 +99,9 @@ INVALID_CHARACTERS = "invalid_characters"
 TOKEN_EXPIRED = "token_expired"
 INVALID_CREDENTIALS = "invalid_credentials"
 THROTTLED = "throttled"
+# The database stayed busy past its wait (SQLite's write lock held longer than its busy
+# timeout, a PostgreSQL deadlock): nothing was written; try again (503, Retry-After).
+DATABASE_BUSY = "database_busy"
 LOGIN_THROTTLED = "login_throttled"
 
 # Approvals.

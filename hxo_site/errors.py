@@ -58,3 +58,30 @@ class ApiError(exceptions.APIException):
         return cls(
             exc.message, code=exc.code, status_code=exc.status, errors=exc.errors, extra=exc.extra
         )
+
+
+# What a busy database says when a transaction gives up waiting: SQLite's busy timeout ran
+# out on its one write lock (another writer held it longer), PostgreSQL chose this
+# transaction as a deadlock's victim. Both are transient and roll the transaction back.
+_BUSY_MESSAGES = ("database is locked", "database table is locked", "deadlock detected")
+
+# Seconds a client is asked to wait before trying again (the Retry-After header).
+BUSY_RETRY_AFTER_S = 2
+
+
+def is_database_busy(exc: BaseException) -> bool:
+    """Whether `exc` is a transaction that gave up waiting for a busy database
+    (`django.db.OperationalError` with SQLite's "database is locked" or PostgreSQL's
+    "deadlock detected"): answered 503 `database_busy` with Retry-After, never a 500."""
+    from django.db import OperationalError
+
+    if not isinstance(exc, OperationalError):
+        return False
+    text = str(exc).lower()
+    return any(message in text for message in _BUSY_MESSAGES)
+
+
+BUSY_MESSAGE = (
+    "The database is busy with other writes and this request gave up waiting; nothing was "
+    "written. Try again in a moment."
+)

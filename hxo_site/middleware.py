@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,7 +39,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from hxo_site import codes
 from hxo_site.audit import audit
-from hxo_site.errors import ApiError
+from hxo_site.errors import BUSY_MESSAGE, BUSY_RETRY_AFTER_S, ApiError, is_database_busy
 from hxo_site.net import client_ip
 from hxo_site.parsers import SafeJSONParser
 
@@ -57,6 +58,8 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "frame-ancestors 'none'",
     ]
 )
+log = logging.getLogger(__name__)
+
 PERMISSIONS_POLICY = "camera=(), microphone=(), geolocation=(), payment=(), usb=()"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -100,6 +103,36 @@ class RequestSizeLimitMiddleware:
         if isinstance(exception, RequestDataTooBig):
             return body_too_large(request)
         return None
+
+
+class DatabaseBusyMiddleware:
+    """A page or form post whose transaction gave up waiting for a busy database
+    (`errors.is_database_busy`: SQLite's write lock held past its busy timeout) answers 503
+    with Retry-After and a sentence, not a 500: the transaction was rolled back, nothing is
+    half-written. The API answers the same through its exception handler."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not is_database_busy(exception):
+            return None
+        log.warning(
+            "database busy: %s %s answered 503 (%s)", request.method, request.path, exception
+        )
+        if request.path.startswith("/api/"):
+            response: HttpResponse = JsonResponse(
+                {"detail": BUSY_MESSAGE, "code": codes.DATABASE_BUSY, "errors": []}, status=503
+            )
+        else:
+            response = HttpResponse(
+                BUSY_MESSAGE, status=503, content_type="text/plain; charset=utf-8"
+            )
+        response.headers["Retry-After"] = str(BUSY_RETRY_AFTER_S)
+        return response
 
 
 class UrlTextMiddleware:

@@ -206,6 +206,8 @@ MIDDLEWARE = [
     # Before anything reads a body: an oversized one is refused unread (413).
     "hxo_site.middleware.RequestSizeLimitMiddleware",
     "hxo_site.middleware.UrlTextMiddleware",
+    # A transaction that gave up on a busy database: 503 with Retry-After, not a 500.
+    "hxo_site.middleware.DatabaseBusyMiddleware",
     "hxo_site.middleware.ApiJsonBodyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
