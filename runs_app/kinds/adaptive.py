@@ -149,6 +149,16 @@ def params_errors(params: Mapping[str, Any]) -> list[ComponentError]:
                 path=at + "min_batch_size",
             )
         )
+    elif top is None and bottom is not None and bottom > size:
+        # max_batch_size defaults to batch_size: the same refusal as an explicit max.
+        found.append(
+            ComponentError(
+                f"min_batch_size {bottom:,} is above batch_size {size:,} (the largest a "
+                "sub-batch can be): lower min_batch_size or raise batch_size",
+                code=ADAPTIVE_BOUNDS,
+                path=at + "min_batch_size",
+            )
+        )
     if bottom is not None and math.ceil(size / bottom) > MAX_SUB_BATCHES:
         found.append(
             ComponentError(

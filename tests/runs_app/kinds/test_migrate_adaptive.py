@@ -261,6 +261,11 @@ HOSTILE = [
         "params.backfill.max_batch_size",
         adaptive.ADAPTIVE_BOUNDS,
     ),
+    (  # max_batch_size defaults to batch_size (found by a tryout: this validated)
+        {"target_batch_ms": 100, "min_batch_size": 5000, "batch_size": 100},
+        "params.backfill.min_batch_size",
+        adaptive.ADAPTIVE_BOUNDS,
+    ),
     (
         {"target_batch_ms": 100, "min_batch_size": 1, "batch_size": 5000},
         "params.backfill.min_batch_size",
