@@ -518,7 +518,11 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     # A run's state is in two components (a run, and a run with its change summary): named
     # here, or drf-spectacular names the shared enum by a hash and warns.
-    "ENUM_NAME_OVERRIDES": {"RunStateEnum": "runs_app.models.RunState"},
+    "ENUM_NAME_OVERRIDES": {
+        "RunStateEnum": "runs_app.models.RunState",
+        # A run's state as the API shows it: `paused` for a paused running run.
+        "RunPublicStateEnum": "runs_app.models.RUN_PUBLIC_STATES",
+    },
 }
 
 # --- Auth, static, i18n --------------------------------------------------------------------

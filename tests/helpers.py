@@ -9,6 +9,7 @@ from unittest import mock
 from django.db import connection
 
 from runs_app import tasks
+from runs_app.engine.heartbeat import Heartbeat
 from runs_app.models import Run
 
 DRAIN_ROUNDS = 200
@@ -29,16 +30,18 @@ def drain(
     seconds have passed (checked before each call).
 
     Inside a test's transaction (`django_db` without `transaction=True`) the drainer's
-    closing of old connections is switched off: it would end that transaction. Outside one
-    it closes them as it does in a worker."""
+    closing of old connections is switched off: it would end that transaction. So are the
+    heartbeat thread's lease renewals: the thread reads on a connection of its own, which
+    cannot see the test's uncommitted claims, so each renewal found the partitions "gone"
+    and marked them lost (`lease lost, result dropped`) whenever one ran longer than a renew
+    interval, as on a loaded machine. Outside a transaction both work as in a worker."""
     current = run if isinstance(run, Run) else Run.objects.get(pk=run)
-    keep_connection = (
-        mock.patch.object(tasks, "close_old_connections", lambda: None)
-        if connection.in_atomic_block
-        else contextlib.nullcontext()
-    )
+    in_test_transaction = connection.in_atomic_block
     deadline = None if deadline_s is None else time.monotonic() + deadline_s
-    with keep_connection:
+    with contextlib.ExitStack() as stack:
+        if in_test_transaction:
+            stack.enter_context(mock.patch.object(tasks, "close_old_connections", lambda: None))
+            stack.enter_context(mock.patch.object(Heartbeat, "renew", lambda self: None))
         for _ in range(rounds):
             if deadline is not None and time.monotonic() >= deadline:
                 break
