@@ -31,7 +31,8 @@ def drain(
 
     Inside a test's transaction (`django_db` without `transaction=True`) the drainer's
     closing of old connections is switched off: it would end that transaction. So are the
-    heartbeat thread's lease renewals: the thread reads on a connection of its own, which
+    heartbeat thread's lease renewals and its looks at watched partitions: the thread reads
+    on a connection of its own, which
     cannot see the test's uncommitted claims, so each renewal found the partitions "gone"
     and marked them lost (`lease lost, result dropped`) whenever one ran longer than a renew
     interval, as on a loaded machine. Outside a transaction both work as in a worker."""
@@ -42,6 +43,9 @@ def drain(
         if in_test_transaction:
             stack.enter_context(mock.patch.object(tasks, "close_old_connections", lambda: None))
             stack.enter_context(mock.patch.object(Heartbeat, "renew", lambda self: None))
+            # The same for the watch on partitions waiting on a target (`watch` reads them
+            # through `_note_gone`).
+            stack.enter_context(mock.patch.object(Heartbeat, "_note_gone", lambda self, ids: None))
         for _ in range(rounds):
             if deadline is not None and time.monotonic() >= deadline:
                 break
