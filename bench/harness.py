@@ -54,8 +54,11 @@ def cluster(workers: int = 2) -> Iterator[None]:
     from django_q.cluster import Cluster
     from django_q.conf import Conf
 
+    from runs_app.tasks import preload
+
     saved = Conf.WORKERS
     Conf.WORKERS = workers
+    preload()  # as `manage.py qcluster` does (RunsConfig.ready): workers fork with it loaded
     connections.close_all()
     c = Cluster(get_broker())
     c.start()
