@@ -14,8 +14,8 @@ cluster child also runs under cProfile and the top functions per role are printe
 
     .venv/bin/python bench/profiles/engine_cluster.py fontawesome|django
 
-`CONN_MAX_AGE=<s>` keeps the cluster's SQLite connections open that long (the setting's
-effect on the pusher's idle polling).
+`CONN_MAX_AGE=<s>` overrides HXO_CONN_MAX_AGE for the cluster (`CONN_MAX_AGE=0`: the pusher
+reconnects at every poll, as before bench/profiles/engine.md's change).
 """
 
 from __future__ import annotations
@@ -100,8 +100,8 @@ def main() -> None:
     from django_q.models import Task
 
     if os.environ.get("CONN_MAX_AGE"):
-        # What HXO_CONN_MAX_AGE does for PostgreSQL, tried on the bench's SQLite: the pusher's
-        # poll (django-q2 calls close_old_connections before each) keeps its connection.
+        # Set before the cluster forks, so its processes inherit it: the pusher's poll
+        # (django-q2 calls close_old_connections before each) keeps or drops its connection.
         connections["default"].settings_dict["CONN_MAX_AGE"] = int(os.environ["CONN_MAX_AGE"])
 
     from bench.executors import run_plan
