@@ -49,20 +49,20 @@ def bench_user() -> Any:
 
 @contextmanager
 def cluster(workers: int = 2) -> Iterator[None]:
-    from django.core import checks
     from django.db import connections
     from django_q.brokers import get_broker
     from django_q.cluster import Cluster
     from django_q.conf import Conf
 
+    from runs_app.tasks import preload
+
     saved = Conf.WORKERS
     Conf.WORKERS = workers
-    # Start the workers as `manage.py qcluster` does: its system checks import the URLconf
-    # (and whatever else they load) before the cluster forks, so every worker inherits it.
-    # Without this each bench worker imported it on its first run notification (a reverse()
-    # in finish_run), inside the transaction that finishes the run: ~0.3 s quiet, over 1 s
-    # under load, holding SQLite's write lock and counted in the first section's time.
-    checks.run_checks()
+    # As `manage.py qcluster` does (RunsConfig.ready calls runs_app.tasks.preload): the
+    # URLconf is imported before the cluster forks, so every worker inherits it. Without it
+    # each bench worker imported it on its first run notification (a reverse() in
+    # finish_run), inside the transaction that finishes the run, holding SQLite's write lock.
+    preload()
     connections.close_all()
     c = Cluster(get_broker())
     c.start()

@@ -264,6 +264,11 @@ else:
         # The test database is a file, not :memory:, so that worker processes started by
         # the tests see the same data (django-q2 notes, "Testing").
         "TEST": {"NAME": str(VAR_DIR / "test_hxo.sqlite3")},
+        # Kept like PostgreSQL's (above): django-q2's ORM broker closes old connections before
+        # every poll of its pusher (20 a second), so with 0 each poll reconnected and ran the
+        # PRAGMAs below: 0.05-0.09 CPU-s per second of an idle cluster, 0.017 kept
+        # (bench/profiles/engine.md). Workers and the monitor keep theirs between tasks too.
+        "CONN_MAX_AGE": env_int("HXO_CONN_MAX_AGE", 60, minimum=0),
     }
 # Lets concurrent test sessions (several checkouts, parallel CI jobs) use separate test
 # databases; worker processes started by a test inherit the variable and find the same one.

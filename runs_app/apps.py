@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from django.apps import AppConfig
@@ -25,3 +26,9 @@ class RunsConfig(AppConfig):
         autodiscover()
         # After every migrate the reconciler is registered with django-q2's scheduler.
         post_migrate.connect(_schedule_reconciler, sender=self, dispatch_uid="hxo-reconciler")
+        if sys.argv[1:2] == ["qcluster"]:
+            # The cluster's workers are forked from this process: what is imported here
+            # they share instead of each importing it on its first task (tasks.preload).
+            from runs_app.tasks import preload
+
+            preload()

@@ -146,6 +146,17 @@ def test_sqlite_by_default_with_wal_immediate_transactions_and_a_busy_timeout(mo
     assert "journal_mode=WAL" in options["init_command"]
 
 
+def test_sqlite_keeps_connections_for_hxo_conn_max_age_as_postgresql_does(monkeypatch):
+    # django-q2's pusher closes old connections before every poll: with 0 it reconnected
+    # twenty times a second (bench/profiles/engine.md).
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("HXO_CONN_MAX_AGE", raising=False)
+    assert load_settings()["DATABASES"]["default"]["CONN_MAX_AGE"] == 60
+
+    monkeypatch.setenv("HXO_CONN_MAX_AGE", "0")  # what bin/hxo-run sets for runserver
+    assert load_settings()["DATABASES"]["default"]["CONN_MAX_AGE"] == 0
+
+
 def test_the_redis_broker_uses_redis_url(monkeypatch):
     monkeypatch.setenv("HXO_BROKER", "redis")
     monkeypatch.setenv("REDIS_URL", "redis://cache.internal:6379/3")

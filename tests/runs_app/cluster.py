@@ -28,6 +28,9 @@ def running_cluster(**conf: Any) -> Iterator[Any]:
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     for name, value in conf.items():
         setattr(Conf, name, value)
+    from runs_app.tasks import preload
+
+    preload()  # as `manage.py qcluster` does (RunsConfig.ready): workers fork with it loaded
     connections.close_all()  # never share a connection with forked children
     cluster = Cluster(get_broker())
     cluster.start()
