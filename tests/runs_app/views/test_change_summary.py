@@ -89,6 +89,26 @@ def test_a_migrate_summary_counts_rows_per_statement_and_names_the_tables(operat
     assert note_rows(target) == before  # rolled back
 
 
+def test_a_long_statement_list_is_listed_up_to_the_cap_and_counted_whole(
+    operator, approver, target, client_for, api_client_for, monkeypatch
+):
+    """The statements are listed one by one up to CHANGE_SUMMARY_STATEMENTS (a 7,500-statement
+    dry-run made the run's API answer 944 KB); the rest are counted, and the rows and tables
+    still cover them all."""
+    monkeypatch.setattr(selectors, "CHANGE_SUMMARY_STATEMENTS", 3)
+    statements = [f"UPDATE items SET note = 'n{i}' WHERE id = {i}" for i in range(1, 6)]
+    statements.append("INSERT INTO audit (item) SELECT id FROM items WHERE id = 1")
+    run = dry_run(operator, [migrate({"statements": statements, "batch_size": 2})])
+
+    body = api_client_for(approver).get(f"/api/v1/runs/{run.pk}/").json()
+    stage = body["change_summary"]["stages"][0]
+    assert [s["sql"] for s in stage["statements"]] == statements[:3]
+    assert stage["statements_total"] == 6
+    assert stage["rows"] == 6 and stage["tables"] == ["audit", "items"]
+    page = client_for(approver).get(f"/runs/{run.pk}/").content.decode()
+    assert 'data-testid="statements-cut"' in page and "The first 3 of 6 statements" in page
+
+
 def test_a_backfill_summary_has_its_template_key_range_and_batch_size(operator, target):
     sql = "UPDATE items SET note = 'b' WHERE id >= :start AND id < :end AND id % 2 = 0"
     backfill = {"sql": sql, "table": "items", "key_column": "id", "batch_size": 4}
