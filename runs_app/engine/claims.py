@@ -228,18 +228,22 @@ def _claim(run_id: int, owner: str, limit: int) -> list[Claim]:
     ]
     if not claims:
         return []
-    per_stage: dict[int, int] = {}
-    for c in claims:
-        per_stage[c.stage_pk] = per_stage.get(c.stage_pk, 0) + 1
-    for stage_pk, n in per_stage.items():
-        count_moves(stage_pk, {"pending": -n, "running": n})
-    _stamp_run(run_id, now, throttle)
+    # The claim log first: it locks no row another claimer wants. The stage counters and the
+    # run stamp (rows every claimer and completion of the run updates) come last, in the
+    # order completions lock them, so each is held only until the commit just after
+    # (docs/scaling.md: the stage row is what one run's claimers queue on).
     with connection.cursor() as cur:
         cur.executemany(
             f"INSERT INTO {ClaimLog._meta.db_table} (partition_id, fence, owner, claimed_at)"
             " VALUES (%s, %s, %s, %s)",
             [(c.partition_id, c.fence, owner, started) for c in claims],
         )
+    per_stage: dict[int, int] = {}
+    for c in claims:
+        per_stage[c.stage_pk] = per_stage.get(c.stage_pk, 0) + 1
+    for stage_pk, n in per_stage.items():
+        count_moves(stage_pk, {"pending": -n, "running": n})
+    _stamp_run(run_id, now, throttle)
     return claims
 
 
