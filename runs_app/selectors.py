@@ -886,11 +886,14 @@ def sample_table(sample: dict[str, Any]) -> dict[str, Any]:
     table_rows = []
     for row in sample.get("rows") or []:
         before, after = row.get("before"), row.get("after")
+        masked_changed = set(row.get("masked_changed") or [])
         cells = []
         for i, name in enumerate(columns):
             old = before[i] if before is not None and i < len(before) else None
             new = after[i] if after is not None and i < len(after) else None
-            changed = before is not None and after is not None and old != new
+            changed = (
+                before is not None and after is not None and (old != new or name in masked_changed)
+            )
             shown = new if before is None else old
             text = f"{_cell(old)} → {_cell(new)}" if changed else _cell(shown)
             cells.append({"text": text, "changed": changed, "masked": name in masked})

@@ -240,9 +240,10 @@ def _show(value: Any) -> Any:
 
 def record(probe: Probe, after_rows: list[tuple[Any, ...]], sensitive: frozenset[str]) -> dict:
     """The probe as the preview stores it: {"statement", "verb", "table", "key", "columns",
-    "masked", "rows": [{"key": [...], "before": [...] | None, "after": [...] | None}],
-    "reason"}. Sensitive columns' values are MASK before and after, so a masked cell never
-    shows whether it changed; so are the columns a sensitive one flows into:
+    "masked", "rows": [{"key": [...], "before": [...] | None, "after": [...] | None,
+    "masked_changed": [names of masked columns whose value changed]}], "reason"}. Sensitive
+    columns' values are MASK before and after (that one changed is said by name, never its
+    value); so are the columns a sensitive one flows into:
 
     - by the parser (`Probe.feeds`): a column the statement sets from an expression naming a
       sensitive column (`SET fax = email || phone`), and every column an INSERT ... SELECT
@@ -289,13 +290,20 @@ def record(probe: Probe, after_rows: list[tuple[Any, ...]], sensitive: frozenset
         found = {tuple(r[:n]): r for r in after_rows}
         for r in probe.before:
             later = found.get(tuple(r[:n]))
-            rows.append(
-                {
-                    "key": [_show(v) for v in r[:n]],
-                    "before": cells(r),
-                    "after": cells(later) if later is not None else None,
-                }
-            )
+            row: dict[str, Any] = {
+                "key": [_show(v) for v in r[:n]],
+                "before": cells(r),
+                "after": cells(later) if later is not None else None,
+            }
+            if later is not None:
+                # Which masked cells changed (their values stay hidden): without it a row
+                # whose only change is to a masked column read "unchanged".
+                row["masked_changed"] = [
+                    name
+                    for name, old, new in zip(columns, r[n:], later[n:], strict=False)
+                    if name.lower() in hidden and old != new
+                ]
+            rows.append(row)
     return {
         "statement": probe.statement,
         "verb": probe.verb,

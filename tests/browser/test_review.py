@@ -71,10 +71,18 @@ def test_an_approver_reads_the_change_set_and_the_sql_before_deciding(
     keyword = sql.locator(".sql .k").first
     expect(keyword).to_have_text("UPDATE")
     assert keyword.evaluate("e => getComputedStyle(e).color") != "rgb(28, 35, 48)"
-    # Sample rows before → after under the UPDATE, the email column masked by the target.
+    # Sample rows before → after under the UPDATE: the email column masked by the target,
+    # and the domain too, which the UPDATE computes from the email (a value that flows from a
+    # sensitive column is masked wherever it lands).
     samples = page.get_by_test_id("samples-0")
-    expect(samples.locator("td.changed").first).to_have_text("NULL → example.test")
-    expect(samples.locator("td.masked").first).to_have_text("•••")
+    expect(samples.locator("xpath=ancestor::details[1]/summary")).to_contain_text(
+        "masked: domain, email"
+    )
+    # The domain's change is shown as a change, its values hidden; the row reads changed.
+    first = samples.locator("tbody tr").first
+    expect(first.locator("td.masked")).to_have_text(["•••", "••• → •••"])
+    expect(first.locator("td").last).to_have_text("changed")
+    assert "example.test" not in samples.inner_text()
     expect(page.get_by_test_id("samples-2").locator("tr.sample-deleted")).to_have_count(3)
     assert "user1@example.test" not in page.content()
     RESULTS.mkdir(exist_ok=True)
@@ -210,10 +218,15 @@ def test_an_approver_walks_a_migrate_review_in_order_and_the_apply_changes_the_r
     sql = page.get_by_test_id("sql-migrate")
     expect(sql.locator(".sql .k").first).to_have_text("UPDATE")
     expect(page.get_by_test_id("statement-rows")).to_have_text(["30", "40"])
-    # 2. The sample rows of the first UPDATE, before → after, the email masked.
+    # 2. The sample rows, before → after: the email masked, and the domain computed from it;
+    #    the second UPDATE's change shown as a diff.
     samples = page.get_by_test_id("samples-0")
-    expect(samples.locator("td.changed").first).to_have_text("NULL → example.test")
     expect(samples.locator("td.masked").first).to_have_text("•••")
+    expect(samples.locator("xpath=ancestor::details[1]/summary")).to_contain_text(
+        "masked: domain, email"
+    )
+    upper = page.get_by_test_id("samples-1")
+    expect(upper.locator("td.changed").first).to_have_text("active → ACTIVE")
     # 3. The high-severity finding, with its safer form.
     high = page.locator("#findings [data-severity=high]")
     expect(high).to_contain_text("UPDATE of customers has no WHERE")

@@ -283,3 +283,17 @@ def test_postgresql_backfill_batches_are_sampled(
         assert all(r["before"][2] == "free" and r["after"][2] == "pro" for r in sample["rows"])
     with psycopg.connect(pg_target) as conn:
         assert conn.execute("SELECT count(*) FROM customers WHERE plan = 'pro'").fetchone()[0] == 0
+
+
+def test_a_row_whose_only_change_is_masked_reads_changed(operator, target):
+    """A row whose only change is to a masked column said "unchanged" (both sides are MASK):
+    the preview names the masked columns that changed, and the review shows the cell as a
+    change without its values."""
+    run = dry_run(operator, ["UPDATE customers SET email = upper(email) WHERE id <= 2"])
+    [sample] = samples(run)
+    assert [r["masked_changed"] for r in sample["rows"]] == [["email"], ["email"]]
+    table = selectors.sample_table(sample)
+    assert [r["state"] for r in table["rows"]] == ["changed", "changed"]
+    email = table["rows"][0]["cells"][1]
+    assert email == {"text": f"{MASK} → {MASK}", "changed": True, "masked": True}
+    assert "example.test" not in str(sample["rows"]).lower()
