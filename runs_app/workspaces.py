@@ -46,6 +46,8 @@ WORKSPACE_CHANGED = "workspace_changed"
 NOT_A_REGULAR_FILE = "not_a_regular_file"
 # A file name that is not UTF-8 (b"\xff.png"): it cannot go into JSON, hashes or indexes.
 UNDECODABLE_FILE_NAME = "undecodable_file_name"
+# A file name HXO cannot address as a workspace path (a backslash, read as a separator).
+UNSUPPORTED_FILE_NAME = "unsupported_file_name"
 # Why a listing left a file out (Workspace.refused): not failures of the stage, but never silent.
 HARD_LINK_OUTSIDE = "hard_link_outside_workspace"
 SYMLINK_OUTSIDE = "symlink_outside_workspace"
@@ -120,7 +122,10 @@ class Workspace:
                 path=path,
             )
         pure = PurePosixPath(rel)
-        if pure.is_absolute() or (len(rel) > 1 and rel[1] == ":"):
+        # A Windows drive ("C:", "C:/x"): absolute there. "a:notes.txt" is a POSIX file name
+        # like any other (refusing it at apply failed a partition the listing had accepted).
+        drive = len(rel) > 1 and rel[0].isalpha() and rel[1] == ":"
+        if pure.is_absolute() or (drive and (len(rel) == 2 or rel[2] == "/")):
             raise ComponentError(
                 f"{rel!r} is absolute; paths are relative to workspace {self.name!r}",
                 code=PATH_ESCAPE,
@@ -527,8 +532,9 @@ def escaped_name(rel: str) -> str:
 def check_file_name(rel: str, *, path: str) -> None:
     """Refuse a name that is not UTF-8 (os.walk hands it over with surrogate escapes, which
     no JSON, hash or index can hold): ComponentError(`undecodable_file_name`) with the name
-    escaped (`'\\xff.png'`). One rule for every partitioner that lists files: rename the
-    file or exclude it."""
+    escaped (`'\\xff.png'`); and one with a backslash (`unsupported_file_name`), which
+    `Workspace.check_relative` would refuse when the file is opened. One rule for every
+    partitioner that lists files: rename the file or exclude it."""
     try:
         rel.encode("utf-8")
     except UnicodeEncodeError:
@@ -538,3 +544,13 @@ def check_file_name(rel: str, *, path: str) -> None:
             permanent=True,
             path=path,
         ) from None
+    # What `Workspace.check_relative` refuses when the file is opened, refused here at the
+    # listing: a name the dry-run accepted failed every apply of its partition.
+    if "\\" in rel:
+        raise ComponentError(
+            f"{escaped_name(rel)!r} has a backslash in its name, which HXO reads as a path "
+            "separator: rename it, or exclude it",
+            code=UNSUPPORTED_FILE_NAME,
+            permanent=True,
+            path=path,
+        )

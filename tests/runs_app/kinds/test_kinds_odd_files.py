@@ -165,6 +165,33 @@ def test_an_undecodable_file_name_is_refused_with_the_escaped_name(
     assert "\\xff." + suffix.decode() in caught.value.message
 
 
+@pytest.mark.parametrize(
+    ("kind", "partitioner", "executor", "root", "rel", "text"), LISTING, ids=[r[1] for r in LISTING]
+)
+def test_a_backslash_in_a_file_name_is_refused_at_the_listing_not_at_apply(
+    demo_copy, driver, linkcheck_kind, kind, partitioner, executor, root, rel, text
+) -> None:
+    """A name the apply could never open (a backslash is read as a separator) is refused when
+    the tree is listed, by every partitioner that lists files: the dry-run had accepted it and
+    every apply of its partition failed (found by a tryout)."""
+    parent, suffix = (demo_copy / rel).parent, rel.rsplit(".", 1)[1]
+    (parent / f"back\\slash.{suffix}").write_text(text)
+    with pytest.raises(ComponentError) as caught:
+        driver.partition(_stage(kind, partitioner, executor, root))
+    assert caught.value.code == "unsupported_file_name"
+    assert f"back\\\\slash.{suffix}" in caught.value.message
+
+
+def test_a_file_named_like_a_drive_is_packed_and_read_back(demo_copy, driver) -> None:
+    """'a:notes.txt' is a POSIX file name: it was refused as an absolute Windows path when
+    opened, after the listing had accepted it."""
+    (demo_copy / "backend" / "a:notes.txt").write_text("drive-like name\n")
+    stage = _stage("deploy.pack", "by_filesize", "pack_backend", "backend")
+    applied = driver.run(stage, dry_run=False)  # every partition opens and packs its files
+    assert "backend/a:notes.txt" in [row[0] for row in applied.data["files"]]
+    assert sum(o["files_processed"] for o in applied.results) == len(applied.data["files"])
+
+
 def test_a_socket_in_a_workspace_is_refused_too(demo_copy, driver) -> None:
     import socket
 
