@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from unittest import mock
 
 from django.db import connection
@@ -66,3 +67,24 @@ def partitioned(run: Run | int) -> Run:
     pk = run.pk if isinstance(run, Run) else run
     services.run_partition(run_id=pk)
     return Run.objects.get(pk=pk)
+
+
+@contextlib.contextmanager
+def cancelled_rows_per_statement() -> Iterator[list[int]]:
+    """While the block runs, the rows each UPDATE that cancels partitions changed (a list the
+    block can read after it): what bounded cancelling (an abort, a stopped stage) is judged
+    by."""
+    from runs_app.models import PartitionState
+
+    seen: list[int] = []
+
+    def record(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+        result = execute(sql, params, many, context)
+        if sql.lstrip().upper().startswith('UPDATE "RUNS_APP_PARTITION"') and any(
+            p == PartitionState.CANCELLED for p in params or ()
+        ):
+            seen.append(context["cursor"].rowcount)
+        return result
+
+    with connection.execute_wrapper(record):
+        yield seen

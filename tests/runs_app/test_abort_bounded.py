@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
 
 from runs_app import services, tasks
 from runs_app.engine import claims, progress
 from runs_app.models import Partition, PartitionState, Run, RunStage, RunState, StageState
-from tests.helpers import partitioned
+from tests.helpers import cancelled_rows_per_statement, partitioned
 from tests.runs_app.testkinds import TEST_KIND_NOAPPROVAL, effect_files, stage
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -41,17 +40,8 @@ def test_an_abort_cancels_in_bounded_transactions_with_exact_counters(
     run = started(operator, tmp_path)
     claims.claim_batch(run.pk, "worker-1", limit=2)  # two running, fenced out at once
     monkeypatch.setattr(progress, "CANCEL_BATCH", 100)
-    cancelled_per_statement: list[int] = []
 
-    def record(execute, sql, params, many, context):
-        result = execute(sql, params, many, context)
-        if sql.lstrip().upper().startswith('UPDATE "RUNS_APP_PARTITION"') and any(
-            p == PartitionState.CANCELLED for p in params or ()
-        ):
-            cancelled_per_statement.append(context["cursor"].rowcount)
-        return result
-
-    with connection.execute_wrapper(record):
+    with cancelled_rows_per_statement() as cancelled_per_statement:
         aborted = services.run_abort(run=run, actor=operator)
         # The request did one bounded batch and answered; a worker does the rest.
         assert aborted.state == RunState.ABORTED

@@ -5,18 +5,15 @@ exact; and a stop whose worker task was lost is finished by the reconciler."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
 
 from runs_app import services, tasks
 from runs_app.engine import claims, progress
 from runs_app.models import Partition, PartitionState, Run, RunStage, RunState, StageState
-from tests.helpers import partitioned
+from tests.helpers import cancelled_rows_per_statement, partitioned
 from tests.runs_app.testkinds import TEST_KIND_NOAPPROVAL, effect_files, stage
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -28,23 +25,6 @@ BATCH = 100
 def small_batches(monkeypatch, settings) -> None:
     monkeypatch.setattr(progress, "CANCEL_BATCH", BATCH)
     settings.HXO_RETRY_BACKOFF_MS = 0
-
-
-@contextmanager
-def cancelled_per_statement() -> Iterator[list[int]]:
-    """Rows each UPDATE that cancels partitions changed, while the block runs."""
-    seen: list[int] = []
-
-    def record(execute, sql, params, many, context):
-        result = execute(sql, params, many, context)
-        if sql.lstrip().upper().startswith('UPDATE "RUNS_APP_PARTITION"') and any(
-            p == PartitionState.CANCELLED for p in params or ()
-        ):
-            seen.append(context["cursor"].rowcount)
-        return result
-
-    with connection.execute_wrapper(record):
-        yield seen
 
 
 def drain_until_stopped(run: Run, stage_id: str) -> RunStage:
@@ -69,7 +49,7 @@ def test_a_stage_whose_dependency_failed_is_cancelled_in_bounded_transactions(
     a = stage("a", tmp_path, items=1, kind=TEST_KIND_NOAPPROVAL, fail={"0": 99})
     b = stage("b", tmp_path, items=1000, kind=TEST_KIND_NOAPPROVAL, depends_on=["a"])
     run = started(operator, tmp_path, a, b)
-    with cancelled_per_statement() as seen:
+    with cancelled_rows_per_statement() as seen:
         sb = drain_until_stopped(run, "b")
         # The failure's transaction cancelled one batch and stopped the stage; the run waits
         # for the worker that cancels the rest (its task is on the queue; none runs here).
@@ -97,7 +77,7 @@ def test_a_stage_over_its_budget_stops_claiming_and_ends_with_exact_counts(
     sa = RunStage.objects.get(run=run)
     zero = Partition.objects.get(stage=sa, index=0)
     Partition.objects.filter(stage=sa).exclude(pk=zero.pk).update(ready=False)
-    with cancelled_per_statement() as seen:
+    with cancelled_rows_per_statement() as seen:
         sa = drain_until_stopped(run, "a")
         assert sa.stopped_at is not None and sa.failed == 1 and sa.cancelled == BATCH
         # Stopped: nothing of it is claimable, whatever is ready.
