@@ -1403,6 +1403,14 @@ def pg_dml_verb(sql: str) -> str | None:
     """ "UPDATE", "DELETE", "INSERT" or "MERGE" when one PostgreSQL statement is DML (a WITH
     ... UPDATE too), else None (DDL, SELECT, text the parser cannot read). A dry-run asks
     the planner for such a statement's row estimate (`TargetConnection.estimate_rows`)."""
+    stmt = _pg_one_statement(sql)
+    return None if stmt is None else PG_DML_VERBS.get(type(stmt).__name__)
+
+
+def _pg_one_statement(sql: str) -> Any | None:
+    """pglast's node for `sql` when it is exactly one PostgreSQL statement (its `:name`
+    parameters bound as positions first), else None: text the parser cannot read, or
+    several statements."""
     import pglast
 
     try:
@@ -1410,9 +1418,7 @@ def pg_dml_verb(sql: str) -> str | None:
         raw = pglast.parse_sql(_bind_positions(sql, spans))
     except (SqlSyntaxError, pglast.parser.ParseError):
         return None
-    if len(raw) != 1:
-        return None
-    return PG_DML_VERBS.get(type(raw[0].stmt).__name__)
+    return raw[0].stmt if len(raw) == 1 else None
 
 
 # --- Statements that cannot run inside a transaction --------------------------------------
@@ -1473,18 +1479,12 @@ def outside_transaction(
         ):
             return OutsideTransaction("VACUUM", idempotent=True)  # not VACUUM INTO: refused
         return None
-    import pglast
     from pglast import enums
     from pglast.stream import RawStream
 
-    try:
-        _names, spans, _other = pg_params(sql)
-        raw = pglast.parse_sql(_bind_positions(sql, spans))
-    except (SqlSyntaxError, pglast.parser.ParseError):
+    stmt = _pg_one_statement(sql)
+    if stmt is None:
         return None
-    if len(raw) != 1:
-        return None
-    stmt = raw[0].stmt
     name = type(stmt).__name__
 
     def text(node: Any) -> str:

@@ -64,27 +64,27 @@ def partition(run_id: int) -> dict[str, Any]:
 def finish_abort(run_id: int) -> dict[str, Any]:
     """Cancel what is left of an aborted run, 2,000 partitions per transaction
     (`progress.finish_abort`). Never raises: a crash leaves the rest to the reconciler."""
-    done = False
-    try:
-        done = progress.finish_abort(run_id)
-    except Exception:
-        log.exception("finishing the abort of run %s stopped", run_id)
-    finally:
-        close_old_connections()
+    done = _finishing(progress.finish_abort, run_id, f"the abort of run {run_id}")
     return {"run": run_id, "done": done}
 
 
 def finish_stop(stage_pk: int) -> dict[str, Any]:
     """Cancel what is left of a stopped stage, 2,000 partitions per transaction, and end it
     (`progress.finish_stop`). Never raises: a crash leaves the rest to the reconciler."""
-    done = False
+    done = _finishing(progress.finish_stop, stage_pk, f"the stop of stage {stage_pk}")
+    return {"stage": stage_pk, "done": done}
+
+
+def _finishing(finish: Any, pk: int, what: str) -> bool:
+    """`finish(pk)` as a queue task runs it: its result, or False (logged) when it raised,
+    and the worker's connection closed either way (the reconciler picks up the rest)."""
     try:
-        done = progress.finish_stop(stage_pk)
+        return bool(finish(pk))
     except Exception:
-        log.exception("finishing the stop of stage %s stopped", stage_pk)
+        log.exception("finishing %s stopped", what)
+        return False
     finally:
         close_old_connections()
-    return {"stage": stage_pk, "done": done}
 
 
 def drain(run_id: int, budget_s: float | None = None) -> dict[str, Any]:
