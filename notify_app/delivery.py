@@ -175,7 +175,7 @@ def approver_emails(exclude_username: str | None = None) -> list[str]:
     holders = Q(is_superuser=True)
     if perm is not None:
         holders |= Q(user_permissions=perm) | Q(groups__permissions=perm)
-    users = User.objects.filter(holders, is_active=True).exclude(email="").distinct()
+    users = User.objects.filter(holders, is_active=True).exclude(email="").order_by().distinct()
     if exclude_username:
         users = users.exclude(**{User.USERNAME_FIELD: exclude_username})
     return sorted({u.email for u in users if has_capability(u, "approve")})

@@ -731,6 +731,7 @@ def live_approvers(run: Run, *, now: dt.datetime | None = None) -> int:
             run=run, decision=Approval.Decision.APPROVE, digest=run.digest, created_at__gte=since
         )
         .values("user")
+        .order_by()
         .distinct()
         .count()
     )

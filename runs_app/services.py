@@ -44,7 +44,7 @@ from runs_app.models import (
     RunStage,
     RunState,
 )
-from runs_app.models.engine import PARTITION_REDO
+from runs_app.models.engine import PARTITION_ACTIVE, PARTITION_REDO
 from runs_app.transitions import move_run
 
 BULK = 2000
@@ -746,6 +746,7 @@ def _decide(
                     run=locked, decision=Approval.Decision.APPROVE, digest=locked.digest
                 )
                 .values("user")
+                .order_by()
                 .distinct()
                 .count()
             )
@@ -767,7 +768,20 @@ def _decide(
 
 def run_abort(*, run: Run, actor: Any, client_ip: str | None = None) -> Run:
     """Stop new claims and cancel pending partitions; running ones are fenced out and stop at
-    their next heartbeat."""
+    their next heartbeat.
+
+    Three steps, each its own transaction: the run moves to `aborted` under its row lock (no
+    claim commits after it: `claims._stamp_run` claims only for a running run); then its
+    running partitions are fenced out; then pending ones are cancelled in bounded batches
+    (`progress.finish_abort`: the first here, the rest by a worker). The run's lock is let go
+    before any partition or stage row is written: the engine locks partitions, then stages,
+    then the run (claims and completions), and an abort that held the run while it cancelled
+    deadlocked with a claim on PostgreSQL (503 `database_busy`). A crash between the steps
+    leaves an aborted run with active partitions, which the reconciler finishes
+    (`progress.aborted_unfinished`).
+
+    Refusals (`policies.may_abort`): 403 without hxo:abort, 409 `invalid_state` for a finished
+    run. Audited as `run.abort` with the partitions it cancels."""
     # Refused before the lock when it can be (no capability, already finished), and asked
     # again under it: the state the abort moves from is the locked one.
     policies.may_abort(actor, run).enforce()
@@ -777,12 +791,7 @@ def run_abort(*, run: Run, actor: Any, client_ip: str | None = None) -> Run:
         before = locked.state
         # A paused run aborts as any other (move_run ends its pause interval).
         move_run(locked, RunState.ABORTED)
-        # Running partitions are fenced out here, at once (at most the run's concurrency);
-        # pending ones are cancelled below in bounded transactions: no claim takes them, the
-        # run is no longer running.
-        fenced = progress.cancel_partitions(
-            Partition.objects.filter(run=locked, state=PartitionState.RUNNING)
-        )
+        active = Partition.objects.filter(run=locked, state__in=PARTITION_ACTIVE).count()
         audit(
             actor=actor,
             action="run.abort",
@@ -790,10 +799,13 @@ def run_abort(*, run: Run, actor: Any, client_ip: str | None = None) -> Run:
             client_ip=client_ip,
             before={"state": before},
             after={"state": locked.state},
-            detail={
-                "cancelled_partitions": fenced
-                + Partition.objects.filter(run=locked, state=PartitionState.PENDING).count()
-            },
+            detail={"cancelled_partitions": active},
+        )
+    # Running partitions are fenced out at once (at most the run's concurrency); pending ones
+    # in bounded transactions: no claim takes them, the run is no longer running.
+    with transaction.atomic():
+        progress.cancel_partitions(
+            Partition.objects.filter(run=locked, state=PartitionState.RUNNING)
         )
     # One bounded batch here (a run of up to 2,000 partitions ends in this request); a larger
     # one is finished by a worker, so the request answers at once.

@@ -110,6 +110,7 @@ def _owners_in_run(run_id: int) -> set[str]:
     return set(
         Partition.objects.filter(run_id=run_id, state=P.RUNNING)
         .values_list("lease_owner", flat=True)
+        .order_by()
         .distinct()
     )
 
@@ -248,16 +249,17 @@ def _claim(run_id: int, owner: str, limit: int) -> list[Claim]:
 
 
 def _stamp_run(run_id: int, now: Any, throttle: Throttle) -> None:
-    """Record the claim on the run, by a compare-and-swap that also re-checks the pause and
-    the interval: a pause (or another drainer's claim) that committed after this claim read
-    the run takes this claim back (`_Refused`).
+    """Record the claim on the run, by a compare-and-swap that also re-checks the state, the
+    pause and the interval: an abort, a pause (or another drainer's claim) that committed
+    after this claim read the run takes this claim back (`_Refused`).
 
-    Why a write on every claim: on PostgreSQL (READ COMMITTED) the read above may predate a
-    pause committing meanwhile; this UPDATE waits for the pause's row lock and re-reads the
-    row, so no claim commits after a pause. It runs after the partitions and the stage
+    Why a write on every claim: on PostgreSQL (READ COMMITTED) the read above may predate an
+    abort or a pause committing meanwhile; this UPDATE waits for its row lock and re-reads the
+    row, so no claim commits after either. It runs after the partitions and the stage
     counters, the order completions lock them in (partitions, stages, then the run when it
-    finishes), so the two never deadlock."""
-    qs = Run.objects.filter(pk=run_id, paused_at__isnull=True)
+    finishes), so the two never deadlock; whoever writes partitions or stages lets the run's
+    row go first (services.run_abort)."""
+    qs = Run.objects.filter(pk=run_id, state=RunState.RUNNING, paused_at__isnull=True)
     if throttle.min_interval:
         qs = qs.filter(
             models.Q(last_claim_at__isnull=True)

@@ -164,7 +164,9 @@ def cancel_partitions(qs: Any) -> int:
     """Cancel pending (and fence out running) partitions, keeping counters exact."""
     total = 0
     for state in sorted(PARTITION_ACTIVE):
-        rows = list(qs.filter(state=state).values_list("stage_id").distinct())
+        # order_by() clears Partition.Meta.ordering, which DISTINCT would otherwise select
+        # too: one row (and one UPDATE) per partition instead of one per stage.
+        rows = list(qs.filter(state=state).values_list("stage_id").order_by().distinct())
         for (stage_pk,) in rows:
             n = qs.filter(state=state, stage_id=stage_pk).update(
                 state=P.CANCELLED,
@@ -226,8 +228,8 @@ def aborted_unfinished() -> list[int]:
     partitions = Partition.objects.filter(run__state=RunState.ABORTED, state__in=PARTITION_ACTIVE)
     stages = RunStage.objects.filter(run__state=RunState.ABORTED).exclude(state__in=STAGE_TERMINAL)
     return sorted(
-        set(partitions.values_list("run_id", flat=True).distinct())
-        | set(stages.values_list("run_id", flat=True).distinct())
+        set(partitions.values_list("run_id", flat=True).order_by().distinct())
+        | set(stages.values_list("run_id", flat=True).order_by().distinct())
     )
 
 

@@ -157,5 +157,6 @@ def requeue_stuck() -> list[int]:
             )
         )
         .values_list("pk", flat=True)
+        .order_by()
         .distinct()
     )

@@ -4,15 +4,19 @@ an abort interrupted between them is finished by the reconciler."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.db import connection, connections, transaction
+from django.utils import timezone
 
 from runs_app import services, tasks
 from runs_app.engine import claims, progress
 from runs_app.models import Partition, PartitionState, Run, RunStage, RunState, StageState
 from tests.helpers import cancelled_rows_per_statement, partitioned
+from tests.runs_app.cluster import wait_for
 from tests.runs_app.testkinds import TEST_KIND_NOAPPROVAL, effect_files, stage
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -50,6 +54,11 @@ def test_an_abort_cancels_in_bounded_transactions_with_exact_counters(
 
     assert max(cancelled_per_statement) <= 100
     assert sum(cancelled_per_statement) == ITEMS + 3
+    # One UPDATE per batch, stage and state, never one per partition: DISTINCT over stage ids
+    # once also selected Partition.Meta.ordering and ran one empty UPDATE per row, 2,000 per
+    # batch (a 100,000-partition abort timed out on PostgreSQL).
+    assert 0 not in cancelled_per_statement, cancelled_per_statement
+    assert len(cancelled_per_statement) <= ITEMS // 100 + 3
     assert not Partition.objects.filter(run=run, state=PartitionState.PENDING).exists()
     a, b = RunStage.objects.filter(run=run).order_by("position")
     assert (a.state, a.pending, a.running, a.cancelled) == (StageState.CANCELLED, 0, 0, ITEMS)
@@ -99,3 +108,65 @@ def test_a_small_run_is_wholly_aborted_in_the_request(test_kinds, operator, tmp_
         StageState.CANCELLED
     ]
     assert progress.aborted_unfinished() == []
+
+
+@pytest.mark.postgres
+def test_an_abort_never_deadlocks_with_a_claim_in_flight(test_kinds, operator, tmp_path) -> None:
+    """A claim holds its partitions and its stage's counters and stamps the run last (the
+    engine's lock order); an abort that held the run's row while it cancelled waited on the
+    stage the claim held while the claim waited on the run: PostgreSQL broke the deadlock by
+    failing one of them (the API answered 503 `database_busy`). Now both finish, and the
+    claim, which read the run before the abort committed, is taken back."""
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks: PostgreSQL only (SQLite serialises writers)")
+    run = started(operator, tmp_path)
+    claims.claim_batch(run.pk, "worker-1", limit=2)
+    stage_a = RunStage.objects.get(run=run, stage_id="a")
+    holding, done = threading.Event(), threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def claim_in_flight() -> None:
+        try:
+            with transaction.atomic():
+                # What _claim has written before its run stamp: the stage's counters.
+                claims.count_moves(stage_a.pk, {"pending": -1, "running": 1})
+                holding.set()
+                wait_for(lambda: _waiting_on_a_lock() > 0, "the abort to wait", timeout=30)
+                outcome["stamped"] = Run.objects.filter(pk=run.pk, state=RunState.RUNNING).update(
+                    last_claim_at=timezone.now()
+                )
+                raise _TakeBack  # a refused claim rolls back
+        except _TakeBack:
+            pass
+        except Exception as exc:
+            outcome["claim_error"] = exc
+        finally:
+            connections.close_all()
+            done.set()
+
+    thread = threading.Thread(target=claim_in_flight)
+    thread.start()
+    assert holding.wait(30)
+    aborted = services.run_abort(run=run, actor=operator)
+    assert done.wait(60)
+    thread.join(10)
+
+    assert "claim_error" not in outcome, outcome
+    assert outcome["stamped"] == 0  # the abort committed first: the claim is taken back
+    assert aborted.state == RunState.ABORTED
+    assert not Partition.objects.filter(run=run, state=PartitionState.RUNNING).exists()
+    a = RunStage.objects.get(pk=stage_a.pk)
+    assert (a.pending, a.running, a.cancelled) == (0, 0, ITEMS)
+
+
+class _TakeBack(Exception):
+    pass
+
+
+def _waiting_on_a_lock() -> int:
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return int(cur.fetchone()[0])

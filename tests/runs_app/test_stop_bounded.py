@@ -58,6 +58,7 @@ def test_a_stage_whose_dependency_failed_is_cancelled_in_bounded_transactions(
         assert sb.state == StageState.PENDING and sb.cancelled == BATCH
         assert tasks.finish_stop(sb.pk) == {"stage": sb.pk, "done": True}
     assert seen and max(seen) <= BATCH and sum(seen) == 1000
+    assert 0 not in seen and len(seen) <= 1000 // BATCH + 1  # one UPDATE per batch
     run.refresh_from_db()
     sa, sb = RunStage.objects.filter(run=run).order_by("position")
     assert run.state == RunState.FAILED
@@ -86,6 +87,7 @@ def test_a_stage_over_its_budget_stops_claiming_and_ends_with_exact_counts(
         assert claims.has_claimable(run.pk) is False
         assert tasks.finish_stop(sa.pk)["done"] is True
     assert max(seen) <= BATCH and sum(seen) == items - 1
+    assert 0 not in seen and len(seen) <= items // BATCH + 1  # one UPDATE per batch
     run.refresh_from_db()
     sa.refresh_from_db()
     assert run.state == RunState.FAILED
