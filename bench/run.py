@@ -246,9 +246,10 @@ def _judge(results: dict[str, Any]) -> dict[str, Any]:
         out["hxo_vs_raw_django_q2"] = goal(
             emb["hxo"]["per_second"] / emb["raw_django_q2"]["per_second"], ">=", 5, small
         )
-        out["hxo_share_of_floor"] = goal(
-            emb["hxo"]["per_second"] / emb["floor"]["per_second"], ">=", 0.8, small
-        )
+        # Claim-and-complete against claim-and-complete: from the partitions written to the
+        # run's end (the floor's rows exist before its clock starts; planning has its goal).
+        executing = emb["hxo"].get("executing_per_second", emb["hxo"]["per_second"])
+        out["hxo_share_of_floor"] = goal(executing / emb["floor"]["per_second"], ">=", 0.8, small)
         plans = emb.get("planning", [])
         big = [p for p in plans if p["partitions"] >= PLANNING_AT]
         if big:
@@ -378,7 +379,8 @@ def table(results: dict[str, Any]) -> str:
         lines.append(f"  raw django-q2      {res['raw_django_q2']['per_second']:10.0f} tasks/s")
         lines.append(f"  database floor     {res['floor']['per_second']:10.0f} claim+complete/s")
         vs_q2 = res["hxo"]["per_second"] / res["raw_django_q2"]["per_second"]
-        vs_floor = res["hxo"]["per_second"] / res["floor"]["per_second"]
+        executing = res["hxo"].get("executing_per_second", res["hxo"]["per_second"])
+        vs_floor = executing / res["floor"]["per_second"]
         lines.append(f"  HXO / django-q2 {vs_q2:8.1f}x   HXO / floor {vs_floor:6.0%}")
         for p in res.get("planning", []):
             lines.append(

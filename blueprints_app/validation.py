@@ -166,23 +166,58 @@ def _compiled(schema_json: str) -> jsonschema.protocols.Validator:
 
 def schema_validator(schema: Mapping[str, Any]) -> jsonschema.protocols.Validator:
     """A compiled validator, cached by the schema's canonical text (live validation is hot)."""
-    return _compiled(json.dumps(schema, sort_keys=True, separators=(",", ":")))
+    return _compiled(_canonical(schema))
 
 
 def schema_errors(schema: Mapping[str, Any], instance: Any, prefix: str) -> list[Issue]:
-    """Instance errors against a JSON Schema, as issues with field paths under `prefix`."""
+    """Instance errors against a JSON Schema, as issues with field paths under `prefix`.
+
+    Memoised on the canonical JSON of both (`_instance_errors`): validating is a pure
+    function of the two, the same params are checked up to three times per stage (the
+    plan's shape, then the partitioner's own checks, which resolve the params again), and
+    live validation re-validates every unchanged stage of a plan on each edit. An instance
+    that is not JSON (a direct Python caller's) is validated without the memo."""
+    schema_json = _canonical(schema)
+    try:
+        instance_json = _canonical(instance)  # jsonschema's messages sort the keys they name
+    except (TypeError, ValueError):
+        raw = _errors_of(_compiled(schema_json), instance)
+    else:
+        raw = _instance_errors(schema_json, instance_json)
+    return [Issue(_json_path(prefix, parts), "", message) for parts, message in raw]
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+# Distinct (schema, instance) pairs remembered; an entry is a few hundred bytes.
+SCHEMA_ERRORS_MEMO = 4096
+
+
+@functools.lru_cache(maxsize=SCHEMA_ERRORS_MEMO)
+def _instance_errors(
+    schema_json: str, instance_json: str
+) -> tuple[tuple[tuple[Any, ...], str], ...]:
+    return _errors_of(_compiled(schema_json), json.loads(instance_json))
+
+
+def _errors_of(
+    validator: jsonschema.protocols.Validator, instance: Any
+) -> tuple[tuple[tuple[Any, ...], str], ...]:
+    """(absolute path parts, message) of each error, in path order."""
     found = []
-    for err in sorted(schema_validator(schema).iter_errors(instance), key=lambda e: list(e.path)):
-        path = _json_path(prefix, err.absolute_path)
+    for err in sorted(validator.iter_errors(instance), key=lambda e: list(e.path)):
+        parts = tuple(err.absolute_path)
         message = err.message
         if err.validator == "required":
             missing = err.message.split("'")[1] if "'" in err.message else ""
             if missing:
-                path = _json_path(prefix, [*err.absolute_path, missing])
+                parts = (*parts, missing)
         elif err.validator in ("oneOf", "anyOf"):
             message = _alternatives_message(err)
-        found.append(Issue(path, "", message))
-    return found
+        found.append((parts, message))
+    return tuple(found)
 
 
 def _alternatives_message(err: jsonschema.ValidationError) -> str:

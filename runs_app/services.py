@@ -25,6 +25,7 @@ from hxo_site.audit import audit
 from hxo_site.errors import ServiceError
 from runs_app import policies
 from runs_app.engine import claims, partitioning, progress, wakeups
+from runs_app.engine.deadlocks import retrying
 from runs_app.hashing import canonical_json, document_digest, sha256_hex
 from runs_app.manifest import (
     diff_against_run,
@@ -803,10 +804,13 @@ def run_abort(*, run: Run, actor: Any, client_ip: str | None = None) -> Run:
         )
     # Running partitions are fenced out at once (at most the run's concurrency); pending ones
     # in bounded transactions: no claim takes them, the run is no longer running.
-    with transaction.atomic():
-        progress.cancel_partitions(
-            Partition.objects.filter(run=locked, state=PartitionState.RUNNING)
-        )
+    running = Partition.objects.filter(run=locked, state=PartitionState.RUNNING)
+
+    def fence_out() -> None:
+        with transaction.atomic():
+            progress.cancel_partitions(running)
+
+    retrying(fence_out, what=f"fencing out the running partitions of run {locked.pk}")
     # One bounded batch here (a run of up to 2,000 partitions ends in this request); a larger
     # one is finished by a worker, so the request answers at once.
     if not progress.finish_abort(locked.pk, max_batches=1):

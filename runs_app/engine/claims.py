@@ -20,6 +20,7 @@ from django.db import connection, models, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from runs_app.engine.deadlocks import retrying
 from runs_app.models import ClaimLog, Partition, PartitionState, Run, RunStage, RunState
 
 P = PartitionState
@@ -172,11 +173,15 @@ def claim_batch(run_id: int, owner: str, limit: int = 1) -> list[Claim]:
     run's previous claim. Returns [] when nothing is claimable now, the run is paused, at its
     limit or inside its interval.
     """
-    try:
-        with transaction.atomic():
-            return _claim(run_id, owner, limit)
-    except _Refused:
-        return []
+
+    def body() -> list[Claim]:
+        try:
+            with transaction.atomic():
+                return _claim(run_id, owner, limit)
+        except _Refused:
+            return []
+
+    return retrying(body, what=f"claiming for run {run_id}")
 
 
 def _claim(run_id: int, owner: str, limit: int) -> list[Claim]:
@@ -242,8 +247,8 @@ def _claim(run_id: int, owner: str, limit: int) -> list[Claim]:
     per_stage: dict[int, int] = {}
     for c in claims:
         per_stage[c.stage_pk] = per_stage.get(c.stage_pk, 0) + 1
-    for stage_pk, n in per_stage.items():
-        count_moves(stage_pk, {"pending": -n, "running": n})
+    for stage_pk in sorted(per_stage):  # stage rows in key order (engine.deadlocks)
+        count_moves(stage_pk, {"pending": -per_stage[stage_pk], "running": per_stage[stage_pk]})
     _stamp_run(run_id, now, throttle)
     return claims
 

@@ -10,6 +10,7 @@ an earlier apply is reused only when its executor confirms the earlier effect st
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import sqlite3
 import time
@@ -34,6 +35,7 @@ from blueprints_app.validation import schema_validator
 from hxo_site import codes
 from runs_app.engine import health, logs
 from runs_app.engine.claims import COUNTER, TABLE, Claim, count_moves, prep_dt, prep_json
+from runs_app.engine.deadlocks import retrying
 from runs_app.engine.errors import PartitionTimeout, RunAborted
 from runs_app.engine.heartbeat import Heartbeat, check_fence
 from runs_app.engine.progress import after_partition_change
@@ -414,9 +416,16 @@ def output_problem(kind: JobKind, output: dict[str, Any]) -> str | None:
 def record_outcomes(outcomes: list[Outcome]) -> None:
     """Write outcomes in one transaction; each write is fenced, so a claim this worker lost
     changes nothing. Failures retry with backoff while attempts are left (idempotent only)."""
-    todo = [o for o in outcomes if o.state in PARTITION_COMPLETED]
+    # Partition rows in key order, then stage rows in key order (engine.deadlocks).
+    todo = sorted(
+        (o for o in outcomes if o.state in PARTITION_COMPLETED), key=lambda o: o.claim.partition_id
+    )
     if not todo:
         return
+    retrying(lambda: _record(todo), what="recording outcomes")
+
+
+def _record(todo: list[Outcome]) -> None:
     now = timezone.now()
     with transaction.atomic():
         moves: dict[int, dict[str, int]] = {}
@@ -504,8 +513,8 @@ def record_outcomes(outcomes: list[Outcome]) -> None:
                 )
             if changed:
                 moved(c, target)
-        for stage_pk, delta in moves.items():
-            count_moves(stage_pk, delta)
+        for stage_pk in sorted(moves):
+            count_moves(stage_pk, moves[stage_pk])
         # Only the lines of outcomes written under their fence: a holder fenced out would
         # otherwise mix its lines into the log of the attempt that replaced it.
         logs.store(
@@ -540,40 +549,48 @@ def expire_leases(*, run_id: int | None = None, limit: int = 1000) -> int:
         # Asked outside the transaction (it may reach a target database); the fenced update
         # below makes it count only if the row has not moved on meanwhile.
         recovered = None if retry else _recover_expired(row, contexts)
-        with transaction.atomic():
-            mine = Partition.objects.filter(pk=row["id"], fence=row["fence"], state=P.RUNNING)
-            if recovered is not None:
-                target = P.SUCCEEDED
-                changed = mine.update(
-                    state=P.SUCCEEDED,
-                    fence=F("fence") + 1,
-                    output=recovered,
-                    error=None,
-                    finished_at=now,
-                    lease_owner="",
-                    lease_expires_at=None,
-                )
-            else:
-                error = {
-                    "code": "lease_expired",
-                    "message": "the worker holding this partition stopped renewing its lease",
-                    "attempt": row["attempts"],
-                }
-                target = P.PENDING if retry else P.FAILED
-                changed = mine.update(
-                    state=target,
-                    fence=F("fence") + 1,
-                    error=error,
-                    due_at=now,
-                    lease_owner="",
-                    lease_expires_at=None,
-                )
-            if changed:
-                moved += 1
-                count_moves(row["stage_id"], {"running": -1, COUNTER[target]: 1})
-                if target != P.PENDING:
-                    after_partition_change(row["stage_id"])
+        take_back = functools.partial(_take_back, row, recovered, retry, now)
+        if retrying(take_back, what=f"taking back partition {row['id']}"):
+            moved += 1
     return moved
+
+
+def _take_back(row: dict[str, Any], recovered: Any, retry: bool, now: Any) -> bool:
+    """One expired partition back to pending, failed, or succeeded with its recovered output,
+    fenced on the fence read: False when the row moved on meanwhile."""
+    with transaction.atomic():
+        mine = Partition.objects.filter(pk=row["id"], fence=row["fence"], state=P.RUNNING)
+        if recovered is not None:
+            target = P.SUCCEEDED
+            changed = mine.update(
+                state=P.SUCCEEDED,
+                fence=F("fence") + 1,
+                output=recovered,
+                error=None,
+                finished_at=now,
+                lease_owner="",
+                lease_expires_at=None,
+            )
+        else:
+            error = {
+                "code": "lease_expired",
+                "message": "the worker holding this partition stopped renewing its lease",
+                "attempt": row["attempts"],
+            }
+            target = P.PENDING if retry else P.FAILED
+            changed = mine.update(
+                state=target,
+                fence=F("fence") + 1,
+                error=error,
+                due_at=now,
+                lease_owner="",
+                lease_expires_at=None,
+            )
+        if changed:
+            count_moves(row["stage_id"], {"running": -1, COUNTER[target]: 1})
+            if target != P.PENDING:
+                after_partition_change(row["stage_id"])
+        return bool(changed)
 
 
 def _recover_expired(row: dict[str, Any], contexts: dict[int, RunContext]) -> Any:

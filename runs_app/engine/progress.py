@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -17,6 +17,7 @@ from hxo_site.audit import audit
 from runs_app import hashing, notifications
 from runs_app.engine import wakeups
 from runs_app.engine.claims import COUNTER, count_moves
+from runs_app.engine.deadlocks import retrying
 from runs_app.engine.receipts import stage_merkle_root
 from runs_app.models import (
     Partition,
@@ -82,11 +83,21 @@ def stop_pending(stage_pk: int) -> tuple[int, int]:
     At most CANCEL_BATCH are cancelled in the caller's transaction (`_stop_bounded`): more
     would hold SQLite's write lock for seconds, as a 100,000-partition abort did. The rest
     are left to a worker, the stage marked stopped so nothing of it is claimed meanwhile."""
-    waiting = Partition.objects.filter(
-        stage_id=stage_pk, state=P.PENDING, attempts__gt=0, error__isnull=False
+    # The caller holds the stage's row (its counters moved): partitions another transaction
+    # holds (a claim in flight) are skipped, never waited for (engine.deadlocks); a skipped
+    # one is left to `_stop_bounded`'s worker.
+    waiting = locked_pks(
+        Partition.objects.filter(
+            stage_id=stage_pk, state=P.PENDING, attempts__gt=0, error__isnull=False
+        ),
+        skip_locked=True,
     )
-    failed = waiting.update(
-        state=P.FAILED, fence=F("fence") + 1, lease_owner="", lease_expires_at=None
+    failed = (
+        Partition.objects.filter(pk__in=waiting, state=P.PENDING).update(
+            state=P.FAILED, fence=F("fence") + 1, lease_owner="", lease_expires_at=None
+        )
+        if waiting
+        else 0
     )
     if failed:
         count_moves(stage_pk, {"pending": -failed, "failed": failed})
@@ -97,13 +108,16 @@ def _stop_bounded(stage_pk: int) -> int:
     """Cancel the stage's pending partitions if they fit one batch (CANCEL_BATCH); else mark
     the stage stopped (`RunStage.stopped_at`: `claims.claim_batch` skips it from this
     transaction on), cancel one batch, and have a worker cancel the rest after the commit
-    (`finish_stop`). Returns how many were cancelled here."""
-    ids = list(
-        Partition.objects.filter(stage_id=stage_pk, state=P.PENDING)
-        .order_by("pk")
-        .values_list("pk", flat=True)[: CANCEL_BATCH + 1]
-    )
-    if len(ids) > CANCEL_BATCH:
+    (`finish_stop`). Returns how many were cancelled here.
+
+    Called holding the stage's row, so partitions another transaction holds are skipped
+    (`locked_pks(skip_locked=True)`), never waited for: waiting there deadlocked with a claim
+    in flight, which holds its partitions and then wants the stage row (engine.deadlocks).
+    A skipped one also stops the stage: the worker cancels it once the claim has let go."""
+    pending = Partition.objects.filter(stage_id=stage_pk, state=P.PENDING)
+    ids = locked_pks(pending, skip_locked=True, limit=CANCEL_BATCH + 1)
+    skipped = len(ids) <= CANCEL_BATCH and pending.exclude(pk__in=ids).exists()
+    if len(ids) > CANCEL_BATCH or skipped:
         if RunStage.objects.filter(pk=stage_pk, stopped_at__isnull=True).update(
             stopped_at=timezone.now()
         ):
@@ -120,17 +134,13 @@ def finish_stop(stage_pk: int, *, batch: int | None = None) -> bool:
     dependency failed) ends `cancelled`; then the run advances. Idempotent, and called again
     by the reconciler after a crash (`stopped_unfinished`). Returns whether the stage ended."""
     batch = batch or CANCEL_BATCH
-    while True:
-        with transaction.atomic():
-            ids = list(
-                Partition.objects.filter(stage_id=stage_pk, state=P.PENDING)
-                .order_by("pk")
-                .values_list("pk", flat=True)[:batch]
-            )
-            if ids:
-                cancel_partitions(Partition.objects.filter(pk__in=ids))
-        if len(ids) < batch:
-            break
+    pending = Partition.objects.filter(stage_id=stage_pk, state=P.PENDING)
+    while _cancel_batch(pending, batch, what=f"stopping stage {stage_pk}") == batch:
+        pass
+    return retrying(lambda: _end_stopped(stage_pk), what=f"ending stopped stage {stage_pk}")
+
+
+def _end_stopped(stage_pk: int) -> bool:
     with transaction.atomic():
         stage = RunStage.objects.select_for_update().defer("manifest").get(pk=stage_pk)
         if stage.state == StageState.PENDING:
@@ -141,6 +151,20 @@ def finish_stop(stage_pk: int, *, batch: int | None = None) -> bool:
             return stage.state in STAGE_TERMINAL
         advance_run(stage.run_id)
         return True
+
+
+def _cancel_batch(qs: Any, batch: int, *, what: str) -> int:
+    """One transaction cancelling the first `batch` partitions of `qs` by key (retried on a
+    deadlock, engine.deadlocks); returns how many keys it found (a full batch: call again)."""
+
+    def body() -> int:
+        with transaction.atomic():
+            ids = list(qs.order_by("pk").values_list("pk", flat=True)[:batch])
+            if ids:
+                cancel_partitions(Partition.objects.filter(pk__in=ids))
+            return len(ids)
+
+    return retrying(body, what=what)
 
 
 def stopped_unfinished() -> list[int]:
@@ -160,24 +184,47 @@ def _cancel_stage(stage: RunStage) -> None:
     RunStage.objects.filter(pk=stage.pk).update(merkle_root=stage_merkle_root(stage))
 
 
-def cancel_partitions(qs: Any) -> int:
-    """Cancel pending (and fence out running) partitions, keeping counters exact."""
-    total = 0
-    for state in sorted(PARTITION_ACTIVE):
-        # order_by() clears Partition.Meta.ordering, which DISTINCT would otherwise select
-        # too: one row (and one UPDATE) per partition instead of one per stage.
-        rows = list(qs.filter(state=state).values_list("stage_id").order_by().distinct())
-        for (stage_pk,) in rows:
-            n = qs.filter(state=state, stage_id=stage_pk).update(
-                state=P.CANCELLED,
-                fence=F("fence") + 1,
-                lease_owner="",
-                lease_expires_at=None,
-                finished_at=timezone.now(),
-            )
-            count_moves(stage_pk, {COUNTER[state]: -n, "cancelled": n})
-            total += n
-    return total
+def locked_pks(qs: Any, *, skip_locked: bool = False, limit: int | None = None) -> list[int]:
+    """Primary keys of the partitions in `qs`, in key order, their rows locked FOR UPDATE
+    until the transaction ends (PostgreSQL; SQLite's one writer needs no row locks). With
+    `skip_locked`, rows another transaction holds are left out instead of waited for: what a
+    caller that already holds a stage row must do, since the engine's lock order puts
+    partitions before stages (engine.deadlocks). At most `limit` keys."""
+    qs = qs.order_by("pk")
+    if connection.features.has_select_for_update:
+        qs = qs.select_for_update(skip_locked=skip_locked, of=("self",))
+    keys = qs.values_list("pk", flat=True)
+    return list(keys[:limit] if limit is not None else keys)
+
+
+def cancel_partitions(qs: Any, *, skip_locked: bool = False) -> int:
+    """Cancel the pending (and fence out the running) partitions of `qs`, keeping counters
+    exact; returns how many. Every row is locked first, in key order, then updated, then the
+    stage counters move in stage order: the engine's lock order (engine.deadlocks), so this
+    never waits on a stage row while holding some partitions another transaction wants.
+    `skip_locked`: see `locked_pks`."""
+    qs = qs.filter(state__in=PARTITION_ACTIVE)
+    if connection.features.has_select_for_update:
+        qs = qs.select_for_update(skip_locked=skip_locked, of=("self",))
+    groups: dict[tuple[str, int], list[int]] = {}
+    for pk, state, stage_pk in qs.order_by("pk").values_list("pk", "state", "stage_id"):
+        groups.setdefault((state, stage_pk), []).append(pk)
+    moves: dict[int, dict[str, int]] = {}
+    now = timezone.now()
+    for (state, stage_pk), pks in groups.items():
+        n = Partition.objects.filter(pk__in=pks, state=state).update(
+            state=P.CANCELLED,
+            fence=F("fence") + 1,
+            lease_owner="",
+            lease_expires_at=None,
+            finished_at=now,
+        )
+        stage_moves = moves.setdefault(stage_pk, {"cancelled": 0})
+        stage_moves[COUNTER[state]] = stage_moves.get(COUNTER[state], 0) - n
+        stage_moves["cancelled"] += n
+    for stage_pk in sorted(moves):
+        count_moves(stage_pk, moves[stage_pk])
+    return sum(m["cancelled"] for m in moves.values())
 
 
 # Rows one transaction of an abort, or of stopping a stage, cancels: a 100,000-partition
@@ -192,34 +239,33 @@ def finish_abort(run_id: int, *, batch: int | None = None, max_batches: int | No
     """Cancel the active partitions of an aborted run in transactions of at most `batch`
     rows, then cancel its unfinished stages.
 
-    The run is already `aborted` (services.run_abort moved it, and fenced out its running
-    partitions, in the request's own transaction), so no claim takes a pending partition in
-    between (claims.claim_batch claims only for running runs). Called again after a crash by
+    The run is already `aborted` (services.run_abort moved it, then fenced out its running
+    partitions), so no claim takes a pending partition in between (claims.claim_batch claims
+    only for running runs, and re-checks the state last). Called again after a crash by
     the reconciler (`aborted_unfinished`): it picks up where it stopped. Counters move in the
     same transaction as their partitions, as everywhere. `batch` defaults to CANCEL_BATCH.
 
     With `max_batches`, stops after that many transactions; returns whether the abort is
     complete (every partition and stage ended)."""
     batch = batch or CANCEL_BATCH
+    active = Partition.objects.filter(run_id=run_id, state__in=PARTITION_ACTIVE)
     done = 0
     while True:
-        with transaction.atomic():
-            ids = list(
-                Partition.objects.filter(run_id=run_id, state__in=PARTITION_ACTIVE)
-                .order_by("pk")
-                .values_list("pk", flat=True)[:batch]
-            )
-            if ids:
-                cancel_partitions(Partition.objects.filter(pk__in=ids))
+        found = _cancel_batch(active, batch, what=f"aborting run {run_id}")
         done += 1
-        if len(ids) < batch:
+        if found < batch:
             break  # that was the last of them: end the stages now, in this call
         if max_batches is not None and done >= max_batches:
             return False
-    with transaction.atomic():
-        for stage in RunStage.objects.filter(run_id=run_id).exclude(state__in=STAGE_TERMINAL):
-            move_stage(stage, StageState.CANCELLED)
+    retrying(lambda: _cancel_stages(run_id), what=f"ending the stages of aborted run {run_id}")
     return True
+
+
+def _cancel_stages(run_id: int) -> None:
+    with transaction.atomic():
+        stages = RunStage.objects.filter(run_id=run_id).exclude(state__in=STAGE_TERMINAL)
+        for stage in stages.order_by("pk"):
+            move_stage(stage, StageState.CANCELLED)
 
 
 def aborted_unfinished() -> list[int]:
