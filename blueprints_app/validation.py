@@ -325,12 +325,15 @@ def validate_stage(
     kinds: Mapping[str, JobKind] | None = None,
     path: str = "stage",
     scanned: bool = False,
+    memo: dict[Any, Any] | None = None,
 ) -> ValidationResult:
     """The contract's four stage rules, the params schema and the safety rules for one stage.
 
     `user` is whoever would submit: when given, a non-idempotent stage without their
     `hxo:force-merge` is an error. `kinds` lets a plan load the registry once; `scanned` says
-    the plan around it was already checked for NUL characters and nesting.
+    the plan around it was already checked for NUL characters and nesting; `memo` (a dict the
+    caller keeps for one pass over `kinds`) remembers what the registry says of each (kind,
+    partitioner, executor), which every stage of that pair shares.
     """
     result = ValidationResult()
     if not isinstance(stage, dict):
@@ -419,7 +422,14 @@ def validate_stage(
     if kind is not None and not result.errors_at(f"{path}.partitioner") + result.errors_at(
         f"{path}.executor"
     ):
-        for field, code, message in compat.stage_issues(kind, partitioner, executor):
+        # A registry-level fact: the same for every stage of the plan with this kind and pair.
+        key = (id(kind), partitioner, executor)
+        issues = None if memo is None else memo.get(key)
+        if issues is None:
+            issues = compat.stage_issues(kind, partitioner, executor)
+            if memo is not None:
+                memo[key] = issues
+        for field, code, message in issues:
             result.error(f"{path}.{field}", code, message)
 
     # Params against the partitioner's declared schema.
@@ -578,11 +588,14 @@ def validate_plan(
         return result
 
     kinds = kinds_at(pinned_versions, load_kinds()) if pinned_versions else load_kinds()
+    memo: dict[Any, Any] = {}
     seen: dict[str, int] = {}
     graph: dict[str, list[str]] = {}
     for i, stage in enumerate(stages):
         path = f"stages[{i}]"
-        result.extend(validate_stage(stage, user=user, kinds=kinds, path=path, scanned=True))
+        result.extend(
+            validate_stage(stage, user=user, kinds=kinds, path=path, scanned=True, memo=memo)
+        )
         if not isinstance(stage, dict) or not isinstance(stage.get("id"), str):
             continue
         sid = stage["id"]

@@ -234,6 +234,32 @@ def test_a_stage_of_a_stored_kind_that_cannot_run_is_invalid_at_validate(api_cli
     ]
 
 
+def test_every_stage_of_a_plan_with_that_pair_gets_the_refusal_at_its_own_path(
+    api_client_for, operator
+):
+    """validate_plan remembers the registry's answer per (kind, partitioner, executor) for
+    one pass: the second and third stages of the same pair get it too, under their paths."""
+    JobKind.objects.filter(kind="deploy.pack").update(
+        partitioners=["by_filesize", "by_module", "by_sql_batch"]
+    )
+    stage = {
+        "kind": "deploy.pack",
+        "partitioner": "by_sql_batch",
+        "executor": "pack_backend",
+        "params": {"target": "demo", "statements": ["UPDATE t SET a = 1 WHERE id = 1"]},
+    }
+    plan = {"name": "p", "stages": [{**stage, "id": f"s{i}"} for i in range(3)]}
+
+    body = api_client_for(operator).post("/api/v1/validate/", {"plan": plan}, format="json").json()
+
+    refused = [
+        (e["path"], e["message"]) for e in body["errors"] if e["code"] == codes.INPUT_NOT_PRODUCED
+    ]
+    per_stage = [sorted(m for p, m in refused if p == f"stages[{i}].partitioner") for i in range(3)]
+    assert per_stage[0] and per_stage[0] == per_stage[1] == per_stage[2]
+    assert len(refused) == 3 * len(per_stage[0])
+
+
 # --- Refusals through the admin --------------------------------------------------------------
 
 
