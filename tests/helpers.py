@@ -88,3 +88,14 @@ def cancelled_rows_per_statement() -> Iterator[list[int]]:
 
     with connection.execute_wrapper(record):
         yield seen
+
+
+def lock_waiters() -> int:
+    """PostgreSQL sessions of this database waiting for a lock now (`pg_stat_activity`): what
+    a test of lock order waits for before it closes a would-be cycle."""
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return int(cur.fetchone()[0])

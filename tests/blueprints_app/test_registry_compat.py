@@ -9,6 +9,7 @@ import io
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.core.management import call_command
@@ -211,19 +212,24 @@ def test_api_refuses_duplicate_keys_and_non_finite_numbers(api, text, code, path
     assert unchanged(before)
 
 
-def test_a_stage_of_a_stored_kind_that_cannot_run_is_invalid_at_validate(api_client_for, operator):
-    """A kind stored before these checks (written past the service) still cannot pass a
-    stage that would fail at its dry-run."""
+def store_pack_with_sql_batch() -> dict[str, Any]:
+    """Store deploy.pack allowing by_sql_batch past the service (as a kind stored before
+    these checks could), and return a stage (no id) naming that pair."""
     JobKind.objects.filter(kind="deploy.pack").update(
         partitioners=["by_filesize", "by_module", "by_sql_batch"]
     )
-    stage = {
-        "id": "s",
+    return {
         "kind": "deploy.pack",
         "partitioner": "by_sql_batch",
         "executor": "pack_backend",
         "params": {"target": "demo", "statements": ["UPDATE t SET a = 1 WHERE id = 1"]},
     }
+
+
+def test_a_stage_of_a_stored_kind_that_cannot_run_is_invalid_at_validate(api_client_for, operator):
+    """A kind stored before these checks (written past the service) still cannot pass a
+    stage that would fail at its dry-run."""
+    stage = {"id": "s", **store_pack_with_sql_batch()}
 
     result = api_client_for(operator).post("/api/v1/validate/", {"stage": stage}, format="json")
 
@@ -239,15 +245,7 @@ def test_every_stage_of_a_plan_with_that_pair_gets_the_refusal_at_its_own_path(
 ):
     """validate_plan remembers the registry's answer per (kind, partitioner, executor) for
     one pass: the second and third stages of the same pair get it too, under their paths."""
-    JobKind.objects.filter(kind="deploy.pack").update(
-        partitioners=["by_filesize", "by_module", "by_sql_batch"]
-    )
-    stage = {
-        "kind": "deploy.pack",
-        "partitioner": "by_sql_batch",
-        "executor": "pack_backend",
-        "params": {"target": "demo", "statements": ["UPDATE t SET a = 1 WHERE id = 1"]},
-    }
+    stage = store_pack_with_sql_batch()
     plan = {"name": "p", "stages": [{**stage, "id": f"s{i}"} for i in range(3)]}
 
     body = api_client_for(operator).post("/api/v1/validate/", {"plan": plan}, format="json").json()

@@ -15,7 +15,7 @@ from django.utils import timezone
 from runs_app import services, tasks
 from runs_app.engine import claims, progress
 from runs_app.models import Partition, PartitionState, Run, RunStage, RunState, StageState
-from tests.helpers import cancelled_rows_per_statement, partitioned
+from tests.helpers import cancelled_rows_per_statement, lock_waiters, partitioned
 from tests.runs_app.cluster import wait_for
 from tests.runs_app.testkinds import TEST_KIND_NOAPPROVAL, effect_files, stage
 
@@ -131,7 +131,7 @@ def test_an_abort_never_deadlocks_with_a_claim_in_flight(test_kinds, operator, t
                 # What _claim has written before its run stamp: the stage's counters.
                 claims.count_moves(stage_a.pk, {"pending": -1, "running": 1})
                 holding.set()
-                wait_for(lambda: _waiting_on_a_lock() > 0, "the abort to wait", timeout=30)
+                wait_for(lambda: lock_waiters() > 0, "the abort to wait", timeout=30)
                 outcome["stamped"] = Run.objects.filter(pk=run.pk, state=RunState.RUNNING).update(
                     last_claim_at=timezone.now()
                 )
@@ -161,12 +161,3 @@ def test_an_abort_never_deadlocks_with_a_claim_in_flight(test_kinds, operator, t
 
 class _TakeBack(Exception):
     pass
-
-
-def _waiting_on_a_lock() -> int:
-    with connection.cursor() as cur:
-        cur.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        )
-        return int(cur.fetchone()[0])

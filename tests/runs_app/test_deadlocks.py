@@ -21,7 +21,7 @@ from django.db import connection, connections, transaction
 from runs_app import services, tasks
 from runs_app.engine import claims, deadlocks
 from runs_app.models import Partition, PartitionState, RunStage, StageState
-from tests.helpers import partitioned
+from tests.helpers import lock_waiters, partitioned
 from tests.runs_app.cluster import wait_for
 from tests.runs_app.testkinds import TEST_KIND_NOAPPROVAL, stage
 
@@ -32,15 +32,6 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.postgres]
 def postgresql_only() -> None:
     if connection.vendor != "postgresql":
         pytest.skip("row locks and deadlocks: PostgreSQL only (SQLite serialises writers)")
-
-
-def waiting_on_a_lock() -> int:
-    with connection.cursor() as cur:
-        cur.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        )
-        return int(cur.fetchone()[0])
 
 
 def test_a_transaction_failed_as_a_deadlock_runs_again(caplog) -> None:
@@ -137,7 +128,7 @@ def test_a_failure_over_budget_with_a_claim_in_flight_stops_the_stage_without_de
                 list(Partition.objects.select_for_update().filter(pk__in=in_flight))
                 holding.set()
                 wait_for(
-                    lambda: drained.is_set() or waiting_on_a_lock() > 0,
+                    lambda: drained.is_set() or lock_waiters() > 0,
                     "the drainer to finish or to wait",
                     timeout=60,
                 )
