@@ -45,7 +45,7 @@ from runs_app.models import (
     RunStage,
     RunState,
 )
-from runs_app.models.engine import PARTITION_ACTIVE, PARTITION_REDO
+from runs_app.models.engine import PARTITION_REDO
 from runs_app.transitions import move_run
 
 BULK = 2000
@@ -771,46 +771,42 @@ def run_abort(*, run: Run, actor: Any, client_ip: str | None = None) -> Run:
     """Stop new claims and cancel pending partitions; running ones are fenced out and stop at
     their next heartbeat.
 
-    Three steps, each its own transaction: the run moves to `aborted` under its row lock (no
-    claim commits after it: `claims._stamp_run` claims only for a running run); then its
-    running partitions are fenced out; then pending ones are cancelled in bounded batches
-    (`progress.finish_abort`: the first here, the rest by a worker). The run's lock is let go
-    before any partition or stage row is written: the engine locks partitions, then stages,
-    then the run (claims and completions), and an abort that held the run while it cancelled
-    deadlocked with a claim on PostgreSQL (503 `database_busy`). A crash between the steps
-    leaves an aborted run with active partitions, which the reconciler finishes
-    (`progress.aborted_unfinished`).
+    One transaction fences out the running partitions (at most the run's concurrency), then
+    locks the run's row and moves it to `aborted`, in the engine's lock order: partitions,
+    stage counters, then the run (engine.deadlocks; an abort that locked the run first
+    deadlocked with claims on PostgreSQL, 503 `database_busy`). No claim commits after it
+    (`claims._stamp_run` claims only for a running run), and no running executor records an
+    outcome after it (fenced). Pending partitions are then cancelled in bounded batches
+    (`progress.finish_abort`: the first here, the rest by a worker; after a crash, the
+    reconciler, `progress.aborted_unfinished`).
 
     Refusals (`policies.may_abort`): 403 without hxo:abort, 409 `invalid_state` for a finished
-    run. Audited as `run.abort` with the partitions it cancels."""
-    # Refused before the lock when it can be (no capability, already finished), and asked
-    # again under it: the state the abort moves from is the locked one.
+    run (asked again under the lock: the fencing is then rolled back with it). Audited as
+    `run.abort` with the partitions it cancels."""
     policies.may_abort(actor, run).enforce()
-    with transaction.atomic():
-        locked = Run.objects.select_for_update().get(pk=run.pk)
-        policies.may_abort(actor, locked).enforce()
-        before = locked.state
-        # A paused run aborts as any other (move_run ends its pause interval).
-        move_run(locked, RunState.ABORTED)
-        active = Partition.objects.filter(run=locked, state__in=PARTITION_ACTIVE).count()
-        audit(
-            actor=actor,
-            action="run.abort",
-            obj=locked,
-            client_ip=client_ip,
-            before={"state": before},
-            after={"state": locked.state},
-            detail={"cancelled_partitions": active},
-        )
-    # Running partitions are fenced out at once (at most the run's concurrency); pending ones
-    # in bounded transactions: no claim takes them, the run is no longer running.
-    running = Partition.objects.filter(run=locked, state=PartitionState.RUNNING)
+    running = Partition.objects.filter(run_id=run.pk, state=PartitionState.RUNNING)
 
-    def fence_out() -> None:
+    def abort() -> Run:
         with transaction.atomic():
-            progress.cancel_partitions(running)
+            fenced = progress.cancel_partitions(running)
+            locked = Run.objects.select_for_update().get(pk=run.pk)
+            policies.may_abort(actor, locked).enforce()
+            before = locked.state
+            # A paused run aborts as any other (move_run ends its pause interval).
+            move_run(locked, RunState.ABORTED)
+            pending = Partition.objects.filter(run=locked, state=PartitionState.PENDING)
+            audit(
+                actor=actor,
+                action="run.abort",
+                obj=locked,
+                client_ip=client_ip,
+                before={"state": before},
+                after={"state": locked.state},
+                detail={"cancelled_partitions": fenced + pending.count()},
+            )
+            return locked
 
-    retrying(fence_out, what=f"fencing out the running partitions of run {locked.pk}")
+    locked = retrying(abort, what=f"aborting run {run.pk}")
     # One bounded batch here (a run of up to 2,000 partitions ends in this request); a larger
     # one is finished by a worker, so the request answers at once.
     if not progress.finish_abort(locked.pk, max_batches=1):

@@ -248,7 +248,14 @@ def _claim(run_id: int, owner: str, limit: int) -> list[Claim]:
     for c in claims:
         per_stage[c.stage_pk] = per_stage.get(c.stage_pk, 0) + 1
     for stage_pk in sorted(per_stage):  # stage rows in key order (engine.deadlocks)
-        count_moves(stage_pk, {"pending": -per_stage[stage_pk], "running": per_stage[stage_pk]})
+        n = per_stage[stage_pk]
+        # A compare-and-swap like the run's: a stage stopped (over its failure budget) after
+        # this claim read it takes the claim back; `progress.finish_stop` cancels the rest.
+        moved = RunStage.objects.filter(pk=stage_pk, stopped_at__isnull=True).update(
+            pending=F("pending") - n, running=F("running") + n
+        )
+        if not moved:
+            raise _Refused
     _stamp_run(run_id, now, throttle)
     return claims
 

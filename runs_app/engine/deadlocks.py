@@ -19,7 +19,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from django.db import OperationalError, connection
 
@@ -62,3 +62,16 @@ def retrying(transaction_body: Callable[[], T], *, what: str, attempts: int = AT
             log.warning("%s: %s; trying again (%d of %d)", what, exc, attempt + 1, attempts)
             time.sleep(pause)
     raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def locked_pks(qs: Any, *, skip_locked: bool = False, limit: int | None = None) -> list[int]:
+    """Primary keys of the partitions in `qs`, in key order, their rows locked FOR UPDATE
+    until the transaction ends (PostgreSQL; SQLite's one writer needs no row locks). With
+    `skip_locked`, rows another transaction holds are left out instead of waited for: what a
+    caller that already holds a stage row must do, since the engine's lock order puts
+    partitions before stages. At most `limit` keys."""
+    qs = qs.order_by("pk")
+    if connection.features.has_select_for_update:
+        qs = qs.select_for_update(skip_locked=skip_locked, of=("self",))
+    keys = qs.values_list("pk", flat=True)
+    return list(keys[:limit] if limit is not None else keys)

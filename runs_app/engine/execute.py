@@ -35,7 +35,7 @@ from blueprints_app.validation import schema_validator
 from hxo_site import codes
 from runs_app.engine import health, logs
 from runs_app.engine.claims import COUNTER, TABLE, Claim, count_moves, prep_dt, prep_json
-from runs_app.engine.deadlocks import retrying
+from runs_app.engine.deadlocks import locked_pks, retrying
 from runs_app.engine.errors import PartitionTimeout, RunAborted
 from runs_app.engine.heartbeat import Heartbeat, check_fence
 from runs_app.engine.progress import after_partition_change
@@ -428,6 +428,9 @@ def record_outcomes(outcomes: list[Outcome]) -> None:
 def _record(todo: list[Outcome]) -> None:
     now = timezone.now()
     with transaction.atomic():
+        # Every row first, in key order (engine.deadlocks): the writes below go successes
+        # first, then failures, which is not key order.
+        locked_pks(Partition.objects.filter(pk__in=[o.claim.partition_id for o in todo]))
         moves: dict[int, dict[str, int]] = {}
         finals: set[int] = set()
         written: set[int] = set()

@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from blueprints_app.registry import LeaseLost
 from runs_app.engine.claims import Claim, lease_delta
+from runs_app.engine.deadlocks import locked_pks, retrying
 from runs_app.engine.errors import PartitionTimeout, RunAborted
 from runs_app.models import Partition, PartitionState, Run, RunState
 
@@ -105,8 +106,12 @@ class Heartbeat:
         try:
             while not self._stop.wait(min(TICK_S, self.interval_s)):
                 if time.monotonic() - last_renew >= self.interval_s:
-                    self.renew()
-                    last_renew = time.monotonic()
+                    try:
+                        self.renew()
+                        last_renew = time.monotonic()
+                    except Exception:  # tried again next tick: a stopped heartbeat loses
+                        # every lease this drainer holds, and its partitions run twice
+                        log.exception("heartbeat of %s: renewing leases failed", self.owner)
                 try:
                     self.watch()
                 except Exception:  # a failed look must not stop the lease renewals
@@ -128,11 +133,20 @@ class Heartbeat:
             ]
         if not ids:
             return
-        with transaction.atomic():
-            Partition.objects.filter(pk__in=ids, lease_owner=self.owner, state=P.RUNNING).update(
-                lease_expires_at=timezone.now() + lease_delta()
-            )
-            self._note_gone(ids)
+
+        def body() -> None:
+            with transaction.atomic():
+                # Locked in key order before the UPDATE, which would lock in its plan's order
+                # (engine.deadlocks): completions and cancels lock the same rows.
+                mine = locked_pks(
+                    Partition.objects.filter(pk__in=ids, lease_owner=self.owner, state=P.RUNNING)
+                )
+                Partition.objects.filter(pk__in=mine).update(
+                    lease_expires_at=timezone.now() + lease_delta()
+                )
+                self._note_gone(ids)
+
+        retrying(body, what=f"renewing the leases of {self.owner}")
 
     def _note_gone(self, ids: list[int]) -> None:
         """Record which of `ids` this drainer no longer holds (lost leases), and whether the

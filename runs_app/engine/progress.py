@@ -17,7 +17,7 @@ from hxo_site.audit import audit
 from runs_app import hashing, notifications
 from runs_app.engine import wakeups
 from runs_app.engine.claims import COUNTER, count_moves
-from runs_app.engine.deadlocks import retrying
+from runs_app.engine.deadlocks import locked_pks, retrying
 from runs_app.engine.receipts import stage_merkle_root
 from runs_app.models import (
     Partition,
@@ -111,8 +111,8 @@ def _stop_bounded(stage_pk: int) -> int:
     (`finish_stop`). Returns how many were cancelled here.
 
     Called holding the stage's row, so partitions another transaction holds are skipped
-    (`locked_pks(skip_locked=True)`), never waited for: waiting there deadlocked with a claim
-    in flight, which holds its partitions and then wants the stage row (engine.deadlocks).
+    (`deadlocks.locked_pks(skip_locked=True)`), never waited for: waiting there deadlocked
+    with a claim in flight, which holds its partitions and then wants the stage row.
     A skipped one also stops the stage: the worker cancels it once the claim has let go."""
     pending = Partition.objects.filter(stage_id=stage_pk, state=P.PENDING)
     ids = locked_pks(pending, skip_locked=True, limit=CANCEL_BATCH + 1)
@@ -184,25 +184,12 @@ def _cancel_stage(stage: RunStage) -> None:
     RunStage.objects.filter(pk=stage.pk).update(merkle_root=stage_merkle_root(stage))
 
 
-def locked_pks(qs: Any, *, skip_locked: bool = False, limit: int | None = None) -> list[int]:
-    """Primary keys of the partitions in `qs`, in key order, their rows locked FOR UPDATE
-    until the transaction ends (PostgreSQL; SQLite's one writer needs no row locks). With
-    `skip_locked`, rows another transaction holds are left out instead of waited for: what a
-    caller that already holds a stage row must do, since the engine's lock order puts
-    partitions before stages (engine.deadlocks). At most `limit` keys."""
-    qs = qs.order_by("pk")
-    if connection.features.has_select_for_update:
-        qs = qs.select_for_update(skip_locked=skip_locked, of=("self",))
-    keys = qs.values_list("pk", flat=True)
-    return list(keys[:limit] if limit is not None else keys)
-
-
 def cancel_partitions(qs: Any, *, skip_locked: bool = False) -> int:
     """Cancel the pending (and fence out the running) partitions of `qs`, keeping counters
     exact; returns how many. Every row is locked first, in key order, then updated, then the
     stage counters move in stage order: the engine's lock order (engine.deadlocks), so this
     never waits on a stage row while holding some partitions another transaction wants.
-    `skip_locked`: see `locked_pks`."""
+    `skip_locked`: see `deadlocks.locked_pks`."""
     qs = qs.filter(state__in=PARTITION_ACTIVE)
     if connection.features.has_select_for_update:
         qs = qs.select_for_update(skip_locked=skip_locked, of=("self",))

@@ -14,7 +14,15 @@ from django.utils import timezone
 
 from runs_app import services, tasks
 from runs_app.engine import claims, progress
-from runs_app.models import Partition, PartitionState, Run, RunStage, RunState, StageState
+from runs_app.models import (
+    ClaimLog,
+    Partition,
+    PartitionState,
+    Run,
+    RunStage,
+    RunState,
+    StageState,
+)
 from tests.helpers import cancelled_rows_per_statement, lock_waiters, partitioned
 from tests.runs_app.cluster import wait_for
 from tests.runs_app.testkinds import TEST_KIND_NOAPPROVAL, effect_files, stage
@@ -115,8 +123,7 @@ def test_an_abort_never_deadlocks_with_a_claim_in_flight(test_kinds, operator, t
     """A claim holds its partitions and its stage's counters and stamps the run last (the
     engine's lock order); an abort that held the run's row while it cancelled waited on the
     stage the claim held while the claim waited on the run: PostgreSQL broke the deadlock by
-    failing one of them (the API answered 503 `database_busy`). Now both finish, and the
-    claim, which read the run before the abort committed, is taken back."""
+    failing one of them (the API answered 503 `database_busy`). Now both finish."""
     if connection.vendor != "postgresql":
         pytest.skip("row locks: PostgreSQL only (SQLite serialises writers)")
     run = started(operator, tmp_path)
@@ -152,7 +159,10 @@ def test_an_abort_never_deadlocks_with_a_claim_in_flight(test_kinds, operator, t
     thread.join(10)
 
     assert "claim_error" not in outcome, outcome
-    assert outcome["stamped"] == 0  # the abort committed first: the claim is taken back
+    # The abort locks partitions, then stage rows, then the run, as claims do: it waited for
+    # the claim's stage row, and the claim stamped the run it had not locked yet (the claim
+    # is ordered before the abort). Before, each waited for the other.
+    assert outcome["stamped"] == 1
     assert aborted.state == RunState.ABORTED
     assert not Partition.objects.filter(run=run, state=PartitionState.RUNNING).exists()
     a = RunStage.objects.get(pk=stage_a.pk)
@@ -161,3 +171,28 @@ def test_an_abort_never_deadlocks_with_a_claim_in_flight(test_kinds, operator, t
 
 class _TakeBack(Exception):
     pass
+
+
+def test_a_claim_that_read_a_stage_before_it_stopped_is_taken_back(
+    test_kinds, operator, tmp_path, monkeypatch
+) -> None:
+    """A claim reads which stages are claimable, then moves their counters: a stage stopped
+    in between (over its failure budget, its pending partitions being cancelled) refuses the
+    claim at its counters (a compare-and-swap on `stopped_at`), as the run refuses a claim
+    after a pause or an abort."""
+    run = started(operator, tmp_path)
+    a = RunStage.objects.get(run=run, stage_id="a")
+    # The claim's read, taken before the stop committed: the stage is still claimable.
+    monkeypatch.setattr(
+        claims,
+        "claimable",
+        lambda run_id: Partition.objects.filter(run_id=run_id, ready=True, state="pending"),
+    )
+    RunStage.objects.filter(pk=a.pk).update(stopped_at=timezone.now())
+
+    assert claims.claim_batch(run.pk, "worker-1", limit=5) == []
+
+    a.refresh_from_db()
+    assert (a.pending, a.running) == (ITEMS, 0)
+    assert not Partition.objects.filter(run=run, state=PartitionState.RUNNING).exists()
+    assert not ClaimLog.objects.filter(partition__run=run).exists()
