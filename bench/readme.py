@@ -46,6 +46,9 @@ def mark(g: dict[str, Any] | None) -> str:
     if g is None:
         return ""
     sign = {"met": "✅", "missed": "❌", "not_judged": "not judged"}[g["status"]]
+    if g["status"] == "missed" and "profile" in g:
+        # A miss links the profile of where its time goes (bench/run.py PROFILES).
+        sign = f"[{sign}]({g['profile']})"
     return f"{g['target'].replace('>=', '≥').replace('<=', '≤')} {sign}"
 
 

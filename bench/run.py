@@ -196,6 +196,26 @@ TIMED_IN: dict[str, str | tuple[str, ...]] = {
 }
 
 
+# Where the time of each timed goal goes: the profile a missed figure is explained by
+# (issue 16: "met false with the measured figure and the profile that explains it").
+PROFILES: dict[str, str] = {
+    "pack_django_vs_tar": "bench/profiles/pack.md",
+    "assets_fontawesome_vs_sha256sum": "bench/profiles/assets.md",
+    "assets_django_vs_sha256sum": "bench/profiles/assets.md",
+    "prime_caches_django_vs_compileall": "bench/profiles/prime.md",
+    "warm_registry_django_vs_ast_parse": "bench/profiles/prime.md",
+    "docs_index_django_vs_docutils": "bench/profiles/docs.md",
+    "hxo_vs_raw_django_q2": "bench/profiles/orchestration.md",
+    "hxo_share_of_floor": "bench/profiles/orchestration.md",
+    "planning_100k_vs_bulk_create": "bench/profiles/planning.md",
+    "hxo_vs_raw_django_q2_scaled": "bench/profiles/orchestration.md",
+    "hxo_vs_celery_scaled": "bench/profiles/orchestration.md",
+    "run_start_p95_ms": "bench/profiles/engine.md",
+    "live_validation_p95_ms_50_stages": "bench/profiles/validation.md",
+    "docs_search_p95_ms": "bench/profiles/docs.md",
+}
+
+
 def goals(results: dict[str, Any], judge_under_load: bool = False) -> dict[str, Any]:
     """Every goal of the bench, judged on this run's figures (real workloads for executors).
 
@@ -203,6 +223,9 @@ def goals(results: dict[str, Any], judge_under_load: bool = False) -> dict[str, 
     machine's CPU (`others_cpu_share`, written by `section`) is not_judged, its figure kept,
     unless `judge_under_load` (`--judge-under-load`)."""
     out = _judge(results)
+    for name, note in PROFILES.items():
+        if name in out:
+            out[name]["profile"] = note
     if judge_under_load:
         return out
     for name, key in TIMED_IN.items():
@@ -431,6 +454,8 @@ def table(results: dict[str, Any]) -> str:
         value = g["value"]
         shown = f"{value:.3g}" if isinstance(value, float) else str(value)
         why = f" ({g['why']})" if "why" in g else ""
+        if g["status"] == "missed" and "profile" in g:
+            why += f": see {g['profile']}"
         lines.append(f"  {name:<36} {shown:>8} (goal {g['target']}): {mark}{why}")
     return "\n".join(lines)
 

@@ -231,9 +231,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--memory-partitions", type=int, default=0)
     args = parser.parse_args()
-    # Production settings for what is measured: DEBUG keeps the SQL of every query.
-    os.environ["DEBUG"] = "0"
-    setup_django()
+    setup_django()  # DEBUG off, as in production
     from django.test import Client
 
     user = bench_user()

@@ -1071,10 +1071,10 @@ def _create_replay(run: Run, parts: Any, actor: Any, client_ip: str | None) -> R
                 if not batch:
                     break
                 partitioning.insert_partitions(
+                    child.pk,
                     [
-                        Partition(
-                            run=child,
-                            stage=new_stage_by_old[p.stage_id],
+                        partitioning.NewPartition(
+                            stage_pk=new_stage_by_old[p.stage_id].pk,
                             index=p.index,
                             wave=p.wave,
                             inputs=p.inputs,
@@ -1085,7 +1085,7 @@ def _create_replay(run: Run, parts: Any, actor: Any, client_ip: str | None) -> R
                             non_idempotent=p.non_idempotent,
                         )
                         for p in batch
-                    ]
+                    ],
                 )
                 last_pk = batch[-1].pk
         with transaction.atomic():

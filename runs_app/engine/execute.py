@@ -447,28 +447,8 @@ def _record(todo: list[Outcome]) -> None:
         # partition whose effect it stands on.
         successes = [o for o in todo if o.state in PARTITION_DONE]
         if successes:
-            sql = (
-                f"UPDATE {TABLE} SET state = %s, output = %s, preview = %s, error = NULL,"
-                " reused_from_id = %s, finished_at = %s, duration_ms = %s, lease_owner = '',"
-                " lease_expires_at = NULL WHERE id = %s AND fence = %s AND state = %s"
-            )
-            finished = prep_dt(now)
-            params = [
-                (
-                    o.state,
-                    prep_json("output", o.output),
-                    prep_json("preview", o.preview),
-                    o.reused_from,
-                    finished,
-                    o.duration_ms,
-                    o.claim.partition_id,
-                    o.claim.fence,
-                    P.RUNNING,
-                )
-                for o in successes
-            ]
             with connection.cursor() as cur:
-                cur.executemany(sql, params)
+                _write_successes(cur, successes, prep_dt(now))
                 all_changed = cur.rowcount == len(successes)
             if all_changed:
                 for o in successes:
@@ -529,6 +509,57 @@ def _record(todo: list[Outcome]) -> None:
         )
         for stage_pk in finals:
             after_partition_change(stage_pk)
+
+
+def _write_successes(cur: Any, successes: list[Outcome], finished: Any) -> None:
+    """The fenced completion of every successful outcome: state, output, preview, where it
+    was reused from, times; each row only where it still holds this claim's fence and is
+    running (the cursor's rowcount says how many did). On PostgreSQL one UPDATE joins the
+    batch as arrays (`unnest`): psycopg's executemany sends one statement per row, a round
+    trip each (bench/profiles/orchestration.md); SQLite's runs in-process."""
+    if connection.vendor == "postgresql":
+        cur.execute(
+            f"UPDATE {TABLE} AS p SET state = v.state, output = v.output,"
+            " preview = v.preview, error = NULL, reused_from_id = v.reused_from,"
+            " finished_at = %s, duration_ms = v.duration_ms, lease_owner = '',"
+            " lease_expires_at = NULL"
+            " FROM unnest(%s::bigint[], %s::bigint[], %s::varchar[], %s::varchar[],"
+            " %s::jsonb[], %s::jsonb[], %s::bigint[], %s::integer[])"
+            " AS v(id, fence, was, state, output, preview, reused_from, duration_ms)"
+            # `was` (running) is a column, not a constant: see claims._claim on the plan.
+            " WHERE p.id = v.id AND p.fence = v.fence AND p.state = v.was",
+            [
+                finished,
+                [o.claim.partition_id for o in successes],
+                [o.claim.fence for o in successes],
+                [P.RUNNING] * len(successes),
+                [o.state for o in successes],
+                [prep_json("output", o.output) for o in successes],
+                [prep_json("preview", o.preview) for o in successes],
+                [o.reused_from for o in successes],
+                [o.duration_ms for o in successes],
+            ],
+        )
+        return
+    cur.executemany(
+        f"UPDATE {TABLE} SET state = %s, output = %s, preview = %s, error = NULL,"
+        " reused_from_id = %s, finished_at = %s, duration_ms = %s, lease_owner = '',"
+        " lease_expires_at = NULL WHERE id = %s AND fence = %s AND state = %s",
+        [
+            (
+                o.state,
+                prep_json("output", o.output),
+                prep_json("preview", o.preview),
+                o.reused_from,
+                finished,
+                o.duration_ms,
+                o.claim.partition_id,
+                o.claim.fence,
+                P.RUNNING,
+            )
+            for o in successes
+        ],
+    )
 
 
 def expire_leases(*, run_id: int | None = None, limit: int = 1000) -> int:

@@ -20,12 +20,13 @@ under its row lock; a worker that lost the lease or whose run was aborted writes
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -135,15 +136,44 @@ def _stage_row(run: Run, rs: ResolvedStage, executors_idempotent: dict[str, bool
     )
 
 
-def _rows(
-    run_id: int, resolved: ResolvedManifest, stages: dict[str, RunStage]
-) -> Iterator[Partition]:
+@dataclass(frozen=True, slots=True)
+class NewPartition:
+    """One partition row to insert: the fields a partitioner or a replay decides. Every
+    other column gets its model default (`state` pending, `fence` 0, `due_at` now, ...)."""
+
+    stage_pk: int
+    index: int
+    wave: int
+    inputs: Any
+    fingerprints: dict[str, str]
+    label: str
+    weight: int
+    content_id: str
+    non_idempotent: bool
+    ready: bool = False  # released by progress.start_stage once the run is running
+
+
+# NewPartition's fields, in order, as Partition's column attributes.
+_DECIDED = (
+    "stage_id",
+    "index",
+    "wave",
+    "inputs",
+    "fingerprints",
+    "label",
+    "weight",
+    "content_id",
+    "non_idempotent",
+    "ready",
+)
+
+
+def _rows(resolved: ResolvedManifest, stages: dict[str, RunStage]) -> Iterator[NewPartition]:
     for rs in resolved.stages:
         stage = stages[rs.stage_id]
         for i, spec in enumerate(rs.specs):
-            yield Partition(
-                run_id=run_id,
-                stage=stage,
+            yield NewPartition(
+                stage_pk=stage.pk,
                 index=i,
                 wave=spec.wave,
                 inputs=spec.inputs,
@@ -152,19 +182,94 @@ def _rows(
                 weight=spec.weight,
                 content_id=rs.content_ids[i],
                 non_idempotent=stage.non_idempotent,
-                ready=False,  # released by progress.start_stage once the run is running
             )
 
 
-def insert_partitions(rows: list[Partition]) -> None:
-    """Insert `rows` (at most BATCH: call it once per transaction) and add them to their
-    stages' `total` and `pending` counters in the same transaction."""
-    Partition.objects.bulk_create(rows, batch_size=BATCH)
+def _insert_statement() -> tuple[str, list[Any]]:
+    """The INSERT of one partition row, and each column's source: a NewPartition field name
+    (str), or a value prepared once for the batch (the column's model default, `run_id`
+    added per call). Built from the model, so a column added to Partition with a default
+    needs nothing here; one without a default and not nullable fails loudly."""
+    columns: list[str] = []
+    sources: list[Any] = []
+    for field in Partition._meta.concrete_fields:
+        if field.primary_key:
+            continue
+        columns.append(connection.ops.quote_name(field.column))
+        if field.attname == "run_id" or field.attname in _DECIDED:
+            sources.append(field.attname)
+        elif field.has_default():
+            sources.append(_Prepared(field.get_db_prep_save(field.get_default(), connection)))
+        elif field.null:
+            sources.append(_Prepared(None))
+        else:  # pragma: no cover - a schema change this function must learn about
+            raise TypeError(f"Partition.{field.attname} has no default: insert_partitions")
+    table = connection.ops.quote_name(Partition._meta.db_table)
+    marks = ", ".join(["%s"] * len(columns))
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", sources
+
+
+def _copy(cursor: Any, insert_sql: str, params: list[tuple[Any, ...]]) -> None:
+    """PostgreSQL: the rows through `COPY ... FROM STDIN` (psycopg 3's `Cursor.copy`), the
+    database's bulk-load path: one statement for the batch instead of one bind and execute
+    per row, which costs 5x more here (bench/profiles/planning.md)."""
+    head = insert_sql[len("INSERT INTO ") : insert_sql.index(" VALUES")]
+    with cursor.copy(f"COPY {head} FROM STDIN") as copy:
+        for row in params:
+            copy.write_row(row)
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    value: Any
+
+
+def insert_partitions(run_id: int, rows: Iterable[NewPartition]) -> int:
+    """Insert `rows` (at most BATCH: call it once per transaction) as partitions of run
+    `run_id`, and add them to their stages' `total` and `pending` counters in the same
+    transaction. Returns the rows inserted.
+
+    One `executemany` of a prepared INSERT instead of `bulk_create`: Django's compiler
+    prepares every one of the model's 24 columns of every row (and SQLite's 999-parameter
+    limit cuts the batch into 41-row statements), which was most of a 100,000-partition
+    planning's time (bench/profiles/planning.md). Here the two JSON columns go through the
+    field's own `get_db_prep_save` (so PostgreSQL gets jsonb, SQLite JSON text, exactly as
+    the ORM writes them), the decided scalars are passed as they are, and every other column
+    gets its model default, prepared once per batch (`due_at`: one `now` for the batch).
+    """
+    sql, sources = _insert_statement()
+    fields = {f: Partition._meta.get_field(f) for f in ("inputs", "fingerprints")}
+    prep_inputs = fields["inputs"].get_db_prep_save
+    prep_fingerprints = fields["fingerprints"].get_db_prep_save
+    params: list[tuple[Any, ...]] = []
     added: dict[int, int] = {}
     for row in rows:
-        added[row.stage.pk] = added.get(row.stage.pk, 0) + 1
+        decided = {
+            "run_id": run_id,
+            "stage_id": row.stage_pk,
+            "index": row.index,
+            "wave": row.wave,
+            "inputs": prep_inputs(row.inputs, connection),
+            "fingerprints": prep_fingerprints(row.fingerprints, connection),
+            "label": row.label,
+            "weight": row.weight,
+            "content_id": row.content_id,
+            "non_idempotent": row.non_idempotent,
+            "ready": row.ready,
+        }
+        params.append(
+            tuple(src.value if isinstance(src, _Prepared) else decided[src] for src in sources)
+        )
+        added[row.stage_pk] = added.get(row.stage_pk, 0) + 1
+    if params:
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                _copy(cursor.cursor, sql, params)
+            else:
+                cursor.executemany(sql, params)
     for stage_pk, n in added.items():
         RunStage.objects.filter(pk=stage_pk).update(total=F("total") + n, pending=F("pending") + n)
+    return len(params)
 
 
 def write_manifest(
@@ -189,8 +294,8 @@ def write_manifest(
             stage.save()
             stages[rs.stage_id] = stage
         Run.objects.filter(pk=run_id).update(partition_total=resolved.partition_count)
-    rows = _rows(run_id, resolved, stages)
-    batch: list[Partition] = []
+    rows = _rows(resolved, stages)
+    batch: list[NewPartition] = []
     last = False
     while not last:
         batch = []
@@ -204,7 +309,7 @@ def write_manifest(
         with transaction.atomic():
             run = _fenced(run_id, owner)
             if batch:
-                insert_partitions(batch)
+                insert_partitions(run_id, batch)
             if last:
                 Run.objects.filter(pk=run_id).update(digest=resolved.digest)
                 run.digest = resolved.digest

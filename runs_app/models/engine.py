@@ -362,8 +362,16 @@ class RunStage(models.Model):
 
 
 class Partition(models.Model):
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="partitions")
-    stage = models.ForeignKey(RunStage, on_delete=models.CASCADE, related_name="partitions")
+    # No single-column indexes on `run` and `stage`: the composite indexes below start with
+    # them and serve every lookup by either alone. Each index is written again by every
+    # non-HOT update (a claim and a completion change `state`, which is indexed), so a
+    # redundant one costs every partition's claim and completion, not only its insert.
+    run = models.ForeignKey(
+        Run, on_delete=models.CASCADE, related_name="partitions", db_index=False
+    )
+    stage = models.ForeignKey(
+        RunStage, on_delete=models.CASCADE, related_name="partitions", db_index=False
+    )
     index = models.PositiveIntegerField()
     wave = models.IntegerField(default=0)
     # Claimable only when its stage runs and its wave has been reached.
@@ -372,7 +380,9 @@ class Partition(models.Model):
     fingerprints = models.JSONField(default=dict)
     label = models.CharField(max_length=300, blank=True, default="")
     weight = models.BigIntegerField(default=0)
-    content_id = models.CharField(max_length=64, db_index=True)
+    # Indexed in Meta (equality only: reuse looks content ids up), not by db_index, which on
+    # PostgreSQL also builds a `varchar_pattern_ops` index for LIKE that nothing queries.
+    content_id = models.CharField(max_length=64)
     non_idempotent = models.BooleanField(default=False)
     state = models.CharField(
         max_length=20, choices=PartitionState.choices, default=PartitionState.PENDING
@@ -409,6 +419,8 @@ class Partition(models.Model):
             # Partition table filters.
             models.Index(fields=["run", "stage", "state", "index"], name="partition_filter"),
             models.Index(fields=["stage", "wave", "state"], name="partition_wave"),
+            # Reuse: an earlier partition with the same content id (engine.execute).
+            models.Index(fields=["content_id"], name="partition_content_id"),
         ]
 
     def __str__(self) -> str:

@@ -38,9 +38,10 @@ services.REPLAY_LEASE = timedelta(seconds=2)
 partitioning.BATCH = 500
 insert = partitioning.insert_partitions
 
-def slow_insert(rows):
-    insert(rows)
+def slow_insert(run_id, rows):
+    written = insert(run_id, rows)
     time.sleep(0.3)
+    return written
 
 partitioning.insert_partitions = slow_insert
 services.run_replay(run=Run.objects.get(pk={run}), actor=get_user_model().objects.get(pk={user}))

@@ -75,8 +75,8 @@ def test_batches_are_bounded_and_nothing_is_claimable_before_the_last(
     seen: list[dict[str, Any]] = []
     original = partitioning.insert_partitions
 
-    def watching(rows: list[Partition]) -> None:
-        original(rows)
+    def watching(run_id: int, rows: list[partitioning.NewPartition]) -> int:
+        written = original(run_id, rows)
         current = Run.objects.get(pk=run.pk)
         stages = list(RunStage.objects.filter(run=run))
         seen.append(
@@ -89,6 +89,7 @@ def test_batches_are_bounded_and_nothing_is_claimable_before_the_last(
             }
         )
         pages.append(client.get(f"/runs/{run.pk}/progress/").content.decode())
+        return written
 
     monkeypatch.setattr(partitioning, "insert_partitions", watching)
     partitioned = services.run_partition(run_id=run.pk)
@@ -117,11 +118,11 @@ def test_a_crash_mid_partitioning_is_rescued_and_each_partition_is_written_once(
     original = partitioning.insert_partitions
     calls = {"n": 0}
 
-    def dying(rows: list[Partition]) -> None:
+    def dying(run_id: int, rows: list[partitioning.NewPartition]) -> int:
         calls["n"] += 1
         if calls["n"] == 3:
             raise SystemExit("worker killed")  # not an Exception: nothing catches it
-        original(rows)
+        return original(run_id, rows)
 
     monkeypatch.setattr(partitioning, "insert_partitions", dying)
     # A killed worker never releases its lease: it expires.
@@ -224,11 +225,12 @@ def test_an_abort_while_partitioning_stops_the_worker(
     original = partitioning.insert_partitions
     calls = {"n": 0}
 
-    def aborting(rows: list[Partition]) -> None:
-        original(rows)
+    def aborting(run_id: int, rows: list[partitioning.NewPartition]) -> int:
+        written = original(run_id, rows)
         calls["n"] += 1
         if calls["n"] == 2:
             services.run_abort(run=Run.objects.get(pk=run.pk), actor=operator)
+        return written
 
     monkeypatch.setattr(partitioning, "insert_partitions", aborting)
     assert services.run_partition(run_id=run.pk) is None
@@ -239,3 +241,63 @@ def test_an_abort_while_partitioning_stops_the_worker(
     assert not Partition.objects.filter(run=run, ready=True).exists()
     assert tasks.drain(run.pk, budget_s=1)["partitions"] == 0
     assert effects(tmp_path, "a") == []
+
+
+# Values an ORM write and insert_partitions must store alike: nested JSON with non-ASCII
+# text, quotes and nulls, a label with SQL metacharacters, a weight past 32 bits.
+ODD_INPUTS = {
+    "path": "docs/Ünïcode ' \" ; -- 文件.txt",
+    "nested": {"list": [1, 2.5, None, True, "x"], "empty": {}},
+    "n": 2**40,
+}
+
+
+def test_insert_partitions_writes_every_column_as_the_orm_would(
+    test_kinds, tmp_path: Path, operator
+) -> None:
+    """insert_partitions bypasses bulk_create's compiler (one executemany): each column it
+    writes must read back through the ORM exactly as a `Partition.objects.create` of the
+    same values does, JSON lookups included, on SQLite and PostgreSQL."""
+    plan = plan_of(operator, stage("a", tmp_path, items=1, kind=TEST_KIND_NOAPPROVAL))
+    run = drain(services.run_apply(plan=plan, actor=operator))
+    stage_row = run.run_stages.get()
+    decided = {
+        "wave": 3,
+        "inputs": ODD_INPUTS,
+        "fingerprints": {"docs/Ünïcode.txt": "ab" * 32},
+        "label": "label ' \" ; DROP TABLE x; --",
+        "weight": 2**40 + 7,
+        "content_id": "c" * 64,
+        "non_idempotent": True,
+    }
+    before = timezone.now()
+    written = partitioning.insert_partitions(
+        run.pk,
+        [partitioning.NewPartition(stage_pk=stage_row.pk, index=100, **decided)],
+    )
+    after = timezone.now()
+    by_orm = Partition.objects.create(run=run, stage=stage_row, index=101, **decided)
+
+    assert written == 1
+    ours = Partition.objects.get(stage=stage_row, index=100)
+    theirs = Partition.objects.get(pk=by_orm.pk)
+    skip = {"id", "index", "due_at"}
+    for field in Partition._meta.concrete_fields:
+        if field.attname not in skip:
+            assert getattr(ours, field.attname) == getattr(theirs, field.attname), field.name
+    assert ours.inputs == ODD_INPUTS and ours.state == "pending" and ours.fence == 0
+    assert not ours.ready and ours.attempts == 0 and ours.output is None
+    assert before <= ours.due_at <= after
+    # Stored as JSON the database can query, not as a string of it.
+    found = Partition.objects.filter(stage=stage_row, inputs__nested__empty={})
+    assert sorted(found.values_list("index", flat=True)) == [100, 101]
+    assert Partition.objects.filter(stage=stage_row, inputs__n=2**40).count() == 2
+    stage_row.refresh_from_db()
+    assert (stage_row.total, stage_row.pending) == (1 + 1, 0 + 1)  # the ORM's row is uncounted
+
+
+def test_insert_partitions_of_nothing_writes_nothing(test_kinds, tmp_path: Path, operator) -> None:
+    plan = plan_of(operator, stage("a", tmp_path, items=1, kind=TEST_KIND_NOAPPROVAL))
+    run = drain(services.run_apply(plan=plan, actor=operator))
+    assert partitioning.insert_partitions(run.pk, []) == 0
+    assert Partition.objects.filter(run=run).count() == 1
