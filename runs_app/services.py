@@ -1088,6 +1088,7 @@ def _create_replay(run: Run, parts: Any, actor: Any, client_ip: str | None) -> R
                     ],
                 )
                 last_pk = batch[-1].pk
+        partitioning.refresh_statistics(total)  # before its partitions become claimable
         with transaction.atomic():
             _renew_replay_lease(child.pk, owner)
             Lease.objects.filter(name=replay_lease_name(child.pk)).delete()

@@ -272,6 +272,29 @@ def insert_partitions(run_id: int, rows: Iterable[NewPartition]) -> int:
     return len(params)
 
 
+# Rows written by one run (or replay) from which PostgreSQL's statistics of the partition
+# table are refreshed before its partitions become claimable.
+ANALYZE_AT = BATCH
+
+
+def refresh_statistics(rows_written: int) -> bool:
+    """PostgreSQL: `ANALYZE` the partition table once a run has written `rows_written` ≥
+    ANALYZE_AT new rows, outside any transaction; True when it ran.
+
+    Why: until autovacuum gets to it (up to a minute, and only past 10% of the table
+    changed), the planner's statistics predate the new pending rows. A statement that
+    filters on `state` and a list of ids, as cancelling, stopping and reading claims back
+    do, then takes the state index and scans every pending row of the table: measured
+    165 ms instead of 2 ms for 2,000 ids (bench/profiles/orchestration.md). ANALYZE samples
+    a bounded number of rows (300 times `default_statistics_target`), about a tenth of a second,
+    and takes a lock that blocks no reader or writer. SQLite plans without statistics."""
+    if connection.vendor != "postgresql" or rows_written < ANALYZE_AT:
+        return False
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {connection.ops.quote_name(Partition._meta.db_table)}")
+    return True
+
+
 def write_manifest(
     run_id: int, resolved: ResolvedManifest, owner: str, executors_idempotent: dict[str, bool]
 ) -> Run:
@@ -306,6 +329,9 @@ def write_manifest(
         # The generator is exhausted when it gave fewer than BATCH rows; an exact multiple
         # ends with one empty batch, which is the switch alone.
         last = len(batch) < BATCH
+        if last:
+            # Before the switch that wakes drainers: their claims are planned on these.
+            refresh_statistics(resolved.partition_count - len(batch))
         with transaction.atomic():
             run = _fenced(run_id, owner)
             if batch:

@@ -60,3 +60,50 @@ def test_a_batch_costs_postgresql_the_same_statements_whatever_its_size(
     # statement anywhere would make these grow with ITEMS instead.
     assert updates <= 2 * batches + 5, executed
     assert inserts <= batches + 1, executed
+
+
+def reltuples() -> float:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT reltuples FROM pg_class WHERE oid = %s::regclass",
+            [Partition._meta.db_table],
+        )
+        return cursor.fetchone()[0]
+
+
+def test_a_large_partitioning_refreshes_the_planners_statistics_before_claims(
+    test_kinds, tmp_path: Path, operator
+) -> None:
+    """Statistics that predate a run's pending rows make the planner scan every pending row
+    for a statement on a list of ids (165 ms instead of 2 ms measured): a run that writes
+    ANALYZE_AT rows or more analyzes the table before its partitions become claimable."""
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's planner statistics; SQLite plans without them")
+    from runs_app.engine import partitioning
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {Partition._meta.db_table}")
+    before = reltuples()
+    items = partitioning.ANALYZE_AT + 500
+    plan = services.plan_create(
+        actor=operator,
+        document={
+            "name": "p",
+            "stages": [stage("a", tmp_path, items=items, kind=TEST_KIND_NOAPPROVAL)],
+        },
+    )
+    run = partitioned(services.run_apply(plan=plan, actor=operator))
+
+    assert Partition.objects.filter(run=run).count() == items
+    # Analyzed before the last batch: all but it are counted (small tables are read whole).
+    assert reltuples() >= max(before, 0) + items - partitioning.BATCH
+    small = services.plan_create(
+        actor=operator,
+        document={
+            "name": "q",
+            "stages": [stage("b", tmp_path, items=10, kind=TEST_KIND_NOAPPROVAL)],
+        },
+    )
+    counted = reltuples()
+    partitioned(services.run_apply(plan=small, actor=operator))
+    assert reltuples() == counted  # below ANALYZE_AT: left to autovacuum
