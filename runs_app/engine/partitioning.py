@@ -20,13 +20,14 @@ under its row lock; a worker that lost the lease or whose run was aborted writes
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -35,6 +36,8 @@ from runs_app.engine import progress
 from runs_app.manifest import ResolvedManifest, ResolvedStage
 from runs_app.models import Lease, Partition, Run, RunStage, RunState
 from runs_app.transitions import move_run
+
+logger = logging.getLogger(__name__)
 
 # Rows per transaction: ~2,000 partition rows take tens of milliseconds to insert on SQLite,
 # so no other writer waits longer than that for the database lock.
@@ -214,7 +217,10 @@ def _copy(cursor: Any, insert_sql: str, params: list[tuple[Any, ...]]) -> None:
     database's bulk-load path: one statement for the batch instead of one bind and execute
     per row, which costs 5x more here (bench/profiles/planning.md)."""
     head = insert_sql[len("INSERT INTO ") : insert_sql.index(" VALUES")]
-    with cursor.copy(f"COPY {head} FROM STDIN") as copy:
+    # The raw psycopg cursor skips Django's error translation: restore it, so a failure is
+    # a django.db IntegrityError or OperationalError (what `deadlocks.retrying` and every
+    # `except` around the writes expect) and the connection knows an error occurred.
+    with connection.wrap_database_errors, cursor.copy(f"COPY {head} FROM STDIN") as copy:
         for row in params:
             copy.write_row(row)
 
@@ -229,7 +235,8 @@ def insert_partitions(run_id: int, rows: Iterable[NewPartition]) -> int:
     `run_id`, and add them to their stages' `total` and `pending` counters in the same
     transaction. Returns the rows inserted.
 
-    One `executemany` of a prepared INSERT instead of `bulk_create`: Django's compiler
+    One prepared INSERT per batch instead of `bulk_create` (SQLite: `executemany`;
+    PostgreSQL: `COPY`, see `_copy`): Django's compiler
     prepares every one of the model's 24 columns of every row (and SQLite's 999-parameter
     limit cuts the batch into 41-row statements), which was most of a 100,000-partition
     planning's time (bench/profiles/planning.md). Here the two JSON columns go through the
@@ -290,8 +297,16 @@ def refresh_statistics(rows_written: int) -> bool:
     and takes a lock that blocks no reader or writer. SQLite plans without statistics."""
     if connection.vendor != "postgresql" or rows_written < ANALYZE_AT:
         return False
-    with connection.cursor() as cursor:
-        cursor.execute(f"ANALYZE {connection.ops.quote_name(Partition._meta.db_table)}")
+    # Best effort: statistics are an optimisation and must never fail or stall a run.
+    # SKIP_LOCKED: ANALYZE's lock conflicts with another ANALYZE and with (auto)vacuum of
+    # the table, so it would wait behind them; then autovacuum's statistics will do.
+    table = connection.ops.quote_name(Partition._meta.db_table)
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(f"ANALYZE (SKIP_LOCKED) {table}")
+    except DatabaseError:
+        logger.warning("ANALYZE of %s failed; planner statistics left to autovacuum", table)
+        return False
     return True
 
 

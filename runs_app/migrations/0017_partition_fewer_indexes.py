@@ -8,8 +8,10 @@ that nothing queries. Every non-HOT update (each claim and completion changes th
 completion as well as its insert (bench/profiles/planning.md).
 
 The fields change in Django's state only; the database drops just those indexes, found by
-introspection. Letting AlterField do it would rebuild the whole partition table three times
-on SQLite (a table remake per altered field).
+introspection, and renames content_id's plain index to the new name. Letting AlterField
+and AddIndex do it would rebuild the whole partition table three times on SQLite (a table
+remake per altered field) and, on PostgreSQL, rebuild the content_id index while holding
+the table's exclusive lock.
 """
 
 import django.db.models.deletion
@@ -18,25 +20,41 @@ from django.db import migrations, models
 TABLE = "runs_app_partition"
 
 
+INDEX = "partition_content_id"
+
+
 def drop_single_column_indexes(apps, schema_editor) -> None:
+    """Drop the run_id and stage_id indexes and content_id's LIKE twin; keep content_id's
+    plain index under its new name. On PostgreSQL that is a rename (a catalog change), not
+    a drop and a rebuild: a DROP INDEX holds the table's exclusive lock until the
+    migration commits, so rebuilding would stop every claim and page for the whole build."""
     connection = schema_editor.connection
+    quote = schema_editor.quote_name
     with connection.cursor() as cursor:
         constraints = connection.introspection.get_constraints(cursor, TABLE)
+    kept = False
     for name, info in constraints.items():
-        if (
-            info["index"]
-            and not info["unique"]
-            and not info["primary_key"]
-            and info["columns"] in (["run_id"], ["stage_id"], ["content_id"])
+        if not info["index"] or info["unique"] or info["primary_key"]:
+            continue
+        if info["columns"] in (["run_id"], ["stage_id"]) or (
+            info["columns"] == ["content_id"] and (kept or name.endswith("_like"))
         ):
-            schema_editor.execute(f"DROP INDEX IF EXISTS {schema_editor.quote_name(name)}")
+            schema_editor.execute(f"DROP INDEX IF EXISTS {quote(name)}")
+        elif info["columns"] == ["content_id"] and connection.vendor == "postgresql":
+            schema_editor.execute(f"ALTER INDEX {quote(name)} RENAME TO {quote(INDEX)}")
+            kept = True
+        elif info["columns"] == ["content_id"]:  # SQLite has no ALTER INDEX: built below
+            schema_editor.execute(f"DROP INDEX IF EXISTS {quote(name)}")
+    if not kept:
+        schema_editor.execute(f"CREATE INDEX {quote(INDEX)} ON {quote(TABLE)} (content_id)")
 
 
 def create_single_column_indexes(apps, schema_editor) -> None:
+    quote = schema_editor.quote_name
+    schema_editor.execute(f"DROP INDEX IF EXISTS {quote(INDEX)}")
     for column in ("run_id", "stage_id", "content_id"):
-        name = schema_editor.quote_name(f"{TABLE}_{column}_single")
-        table = schema_editor.quote_name(TABLE)
-        schema_editor.execute(f"CREATE INDEX {name} ON {table} ({column})")
+        name = quote(f"{TABLE}_{column}_single")
+        schema_editor.execute(f"CREATE INDEX {name} ON {quote(TABLE)} ({column})")
 
 
 class Migration(migrations.Migration):
@@ -72,13 +90,13 @@ class Migration(migrations.Migration):
                         to="runs_app.runstage",
                     ),
                 ),
+                migrations.AddIndex(
+                    model_name="partition",
+                    index=models.Index(fields=["content_id"], name=INDEX),
+                ),
             ],
             database_operations=[
                 migrations.RunPython(drop_single_column_indexes, create_single_column_indexes),
             ],
-        ),
-        migrations.AddIndex(
-            model_name="partition",
-            index=models.Index(fields=["content_id"], name="partition_content_id"),
         ),
     ]

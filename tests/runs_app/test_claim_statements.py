@@ -79,10 +79,22 @@ def test_a_large_partitioning_refreshes_the_planners_statistics_before_claims(
     ANALYZE_AT rows or more analyzes the table before its partitions become claimable."""
     if connection.vendor != "postgresql":
         pytest.skip("PostgreSQL's planner statistics; SQLite plans without them")
+    table = Partition._meta.db_table
+    with connection.cursor() as cursor:
+        # Only this code may analyze the table meanwhile: an autoanalyze (the runs below
+        # change far more than its threshold) would move the estimate too.
+        cursor.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+        cursor.execute(f"ANALYZE {table}")
+    try:
+        _partition_and_check(test_kinds, tmp_path, operator)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE {table} RESET (autovacuum_enabled)")
+
+
+def _partition_and_check(test_kinds: Any, tmp_path: Path, operator: Any) -> None:
     from runs_app.engine import partitioning
 
-    with connection.cursor() as cursor:
-        cursor.execute(f"ANALYZE {Partition._meta.db_table}")
     before = reltuples()
     items = partitioning.ANALYZE_AT + 500
     plan = services.plan_create(
@@ -107,3 +119,32 @@ def test_a_large_partitioning_refreshes_the_planners_statistics_before_claims(
     counted = reltuples()
     partitioned(services.run_apply(plan=small, actor=operator))
     assert reltuples() == counted  # below ANALYZE_AT: left to autovacuum
+
+
+def test_refreshing_statistics_never_waits_behind_another_analyze_or_vacuum(
+    test_kinds,
+) -> None:
+    """ANALYZE's lock conflicts with another ANALYZE and with (auto)vacuum: the refresh skips
+    a table it cannot lock at once (SKIP_LOCKED) instead of stalling the run's last batch;
+    a waiting ANALYZE would hit the statement timeout here and come back False."""
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's ANALYZE")
+    from django.db import connections
+
+    from runs_app.engine import partitioning
+
+    other = connections.create_connection("default")
+    try:
+        other.set_autocommit(False)
+        with other.cursor() as cursor:
+            cursor.execute(f"LOCK TABLE {Partition._meta.db_table} IN SHARE UPDATE EXCLUSIVE MODE")
+        with connection.cursor() as cursor:
+            cursor.execute("SET statement_timeout = '5s'")
+        try:
+            assert partitioning.refresh_statistics(partitioning.ANALYZE_AT) is True
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("RESET statement_timeout")
+    finally:
+        other.rollback()
+        other.close()

@@ -255,9 +255,10 @@ ODD_INPUTS = {
 def test_insert_partitions_writes_every_column_as_the_orm_would(
     test_kinds, tmp_path: Path, operator
 ) -> None:
-    """insert_partitions bypasses bulk_create's compiler (one executemany): each column it
-    writes must read back through the ORM exactly as a `Partition.objects.create` of the
-    same values does, JSON lookups included, on SQLite and PostgreSQL."""
+    """insert_partitions bypasses bulk_create's compiler (one prepared INSERT, or COPY):
+    each column it writes must read back through the ORM exactly as a
+    `Partition.objects.create` of the same values does, JSON lookups included, on SQLite
+    and PostgreSQL."""
     plan = plan_of(operator, stage("a", tmp_path, items=1, kind=TEST_KIND_NOAPPROVAL))
     run = drain(services.run_apply(plan=plan, actor=operator))
     stage_row = run.run_stages.get()
@@ -300,4 +301,30 @@ def test_insert_partitions_of_nothing_writes_nothing(test_kinds, tmp_path: Path,
     plan = plan_of(operator, stage("a", tmp_path, items=1, kind=TEST_KIND_NOAPPROVAL))
     run = drain(services.run_apply(plan=plan, actor=operator))
     assert partitioning.insert_partitions(run.pk, []) == 0
+    assert Partition.objects.filter(run=run).count() == 1
+
+
+def test_a_failed_insert_raises_djangos_error_on_every_database(
+    test_kinds, tmp_path: Path, operator
+) -> None:
+    """PostgreSQL's COPY runs on the raw driver cursor: its errors are translated like every
+    other statement's, so callers (`deadlocks.retrying`, `except IntegrityError`) see them."""
+    from django.db import IntegrityError, transaction
+
+    plan = plan_of(operator, stage("a", tmp_path, items=1, kind=TEST_KIND_NOAPPROVAL))
+    run = drain(services.run_apply(plan=plan, actor=operator))
+    stage_row = run.run_stages.get()
+    duplicate = partitioning.NewPartition(
+        stage_pk=stage_row.pk,
+        index=0,  # taken: (stage, index) is unique
+        wave=0,
+        inputs={},
+        fingerprints={},
+        label="",
+        weight=0,
+        content_id="d" * 64,
+        non_idempotent=False,
+    )
+    with pytest.raises(IntegrityError), transaction.atomic():
+        partitioning.insert_partitions(run.pk, [duplicate])
     assert Partition.objects.filter(run=run).count() == 1
