@@ -286,15 +286,17 @@ ANALYZE_AT = BATCH
 
 def refresh_statistics(rows_written: int) -> bool:
     """PostgreSQL: `ANALYZE` the partition table once a run has written `rows_written` ≥
-    ANALYZE_AT new rows, outside any transaction; True when it ran.
+    ANALYZE_AT new rows (in its own transaction, or a savepoint of the caller's); True when
+    it ran, False when not asked to or when it failed (logged, never raised).
 
     Why: until autovacuum gets to it (up to a minute, and only past 10% of the table
     changed), the planner's statistics predate the new pending rows. A statement that
     filters on `state` and a list of ids, as cancelling, stopping and reading claims back
     do, then takes the state index and scans every pending row of the table: measured
     165 ms instead of 2 ms for 2,000 ids (bench/profiles/orchestration.md). ANALYZE samples
-    a bounded number of rows (300 times `default_statistics_target`), about a tenth of a second,
-    and takes a lock that blocks no reader or writer. SQLite plans without statistics."""
+    a bounded number of rows (300 times `default_statistics_target`), about a tenth of a
+    second, and takes a lock that blocks no reader or writer. SQLite plans without
+    statistics."""
     if connection.vendor != "postgresql" or rows_written < ANALYZE_AT:
         return False
     # Best effort: statistics are an optimisation and must never fail or stall a run.
