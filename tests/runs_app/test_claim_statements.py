@@ -21,18 +21,18 @@ pytestmark = pytest.mark.django_db(transaction=True)
 ITEMS = 300
 
 
+def plan_of(operator: Any, tmp_path: Path, name: str, stage_id: str, items: int) -> Any:
+    """A one-stage plan of `items` test partitions that needs no approval."""
+    stage_doc = stage(stage_id, tmp_path, items=items, kind=TEST_KIND_NOAPPROVAL)
+    return services.plan_create(actor=operator, document={"name": name, "stages": [stage_doc]})
+
+
 def test_a_batch_costs_postgresql_the_same_statements_whatever_its_size(
     test_kinds, tmp_path: Path, operator
 ) -> None:
     if connection.vendor != "postgresql":
         pytest.skip("SQLite's executemany runs in-process: no statement per row to save")
-    plan = services.plan_create(
-        actor=operator,
-        document={
-            "name": "p",
-            "stages": [stage("a", tmp_path, items=ITEMS, kind=TEST_KIND_NOAPPROVAL)],
-        },
-    )
+    plan = plan_of(operator, tmp_path, "p", "a", ITEMS)
     run = partitioned(services.run_apply(plan=plan, actor=operator))
     # Rows executed per statement on the partition and claim-log tables, executemany's rows
     # counted one by one (each is a statement the server parses, plans and runs).
@@ -97,25 +97,13 @@ def _partition_and_check(test_kinds: Any, tmp_path: Path, operator: Any) -> None
 
     before = reltuples()
     items = partitioning.ANALYZE_AT + 500
-    plan = services.plan_create(
-        actor=operator,
-        document={
-            "name": "p",
-            "stages": [stage("a", tmp_path, items=items, kind=TEST_KIND_NOAPPROVAL)],
-        },
-    )
+    plan = plan_of(operator, tmp_path, "p", "a", items)
     run = partitioned(services.run_apply(plan=plan, actor=operator))
 
     assert Partition.objects.filter(run=run).count() == items
     # Analyzed before the last batch: all but it are counted (small tables are read whole).
     assert reltuples() >= max(before, 0) + items - partitioning.BATCH
-    small = services.plan_create(
-        actor=operator,
-        document={
-            "name": "q",
-            "stages": [stage("b", tmp_path, items=10, kind=TEST_KIND_NOAPPROVAL)],
-        },
-    )
+    small = plan_of(operator, tmp_path, "q", "b", 10)
     counted = reltuples()
     partitioned(services.run_apply(plan=small, actor=operator))
     assert reltuples() == counted  # below ANALYZE_AT: left to autovacuum
