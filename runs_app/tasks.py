@@ -91,7 +91,9 @@ def drain(run_id: int, budget_s: float | None = None) -> dict[str, Any]:
     """Claim and execute partitions of one run until none is claimable or the budget is spent.
 
     Claims come in batches sized so a batch holds about BATCH_TARGET_S of work: quick
-    partitions share one claim and one completion transaction, slow ones go one at a time.
+    partitions share one claim and one completion transaction, slow ones go one at a time,
+    and a batch of uneven partitions stops where their weights say its time is spent
+    (`claims.BatchSizer`), so one drainer does not take the big ones while another idles.
     Spreading the queue's and the database's per-task cost over many partitions is what makes
     a partition cheap. Waits briefly for retries that fall due within the budget; re-enqueues
     itself when work remains at the end of the budget.
@@ -100,7 +102,7 @@ def drain(run_id: int, budget_s: float | None = None) -> dict[str, Any]:
     deadline = time.monotonic() + budget
     owner = claims.new_owner()
     done = 0
-    batch = 1
+    sizer = claims.BatchSizer(target_s=BATCH_TARGET_S, max_batch=MAX_BATCH)
     try:
         state = Run.objects.filter(pk=run_id).values_list("state", flat=True).first()
         if state == RunState.PARTITIONING:
@@ -116,7 +118,7 @@ def drain(run_id: int, budget_s: float | None = None) -> dict[str, Any]:
                 state = Run.objects.filter(pk=run_id).values_list("state", flat=True).first()
                 if state != RunState.RUNNING:
                     break
-                held = claims.claim_batch(run_id, owner, batch)
+                held = claims.claim_batch(run_id, owner, sizer.count, sizer)
                 if not held:
                     due = claims.next_due(run_id)
                     if due is None:
@@ -133,12 +135,11 @@ def drain(run_id: int, budget_s: float | None = None) -> dict[str, Any]:
                 # stage's counter row behind other hosts' claims, and counting that wait
                 # shrank batches under contention (159 rows per claim at 1 cluster, 10 at 8:
                 # docs/scaling.md), which made more transactions and more contention.
-                per = (time.monotonic() - started) / len(held)
+                sizer.observe(held, time.monotonic() - started)
                 buffer.flush()  # the drainer writes its outcomes; the heartbeat only renews
                 for c in held:
                     hb.release(c.partition_id)
                 done += len(held)
-                batch = max(1, min(MAX_BATCH, int(BATCH_TARGET_S / max(per, 1e-4))))
             else:
                 if claims.has_claimable(run_id):
                     wakeups.enqueue_drainers(run_id, 1)

@@ -46,6 +46,9 @@ class Claim:
     attempt: int
     owner: str
     non_idempotent: bool = False
+    # The partition's weight as its partitioner measured it (bytes, rows, modules...: the
+    # unit is the stage's); what `BatchSizer` spreads a batch's time over.
+    weight: int = 0
 
 
 def new_owner() -> str:
@@ -116,6 +119,68 @@ def _owners_in_run(run_id: int) -> set[str]:
     )
 
 
+@dataclasses.dataclass
+class BatchSizer:
+    """How much a drainer's next claim takes: about `target_s` seconds of executor time.
+
+    Two estimates, both learnt from the drainer's own batches (`observe`):
+    - `count` partitions per claim, from the seconds per partition of the last batch, within
+      `max_batch` (the limit `claim_batch` reads up to). Alone, this sizes partitions of equal
+      cost well (no-op partitions: a few hundred per claim) and uneven ones badly: after two
+      small packages of a `by_module` stage took 20 ms each, one drainer claimed the twelve
+      left, `django.contrib` among them, and the other drainer idled (deploy.prime on Django:
+      1.85 s of executing for 1.5 CPU-s on two workers, bench/profiles/prime.md).
+    - seconds per unit of weight, per stage (`Partition.weight`: bytes, rows, modules, as the
+      stage's partitioner measures it; units differ between stages, so rates are not shared).
+      `fits` cuts the rows `claim_batch` read at the first partition that would take the
+      batch's estimated time past `target_s`. A weighted partition of a stage not yet seen
+      counts as a whole batch: it is claimed first or in the next claim, then its stage has a
+      rate. Weightless partitions cost nothing here (the count bounds them).
+    A small partition's fixed cost makes its stage's rate look high, so the estimate errs
+    toward smaller batches: one more claim transaction, never an idle worker beside a full
+    one. The same idea as GitLab's batched background migrations, which resize their next
+    batch from the last one's duration against a target interval.
+    """
+
+    target_s: float
+    max_batch: int
+    count: int = 1
+    per_weight: dict[int, float] = dataclasses.field(default_factory=dict)
+
+    def fits(self, rows: list[tuple[Any, ...]]) -> int:
+        """How many of `rows` (claim order; (id, fence, non_idempotent, stage pk, weight))
+        the batch takes: at least one."""
+        spent = 0.0
+        for i, (_, _, _, stage_pk, weight) in enumerate(rows):
+            if weight <= 0:
+                continue
+            rate = self.per_weight.get(stage_pk)
+            cost = self.target_s if rate is None else rate * weight
+            if i and spent + cost > self.target_s:
+                return i
+            spent += cost
+        return len(rows)
+
+    def observe(self, held: list[Claim], elapsed_s: float) -> None:
+        """Learn from one executed batch: `held` took `elapsed_s` seconds of executor time
+        (claims and completions left out: they wait on other hosts, docs/scaling.md)."""
+        if not held:
+            return
+        per = elapsed_s / len(held)
+        self.count = max(1, min(self.max_batch, int(self.target_s / max(per, 1e-4))))
+        by_stage: dict[int, int] = {}
+        for c in held:
+            by_stage[c.stage_pk] = by_stage.get(c.stage_pk, 0) + max(c.weight, 0)
+        total = sum(by_stage.values())
+        if total <= 0:
+            return
+        # A mixed batch's time is not split by stage; its overall rate stands for each.
+        rate = elapsed_s / total
+        for stage_pk, weight in by_stage.items():
+            if weight > 0:
+                self.per_weight[stage_pk] = rate
+
+
 class _Refused(Exception):
     """Raised inside a claim's transaction to take its writes back: the run was paused, or
     another drainer claimed within `min_interval_ms`, after this one read the run."""
@@ -163,8 +228,15 @@ class Throttle:
         return self.last_claim_at + self.min_interval
 
 
-def claim_batch(run_id: int, owner: str, limit: int = 1) -> list[Claim]:
+def claim_batch(
+    run_id: int, owner: str, limit: int = 1, sizer: BatchSizer | None = None
+) -> list[Claim]:
     """Claim up to `limit` claimable partitions of the run in one short transaction.
+
+    With a `sizer` (a drainer's `BatchSizer`), the batch also stops before the partition
+    whose estimated time would take it past the sizer's target: the next partitions in claim
+    order are read with their stage and weight, and the batch is their longest prefix that
+    fits (never fewer than one).
 
     The run's live throttle bounds it (`Throttle`, read in the same transaction): a paused
     run claims nothing; at most `concurrency` drainers (the run's `max_concurrency`, within
@@ -177,14 +249,14 @@ def claim_batch(run_id: int, owner: str, limit: int = 1) -> list[Claim]:
     def body() -> list[Claim]:
         try:
             with transaction.atomic():
-                return _claim(run_id, owner, limit)
+                return _claim(run_id, owner, limit, sizer)
         except _Refused:
             return []
 
     return retrying(body, what=f"claiming for run {run_id}")
 
 
-def _claim(run_id: int, owner: str, limit: int) -> list[Claim]:
+def _claim(run_id: int, owner: str, limit: int, sizer: BatchSizer | None) -> list[Claim]:
     # Read inside the transaction: on SQLite its IMMEDIATE lock orders this claim wholly
     # before or after a pause, so `now` is after every write that committed before.
     now = timezone.now()
@@ -204,12 +276,16 @@ def _claim(run_id: int, owner: str, limit: int) -> list[Claim]:
         # Lock the rows we pick and skip rows other workers hold: claimers never wait on
         # each other. SQLite has no row locks: its IMMEDIATE transaction serialises.
         qs = qs.select_for_update(skip_locked=True, of=("self",))
-    rows = list(qs.values_list("id", "fence", "non_idempotent")[:limit])
-    if not rows:
+    read_rows = list(qs.values_list("id", "fence", "non_idempotent", "stage_id", "weight")[:limit])
+    if not read_rows:
         return []
+    if sizer is not None:
+        read_rows = read_rows[: sizer.fits(read_rows)]
     # A non-idempotent partition is claimed alone: one that expires unstarted in a batch
     # would be failed, never retried.
-    rows = rows[:1] if rows[0][2] else [r for r in rows if not r[2]]
+    read_rows = read_rows[:1] if read_rows[0][2] else [r for r in read_rows if not r[2]]
+    rows = [(pk, fence, ni) for pk, fence, ni, _, _ in read_rows]
+    weights = {pk: weight for pk, _, _, _, weight in read_rows}
     # Compare-and-swap on the fences we read (raw SQL: the ORM's query building would
     # cost more than the statement on this hot path). A row another claimer changed
     # since is left alone; the read-back below keeps only what this owner holds.
@@ -253,7 +329,7 @@ def _claim(run_id: int, owner: str, limit: int) -> list[Claim]:
         )
     )
     claims = [
-        Claim(pk, run_id, stage_pk, fence, attempts, owner, non_idempotent)
+        Claim(pk, run_id, stage_pk, fence, attempts, owner, non_idempotent, weights.get(pk, 0))
         for pk, fence, stage_pk, attempts, non_idempotent in held
         if read.get(pk) == fence
     ]
