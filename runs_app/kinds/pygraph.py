@@ -15,17 +15,13 @@ import contextlib
 import dataclasses
 import gc
 import hashlib
-import marshal
-import os
 import re
-import select
-import signal
-import time
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from runs_app.forking import in_two
 from runs_app.workspaces import Workspace, WorkspaceFile, open_regular
 
 # What a module that does not parse is recorded with; RecursionError is what CPython raises for
@@ -552,28 +548,6 @@ def parse_one(
     return found, None, summary
 
 
-# Seconds a parsing child is given beyond four times its parent's own parsing time.
-CHILD_GRACE_S = 10.0
-
-
-def _read_until(fd: int, deadline: float) -> tuple[bytes, bool]:
-    """Everything written to pipe `fd` until its writer closes it (bytes, True), or what
-    arrived by `deadline` (a `time.monotonic()` value) if it is still open then (bytes,
-    False). Closes `fd`."""
-    chunks: list[bytes] = []
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                return b"".join(chunks), False
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                return b"".join(chunks), True
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-
-
 def parse_many(
     jobs: list[tuple[bytes, str, bool, str]],
     feature_version: tuple[int, int] | None = None,
@@ -584,71 +558,14 @@ def parse_many(
 
     Parsing is CPU-bound and holds the GIL, and the partitioning task runs in one worker
     while the other waits for its partitions: a forked child parses the second half (by
-    bytes) and sends its results back through a pipe (`marshal`: lists, tuples, dicts and
-    strings only), while this process parses the first. `multiprocessing` refuses children
-    in django-q's daemonic workers, hence `os.fork`; the child only parses (no database, no
-    imports, no logging) and leaves with `os._exit`. If the child fails for any reason its
-    half is parsed here: the result is the same either way, only slower.
+    bytes) while this process parses the first (`runs_app.forking.in_two`, which also says
+    what happens when the child fails: its half is parsed here, the result is the same).
     """
 
     def serial(part: list[tuple[bytes, str, bool, str]]) -> list[Parsed]:
         return [parse_one(*job, feature_version, summaries) for job in part]
 
-    total = sum(len(job[0]) for job in jobs)
-    if total < PARALLEL_MIN_BYTES or (os.cpu_count() or 1) < 2 or not hasattr(os, "fork"):
-        return serial(jobs)
-    cut, acc = len(jobs), 0
-    for i, job in enumerate(jobs):
-        acc += len(job[0])
-        if acc * 2 >= total:
-            cut = i + 1
-            break
-    mine, theirs = jobs[:cut], jobs[cut:]
-    read_fd, write_fd = os.pipe()
-    try:
-        pid = os.fork()
-    except OSError:
-        os.close(read_fd)
-        os.close(write_fd)
-        return serial(jobs)
-    if pid == 0:  # pragma: no cover (the child; its results are checked by the parent's test)
-        status = 1
-        try:
-            os.close(read_fd)
-            data = marshal.dumps(serial(theirs))
-            with os.fdopen(write_fd, "wb") as out:
-                out.write(data)
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(write_fd)
-    started = time.monotonic()
-    try:
-        first = serial(mine)
-    finally:
-        # The child parses as much as this process did; it is given several times as long
-        # before it is killed and its half parsed here. A child forked from a threaded
-        # process can in principle block on a lock another thread held at the fork: it must
-        # never hang the partitioning task (nor its retries) on the pipe.
-        deadline = time.monotonic() + CHILD_GRACE_S + 4 * (time.monotonic() - started)
-        data, whole = _read_until(read_fd, deadline)
-        if not whole:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        try:
-            _pid, status = os.waitpid(pid, 0)
-        except ChildProcessError:
-            # Reaped by someone else (a SIGCHLD handler): the data alone says if it is whole.
-            status = 0
-        if not whole:
-            status = 1
-    second: list[Parsed] | None = None
-    if status == 0:
-        with contextlib.suppress(ValueError, EOFError, TypeError):
-            second = marshal.loads(data)
-    if not isinstance(second, list) or len(second) != len(theirs):
-        second = serial(theirs)
-    return first + second
+    return in_two(jobs, serial, cost=lambda job: len(job[0]), min_cost=PARALLEL_MIN_BYTES)
 
 
 def discover(ws: Workspace, root_rel: str, files: list[WorkspaceFile]) -> dict[str, ModuleInfo]:

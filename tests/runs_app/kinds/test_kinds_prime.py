@@ -10,6 +10,7 @@ import types
 import pytest
 
 from blueprints_app.registry import EXECUTORS, ComponentError
+from runs_app import forking
 from runs_app.kinds import pygraph
 from runs_app.kinds.prime import registry_get
 from runs_app.models import RegistryEntry
@@ -268,7 +269,7 @@ def test_parsing_on_two_cores_gives_what_parsing_in_one_gives(monkeypatch, summa
     """parse_many forks a child for half the sources (here forced on a small tree): the
     results, failures included, are those of parsing every module in this process."""
     monkeypatch.setattr(pygraph, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(pygraph.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(forking.os, "cpu_count", lambda: 2)
     jobs = _demo_jobs()
 
     both = pygraph.parse_many(jobs, None, summaries)
@@ -287,9 +288,9 @@ def test_a_parsing_child_that_fails_leaves_its_half_to_the_parent(monkeypatch):
         raise ValueError("the child cannot marshal")
 
     monkeypatch.setattr(pygraph, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(pygraph.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(forking.os, "cpu_count", lambda: 2)
     monkeypatch.setattr(
-        pygraph, "marshal", pytypes.SimpleNamespace(dumps=refuse, loads=real_marshal.loads)
+        forking, "marshal", pytypes.SimpleNamespace(dumps=refuse, loads=real_marshal.loads)
     )
     jobs = _demo_jobs()
 
@@ -312,8 +313,8 @@ def test_a_parsing_child_that_hangs_is_killed_and_its_half_parsed_here(monkeypat
         return parse(*args)
 
     monkeypatch.setattr(pygraph, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(pygraph, "CHILD_GRACE_S", 0.5)
-    monkeypatch.setattr(pygraph.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(forking, "CHILD_GRACE_S", 0.5)
+    monkeypatch.setattr(forking.os, "cpu_count", lambda: 2)
     monkeypatch.setattr(pygraph, "parse_one", hang_in_child)
     jobs = _demo_jobs()
 
