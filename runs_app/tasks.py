@@ -49,7 +49,16 @@ def partition(run_id: int) -> dict[str, Any]:
     (`services.run_partition`): the run ends `running` (its drainers woken after the last
     commit) or `failed` with its error. A duplicate or late delivery finds the run held or
     no longer partitioning and does nothing. Never raises: a crash mid-way leaves the run
-    `partitioning`, and the reconciler sends it again (`partitioning.stuck_partitioning`)."""
+    `partitioning`, and the reconciler sends it again (`partitioning.stuck_partitioning`).
+
+    A run left `running` is then drained here too (`drain`, within what is left of the
+    queue's timeout, at most HXO_DRAIN_BUDGET_S): this worker is free and the partitions
+    are claimable now, while a wake-up reaches a worker one broker round trip later (the ORM
+    broker polls every 50 ms), on the critical path of every run. The wake-ups sent stand for
+    the other workers; a drainer over the run's concurrency leaves at once (`drain`).
+    Returns {"run", "state", "partitions"}: the state after partitioning, and how many
+    partitions this task then executed."""
+    started = time.monotonic()
     state = None
     try:
         run = services.run_partition(run_id=run_id)
@@ -58,7 +67,15 @@ def partition(run_id: int) -> dict[str, Any]:
         log.exception("partitioning of run %s stopped", run_id)
     finally:
         close_old_connections()
-    return {"run": run_id, "state": state}
+    done = 0
+    if state == RunState.RUNNING:
+        # Half of what is left of the task's timeout: a drainer stops at its budget, and
+        # the queue must never kill one mid-batch (its leases would hold until they expire).
+        left = settings.HXO_Q_TIMEOUT_S - (time.monotonic() - started)
+        budget = min(float(settings.HXO_DRAIN_BUDGET_S), left / 2)
+        if budget >= 1:
+            done = drain(run_id, budget_s=budget)["partitions"]
+    return {"run": run_id, "state": state, "partitions": done}
 
 
 def finish_abort(run_id: int) -> dict[str, Any]:
@@ -120,6 +137,11 @@ def drain(run_id: int, budget_s: float | None = None) -> dict[str, Any]:
                     break
                 held = claims.claim_batch(run_id, owner, sizer.count, sizer)
                 if not held:
+                    if claims.crowded_out(run_id, owner):
+                        # As many other drainers hold the run's partitions as it allows:
+                        # they claim on to the end (or re-enqueue at their budget), so
+                        # waiting here would only poll the database.
+                        break
                     due = claims.next_due(run_id)
                     if due is None:
                         break

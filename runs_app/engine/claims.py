@@ -147,9 +147,17 @@ class BatchSizer:
     count: int = 1
     per_weight: dict[int, float] = dataclasses.field(default_factory=dict)
 
-    def fits(self, rows: list[tuple[Any, ...]]) -> int:
+    def fits(self, rows: list[tuple[Any, ...]], *, share: int = 1) -> int:
         """How many of `rows` (claim order; (id, fence, non_idempotent, stage pk, weight))
-        the batch takes: at least one."""
+        the batch takes: at least one.
+
+        `share` > 1 when `rows` are all that is left to claim (the read found fewer than
+        its limit): the batch then also takes at most 1/`share` of what is left (by weight,
+        or by count when weightless), so the last partitions are spread over `share`
+        drainers instead of ending in one drainer's batch while the others idle: guided
+        self-scheduling (Polychronopoulos and Kuck, IEEE Trans. Computers 36(12), 1987),
+        which takes ceil(remaining / P) of a loop's iterations per grab."""
+        n = len(rows)
         spent = 0.0
         for i, (_, _, _, stage_pk, weight) in enumerate(rows):
             if weight <= 0:
@@ -157,9 +165,21 @@ class BatchSizer:
             rate = self.per_weight.get(stage_pk)
             cost = self.target_s if rate is None else rate * weight
             if i and spent + cost > self.target_s:
-                return i
+                n = i
+                break
             spent += cost
-        return len(rows)
+        if share <= 1 or len(rows) <= 1:
+            return n
+        weights = [max(row[4], 0) for row in rows]
+        left = sum(weights)
+        if left <= 0:
+            return min(n, -(-len(rows) // share))
+        taken = 0
+        for i, weight in enumerate(weights[:n]):
+            if i and (taken + weight) * share > left:
+                return i
+            taken += weight
+        return n
 
     def observe(self, held: list[Claim], elapsed_s: float) -> None:
         """Learn from one executed batch: `held` took `elapsed_s` seconds of executor time
@@ -280,7 +300,9 @@ def _claim(run_id: int, owner: str, limit: int, sizer: BatchSizer | None) -> lis
     if not read_rows:
         return []
     if sizer is not None:
-        read_rows = read_rows[: sizer.fits(read_rows)]
+        # Fewer rows than asked for: these are all that is claimable now, to be shared.
+        share = throttle.concurrency if len(read_rows) < limit else 1
+        read_rows = read_rows[: sizer.fits(read_rows, share=share)]
     # A non-idempotent partition is claimed alone: one that expires unstarted in a batch
     # would be failed, never retried.
     read_rows = read_rows[:1] if read_rows[0][2] else [r for r in read_rows if not r[2]]
@@ -389,6 +411,17 @@ def _stamp_run(run_id: int, now: Any, throttle: Throttle) -> None:
         )
     if not qs.update(last_claim_at=now):
         raise _Refused
+
+
+def crowded_out(run_id: int, owner: str) -> bool:
+    """Whether `owner` may not claim in the run now because as many other drainers hold its
+    partitions as its concurrency allows (`Throttle.concurrency`): the refusal `claim_batch`
+    makes, read outside its transaction (a drainer asks after an empty claim)."""
+    throttle = Throttle.of(run_id)
+    if throttle is None:
+        return False
+    owners = _owners_in_run(run_id)
+    return owner not in owners and len(owners) >= throttle.concurrency
 
 
 def has_claimable(run_id: int, *, due_within_s: float = 0) -> bool:

@@ -68,10 +68,31 @@ def test_a_batch_stops_before_the_heavy_partition_and_the_next_drainer_takes_it(
     assert indexes(claims.claim_batch(run.pk, "worker-b", fresh.count, fresh)) == [2]
     # A partition heavier than the target is still claimed, alone: a batch is never empty.
     assert indexes(claims.claim_batch(run.pk, "worker-a", sizer.count, sizer)) == [3]
-    assert indexes(claims.claim_batch(run.pk, "worker-a", sizer.count, sizer)) == [4, 5]
+    # The last two are all that is left (the read found fewer rows than its limit): shared
+    # among the run's drainers, one each, not both in one drainer's batch.
+    assert indexes(claims.claim_batch(run.pk, "worker-a", sizer.count, sizer)) == [4]
+    assert indexes(claims.claim_batch(run.pk, "worker-b", sizer.count, sizer)) == [5]
     # Every partition claimed once.
     assert not Partition.objects.filter(run=run, state=PartitionState.PENDING).exists()
     assert claims.claim_batch(run.pk, "worker-c", 10) == []
+
+
+def test_what_is_left_is_shared_among_the_runs_drainers(
+    test_kinds, operator, tmp_path, settings
+) -> None:
+    """Guided self-scheduling at the tail: a drainer that sees all that is left takes at
+    most 1/concurrency of it, so the last partitions do not all end in one batch."""
+    settings.HXO_MAX_CONCURRENCY = 2
+    run = weighted_run(operator, tmp_path, [0] * 8)
+    sizer = claims.BatchSizer(target_s=TARGET, max_batch=256, count=256)
+    assert indexes(claims.claim_batch(run.pk, "worker-a", sizer.count, sizer)) == [0, 1, 2, 3]
+    assert indexes(claims.claim_batch(run.pk, "worker-b", sizer.count, sizer)) == [4, 5]
+    assert indexes(claims.claim_batch(run.pk, "worker-a", sizer.count, sizer)) == [6]
+    assert indexes(claims.claim_batch(run.pk, "worker-b", sizer.count, sizer)) == [7]
+    # A read that filled its limit does not know what is left: the count alone.
+    (tmp_path / "more").mkdir()
+    more = weighted_run(operator, tmp_path / "more", [0] * 8)
+    assert indexes(claims.claim_batch(more.pk, "worker-a", 6, sizer)) == list(range(6))
 
 
 def test_without_a_sizer_or_with_weightless_partitions_the_count_alone_bounds_a_batch(
@@ -127,3 +148,16 @@ def test_fits_takes_the_longest_prefix_within_the_target_and_never_none() -> Non
     assert sizer.fits([(0, 0, False, 1, 0)] * 5 + rows) == 7  # weightless rows cost nothing
     assert sizer.fits([(0, 0, False, 2, 5), (1, 0, False, 1, 1)]) == 1  # stage 2 unseen
     assert sizer.fits([]) == 0
+
+
+def test_fits_shares_what_is_left_by_weight_and_by_count() -> None:
+    sizer = claims.BatchSizer(target_s=TARGET, max_batch=256)
+    sizer.per_weight[1] = 0.0001  # the target holds 2,500 units: only the share cuts here
+    tail = [(i, 0, False, 1, w) for i, w in enumerate([40, 30, 20, 10])]
+    assert sizer.fits(tail) == 4
+    assert sizer.fits(tail, share=2) == 1  # 40 of 100: 40 + 30 would pass half
+    assert sizer.fits(tail[1:], share=2) == 1  # 30 of 60
+    assert sizer.fits(tail[2:], share=2) == 1
+    assert sizer.fits([(0, 0, False, 1, 10)] * 4, share=2) == 2
+    assert sizer.fits([(0, 0, False, 1, 0)] * 7, share=2) == 4  # weightless: by count
+    assert sizer.fits([(0, 0, False, 1, 500)], share=4) == 1  # never none

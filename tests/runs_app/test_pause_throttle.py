@@ -144,6 +144,35 @@ def test_concurrency_bounds_the_drainers_holding_partitions(
     assert claims.claim_batch(run.pk, "worker-c", 1)
 
 
+def test_a_drainer_over_the_concurrency_leaves_at_once_instead_of_polling(
+    test_kinds, operator, tmp_path, monkeypatch
+) -> None:
+    """The partition task drains the run it partitioned besides the drainers it woke, so a
+    run can have one drainer more than its concurrency: that one finds every slot taken and
+    leaves after one empty claim (before, it polled every 50 ms until its budget ran out)."""
+    run = running_run(operator, tmp_path, items=6)
+    services.run_throttle(run=run, actor=operator, concurrency=1)
+    [held] = claims.claim_batch(run.pk, "worker-a", 1)
+    attempts: list[str] = []
+    real = claims.claim_batch
+
+    def counted(run_id, owner, limit=1, sizer=None):
+        attempts.append(owner)
+        return real(run_id, owner, limit, sizer)
+
+    monkeypatch.setattr(claims, "claim_batch", counted)
+    assert claims.crowded_out(run.pk, "worker-b") and not claims.crowded_out(run.pk, "worker-a")
+    assert tasks.drain(run.pk, budget_s=30)["partitions"] == 0
+    assert len(attempts) == 1
+    assert Partition.objects.filter(run=run, state="pending").count() == 5
+    # Once the holder's lease expires (it died), a drainer drains the rest: every effect once.
+    Partition.objects.filter(pk=held.partition_id).update(
+        lease_expires_at=timezone.now() - dt.timedelta(seconds=1)
+    )
+    assert tasks.drain(run.pk, budget_s=30)["partitions"] == 6
+    assert sorted(effects(tmp_path, "a")) == list(range(6))
+
+
 def test_slo_clock_leaves_paused_time_out(test_kinds, operator, tmp_path) -> None:
     run = running_run(operator, tmp_path)
     stage_row = run.run_stages.get()
