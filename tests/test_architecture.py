@@ -157,6 +157,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "runs_app.search",
             "runs_app.transitions",
             "runs_app.hashing",
+            "runs_app.forking",
             "runs_app.graph",
             "runs_app.markup",
             "runs_app.notifications",
