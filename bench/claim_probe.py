@@ -33,11 +33,15 @@ def _file() -> IO[str]:
     return _out[pid]
 
 
-def timed_claim_batch(run_id: int, owner: str, limit: int = 1) -> list[Any]:
-    """`claims.claim_batch`, with its wall time written to this process's probe file."""
+def timed_claim_batch(
+    run_id: int, owner: str, limit: int = 1, *args: Any, **kwargs: Any
+) -> list[Any]:
+    """`claims.claim_batch`, with its wall time written to this process's probe file. Every
+    other argument is passed through as given: a wrapper that named only the arguments of its
+    day made every drainer of the scaling bench fail once `claim_batch` took a `sizer`."""
     wall = time.time()
     started = time.perf_counter()
-    held = _real_claim_batch(run_id, owner, limit)
+    held = _real_claim_batch(run_id, owner, limit, *args, **kwargs)
     took = time.perf_counter() - started
     _file().write(f"{wall:.6f}\t{took:.6f}\t{len(held)}\t{limit}\n")
     return held
