@@ -91,6 +91,10 @@ NOTE = (
 # --- judging (pure: tests/bench/test_scaling.py) ------------------------------------------
 
 
+# Seconds without a new claim after which a point is failed rather than waited for.
+STALL_S = 120
+
+
 def percentile(values: list[float], q: float) -> float | None:
     """The q-th percentile (0-100) of `values` by linear interpolation, None when empty."""
     if not values:
@@ -546,15 +550,30 @@ def measure(
             run = services.run_apply(plan=plan, actor=user, force_rerun=True)
             connections.close_all()
             deadline = time.monotonic() + 1800
+            # A run whose partitions stop moving (every drainer failing on its first claim,
+            # say: the worker logs it and the run waits for its reconciler) fails the point
+            # after STALL_S instead of holding the bench for the whole deadline.
+            moved_at, last_claims = time.monotonic(), -1
             while True:
                 polls += 1
-                done = poll.execute(
-                    f"SELECT finished_at IS NOT NULL FROM {Run._meta.db_table} WHERE id = %s",
+                done, claimed = poll.execute(
+                    f"SELECT r.finished_at IS NOT NULL, (SELECT COUNT(*) FROM "
+                    f"{ClaimLog._meta.db_table} c JOIN {Partition._meta.db_table} p "
+                    f"ON p.id = c.partition_id WHERE p.run_id = r.id) "
+                    f"FROM {Run._meta.db_table} r WHERE r.id = %s",
                     [run.pk],
-                ).fetchone()[0]
+                ).fetchone()
                 if done:
                     break
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                if claimed != last_claims:
+                    moved_at, last_claims = now, claimed
+                if now - moved_at > STALL_S:
+                    raise TimeoutError(
+                        f"{workload} at {n} clusters: no partition claimed for {STALL_S} s "
+                        f"({claimed} claims so far); see the clusters' logs in {var}"
+                    )
+                if now > deadline:
                     raise TimeoutError(f"{workload} at {n} clusters did not finish")
                 time.sleep(0.1)
             ended = time.time()

@@ -119,6 +119,11 @@ def _owners_in_run(run_id: int) -> set[str]:
     )
 
 
+# Below this much estimated work, what is left to claim is taken whole, not shared
+# (`BatchSizer.fits`): a claim and a completion cost a few milliseconds each.
+SHARE_MIN_S = 0.05
+
+
 @dataclasses.dataclass
 class BatchSizer:
     """How much a drainer's next claim takes: about `target_s` seconds of executor time.
@@ -146,6 +151,17 @@ class BatchSizer:
     max_batch: int
     count: int = 1
     per_weight: dict[int, float] = dataclasses.field(default_factory=dict)
+    # Seconds per partition of the last batch (None before the first).
+    per_partition: float | None = None
+
+    def _cost(self, stage_pk: int, weight: int) -> float:
+        """Estimated seconds of one partition: by its stage's rate and its weight; a weighted
+        partition of a stage not seen yet, a whole batch; a weightless one, the last batch's
+        seconds per partition (0 before the first)."""
+        if weight > 0:
+            rate = self.per_weight.get(stage_pk)
+            return self.target_s if rate is None else rate * weight
+        return self.per_partition or 0.0
 
     def fits(self, rows: list[tuple[Any, ...]], *, share: int = 1) -> int:
         """How many of `rows` (claim order; (id, fence, non_idempotent, stage pk, weight))
@@ -156,19 +172,22 @@ class BatchSizer:
         or by count when weightless), so the last partitions are spread over `share`
         drainers instead of ending in one drainer's batch while the others idle: guided
         self-scheduling (Polychronopoulos and Kuck, IEEE Trans. Computers 36(12), 1987),
-        which takes ceil(remaining / P) of a loop's iterations per grab."""
+        which takes ceil(remaining / P) of a loop's iterations per grab. Only when what is
+        left is estimated at SHARE_MIN_S or more: a tail of quick partitions is over sooner
+        in one batch than in the extra claims splitting it would cost."""
         n = len(rows)
         spent = 0.0
         for i, (_, _, _, stage_pk, weight) in enumerate(rows):
             if weight <= 0:
                 continue
-            rate = self.per_weight.get(stage_pk)
-            cost = self.target_s if rate is None else rate * weight
+            cost = self._cost(stage_pk, weight)
             if i and spent + cost > self.target_s:
                 n = i
                 break
             spent += cost
         if share <= 1 or len(rows) <= 1:
+            return n
+        if sum(self._cost(row[3], row[4]) for row in rows) < SHARE_MIN_S:
             return n
         weights = [max(row[4], 0) for row in rows]
         left = sum(weights)
@@ -187,6 +206,7 @@ class BatchSizer:
         if not held:
             return
         per = elapsed_s / len(held)
+        self.per_partition = per
         self.count = max(1, min(self.max_batch, int(self.target_s / max(per, 1e-4))))
         by_stage: dict[int, int] = {}
         for c in held:
@@ -296,12 +316,18 @@ def _claim(run_id: int, owner: str, limit: int, sizer: BatchSizer | None) -> lis
         # Lock the rows we pick and skip rows other workers hold: claimers never wait on
         # each other. SQLite has no row locks: its IMMEDIATE transaction serialises.
         qs = qs.select_for_update(skip_locked=True, of=("self",))
-    read_rows = list(qs.values_list("id", "fence", "non_idempotent", "stage_id", "weight")[:limit])
+    # A drainer's read takes one row past its limit, to know whether what it sees is all
+    # that is claimable now (then it is shared: `BatchSizer.fits`). On PostgreSQL that row is
+    # locked until this short transaction ends, and other claimers skip it meanwhile.
+    extra = 0 if sizer is None else 1
+    read_rows = list(
+        qs.values_list("id", "fence", "non_idempotent", "stage_id", "weight")[: limit + extra]
+    )
     if not read_rows:
         return []
     if sizer is not None:
-        # Fewer rows than asked for: these are all that is claimable now, to be shared.
-        share = throttle.concurrency if len(read_rows) < limit else 1
+        share = throttle.concurrency if len(read_rows) <= limit else 1
+        read_rows = read_rows[:limit]
         read_rows = read_rows[: sizer.fits(read_rows, share=share)]
     # A non-idempotent partition is claimed alone: one that expires unstarted in a batch
     # would be failed, never retried.

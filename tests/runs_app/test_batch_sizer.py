@@ -84,15 +84,19 @@ def test_what_is_left_is_shared_among_the_runs_drainers(
     most 1/concurrency of it, so the last partitions do not all end in one batch."""
     settings.HXO_MAX_CONCURRENCY = 2
     run = weighted_run(operator, tmp_path, [0] * 8)
-    sizer = claims.BatchSizer(target_s=TARGET, max_batch=256, count=256)
+    sizer = claims.BatchSizer(target_s=TARGET, max_batch=256, count=256, per_partition=0.1)
     assert indexes(claims.claim_batch(run.pk, "worker-a", sizer.count, sizer)) == [0, 1, 2, 3]
     assert indexes(claims.claim_batch(run.pk, "worker-b", sizer.count, sizer)) == [4, 5]
     assert indexes(claims.claim_batch(run.pk, "worker-a", sizer.count, sizer)) == [6]
     assert indexes(claims.claim_batch(run.pk, "worker-b", sizer.count, sizer)) == [7]
-    # A read that filled its limit does not know what is left: the count alone.
+    # More than the limit left: the count alone. Exactly the limit left: shared (the read
+    # takes one row past the limit to tell the two apart).
     (tmp_path / "more").mkdir()
     more = weighted_run(operator, tmp_path / "more", [0] * 8)
     assert indexes(claims.claim_batch(more.pk, "worker-a", 6, sizer)) == list(range(6))
+    (tmp_path / "exact").mkdir()
+    exact = weighted_run(operator, tmp_path / "exact", [0] * 6)
+    assert indexes(claims.claim_batch(exact.pk, "worker-a", 6, sizer)) == [0, 1, 2]
 
 
 def test_without_a_sizer_or_with_weightless_partitions_the_count_alone_bounds_a_batch(
@@ -152,12 +156,18 @@ def test_fits_takes_the_longest_prefix_within_the_target_and_never_none() -> Non
 
 def test_fits_shares_what_is_left_by_weight_and_by_count() -> None:
     sizer = claims.BatchSizer(target_s=TARGET, max_batch=256)
-    sizer.per_weight[1] = 0.0001  # the target holds 2,500 units: only the share cuts here
+    sizer.per_weight[1] = 0.001  # the target holds 250 units: only the share cuts here
     tail = [(i, 0, False, 1, w) for i, w in enumerate([40, 30, 20, 10])]
     assert sizer.fits(tail) == 4
     assert sizer.fits(tail, share=2) == 1  # 40 of 100: 40 + 30 would pass half
     assert sizer.fits(tail[1:], share=2) == 1  # 30 of 60
-    assert sizer.fits(tail[2:], share=2) == 1
-    assert sizer.fits([(0, 0, False, 1, 10)] * 4, share=2) == 2
-    assert sizer.fits([(0, 0, False, 1, 0)] * 7, share=2) == 4  # weightless: by count
+    # What is left is quick (30 units, 30 ms < SHARE_MIN_S): taken whole, not split.
+    assert sizer.fits(tail[2:], share=2) == 2
     assert sizer.fits([(0, 0, False, 1, 500)], share=4) == 1  # never none
+    # Weightless: by count, once the last batch says they are slow enough to share.
+    weightless = [(0, 0, False, 1, 0)] * 7
+    assert sizer.fits(weightless, share=2) == 7  # nothing learnt: their cost is unknown
+    sizer.per_partition = 0.02  # 7 x 20 ms = 140 ms left
+    assert sizer.fits(weightless, share=2) == 4
+    sizer.per_partition = 0.00002  # 7 no-op partitions: sharing would cost more than them
+    assert sizer.fits(weightless, share=2) == 7
