@@ -41,10 +41,14 @@ def _read_until(fd: int, deadline: float) -> tuple[bytes, bool]:
     arrived by `deadline` (a `time.monotonic()` value) if it is still open then (bytes,
     False). Closes `fd`."""
     chunks: list[bytes] = []
+    # poll, not select: select refuses descriptors of 1024 and above, which a worker with
+    # many open files (connections, logs) hands out.
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP)
     try:
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
+            if left <= 0 or not poller.poll(left * 1000):
                 return b"".join(chunks), False
             chunk = os.read(fd, 1 << 20)
             if not chunk:
@@ -105,16 +109,21 @@ def in_two(
         first = work(mine)
     finally:
         # Also when this half raised: the child is reaped (or killed) before the error goes on.
-        deadline = time.monotonic() + CHILD_GRACE_S + 4 * (time.monotonic() - started)
-        data, whole = _read_until(read_fd, deadline)
-        if not whole:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        # An exception while waiting (django-q's timeout raises inside whatever runs) kills
+        # it too, so no child is left hashing or parsing for a task that is gone.
+        whole, data = False, b""
         try:
-            _pid, status = os.waitpid(pid, 0)
-        except ChildProcessError:
-            # Reaped by someone else (a SIGCHLD handler): the data alone says if it is whole.
-            status = 0
+            deadline = time.monotonic() + CHILD_GRACE_S + 4 * (time.monotonic() - started)
+            data, whole = _read_until(read_fd, deadline)
+        finally:
+            if not whole:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            try:
+                _pid, status = os.waitpid(pid, 0)
+            except ChildProcessError:
+                # Reaped by someone else (a SIGCHLD handler): the data alone says if whole.
+                status = 0
         if not whole:
             status = 1
     second: list[Any] | None = None

@@ -51,13 +51,13 @@ def partition(run_id: int) -> dict[str, Any]:
     no longer partitioning and does nothing. Never raises: a crash mid-way leaves the run
     `partitioning`, and the reconciler sends it again (`partitioning.stuck_partitioning`).
 
-    A run left `running` is then drained here too (`drain`, within what is left of the
-    queue's timeout, at most HXO_DRAIN_BUDGET_S): this worker is free and the partitions
-    are claimable now, while a wake-up reaches a worker one broker round trip later (the ORM
-    broker polls every 50 ms), on the critical path of every run. The wake-ups sent stand for
-    the other workers; a drainer over the run's concurrency leaves at once (`drain`).
-    Returns {"run", "state", "partitions"}: the state after partitioning, and how many
-    partitions this task then executed."""
+    A run left `running` is then drained here too (`drain`, at most HXO_DRAIN_BUDGET_S,
+    and only as long as a drain task would leave before the queue's timeout): this worker
+    is free and the partitions are claimable now, while a wake-up reaches a worker one
+    broker round trip later (the ORM broker polls every 50 ms), on the critical path of
+    every run. The wake-ups sent stand for the other workers; a drainer over the run's
+    concurrency leaves at once (`drain`). Returns {"run", "state", "partitions"}: the state
+    after partitioning, and how many partitions this task then executed."""
     started = time.monotonic()
     state = None
     try:
@@ -69,10 +69,14 @@ def partition(run_id: int) -> dict[str, Any]:
         close_old_connections()
     done = 0
     if state == RunState.RUNNING:
-        # Half of what is left of the task's timeout: a drainer stops at its budget, and
-        # the queue must never kill one mid-batch (its leases would hold until they expire).
+        # With at least the margin a drain task has between its budget and the queue's
+        # timeout (HXO_Q_TIMEOUT_S - HXO_DRAIN_BUDGET_S): a partition claimed just before the
+        # budget ends must have as long to finish here as in any drainer before django-q's
+        # timeout stops the task (its SIGALRM raises inside whatever runs). A partitioning
+        # that took longer than the budget leaves the draining to the woken drainers.
         left = settings.HXO_Q_TIMEOUT_S - (time.monotonic() - started)
-        budget = min(float(settings.HXO_DRAIN_BUDGET_S), left / 2)
+        margin = settings.HXO_Q_TIMEOUT_S - settings.HXO_DRAIN_BUDGET_S
+        budget = min(float(settings.HXO_DRAIN_BUDGET_S), left - margin)
         if budget >= 1:
             done = drain(run_id, budget_s=budget)["partitions"]
     return {"run": run_id, "state": state, "partitions": done}

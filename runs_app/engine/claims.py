@@ -141,6 +141,7 @@ class BatchSizer:
       batch's estimated time past `target_s`. A weighted partition of a stage not yet seen
       counts as a whole batch: it is claimed first or in the next claim, then its stage has a
       rate. Weightless partitions cost nothing here (the count bounds them).
+    - what is left, shared at the end of a run (`fits(share=)`).
     A small partition's fixed cost makes its stage's rate look high, so the estimate errs
     toward smaller batches: one more claim transaction, never an idle worker beside a full
     one. The same idea as GitLab's batched background migrations, which resize their next
@@ -165,16 +166,17 @@ class BatchSizer:
 
     def fits(self, rows: list[tuple[Any, ...]], *, share: int = 1) -> int:
         """How many of `rows` (claim order; (id, fence, non_idempotent, stage pk, weight))
-        the batch takes: at least one.
+        the batch takes: at least one of a non-empty list.
 
-        `share` > 1 when `rows` are all that is left to claim (the read found fewer than
-        its limit): the batch then also takes at most 1/`share` of what is left (by weight,
-        or by count when weightless), so the last partitions are spread over `share`
-        drainers instead of ending in one drainer's batch while the others idle: guided
-        self-scheduling (Polychronopoulos and Kuck, IEEE Trans. Computers 36(12), 1987),
-        which takes ceil(remaining / P) of a loop's iterations per grab. Only when what is
-        left is estimated at SHARE_MIN_S or more: a tail of quick partitions is over sooner
-        in one batch than in the extra claims splitting it would cost."""
+        `share` > 1 when `rows` are all that is claimable now (`claim_batch` reads one row
+        past its limit and found no more than the limit): the batch then also takes at
+        most 1/`share` of what is left (by weight, or by count when weightless), so the
+        last partitions are spread over `share` drainers instead of ending in one
+        drainer's batch while the others idle: guided self-scheduling (Polychronopoulos
+        and Kuck, IEEE Trans. Computers 36(12), 1987), which takes ceil(remaining / P) of
+        a loop's iterations per grab. Only when what is left is estimated at SHARE_MIN_S or
+        more: a tail of quick partitions is over sooner in one batch than in the extra
+        claims splitting it would cost."""
         n = len(rows)
         spent = 0.0
         for i, (_, _, _, stage_pk, weight) in enumerate(rows):
@@ -211,14 +213,14 @@ class BatchSizer:
         by_stage: dict[int, int] = {}
         for c in held:
             by_stage[c.stage_pk] = by_stage.get(c.stage_pk, 0) + max(c.weight, 0)
-        total = sum(by_stage.values())
-        if total <= 0:
-            return
-        # A mixed batch's time is not split by stage; its overall rate stands for each.
-        rate = elapsed_s / total
-        for stage_pk, weight in by_stage.items():
-            if weight > 0:
-                self.per_weight[stage_pk] = rate
+        weighted = {stage_pk: w for stage_pk, w in by_stage.items() if w > 0}
+        # A batch of one stage's weighted partitions teaches that stage's rate. A mixed one
+        # teaches none: its time cannot be split between stages whose units differ (bytes
+        # and modules), and a stage left unknown is claimed one partition at a time until a
+        # batch of its own says.
+        if len(weighted) == 1:
+            [(stage_pk, weight)] = weighted.items()
+            self.per_weight[stage_pk] = elapsed_s / weight
 
 
 class _Refused(Exception):

@@ -138,9 +138,12 @@ def test_observe_learns_a_count_and_a_rate_per_stage() -> None:
     sizer.observe([claim(5, 7, 1)], 30.0)
     assert sizer.count == 1
     assert sizer.per_weight[7] == pytest.approx(30.0)
-    # A mixed batch's rate stands for each of its weighted stages.
+    # A batch of two weighted stages teaches neither: units differ between stages.
     sizer.observe([claim(6, 7, 50), claim(7, 9, 150), claim(8, 8, 0)], 1.0)
-    assert sizer.per_weight == {7: pytest.approx(0.005), 9: pytest.approx(0.005)}
+    assert sizer.per_weight == {7: pytest.approx(30.0)}
+    # One weighted stage beside weightless partitions: that stage's rate.
+    sizer.observe([claim(9, 9, 200), claim(10, 8, 0)], 1.0)
+    assert sizer.per_weight == {7: pytest.approx(30.0), 9: pytest.approx(0.005)}
 
 
 def test_fits_takes_the_longest_prefix_within_the_target_and_never_none() -> None:

@@ -77,6 +77,7 @@ def test_an_error_in_the_childs_half_is_raised_by_the_parent(two_cores) -> None:
 
 
 def tree(root: Path, n: int = 40) -> Workspace:
+    root.mkdir()
     for i in range(n):
         sub = root / f"d{i % 4}"
         sub.mkdir(exist_ok=True)
@@ -86,14 +87,31 @@ def tree(root: Path, n: int = 40) -> Workspace:
     return Workspace(name="t", root=root)
 
 
+def record_pids(monkeypatch, where: Path) -> None:
+    """Every process that pins a half appends its pid to `where` (a child's memory is its
+    own: a file is how the test sees that the child did its half)."""
+    real = files_mod._pin_threaded
+
+    def recorded(files):
+        with where.open("a") as f:
+            f.write(f"{os.getpid()}\n")
+        return real(files)
+
+    monkeypatch.setattr(files_mod, "_pin_threaded", recorded)
+
+
 def test_pinning_on_two_cores_pins_what_pinning_in_one_does(two_cores, tmp_path, monkeypatch):
-    ws = tree(tmp_path)
+    ws = tree(tmp_path / "ws")
     listed = ws.list_files(".")
     monkeypatch.setattr(files_mod, "RACY_WINDOW_NS", 0)  # files written just now get tokens
     monkeypatch.setattr(files_mod, "PIN_PARALLEL_MIN", 10**12)
     serial = files_mod.pin(listed)
     monkeypatch.setattr(files_mod, "PIN_PARALLEL_MIN", 0)
+    pids = tmp_path / "pids"
+    record_pids(monkeypatch, pids)
     forked = files_mod.pin(listed)
+    halves = pids.read_text().split()
+    assert len(halves) == 2 and str(os.getpid()) in halves and len(set(halves)) == 2
     assert list(forked) == list(serial) and len(forked) == len(listed) == 41
     assert forked.stats == serial.stats and None not in forked.stats
     assert [r[0] for r in forked] == [f.rel for f in listed]
@@ -103,12 +121,17 @@ def test_pinning_on_two_cores_pins_what_pinning_in_one_does(two_cores, tmp_path,
 def test_a_file_that_is_no_longer_regular_in_the_childs_half_fails_the_pin(
     two_cores, tmp_path, monkeypatch
 ) -> None:
-    ws = tree(tmp_path)
+    ws = tree(tmp_path / "ws")
     listed = ws.list_files(".")
     last = Path(listed[-1].path)
     last.unlink()
     os.mkfifo(last)  # swapped for a FIFO after the listing: refused, never read (no hang)
     monkeypatch.setattr(files_mod, "PIN_PARALLEL_MIN", 0)
+    pids = tmp_path / "pids"
+    record_pids(monkeypatch, pids)
     with pytest.raises(ComponentError) as err:
         files_mod.pin(listed)
     assert err.value.code == "not_a_regular_file"
+    # The child met the FIFO first and failed; the parent did that half again and raised.
+    halves = pids.read_text().split()
+    assert len(set(halves)) == 2 and halves.count(str(os.getpid())) == 2

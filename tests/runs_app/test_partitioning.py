@@ -159,6 +159,24 @@ def test_a_crash_mid_partitioning_is_rescued_and_each_partition_is_written_once(
     assert sorted(effects(tmp_path, "a")) == list(range(10))  # each item exactly once
 
 
+def test_the_partition_task_drains_only_with_a_drain_tasks_margin_before_the_timeout(
+    test_kinds, tmp_path: Path, operator, settings
+) -> None:
+    """A partition claimed at the end of the partition task's drain must have as long before
+    django-q's timeout as in a drain task (HXO_Q_TIMEOUT_S - HXO_DRAIN_BUDGET_S): when
+    partitioning left less than that plus a second, the woken drainers drain the run."""
+    settings.HXO_Q_TIMEOUT_S = 100
+    settings.HXO_DRAIN_BUDGET_S = 1  # a margin of 99 s: any partitioning leaves less than 1 s
+    run = services.run_apply(
+        plan=plan_of(operator, stage("a", tmp_path, items=3, kind=TEST_KIND_NOAPPROVAL)),
+        actor=operator,
+    )
+    assert tasks.partition(run.pk) == {"run": run.pk, "state": RunState.RUNNING, "partitions": 0}
+    assert effects(tmp_path, "a") == []
+    assert drain(run).state == RunState.SUCCEEDED
+    assert sorted(effects(tmp_path, "a")) == [0, 1, 2]
+
+
 def test_a_partitioner_that_raises_fails_the_run_with_a_clear_code(
     test_kinds, tmp_path: Path, operator, monkeypatch, client
 ) -> None:
