@@ -328,7 +328,12 @@ def _claim(run_id: int, owner: str, limit: int, sizer: BatchSizer | None) -> lis
     if not read_rows:
         return []
     if sizer is not None:
-        share = throttle.concurrency if len(read_rows) <= limit else 1
+        # Shared among the drainers holding the run's partitions now and this one, at least
+        # two unless the run allows one: the run's concurrency would split it into more
+        # parts than there are workers to take them (HXO_MAX_CONCURRENCY is 4, a host has
+        # 2 workers), each part a claim and a completion.
+        drainers = min(throttle.concurrency, max(2, len(owners | {owner})))
+        share = drainers if len(read_rows) <= limit else 1
         read_rows = read_rows[:limit]
         read_rows = read_rows[: sizer.fits(read_rows, share=share)]
     # A non-idempotent partition is claimed alone: one that expires unstarted in a batch

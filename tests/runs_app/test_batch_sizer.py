@@ -99,6 +99,20 @@ def test_what_is_left_is_shared_among_the_runs_drainers(
     assert indexes(claims.claim_batch(exact.pk, "worker-a", 6, sizer)) == [0, 1, 2]
 
 
+def test_the_tail_is_split_among_the_drainers_there_are_not_the_concurrency_allowed(
+    test_kinds, operator, tmp_path, settings
+) -> None:
+    """Concurrency 4 with one drainer: halves (at least two parts), not quarters, so the tail
+    costs no more claims than there are drainers to take them; with three holding, thirds."""
+    settings.HXO_MAX_CONCURRENCY = 4
+    run = weighted_run(operator, tmp_path, [0] * 12)
+    sizer = claims.BatchSizer(target_s=TARGET, max_batch=256, count=256, per_partition=0.1)
+    assert indexes(claims.claim_batch(run.pk, "worker-a", sizer.count, sizer)) == list(range(6))
+    assert indexes(claims.claim_batch(run.pk, "worker-b", sizer.count, sizer)) == [6, 7, 8]
+    # a and b hold partitions, c claims: three drainers share what is left (3 rows).
+    assert indexes(claims.claim_batch(run.pk, "worker-c", sizer.count, sizer)) == [9]
+
+
 def test_without_a_sizer_or_with_weightless_partitions_the_count_alone_bounds_a_batch(
     test_kinds, operator, tmp_path
 ) -> None:
