@@ -318,10 +318,12 @@ def _claim(run_id: int, owner: str, limit: int, sizer: BatchSizer | None) -> lis
         # Lock the rows we pick and skip rows other workers hold: claimers never wait on
         # each other. SQLite has no row locks: its IMMEDIATE transaction serialises.
         qs = qs.select_for_update(skip_locked=True, of=("self",))
-    # A drainer's read takes one row past its limit, to know whether what it sees is all
-    # that is claimable now (then it is shared: `BatchSizer.fits`). On PostgreSQL that row is
-    # locked until this short transaction ends, and other claimers skip it meanwhile.
-    extra = 0 if sizer is None else 1
+    # On SQLite a drainer's read takes one row past its limit, to know whether what it sees
+    # is all that is claimable now (then it is shared: `BatchSizer.fits`). Not on
+    # PostgreSQL: FOR UPDATE SKIP LOCKED would lock that row too, and a claimer beside this
+    # one would skip it and claim out of order (a partition behind it first); there, only a
+    # read that found fewer rows than its limit is known to be the tail.
+    extra = 1 if sizer is not None and connection.vendor != "postgresql" else 0
     read_rows = list(
         qs.values_list("id", "fence", "non_idempotent", "stage_id", "weight")[: limit + extra]
     )
@@ -333,7 +335,7 @@ def _claim(run_id: int, owner: str, limit: int, sizer: BatchSizer | None) -> lis
         # parts than there are workers to take them (HXO_MAX_CONCURRENCY is 4, a host has
         # 2 workers), each part a claim and a completion.
         drainers = min(throttle.concurrency, max(2, len(owners | {owner})))
-        share = drainers if len(read_rows) <= limit else 1
+        share = drainers if len(read_rows) < limit + extra else 1
         read_rows = read_rows[:limit]
         read_rows = read_rows[: sizer.fits(read_rows, share=share)]
     # A non-idempotent partition is claimed alone: one that expires unstarted in a batch
