@@ -168,11 +168,12 @@ class BatchSizer:
         """How many of `rows` (claim order; (id, fence, non_idempotent, stage pk, weight))
         the batch takes: at least one of a non-empty list.
 
-        `share` > 1 when `rows` are all that is claimable now (`claim_batch` reads one row
-        past its limit and found no more than the limit): the batch then also takes at
-        most 1/`share` of what is left (by weight, or by count when weightless), so the
-        last partitions are spread over `share` drainers instead of ending in one
-        drainer's batch while the others idle: guided self-scheduling (Polychronopoulos
+        `share` > 1 when `rows` are all that is claimable now (`claim_batch` found fewer
+        rows than its limit; on SQLite it reads one row past the limit, so a read that is
+        exactly the limit counts too): the batch then also takes at most 1/`share` of
+        what is left (by weight, or by count when weightless), so the last partitions are
+        spread over `share` drainers instead of ending in one drainer's batch while the
+        others idle: guided self-scheduling (Polychronopoulos
         and Kuck, IEEE Trans. Computers 36(12), 1987), which takes ceil(remaining / P) of
         a loop's iterations per grab. Only when what is left is estimated at SHARE_MIN_S or
         more: a tail of quick partitions is over sooner in one batch than in the extra
