@@ -517,7 +517,7 @@ def measure(
 
     from bench.harness import bench_user
     from runs_app import services
-    from runs_app.models import AssetIndexEntry, ClaimLog, Partition, Run
+    from runs_app.models import AssetIndexEntry, ClaimLog, Partition, Run, RunStage
 
     point: dict[str, Any] = {"workload": workload, "clusters": n}
     began = time.monotonic()
@@ -553,25 +553,26 @@ def measure(
             # A run whose partitions stop moving (every drainer failing on its first claim,
             # say: the worker logs it and the run waits for its reconciler) fails the point
             # after STALL_S instead of holding the bench for the whole deadline.
-            moved_at, last_claims = time.monotonic(), -1
+            # The stages' pending counters (a row per stage, moved by every claim), not a
+            # count over the claim log: this poll runs every 100 ms inside the measurement.
+            moved_at, last_pending = time.monotonic(), -1
             while True:
                 polls += 1
-                done, claimed = poll.execute(
-                    f"SELECT r.finished_at IS NOT NULL, (SELECT COUNT(*) FROM "
-                    f"{ClaimLog._meta.db_table} c JOIN {Partition._meta.db_table} p "
-                    f"ON p.id = c.partition_id WHERE p.run_id = r.id) "
+                done, pending = poll.execute(
+                    f"SELECT r.finished_at IS NOT NULL, (SELECT SUM(s.pending) FROM "
+                    f"{RunStage._meta.db_table} s WHERE s.run_id = r.id) "
                     f"FROM {Run._meta.db_table} r WHERE r.id = %s",
                     [run.pk],
                 ).fetchone()
                 if done:
                     break
                 now = time.monotonic()
-                if claimed != last_claims:
-                    moved_at, last_claims = now, claimed
+                if pending != last_pending:
+                    moved_at, last_pending = now, pending
                 if now - moved_at > STALL_S:
                     raise TimeoutError(
                         f"{workload} at {n} clusters: no partition claimed for {STALL_S} s "
-                        f"({claimed} claims so far); see the clusters' logs in {var}"
+                        f"({pending} pending); see the clusters' logs in {var}"
                     )
                 if now > deadline:
                     raise TimeoutError(f"{workload} at {n} clusters did not finish")

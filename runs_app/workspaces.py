@@ -453,11 +453,15 @@ def sha256_file(path: Path, *, rel: str = "", where: str = "params.root") -> str
     `os.read` on the descriptor in HASH_READ_BYTES reads rather than `hashlib.file_digest`,
     which allocates a 256 KiB buffer per call: partitioning hashes every file of a tree
     (6,869 for Django's sdist: 0.14 s of CPU with file_digest, 0.09 s this way)."""
-    digest = hashlib.sha256()
     with open_regular(path, rel=rel or str(path), path=where) as f:
-        fd = f.fileno()
-        while chunk := os.read(fd, HASH_READ_BYTES):
-            digest.update(chunk)
+        return sha256_fd(f.fileno())
+
+
+def sha256_fd(fd: int) -> str:
+    """SHA-256 hex of what is left to read on descriptor `fd`, in HASH_READ_BYTES reads."""
+    digest = hashlib.sha256()
+    while chunk := os.read(fd, HASH_READ_BYTES):
+        digest.update(chunk)
     return digest.hexdigest()
 
 

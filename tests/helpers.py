@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from typing import Any
 from unittest import mock
 
 from django.db import connection
@@ -99,3 +100,14 @@ def lock_waiters() -> int:
             " WHERE datname = current_database() AND wait_event_type = 'Lock'"
         )
         return int(cur.fetchone()[0])
+
+
+def running_run(operator: Any, stage: dict[str, Any], name: str = "run") -> Run:
+    """A one-stage plan of `stage` (a stage document), applied by `operator` and partitioned
+    here (`partitioned`): `running`, its first partitions claimable."""
+    from runs_app import services
+
+    plan = services.plan_create(actor=operator, document={"name": name, "stages": [stage]})
+    run = partitioned(services.run_apply(plan=plan, actor=operator))
+    assert run.state == "running", run.state
+    return run

@@ -13,10 +13,9 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from runs_app import services
 from runs_app.engine import claims
 from runs_app.models import Partition, PartitionState, Run, RunState
-from tests.helpers import drain, partitioned
+from tests.helpers import drain, running_run
 from tests.runs_app.testkinds import TEST_KIND_NOAPPROVAL, effects, stage
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -27,15 +26,7 @@ TARGET = 0.25
 def weighted_run(operator, tmp_path: Path, weights: list[int]) -> Run:
     """A running run of len(weights) partitions of one stage, with these weights and a
     due time per index, so claim order is index order."""
-    plan = services.plan_create(
-        actor=operator,
-        document={
-            "name": "uneven",
-            "stages": [stage("a", tmp_path, items=len(weights), kind=TEST_KIND_NOAPPROVAL)],
-        },
-    )
-    run = partitioned(services.run_apply(plan=plan, actor=operator))
-    assert run.state == RunState.RUNNING
+    run = running_run(operator, stage("a", tmp_path, items=len(weights), kind=TEST_KIND_NOAPPROVAL))
     base = timezone.now() - dt.timedelta(minutes=1)
     for p in Partition.objects.filter(run=run).order_by("index"):
         p.weight = weights[p.index]

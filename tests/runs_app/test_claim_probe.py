@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from runs_app import services, tasks
+from runs_app import tasks
 from runs_app.engine import claims
 from runs_app.models import RunState
-from tests.helpers import partitioned
+from tests.helpers import running_run
 from tests.runs_app.testkinds import TEST_KIND_NOAPPROVAL, effects, stage
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -33,14 +33,7 @@ def test_a_drainer_with_the_probe_installed_drains_and_every_claim_is_timed(
     probe = importlib.import_module("bench.claim_probe")
     assert claims.claim_batch is probe.timed_claim_batch
 
-    plan = services.plan_create(
-        actor=operator,
-        document={
-            "name": "probed",
-            "stages": [stage("a", tmp_path, items=7, kind=TEST_KIND_NOAPPROVAL)],
-        },
-    )
-    run = partitioned(services.run_apply(plan=plan, actor=operator))
+    run = running_run(operator, stage("a", tmp_path, items=7, kind=TEST_KIND_NOAPPROVAL))
     assert tasks.drain(run.pk, budget_s=30)["partitions"] == 7
     run.refresh_from_db()
     assert run.state == RunState.SUCCEEDED
